@@ -1,0 +1,59 @@
+# The project's commands. Each target installs what it needs first, so a fresh clone
+# reaches a synthesized stage with `make synth` and a green suite with `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+STAGE ?= dev
+VENV := .venv
+# node_modules/.bin holds the pinned CDK CLI and a Node.js that jsii supports (22):
+# first on PATH, it serves both the CLI and the jsii runtime inside the Python app.
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+# The CLI would otherwise try to reach its telemetry and notice endpoints on every call.
+export CDK_DISABLE_CLI_TELEMETRY := true
+CDK := cdk --no-notices
+
+.PHONY: help setup synth test lint format dist diff deploy destroy clean
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(VENV)/.installed node_modules/.installed ## Install Python packages (.venv), the CDK CLI and Node.js 22 (node_modules)
+
+synth: setup ## Synthesize one stage's cloud assembly into cdk.out (STAGE=dev)
+	$(CDK) synth --quiet -c stage=$(STAGE)
+	@echo "cdk.out/ holds stage '$(STAGE)': $$(ls cdk.out/assembly-$(STAGE)/*.template.json | xargs -n1 basename | tr '\n' ' ')"
+
+test: setup lint ## Lint, then run the whole test suite
+	pytest
+
+lint: setup ## Check formatting and lint rules (ruff)
+	ruff format --check .
+	ruff check .
+
+format: setup ## Format and fix what ruff can
+	ruff format .
+	ruff check --fix .
+
+dist: setup ## Write every chart of one stage as YAML under dist/ (STAGE=dev)
+	python -m charts --stage $(STAGE) --outdir dist
+
+diff: setup ## Compare one stage with what is deployed (needs AWS credentials)
+	$(CDK) diff -c stage=$(STAGE) '$(STAGE)/*'
+
+deploy: setup ## Deploy one stage (needs AWS credentials and a bootstrapped account)
+	$(CDK) deploy -c stage=$(STAGE) '$(STAGE)/*'
+
+destroy: setup ## Delete one stage's stacks; retained resources stay (see README)
+	$(CDK) destroy -c stage=$(STAGE) '$(STAGE)/*'
+
+clean: ## Remove build output (cdk.out, dist)
+	rm -rf cdk.out dist

@@ -1,0 +1,1 @@
+"""The CDK stacks of one stage; stacks.stage groups them."""

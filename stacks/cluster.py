@@ -1,0 +1,112 @@
+"""The EKS Auto Mode cluster: control plane, built-in node pools, access and the kubectl handler."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_kms as kms
+from aws_cdk.lambda_layer_kubectl_v34 import KubectlV34Layer
+from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
+from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
+from constructs import Construct
+
+from settings.model import ClusterSettings
+from stacks.log_group import log_group
+
+# kubectl must match the cluster's minor version; one layer per settings.model.SUPPORTED_KUBERNETES_VERSIONS.
+KUBECTL_LAYERS = {"1.34": KubectlV34Layer, "1.35": KubectlV35Layer, "1.36": KubectlV36Layer}
+
+ENDPOINT_ACCESS = {
+    "public": eks.EndpointAccess.PUBLIC,
+    "private": eks.EndpointAccess.PRIVATE,
+    "public_and_private": eks.EndpointAccess.PUBLIC_AND_PRIVATE,
+}
+
+CLUSTER_ADMIN_POLICY = "AmazonEKSClusterAdminPolicy"
+
+
+class ClusterStack(Stack):
+    """An EKS Auto Mode cluster with the built-in system and general-purpose pools.
+
+    GPU capacity is not here: the GPU NodePool is a chart the serving stack applies, so
+    changing it never touches this template.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, vpc: ec2.IVpc, cluster: ClusterSettings, **kwargs: Any) -> None:
+        super().__init__(scope, id, **kwargs)
+        # Created before the cluster so the control plane logs land in a group with a retention,
+        # instead of the never-expiring one EKS would create.
+        control_plane_logs = log_group(
+            self,
+            "ControlPlaneLogs",
+            name=f"/aws/eks/{cluster.name}/cluster",
+            retention_days=cluster.log_retention_days,
+        )
+        secrets_key = kms.Key(
+            self,
+            "SecretsKey",
+            description=f"Envelope encryption of Kubernetes secrets in EKS cluster {cluster.name}",
+            enable_key_rotation=True,
+        )
+        self.cluster = eks.Cluster(
+            self,
+            "Cluster",
+            cluster_name=cluster.name,
+            version=eks.KubernetesVersion.of(cluster.kubernetes_version),
+            vpc=vpc,
+            vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
+            default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
+            compute=eks.ComputeConfig(node_pools=["system", "general-purpose"]),
+            endpoint_access=_endpoint_access(cluster),
+            cluster_logging=[
+                eks.ClusterLoggingTypes.API,
+                eks.ClusterLoggingTypes.AUDIT,
+                eks.ClusterLoggingTypes.AUTHENTICATOR,
+                eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+                eks.ClusterLoggingTypes.SCHEDULER,
+            ],
+            secrets_encryption_key=secrets_key,
+            # Admins come from settings through access entries, not from whoever ran CloudFormation.
+            bootstrap_cluster_creator_admin_permissions=False,
+            kubectl_provider_options=eks.KubectlProviderOptions(
+                kubectl_layer=KUBECTL_LAYERS[cluster.kubernetes_version](self, "KubectlLayer"),
+            ),
+        )
+        cast(eks.CfnCluster, self.cluster.node.default_child).node.add_dependency(control_plane_logs)
+
+        for principal_arn in cluster.admin_principal_arns:
+            self.cluster.grant_access(
+                _access_entry_id(principal_arn),
+                principal_arn,
+                [
+                    eks.AccessPolicy.from_access_policy_name(
+                        CLUSTER_ADMIN_POLICY, access_scope_type=eks.AccessScopeType.CLUSTER
+                    )
+                ],
+            )
+
+        CfnOutput(
+            self,
+            "UpdateKubeconfigCommand",
+            description="Points kubectl at this cluster (as one of the cluster's admin principals)",
+            value=f"aws eks update-kubeconfig --region {self.region} --name {cluster.name}",
+        )
+
+
+def _endpoint_access(cluster: ClusterSettings) -> eks.EndpointAccess:
+    access = ENDPOINT_ACCESS[cluster.endpoint_access]
+    cidrs = [str(cidr) for cidr in cluster.public_access_cidrs]
+    if cluster.endpoint_access == "private" or cidrs == ["0.0.0.0/0"]:
+        return access
+    return access.only_from(*cidrs)
+
+
+def _access_entry_id(principal_arn: str) -> str:
+    """A construct id that follows the principal, not its place in the list (reordering replaces nothing)."""
+    account = principal_arn.split(":")[4]
+    name = principal_arn.rsplit("/", 1)[-1]
+    return "Admin" + re.sub(r"[^A-Za-z0-9]", "", account + name)

@@ -1,0 +1,58 @@
+"""The VPC that the cluster and its GPU nodes live in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Stack, Tags
+from aws_cdk import aws_ec2 as ec2
+from constructs import Construct
+
+from settings.model import NetworkSettings
+from stacks.log_group import log_group
+
+
+class NetworkStack(Stack):
+    """VPC over explicit zones: public subnets for load balancers, private ones for nodes,
+    flow logs, and endpoints that keep image pulls and credential calls off the internet."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        availability_zones: tuple[str, ...],
+        network: NetworkSettings,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, **kwargs)
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(str(network.cidr)),
+            # Explicit zones: synth needs no AZ lookup, so no credentials.
+            availability_zones=list(availability_zones),
+            nat_gateways=network.nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
+                # Auto Mode gives every pod a VPC address: private subnets are sized for pods.
+                ec2.SubnetConfiguration(name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=19),
+            ],
+        )
+        # Auto Mode places internet-facing load balancers in subnets tagged elb, internal ones in internal-elb.
+        for subnet in self.vpc.public_subnets:
+            Tags.of(subnet).add("kubernetes.io/role/elb", "1")
+        for subnet in self.vpc.private_subnets:
+            Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
+
+        flow_logs = log_group(self, "FlowLogs", retention_days=network.flow_log_retention_days)
+        self.vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs))
+
+        # Image layers come from S3 behind ECR; nodes and pods get credentials from STS.
+        self.vpc.add_gateway_endpoint("S3Endpoint", service=ec2.GatewayVpcEndpointAwsService.S3)
+        for endpoint_id, service in (
+            ("EcrApiEndpoint", ec2.InterfaceVpcEndpointAwsService.ECR),
+            ("EcrDockerEndpoint", ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER),
+            ("StsEndpoint", ec2.InterfaceVpcEndpointAwsService.STS),
+        ):
+            self.vpc.add_interface_endpoint(endpoint_id, service=service)

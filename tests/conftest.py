@@ -1,0 +1,106 @@
+"""Shared fixtures. Each stage is synthesized once per session, by the real CLI, in parallel."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cdk8s
+import pytest
+import yaml
+
+from charts import build_charts
+from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, stage_names
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synth_env() -> dict[str, str]:
+    """The caller's environment without any AWS credentials, profile or region."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "CDK_DEFAULT_"))}
+    env["CDK_DISABLE_CLI_TELEMETRY"] = "true"
+    return env
+
+
+def cdk_synth(*args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """Start `cdk synth` as a user runs it (node_modules/.bin first on PATH, see the Makefile)."""
+    command = ["cdk", "--no-notices", "synth", "--quiet", *args]
+    return subprocess.Popen(
+        command, cwd=cwd, env=synth_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """One stage's synthesized cloud assembly."""
+
+    stage: str
+    directory: Path
+    stderr: str
+    manifest: dict[str, Any] = field(repr=False)
+
+    def stacks(self) -> dict[str, dict[str, Any]]:
+        """Stack artifacts by their short name: Network, Cluster, Serving."""
+        return {
+            artifact["displayName"].split("/")[-1]: artifact
+            for artifact in self.manifest["artifacts"].values()
+            if artifact["type"] == "aws:cloudformation:stack"
+        }
+
+    def template(self, stack: str) -> dict[str, Any]:
+        artifact = self.stacks()[stack]
+        return json.loads((self.directory / artifact["properties"]["templateFile"]).read_text())
+
+
+@pytest.fixture(scope="session")
+def assemblies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Assembly]:
+    """Every stage, synthesized with no AWS credentials or region in the environment.
+
+    The default stage is synthesized without `-c stage`, so it also proves what the default is.
+    """
+    running = {}
+    for stage in stage_names():
+        outdir = tmp_path_factory.mktemp(f"cdk.out-{stage}")
+        stage_args = [] if stage == DEFAULT_STAGE else ["-c", f"stage={stage}"]
+        running[stage] = (outdir, cdk_synth(*stage_args, "-o", str(outdir)))
+    synthesized = {}
+    for stage, (outdir, process) in running.items():
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, f"cdk synth of stage {stage} failed:\n{stderr}"
+        directory = outdir / f"assembly-{stage}"
+        manifest = json.loads((directory / "manifest.json").read_text())
+        synthesized[stage] = Assembly(stage=stage, directory=directory, stderr=stderr, manifest=manifest)
+    return synthesized
+
+
+@pytest.fixture(scope="session")
+def dev(assemblies: dict[str, Assembly]) -> Assembly:
+    return assemblies["dev"]
+
+
+@pytest.fixture(scope="session")
+def prod(assemblies: dict[str, Assembly]) -> Assembly:
+    return assemblies["prod"]
+
+
+def stage_data(stage: str = DEFAULT_STAGE) -> dict[str, Any]:
+    """A stage's settings as read from its YAML file, free to modify."""
+    return copy.deepcopy(yaml.safe_load((STAGES_DIR / f"{stage}.yaml").read_text()))
+
+
+def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:
+    """A stage's charts rendered to Kubernetes objects, by chart id."""
+    settings = load_stage_settings(stage)
+    charts = build_charts(cdk8s.App(), gpu_node_pool=settings.gpu_node_pool, models=settings.models)
+    return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
+
+
+def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The one object of a kind in a chart's output."""
+    (found,) = [obj for obj in objects if obj["kind"] == kind]
+    return found

@@ -1,0 +1,72 @@
+"""The app as users run it: `cdk synth` through the CLI, with and without valid settings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, Assembly, cdk_synth, stage_data
+
+
+def test_default_stage_synthesizes_without_credentials_or_lookups(dev: Assembly) -> None:
+    # The fixture ran `cdk synth` with no -c stage and every AWS_* variable removed.
+    assert sorted(dev.stacks()) == ["Cluster", "Network", "Serving"]
+    for artifact in dev.stacks().values():
+        assert artifact["environment"] == "aws://unknown-account/us-west-2"
+    missing = [a for a in dev.manifest["artifacts"].values() if a["type"] == "aws:cdk:missing-context"]
+    assert missing == []
+    assert "missing" not in dev.manifest
+
+
+def test_synth_prints_no_node_end_of_life_banner(dev: Assembly) -> None:
+    assert "end-of-life" not in dev.stderr
+    assert "not supported" not in dev.stderr
+
+
+def test_stage_stacks_are_named_after_the_stage(dev: Assembly, prod: Assembly) -> None:
+    for assembly in (dev, prod):
+        names = {artifact["properties"]["stackName"] for artifact in assembly.stacks().values()}
+        assert names == {f"{assembly.stage}-Network", f"{assembly.stage}-Cluster", f"{assembly.stage}-Serving"}
+
+
+def test_production_stacks_have_termination_protection(dev: Assembly, prod: Assembly) -> None:
+    assert all(a["properties"].get("terminationProtection") for a in prod.stacks().values())
+    assert not any(a["properties"].get("terminationProtection") for a in dev.stacks().values())
+
+
+def test_unknown_stage_stops_before_synthesis(tmp_path: Path) -> None:
+    outdir = tmp_path / "cdk.out"
+    process = cdk_synth("-c", "stage=qa", "-o", str(outdir))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "synth stopped, nothing was written: unknown stage 'qa'; stages: dev, prod" in stderr
+    assert "Traceback" not in stderr
+    assert not list(outdir.glob("**/*.template.json"))
+
+
+def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path) -> None:
+    # A copy of the project whose dev stage asks for zero replicas.
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("app.py", "cdk.json", "settings", "stacks", "charts"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, project / name)
+    for name in (".venv", "node_modules"):
+        (project / name).symlink_to(ROOT / name)
+    data = stage_data()
+    data["models"][0]["replicas"] = 0
+    (project / "settings" / "stages" / "dev.yaml").write_text(yaml.safe_dump(data))
+
+    process = cdk_synth(cwd=project)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert (
+        "stage 'dev' has invalid settings:\n  models[0].replicas: Input should be greater than or equal to 1" in stderr
+    )
+    assert "Traceback" not in stderr
+    assert not (project / "cdk.out").exists() or not list((project / "cdk.out").glob("*.template.json"))
