@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup synth test lint format dist diff deploy destroy clean
+.PHONY: help setup synth test snapshots lint format dist diff deploy destroy clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ synth: setup ## Synthesize one stage's cloud assembly into cdk.out (STAGE=dev)
 
 test: setup lint ## Lint, then run the whole test suite
 	pytest
+
+snapshots: setup ## Rewrite the template and manifest snapshots after a deliberate change; review the diff
+	pytest tests/test_snapshots.py --snapshot-update
 
 lint: setup ## Check formatting and lint rules (ruff)
 	ruff format --check .

@@ -1,0 +1,179 @@
+"""ClusterStack: EKS Auto Mode, its logs, secrets encryption, access and kubectl handler.
+
+cdk-nag's EKS rules only know the v1 cluster class, so these assertions are the check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from settings import parse_stage_settings
+from stacks.cluster import ClusterStack
+from stacks.network import NetworkStack
+from tests.conftest import Assembly, stage_data
+
+ADMIN_ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
+ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
+
+
+@pytest.fixture(scope="module")
+def admins_cluster() -> dict[str, Any]:
+    """A cluster with admins, a narrowed public endpoint and Kubernetes 1.35 (a scenario no stage file has)."""
+    data = stage_data()
+    data["cluster"].update(
+        admin_principal_arns=[ADMIN_ROLE, ADMIN_USER],
+        public_access_cidrs=["203.0.113.0/24"],
+        kubernetes_version="1.35",
+    )
+    settings = parse_stage_settings("scenario", data)
+    app = cdk.App()
+    env = cdk.Environment(region=settings.region)
+    network = NetworkStack(
+        app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network
+    )
+    cluster = ClusterStack(app, "Cluster", env=env, vpc=network.vpc, cluster=settings.cluster)
+    return Template.from_stack(cluster).to_json()
+
+
+def cluster_properties(template: dict[str, Any]) -> dict[str, Any]:
+    (cluster,) = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::EKS::Cluster"]
+    return cluster
+
+
+def test_cluster_runs_auto_mode_with_the_built_in_pools(dev: Assembly) -> None:
+    cluster = cluster_properties(dev.template("Cluster"))
+    assert cluster["ComputeConfig"]["Enabled"] is True
+    assert cluster["ComputeConfig"]["NodePools"] == ["system", "general-purpose"]
+    assert "NodeRoleArn" in cluster["ComputeConfig"]
+    assert cluster["StorageConfig"] == {"BlockStorage": {"Enabled": True}}
+    assert cluster["KubernetesNetworkConfig"]["ElasticLoadBalancing"] == {"Enabled": True}
+
+
+def test_cluster_runs_the_configured_kubernetes_version(dev: Assembly, admins_cluster: dict[str, Any]) -> None:
+    assert cluster_properties(dev.template("Cluster"))["Version"] == "1.36"
+    assert cluster_properties(admins_cluster)["Version"] == "1.35"
+
+
+def test_cluster_nodes_live_in_private_subnets(dev: Assembly) -> None:
+    subnet_ids = cluster_properties(dev.template("Cluster"))["ResourcesVpcConfig"]["SubnetIds"]
+    outputs = [subnet["Fn::GetStackOutput"]["OutputName"] for subnet in subnet_ids]
+    assert len(outputs) == 3
+    assert all("PrivateSubnet" in output for output in outputs)
+
+
+def test_all_five_control_plane_log_types_are_on(dev: Assembly) -> None:
+    types = [
+        t["Type"] for t in cluster_properties(dev.template("Cluster"))["Logging"]["ClusterLogging"]["EnabledTypes"]
+    ]
+    assert sorted(types) == ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+
+
+def test_control_plane_logs_have_a_retained_group_with_retention(dev: Assembly) -> None:
+    template = Template.from_json(dev.template("Cluster"))
+    template.has_resource(
+        "AWS::Logs::LogGroup",
+        {
+            "Properties": {"LogGroupName": "/aws/eks/gpu-inference-dev/cluster", "RetentionInDays": 90},
+            "DeletionPolicy": "Retain",
+        },
+    )
+    # The cluster waits for the group, or EKS would create one that never expires.
+    template.has_resource(
+        "AWS::EKS::Cluster", {"DependsOn": Match.array_with([Match.string_like_regexp("ControlPlaneLogs")])}
+    )
+
+
+def test_secrets_are_encrypted_with_a_rotating_customer_key(dev: Assembly) -> None:
+    template = dev.template("Cluster")
+    (encryption,) = cluster_properties(template)["EncryptionConfig"]
+    assert encryption["Resources"] == ["secrets"]
+    key_id = encryption["Provider"]["KeyArn"]["Fn::GetAtt"][0]
+    key = template["Resources"][key_id]
+    assert key["Type"] == "AWS::KMS::Key"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert key["DeletionPolicy"] == "Retain"
+
+
+def test_authentication_is_by_access_entries_only(dev: Assembly) -> None:
+    access = cluster_properties(dev.template("Cluster"))["AccessConfig"]
+    assert access == {"AuthenticationMode": "API", "BootstrapClusterCreatorAdminPermissions": False}
+
+
+def test_dev_endpoint_is_public_and_private(dev: Assembly) -> None:
+    vpc_config = cluster_properties(dev.template("Cluster"))["ResourcesVpcConfig"]
+    assert (vpc_config["EndpointPublicAccess"], vpc_config["EndpointPrivateAccess"]) == (True, True)
+    assert "PublicAccessCidrs" not in vpc_config
+
+
+def test_prod_endpoint_is_private_only(prod: Assembly) -> None:
+    vpc_config = cluster_properties(prod.template("Cluster"))["ResourcesVpcConfig"]
+    assert (vpc_config["EndpointPublicAccess"], vpc_config["EndpointPrivateAccess"]) == (False, True)
+
+
+def test_public_endpoint_can_be_narrowed_to_cidrs(admins_cluster: dict[str, Any]) -> None:
+    assert cluster_properties(admins_cluster)["ResourcesVpcConfig"]["PublicAccessCidrs"] == ["203.0.113.0/24"]
+
+
+@pytest.mark.parametrize("principal", [ADMIN_ROLE, ADMIN_USER])
+def test_configured_admins_get_cluster_admin_through_access_entries(
+    admins_cluster: dict[str, Any], principal: str
+) -> None:
+    Template.from_json(admins_cluster).has_resource_properties(
+        "AWS::EKS::AccessEntry",
+        {
+            "PrincipalArn": principal,
+            "AccessPolicies": [
+                {
+                    "AccessScope": {"Type": "cluster"},
+                    "PolicyArn": {
+                        "Fn::Join": [
+                            "",
+                            [
+                                "arn:",
+                                {"Ref": "AWS::Partition"},
+                                ":eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                            ],
+                        ]
+                    },
+                }
+            ],
+        },
+    )
+
+
+def test_only_the_kubectl_handler_has_access_when_no_admins_are_configured(dev: Assembly) -> None:
+    entries = [
+        r["Properties"] for r in dev.template("Cluster")["Resources"].values() if r["Type"] == "AWS::EKS::AccessEntry"
+    ]
+    assert len(entries) == 1
+    assert entries[0]["PrincipalArn"]["Fn::GetAtt"][0].startswith("ClusterKubectlProviderHandlerServiceRole")
+
+
+def kubectl_layer_description(template: dict[str, Any]) -> str:
+    resources = template["Resources"]
+    (handler,) = [
+        r
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::Function" and "kubectl" in r["Properties"].get("Description", "")
+    ]
+    descriptions = [
+        resources[layer["Ref"]]["Properties"].get("Description", "") for layer in handler["Properties"]["Layers"]
+    ]
+    (kubectl,) = [d for d in descriptions if "kubectl" in d]
+    return kubectl
+
+
+def test_kubectl_layer_matches_the_cluster_version(dev: Assembly, admins_cluster: dict[str, Any]) -> None:
+    assert kubectl_layer_description(dev.template("Cluster")).startswith("/opt/kubectl/kubectl 1.36.")
+    assert kubectl_layer_description(admins_cluster).startswith("/opt/kubectl/kubectl 1.35.")
+
+
+def test_stage_prints_the_update_kubeconfig_command(dev: Assembly, prod: Assembly) -> None:
+    assert dev.template("Cluster")["Outputs"]["UpdateKubeconfigCommand"]["Value"] == (
+        "aws eks update-kubeconfig --region us-west-2 --name gpu-inference-dev"
+    )
+    assert prod.template("Cluster")["Outputs"]["UpdateKubeconfigCommand"]["Value"].endswith("--name gpu-inference-prod")

@@ -1,0 +1,62 @@
+"""Snapshots of every template and every chart, for review: a change to either shows as a diff here.
+
+Update them only on purpose (`make snapshots`), then read the diff before committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+
+from settings import stage_names
+from tests.conftest import Assembly, render_charts
+
+# Asset hashes change with every library bump that touches a bundled handler, not with our code.
+ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+class TextSnapshot(SingleFileSnapshotExtension):
+    _write_mode = WriteMode.TEXT
+
+    def serialize(self, data: Any, **kwargs: Any) -> str:
+        return str(data)
+
+
+class JsonSnapshot(TextSnapshot):
+    file_extension = "json"
+
+
+class YamlSnapshot(TextSnapshot):
+    file_extension = "yaml"
+
+
+def reviewable(template: dict[str, Any]) -> str:
+    """The template as JSON, minus what changes without a change of ours."""
+    resources = {
+        logical_id: resource
+        for logical_id, resource in template["Resources"].items()
+        # Encoded library and construct versions, for AWS's usage statistics.
+        if resource["Type"] != "AWS::CDK::Metadata"
+    }
+    return ASSET_HASH.sub("<asset-hash>", json.dumps({**template, "Resources": resources}, indent=2, sort_keys=True))
+
+
+@pytest.mark.parametrize("stage", stage_names())
+@pytest.mark.parametrize("stack", ["Network", "Cluster", "Serving"])
+def test_template(assemblies: dict[str, Assembly], stage: str, stack: str, snapshot: SnapshotAssertion) -> None:
+    assert reviewable(assemblies[stage].template(stack)) == snapshot.use_extension(JsonSnapshot)
+
+
+@pytest.mark.parametrize("stage", stage_names())
+def test_chart_manifests(stage: str, snapshot: SnapshotAssertion) -> None:
+    rendered = "---\n".join(
+        f"# chart {chart_id}\n" + yaml.safe_dump_all(objects, sort_keys=False)
+        for chart_id, objects in render_charts(stage).items()
+    )
+    assert rendered == snapshot.use_extension(YamlSnapshot)
