@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup synth test snapshots lint format dist diff deploy destroy clean
+.PHONY: help setup synth test snapshots lint format dist bootstrap diff deploy destroy clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ format: setup ## Format and fix what ruff can
 
 dist: setup ## Write every chart of one stage as YAML under dist/ (STAGE=dev)
 	python -m charts --stage $(STAGE) --outdir dist
+
+bootstrap: setup ## Prepare the stage's account and region for CDK deployments, once (needs AWS credentials)
+	$(CDK) bootstrap -c stage=$(STAGE)
 
 diff: setup ## Compare one stage with what is deployed (needs AWS credentials)
 	$(CDK) diff -c stage=$(STAGE) '$(STAGE)/*'
