@@ -91,6 +91,10 @@ def _pinned_image(image: str) -> str:
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
 
 
+def _repeated(values: tuple[str, ...] | list[str]) -> list[str]:
+    return sorted({value for value in values if values.count(value) > 1})
+
+
 class _Strict(BaseModel):
     """Unknown fields are errors and settings never change once loaded."""
 
@@ -236,7 +240,7 @@ class StageSettings(_Strict):
     @field_validator("availability_zones")
     @classmethod
     def _distinct_zones(cls, zones: tuple[str, ...]) -> tuple[str, ...]:
-        repeated = sorted({zone for zone in zones if zones.count(zone) > 1})
+        repeated = _repeated(zones)
         if repeated:
             raise ValueError(f"each zone may appear once; repeated: {', '.join(repeated)}")
         return zones
@@ -261,8 +265,7 @@ class StageSettings(_Strict):
     @model_validator(mode="after")
     def _models_fit_together(self) -> StageSettings:
         for field in ("name", "service_name"):
-            values = [getattr(model, field) for model in self.models]
-            repeated = sorted({value for value in values if values.count(value) > 1})
+            repeated = _repeated([getattr(model, field) for model in self.models])
             if repeated:
                 raise ValueError(f"models: {field} must be unique; repeated: {', '.join(repeated)}")
         gpus_needed = sum(model.gpus * model.replicas for model in self.models)

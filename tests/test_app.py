@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, Assembly, cdk_synth, stage_data
@@ -70,3 +71,19 @@ def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path
     )
     assert "Traceback" not in stderr
     assert not (project / "cdk.out").exists() or not list((project / "cdk.out").glob("*.template.json"))
+
+
+def test_construct_errors_are_reported_without_a_javascript_stack(monkeypatch, tmp_path: Path) -> None:
+    from jsii.errors import JSIIError
+
+    import app
+
+    def rejecting_stage(*args: object, **kwargs: object) -> None:
+        raise JSIIError("Invalid node pool values: gpu")
+
+    monkeypatch.setattr(app, "InferencePlatformStage", rejecting_stage)
+    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        app.main()
+    assert str(stopped.value) == "synth of stage 'dev' stopped: Invalid node pool values: gpu"
+    assert not any(tmp_path.iterdir())
