@@ -22,11 +22,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+.venv-checkov/.installed: requirements-checkov.txt
+	python3 -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(VENV)/.installed node_modules/.installed ## Install Python packages (.venv), the CDK CLI and Node.js 22 (node_modules)
+setup: $(VENV)/.installed .venv-checkov/.installed node_modules/.installed ## Install Python packages (.venv, .venv-checkov), the CDK CLI, Node.js 22 and schemas (node_modules)
 
 synth: setup ## Synthesize one stage's cloud assembly into cdk.out (STAGE=dev)
 	$(CDK) synth --quiet -c stage=$(STAGE)

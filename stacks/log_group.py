@@ -1,20 +1,45 @@
-"""Log groups with the retention the stage's settings give, in days."""
+"""Log groups encrypted with a rotating key of their own and kept for the days the settings give."""
 
 from __future__ import annotations
 
 from typing import cast
 
+from aws_cdk import Aws, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+
+# What CloudWatch Logs needs of a key to encrypt and read a log group's events.
+LOGS_KEY_ACTIONS = [
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:DescribeKey",
+]
 
 
 def log_group(scope: Construct, id: str, *, retention_days: int, name: str | None = None) -> logs.LogGroup:
     """A log group kept for `retention_days` (one of settings.model.LOG_RETENTION_DAYS).
 
-    logs.RetentionDays is an enum of names in Python (THREE_MONTHS, ...), so the number of
-    days from settings goes straight onto the CloudFormation property. The group itself is
-    retained when its stack is deleted, like every other record of what happened.
+    The group and its key are retained when the stack is deleted, like every other record of
+    what happened. logs.RetentionDays is an enum of names in Python (THREE_MONTHS, ...), so the
+    number of days from settings goes straight onto the CloudFormation property.
     """
-    group = logs.LogGroup(scope, id, log_group_name=name)
+    region = Stack.of(scope).region
+    log_groups_here = f"arn:{Aws.PARTITION}:logs:{region}:{Aws.ACCOUNT_ID}:log-group:*"
+    key = kms.Key(scope, f"{id}Key", description=f"Encrypts the {id} log group", enable_key_rotation=True)
+    key.add_to_resource_policy(
+        iam.PolicyStatement(
+            principals=[iam.ServicePrincipal(f"logs.{region}.amazonaws.com")],
+            actions=LOGS_KEY_ACTIONS,
+            resources=["*"],  # in a key policy, "*" is this key
+            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn": log_groups_here}},
+        )
+    )
+    group = logs.LogGroup(scope, id, log_group_name=name, encryption_key=key)
     cast(logs.CfnLogGroup, group.node.default_child).retention_in_days = retention_days
     return group

@@ -50,9 +50,23 @@ class NetworkStack(Stack):
 
         # Image layers come from S3 behind ECR; nodes and pods get credentials from STS.
         self.vpc.add_gateway_endpoint("S3Endpoint", service=ec2.GatewayVpcEndpointAwsService.S3)
+        # HTTPS from inside the VPC only. The CIDR is written out (not the VPC's CidrBlock
+        # attribute) so reviewers and scanners see the actual range.
+        endpoints_security_group = ec2.SecurityGroup(
+            self,
+            "EndpointsSecurityGroup",
+            vpc=self.vpc,
+            description="HTTPS from inside the VPC to its interface endpoints",
+            allow_all_outbound=False,
+        )
+        endpoints_security_group.add_ingress_rule(
+            ec2.Peer.ipv4(str(network.cidr)), ec2.Port.tcp(443), "HTTPS from the VPC"
+        )
         for endpoint_id, service in (
             ("EcrApiEndpoint", ec2.InterfaceVpcEndpointAwsService.ECR),
             ("EcrDockerEndpoint", ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER),
             ("StsEndpoint", ec2.InterfaceVpcEndpointAwsService.STS),
         ):
-            self.vpc.add_interface_endpoint(endpoint_id, service=service)
+            self.vpc.add_interface_endpoint(
+                endpoint_id, service=service, security_groups=[endpoints_security_group], open=False
+            )

@@ -8,6 +8,7 @@ from constructs import Construct
 from settings.model import StageSettings
 from stacks.cluster import ClusterStack
 from stacks.network import NetworkStack
+from stacks.reviewed_findings import acknowledge_reviewed_findings
 from stacks.serving import ServingStack
 
 
@@ -43,5 +44,6 @@ class InferencePlatformStage(Stage):
             gpu_node_pool=settings.gpu_node_pool,
             models=settings.models,
         )
+        acknowledge_reviewed_findings(self)
         Tags.of(self).add("project", "eks-gpu-inference")
         Tags.of(self).add("stage", id)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jsii.errors import JavaScriptError
 
+import app
 from tests.conftest import ROOT, Assembly, cdk_synth, stage_data
 
 
@@ -73,13 +75,12 @@ def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path
     assert not (project / "cdk.out").exists() or not list((project / "cdk.out").glob("*.template.json"))
 
 
-def test_construct_errors_are_reported_without_a_javascript_stack(monkeypatch, tmp_path: Path) -> None:
-    from jsii.errors import JSIIError
-
-    import app
-
+def test_construct_errors_are_reported_without_a_javascript_stack(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # How jsii surfaces an error thrown by a construct or a validation plugin.
     def rejecting_stage(*args: object, **kwargs: object) -> None:
-        raise JSIIError("Invalid node pool values: gpu")
+        raise RuntimeError("Invalid node pool values: gpu") from JavaScriptError("at Cluster (cluster.js:1:1)")
 
     monkeypatch.setattr(app, "InferencePlatformStage", rejecting_stage)
     monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))

@@ -37,14 +37,22 @@ class YamlSnapshot(TextSnapshot):
 
 
 def reviewable(template: dict[str, Any]) -> str:
-    """The template as JSON, minus what changes without a change of ours."""
+    """The template as JSON, minus what changes without a change of ours, with manifests unfolded."""
     resources = {
-        logical_id: resource
+        logical_id: _unfold_manifest(resource)
         for logical_id, resource in template["Resources"].items()
         # Encoded library and construct versions, for AWS's usage statistics.
         if resource["Type"] != "AWS::CDK::Metadata"
     }
     return ASSET_HASH.sub("<asset-hash>", json.dumps({**template, "Resources": resources}, indent=2, sort_keys=True))
+
+
+def _unfold_manifest(resource: dict[str, Any]) -> dict[str, Any]:
+    """A Kubernetes manifest is one JSON string in the template; as a JSON tree its diff reads line by line."""
+    manifest = resource.get("Properties", {}).get("Manifest")
+    if not isinstance(manifest, str):
+        return resource
+    return {**resource, "Properties": {**resource["Properties"], "Manifest": json.loads(manifest)}}
 
 
 @pytest.mark.parametrize("stage", stage_names())

@@ -39,7 +39,8 @@ def test_chart_holds_namespace_deployment_service_and_budget(objects: list[dict[
 
 def test_model_runs_in_its_own_namespace(objects: list[dict[str, Any]]) -> None:
     namespace = find(objects, "Namespace")
-    assert namespace["metadata"] == {"name": "gpt-oss-20b"}  # cluster-scoped: no namespace of its own
+    assert namespace["metadata"]["name"] == "gpt-oss-20b"
+    assert "namespace" not in namespace["metadata"]  # a Namespace is cluster-scoped
     for obj in objects[1:]:
         assert obj["metadata"]["namespace"] == "gpt-oss-20b" != "default"
 

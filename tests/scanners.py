@@ -1,0 +1,114 @@
+"""The quality gates' scanners, run as a reviewer would run them, with findings a reader can act on.
+
+Each function returns findings as lines that name the resource, the rule and how to fix or
+acknowledge it; an empty list means the input passed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+
+from tests.conftest import ROOT
+
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+CFN_LINT = ROOT / ".venv" / "bin" / "cfn-lint"
+
+
+def cfn_lint(templates: list[Path]) -> list[str]:
+    """cfn-lint with the project's .cfnlintrc.yaml: errors, warnings and informational findings."""
+    process = subprocess.run(
+        [str(CFN_LINT), "--format", "json", *map(str, templates)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if process.returncode and not process.stdout.strip().startswith("["):
+        raise RuntimeError(f"cfn-lint did not run: {process.stderr}")
+    return [
+        f"{m['Level']} {m['Rule']['Id']} at {'/'.join(map(str, m['Location']['Path']))} in {Path(m['Filename']).name}: "
+        f"{m['Message']} (fix the construct, or ignore the rule in .cfnlintrc.yaml with the reason)"
+        for m in json.loads(process.stdout)
+    ]
+
+
+def run_checkov(framework: str, directories: list[Path]) -> subprocess.Popen[str]:
+    """Start checkov (its own virtual environment: it pins an old `packaging`) on some folders."""
+    if not CHECKOV.exists():
+        raise FileNotFoundError(f"{CHECKOV} is missing: `make setup` installs it")
+    directory_args = [arg for directory in directories for arg in ("-d", str(directory))]
+    return subprocess.Popen(
+        [str(CHECKOV), *directory_args, "--framework", framework, "--skip-download", "--output", "json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def checkov_results(process: subprocess.Popen[str]) -> dict[str, list[dict[str, Any]]]:
+    """passed_checks, failed_checks and skipped_checks of a checkov run started by run_checkov."""
+    stdout, stderr = process.communicate(timeout=300)
+    merged: dict[str, list[dict[str, Any]]] = {"passed_checks": [], "failed_checks": [], "skipped_checks": []}
+    for report in _json_documents(stdout):
+        # One report per scanned folder or framework; a list when there are several.
+        for single in report if isinstance(report, list) else [report]:
+            for key in merged:
+                merged[key].extend(single.get("results", {}).get(key, []))
+    if not any(merged.values()):
+        raise RuntimeError(f"checkov {process.args} checked nothing (exit {process.returncode}): {stderr}")
+    return merged
+
+
+def _json_documents(text: str) -> list[Any]:
+    """checkov may print several JSON documents one after another."""
+    decoder = json.JSONDecoder()
+    documents, position = [], 0
+    while position < len(text.rstrip()):
+        document, position = decoder.raw_decode(text, position)
+        documents.append(document)
+        while position < len(text) and text[position].isspace():
+            position += 1
+    return documents
+
+
+def checkov_failures(results: dict[str, list[dict[str, Any]]], how_to_skip: str) -> list[str]:
+    return [
+        f"{check['check_id']} ({check['check_name']}) failed for {check['resource']} in "
+        f"{Path(check['file_path']).name}: fix it, or {how_to_skip}"
+        for check in results["failed_checks"]
+    ]
+
+
+def kubernetes_problems(obj: dict[str, Any], version: str) -> list[str]:
+    """Strict validation (unknown fields are errors) against the Kubernetes OpenAPI schema of a version."""
+    name = f"{obj.get('kind')} {obj.get('metadata', {}).get('name')}"
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        path = "/".join(map(str, error.path))
+        return [f"{name}: {error.message} at {path or 'the top'} (Kubernetes {version} schema)"]
+    return []
+
+
+def karpenter_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Validation against the karpenter.sh/v1 schema published in @kubernetes-models/karpenter."""
+    process = subprocess.run(
+        ["node", str(ROOT / "scripts" / "validate_karpenter.mjs")],
+        input=json.dumps(objects),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [
+        f"{obj['kind']} {obj['metadata']['name']}: {problem} (karpenter.sh/v1 schema)"
+        for obj, problem in zip(objects, json.loads(process.stdout), strict=True)
+        if problem
+    ]
