@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup synth test snapshots lint format dist bootstrap diff deploy destroy clean
+.PHONY: help setup synth test snapshots lint format dist bench bootstrap diff deploy destroy clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,12 @@ format: setup ## Format and fix what ruff can
 
 dist: setup ## Write every chart of one stage as YAML under dist/ (STAGE=dev)
 	python -m charts --stage $(STAGE) --outdir dist
+
+bench: setup ## Benchmarks: synth time against a floor app, the test suite's time and memory, the deploy plan
+	python -m scripts.bench synth --runs 5
+	python -m scripts.bench tests
+	$(CDK) synth --quiet -c stage=$(STAGE) > /dev/null
+	python -m scripts.bench plan cdk.out/assembly-$(STAGE)
 
 bootstrap: setup ## Prepare the stage's account and region for CDK deployments, once (needs AWS credentials)
 	$(CDK) bootstrap -c stage=$(STAGE)

@@ -1,34 +1,48 @@
 #!/usr/bin/env python3
 """The CDK app: builds the stage named by `-c stage=NAME` (default dev) from its settings."""
 
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 from jsii.errors import JavaScriptError
 
-from settings import DEFAULT_STAGE, SettingsError, load_stage_settings
+from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_stage_settings
 from stacks.stage import InferencePlatformStage
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The context (feature flags) the CLI passes from cdk.json, for apps built without the CLI."""
+    return json.loads((Path(__file__).parent / "cdk.json").read_text())["context"]
+
+
+def build_app(app: cdk.App, stages: dict[str, StageSettings]) -> cdk.App:
+    """The given stages in one app, under the AWS Solutions checks."""
+    # Every stack is checked at synth; a finding not acknowledged in stacks/reviewed_findings.py
+    # stops the synth with the resource, the rule and how to acknowledge it.
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    for name, settings in stages.items():
+        InferencePlatformStage(app, name, settings=settings)
+    return app
 
 
 def main() -> None:
     app = cdk.App()
-    # Every stack is checked against the AWS Solutions rules at synth; a finding that is not
-    # acknowledged in stacks/reviewed_findings.py stops the synth with the resource and rule.
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     stage = app.node.try_get_context("stage") or DEFAULT_STAGE
     try:
         settings = load_stage_settings(stage)
     except SettingsError as error:
         sys.exit(f"synth stopped, nothing was written: {error}")
     try:
-        InferencePlatformStage(app, stage, settings=settings)
-        app.synth()
+        build_app(app, {stage: settings}).synth()
     except RuntimeError as error:
         if not isinstance(error.__cause__, JavaScriptError):
             raise
-        # A construct or a validation plugin (cdk-nag) rejected the stage; the plugin has
-        # printed its findings. The JavaScript stack trace names library internals, not input.
+        # A construct or a validation plugin (cdk-nag) rejected the stage. The JavaScript stack
+        # trace names library internals, not the input, so only the message is shown.
         sys.exit(f"synth of stage {stage!r} stopped: {error}")
 
 

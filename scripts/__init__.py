@@ -1,0 +1,1 @@
+"""Commands a person runs by hand: benchmarks and (later) smoke tests."""

@@ -1,0 +1,166 @@
+"""Benchmarks of the project's own speed: `make bench` (or `python -m scripts.bench synth|tests|plan`).
+
+synth  The full app (every stage) against a floor app (a VPC and an Auto Mode cluster with a
+       kubectl provider, nothing else), run alternately in fresh processes; medians of each and
+       of their ratio. Target: ratio at most 1.5.
+tests  The test suite's wall time and peak memory (the summed RSS of its process tree).
+plan   From a synthesized cloud assembly: the stacks' dependency waves (stacks in one wave can
+       be created in parallel) and the longest chain of dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_SYNTH_RATIO = 1.5
+
+
+def build_and_synth(kind: str, outdir: str) -> None:
+    """Build one of the two benchmark apps and synthesize it (runs in a fresh process)."""
+    import aws_cdk as cdk
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_eks_v2 as eks
+    from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
+
+    from app import build_app, cdk_json_context
+    from settings import load_stage_settings, stage_names
+
+    app = cdk.App(outdir=outdir, context=cdk_json_context())
+    if kind == "full":
+        build_app(app, {name: load_stage_settings(name) for name in stage_names()})
+    else:
+        stack = cdk.Stack(app, "Floor", env=cdk.Environment(region="us-west-2"))
+        vpc = ec2.Vpc(stack, "Vpc", availability_zones=["us-west-2a", "us-west-2b"])
+        eks.Cluster(
+            stack,
+            "Cluster",
+            version=eks.KubernetesVersion.V1_36,
+            vpc=vpc,
+            default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
+            kubectl_provider_options=eks.KubectlProviderOptions(kubectl_layer=KubectlV36Layer(stack, "Kubectl")),
+        )
+    app.synth()
+
+
+def bench_synth(runs: int) -> None:
+    timings: dict[str, list[float]] = {"full": [], "floor": []}
+    for _ in range(runs):
+        for kind in ("floor", "full"):  # alternately, so drift on the machine hits both alike
+            with tempfile.TemporaryDirectory() as outdir:
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "scripts.bench", "_synth", kind, outdir], cwd=ROOT, check=True)
+                timings[kind].append(time.perf_counter() - started)
+    ratios = [full / floor for full, floor in zip(timings["full"], timings["floor"], strict=True)]
+    ratio = statistics.median(ratios)
+    print(f"## Synth ({runs} runs each, alternating)\n")
+    print("| app | median wall time |\n|---|---|")
+    print(f"| full (every stage) | {statistics.median(timings['full']):.2f} s |")
+    print(f"| floor (VPC + Auto Mode cluster + kubectl provider) | {statistics.median(timings['floor']):.2f} s |")
+    verdict = "within" if ratio <= TARGET_SYNTH_RATIO else "OVER"
+    print(f"\nmedian ratio full/floor: {ratio:.2f} ({verdict} the target of {TARGET_SYNTH_RATIO})\n")
+
+
+def bench_tests() -> None:
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _tree_rss_bytes(process.pid))
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    if process.returncode:
+        sys.exit(f"the test suite failed (exit {process.returncode}); its timing would mean nothing")
+    print("\n## Test suite\n")
+    print(f"wall time {elapsed:.1f} s, peak memory {peak / 2**20:.0f} MiB (all its processes together)\n")
+
+
+def _tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            pages = int((entry / "statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        rss[int(entry.name)] = pages * os.sysconf("SC_PAGE_SIZE")
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        total += rss.get(current, 0)
+        pending.extend(children.get(current, []))
+    return total
+
+
+def bench_plan(assembly: Path) -> None:
+    manifest = json.loads((assembly / "manifest.json").read_text())
+    stacks = {
+        artifact_id: artifact
+        for artifact_id, artifact in manifest["artifacts"].items()
+        if artifact["type"] == "aws:cloudformation:stack"
+    }
+    needs = {
+        stack_id: [dependency for dependency in artifact.get("dependencies", []) if dependency in stacks]
+        for stack_id, artifact in stacks.items()
+    }
+    depth: dict[str, int] = {}
+
+    def wave_of(stack_id: str) -> int:
+        if stack_id not in depth:
+            depth[stack_id] = 1 + max((wave_of(dependency) for dependency in needs[stack_id]), default=0)
+        return depth[stack_id]
+
+    waves: dict[int, list[str]] = {}
+    for stack_id in stacks:
+        waves.setdefault(wave_of(stack_id), []).append(stacks[stack_id]["properties"]["stackName"])
+    print(f"## Deploy plan of {assembly.name}\n")
+    print("| wave | stacks CloudFormation can create in parallel |\n|---|---|")
+    for wave in sorted(waves):
+        print(f"| {wave} | {', '.join(sorted(waves[wave]))} |")
+    last = max(depth, key=lambda stack_id: depth[stack_id])
+    chain = [last]
+    while needs[chain[-1]]:
+        chain.append(max(needs[chain[-1]], key=lambda stack_id: depth[stack_id]))
+    names = [stacks[stack_id]["properties"]["stackName"] for stack_id in reversed(chain)]
+    print(f"\ncritical path ({len(names)} stacks, one after another): {' → '.join(names)}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("synth").add_argument("--runs", type=int, default=5)
+    commands.add_parser("tests")
+    commands.add_parser("plan").add_argument("assembly", type=Path, nargs="+")
+    internal = commands.add_parser("_synth")
+    internal.add_argument("kind", choices=["full", "floor"])
+    internal.add_argument("outdir")
+    args = parser.parse_args()
+    if args.command == "_synth":
+        build_and_synth(args.kind, args.outdir)
+        return
+    print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}\n")
+    if args.command == "synth":
+        bench_synth(args.runs)
+    elif args.command == "tests":
+        bench_tests()
+    else:
+        for assembly in args.assembly:
+            bench_plan(assembly)
+
+
+if __name__ == "__main__":
+    main()
