@@ -85,6 +85,11 @@ def checkov_failures(results: dict[str, list[dict[str, Any]]], how_to_skip: str)
     ]
 
 
+def checkov_skips(results: dict[str, list[dict[str, Any]]]) -> set[tuple[str, str]]:
+    """The (check, reason) pairs a run skipped because the input says so."""
+    return {(check["check_id"], check["check_result"]["suppress_comment"]) for check in results["skipped_checks"]}
+
+
 def kubernetes_problems(obj: dict[str, Any], version: str) -> list[str]:
     """Strict validation (unknown fields are errors) against the Kubernetes OpenAPI schema of a version."""
     name = f"{obj.get('kind')} {obj.get('metadata', {}).get('name')}"

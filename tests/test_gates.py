@@ -26,6 +26,7 @@ from tests.scanners import (
     cfn_lint,
     checkov_failures,
     checkov_results,
+    checkov_skips,
     karpenter_problems,
     kubernetes_problems,
     run_checkov,
@@ -202,8 +203,7 @@ def test_manifests_pass_checkov_kubernetes_checks(checkov_reports: dict[str, Any
     how = "add a checkov.io/skip annotation with the reason to CHECKOV_EXCEPTIONS in charts/vllm_server.py"
     assert checkov_failures(results, how) == []
     assert len(results["passed_checks"]) > 50
-    skipped = {(check["check_id"], check["check_result"]["suppress_comment"]) for check in results["skipped_checks"]}
-    assert skipped == set(CHECKOV_EXCEPTIONS.items())
+    assert checkov_skips(results) == set(CHECKOV_EXCEPTIONS.items())
 
 
 def test_checkov_kubernetes_checks_reject_a_privileged_pod(checkov_reports: dict[str, Any]) -> None:
@@ -216,8 +216,7 @@ def test_templates_pass_checkov_cloudformation_checks(checkov_reports: dict[str,
     how = "acknowledge it in CHECKOV_FINDINGS in stacks/reviewed_findings.py with the reason"
     assert checkov_failures(results, how) == []
     assert len(results["passed_checks"]) > 100
-    skipped = {(check["check_id"], check["check_result"]["suppress_comment"]) for check in results["skipped_checks"]}
-    assert skipped == {(finding.rule, finding.reason) for finding in CHECKOV_FINDINGS}
+    assert checkov_skips(results) == {(finding.rule, finding.reason) for finding in CHECKOV_FINDINGS}
 
 
 def test_checkov_cloudformation_checks_reject_an_unencrypted_bucket(checkov_reports: dict[str, Any]) -> None:
