@@ -29,8 +29,16 @@ def build_app(app: cdk.App, stages: dict[str, StageSettings]) -> cdk.App:
     return app
 
 
+# The CLI (2.1148) asks apps to leave validation findings to it, then ignores them, and a
+# finding in a Python app only sets the exit code of jsii's Node.js process. So the app fails
+# the synth itself: findings become an exception, with the report, that main() prints.
+FAIL_ON_FINDINGS = {"@aws-cdk/core:failSynthOnValidationErrors": True, "@aws-cdk/core:appMode": "inmemory"}
+
+
 def main() -> None:
     app = cdk.App()
+    for key, value in FAIL_ON_FINDINGS.items():
+        app.node.set_context(key, value)
     stage = app.node.try_get_context("stage") or DEFAULT_STAGE
     try:
         settings = load_stage_settings(stage)

@@ -2,18 +2,80 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cdk8s
 
+from charts.cold_start import progress_deadline_seconds, startup_probe_seconds
 from charts.gpu_node_pool import GpuNodePoolChart
-from charts.vllm_server import VllmServerChart
-from settings.model import GpuNodePoolSettings, ModelSettings
+from charts.images import pulled_image
+from charts.vllm_server import VllmServerChart, WeightsFileSystem
+from settings.model import StageSettings
+
+# A small image with `sh`, `find` and `cat`, for the preload job (pulled through the cache too).
+PRELOAD_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"
 
 
-def build_charts(
-    app: cdk8s.App, *, gpu_node_pool: GpuNodePoolSettings, models: tuple[ModelSettings, ...]
-) -> dict[str, cdk8s.Chart]:
+@dataclass(frozen=True)
+class DeployedResources:
+    """What the charts need from the stacks: CDK tokens when the serving stack applies them,
+    placeholders when the charts are written out alone for review (`python -m charts`)."""
+
+    account: str
+    node_role_name: str
+    subnet_ids: tuple[str, ...]
+    cluster_security_group_id: str
+    file_system_id: str
+    file_system_dns_name: str
+    file_system_mount_name: str
+
+    @classmethod
+    def placeholders(cls, settings: StageSettings) -> DeployedResources:
+        return cls(
+            account=settings.account or "<account>",
+            node_role_name="<cluster node role name>",
+            subnet_ids=tuple(f"<private subnet in {zone}>" for zone in settings.availability_zones),
+            cluster_security_group_id="<cluster security group id>",
+            file_system_id="<file system id>",
+            file_system_dns_name="<file system dns name>",
+            file_system_mount_name="<file system mount name>",
+        )
+
+
+def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedResources) -> dict[str, cdk8s.Chart]:
     """Every chart of a stage, by a stable id: the GPU NodePool, then one vLLM server per model."""
-    charts: dict[str, cdk8s.Chart] = {"GpuNodePool": GpuNodePoolChart(app, "gpu-node-pool", pool=gpu_node_pool)}
-    for model in models:
-        charts[f"Model-{model.name}"] = VllmServerChart(app, f"vllm-{model.name}", model=model)
+    pool = settings.gpu_node_pool
+    charts: dict[str, cdk8s.Chart] = {
+        "GpuNodePool": GpuNodePoolChart(
+            app,
+            "gpu-node-pool",
+            pool=pool,
+            node_role_name=deployed.node_role_name,
+            subnet_ids=deployed.subnet_ids,
+            security_group_id=deployed.cluster_security_group_id,
+            zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
+        )
+    }
+    weights = WeightsFileSystem(
+        file_system_id=deployed.file_system_id,
+        dns_name=deployed.file_system_dns_name,
+        mount_name=deployed.file_system_mount_name,
+        capacity_gib=settings.model_store.storage_capacity_gib,
+        zone=settings.model_store_zone,
+    )
+    for model in settings.models:
+        charts[f"Model-{model.name}"] = VllmServerChart(
+            app,
+            f"vllm-{model.name}",
+            model=model,
+            image=_pulled(model.image, settings, deployed),
+            preload_image=_pulled(PRELOAD_IMAGE, settings, deployed),
+            weights=weights,
+            startup_budget=startup_probe_seconds(settings, model),
+            progress_deadline=progress_deadline_seconds(settings, model),
+        )
     return charts
+
+
+def _pulled(image: str, settings: StageSettings, deployed: DeployedResources) -> str:
+    return pulled_image(image, registry=settings.registry, account=deployed.account, region=settings.region)

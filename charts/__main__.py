@@ -1,7 +1,8 @@
 """Write every chart of a stage as YAML for review, without CDK: `python -m charts --stage dev --outdir dist`.
 
 The files land in <outdir>/<stage>/, one per chart, replacing the previous set only once all
-of them are written.
+of them are written. Values that exist only once the stage is deployed (the file system's id,
+the node role, ...) appear as <placeholders>.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import cdk8s
 
-from charts import build_charts
+from charts import DeployedResources, build_charts
 from settings import DEFAULT_STAGE, SettingsError, load_stage_settings
 
 
@@ -24,7 +25,7 @@ def write_manifests(stage: str, outdir: Path) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=outdir, prefix=f".{stage}-") as staging:
         app = cdk8s.App(outdir=staging, yaml_output_type=cdk8s.YamlOutputType.FILE_PER_CHART)
-        build_charts(app, gpu_node_pool=settings.gpu_node_pool, models=settings.models)
+        build_charts(app, settings, DeployedResources.placeholders(settings))
         app.synth()
         shutil.rmtree(target, ignore_errors=True)
         shutil.move(staging, target)

@@ -1,12 +1,15 @@
 """How one model is served: vLLM's OpenAI-compatible server on GPU nodes, in a namespace of its own.
 
-The pod reproduces the walkthrough's (image, `vllm serve` flags, env, one GPU, memory-backed
-/dev/shm, port 8000) and adds what a long-lived service needs: requests sized for vLLM,
-probes that tell loading from broken, a hardened security context, spreading over nodes,
-a PodDisruptionBudget and a rollout that never drops the last serving replica.
+The pod reproduces the walkthrough's (`vllm serve` flags, env, one GPU, memory-backed /dev/shm,
+port 8000) and adds what a long-lived service needs: weights read from the FSx for Lustre file
+system instead of downloaded, the image from the in-region registry, requests sized for vLLM,
+probes that tell loading from broken, a hardened security context, spreading over nodes, a
+PodDisruptionBudget and a rollout that never drops the last serving replica.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cdk8s
 import cdk8s_plus_30 as kplus
@@ -14,6 +17,8 @@ from cdk8s_plus_30 import k8s
 from constructs import Construct
 
 from charts.gpu_node_pool import GPU_TAINT
+from charts.model_loader import ModelPreload
+from charts.model_volume import ModelVolume
 from settings.model import ModelSettings
 
 PORT = 8000
@@ -23,26 +28,52 @@ PROBE_PERIOD_SECONDS = 10
 # user on the node.
 RUN_AS_USER = 10001
 HOME = "/home/vllm"
+# The file system's /models directory (the bucket's contents), mounted read-only here.
+WEIGHTS_DIR = "/models"
 # The restricted Pod Security Standard: non-root, no privilege escalation, all capabilities
 # dropped, RuntimeDefault seccomp, only ephemeral volume types. The pod below meets it.
 POD_SECURITY_LABELS = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
-# checkov's Kubernetes checks this pod fails on purpose, with the reasons; rendered as
-# checkov.io/skip annotations on the Deployment, where checkov reads them.
+# checkov's Kubernetes checks these pods fail on purpose, with the reasons; rendered as
+# checkov.io/skip annotations on the Deployment and the preload CronJob, where checkov reads them.
 CHECKOV_EXCEPTIONS = {
     "CKV_K8S_11": "no CPU limit on purpose: throttling only slows weight loading and CUDA graph capture; "
-    "the request reserves what serving needs",
-    "CKV_K8S_15": "IfNotPresent on purpose: the image is about 14 GB and pinned, so pulling it on every start "
-    "only delays the replica",
+    "the request reserves what the pod needs",
+    "CKV_K8S_15": "IfNotPresent on purpose: images are pinned, so pulling one again on every start only delays "
+    "the pod (the vLLM image is about 14 GB)",
     "CKV_K8S_43": "pinned by the version tag in the stage settings (which also accept a digest)",
     "CKV2_K8S_6": "EKS Auto Mode enforces NetworkPolicies only once its network policy controller is enabled; "
     "until then a policy here would protect nothing",
 }
 
 
+CHECKOV_SKIP_ANNOTATIONS = {
+    f"checkov.io/skip{number}": f"{check}={reason}"
+    for number, (check, reason) in enumerate(CHECKOV_EXCEPTIONS.items(), 1)
+}
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def vllm_args(model: ModelSettings) -> list[str]:
-    """`vllm serve` arguments: the model, the flags its settings own, then extra_args."""
+    """`vllm serve` arguments: the weights on the file system, the name clients use, then the flags."""
     return [
-        model.model,
+        f"{WEIGHTS_DIR}/{model.name}",
+        f"--served-model-name={model.model}",
         f"--gpu-memory-utilization={model.gpu_memory_utilization:.2f}",
         f"--tensor-parallel-size={model.tensor_parallel_size}",
         f"--max-model-len={model.max_model_len}",
@@ -55,10 +86,36 @@ def app_label(model: ModelSettings) -> str:
     return f"vllm-{model.name}"
 
 
-class VllmServerChart(cdk8s.Chart):
-    """Namespace, Deployment, Service and PodDisruptionBudget for one model."""
+@dataclass(frozen=True)
+class WeightsFileSystem:
+    """The FSx for Lustre file system holding the weights (CDK tokens when applied by the serving stack)."""
 
-    def __init__(self, scope: Construct, id: str, *, model: ModelSettings) -> None:
+    file_system_id: str
+    dns_name: str
+    mount_name: str
+    capacity_gib: int
+    zone: str
+
+
+class VllmServerChart(cdk8s.Chart):
+    """Namespace, weights volume, preload job, Deployment, Service and PodDisruptionBudget for one model.
+
+    `image` and `preload_image` are the references nodes pull (see charts.images);
+    `startup_budget` and `progress_deadline` (seconds) come from the cold-start budget.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        model: ModelSettings,
+        image: str,
+        preload_image: str,
+        weights: WeightsFileSystem,
+        startup_budget: int,
+        progress_deadline: int,
+    ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": app_label(model)}
 
@@ -67,6 +124,26 @@ class VllmServerChart(cdk8s.Chart):
         )
         # A Namespace is cluster-scoped; the chart's namespace would otherwise be stamped on it too.
         cdk8s.ApiObject.of(namespace).add_json_patch(cdk8s.JsonPatch.remove("/metadata/namespace"))
+        volume = ModelVolume(
+            self,
+            "Weights",
+            namespace=model.name,
+            file_system_id=weights.file_system_id,
+            dns_name=weights.dns_name,
+            mount_name=weights.mount_name,
+            capacity_gib=weights.capacity_gib,
+        )
+        ModelPreload(
+            self,
+            "Preload",
+            model_name=model.name,
+            image=preload_image,
+            claim_name=volume.claim_name,
+            zones=(weights.zone,),
+            pod_security_context=POD_SECURITY_CONTEXT,
+            container_security_context=CONTAINER_SECURITY_CONTEXT,
+            annotations=CHECKOV_SKIP_ANNOTATIONS,
+        )
 
         deployment = kplus.Deployment(
             self,
@@ -74,10 +151,7 @@ class VllmServerChart(cdk8s.Chart):
             metadata=cdk8s.ApiObjectMetadata(
                 name=model.name,
                 labels=labels,
-                annotations={
-                    f"checkov.io/skip{number}": f"{check}={reason}"
-                    for number, (check, reason) in enumerate(CHECKOV_EXCEPTIONS.items(), start=1)
-                },
+                annotations=CHECKOV_SKIP_ANNOTATIONS,
             ),
             replicas=model.replicas,
             select=False,
@@ -87,9 +161,8 @@ class VllmServerChart(cdk8s.Chart):
                 max_surge=kplus.PercentOrAbsolute.absolute(1),
                 max_unavailable=kplus.PercentOrAbsolute.absolute(0),
             ),
-            # The default 10 minutes is shorter than a cold start (node launch, a 14 GB image,
-            # the weights); past it the rollout reports failure while the pod is still loading.
-            progress_deadline=cdk8s.Duration.minutes(model.startup_timeout_minutes + 15),
+            # From the cold-start budget (charts/cold_start.py): past it the rollout reports failure.
+            progress_deadline=cdk8s.Duration.seconds(progress_deadline),
             # The server calls no Kubernetes API.
             automount_service_account_token=False,
             security_context=kplus.PodSecurityContextProps(
@@ -108,7 +181,7 @@ class VllmServerChart(cdk8s.Chart):
 
         container = deployment.add_container(
             name="inference-server",
-            image=model.image,
+            image=image,
             image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
             command=["vllm", "serve"],
             args=vllm_args(model),
@@ -116,6 +189,8 @@ class VllmServerChart(cdk8s.Chart):
             env_variables={
                 **{name: kplus.EnvValue.from_value(value) for name, value in model.env.items()},
                 "PORT": kplus.EnvValue.from_value(str(PORT)),
+                # The weights are on the file system: never reach out to the Hugging Face Hub.
+                "HF_HUB_OFFLINE": kplus.EnvValue.from_value("1"),
                 # Caches (Hugging Face, vLLM, Triton, torch.compile) go under HOME, an emptyDir,
                 # because the root filesystem is read-only and the image's /root is not ours.
                 "HOME": kplus.EnvValue.from_value(HOME),
@@ -135,7 +210,7 @@ class VllmServerChart(cdk8s.Chart):
                 "/health",
                 port=PORT,
                 period_seconds=cdk8s.Duration.seconds(PROBE_PERIOD_SECONDS),
-                failure_threshold=model.startup_timeout_minutes * 60 // PROBE_PERIOD_SECONDS,
+                failure_threshold=startup_budget // PROBE_PERIOD_SECONDS,
                 timeout_seconds=cdk8s.Duration.seconds(5),
             ),
             # /v1/models answers only when the model can serve requests (/health can answer earlier).
@@ -176,6 +251,18 @@ class VllmServerChart(cdk8s.Chart):
             ),
         )
         container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
+        container.mount(
+            WEIGHTS_DIR,
+            kplus.Volume.from_persistent_volume_claim(
+                self,
+                "WeightsVolume",
+                kplus.PersistentVolumeClaim.from_claim_name(self, "WeightsClaim", volume.claim_name),
+                name="weights",
+                read_only=True,
+            ),
+            sub_path="models",
+            read_only=True,
+        )
         container.mount("/tmp", kplus.Volume.from_empty_dir(self, "Tmp", "tmp"))
         # cdk8s-plus has no field for extended resources such as GPUs. The patch runs before the
         # typed mapper, which renders a plain string as null: the value must be a k8s Quantity.

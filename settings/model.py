@@ -107,6 +107,54 @@ class NetworkSettings(_Strict):
     flow_log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
 
 
+class RegistrySettings(_Strict):
+    """Where nodes pull images from: an in-region ECR pull-through cache of ECR Public, or ECR Public itself."""
+
+    image_source: Literal["pull_through_cache", "public"] = "pull_through_cache"
+    # Images of public.ecr.aws/<path> are pulled as <account>.dkr.ecr.<region>.amazonaws.com/<prefix>/<path>.
+    cache_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$", max_length=30)] = (
+        "ecr-public"
+    )
+    keep_images: int = Field(default=10, ge=1, description="per cached repository; older images expire")
+    # Scan-on-push is a registry-wide setting (one per account and region): stages sharing an
+    # account must leave it to one of them.
+    scan_on_push: bool = True
+
+
+# FSx for Lustre PERSISTENT_2: the per-unit throughputs offered (MB/s per TiB of storage), and
+# capacities of 1.2 TiB or a multiple of 2.4 TiB (both in GiB).
+LUSTRE_THROUGHPUTS_PER_TIB = (125, 250, 500, 1000)
+
+
+class ModelStoreSettings(_Strict):
+    """The S3 bucket and FSx for Lustre file system that hold model weights."""
+
+    storage_capacity_gib: int = Field(default=1200, description="1200, or a multiple of 2400")
+    throughput_per_tib: Literal[LUSTRE_THROUGHPUTS_PER_TIB] = 250
+    # Lustre lives in one zone; unset: the stage's first zone.
+    availability_zone: str | None = None
+    # Retained on stack deletion unless a stage says otherwise (a throwaway test stage, say).
+    retain_on_delete: bool = True
+
+    @field_validator("storage_capacity_gib")
+    @classmethod
+    def _valid_capacity_step(cls, capacity: int) -> int:
+        if capacity != 1200 and (capacity <= 0 or capacity % 2400):
+            raise ValueError(
+                f"{capacity} GiB is not a capacity FSx for Lustre PERSISTENT_2 offers; allowed: 1200, or a multiple "
+                "of 2400 (2400, 4800, 7200, ...)"
+            )
+        return capacity
+
+
+class NodeDiskSettings(_Strict):
+    """The GPU nodes' root volume, where images are unpacked: sized and fast enough for a ~14 GB image."""
+
+    size: BinarySize = "200Gi"
+    iops: int = Field(default=10000, ge=3000, le=16000)
+    throughput_mib: int = Field(default=1000, ge=125, le=1000, description="MiB/s; Auto Mode's default is 125")
+
+
 class ClusterSettings(_Strict):
     name: DnsLabel
     kubernetes_version: str = "1.36"
@@ -164,6 +212,10 @@ class GpuNodePoolSettings(_Strict):
     consolidate_after: KarpenterDuration = "10m"
     # At most this many nodes (or percentage) disrupted at once, for any voluntary reason.
     disruption_budget_nodes: Annotated[str, StringConstraints(pattern=r"^((100|[0-9]{1,2})%|[0-9]+)$")] = "1"
+    disk: NodeDiskSettings = NodeDiskSettings()
+    # model_store_zone: GPU nodes only in the file system's zone (Lustre is single-AZ; reads from
+    # other zones are slower and billed). all_zones: survive a zone's loss, at that price.
+    zones: Literal["model_store_zone", "all_zones"] = "model_store_zone"
 
     @model_validator(mode="after")
     def _instances_chosen(self) -> GpuNodePoolSettings:
@@ -178,8 +230,8 @@ class ModelResources(_Strict):
     cpu: float = Field(default=3, gt=0, description="cores requested; no CPU limit, so loading may burst")
     # Request and limit: host memory holds the weights while they load and the CPU side of the KV cache.
     memory: BinarySize = "24Gi"
-    # Node disk for the weights downloaded at start (Hugging Face cache) and compile caches.
-    ephemeral_storage: BinarySize = "60Gi"
+    # Node disk for vLLM's compile caches (the weights are on the file system).
+    ephemeral_storage: BinarySize = "20Gi"
     # /dev/shm for NCCL and vLLM's workers; counts against the memory limit.
     shared_memory: BinarySize = "8Gi"
 
@@ -199,9 +251,11 @@ class ModelSettings(_Strict):
         "VLLM_ATTENTION_BACKEND": "TRITON_ATTN"
     }
     resources: ModelResources = ModelResources()
-    # Time from container start to the first healthy /health: weight download, load into
-    # GPU memory, kernel compilation and CUDA graph capture. The startupProbe allows this long.
-    startup_timeout_minutes: int = Field(default=30, ge=1, le=120)
+    # For the cold-start budget (charts/cold_start.py), from which the startupProbe is derived:
+    # the weights' size on disk (openai/gpt-oss-20b's safetensors files are about 13.8 GB), and
+    # the time from the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
+    weights_gb: float = Field(default=13.8, gt=0)
+    load_seconds: int = Field(default=180, ge=1)
 
     @model_validator(mode="after")
     def _tensor_parallel_uses_every_gpu(self) -> ModelSettings:
@@ -233,6 +287,8 @@ class StageSettings(_Strict):
     availability_zones: tuple[str, ...] = Field(min_length=2, description="explicit, so synth needs no lookup")
     production: bool = False
     network: NetworkSettings = NetworkSettings()
+    registry: RegistrySettings = RegistrySettings()
+    model_store: ModelStoreSettings = ModelStoreSettings()
     cluster: ClusterSettings
     gpu_node_pool: GpuNodePoolSettings = GpuNodePoolSettings()
     models: tuple[ModelSettings, ...] = Field(min_length=1)
@@ -255,6 +311,12 @@ class StageSettings(_Strict):
                 f"availability_zones: {', '.join(outside)} not in region {self.region} "
                 f"(expected names like {self.region}a)"
             )
+        store_zone = self.model_store.availability_zone
+        if store_zone is not None and store_zone not in self.availability_zones:
+            raise ValueError(
+                f"model_store.availability_zone: {store_zone} is not one of the stage's availability_zones "
+                f"({', '.join(self.availability_zones)})"
+            )
         if self.network.nat_gateways > len(self.availability_zones):
             raise ValueError(
                 f"network.nat_gateways: {self.network.nat_gateways} is more than the "
@@ -276,6 +338,11 @@ class StageSettings(_Strict):
                 "the models' replicas need; raise it or remove it"
             )
         return self
+
+    @property
+    def model_store_zone(self) -> str:
+        """The zone of the FSx for Lustre file system (and, unless spread, of the GPU nodes)."""
+        return self.model_store.availability_zone or self.availability_zones[0]
 
     @model_validator(mode="after")
     def _production_is_redundant(self) -> StageSettings:

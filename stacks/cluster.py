@@ -5,16 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import Aws, CfnOutput, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk.lambda_layer_kubectl_v34 import KubectlV34Layer
 from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
 from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
-from settings.model import ClusterSettings
+from settings.model import ClusterSettings, RegistrySettings
 from stacks.log_group import log_group
 
 # kubectl must match the cluster's minor version; one layer per settings.model.SUPPORTED_KUBERNETES_VERSIONS.
@@ -27,6 +28,10 @@ ENDPOINT_ACCESS = {
 }
 
 CLUSTER_ADMIN_POLICY = "AmazonEKSClusterAdminPolicy"
+# What the EKS Auto Mode documentation gives the node role, nothing broader.
+NODE_ROLE_POLICIES = ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly")
+# The FSx CSI driver's controller runs under this service account (the add-on's default).
+FSX_CSI_SERVICE_ACCOUNT = "fsx-csi-controller-sa"
 
 
 class ClusterStack(Stack):
@@ -36,8 +41,18 @@ class ClusterStack(Stack):
     changing it never touches this template.
     """
 
-    def __init__(self, scope: Construct, id: str, *, vpc: ec2.IVpc, cluster: ClusterSettings, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        cluster: ClusterSettings,
+        registry: RegistrySettings,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(scope, id, **kwargs)
+        self.node_role = self._node_role(registry)
         # Created before the cluster so the control plane logs land in a group with a retention,
         # instead of the never-expiring one EKS would create.
         control_plane_logs = log_group(
@@ -60,7 +75,8 @@ class ClusterStack(Stack):
             vpc=vpc,
             vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
             default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
-            compute=eks.ComputeConfig(node_pools=["system", "general-purpose"]),
+            # Auto Mode creates the node role's access entry; custom NodeClasses reuse this role.
+            compute=eks.ComputeConfig(node_pools=["system", "general-purpose"], node_role=self.node_role),
             endpoint_access=_endpoint_access(cluster),
             cluster_logging=[
                 eks.ClusterLoggingTypes.API,
@@ -89,12 +105,56 @@ class ClusterStack(Stack):
                 ],
             )
 
+        self._fsx_csi_driver()
+
         CfnOutput(
             self,
             "UpdateKubeconfigCommand",
             description="Points kubectl at this cluster (as one of the cluster's admin principals)",
             value=f"aws eks update-kubeconfig --region {self.region} --name {cluster.name}",
         )
+
+    def _node_role(self, registry: RegistrySettings) -> iam.Role:
+        """The role of every Auto Mode node, allowed the two extra calls a first pull through the cache makes."""
+        role = iam.Role(
+            self,
+            "NodeRole",
+            description="EKS Auto Mode nodes",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in NODE_ROLE_POLICIES],
+        )
+        cached_repositories = (
+            f"arn:{Aws.PARTITION}:ecr:{self.region}:{Aws.ACCOUNT_ID}:repository/{registry.cache_prefix}/*"
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="FirstPullThroughCache",
+                actions=["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
+                resources=[cached_repositories],
+            )
+        )
+        return role
+
+    def _fsx_csi_driver(self) -> None:
+        """The FSx for Lustre CSI driver, authenticated with EKS Pod Identity (Auto Mode runs its agent)."""
+        role = iam.Role(
+            self,
+            "FsxCsiDriverRole",
+            description="FSx for Lustre CSI driver controller (static volumes only)",
+            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+        )
+        # Static volumes need no create or delete: the controller only looks file systems up.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["fsx:DescribeFileSystems"],
+                resources=[f"arn:{Aws.PARTITION}:fsx:{self.region}:{Aws.ACCOUNT_ID}:file-system/*"],
+            )
+        )
+        addon = eks.Addon(self, "FsxCsiDriver", cluster=self.cluster, addon_name="aws-fsx-csi-driver")
+        # The L2 add-on has no Pod Identity property; the L1 does.
+        cast(eks.CfnAddon, addon.node.default_child).pod_identity_associations = [
+            eks.CfnAddon.PodIdentityAssociationProperty(role_arn=role.role_arn, service_account=FSX_CSI_SERVICE_ACCOUNT)
+        ]
 
 
 def _endpoint_access(cluster: ClusterSettings) -> eks.EndpointAccess:

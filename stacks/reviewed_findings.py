@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from aws_cdk import Acknowledgment, CfnResource, Stage, Validations
 from constructs import IConstruct
 
+from settings.model import StageSettings
+
 CLUSTER_ROLE = "Cluster/Cluster/Role"
-NODE_ROLE = "Cluster/Cluster/ClusternodePoolRole"
+NODE_ROLE = "Cluster/NodeRole"
+FSX_CSI_ROLE = "Cluster/FsxCsiDriverRole"
+ACCESS_LOGS_BUCKET = "ModelStore/AccessLogsBucket"
 KUBECTL_HANDLER = "Cluster/Cluster/KubectlProvider/Handler"
 KUBECTL_FRAMEWORK = "Cluster/Cluster/KubectlProvider/Provider/framework-onEvent"
 RESTRICT_DEFAULT_SG_HANDLER = "Network/Custom::VpcRestrictDefaultSGCustomResourceProvider/Handler"
@@ -36,7 +40,46 @@ def _managed_policy(name: str) -> str:
     return f"Policy::arn:<AWS::Partition>:iam::aws:policy/{name}"
 
 
-NAG_FINDINGS = (
+def _account_resource(service: str, region: str, resource: str) -> str:
+    return f"Resource::arn:<AWS::Partition>:{service}:{region}:<AWS::AccountId>:{resource}"
+
+
+def nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
+    """The stage's accepted cdk-nag findings; some name the stage's region and cache prefix."""
+    prefix = settings.registry.cache_prefix
+    return (
+        *_LIBRARY_NAG_FINDINGS,
+        *(
+            Finding(
+                NODE_ROLE,
+                f"AwsSolutions-IAM4[{_managed_policy(policy)}]",
+                f"{policy} is one of the two AWS-maintained policies the EKS Auto Mode documentation gives "
+                "the node role.",
+            )
+            for policy in ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly")
+        ),
+        Finding(
+            f"{NODE_ROLE}/DefaultPolicy",
+            f"AwsSolutions-IAM5[{_account_resource('ecr', settings.region, f'repository/{prefix}/*')}]",
+            "A first pull through the cache creates the image's repository under the cache prefix; the "
+            "repositories are not known in advance, so the grant covers that prefix and nothing else.",
+        ),
+        Finding(
+            f"{FSX_CSI_ROLE}/DefaultPolicy",
+            f"AwsSolutions-IAM5[{_account_resource('fsx', settings.region, 'file-system/*')}]",
+            "Read-only lookup of file systems by the CSI driver; naming the one file system would make the "
+            "cluster wait for the model store's creation.",
+        ),
+        Finding(
+            f"{ACCESS_LOGS_BUCKET}/Resource",
+            "AwsSolutions-S1",
+            "This bucket receives the model bucket's server access logs; logging it into itself would loop.",
+        ),
+    )
+
+
+# Findings on what aws-cdk-lib generates for the cluster, whatever the settings.
+_LIBRARY_NAG_FINDINGS = (
     *(
         Finding(
             CLUSTER_ROLE,
@@ -52,17 +95,9 @@ NAG_FINDINGS = (
         )
     ),
     Finding(
-        NODE_ROLE,
-        f"AwsSolutions-IAM4[{_managed_policy('AmazonEKSWorkerNodePolicy')}]",
-        "Auto Mode nodes join the cluster with the AWS-maintained worker node policy.",
-    ),
-    *(
-        Finding(
-            path,
-            f"AwsSolutions-IAM4[{_managed_policy('AmazonEC2ContainerRegistryReadOnly')}]",
-            "Read-only pulls from ECR: nodes pull images, the kubectl handler pulls Helm charts.",
-        )
-        for path in (NODE_ROLE, f"{KUBECTL_HANDLER}/ServiceRole")
+        f"{KUBECTL_HANDLER}/ServiceRole",
+        f"AwsSolutions-IAM4[{_managed_policy('AmazonEC2ContainerRegistryReadOnly')}]",
+        "Read-only pulls from ECR, which the kubectl handler uses for Helm charts stored there.",
     ),
     Finding(
         f"{KUBECTL_HANDLER}/ServiceRole",
@@ -97,6 +132,11 @@ NAG_FINDINGS = (
 )
 
 CHECKOV_FINDINGS = (
+    Finding(
+        ACCESS_LOGS_BUCKET,
+        "CKV_AWS_18",
+        "This bucket receives the model bucket's server access logs; logging it into itself would loop.",
+    ),
     *(
         Finding(path, check, reason)
         for path in (*CDK_PROVIDER_FUNCTIONS, RESTRICT_DEFAULT_SG_HANDLER)
@@ -137,9 +177,9 @@ CHECKOV_FINDINGS = (
 )
 
 
-def acknowledge_reviewed_findings(stage: Stage) -> None:
+def acknowledge_reviewed_findings(stage: Stage, settings: StageSettings) -> None:
     """Acknowledge the findings above on the stage's constructs."""
-    for finding in NAG_FINDINGS:
+    for finding in nag_findings(settings):
         Validations.of(_construct_at(stage, finding.path)).acknowledge(
             Acknowledgment(id=finding.rule, reason=finding.reason)
         )

@@ -7,13 +7,19 @@ from constructs import Construct
 
 from settings.model import StageSettings
 from stacks.cluster import ClusterStack
+from stacks.model_store import ModelStoreStack
 from stacks.network import NetworkStack
+from stacks.registry import RegistryStack
 from stacks.reviewed_findings import acknowledge_reviewed_findings
 from stacks.serving import ServingStack
 
 
 class InferencePlatformStage(Stage):
-    """Network, cluster and serving stacks of one stage, built from its settings alone."""
+    """Network, registry, model store, cluster and serving stacks of one stage, built from its settings alone.
+
+    The stateful stacks (registry, model store) depend on the network only, so CloudFormation
+    creates them while the cluster comes up, and a cluster rebuild leaves them untouched.
+    """
 
     def __init__(self, scope: Construct, id: str, *, settings: StageSettings) -> None:
         super().__init__(scope, id, env=Environment(account=settings.account, region=settings.region))
@@ -27,6 +33,22 @@ class InferencePlatformStage(Stage):
             availability_zones=settings.availability_zones,
             network=settings.network,
         )
+        RegistryStack(
+            self,
+            "Registry",
+            description="ECR pull-through cache of ECR Public for the cluster's images (stateful)",
+            termination_protection=protect,
+            registry=settings.registry,
+        )
+        model_store = ModelStoreStack(
+            self,
+            "ModelStore",
+            description="S3 bucket and FSx for Lustre file system for model weights (stateful)",
+            termination_protection=protect,
+            vpc=network.vpc,
+            availability_zone=settings.model_store_zone,
+            store=settings.model_store,
+        )
         cluster = ClusterStack(
             self,
             "Cluster",
@@ -34,16 +56,20 @@ class InferencePlatformStage(Stage):
             termination_protection=protect,
             vpc=network.vpc,
             cluster=settings.cluster,
+            registry=settings.registry,
         )
         ServingStack(
             self,
             "Serving",
-            description="GPU NodePool and vLLM model servers, applied to the cluster",
+            description="GPU NodeClass and NodePool, model weights volumes and vLLM servers, applied to the cluster",
             termination_protection=protect,
+            settings=settings,
             cluster=cluster.cluster,
-            gpu_node_pool=settings.gpu_node_pool,
-            models=settings.models,
+            node_role=cluster.node_role,
+            subnets=network.vpc.private_subnets,
+            file_system=model_store.file_system,
+            file_system_security_group=model_store.security_group,
         )
-        acknowledge_reviewed_findings(self)
+        acknowledge_reviewed_findings(self, settings)
         Tags.of(self).add("project", "eks-gpu-inference")
         Tags.of(self).add("stage", id)

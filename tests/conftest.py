@@ -14,7 +14,7 @@ import cdk8s
 import pytest
 import yaml
 
-from charts import build_charts
+from charts import DeployedResources, build_charts
 from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, stage_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,8 +96,27 @@ def stage_data(stage: str = DEFAULT_STAGE) -> dict[str, Any]:
 def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:
     """A stage's charts rendered to Kubernetes objects, by chart id."""
     settings = load_stage_settings(stage)
-    charts = build_charts(cdk8s.App(), gpu_node_pool=settings.gpu_node_pool, models=settings.models)
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
+
+
+def unfold_manifest(manifest: Any) -> list[dict[str, Any]]:
+    """A KubernetesManifest's objects as JSON, each CloudFormation reference shown as ${...}.
+
+    A manifest that holds deployed values (a file system id, say) is an Fn::Join in the template.
+    """
+    if isinstance(manifest, dict):
+        manifest = "".join(part if isinstance(part, str) else _reference(part) for part in manifest["Fn::Join"][1])
+    return json.loads(manifest)
+
+
+def _reference(intrinsic: dict[str, Any]) -> str:
+    if "Fn::GetStackOutput" in intrinsic:
+        output = intrinsic["Fn::GetStackOutput"]
+        return "${" + f"{output['StackName']}:{output['OutputName']}" + "}"
+    if "Ref" in intrinsic:
+        return "${" + intrinsic["Ref"] + "}"
+    return "${" + json.dumps(intrinsic, sort_keys=True).replace('"', "'") + "}"
 
 
 def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:

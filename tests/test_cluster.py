@@ -36,7 +36,9 @@ def admins_cluster() -> dict[str, Any]:
     network = NetworkStack(
         app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network
     )
-    cluster = ClusterStack(app, "Cluster", env=env, vpc=network.vpc, cluster=settings.cluster)
+    cluster = ClusterStack(
+        app, "Cluster", env=env, vpc=network.vpc, cluster=settings.cluster, registry=settings.registry
+    )
     return Template.from_stack(cluster).to_json()
 
 
@@ -178,3 +180,58 @@ def test_stage_prints_the_update_kubeconfig_command(dev: Assembly, prod: Assembl
         "aws eks update-kubeconfig --region us-west-2 --name gpu-inference-dev"
     )
     assert prod.template("Cluster")["Outputs"]["UpdateKubeconfigCommand"]["Value"].endswith("--name gpu-inference-prod")
+
+
+def test_node_role_has_only_the_auto_mode_policies_and_the_first_pull_through_the_cache(dev: Assembly) -> None:
+    template = dev.template("Cluster")
+    cluster = cluster_properties(template)
+    role_id = cluster["ComputeConfig"]["NodeRoleArn"]["Fn::GetAtt"][0]
+    role = template["Resources"][role_id]["Properties"]
+    managed = [arn["Fn::Join"][1][-1] for arn in role["ManagedPolicyArns"]]
+    assert managed == [
+        ":iam::aws:policy/AmazonEKSWorkerNodeMinimalPolicy",
+        ":iam::aws:policy/AmazonEC2ContainerRegistryPullOnly",
+    ]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    (policy,) = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy" and r["Properties"]["Roles"] == [{"Ref": role_id}]
+    ]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"]
+    assert statement["Resource"] == {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                ":ecr:us-west-2:",
+                {"Ref": "AWS::AccountId"},
+                ":repository/ecr-public/*",
+            ],
+        ]
+    }
+
+
+def test_fsx_csi_driver_add_on_uses_pod_identity_with_a_read_only_role(dev: Assembly) -> None:
+    template = dev.template("Cluster")
+    (addon,) = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::EKS::Addon"]
+    assert addon["AddonName"] == "aws-fsx-csi-driver"
+    (association,) = addon["PodIdentityAssociations"]
+    assert association["ServiceAccount"] == "fsx-csi-controller-sa"
+    role_id = association["RoleArn"]["Fn::GetAtt"][0]
+    trust = template["Resources"][role_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust == [
+        {
+            "Action": ["sts:AssumeRole", "sts:TagSession"],
+            "Effect": "Allow",
+            "Principal": {"Service": "pods.eks.amazonaws.com"},
+        }
+    ]
+    (policy,) = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy" and r["Properties"]["Roles"] == [{"Ref": role_id}]
+    ]
+    assert [statement["Action"] for statement in policy["PolicyDocument"]["Statement"]] == ["fsx:DescribeFileSystems"]

@@ -231,3 +231,50 @@ def test_model_names_must_be_unique() -> None:
 
 def test_settings_that_are_not_a_mapping_are_refused() -> None:
     assert "settings must be a mapping of fields, got list" in rejected([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("throughput", [50, 200, 2000])
+def test_per_unit_throughput_fsx_does_not_offer_is_refused(throughput: int) -> None:
+    data = stage_data()
+    data["model_store"] = {"throughput_per_tib": throughput}
+    message = rejected(data)
+    assert "model_store.throughput_per_tib: Input should be 125, 250, 500 or 1000" in message
+
+
+@pytest.mark.parametrize("capacity", [1000, 1800, 3600, 0])
+def test_storage_capacity_that_is_not_a_valid_step_is_refused(capacity: int) -> None:
+    data = stage_data()
+    data["model_store"] = {"storage_capacity_gib": capacity}
+    assert f"model_store.storage_capacity_gib: {capacity} GiB is not a capacity FSx for Lustre PERSISTENT_2 offers" in (
+        rejected(data)
+    )
+
+
+@pytest.mark.parametrize("capacity", [1200, 2400, 4800])
+def test_valid_storage_capacities_are_allowed(capacity: int) -> None:
+    data = stage_data()
+    data["model_store"] = {"storage_capacity_gib": capacity}
+    assert parse_stage_settings("dev", data).model_store.storage_capacity_gib == capacity
+
+
+def test_file_system_zone_outside_the_vpcs_zones_is_refused() -> None:
+    data = stage_data()
+    data["model_store"] = {"availability_zone": "us-west-2d"}
+    assert "model_store.availability_zone: us-west-2d is not one of the stage's availability_zones" in rejected(data)
+
+
+def test_file_system_zone_defaults_to_the_first_zone() -> None:
+    assert load_stage_settings("dev").model_store_zone == "us-west-2a"
+
+
+@pytest.mark.parametrize("name", ["../etc", "gpt/oss", "GPT", "models dir", ""])
+def test_model_name_that_cannot_be_a_path_is_refused(name: str) -> None:
+    data = stage_data()
+    data["models"][0]["name"] = name
+    assert "models[0].name: String should" in rejected(data)
+
+
+def test_unknown_image_source_lists_the_allowed_ones() -> None:
+    data = stage_data()
+    data["registry"] = {"image_source": "docker-hub"}
+    assert "registry.image_source: Input should be 'pull_through_cache' or 'public'" in rejected(data)

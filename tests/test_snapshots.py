@@ -15,7 +15,7 @@ from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from settings import stage_names
-from tests.conftest import Assembly, render_charts
+from tests.conftest import Assembly, render_charts, unfold_manifest
 
 # Asset hashes change with every library bump that touches a bundled handler, not with our code.
 ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
@@ -50,13 +50,13 @@ def reviewable(template: dict[str, Any]) -> str:
 def _unfold_manifest(resource: dict[str, Any]) -> dict[str, Any]:
     """A Kubernetes manifest is one JSON string in the template; as a JSON tree its diff reads line by line."""
     manifest = resource.get("Properties", {}).get("Manifest")
-    if not isinstance(manifest, str):
+    if manifest is None:
         return resource
-    return {**resource, "Properties": {**resource["Properties"], "Manifest": json.loads(manifest)}}
+    return {**resource, "Properties": {**resource["Properties"], "Manifest": unfold_manifest(manifest)}}
 
 
 @pytest.mark.parametrize("stage", stage_names())
-@pytest.mark.parametrize("stack", ["Network", "Cluster", "Serving"])
+@pytest.mark.parametrize("stack", ["Network", "Registry", "ModelStore", "Cluster", "Serving"])
 def test_template(assemblies: dict[str, Assembly], stage: str, stack: str, snapshot: SnapshotAssertion) -> None:
     assert reviewable(assemblies[stage].template(stack)) == snapshot.use_extension(JsonSnapshot)
 

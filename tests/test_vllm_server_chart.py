@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
+from charts.cold_start import progress_deadline_seconds, startup_probe_seconds
+from charts.vllm_server import CONTAINER_SECURITY_CONTEXT
+from settings import load_stage_settings
 from tests.conftest import find, render_charts
 
 MODEL_CHART = "Model-gpt-oss-20b"
@@ -33,24 +36,34 @@ def container(pod: dict[str, Any]) -> dict[str, Any]:
     return only
 
 
-def test_chart_holds_namespace_deployment_service_and_budget(objects: list[dict[str, Any]]) -> None:
-    assert [obj["kind"] for obj in objects] == ["Namespace", "Deployment", "Service", "PodDisruptionBudget"]
+def test_chart_holds_namespace_volume_preload_deployment_service_and_budget(objects: list[dict[str, Any]]) -> None:
+    assert [obj["kind"] for obj in objects] == [
+        "Namespace",
+        "PersistentVolume",
+        "PersistentVolumeClaim",
+        "CronJob",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ]
 
 
 def test_model_runs_in_its_own_namespace(objects: list[dict[str, Any]]) -> None:
     namespace = find(objects, "Namespace")
     assert namespace["metadata"]["name"] == "gpt-oss-20b"
     assert "namespace" not in namespace["metadata"]  # a Namespace is cluster-scoped
-    for obj in objects[1:]:
-        assert obj["metadata"]["namespace"] == "gpt-oss-20b" != "default"
+    for obj in objects:
+        if obj["kind"] not in ("Namespace", "PersistentVolume"):  # cluster-scoped
+            assert obj["metadata"]["namespace"] == "gpt-oss-20b" != "default"
+    assert "namespace" not in find(objects, "PersistentVolume")["metadata"]
 
 
-def test_container_runs_the_walkthroughs_vllm_command(container: dict[str, Any]) -> None:
+def test_container_serves_the_walkthroughs_model_from_the_file_system(container: dict[str, Any]) -> None:
     assert container["name"] == "inference-server"
-    assert container["image"] == "public.ecr.aws/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
     assert container["command"] == ["vllm", "serve"]
     assert container["args"] == [
-        "openai/gpt-oss-20b",
+        "/models/gpt-oss-20b",
+        "--served-model-name=openai/gpt-oss-20b",
         "--gpu-memory-utilization=0.90",
         "--tensor-parallel-size=1",
         "--max-model-len=20000",
@@ -59,20 +72,35 @@ def test_container_runs_the_walkthroughs_vllm_command(container: dict[str, Any])
     env = {variable["name"]: variable["value"] for variable in container["env"]}
     assert env["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN"
     assert env["PORT"] == "8000"
+    assert env["HF_HUB_OFFLINE"] == "1"  # a replica never downloads weights
+
+
+def test_weights_are_mounted_read_only_from_the_model_volume(pod: dict[str, Any], container: dict[str, Any]) -> None:
+    assert {"mountPath": "/models", "name": "weights", "readOnly": True, "subPath": "models"} in container[
+        "volumeMounts"
+    ]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "model-weights", "readOnly": True}
+
+
+def test_image_comes_through_the_pull_through_cache(container: dict[str, Any]) -> None:
+    assert container["image"] == (
+        "<account>.dkr.ecr.us-west-2.amazonaws.com/ecr-public/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
+    )
 
 
 def test_gpu_limit_renders_as_a_quoted_quantity(objects: list[dict[str, Any]], container: dict[str, Any]) -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     rendered = yaml.safe_dump_all(objects)
     assert "nvidia.com/gpu: '1'" in rendered
-    assert "null" not in rendered
+    assert ": null" not in rendered
 
 
 def test_requests_are_sized_for_vllm_not_cdk8s_plus_defaults(container: dict[str, Any]) -> None:
     resources = container["resources"]
     assert resources["requests"]["cpu"] == "3"
     assert resources["requests"]["memory"] == resources["limits"]["memory"] == "24576Mi"
-    assert resources["requests"]["ephemeral-storage"] == "60Gi"
+    assert resources["requests"]["ephemeral-storage"] == "20Gi"
     # No CPU limit: throttling a loading server only slows its start.
     assert "cpu" not in resources["limits"]
 
@@ -87,11 +115,13 @@ def test_shared_memory_is_a_memory_backed_empty_dir(pod: dict[str, Any], contain
     assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
 
 
-def test_startup_probe_allows_the_startup_budget(container: dict[str, Any]) -> None:
+def test_startup_probe_allows_the_cold_start_budget(container: dict[str, Any]) -> None:
     probe = container["startupProbe"]
     assert probe["httpGet"]["path"] == "/health"
     assert probe["httpGet"]["port"] == 8000
-    assert probe["periodSeconds"] * probe["failureThreshold"] == 30 * 60
+    settings = load_stage_settings("dev")
+    budget = startup_probe_seconds(settings, settings.models[0])
+    assert probe["periodSeconds"] * probe["failureThreshold"] == budget == 480
 
 
 def test_readiness_waits_for_the_model_to_serve(container: dict[str, Any]) -> None:
@@ -120,11 +150,14 @@ def test_container_is_hardened(pod: dict[str, Any], container: dict[str, Any]) -
     assert context["runAsNonRoot"] is True
     assert context["runAsUser"] != 0
     assert pod["automountServiceAccountToken"] is False
+    # The preload job's container gets the very same context.
+    assert context == CONTAINER_SECURITY_CONTEXT
 
 
 def test_non_root_server_has_writable_home_and_tmp(pod: dict[str, Any], container: dict[str, Any]) -> None:
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     assert mounts["/home/vllm"] == "home"
+    assert mounts["/models"] == "weights"
     assert mounts["/tmp"] == "tmp"
     env = {variable["name"]: variable["value"] for variable in container["env"]}
     assert env["HOME"] == "/home/vllm"
@@ -147,7 +180,8 @@ def test_replicas_spread_over_nodes_and_zones(prod_objects: list[dict[str, Any]]
 def test_rollout_keeps_every_replica_serving(objects: list[dict[str, Any]]) -> None:
     spec = find(objects, "Deployment")["spec"]
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    assert spec["progressDeadlineSeconds"] > 30 * 60
+    settings = load_stage_settings("dev")
+    assert spec["progressDeadlineSeconds"] == progress_deadline_seconds(settings, settings.models[0]) == 660
 
 
 def test_service_is_the_walkthroughs(objects: list[dict[str, Any]]) -> None:

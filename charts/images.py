@@ -1,0 +1,18 @@
+"""Which registry nodes pull an image from: the in-region pull-through cache, or ECR Public itself."""
+
+from __future__ import annotations
+
+from settings.model import RegistrySettings
+
+UPSTREAM_REGISTRY = "public.ecr.aws"
+
+
+def pulled_image(image: str, *, registry: RegistrySettings, account: str, region: str) -> str:
+    """The reference nodes pull for `image`: through the cache when it comes from ECR Public.
+
+    `account` may be a CDK token; the cache's repositories are named <prefix>/<upstream path>.
+    """
+    if registry.image_source == "public" or not image.startswith(f"{UPSTREAM_REGISTRY}/"):
+        return image
+    path = image.removeprefix(f"{UPSTREAM_REGISTRY}/")
+    return f"{account}.dkr.ecr.{region}.amazonaws.com/{registry.cache_prefix}/{path}"

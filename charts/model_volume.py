@@ -1,0 +1,79 @@
+"""Where weights live, as Kubernetes sees them: the FSx for Lustre file system as a static volume."""
+
+from __future__ import annotations
+
+import cdk8s
+from constructs import Construct
+
+STORAGE_CLASS = ""  # static provisioning: no class, the claim binds to the volume by name
+CSI_DRIVER = "fsx.csi.aws.com"
+
+
+class ModelVolume(Construct):
+    """A PersistentVolume for the file system and the claim that a model's namespace mounts.
+
+    A volume binds one claim, so each model's namespace gets a volume of its own onto the same
+    file system. `file_system_id`, `dns_name` and `mount_name` may be CDK tokens.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        namespace: str,
+        file_system_id: str,
+        dns_name: str,
+        mount_name: str,
+        capacity_gib: int,
+    ) -> None:
+        super().__init__(scope, id)
+        self.claim_name = "model-weights"
+        volume_name = f"model-weights-{namespace}"
+        capacity = {"storage": f"{capacity_gib}Gi"}
+        volume = cdk8s.ApiObject(
+            self,
+            "Volume",
+            api_version="v1",
+            kind="PersistentVolume",
+            metadata=cdk8s.ApiObjectMetadata(name=volume_name),
+        )
+        volume.add_json_patch(
+            # Cluster-scoped: the chart's namespace must not be stamped on it.
+            cdk8s.JsonPatch.remove("/metadata/namespace"),
+            cdk8s.JsonPatch.add(
+                "/spec",
+                {
+                    "capacity": capacity,
+                    # The preload job and every vLLM replica mount it at once, read-only.
+                    "accessModes": ["ReadOnlyMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": STORAGE_CLASS,
+                    "claimRef": {"namespace": namespace, "name": self.claim_name},
+                    "csi": {
+                        "driver": CSI_DRIVER,
+                        "volumeHandle": file_system_id,
+                        "readOnly": True,
+                        "volumeAttributes": {"dnsname": dns_name, "mountname": mount_name},
+                    },
+                },
+            ),
+        )
+        claim = cdk8s.ApiObject(
+            self,
+            "Claim",
+            api_version="v1",
+            kind="PersistentVolumeClaim",
+            metadata=cdk8s.ApiObjectMetadata(name=self.claim_name, namespace=namespace),
+        )
+        claim.add_json_patch(
+            cdk8s.JsonPatch.add(
+                "/spec",
+                {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": STORAGE_CLASS,
+                    "volumeName": volume_name,
+                    "resources": {"requests": capacity},
+                },
+            )
+        )

@@ -1,0 +1,34 @@
+"""The cold-start budget of a stage's models, as a table: `make cold-start STAGE=dev`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from charts.cold_start import cold_start_steps, progress_deadline_seconds, startup_probe_seconds
+from settings import DEFAULT_STAGE, SettingsError, load_stage_settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.cold_start", description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default=DEFAULT_STAGE)
+    args = parser.parse_args()
+    try:
+        settings = load_stage_settings(args.stage)
+    except SettingsError as error:
+        sys.exit(str(error))
+    for model in settings.models:
+        steps = cold_start_steps(settings, model)
+        print(f"## Cold start of a new {model.model} replica (stage {args.stage})\n")
+        print("| step | seconds | assumes | source |\n|---|---:|---|---|")
+        for step in steps:
+            print(f"| {step.name} | {step.seconds:.0f} | {step.assumes} | {step.source} |")
+        print(f"| **total** | **{sum(step.seconds for step in steps):.0f}** | | |\n")
+        print(
+            f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + model load); "
+            f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x total)\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Where model weights live: an S3 bucket and an FSx for Lustre file system linked to it (stateful)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_fsx as fsx
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from settings.model import ModelStoreSettings
+
+# Lustre clients and servers talk on these TCP ports (FSx for Lustre user guide, "File system access control").
+LUSTRE_PORTS = (ec2.Port.tcp(988), ec2.Port.tcp_range(1018, 1023))
+# The file system shows the bucket's objects under this directory: s3://<bucket>/<model> is /models/<model>.
+FILE_SYSTEM_PATH = "/models"
+
+
+class ModelStoreStack(Stack):
+    """The bucket weights are uploaded to, and the Lustre file system vLLM reads them from.
+
+    A data repository association imports new, changed and deleted objects from the bucket into
+    the file system, so an upload is visible to every pod without a pod ever downloading it. The
+    stack never depends on the cluster: the cluster's access is granted by the serving stack.
+    Logical IDs of the bucket and file system are fixed by tests so a refactor cannot replace them.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        availability_zone: str,
+        store: ModelStoreSettings,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, **kwargs)
+        removal = RemovalPolicy.RETAIN if store.retain_on_delete else RemovalPolicy.DESTROY
+
+        def private_bucket(bucket_id: str, **extra: Any) -> s3.Bucket:
+            """Encrypted, versioned, TLS-only, never public."""
+            return s3.Bucket(
+                self,
+                bucket_id,
+                encryption=s3.BucketEncryption.S3_MANAGED,
+                enforce_ssl=True,
+                versioned=True,
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+                removal_policy=removal,
+                **extra,
+            )
+
+        access_logs = private_bucket("AccessLogsBucket")
+        self.bucket = private_bucket(
+            "ModelBucket", server_access_logs_bucket=access_logs, server_access_logs_prefix="model-bucket/"
+        )
+
+        key = kms.Key(
+            self,
+            "FileSystemKey",
+            description="Encrypts the model weights file system",
+            enable_key_rotation=True,
+            removal_policy=removal,
+        )
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "FileSystemSecurityGroup",
+            vpc=vpc,
+            description="Lustre traffic to the model weights file system",
+            allow_all_outbound=False,
+        )
+        # The file system's servers talk to each other (LustreFileSystem admits its own group on
+        # 988-1023); the cluster's nodes are admitted by the serving stack.
+        for port in LUSTRE_PORTS:
+            self.security_group.add_egress_rule(self.security_group, port, "Lustre servers among themselves")
+
+        self.file_system = fsx.LustreFileSystem(
+            self,
+            "FileSystem",
+            vpc=vpc,
+            vpc_subnet=vpc.select_subnets(
+                subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, availability_zones=[availability_zone]
+            ).subnets[0],
+            storage_capacity_gib=store.storage_capacity_gib,
+            lustre_configuration=fsx.LustreConfiguration(
+                deployment_type=fsx.LustreDeploymentType.PERSISTENT_2,
+                per_unit_storage_throughput=store.throughput_per_tib,
+                data_compression_type=fsx.LustreDataCompressionType.LZ4,
+            ),
+            kms_key=key,
+            security_group=self.security_group,
+            removal_policy=removal,
+        )
+        fsx.CfnDataRepositoryAssociation(
+            self,
+            "BucketAssociation",
+            file_system_id=self.file_system.file_system_id,
+            file_system_path=FILE_SYSTEM_PATH,
+            data_repository_path=f"s3://{self.bucket.bucket_name}",
+            batch_import_meta_data_on_create=True,
+            s3=fsx.CfnDataRepositoryAssociation.S3Property(
+                auto_import_policy=fsx.CfnDataRepositoryAssociation.AutoImportPolicyProperty(
+                    events=["NEW", "CHANGED", "DELETED"]
+                )
+            ),
+        )
+        CfnOutput(
+            self,
+            "ModelBucketName",
+            description="Upload model weights to s3://<this>/<model name>/",
+            value=self.bucket.bucket_name,
+        )

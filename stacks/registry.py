@@ -1,0 +1,76 @@
+"""Where images come from: an in-region ECR pull-through cache of ECR Public (stateful)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_cdk import Stack
+from aws_cdk import aws_ecr as ecr
+from constructs import Construct
+
+from charts.images import UPSTREAM_REGISTRY
+from settings.model import RegistrySettings
+
+
+class RegistryStack(Stack):
+    """The pull-through cache rule and the template for the repositories it creates.
+
+    The first pull of an image copies it from ECR Public into this account's registry, in the
+    region; every later pull, by any node, stays inside AWS through the VPC's ECR endpoints.
+    Nothing here depends on the cluster: the stack outlives cluster rebuilds, and so do the images.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, registry: RegistrySettings, **kwargs: Any) -> None:
+        super().__init__(scope, id, **kwargs)
+        ecr.CfnPullThroughCacheRule(
+            self,
+            "EcrPublicCache",
+            ecr_repository_prefix=registry.cache_prefix,
+            upstream_registry="ecr-public",
+            upstream_registry_url=UPSTREAM_REGISTRY,
+        )
+        ecr.CfnRepositoryCreationTemplate(
+            self,
+            "CachedRepositoryTemplate",
+            prefix=registry.cache_prefix,
+            applied_for=["PULL_THROUGH_CACHE"],
+            description=f"Repositories the pull-through cache creates for {UPSTREAM_REGISTRY} images",
+            encryption_configuration=ecr.CfnRepositoryCreationTemplate.EncryptionConfigurationProperty(
+                encryption_type="KMS"
+            ),
+            # Tags are the upstream's own versions and must keep meaning the same image.
+            image_tag_mutability="IMMUTABLE",
+            lifecycle_policy=json.dumps(
+                {
+                    "rules": [
+                        {
+                            "rulePriority": 1,
+                            "description": f"Keep the {registry.keep_images} most recent images",
+                            "selection": {
+                                "tagStatus": "any",
+                                "countType": "imageCountMoreThan",
+                                "countNumber": registry.keep_images,
+                            },
+                            "action": {"type": "expire"},
+                        }
+                    ]
+                }
+            ),
+        )
+        if registry.scan_on_push:
+            ecr.CfnRegistryScanningConfiguration(
+                self,
+                "ScanOnPush",
+                scan_type="BASIC",
+                rules=[
+                    ecr.CfnRegistryScanningConfiguration.ScanningRuleProperty(
+                        scan_frequency="SCAN_ON_PUSH",
+                        repository_filters=[
+                            ecr.CfnRegistryScanningConfiguration.RepositoryFilterProperty(
+                                filter=f"{registry.cache_prefix}/*", filter_type="WILDCARD"
+                            )
+                        ],
+                    )
+                ],
+            )
