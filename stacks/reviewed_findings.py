@@ -70,11 +70,6 @@ def nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
             "Read-only lookup of file systems by the CSI driver; naming the one file system would make the "
             "cluster wait for the model store's creation.",
         ),
-        Finding(
-            f"{ACCESS_LOGS_BUCKET}/Resource",
-            "AwsSolutions-S1",
-            "This bucket receives the model bucket's server access logs; logging it into itself would loop.",
-        ),
     )
 
 

@@ -50,8 +50,8 @@ def test_unknown_stage_stops_before_synthesis(tmp_path: Path) -> None:
     assert not list(outdir.glob("**/*.template.json"))
 
 
-def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path) -> None:
-    # A copy of the project whose dev stage asks for zero replicas.
+def copy_of_the_project(tmp_path: Path) -> Path:
+    """The project's sources in a scratch folder, sharing the installed .venv and node_modules."""
     project = tmp_path / "project"
     project.mkdir()
     for name in ("app.py", "cdk.json", "settings", "stacks", "charts"):
@@ -62,6 +62,11 @@ def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path
             shutil.copy(source, project / name)
     for name in (".venv", "node_modules"):
         (project / name).symlink_to(ROOT / name)
+    return project
+
+
+def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path) -> None:
+    project = copy_of_the_project(tmp_path)
     data = stage_data()
     data["models"][0]["replicas"] = 0
     (project / "settings" / "stages" / "dev.yaml").write_text(yaml.safe_dump(data))
@@ -74,6 +79,23 @@ def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path
     )
     assert "Traceback" not in stderr
     assert not (project / "cdk.out").exists() or not list((project / "cdk.out").glob("*.template.json"))
+
+
+def test_cli_synth_stops_on_an_unacknowledged_cdk_nag_finding(tmp_path: Path) -> None:
+    # The same project with the kubectl handler's runtime acknowledgment aimed at another rule.
+    project = copy_of_the_project(tmp_path)
+    findings = project / "stacks" / "reviewed_findings.py"
+    source = findings.read_text()
+    assert source.count('"AwsSolutions-L1",') == 1
+    findings.write_text(source.replace('"AwsSolutions-L1",', '"AwsSolutions-L2",'))
+
+    process = cdk_synth(cwd=project)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "synth of stage 'dev' stopped: ValidationFailed: ERROR The non-container Lambda function" in stderr
+    assert "dev/Cluster/Cluster/KubectlProvider/Handler/Resource" in stderr
+    assert "Acknowledge with 'AwsSolutions::AwsSolutions-L1'" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_construct_errors_are_reported_without_a_javascript_stack(
