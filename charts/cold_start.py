@@ -50,7 +50,7 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings) -> list[Step
             IMAGE_BYTES / (disk.throughput_mib * MIB),
             f"{IMAGE_BYTES / 1e9:.1f} GB written at the node disk's {disk.throughput_mib} MiB/s "
             "(a lower bound: download and decompression can be slower)",
-            "walkthrough: image size; gpu_node_pool.disk.throughput_mib (the in-region cache is not the bottleneck)",
+            "walkthrough: image size; gpu_node_pool.disk.throughput_mib (assumed to limit the pull, not the registry)",
         ),
         Step(
             "weight read",
