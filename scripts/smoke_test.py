@@ -27,12 +27,12 @@ MAX_TOKENS = 100
 SERVICE_PORT = 8000
 
 
-class SmokeTestFailure(Exception):
+class SmokeTestError(Exception):
     """The model did not answer as a serving model must; the message says how."""
 
 
 def ask(base_url: str, model: str, *, timeout: float) -> str:
-    """Send the test prompt; return the answer's text, or raise SmokeTestFailure."""
+    """Send the test prompt; return the answer's text, or raise SmokeTestError."""
     body = json.dumps(
         {
             "model": model,
@@ -48,19 +48,19 @@ def ask(base_url: str, model: str, *, timeout: float) -> str:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = response.read()
     except urllib.error.HTTPError as error:
-        raise SmokeTestFailure(f"{model}: HTTP {error.code} from {request.full_url}: {error.read()[:300]!r}") from None
+        raise SmokeTestError(f"{model}: HTTP {error.code} from {request.full_url}: {error.read()[:300]!r}") from None
     except TimeoutError:
-        raise SmokeTestFailure(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
+        raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
     except urllib.error.URLError as error:
         if isinstance(error.reason, (TimeoutError, socket.timeout)):
-            raise SmokeTestFailure(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
-        raise SmokeTestFailure(f"{model}: cannot reach {request.full_url}: {error.reason}") from None
+            raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
+        raise SmokeTestError(f"{model}: cannot reach {request.full_url}: {error.reason}") from None
     try:
         answer = json.loads(payload)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise SmokeTestFailure(f"{model}: the answer is not an OpenAI chat completion: {payload[:300]!r}") from None
+        raise SmokeTestError(f"{model}: the answer is not an OpenAI chat completion: {payload[:300]!r}") from None
     if not isinstance(answer, str) or not answer.strip():
-        raise SmokeTestFailure(f"{model}: the answer is empty")
+        raise SmokeTestError(f"{model}: the answer is empty")
     return answer
 
 
@@ -71,7 +71,7 @@ def wait_for_rollout(namespace: str, deployment: str, *, timeout: float) -> None
         text=True,
     )
     if result.returncode:
-        raise SmokeTestFailure(f"deployment {namespace}/{deployment} did not roll out: {result.stderr.strip()}")
+        raise SmokeTestError(f"deployment {namespace}/{deployment} did not roll out: {result.stderr.strip()}")
 
 
 @contextmanager
@@ -90,13 +90,13 @@ def port_forward(namespace: str, service: str, *, timeout: float) -> Iterator[st
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise SmokeTestFailure(f"kubectl port-forward to {namespace}/{service} ended: {process.stderr.read()}")
+                raise SmokeTestError(f"kubectl port-forward to {namespace}/{service} ended: {process.stderr.read()}")
             try:
                 socket.create_connection(("127.0.0.1", local_port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SmokeTestFailure(
+                    raise SmokeTestError(
                         f"port-forward to {namespace}/{service} not ready in {timeout:.0f} s"
                     ) from None
                 time.sleep(0.5)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=args.rollout_timeout)
             with port_forward(args.namespace, args.service, timeout=60) as url:
                 answer = ask(url, args.model, timeout=args.request_timeout)
-    except SmokeTestFailure as failure:
+    except SmokeTestError as failure:
         print(f"smoke test failed: {failure}", file=sys.stderr)
         return 1
     print(f"{args.model} answered: {answer.strip()[:200]}")

@@ -9,11 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from scripts.smoke_test import MAX_TOKENS, PROMPT, SmokeTestFailure, ask
+from scripts.smoke_test import MAX_TOKENS, PROMPT, SmokeTestError, ask
 from tests.conftest import ROOT
 
 MODEL = "openai/gpt-oss-20b"
@@ -35,7 +35,7 @@ class FakeVllm(BaseHTTPRequestHandler):
     """Answers /v1/chat/completions the way the server's `behaviour` says; records what it was asked."""
 
     behaviour = "good"
-    requests: list[dict[str, Any]] = []
+    requests: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
@@ -91,7 +91,7 @@ def test_a_good_answer_passes_and_the_request_is_the_walkthroughs(server: str) -
     indirect=["server"],
 )
 def test_a_bad_answer_fails_with_a_clear_message(server: str, message: str) -> None:
-    with pytest.raises(SmokeTestFailure) as failure:
+    with pytest.raises(SmokeTestError) as failure:
         ask(server, MODEL, timeout=5)
     assert str(failure.value).startswith(message)
 
@@ -100,14 +100,14 @@ def test_a_bad_answer_fails_with_a_clear_message(server: str, message: str) -> N
 def test_a_server_that_never_answers_fails_within_the_timeout(server: str) -> None:
     started = time.monotonic()
     with pytest.raises(
-        SmokeTestFailure, match=r"no answer from http://127\.0\.0\.1:\d+/v1/chat/completions within 1 s"
+        SmokeTestError, match=r"no answer from http://127\.0\.0\.1:\d+/v1/chat/completions within 1 s"
     ):
         ask(server, MODEL, timeout=1)
     assert time.monotonic() - started < 3
 
 
 def test_nothing_listening_fails_with_a_clear_message() -> None:
-    with pytest.raises(SmokeTestFailure, match="cannot reach http://127.0.0.1:9/v1/chat/completions"):
+    with pytest.raises(SmokeTestError, match=r"cannot reach http://127\.0\.0\.1:9/v1/chat/completions"):
         ask("http://127.0.0.1:9", MODEL, timeout=2)
 
 
