@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup synth test snapshots lint format dist cold-start bench bootstrap diff deploy destroy clean
+.PHONY: help setup synth test snapshots lint format dist cold-start bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,12 @@ deploy: setup ## Deploy one stage (needs AWS credentials and a bootstrapped acco
 
 destroy: setup ## Delete one stage's stacks; retained resources stay (see README)
 	$(CDK) destroy -c stage=$(STAGE) '$(STAGE)/*'
+
+pipeline-synth: setup ## Synthesize the pipeline stack with every stage it deploys (settings/pipeline.yaml)
+	$(CDK) synth --quiet -c pipeline=true
+
+deploy-pipeline: setup ## Deploy the pipeline once; it then updates itself (needs AWS credentials, see README)
+	$(CDK) deploy -c pipeline=true GpuInferencePipeline
 
 clean: ## Remove build output (cdk.out, dist)
 	rm -rf cdk.out dist

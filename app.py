@@ -10,8 +10,11 @@ import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 from jsii.errors import JavaScriptError
 
-from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_stage_settings
+from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_pipeline_settings, load_stage_settings
+from stacks.pipeline import PipelineStack
 from stacks.stage import InferencePlatformStage
+
+PIPELINE_STACK = "GpuInferencePipeline"
 
 
 def cdk_json_context() -> dict[str, Any]:
@@ -19,11 +22,14 @@ def cdk_json_context() -> dict[str, Any]:
     return json.loads((Path(__file__).parent / "cdk.json").read_text())["context"]
 
 
-def build_app(app: cdk.App, stages: dict[str, StageSettings]) -> cdk.App:
-    """The given stages in one app, under the AWS Solutions checks."""
-    # Every stack is checked at synth; a finding not acknowledged in stacks/reviewed_findings.py
-    # stops the synth with the resource, the rule and how to acknowledge it.
+def add_checks(app: cdk.App) -> None:
+    """Every stack is checked at synth against the AWS Solutions rules; a finding not acknowledged
+    in stacks/reviewed_findings.py stops the synth with the resource, the rule and how to acknowledge it."""
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+
+
+def build_app(app: cdk.App, stages: dict[str, StageSettings]) -> cdk.App:
+    """The given stages in one app."""
     for name, settings in stages.items():
         InferencePlatformStage(app, name, settings=settings)
     return app
@@ -35,23 +41,47 @@ def build_app(app: cdk.App, stages: dict[str, StageSettings]) -> cdk.App:
 FAIL_ON_FINDINGS = {"@aws-cdk/core:failSynthOnValidationErrors": True, "@aws-cdk/core:appMode": "inmemory"}
 
 
+def build_pipeline_app(app: cdk.App) -> cdk.App:
+    """The pipeline stack, holding every stage it deploys."""
+    pipeline, stages = load_pipeline_settings()
+    PipelineStack(
+        app,
+        PIPELINE_STACK,
+        env=cdk.Environment(account=pipeline.account, region=pipeline.region),
+        pipeline=pipeline,
+        stages=stages,
+        cli_version=cdk_cli_version(),
+    )
+    return app
+
+
+def cdk_cli_version() -> str:
+    """The CDK CLI version the project pins in package.json, for the pipeline's own CLI calls."""
+    return json.loads((Path(__file__).parent / "package.json").read_text())["devDependencies"]["aws-cdk"]
+
+
 def main() -> None:
     app = cdk.App()
     for key, value in FAIL_ON_FINDINGS.items():
         app.node.set_context(key, value)
-    stage = app.node.try_get_context("stage") or DEFAULT_STAGE
+    pipeline = str(app.node.try_get_context("pipeline")).lower() == "true"
+    add_checks(app)
+    target = "the pipeline" if pipeline else f"stage {app.node.try_get_context('stage') or DEFAULT_STAGE!r}"
     try:
-        settings = load_stage_settings(stage)
+        if pipeline:
+            build_pipeline_app(app)
+        else:
+            stage = app.node.try_get_context("stage") or DEFAULT_STAGE
+            build_app(app, {stage: load_stage_settings(stage)})
+        app.synth()
     except SettingsError as error:
         sys.exit(f"synth stopped, nothing was written: {error}")
-    try:
-        build_app(app, {stage: settings}).synth()
     except RuntimeError as error:
         if not isinstance(error.__cause__, JavaScriptError):
             raise
-        # A construct or a validation plugin (cdk-nag) rejected the stage. The JavaScript stack
+        # A construct or a validation plugin (cdk-nag) rejected the app. The JavaScript stack
         # trace names library internals, not the input, so only the message is shown.
-        sys.exit(f"synth of stage {stage!r} stopped: {error}")
+        sys.exit(f"synth of {target} stopped: {error}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,16 @@ CONTAINER_SECURITY_CONTEXT = {
 }
 
 
+# The Kubernetes group of the post-deploy smoke test's role (an EKS access entry maps it here):
+# in each model's namespace it may watch the rollout and port-forward to the Service, nothing else.
+SMOKE_TEST_GROUP = "smoke-testers"
+SMOKE_TEST_RULES = [
+    {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
+]
+
+
 def vllm_args(model: ModelSettings) -> list[str]:
     """`vllm serve` arguments: the weights on the file system, the name clients use, then the flags."""
     return [
@@ -98,7 +108,7 @@ class WeightsFileSystem:
 
 
 class VllmServerChart(cdk8s.Chart):
-    """Namespace, weights volume, preload job, Deployment, Service and PodDisruptionBudget for one model.
+    """Namespace, weights volume, preload job, Deployment, Service, smoke-test access and PodDisruptionBudget.
 
     `image` and `preload_image` are the references nodes pull (see charts.images);
     `startup_budget` and `progress_deadline` (seconds) come from the cold-start budget.
@@ -282,6 +292,30 @@ class VllmServerChart(cdk8s.Chart):
         )
         for key, value in labels.items():
             service.select_label(key, value)
+
+        smoke_test_role = cdk8s.ApiObject(
+            self,
+            "SmokeTestRole",
+            api_version="rbac.authorization.k8s.io/v1",
+            kind="Role",
+            metadata=cdk8s.ApiObjectMetadata(name="smoke-test"),
+        )
+        smoke_test_role.add_json_patch(cdk8s.JsonPatch.add("/rules", SMOKE_TEST_RULES))
+        smoke_test_binding = cdk8s.ApiObject(
+            self,
+            "SmokeTestBinding",
+            api_version="rbac.authorization.k8s.io/v1",
+            kind="RoleBinding",
+            metadata=cdk8s.ApiObjectMetadata(name="smoke-test"),
+        )
+        smoke_test_binding.add_json_patch(
+            cdk8s.JsonPatch.add(
+                "/roleRef", {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"}
+            ),
+            cdk8s.JsonPatch.add(
+                "/subjects", [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SMOKE_TEST_GROUP}]
+            ),
+        )
 
         # Voluntary evictions (node repair, expiry, drains) take one replica at a time.
         cdk8s.ApiObject(

@@ -354,3 +354,35 @@ class StageSettings(_Strict):
                     "a production stage runs at least 2 per model, on separate nodes"
                 )
         return self
+
+
+class PipelineStageTarget(_Strict):
+    """One stage the pipeline deploys, and the account it goes to."""
+
+    name: DnsLabel
+    account: Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
+
+
+class PipelineSettings(_Strict):
+    """The CodePipeline that rolls the stages out, in order, from a repository branch."""
+
+    account: Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")]
+    # A CodeStar Connections (CodeConnections) connection, created and authorised in the console.
+    connection_arn: Annotated[
+        str,
+        StringConstraints(
+            pattern=r"^arn:aws[a-z-]*:(codestar-connections|codeconnections):[a-z0-9-]+:[0-9]{12}:connection/[0-9a-f-]+$"
+        ),
+    ]
+    repository: Annotated[str, StringConstraints(pattern=r"^[\w.-]+/[\w.-]+$")] = Field(description="owner/name")
+    branch: str = Field(default="main", min_length=1)
+    stages: tuple[PipelineStageTarget, ...] = Field(min_length=1, description="deployed in this order")
+
+    @field_validator("stages")
+    @classmethod
+    def _distinct_stages(cls, stages: tuple[PipelineStageTarget, ...]) -> tuple[PipelineStageTarget, ...]:
+        repeated = _repeated([stage.name for stage in stages])
+        if repeated:
+            raise ValueError(f"each stage may appear once; repeated: {', '.join(repeated)}")
+        return stages

@@ -25,6 +25,7 @@ class NetworkStack(Stack):
         network: NetworkSettings,
         **kwargs: Any,
     ) -> None:
+        self._zones = list(availability_zones)
         super().__init__(scope, id, **kwargs)
         self.vpc = ec2.Vpc(
             self,
@@ -70,3 +71,9 @@ class NetworkStack(Stack):
             self.vpc.add_interface_endpoint(
                 endpoint_id, service=service, security_groups=[endpoints_security_group], open=False
             )
+
+    @property
+    def availability_zones(self) -> list[str]:
+        """The stage's zones. Constructs that ask the stack (endpoints do) would otherwise look them up in
+        the account at synth, which needs credentials once the stage names its account."""
+        return self._zones

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import cast
 
-from aws_cdk import Acknowledgment, CfnResource, Stage, Validations
+from aws_cdk import Acknowledgment, CfnElement, CfnResource, Stack, Stage, Validations, pipelines
 from constructs import IConstruct
 
 from settings.model import StageSettings
@@ -21,6 +22,8 @@ CLUSTER_ROLE = "Cluster/Cluster/Role"
 NODE_ROLE = "Cluster/NodeRole"
 FSX_CSI_ROLE = "Cluster/FsxCsiDriverRole"
 ACCESS_LOGS_BUCKET = "ModelStore/AccessLogsBucket"
+SMOKE_TEST = "Serving/SmokeTest"
+SMOKE_TEST_ROLE = "Serving/SmokeTestRole"
 KUBECTL_HANDLER = "Cluster/Cluster/KubectlProvider/Handler"
 KUBECTL_FRAMEWORK = "Cluster/Cluster/KubectlProvider/Provider/framework-onEvent"
 RESTRICT_DEFAULT_SG_HANDLER = "Network/Custom::VpcRestrictDefaultSGCustomResourceProvider/Handler"
@@ -38,6 +41,14 @@ class Finding:
 
 def _managed_policy(name: str) -> str:
     return f"Policy::arn:<AWS::Partition>:iam::aws:policy/{name}"
+
+
+def _codebuild_project_resources(region: str, account: str, project_logical_id: str) -> tuple[tuple[str, str], ...]:
+    """The log group and report groups aws-cdk-lib lets a CodeBuild project's role write, as cdk-nag names them."""
+    return (
+        ("logs", f"Resource::arn:aws:logs:{region}:{account}:log-group:/aws/codebuild/<{project_logical_id}>:*"),
+        ("test reports", f"Resource::arn:aws:codebuild:{region}:{account}:report-group/<{project_logical_id}>-*"),
+    )
 
 
 def _account_resource(service: str, region: str, resource: str) -> str:
@@ -69,6 +80,48 @@ def nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
             f"AwsSolutions-IAM5[{_account_resource('fsx', settings.region, 'file-system/*')}]",
             "Read-only lookup of file systems by the CSI driver; naming the one file system would make the "
             "cluster wait for the model store's creation.",
+        ),
+        *(
+            Finding(
+                f"{SMOKE_TEST_ROLE}/DefaultPolicy",
+                f"AwsSolutions-IAM5[{resource}]",
+                f"CodeBuild writes the smoke test's {what} under names it derives from the project; aws-cdk-lib "
+                "scopes the grant to this project's prefix.",
+            )
+            for what, resource in _codebuild_project_resources(
+                settings.region, settings.account or "<AWS::AccountId>", "SmokeTest737D2188"
+            )
+        ),
+        *(
+            Finding(
+                f"{SMOKE_TEST_ROLE}/DefaultPolicy",
+                f"AwsSolutions-IAM5[Action::{action}]",
+                "aws-cdk-lib's key grant for the smoke test's own artifact key; the resource is that one key.",
+            )
+            for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*")
+        ),
+        *(
+            Finding(
+                f"{SMOKE_TEST_ROLE}/DefaultPolicy",
+                f"AwsSolutions-IAM5[Action::{action}]",
+                "aws-cdk-lib's read grant on the script asset the smoke test runs, in the CDK assets bucket.",
+            )
+            for action in ARTIFACT_ACTIONS
+        ),
+        *(
+            Finding(
+                path,
+                f"AwsSolutions-IAM5[{resource}]",
+                "CodeBuild creates and deletes the network interface that puts the smoke test in the VPC; the EC2 "
+                "calls for that (CreateNetworkInterface, DescribeSubnets, ...) do not take narrower resources.",
+            )
+            for path, resource in (
+                (
+                    f"{SMOKE_TEST_ROLE}/DefaultPolicy",
+                    "Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:network-interface/*",
+                ),
+                (f"{SMOKE_TEST}/PolicyDocument", "Resource::*"),
+            )
         ),
     )
 
@@ -128,6 +181,12 @@ _LIBRARY_NAG_FINDINGS = (
 
 CHECKOV_FINDINGS = (
     Finding(
+        f"{SMOKE_TEST}/PolicyDocument",
+        "CKV_AWS_111",
+        "CodeBuild's VPC access: creating and deleting the build's network interface, which the EC2 API does "
+        "not let a policy narrow to a resource.",
+    ),
+    Finding(
         ACCESS_LOGS_BUCKET,
         "CKV_AWS_18",
         "This bucket receives the model bucket's server access logs; logging it into itself would loop.",
@@ -174,15 +233,19 @@ CHECKOV_FINDINGS = (
 
 def acknowledge_reviewed_findings(stage: Stage, settings: StageSettings) -> None:
     """Acknowledge the findings above on the stage's constructs."""
-    for finding in nag_findings(settings):
-        Validations.of(_construct_at(stage, finding.path)).acknowledge(
+    _acknowledge(stage, nag_findings(settings), CHECKOV_FINDINGS)
+
+
+def _acknowledge(scope: Stage | Stack, nag: list[Finding] | tuple[Finding, ...], checkov: tuple[Finding, ...]) -> None:
+    for finding in nag:
+        Validations.of(_construct_at(scope, finding.path)).acknowledge(
             Acknowledgment(id=finding.rule, reason=finding.reason)
         )
     skips: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for finding in CHECKOV_FINDINGS:
+    for finding in checkov:
         skips[finding.path].append({"id": finding.rule, "comment": finding.reason})
     for path, checks in skips.items():
-        construct = _construct_at(stage, path)
+        construct = _construct_at(scope, path)
         # An L2 construct stands for its CloudFormation resource, its default child.
         resource = construct if isinstance(construct, CfnResource) else construct.node.default_child
         if not isinstance(resource, CfnResource):
@@ -190,8 +253,184 @@ def acknowledge_reviewed_findings(stage: Stage, settings: StageSettings) -> None
         resource.add_metadata("checkov", {"skip": checks})
 
 
-def _construct_at(stage: Stage, path: str) -> IConstruct:
+def _construct_at(stage: Stage | Stack, path: str) -> IConstruct:
     construct: IConstruct = stage
     for part in path.split("/"):
         construct = construct.node.find_child(part)
     return construct
+
+
+# --- The pipeline stack: what CDK Pipelines generates ---
+
+ARTIFACT_ACTIONS = ("s3:GetObject*", "s3:GetBucket*", "s3:List*")
+ARTIFACT_WRITE_ACTIONS = ("s3:DeleteObject*", "s3:Abort*")
+ARTIFACT_KEY_ACTIONS = ("kms:GenerateDataKey*", "kms:ReEncrypt*")
+
+
+AUTO_APPROVE = "Pipeline/PipelinesSecurityCheck/CDKPipelinesAutoApprove"
+ARTIFACTS_BUCKET = "Pipeline/Pipeline/ArtifactsBucket"
+
+PIPELINE_CHECKOV_FINDINGS = (
+    Finding(
+        ARTIFACTS_BUCKET,
+        "CKV_AWS_18",
+        "Pipeline artifacts: encrypted with the pipeline's rotating key and reachable only by the pipeline's "
+        "roles; CloudTrail records their API access.",
+    ),
+    Finding(
+        ARTIFACTS_BUCKET,
+        "CKV_AWS_21",
+        "Each pipeline run writes its artifacts under new keys; versions would keep copies nothing reads.",
+    ),
+    Finding(
+        "Pipeline/Assets/FileRole/DefaultPolicy",
+        "CKV_AWS_111",
+        "Asset publishing assumes the target accounts' CDK file-publishing roles, named only at run time.",
+    ),
+    *(
+        Finding(AUTO_APPROVE, check, reason)
+        for check, reason in (
+            ("CKV_AWS_116", "Invoked synchronously by the pipeline's IAM check, which reports its failures itself."),
+            (
+                "CKV_AWS_115",
+                "Runs once per stage deployment; reserving concurrency would take from the account's pool.",
+            ),
+            ("CKV_AWS_117", "Calls only the CodePipeline API to approve its own check; it needs no VPC access."),
+        )
+    ),
+    Finding(
+        f"{AUTO_APPROVE}/LogGroup",
+        "CKV_AWS_158",
+        "Logs of the auto-approve function: approval decisions only, no secrets; encrypted at rest by "
+        "CloudWatch Logs with an AWS key.",
+    ),
+)
+
+
+def acknowledge_pipeline_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_names: list[str]) -> None:
+    """Acknowledge the findings on what CDK Pipelines generates (call after pipeline.build_pipeline())."""
+    _acknowledge(stack, pipeline_nag_findings(stack, pipeline, stage_names), PIPELINE_CHECKOV_FINDINGS)
+
+
+def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_names: list[str]) -> list[Finding]:
+    def logical_id(path: str) -> str:
+        return stack.get_logical_id(cast(CfnElement, _construct_at(stack, path).node.default_child))
+
+    bucket = logical_id("Pipeline/Pipeline/ArtifactsBucket")
+    region, account = stack.region, stack.account
+    artifact_reason = (
+        "CDK Pipelines' grant on the pipeline's own artifact bucket and its key: object-level actions on that one "
+        "bucket, which the pipeline's steps read and write."
+    )
+
+    def artifact_rules(*, write: bool, key: bool) -> list[str]:
+        actions = (
+            *ARTIFACT_ACTIONS,
+            *(ARTIFACT_WRITE_ACTIONS if write else ()),
+            *(ARTIFACT_KEY_ACTIONS if key else ()),
+        )
+        return [
+            *(f"AwsSolutions-IAM5[Action::{action}]" for action in actions),
+            f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/*]",
+        ]
+
+    def project_rules(project_path: str) -> list[Finding]:
+        return [
+            Finding(
+                f"{project_path}/Role/DefaultPolicy",
+                f"AwsSolutions-IAM5[{resource}]",
+                f"CodeBuild writes this project's {what} under names it derives from the project; aws-cdk-lib "
+                "scopes the grant to this project's prefix.",
+            )
+            for what, resource in _codebuild_project_resources(region, account, logical_id(project_path))
+        ]
+
+    roles_with_artifacts = {
+        "Pipeline/Pipeline/Role/DefaultPolicy": artifact_rules(write=True, key=True),
+        f"Pipeline/Pipeline/Source/{_source_action_id(pipeline)}/CodePipelineActionRole/DefaultPolicy": artifact_rules(
+            write=True, key=True
+        ),
+        "Pipeline/Pipeline/Build/Synth/CdkBuildProject/Role/DefaultPolicy": artifact_rules(write=True, key=True),
+        "Pipeline/UpdatePipeline/SelfMutation/Role/DefaultPolicy": artifact_rules(write=False, key=True),
+        "Pipeline/PipelinesSecurityCheck/CDKSecurityCheck/Role/DefaultPolicy": artifact_rules(write=False, key=True),
+        "Pipeline/Assets/FileRole/DefaultPolicy": artifact_rules(write=False, key=False),
+        **{
+            f"Pipeline/Pipeline/{name}/SmokeTest/SmokeTest/Role/DefaultPolicy": artifact_rules(write=False, key=True)
+            for name in stage_names
+        },
+    }
+    findings = [Finding(path, rule, artifact_reason) for path, rules in roles_with_artifacts.items() for rule in rules]
+    for project in (
+        "Pipeline/Pipeline/Build/Synth/CdkBuildProject",
+        "Pipeline/UpdatePipeline/SelfMutation",
+        "Pipeline/PipelinesSecurityCheck/CDKSecurityCheck",
+        *(f"Pipeline/Pipeline/{name}/SmokeTest/SmokeTest" for name in stage_names),
+    ):
+        findings += project_rules(project)
+    self_mutation = "Pipeline/UpdatePipeline/SelfMutation/Role/DefaultPolicy"
+    security_check = "Pipeline/PipelinesSecurityCheck/CDKSecurityCheck/Role/DefaultPolicy"
+    auto_approve = AUTO_APPROVE
+    file_role = "Pipeline/Assets/FileRole/DefaultPolicy"
+    findings += [
+        Finding(
+            self_mutation,
+            f"AwsSolutions-IAM5[Resource::arn:*:iam::{account}:role/*]",
+            "Self-mutation assumes the CDK bootstrap roles of the pipeline's account (cdk-*), whose names carry "
+            "the bootstrap qualifier; CDK Pipelines grants the pattern and conditions it on the bootstrap role tag.",
+        ),
+        Finding(
+            self_mutation,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Self-mutation reads the pipeline's CloudFormation stacks and bootstrap versions by name at run time.",
+        ),
+        Finding(
+            security_check,
+            "AwsSolutions-IAM5[Resource::*]",
+            "The IAM broadening check diffs every stage's stacks (cdk diff --security-only) before its deployment.",
+        ),
+        Finding(
+            security_check,
+            f"AwsSolutions-IAM5[Resource::<{logical_id(auto_approve)}.Arn>:*]",
+            "The IAM broadening check invokes the versions of its own auto-approve function.",
+        ),
+        Finding(
+            f"{auto_approve}/ServiceRole/DefaultPolicy",
+            "AwsSolutions-IAM5[Resource::*]",
+            "The auto-approve function approves the IAM broadening check of this pipeline when a diff broadens "
+            "nothing; CodePipeline's PutApprovalResult names the pipeline only at run time.",
+        ),
+        Finding(
+            f"{auto_approve}/ServiceRole",
+            f"AwsSolutions-IAM4[{_managed_policy('service-role/AWSLambdaBasicExecutionRole')}]",
+            "The auto-approve function only writes its own logs: the minimal AWS-maintained policy for that.",
+        ),
+        Finding(
+            file_role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Asset publishing assumes the target accounts' CDK file-publishing roles, named only at run time.",
+        ),
+        *(
+            Finding(
+                file_role,
+                f"AwsSolutions-IAM5[{resource}]",
+                f"Asset publishing projects are created per asset by CDK Pipelines; their {what} share this prefix.",
+            )
+            for what, resource in (
+                ("logs", f"Resource::arn:aws:logs:{region}:{account}:log-group:/aws/codebuild/*"),
+                ("test reports", f"Resource::arn:aws:codebuild:{region}:{account}:report-group/*"),
+            )
+        ),
+        Finding(
+            ARTIFACTS_BUCKET,
+            "AwsSolutions-S1",
+            "Pipeline artifacts: encrypted with the pipeline's rotating key and reachable only by the pipeline's "
+            "roles; CloudTrail records their API access.",
+        ),
+    ]
+    return findings
+
+
+def _source_action_id(pipeline: pipelines.CodePipeline) -> str:
+    (source_stage,) = [stage for stage in pipeline.pipeline.stages if stage.stage_name == "Source"]
+    (action,) = source_stage.actions
+    return action.action_properties.action_name

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import cdk8s
-from aws_cdk import Aws, CfnOutput, Stack
+from aws_cdk import Aws, CfnOutput, Duration, Stack
+from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_fsx as fsx
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from charts import DeployedResources, build_charts
+from charts.cold_start import progress_deadline_seconds
 from charts.model_loader import preload_job_name
-from charts.vllm_server import PORT
+from charts.vllm_server import PORT, SMOKE_TEST_GROUP
 from settings.model import ModelSettings, StageSettings
 from stacks.model_store import LUSTRE_PORTS
+
+# scripts/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+SMOKE_TEST_FILE = "smoke_test.py"
 
 # The walkthrough's test request.
 TEST_PROMPT = "What is machine learning?"
@@ -41,9 +50,10 @@ class ServingStack(Stack):
         settings: StageSettings,
         cluster: eks.Cluster,
         node_role: iam.IRole,
-        subnets: list[ec2.ISubnet],
+        vpc: ec2.IVpc,
         file_system: fsx.LustreFileSystem,
         file_system_security_group: ec2.ISecurityGroup,
+        pipeline_account: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
@@ -53,7 +63,7 @@ class ServingStack(Stack):
         deployed = DeployedResources(
             account=settings.account or Aws.ACCOUNT_ID,
             node_role_name=node_role.role_name,
-            subnet_ids=tuple(subnet.subnet_id for subnet in subnets),
+            subnet_ids=tuple(subnet.subnet_id for subnet in vpc.private_subnets),
             cluster_security_group_id=cluster.cluster_security_group_id,
             file_system_id=file_system.file_system_id,
             file_system_dns_name=file_system.dns_name,
@@ -86,6 +96,9 @@ class ServingStack(Stack):
                 description="Lustre to the cluster's nodes",
             )
 
+        self.smoke_test = self._smoke_test_project(settings, cluster, vpc)
+        self._smoke_test_trigger(settings, pipeline_account)
+
         for model in settings.models:
             output_id = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]", model.name))
             CfnOutput(
@@ -107,6 +120,101 @@ class ServingStack(Stack):
                 description=f"Sends the test prompt to {model.model} through the port-forward",
                 value=test_request_command(model),
             )
+
+    def _smoke_test_project(self, settings: StageSettings, cluster: eks.Cluster, vpc: ec2.IVpc) -> codebuild.Project:
+        """The post-deploy check: inside the VPC, as a role the cluster admits only to watch and port-forward.
+
+        It runs scripts/smoke_test.py (shipped as an asset) for every model: wait for the rollout,
+        then send the test prompt through the Service. Start it with
+        `aws codebuild start-build --project-name <cluster name>-smoke-test`; the pipeline does after each deploy.
+        """
+        role = iam.Role(
+            self,
+            "SmokeTestRole",
+            description="Post-deploy smoke test: watches model rollouts and sends one test prompt",
+            assumed_by=iam.ServicePrincipal("codebuild.amazonaws.com"),
+        )
+        role.add_to_policy(iam.PolicyStatement(actions=["eks:DescribeCluster"], resources=[cluster.cluster_arn]))
+        # No access policy: the group gets exactly the namespaced RBAC rules the charts define.
+        eks.CfnAccessEntry(
+            self,
+            "SmokeTestAccess",
+            cluster_name=cluster.cluster_name,
+            principal_arn=role.role_arn,
+            kubernetes_groups=[SMOKE_TEST_GROUP],
+            type="STANDARD",
+        )
+        kubectl_version = f"v{settings.cluster.kubernetes_version}.0"
+        checks = [
+            f"python3 {SMOKE_TEST_FILE} --namespace {model.name} --service {model.service_name} "
+            f"--deployment {model.name} --model {model.model} "
+            f"--rollout-timeout {progress_deadline_seconds(settings, model)}"
+            for model in settings.models
+        ]
+        scripts = s3_assets.Asset(self, "SmokeTestScript", path=str(SCRIPTS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
+        return codebuild.Project(
+            self,
+            "SmokeTest",
+            project_name=smoke_test_project_name(settings),
+            description="Sends the walkthrough's test prompt to every model after a deployment",
+            source=codebuild.Source.s3(bucket=scripts.bucket, path=scripts.s3_object_key),
+            role=role,
+            vpc=vpc,
+            subnet_selection=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+            # The cluster's security group is what the private API endpoint admits.
+            security_groups=[
+                ec2.SecurityGroup.from_security_group_id(
+                    self, "ClusterSecurityGroup", cluster.cluster_security_group_id
+                )
+            ],
+            environment=codebuild.BuildEnvironment(build_image=codebuild.LinuxBuildImage.STANDARD_7_0),
+            encryption_key=kms.Key(
+                self, "SmokeTestKey", description="Encrypts the smoke test's build artifacts", enable_key_rotation=True
+            ),
+            timeout=Duration.minutes(60),
+            build_spec=codebuild.BuildSpec.from_object(
+                {
+                    "version": "0.2",
+                    "phases": {
+                        "install": {
+                            "commands": [
+                                f"curl -sSfL -o /usr/local/bin/kubectl https://dl.k8s.io/release/{kubectl_version}/bin/linux/amd64/kubectl",
+                                "chmod +x /usr/local/bin/kubectl",
+                            ]
+                        },
+                        "build": {
+                            "commands": [
+                                f"aws eks update-kubeconfig --region {settings.region} --name {settings.cluster.name}",
+                                *checks,
+                            ]
+                        },
+                    },
+                }
+            ),
+        )
+
+    def _smoke_test_trigger(self, settings: StageSettings, pipeline_account: str | None) -> None:
+        """A role the pipeline's account may assume to start the smoke test and read its outcome, nothing more."""
+        role = iam.Role(
+            self,
+            "SmokeTestTriggerRole",
+            role_name=smoke_test_trigger_role_name(settings),
+            description="Lets the deployment pipeline start the smoke test and wait for its result",
+            assumed_by=iam.AccountPrincipal(pipeline_account or self.account),
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["codebuild:StartBuild", "codebuild:BatchGetBuilds"], resources=[self.smoke_test.project_arn]
+            )
+        )
+
+
+def smoke_test_project_name(settings: StageSettings) -> str:
+    return f"{settings.cluster.name}-smoke-test"
+
+
+def smoke_test_trigger_role_name(settings: StageSettings) -> str:
+    return f"{settings.cluster.name}-smoke-test-trigger"
 
 
 def preload_command(model: ModelSettings) -> str:

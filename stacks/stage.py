@@ -19,9 +19,13 @@ class InferencePlatformStage(Stage):
 
     The stateful stacks (registry, model store) depend on the network only, so CloudFormation
     creates them while the cluster comes up, and a cluster rebuild leaves them untouched.
+    `pipeline_account`: the account of the pipeline that deploys the stage, which may start its
+    smoke test; unset, only the stage's own account may.
     """
 
-    def __init__(self, scope: Construct, id: str, *, settings: StageSettings) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, settings: StageSettings, pipeline_account: str | None = None
+    ) -> None:
         super().__init__(scope, id, env=Environment(account=settings.account, region=settings.region))
         # A production stage refuses `cdk destroy` until protection is switched off by hand.
         protect = settings.production
@@ -58,7 +62,7 @@ class InferencePlatformStage(Stage):
             cluster=settings.cluster,
             registry=settings.registry,
         )
-        ServingStack(
+        self.serving = ServingStack(
             self,
             "Serving",
             description="GPU NodeClass and NodePool, model weights volumes and vLLM servers, applied to the cluster",
@@ -66,9 +70,10 @@ class InferencePlatformStage(Stage):
             settings=settings,
             cluster=cluster.cluster,
             node_role=cluster.node_role,
-            subnets=network.vpc.private_subnets,
+            vpc=network.vpc,
             file_system=model_store.file_system,
             file_system_security_group=model_store.security_group,
+            pipeline_account=pipeline_account,
         )
         acknowledge_reviewed_findings(self, settings)
         Tags.of(self).add("project", "eks-gpu-inference")

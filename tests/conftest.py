@@ -18,6 +18,7 @@ from charts import DeployedResources, build_charts
 from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, stage_names
 
 ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = "pipeline"
 
 
 def synth_env() -> dict[str, str]:
@@ -58,8 +59,8 @@ class Assembly:
 
 
 @pytest.fixture(scope="session")
-def assemblies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Assembly]:
-    """Every stage, synthesized with no AWS credentials or region in the environment.
+def _synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.Popen[str]]]:
+    """Every stage and the pipeline, synthesized at once with no AWS credentials or region in the environment.
 
     The default stage is synthesized without `-c stage`, so it also proves what the default is.
     """
@@ -68,14 +69,42 @@ def assemblies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Assembly]:
         outdir = tmp_path_factory.mktemp(f"cdk.out-{stage}")
         stage_args = [] if stage == DEFAULT_STAGE else ["-c", f"stage={stage}"]
         running[stage] = (outdir, cdk_synth(*stage_args, "-o", str(outdir)))
+    outdir = tmp_path_factory.mktemp("cdk.out-pipeline")
+    running[PIPELINE] = (outdir, cdk_synth("-c", "pipeline=true", "-o", str(outdir)))
+    return running
+
+
+def _finished(outdir: Path, process: subprocess.Popen[str], what: str) -> tuple[str, dict[str, Any]]:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, f"cdk synth of {what} failed:\n{stderr}"
+    return stderr, json.loads((outdir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def assemblies(_synths: dict[str, tuple[Path, subprocess.Popen[str]]]) -> dict[str, Assembly]:
     synthesized = {}
-    for stage, (outdir, process) in running.items():
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, f"cdk synth of stage {stage} failed:\n{stderr}"
+    for stage in stage_names():
+        outdir, process = _synths[stage]
+        stderr, _ = _finished(outdir, process, f"stage {stage}")
         directory = outdir / f"assembly-{stage}"
         manifest = json.loads((directory / "manifest.json").read_text())
         synthesized[stage] = Assembly(stage=stage, directory=directory, stderr=stderr, manifest=manifest)
     return synthesized
+
+
+@pytest.fixture(scope="session")
+def pipeline(_synths: dict[str, tuple[Path, subprocess.Popen[str]]]) -> Assembly:
+    """The pipeline's cloud assembly: its stack, with each stage's stacks in a nested assembly."""
+    outdir, process = _synths[PIPELINE]
+    stderr, manifest = _finished(outdir, process, "the pipeline")
+    return Assembly(stage=PIPELINE, directory=outdir, stderr=stderr, manifest=manifest)
+
+
+def nested_stage(pipeline: Assembly, stage: str) -> Assembly:
+    """One stage's stacks as the pipeline deploys them."""
+    directory = pipeline.directory / f"assembly-GpuInferencePipeline-{stage}"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return Assembly(stage=stage, directory=directory, stderr="", manifest=manifest)
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def copy_of_the_project(tmp_path: Path) -> Path:
     """The project's sources in a scratch folder, sharing the installed .venv and node_modules."""
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("app.py", "cdk.json", "settings", "stacks", "charts"):
+    for name in ("app.py", "cdk.json", "package.json", "settings", "stacks", "charts", "scripts"):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))

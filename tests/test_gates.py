@@ -20,7 +20,7 @@ from cdk_nag import AwsSolutionsChecks
 from charts.__main__ import write_manifests
 from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS
 from settings import load_stage_settings, stage_names
-from stacks.reviewed_findings import CHECKOV_FINDINGS, nag_findings
+from stacks.reviewed_findings import CHECKOV_FINDINGS, PIPELINE_CHECKOV_FINDINGS, nag_findings
 from tests.conftest import Assembly, find, render_charts
 from tests.scanners import (
     cfn_lint,
@@ -62,7 +62,10 @@ def manifest_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def checkov_reports(
-    assemblies: dict[str, Assembly], manifest_dirs: list[Path], tmp_path_factory: pytest.TempPathFactory
+    assemblies: dict[str, Assembly],
+    pipeline: Assembly,
+    manifest_dirs: list[Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """checkov on every stage's manifests and templates, and on broken inputs, all at once."""
     broken = tmp_path_factory.mktemp("broken")
@@ -73,6 +76,8 @@ def checkov_reports(
     runs = {
         "kubernetes": run_checkov("kubernetes", manifest_dirs),
         "cloudformation": run_checkov("cloudformation", [a.directory for a in assemblies.values()]),
+        # The pipeline's stack and, nested, each stage as the pipeline deploys it.
+        "pipeline": run_checkov("cloudformation", [pipeline.directory]),
         "broken-kubernetes": run_checkov("kubernetes", [broken / "k8s"]),
         "broken-cloudformation": run_checkov("cloudformation", [broken / "cfn"]),
     }
@@ -105,7 +110,7 @@ def test_cdk_nag_stops_a_synth_on_an_unacknowledged_finding(tmp_path: Path) -> N
 @pytest.mark.parametrize("stage", stage_names())
 def test_every_acknowledgment_gives_a_reason(stage: str) -> None:
     findings = nag_findings(load_stage_settings(stage))
-    for finding in (*findings, *CHECKOV_FINDINGS):
+    for finding in (*findings, *CHECKOV_FINDINGS, *PIPELINE_CHECKOV_FINDINGS):
         assert len(finding.reason) > 40, finding
     rules = [(finding.path, finding.rule) for finding in findings]
     assert len(rules) == len(set(rules))
@@ -117,10 +122,12 @@ def test_every_acknowledgment_gives_a_reason(stage: str) -> None:
 # --- cfn-lint ---
 
 
-def test_every_template_passes_cfn_lint(assemblies: dict[str, Assembly]) -> None:
+def test_every_template_passes_cfn_lint(assemblies: dict[str, Assembly], pipeline: Assembly) -> None:
     templates = [path for a in assemblies.values() for path in sorted(a.directory.glob("*.template.json"))]
     assert len(templates) == 5 * len(assemblies)
-    assert cfn_lint(templates) == []
+    pipeline_templates = sorted(pipeline.directory.glob("**/*.template.json"))
+    assert len(pipeline_templates) == 1 + 5 * 2  # the pipeline, and dev and prod as it deploys them
+    assert cfn_lint(templates + pipeline_templates) == []
 
 
 def test_cfn_lint_rejects_a_broken_template(tmp_path: Path) -> None:
@@ -149,6 +156,8 @@ def test_every_object_matches_the_clusters_kubernetes_schema(stage: str) -> None
         "CronJob",
         "Deployment",
         "Service",
+        "Role",
+        "RoleBinding",
         "PodDisruptionBudget",
     }
     assert [problem for obj in objects for problem in kubernetes_problems(obj, version)] == []
@@ -230,6 +239,14 @@ def test_templates_pass_checkov_cloudformation_checks(checkov_reports: dict[str,
     assert checkov_skips(results) == {(finding.rule, finding.reason) for finding in CHECKOV_FINDINGS}
 
 
+def test_pipeline_templates_pass_checkov_cloudformation_checks(checkov_reports: dict[str, Any]) -> None:
+    results = checkov_reports["pipeline"]
+    how = "acknowledge it in stacks/reviewed_findings.py with the reason"
+    assert checkov_failures(results, how) == []
+    accepted = {(finding.rule, finding.reason) for finding in (*CHECKOV_FINDINGS, *PIPELINE_CHECKOV_FINDINGS)}
+    assert checkov_skips(results) == accepted
+
+
 def test_checkov_cloudformation_checks_reject_an_unencrypted_bucket(checkov_reports: dict[str, Any]) -> None:
     failed = {check["check_id"] for check in checkov_reports["broken-cloudformation"]["failed_checks"]}
     assert {"CKV_AWS_18", "CKV_AWS_21", "CKV_AWS_66"} <= failed  # bucket logging, versioning; log retention
@@ -250,7 +267,8 @@ def all_resources(assemblies: dict[str, Assembly], kind: str) -> list[tuple[str,
 
 def test_every_kms_key_rotates_and_is_retained(assemblies: dict[str, Assembly]) -> None:
     keys = all_resources(assemblies, "AWS::KMS::Key")
-    assert len(keys) == 4 * len(assemblies)  # cluster secrets, control plane logs, flow logs, file system
+    # cluster secrets, control plane logs, flow logs, file system, smoke test artifacts
+    assert len(keys) == 5 * len(assemblies)
     for where, key in keys:
         assert key["Properties"]["EnableKeyRotation"] is True, where
         assert key["DeletionPolicy"] == "Retain", where

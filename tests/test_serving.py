@@ -162,3 +162,32 @@ def test_preload_job_reads_the_models_directory_in_the_file_systems_zone() -> No
     assert container["volumeMounts"] == [
         {"name": "weights", "mountPath": "/models", "subPath": "models", "readOnly": True}
     ]
+
+
+def test_smoke_test_runs_in_the_vpc_with_the_clusters_security_group(dev: Assembly) -> None:
+    serving = dev.template("Serving")
+    (project,) = [r["Properties"] for r in serving["Resources"].values() if r["Type"] == "AWS::CodeBuild::Project"]
+    assert project["Name"] == "gpu-inference-dev-smoke-test"
+    vpc = project["VpcConfig"]
+    assert all("PrivateSubnet" in json.dumps(subnet) for subnet in vpc["Subnets"])
+    assert len(vpc["Subnets"]) == 3
+    (group,) = vpc["SecurityGroupIds"]
+    assert "ClusterSecurityGroupId" in json.dumps(group)
+    assert project["Source"]["Type"] == "S3"  # scripts/smoke_test.py, shipped as an asset
+    commands = json.loads(project["Source"]["BuildSpec"])["phases"]["build"]["commands"]
+    assert commands[0] == "aws eks update-kubeconfig --region us-west-2 --name gpu-inference-dev"
+    assert commands[1] == (
+        "python3 smoke_test.py --namespace gpt-oss-20b --service gptoss-service --deployment gpt-oss-20b "
+        "--model openai/gpt-oss-20b --rollout-timeout 660"
+    )
+
+
+def test_smoke_test_role_is_admitted_to_the_cluster_with_no_access_policy(dev: Assembly) -> None:
+    serving = dev.template("Serving")
+    (entry,) = [r["Properties"] for r in serving["Resources"].values() if r["Type"] == "AWS::EKS::AccessEntry"]
+    assert entry["KubernetesGroups"] == ["smoke-testers"]
+    assert entry["Type"] == "STANDARD"
+    assert "AccessPolicies" not in entry  # only the namespaced RBAC rules of the charts apply
+    role_id = entry["PrincipalArn"]["Fn::GetAtt"][0]
+    trust = serving["Resources"][role_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust[0]["Principal"] == {"Service": "codebuild.amazonaws.com"}

@@ -61,6 +61,10 @@ def test_template(assemblies: dict[str, Assembly], stage: str, stack: str, snaps
     assert reviewable(assemblies[stage].template(stack)) == snapshot.use_extension(JsonSnapshot)
 
 
+def test_pipeline_template(pipeline: Assembly, snapshot: SnapshotAssertion) -> None:
+    assert reviewable(pipeline.template("GpuInferencePipeline")) == snapshot.use_extension(JsonSnapshot)
+
+
 @pytest.mark.parametrize("stage", stage_names())
 def test_chart_manifests(stage: str, snapshot: SnapshotAssertion) -> None:
     rendered = "---\n".join(

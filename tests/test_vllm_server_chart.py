@@ -44,6 +44,8 @@ def test_chart_holds_namespace_volume_preload_deployment_service_and_budget(obje
         "CronJob",
         "Deployment",
         "Service",
+        "Role",
+        "RoleBinding",
         "PodDisruptionBudget",
     ]
 
@@ -199,3 +201,16 @@ def test_disruption_budget_evicts_one_replica_at_a_time(objects: list[dict[str, 
     assert budget["apiVersion"] == "policy/v1"
     assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "vllm-gpt-oss-20b"}}}
     assert find(objects, "Deployment")["spec"]["selector"] == {"matchLabels": {"app": "vllm-gpt-oss-20b"}}
+
+
+def test_smoke_test_group_may_only_watch_the_rollout_and_port_forward(objects: list[dict[str, Any]]) -> None:
+    role = find(objects, "Role")
+    assert role["metadata"] == {"name": "smoke-test", "namespace": "gpt-oss-20b"}
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
+    ]
+    binding = find(objects, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"}
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "smoke-testers"}]

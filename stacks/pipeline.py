@@ -1,0 +1,101 @@
+"""The CodePipeline that rolls the stages out: tested synth, stage by stage, approval before production."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Stack, pipelines
+from aws_cdk import aws_codebuild as codebuild
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from settings.model import PipelineSettings, StageSettings
+from stacks.reviewed_findings import acknowledge_pipeline_findings
+from stacks.serving import smoke_test_project_name, smoke_test_trigger_role_name
+from stacks.stage import InferencePlatformStage
+
+# The same commands a person runs (README): install, the whole test suite with its gates, synth.
+SYNTH_INSTALL = ["make setup"]
+SYNTH_COMMANDS = ["make test", "npx cdk synth --quiet -c pipeline=true"]
+
+
+def smoke_test_commands(settings: StageSettings) -> list[str]:
+    """Start the stage's smoke test project, as the role the stage lets this pipeline assume, and wait for it."""
+    role_arn = f"arn:aws:iam::{settings.account}:role/{smoke_test_trigger_role_name(settings)}"
+    region, project = settings.region, smoke_test_project_name(settings)
+    return [
+        f"creds=$(aws sts assume-role --role-arn {role_arn} --role-session-name smoke-test --query Credentials)",
+        'export AWS_ACCESS_KEY_ID=$(echo "$creds" | jq -r .AccessKeyId)',
+        'export AWS_SECRET_ACCESS_KEY=$(echo "$creds" | jq -r .SecretAccessKey)',
+        'export AWS_SESSION_TOKEN=$(echo "$creds" | jq -r .SessionToken)',
+        f"build=$(aws codebuild start-build --region {region} --project-name {project} --query build.id --output text)",
+        f"while status=$(aws codebuild batch-get-builds --region {region} --ids $build "
+        "--query 'builds[0].buildStatus' --output text); [ \"$status\" = IN_PROGRESS ]; do sleep 20; done",
+        'echo "smoke test $build: $status"',
+        '[ "$status" = SUCCEEDED ]',
+    ]
+
+
+class PipelineStack(Stack):
+    """Deployed once by hand (`make deploy-pipeline`), then updates itself from the repository.
+
+    Each stage is the same InferencePlatformStage a person deploys with `make deploy`, into the
+    account the pipeline settings give it. Before a stage: a manual approval if it is a production
+    stage, and a confirmation whenever the change broadens IAM permissions. After it: the stage's
+    smoke test project (in the stage's account and VPC) sends a real inference request to every
+    model; the pipeline starts it through a role the stage lets it assume, and fails if it fails.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        pipeline: PipelineSettings,
+        stages: dict[str, StageSettings],
+        cli_version: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, **kwargs)
+        source = pipelines.CodePipelineSource.connection(
+            pipeline.repository, pipeline.branch, connection_arn=pipeline.connection_arn
+        )
+        self.pipeline = pipelines.CodePipeline(
+            self,
+            "Pipeline",
+            synth=pipelines.ShellStep("Synth", input=source, install_commands=SYNTH_INSTALL, commands=SYNTH_COMMANDS),
+            # Stages live in other accounts: artifacts are encrypted with a key those accounts may use.
+            cross_account_keys=True,
+            enable_key_rotation=True,
+            cli_version=cli_version,
+            code_build_defaults=pipelines.CodeBuildOptions(
+                build_environment=codebuild.BuildEnvironment(build_image=codebuild.LinuxBuildImage.STANDARD_7_0)
+            ),
+        )
+        for name, settings in stages.items():
+            stage = InferencePlatformStage(self, name, settings=settings, pipeline_account=pipeline.account)
+            before: list[pipelines.Step] = [pipelines.ConfirmPermissionsBroadening("ConfirmIamBroadening", stage=stage)]
+            if settings.production:
+                approval = pipelines.ManualApprovalStep("ApproveProduction", comment=f"Deploy to {name}?")
+                before[0].add_step_dependency(approval)  # approve first, then check what the change does to IAM
+                before.insert(0, approval)
+            self.pipeline.add_stage(
+                stage,
+                pre=before,
+                post=[
+                    pipelines.CodeBuildStep(
+                        "SmokeTest",
+                        commands=smoke_test_commands(settings),
+                        role_policy_statements=[
+                            iam.PolicyStatement(
+                                actions=["sts:AssumeRole"],
+                                resources=[
+                                    f"arn:aws:iam::{settings.account}:role/{smoke_test_trigger_role_name(settings)}"
+                                ],
+                            )
+                        ],
+                    )
+                ],
+            )
+        self.pipeline.build_pipeline()
+        acknowledge_pipeline_findings(self, self.pipeline, list(stages))

@@ -1,0 +1,189 @@
+"""PipelineStack: tested synth, the stages in order, approval before production, a smoke test after each."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from settings import SettingsError, load_pipeline_settings, parse_pipeline_settings
+from tests.conftest import Assembly, nested_stage
+
+PIPELINE_ACCOUNT, DEV_ACCOUNT, PROD_ACCOUNT = "111111111111", "222222222222", "333333333333"
+
+
+def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [r["Properties"] for r in template["Resources"].values() if r["Type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def template(pipeline: Assembly) -> dict[str, Any]:
+    return pipeline.template("GpuInferencePipeline")
+
+
+@pytest.fixture(scope="module")
+def stages(template: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    (code_pipeline,) = resources(template, "AWS::CodePipeline::Pipeline")
+    return {stage["Name"]: stage["Actions"] for stage in code_pipeline["Stages"]}
+
+
+def buildspec_of(template: dict[str, Any], action: dict[str, Any]) -> dict[str, Any]:
+    project_id = action["Configuration"]["ProjectName"]["Ref"]
+    return json.loads(template["Resources"][project_id]["Properties"]["Source"]["BuildSpec"])
+
+
+def test_pipeline_deploys_into_its_own_account_and_the_stages_into_theirs(pipeline: Assembly) -> None:
+    assert pipeline.stacks()["GpuInferencePipeline"]["environment"] == f"aws://{PIPELINE_ACCOUNT}/us-west-2"
+    for stage, account in (("dev", DEV_ACCOUNT), ("prod", PROD_ACCOUNT)):
+        environments = {a["environment"] for a in nested_stage(pipeline, stage).stacks().values()}
+        assert environments == {f"aws://{account}/us-west-2"}
+
+
+def test_stages_run_in_order_after_source_build_and_self_mutation(stages: dict[str, Any]) -> None:
+    names = list(stages)
+    assert names[:3] == ["Source", "Build", "UpdatePipeline"]
+    assert names.index("dev") < names.index("prod") == len(names) - 1
+
+
+def test_source_is_the_repository_branch_through_the_connection(stages: dict[str, Any]) -> None:
+    (source,) = stages["Source"]
+    assert source["ActionTypeId"]["Provider"] == "CodeStarSourceConnection"
+    assert source["Configuration"]["ConnectionArn"] == (
+        "arn:aws:codeconnections:us-west-2:111111111111:connection/00000000-0000-0000-0000-000000000000"
+    )
+    assert source["Configuration"]["FullRepositoryId"] == "example-org/eks-gpu-inference"
+    assert source["Configuration"]["BranchName"] == "main"
+
+
+def test_synth_installs_tests_and_synthesizes_as_the_readme_says(
+    template: dict[str, Any], stages: dict[str, Any]
+) -> None:
+    (synth,) = stages["Build"]
+    phases = buildspec_of(template, synth)["phases"]
+    assert phases["install"]["commands"] == ["make setup"]
+    assert phases["build"]["commands"] == ["make test", "npx cdk synth --quiet -c pipeline=true"]
+
+
+def test_self_mutation_uses_the_cli_version_of_package_json(template: dict[str, Any], stages: dict[str, Any]) -> None:
+    (self_mutation,) = stages["UpdatePipeline"]
+    commands = buildspec_of(template, self_mutation)["phases"]["install"]["commands"]
+    package = json.loads(open("package.json").read())  # noqa: SIM115
+    assert f"npm install -g aws-cdk@{package['devDependencies']['aws-cdk']}" in commands
+
+
+def action_names(actions: list[dict[str, Any]]) -> list[str]:
+    return [action["Name"] for action in sorted(actions, key=lambda action: action["RunOrder"])]
+
+
+def test_production_waits_for_a_manual_approval_first(stages: dict[str, Any]) -> None:
+    prod = sorted(stages["prod"], key=lambda action: action["RunOrder"])
+    assert prod[0]["Name"] == "ApproveProduction"
+    assert prod[0]["ActionTypeId"] == {"Category": "Approval", "Owner": "AWS", "Provider": "Manual", "Version": "1"}
+    deploys = [action for action in prod if action["ActionTypeId"]["Provider"] == "CloudFormation"]
+    assert deploys
+    check = next(action for action in prod if action["Name"] == "ConfirmIamBroadening.Check")
+    assert prod[0]["RunOrder"] < check["RunOrder"] < min(action["RunOrder"] for action in deploys)
+    assert "ApproveProduction" not in action_names(stages["dev"])
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_every_stage_confirms_broadened_iam_before_deploying_and_smoke_tests_after(
+    stages: dict[str, Any], stage: str
+) -> None:
+    actions = sorted(stages[stage], key=lambda action: action["RunOrder"])
+    names = [action["Name"] for action in actions]
+    check, confirm = (
+        actions[names.index("ConfirmIamBroadening.Check")],
+        actions[names.index("ConfirmIamBroadening.Confirm")],
+    )
+    assert check["ActionTypeId"]["Provider"] == "CodeBuild"  # cdk diff --security-only
+    assert confirm["ActionTypeId"]["Provider"] == "Manual"
+    deploy_orders = [a["RunOrder"] for a in actions if a["ActionTypeId"]["Provider"] == "CloudFormation"]
+    assert check["RunOrder"] < confirm["RunOrder"] < min(deploy_orders)
+    assert names[-1] == "SmokeTest"
+    assert actions[-1]["RunOrder"] > max(deploy_orders)
+
+
+@pytest.mark.parametrize(("stage", "account"), [("dev", DEV_ACCOUNT), ("prod", PROD_ACCOUNT)])
+def test_smoke_test_starts_the_stages_project_as_the_role_the_stage_grants(
+    template: dict[str, Any], stages: dict[str, Any], stage: str, account: str
+) -> None:
+    smoke_test = next(action for action in stages[stage] if action["Name"] == "SmokeTest")
+    commands = buildspec_of(template, smoke_test)["phases"]["build"]["commands"]
+    role_arn = f"arn:aws:iam::{account}:role/gpu-inference-{stage}-smoke-test-trigger"
+    assert commands[0].startswith(f"creds=$(aws sts assume-role --role-arn {role_arn} ")
+    assert f"--project-name gpu-inference-{stage}-smoke-test" in commands[4]
+    assert commands[-1] == '[ "$status" = SUCCEEDED ]'
+    project_id = smoke_test["Configuration"]["ProjectName"]["Ref"]
+    role_id = template["Resources"][project_id]["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
+    statements = [
+        statement
+        for policy in resources(template, "AWS::IAM::Policy")
+        if policy["Roles"] == [{"Ref": role_id}]
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+    assert {"Action": "sts:AssumeRole", "Effect": "Allow", "Resource": role_arn} in statements
+
+
+def test_artifacts_are_encrypted_with_a_rotating_key_the_stage_accounts_may_use(template: dict[str, Any]) -> None:
+    (key,) = resources(template, "AWS::KMS::Key")
+    assert key["EnableKeyRotation"] is True
+    (bucket,) = resources(template, "AWS::S3::Bucket")
+    encryption = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert encryption["SSEAlgorithm"] == "aws:kms"
+    assert bucket["PublicAccessBlockConfiguration"]["BlockPublicAcls"] is True
+
+
+@pytest.mark.parametrize(("stage", "account"), [("dev", DEV_ACCOUNT), ("prod", PROD_ACCOUNT)])
+def test_stage_lets_only_the_pipeline_account_trigger_its_smoke_test(
+    pipeline: Assembly, stage: str, account: str
+) -> None:
+    serving = nested_stage(pipeline, stage).template("Serving")
+    (trigger,) = [
+        r["Properties"]
+        for r in serving["Resources"].values()
+        if r["Type"] == "AWS::IAM::Role"
+        and r["Properties"].get("RoleName") == f"gpu-inference-{stage}-smoke-test-trigger"
+    ]
+    (trust,) = trigger["AssumeRolePolicyDocument"]["Statement"]
+    assert json.dumps(trust["Principal"]).count(f":iam::{PIPELINE_ACCOUNT}:root") == 1
+    assert account != PIPELINE_ACCOUNT
+
+
+def test_pipeline_passes_every_gate_that_stages_pass(pipeline: Assembly) -> None:
+    report = json.loads((pipeline.directory / "validation-report.json").read_text())
+    assert report["pluginReports"] == []
+
+
+def test_pipeline_settings_must_name_a_connection() -> None:
+    data = {
+        "account": PIPELINE_ACCOUNT,
+        "region": "us-west-2",
+        "connection_arn": "github-token-123",
+        "repository": "o/r",
+        "stages": [{"name": "dev", "account": DEV_ACCOUNT}],
+    }
+    with pytest.raises(SettingsError, match=r"pipeline has invalid settings:\n  connection_arn: String should match"):
+        parse_pipeline_settings(data)
+
+
+def test_pipeline_stage_must_exist_and_appear_once() -> None:
+    base = {
+        "account": PIPELINE_ACCOUNT,
+        "region": "us-west-2",
+        "repository": "o/r",
+        "connection_arn": "arn:aws:codeconnections:us-west-2:111111111111:connection/abc-123",
+    }
+    with pytest.raises(SettingsError, match="unknown stage 'qa'"):
+        parse_pipeline_settings({**base, "stages": [{"name": "qa", "account": DEV_ACCOUNT}]})
+    twice = [{"name": "dev", "account": DEV_ACCOUNT}, {"name": "dev", "account": DEV_ACCOUNT}]
+    with pytest.raises(SettingsError, match="stages: each stage may appear once; repeated: dev"):
+        parse_pipeline_settings({**base, "stages": twice})
+
+
+def test_pipeline_stages_keep_their_order_and_get_their_accounts() -> None:
+    settings, stages = load_pipeline_settings()
+    assert [target.name for target in settings.stages] == list(stages) == ["dev", "prod"]
+    assert stages["dev"].account == DEV_ACCOUNT
+    assert stages["prod"].production
