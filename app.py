@@ -61,7 +61,9 @@ def cdk_cli_version() -> str:
 
 
 def main() -> None:
-    app = cdk.App()
+    # The built-in CloudFormation validation duplicates cfn-lint, which the test suite (and so the
+    # pipeline's synth step) runs on every template, and costs seconds on every synth.
+    app = cdk.App(builtin_cloud_formation_validation=False)
     for key, value in FAIL_ON_FINDINGS.items():
         app.node.set_context(key, value)
     pipeline = str(app.node.try_get_context("pipeline")).lower() == "true"

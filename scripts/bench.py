@@ -1,7 +1,8 @@
 """Benchmarks of the project's own speed: `make bench` (or `python -m scripts.bench synth|tests|plan`).
 
 synth  The full app (the pipeline with every stage it deploys) against a floor app (a VPC and an
-       Auto Mode cluster with a kubectl provider, nothing else), run alternately in fresh processes; medians of each and
+       Auto Mode cluster with a kubectl provider, nothing else), each synthesized by the cdk CLI,
+       alternately, several times; medians of each and
        of their ratio. Target: ratio at most 1.5.
 tests  The test suite's wall time and peak memory (the summed RSS of its process tree).
 plan   From a synthesized cloud assembly: the stacks' dependency waves (stacks in one wave can
@@ -25,33 +26,33 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET_SYNTH_RATIO = 1.5
 
 
-def build_and_synth(kind: str, outdir: str) -> None:
-    """Build one of the two benchmark apps and synthesize it (runs in a fresh process)."""
+def synth_floor_app() -> None:
+    """The floor: a VPC and an Auto Mode cluster with a kubectl provider, nothing else (run by the CLI)."""
     import aws_cdk as cdk
     from aws_cdk import aws_ec2 as ec2
     from aws_cdk import aws_eks_v2 as eks
     from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 
-    from app import add_checks, build_pipeline_app, cdk_json_context
-
-    app = cdk.App(outdir=outdir, context=cdk_json_context())
-    if kind == "full":
-        # The pipeline holds every stage it deploys: the whole product in one app, under the same
-        # checks as every synth.
-        add_checks(app)
-        build_pipeline_app(app)
-    else:
-        stack = cdk.Stack(app, "Floor", env=cdk.Environment(region="us-west-2"))
-        vpc = ec2.Vpc(stack, "Vpc", availability_zones=["us-west-2a", "us-west-2b"])
-        eks.Cluster(
-            stack,
-            "Cluster",
-            version=eks.KubernetesVersion.V1_36,
-            vpc=vpc,
-            default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
-            kubectl_provider_options=eks.KubectlProviderOptions(kubectl_layer=KubectlV36Layer(stack, "Kubectl")),
-        )
+    app = cdk.App()
+    stack = cdk.Stack(app, "Floor", env=cdk.Environment(region="us-west-2"))
+    vpc = ec2.Vpc(stack, "Vpc", availability_zones=["us-west-2a", "us-west-2b"])
+    eks.Cluster(
+        stack,
+        "Cluster",
+        version=eks.KubernetesVersion.V1_36,
+        vpc=vpc,
+        default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
+        kubectl_provider_options=eks.KubectlProviderOptions(kubectl_layer=KubectlV36Layer(stack, "Kubectl")),
+    )
     app.synth()
+
+
+# Both through the real CLI, as a person or the pipeline synthesizes: the full app is the pipeline
+# with every stage it deploys (and the same checks as every synth).
+SYNTH_COMMANDS = {
+    "full": ["cdk", "--no-notices", "synth", "--quiet", "-c", "pipeline=true"],
+    "floor": ["cdk", "--no-notices", "synth", "--quiet", "--app", f"{sys.executable} -m scripts.bench _floor"],
+}
 
 
 def bench_synth(runs: int) -> None:
@@ -60,11 +61,11 @@ def bench_synth(runs: int) -> None:
         for kind in ("floor", "full"):  # alternately, so drift on the machine hits both alike
             with tempfile.TemporaryDirectory() as outdir:
                 started = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "scripts.bench", "_synth", kind, outdir], cwd=ROOT, check=True)
+                subprocess.run([*SYNTH_COMMANDS[kind], "-o", outdir], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
                 timings[kind].append(time.perf_counter() - started)
     ratios = [full / floor for full, floor in zip(timings["full"], timings["floor"], strict=True)]
     ratio = statistics.median(ratios)
-    print(f"## Synth ({runs} runs each, alternating)\n")
+    print(f"## Synth with the cdk CLI ({runs} runs each, alternating)\n")
     print("| app | median wall time |\n|---|---|")
     print(f"| full (the pipeline with every stage) | {statistics.median(timings['full']):.2f} s |")
     print(f"| floor (VPC + Auto Mode cluster + kubectl provider) | {statistics.median(timings['floor']):.2f} s |")
@@ -147,12 +148,10 @@ def main() -> None:
     commands.add_parser("synth").add_argument("--runs", type=int, default=5)
     commands.add_parser("tests")
     commands.add_parser("plan").add_argument("assembly", type=Path, nargs="+")
-    internal = commands.add_parser("_synth")
-    internal.add_argument("kind", choices=["full", "floor"])
-    internal.add_argument("outdir")
+    commands.add_parser("_floor")
     args = parser.parse_args()
-    if args.command == "_synth":
-        build_and_synth(args.kind, args.outdir)
+    if args.command == "_floor":
+        synth_floor_app()
         return
     print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}\n")
     if args.command == "synth":

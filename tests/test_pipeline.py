@@ -187,3 +187,14 @@ def test_pipeline_stages_keep_their_order_and_get_their_accounts() -> None:
     assert [target.name for target in settings.stages] == list(stages) == ["dev", "prod"]
     assert stages["dev"].account == DEV_ACCOUNT
     assert stages["prod"].production
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_stage_smoke_test_runs_in_that_stages_vpc_as_a_role_its_cluster_admits(pipeline: Assembly, stage: str) -> None:
+    serving = nested_stage(pipeline, stage).template("Serving")
+    (project,) = resources(serving, "AWS::CodeBuild::Project")
+    assert project["Name"] == f"gpu-inference-{stage}-smoke-test"
+    assert all(f"{stage}-Network" in json.dumps(subnet) for subnet in project["VpcConfig"]["Subnets"])
+    (entry,) = resources(serving, "AWS::EKS::AccessEntry")
+    assert entry["PrincipalArn"] == project["ServiceRole"]
+    assert entry["KubernetesGroups"] == ["smoke-testers"]
