@@ -31,16 +31,19 @@ class SmokeTestError(Exception):
     """The model did not answer as a serving model must; the message says how."""
 
 
+def chat_request(model: str) -> dict[str, object]:
+    """The walkthrough's chat completion request: the one prompt every check of this project sends."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "temperature": 0.7,
+        "max_tokens": MAX_TOKENS,
+    }
+
+
 def ask(base_url: str, model: str, *, timeout: float) -> str:
     """Send the test prompt; return the answer's text, or raise SmokeTestError."""
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": PROMPT}],
-            "temperature": 0.7,
-            "max_tokens": MAX_TOKENS,
-        }
-    ).encode()
+    body = json.dumps(chat_request(model)).encode()
     request = urllib.request.Request(
         f"{base_url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}, method="POST"
     )

@@ -22,16 +22,13 @@ from charts import DeployedResources, build_charts
 from charts.cold_start import progress_deadline_seconds
 from charts.model_loader import preload_job_name
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
+from scripts.smoke_test import chat_request
 from settings.model import ModelSettings, StageSettings
 from stacks.model_store import LUSTRE_PORTS
 
 # scripts/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 SMOKE_TEST_FILE = "smoke_test.py"
-
-# The walkthrough's test request.
-TEST_PROMPT = "What is machine learning?"
-TEST_MAX_TOKENS = 100
 
 
 class ServingStack(Stack):
@@ -230,13 +227,7 @@ def port_forward_command(model: ModelSettings) -> str:
 
 
 def test_request_command(model: ModelSettings) -> str:
-    body = {
-        "model": model.model,
-        "messages": [{"role": "user", "content": TEST_PROMPT}],
-        "temperature": 0.7,
-        "max_tokens": TEST_MAX_TOKENS,
-    }
     return (
         f"curl -s http://localhost:{PORT}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d '{json.dumps(body)}' | jq -r '.choices[0].message.content'"
+        f"-d '{json.dumps(chat_request(model.model))}' | jq -r '.choices[0].message.content'"
     )

@@ -97,7 +97,10 @@ def kubernetes_problems(obj: dict[str, Any], version: str) -> list[str]:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as error:
         path = "/".join(map(str, error.path))
-        return [f"{name}: {error.message} at {path or 'the top'} (Kubernetes {version} schema)"]
+        return [
+            f"{name}: {error.message} at {path or 'the top'} (Kubernetes {version} schema; "
+            "fix the chart under charts/ that renders it)"
+        ]
     return []
 
 
@@ -113,7 +116,7 @@ def karpenter_problems(objects: list[dict[str, Any]]) -> list[str]:
         check=True,
     )
     return [
-        f"{obj['kind']} {obj['metadata']['name']}: {problem} (karpenter.sh/v1 schema)"
+        f"{obj['kind']} {obj['metadata']['name']}: {problem} (karpenter.sh/v1 schema; fix charts/gpu_node_pool.py)"
         for obj, problem in zip(objects, json.loads(process.stdout), strict=True)
         if problem
     ]
