@@ -19,6 +19,8 @@ from tests.conftest import Assembly, render_charts, unfold_manifest
 
 # Asset hashes change with every library bump that touches a bundled handler, not with our code.
 ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
+# An asset's publishing destination, "<asset>:<account>-<region>-<8 hex of the destination>".
+ASSET_DESTINATION = re.compile(r"(<asset-hash>:[\w-]+?-)[0-9a-f]{8}\b")
 
 
 class TextSnapshot(SingleFileSnapshotExtension):
@@ -44,7 +46,8 @@ def reviewable(template: dict[str, Any]) -> str:
         # Encoded library and construct versions, for AWS's usage statistics.
         if resource["Type"] != "AWS::CDK::Metadata"
     }
-    return ASSET_HASH.sub("<asset-hash>", json.dumps({**template, "Resources": resources}, indent=2, sort_keys=True))
+    text = ASSET_HASH.sub("<asset-hash>", json.dumps({**template, "Resources": resources}, indent=2, sort_keys=True))
+    return ASSET_DESTINATION.sub(r"\1<destination-hash>", text)
 
 
 def _unfold_manifest(resource: dict[str, Any]) -> dict[str, Any]:
