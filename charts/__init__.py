@@ -9,6 +9,7 @@ import cdk8s
 from charts.cold_start import progress_deadline_seconds, startup_probe_seconds
 from charts.gpu_node_pool import GpuNodePoolChart
 from charts.images import pulled_image
+from charts.sizing import gpu_memory_needed_mib
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
 from settings.model import StageSettings
 
@@ -54,6 +55,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,
             zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
+            min_gpu_memory_mib=min(gpu_memory_needed_mib(model) for model in settings.models),
         )
     }
     weights = WeightsFileSystem(
@@ -78,4 +80,4 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
 
 
 def _pulled(image: str, settings: StageSettings, deployed: DeployedResources) -> str:
-    return pulled_image(image, registry=settings.registry, account=deployed.account, region=settings.region)
+    return pulled_image(image, settings=settings, account=deployed.account)

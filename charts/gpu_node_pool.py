@@ -12,6 +12,7 @@ from typing import Any
 import cdk8s
 from constructs import Construct
 
+from charts.sizing import GPU_MEMORY_LABEL
 from settings.model import GpuNodePoolSettings
 
 # The taint keeps everything but GPU workloads (which tolerate it) off these expensive nodes.
@@ -20,8 +21,16 @@ NODE_CLASS_NAME = "gpu"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
-def node_requirements(pool: GpuNodePoolSettings, zones: tuple[str, ...] | None) -> list[dict[str, Any]]:
-    """The pool's instance constraints, in Karpenter's requirement syntax; `zones` None means any zone."""
+def node_requirements(
+    pool: GpuNodePoolSettings, zones: tuple[str, ...] | None, min_gpu_memory_mib: int
+) -> list[dict[str, Any]]:
+    """The pool's instance constraints, in Karpenter's requirement syntax; `zones` None means any zone.
+
+    `min_gpu_memory_mib`: the least memory per GPU any model needs (charts.sizing). Category g of
+    generation 5 and newer also holds g6f, whose GPUs are fractions of one L4 (3-12 GB) and whose
+    GPU count Karpenter has reported inconsistently (aws/karpenter-provider-aws#8324, #8368):
+    requiring whole GPUs with enough memory keeps them, and any such family to come, out.
+    """
     requirements = [
         {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(pool.capacity_types)},
     ]
@@ -41,6 +50,8 @@ def node_requirements(pool: GpuNodePoolSettings, zones: tuple[str, ...] | None) 
                 "values": [str(pool.instance_generation_greater_than)],
             }
         )
+    # Karpenter's Gt is strict: more than one MiB less than needed.
+    requirements.append({"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(min_gpu_memory_mib - 1)]})
     requirements.append({"key": "kubernetes.io/arch", "operator": "In", "values": list(pool.architectures)})
     if zones is not None:
         requirements.append({"key": ZONE_LABEL, "operator": "In", "values": list(zones)})
@@ -51,7 +62,8 @@ class GpuNodePoolChart(cdk8s.Chart):
     """The GPU NodeClass and `karpenter.sh/v1` NodePool (both cluster-scoped: the chart has no namespace).
 
     `node_role_name`, `subnet_ids` and `security_group_id` come from the cluster (CDK tokens when
-    applied by the serving stack); `zones` pins the pool to the model store's zone, or None.
+    applied by the serving stack); `zones` pins the pool to the model store's zone, or None;
+    `min_gpu_memory_mib` is the least memory per GPU that any model served from the pool needs.
     """
 
     def __init__(
@@ -64,6 +76,7 @@ class GpuNodePoolChart(cdk8s.Chart):
         subnet_ids: tuple[str, ...],
         security_group_id: str,
         zones: tuple[str, ...] | None,
+        min_gpu_memory_mib: int,
     ) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         node_class = cdk8s.ApiObject(
@@ -115,7 +128,7 @@ class GpuNodePoolChart(cdk8s.Chart):
                                 "name": NODE_CLASS_NAME,
                             },
                             "taints": [GPU_TAINT],
-                            "requirements": node_requirements(pool, zones),
+                            "requirements": node_requirements(pool, zones, min_gpu_memory_mib),
                         },
                     },
                     "limits": limits,

@@ -13,6 +13,15 @@ from typing import Any
 import cdk8s
 from constructs import Construct
 
+from settings import names
+from settings.model import ModelSettings
+
+# gpt-oss's harmony tokenizer reads these from $TIKTOKEN_ENCODINGS_BASE instead of downloading
+# them at every start (openai/harmony, tiktoken_ext/public_encodings.rs). They live beside the
+# models in the bucket, under a name no model can have (model names are DNS labels: no '_').
+ENCODINGS_DIR = "tiktoken_encodings"
+HARMONY_ENCODINGS = ("o200k_base.tiktoken", "cl100k_base.tiktoken")
+
 # Run the job: kubectl -n <namespace> create job preload-$(date +%s) --from=cronjob/preload-<model>
 PRELOAD_SCRIPT = """set -eu
 dir="/models/$MODEL"
@@ -20,24 +29,33 @@ if [ -z "$(ls -A "$dir" 2>/dev/null)" ]; then
   echo "no weights in $dir yet: upload them to s3://<model bucket>/$MODEL/ first" >&2
   exit 1
 fi
+for encoding in $ENCODINGS; do
+  if [ ! -s "/models/$ENCODINGS_DIR/$encoding" ]; then
+    echo "$encoding is missing: upload it to s3://<model bucket>/$ENCODINGS_DIR/ first" >&2
+    exit 1
+  fi
+  cat "/models/$ENCODINGS_DIR/$encoding" > /dev/null
+done
 find "$dir" -type f | while read -r file; do cat "$file" > /dev/null; done
-echo "preloaded $(du -sh "$dir" | cut -f1) in $dir"
+echo "preloaded $(du -sh "$dir" | cut -f1) in $dir${ENCODINGS:+ and $ENCODINGS}"
 """
 
 
-def preload_job_name(model_name: str) -> str:
-    return f"preload-{model_name}"
+def harmony_encodings(model: ModelSettings) -> tuple[str, ...]:
+    """The tokenizer encodings a model's replicas read from the model store: gpt-oss models use harmony's."""
+    return HARMONY_ENCODINGS if "gpt-oss" in model.model.lower() else ()
 
 
 class ModelPreload(Construct):
-    """A suspended CronJob whose job reads every file of one model, so the file system holds it all."""
+    """A suspended CronJob whose job reads every file of one model (and the tokenizer encodings it
+    needs), so the file system holds it all; it fails, saying what to upload, when something is missing."""
 
     def __init__(
         self,
         scope: Construct,
         id: str,
         *,
-        model_name: str,
+        model: ModelSettings,
         image: str,
         claim_name: str,
         zones: tuple[str, ...],
@@ -51,7 +69,7 @@ class ModelPreload(Construct):
             "CronJob",
             api_version="batch/v1",
             kind="CronJob",
-            metadata=cdk8s.ApiObjectMetadata(name=preload_job_name(model_name), annotations=annotations),
+            metadata=cdk8s.ApiObjectMetadata(name=names.preload_job_name(model.name), annotations=annotations),
         )
         cron_job.add_json_patch(
             cdk8s.JsonPatch.add(
@@ -92,7 +110,11 @@ class ModelPreload(Construct):
                                             "image": image,
                                             "imagePullPolicy": "IfNotPresent",
                                             "command": ["sh", "-c", PRELOAD_SCRIPT],
-                                            "env": [{"name": "MODEL", "value": model_name}],
+                                            "env": [
+                                                {"name": "MODEL", "value": model.name},
+                                                {"name": "ENCODINGS_DIR", "value": ENCODINGS_DIR},
+                                                {"name": "ENCODINGS", "value": " ".join(harmony_encodings(model))},
+                                            ],
                                             "resources": {
                                                 "requests": {"cpu": "500m", "memory": "128Mi"},
                                                 "limits": {"memory": "256Mi"},

@@ -5,8 +5,16 @@ from __future__ import annotations
 import cdk8s
 from constructs import Construct
 
+from settings import names
+
 STORAGE_CLASS = ""  # static provisioning: no class, the claim binds to the volume by name
 CSI_DRIVER = "fsx.csi.aws.com"
+# The FSx for Lustre CSI driver accepts only the SINGLE_NODE_WRITER and MULTI_NODE_MULTI_WRITER
+# capabilities (kubernetes-sigs/aws-fsx-csi-driver, pkg/driver/controller.go `volumeCaps`): a
+# ReadOnlyMany volume is refused at attach ("Volume capability not supported") and never mounts.
+# Many nodes mount it, so ReadWriteMany; read-only comes from the csi `readOnly` flag and the pods'
+# mounts, as in the driver's static provisioning example.
+ACCESS_MODES = ["ReadWriteMany"]
 
 
 class ModelVolume(Construct):
@@ -29,7 +37,7 @@ class ModelVolume(Construct):
     ) -> None:
         super().__init__(scope, id)
         self.claim_name = "model-weights"
-        volume_name = f"model-weights-{namespace}"
+        volume_name = names.weights_volume_name(namespace)
         capacity = {"storage": f"{capacity_gib}Gi"}
         volume = cdk8s.ApiObject(
             self,
@@ -45,8 +53,8 @@ class ModelVolume(Construct):
                 "/spec",
                 {
                     "capacity": capacity,
-                    # The preload job and every vLLM replica mount it at once, read-only.
-                    "accessModes": ["ReadOnlyMany"],
+                    # The preload job and every vLLM replica mount it at once.
+                    "accessModes": ACCESS_MODES,
                     "persistentVolumeReclaimPolicy": "Retain",
                     "storageClassName": STORAGE_CLASS,
                     "claimRef": {"namespace": namespace, "name": self.claim_name},
@@ -70,7 +78,7 @@ class ModelVolume(Construct):
             cdk8s.JsonPatch.add(
                 "/spec",
                 {
-                    "accessModes": ["ReadOnlyMany"],
+                    "accessModes": ACCESS_MODES,
                     "storageClassName": STORAGE_CLASS,
                     "volumeName": volume_name,
                     "resources": {"requests": capacity},

@@ -17,8 +17,10 @@ from cdk8s_plus_30 import k8s
 from constructs import Construct
 
 from charts.gpu_node_pool import GPU_TAINT
-from charts.model_loader import ModelPreload
+from charts.model_loader import ENCODINGS_DIR, ModelPreload, harmony_encodings
 from charts.model_volume import ModelVolume
+from charts.sizing import GPU_MEMORY_LABEL, gpu_memory_needed_mib
+from settings import names
 from settings.model import ModelSettings
 
 PORT = 8000
@@ -84,6 +86,7 @@ def vllm_args(model: ModelSettings) -> list[str]:
     return [
         f"{WEIGHTS_DIR}/{model.name}",
         f"--served-model-name={model.model}",
+        f"--port={PORT}",
         f"--gpu-memory-utilization={model.gpu_memory_utilization:.2f}",
         f"--tensor-parallel-size={model.tensor_parallel_size}",
         f"--max-model-len={model.max_model_len}",
@@ -91,9 +94,26 @@ def vllm_args(model: ModelSettings) -> list[str]:
     ]
 
 
-def app_label(model: ModelSettings) -> str:
-    """The `app` label that selects a model's pods, as in `kubectl get pods -l app=...`."""
-    return f"vllm-{model.name}"
+def vllm_env(model: ModelSettings) -> dict[str, str]:
+    """The server's environment: the model's own variables, then what keeps a replica inside the VPC."""
+    env = {
+        **model.env,
+        # The weights are on the file system: never reach out to the Hugging Face Hub.
+        "HF_HUB_OFFLINE": "1",
+        # vLLM reports usage statistics to its authors unless told not to (vllm/usage/usage_lib.py).
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # Caches (Hugging Face, vLLM, Triton, torch.compile) go under HOME, an emptyDir,
+        # because the root filesystem is read-only and the image's /root is not ours.
+        "HOME": HOME,
+        # torch's compile cache asks for the user name; uid 10001 has no passwd entry in the image.
+        "USER": "vllm",
+    }
+    if harmony_encodings(model):
+        # gpt-oss's harmony tokenizer downloads its encodings at every start unless this names a
+        # folder that holds them (HF_HUB_OFFLINE does not cover it: vllm#22525, openai/harmony#46).
+        env["TIKTOKEN_ENCODINGS_BASE"] = f"{WEIGHTS_DIR}/{ENCODINGS_DIR}"
+    return env
 
 
 @dataclass(frozen=True)
@@ -127,7 +147,7 @@ class VllmServerChart(cdk8s.Chart):
         progress_deadline: int,
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
-        labels = {"app": app_label(model)}
+        labels = {"app": names.app_label(model.name)}
 
         namespace = kplus.Namespace(
             self, "Namespace", metadata=cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
@@ -146,7 +166,7 @@ class VllmServerChart(cdk8s.Chart):
         ModelPreload(
             self,
             "Preload",
-            model_name=model.name,
+            model=model,
             image=preload_image,
             claim_name=volume.claim_name,
             zones=(weights.zone,),
@@ -185,6 +205,10 @@ class VllmServerChart(cdk8s.Chart):
         deployment.scheduling.tolerate(
             kplus.TaintedNode([kplus.NodeTaintQuery.exists(GPU_TAINT["key"], effect=kplus.TaintEffect.NO_SCHEDULE)])
         )
+        # Only nodes whose GPUs hold this model's shard (the pool admits the smallest model's).
+        deployment.scheduling.attract(
+            kplus.Node.labeled(kplus.NodeLabelQuery.gt(GPU_MEMORY_LABEL, [str(gpu_memory_needed_mib(model) - 1)]))
+        )
         # Replicas on separate nodes (a node's loss takes one replica), and across zones where possible.
         deployment.scheduling.spread(topology=kplus.Topology.HOSTNAME)
         deployment.scheduling.spread(topology=kplus.Topology.ZONE, weight=100)
@@ -196,17 +220,7 @@ class VllmServerChart(cdk8s.Chart):
             command=["vllm", "serve"],
             args=vllm_args(model),
             port_number=PORT,
-            env_variables={
-                **{name: kplus.EnvValue.from_value(value) for name, value in model.env.items()},
-                "PORT": kplus.EnvValue.from_value(str(PORT)),
-                # The weights are on the file system: never reach out to the Hugging Face Hub.
-                "HF_HUB_OFFLINE": kplus.EnvValue.from_value("1"),
-                # Caches (Hugging Face, vLLM, Triton, torch.compile) go under HOME, an emptyDir,
-                # because the root filesystem is read-only and the image's /root is not ours.
-                "HOME": kplus.EnvValue.from_value(HOME),
-                # torch's compile cache asks for the user name; uid 1000 has no passwd entry.
-                "USER": kplus.EnvValue.from_value("vllm"),
-            },
+            env_variables={name: kplus.EnvValue.from_value(value) for name, value in vllm_env(model).items()},
             resources=kplus.ContainerResources(
                 cpu=kplus.CpuResources(request=kplus.Cpu.units(model.resources.cpu)),
                 memory=kplus.MemoryResources(
@@ -214,8 +228,11 @@ class VllmServerChart(cdk8s.Chart):
                 ),
                 ephemeral_storage=kplus.EphemeralStorageResources(request=_size(model.resources.ephemeral_storage)),
             ),
-            # /health answers once the server is up; only then do liveness and readiness start,
-            # so a server still loading weights is never restarted by liveness.
+            # vLLM 0.11.2 starts its HTTP server only once the engine is ready (api_server.py:
+            # build_async_engine_client, then serve_http), so /health answers as soon as the model
+            # can serve, and answers 503 once the engine is dead; /v1/models would keep answering
+            # 200 for a dead engine. Liveness and readiness start after the startupProbe, so a
+            # server still loading weights is never restarted.
             startup=kplus.Probe.from_http_get(
                 "/health",
                 port=PORT,
@@ -223,9 +240,8 @@ class VllmServerChart(cdk8s.Chart):
                 failure_threshold=startup_budget // PROBE_PERIOD_SECONDS,
                 timeout_seconds=cdk8s.Duration.seconds(5),
             ),
-            # /v1/models answers only when the model can serve requests (/health can answer earlier).
             readiness=kplus.Probe.from_http_get(
-                "/v1/models",
+                "/health",
                 port=PORT,
                 period_seconds=cdk8s.Duration.seconds(PROBE_PERIOD_SECONDS),
                 failure_threshold=3,

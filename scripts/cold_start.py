@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from charts.cold_start import cold_start_steps, progress_deadline_seconds, startup_probe_seconds
+from charts.cold_start import (
+    cold_start_steps,
+    progress_deadline_seconds,
+    smoke_test_wait_seconds,
+    startup_probe_seconds,
+)
 from settings import DEFAULT_STAGE, SettingsError, load_stage_settings
 
 
@@ -26,7 +31,8 @@ def main() -> None:
         print(f"| **total** | **{sum(step.seconds for step in steps):.0f}** | | |\n")
         print(
             f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + model load); "
-            f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x total)\n"
+            f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x total); "
+            f"the smoke test waits up to {smoke_test_wait_seconds(settings, model)} s (2 x the deadline)\n"
         )
 
 

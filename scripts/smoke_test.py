@@ -2,9 +2,11 @@
 
     python -m scripts.smoke_test --namespace gpt-oss-20b --service gptoss-service --model openai/gpt-oss-20b
 
-waits for the model's Deployment to finish rolling out, forwards a local port to its Service,
-sends "What is machine learning?" to /v1/chat/completions and fails, with a message that says
-why, on anything but a 200 with a non-empty answer within the time allowed. With --url it skips
+waits for the model's Deployment to finish rolling out (polling it, past its progress deadline if need be,
+for up to --rollout-timeout seconds), forwards a local port to its Service, sends "What is machine learning?"
+to /v1/chat/completions and fails, with a message that says why, on anything but a 200 whose content or
+reasoning text is non-empty within the time allowed. It prints the answer's finish_reason ("length": cut off
+at max_tokens) and its beginning, or the reasoning's when the content is empty. With --url it skips
 kubectl and asks an endpoint that is already reachable. Standard library only, so it runs on a
 bare CodeBuild image (the pipeline's post-deploy step) as on a laptop. Exit 0: the model answered.
 """
@@ -21,14 +23,29 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 PROMPT = "What is machine learning?"
-MAX_TOKENS = 100
+# gpt-oss reasons before it answers: with little effort and room for both, the reply has content, not only
+# reasoning (at 100 tokens it could spend them all reasoning and answer with a null content).
+REASONING_EFFORT = "low"
+MAX_TOKENS = 512
 SERVICE_PORT = 8000
+ROLLOUT_POLL_SECONDS = 10.0
 
 
 class SmokeTestError(Exception):
     """The model did not answer as a serving model must; the message says how."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the model replied: its content and reasoning ("" when null) and why it stopped ("length": cut off)."""
+
+    text: str
+    reasoning: str
+    finish_reason: str | None
 
 
 def chat_request(model: str) -> dict[str, object]:
@@ -37,12 +54,13 @@ def chat_request(model: str) -> dict[str, object]:
         "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
         "temperature": 0.7,
+        "reasoning_effort": REASONING_EFFORT,
         "max_tokens": MAX_TOKENS,
     }
 
 
-def ask(base_url: str, model: str, *, timeout: float) -> str:
-    """Send the test prompt; return the answer's text, or raise SmokeTestError."""
+def ask(base_url: str, model: str, *, timeout: float) -> Answer:
+    """Send the test prompt; return the answer, or raise SmokeTestError."""
     body = json.dumps(chat_request(model)).encode()
     request = urllib.request.Request(
         f"{base_url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}, method="POST"
@@ -59,22 +77,90 @@ def ask(base_url: str, model: str, *, timeout: float) -> str:
             raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
         raise SmokeTestError(f"{model}: cannot reach {request.full_url}: {error.reason}") from None
     try:
-        answer = json.loads(payload)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        choice = json.loads(payload)["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
+        # A reasoning model that runs out of tokens before it answers has only reasoning: vLLM 0.11.2 returns
+        # it as reasoning_content, newer versions as reasoning.
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        finish_reason = choice.get("finish_reason")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise SmokeTestError(f"{model}: the answer is not an OpenAI chat completion: {payload[:300]!r}") from None
-    if not isinstance(answer, str) or not answer.strip():
-        raise SmokeTestError(f"{model}: the answer is empty")
+    if not all(isinstance(value, str | None) for value in (content, reasoning, finish_reason)):
+        raise SmokeTestError(f"{model}: the answer is not an OpenAI chat completion: {payload[:300]!r}")
+    answer = Answer(text=content or "", reasoning=reasoning or "", finish_reason=finish_reason)
+    if not answer.text.strip() and not answer.reasoning.strip():
+        raise SmokeTestError(f"{model}: the answer is empty: {json.dumps(choice)[:300]}")
     return answer
 
 
-def wait_for_rollout(namespace: str, deployment: str, *, timeout: float) -> None:
-    result = subprocess.run(
-        ["kubectl", "-n", namespace, "rollout", "status", f"deployment/{deployment}", f"--timeout={int(timeout)}s"],
-        capture_output=True,
-        text=True,
+def rollout_complete(deployment: dict[str, Any]) -> bool:
+    """Whether the Deployment's rollout is done, by the rule `kubectl rollout status` applies."""
+    status = deployment.get("status", {})  # the API server leaves out the counts that are 0
+    updated = status.get("updatedReplicas", 0)
+    return (
+        status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and updated >= deployment["spec"].get("replicas", 1)  # 1: the API server's default
+        and status.get("replicas", 0) <= updated  # no old replicas left
+        and status.get("availableReplicas", 0) >= updated
     )
-    if result.returncode:
-        raise SmokeTestError(f"deployment {namespace}/{deployment} did not roll out: {result.stderr.strip()}")
+
+
+def _progressing(deployment: dict[str, Any]) -> dict[str, Any]:
+    conditions = deployment.get("status", {}).get("conditions", [])
+    return next((condition for condition in conditions if condition.get("type") == "Progressing"), {})
+
+
+def _rollout_status(deployment: dict[str, Any]) -> str:
+    status, progressing = deployment.get("status", {}), _progressing(deployment)
+    return (
+        f"{deployment['spec'].get('replicas', 1)} wanted, {status.get('replicas', 0)} present, "
+        f"{status.get('updatedReplicas', 0)} updated, {status.get('availableReplicas', 0)} available; "
+        f"Progressing {progressing.get('status', '?')} ({progressing.get('reason', '?')}): "
+        f"{progressing.get('message', '')}"
+    )
+
+
+def wait_for_rollout(
+    namespace: str, deployment: str, *, timeout: float, interval: float = ROLLOUT_POLL_SECONDS
+) -> None:
+    """Poll the Deployment every `interval` seconds until its rollout is complete, for up to `timeout` seconds.
+
+    Not `kubectl rollout status`: that gives up as soon as the Deployment passes its progressDeadlineSeconds,
+    whatever its --timeout, and a first start (the first image pull through the registry cache, a scarce GPU
+    instance) can be slow without being stuck.
+    """
+    name = f"{namespace}/{deployment}"
+    started = time.monotonic()
+    noted_deadline = False
+    while True:
+        result = subprocess.run(
+            ["kubectl", "-n", namespace, "get", "deployment", deployment, "-o", "json"],
+            capture_output=True,
+            text=True,
+        )
+        # An error (no such Deployment, no access, no cluster) will not go away by waiting.
+        if result.returncode:
+            raise SmokeTestError(f"cannot read deployment {name}: {result.stderr.strip()}")
+        try:
+            state = json.loads(result.stdout)
+        except ValueError:
+            raise SmokeTestError(f"kubectl printed no JSON for deployment {name}: {result.stdout[:300]!r}") from None
+        if rollout_complete(state):
+            return
+        waited = time.monotonic() - started
+        if not noted_deadline and _progressing(state).get("reason") == "ProgressDeadlineExceeded":
+            noted_deadline = True
+            print(
+                f"deployment {name} is past the Deployment's progress deadline; "
+                f"still waiting up to {max(timeout - waited, 0):.0f} s",
+                file=sys.stderr,
+            )
+        if waited >= timeout:
+            raise SmokeTestError(
+                f"deployment {name} did not roll out within {waited:.0f} s; last status: {_rollout_status(state)}"
+            )
+        time.sleep(min(interval, timeout - waited))
 
 
 @contextmanager
@@ -116,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", help="the model's namespace (with port-forwarding)")
     parser.add_argument("--service", help="the model's Service (with port-forwarding)")
     parser.add_argument("--deployment", help="the Deployment to wait for (default: the namespace's name)")
-    parser.add_argument("--rollout-timeout", type=float, default=1800, help="seconds to wait for the rollout")
+    parser.add_argument(
+        "--rollout-timeout",
+        type=float,
+        default=1800,
+        help="seconds to wait for the rollout, past its progress deadline",
+    )
     parser.add_argument("--request-timeout", type=float, default=120, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
     if not args.url and not (args.namespace and args.service):
@@ -131,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     except SmokeTestError as failure:
         print(f"smoke test failed: {failure}", file=sys.stderr)
         return 1
-    print(f"{args.model} answered: {answer.strip()[:200]}")
+    stopped = f"finish_reason {answer.finish_reason}"
+    if answer.finish_reason == "length":
+        stopped += f": cut off at {MAX_TOKENS} tokens"
+    if answer.text.strip():
+        print(f"{args.model} answered ({stopped}): {answer.text.strip()[:200]}")
+    else:
+        print(f"{args.model} answered only in its reasoning ({stopped}): {answer.reasoning.strip()[:200]}")
     return 0
 
 

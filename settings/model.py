@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from settings import names
+
 # Each version needs its kubectl layer package in requirements.txt and an entry in
 # stacks.cluster.KUBECTL_LAYERS. 1.36 is the newest aws-cdk-lib 2.275 knows; EKS ends
 # standard support for 1.34 on 2026-12-02 and for 1.35 on 2027-03-27.
@@ -65,17 +67,108 @@ MANAGED_VLLM_FLAGS = (
     "--served-model-name",
 )
 
+# Lower-case letters, digits and '-', starting and ending with a letter or digit.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DnsLabel = Annotated[
     str,
-    StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+    StringConstraints(max_length=63, pattern=DNS_LABEL_PATTERN),
     Field(description="a DNS-1123 label: lower-case letters, digits and '-', at most 63 characters"),
 ]
-# A size in Kubernetes' binary units, e.g. "24Gi".
+
+# Kubernetes' binary units (a size such as "24Gi") and the bytes of each.
+BINARY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 BinarySize = Annotated[
-    str, StringConstraints(pattern=r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)$"), Field(description="a size such as 512Mi or 24Gi")
+    str,
+    StringConstraints(pattern=rf"^[1-9][0-9]*({'|'.join(BINARY_UNITS)})$"),
+    Field(description=f"a size such as 512Mi or 24Gi (units {', '.join(BINARY_UNITS)})"),
 ]
-# Karpenter's duration syntax (e.g. "10m", "1h30m") or "Never".
-KarpenterDuration = Annotated[str, StringConstraints(pattern=r"^(([0-9]+(s|m|h))+|Never)$")]
+
+
+def size_bytes(size: str) -> int:
+    """The bytes of a BinarySize: 1024 for "1Ki"."""
+    return int(size[:-2]) * BINARY_UNITS[size[-2:]]
+
+
+KarpenterDuration = Annotated[
+    str,
+    StringConstraints(pattern=r"^(([0-9]+(s|m|h))+|Never)$"),
+    Field(description="a duration such as 10m or 1h30m (units s, m, h), or Never"),
+]
+Region = Annotated[
+    str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$"), Field(description="a region such as us-west-2")
+]
+AccountId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9]{12}$"),
+    Field(description='a 12-digit AWS account id, in quotes: "123456789012"'),
+]
+
+# Stage names are file names (settings/stages/<stage>.yaml) and prefix the stack names
+# (`<stage>-ModelStore`, stacks/stage.py) and the pipeline's stage ids. Stricter than both limits
+# on purpose: CDK stage ids may hold letters, digits, '-', '_' and '.', starting with a letter
+# (aws-cdk-lib core/lib/stage.ts), but stack names only letters, digits and '-', starting with a
+# letter, at most 128 characters (CloudFormation User Guide); one lower-case spelling fits both,
+# and 20 characters keep the stack names short.
+StageName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=20),
+    Field(description="a name of lower-case letters, digits and '-', starting with a letter, at most 20 characters"),
+]
+
+
+def _longest(limits: tuple[names.NameLimit, ...]) -> tuple[int, names.NameLimit]:
+    """The most characters a setting may have so that every name derived from it fits, and the
+    derived name that sets it (the first of those leaving the least room)."""
+    return min(((limit.limit - len(limit.derive("")), limit) for limit in limits), key=lambda pair: pair[0])
+
+
+MAX_MODEL_NAME_LENGTH = _longest(names.MODEL_NAME_LIMITS)[0]
+MAX_CLUSTER_NAME_LENGTH = _longest(names.CLUSTER_NAME_LIMITS)[0]
+
+
+def _fits_derived_names(limits: tuple[names.NameLimit, ...], placeholder: str) -> AfterValidator:
+    """Refuses a name that leaves a derived name too long: `cdk synth` passes, the deploy fails."""
+    longest, bound = _longest(limits)
+
+    def check(name: str) -> str:
+        if len(name) > longest:
+            raise ValueError(
+                f"{name!r} is {len(name)} characters; at most {longest} fit the {bound.what} "
+                f"{bound.derive(placeholder)} ({bound.limit} characters)"
+            )
+        return name
+
+    return AfterValidator(check)
+
+
+def _own_namespace(name: str) -> str:
+    if names.is_reserved_namespace(name):
+        raise ValueError(
+            f"{name!r} is a namespace Kubernetes reserves; the model gets a namespace of its own, named after it, "
+            "so its name may be neither 'default' nor start with 'kube-'"
+        )
+    return name
+
+
+ModelName = Annotated[
+    str,
+    StringConstraints(pattern=DNS_LABEL_PATTERN),
+    _fits_derived_names(names.MODEL_NAME_LIMITS, "<name>"),
+    AfterValidator(_own_namespace),
+    Field(
+        description="a name of lower-case letters, digits and '-', starting and ending with a letter or digit, "
+        f"at most {MAX_MODEL_NAME_LENGTH} characters"
+    ),
+]
+ClusterName = Annotated[
+    str,
+    StringConstraints(pattern=DNS_LABEL_PATTERN),
+    _fits_derived_names(names.CLUSTER_NAME_LIMITS, "<cluster>"),
+    Field(
+        description="a name of lower-case letters, digits and '-', starting and ending with a letter or digit, "
+        f"at most {MAX_CLUSTER_NAME_LENGTH} characters"
+    ),
+]
 
 
 def _pinned_image(image: str) -> str:
@@ -107,17 +200,27 @@ class NetworkSettings(_Strict):
     flow_log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
 
 
+ECR_PREFIX_MAX = 30
+
+
 class RegistrySettings(_Strict):
     """Where nodes pull images from: an in-region ECR pull-through cache of ECR Public, or ECR Public itself."""
 
     image_source: Literal["pull_through_cache", "public"] = "pull_through_cache"
-    # Images of public.ecr.aws/<path> are pulled as <account>.dkr.ecr.<region>.amazonaws.com/<prefix>/<path>.
-    cache_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$", max_length=30)] = (
-        "ecr-public"
-    )
+    # Images of public.ecr.aws/<path> are pulled as
+    # <account>.dkr.ecr.<region>.amazonaws.com/<cache_prefix>/<stage>/<path>: StageSettings.image_cache_prefix.
+    cache_prefix: Annotated[
+        str,
+        StringConstraints(pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$", max_length=30),
+        Field(
+            description="a prefix of lower-case letters and digits, in words joined by single '.', '_' or '-', "
+            "at most 30 characters"
+        ),
+    ] = "ecr-public"
     keep_images: int = Field(default=10, ge=1, description="per cached repository; older images expire")
-    # Scan-on-push is a registry-wide setting (one per account and region): stages sharing an
-    # account must leave it to one of them.
+    # Scan-on-push is a registry-wide setting (one ECR scanning configuration per account and
+    # region): of the stages that may share a registry, one scans, for all of them
+    # (settings.check_shared_registries).
     scan_on_push: bool = True
 
 
@@ -133,7 +236,8 @@ class ModelStoreSettings(_Strict):
     throughput_per_tib: Literal[LUSTRE_THROUGHPUTS_PER_TIB] = 250
     # Lustre lives in one zone; unset: the stage's first zone.
     availability_zone: str | None = None
-    # Retained on stack deletion unless a stage says otherwise (a throwaway test stage, say).
+    # The bucket (the weights) is retained on stack deletion unless a stage says otherwise (a
+    # throwaway test stage, say). The file system is a cache of it and always goes with the stack.
     retain_on_delete: bool = True
 
     @field_validator("storage_capacity_gib")
@@ -147,6 +251,10 @@ class ModelStoreSettings(_Strict):
         return capacity
 
 
+# gp3 volumes: one MiB/s of throughput needs four provisioned IOPS.
+GP3_IOPS_PER_MIB = 4
+
+
 class NodeDiskSettings(_Strict):
     """The GPU nodes' root volume, where images are unpacked: sized and fast enough for a ~14 GB image."""
 
@@ -154,15 +262,32 @@ class NodeDiskSettings(_Strict):
     iops: int = Field(default=10000, ge=3000, le=16000)
     throughput_mib: int = Field(default=1000, ge=125, le=1000, description="MiB/s; Auto Mode's default is 125")
 
+    @model_validator(mode="after")
+    def _throughput_within_iops(self) -> NodeDiskSettings:
+        # gp3 provisions at most 0.25 MiB/s of throughput per provisioned IOPS (EBS User Guide,
+        # "General Purpose SSD volumes"); Auto Mode's NodeClass ephemeralStorage is a gp3 volume.
+        if self.throughput_mib * GP3_IOPS_PER_MIB > self.iops:
+            raise ValueError(
+                f"throughput_mib {self.throughput_mib} needs iops of at least {self.throughput_mib * GP3_IOPS_PER_MIB}"
+                f" (gp3 gives at most 0.25 MiB/s per provisioned IOPS); iops {self.iops} allow throughput_mib "
+                f"up to {self.iops // GP3_IOPS_PER_MIB}"
+            )
+        return self
+
 
 class ClusterSettings(_Strict):
-    name: DnsLabel
+    name: ClusterName
     kubernetes_version: str = "1.36"
     endpoint_access: Literal["public", "private", "public_and_private"] = "public_and_private"
     # Who may reach the public endpoint; only with public access.
     public_access_cidrs: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("0.0.0.0/0"),)
     admin_principal_arns: tuple[
-        Annotated[str, StringConstraints(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$")], ...
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$"),
+            Field(description="an IAM role or user ARN such as arn:aws:iam::123456789012:role/PlatformAdmin"),
+        ],
+        ...,
     ] = ()
     log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
 
@@ -201,8 +326,22 @@ class NodePoolLimits(_Strict):
 
 class GpuNodePoolSettings(_Strict):
     name: DnsLabel = "gpu-node-pool"
-    instance_categories: tuple[Annotated[str, StringConstraints(pattern=r"^[a-z]+$")], ...] = ("g",)
-    instance_families: tuple[Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+$")], ...] = ()
+    instance_categories: tuple[
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^[a-z]+$"),
+            Field(description="an instance category: lower-case letters, such as g or p"),
+        ],
+        ...,
+    ] = ("g",)
+    instance_families: tuple[
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^[a-z0-9-]+$"),
+            Field(description="an instance family: lower-case letters, digits and '-', such as g6e"),
+        ],
+        ...,
+    ] = ()
     # Karpenter's `Gt`: 4 admits generation 5 and newer (G5, G6, G6e).
     instance_generation_greater_than: int | None = Field(default=4, ge=0)
     capacity_types: tuple[Literal["spot", "on-demand"], ...] = Field(default=("spot", "on-demand"), min_length=1)
@@ -211,7 +350,11 @@ class GpuNodePoolSettings(_Strict):
     # Only empty nodes are consolidated, so a serving replica is never evicted to save cost.
     consolidate_after: KarpenterDuration = "10m"
     # At most this many nodes (or percentage) disrupted at once, for any voluntary reason.
-    disruption_budget_nodes: Annotated[str, StringConstraints(pattern=r"^((100|[0-9]{1,2})%|[0-9]+)$")] = "1"
+    disruption_budget_nodes: Annotated[
+        str,
+        StringConstraints(pattern=r"^((100|[0-9]{1,2})%|[0-9]+)$"),
+        Field(description="a number of nodes such as 1, or a percentage from 0% to 100%"),
+    ] = "1"
     disk: NodeDiskSettings = NodeDiskSettings()
     # model_store_zone: GPU nodes only in the file system's zone (Lustre is single-AZ; reads from
     # other zones are slower and billed). all_zones: survive a zone's loss, at that price.
@@ -229,27 +372,50 @@ class ModelResources(_Strict):
 
     cpu: float = Field(default=3, gt=0, description="cores requested; no CPU limit, so loading may burst")
     # Request and limit: host memory holds the weights while they load and the CPU side of the KV cache.
+    # Karpenter leaves pods 13.3 GiB of a 16 GiB instance and 28.1 GiB of a 32 GiB one (charts.sizing:
+    # 32768 - 2458 (7.5 % VM overhead) - 1465 (kube-reserved for 110 pods) - 100 (eviction) = 28745 MiB),
+    # so 24Gi takes a 32 GiB node: g6e.xlarge, g5.2xlarge or g6.2xlarge, never a g5.xlarge or g6.xlarge.
     memory: BinarySize = "24Gi"
     # Node disk for vLLM's compile caches (the weights are on the file system).
     ephemeral_storage: BinarySize = "20Gi"
     # /dev/shm for NCCL and vLLM's workers; counts against the memory limit.
     shared_memory: BinarySize = "8Gi"
 
+    @model_validator(mode="after")
+    def _shared_memory_within_memory(self) -> ModelResources:
+        if size_bytes(self.shared_memory) > size_bytes(self.memory):
+            raise ValueError(
+                f"shared_memory ({self.shared_memory}) is more than memory ({self.memory}): the memory-backed "
+                "/dev/shm counts against the pod's memory limit; give shared_memory at most memory"
+            )
+        return self
+
+
+# GPUs per instance across EC2's GPU instance types: 1, 4 or 8 (G4dn, G5, G6, G6e; P4d and P5: 8),
+# 2 (G4ad, G5g); a pod's GPUs must all be on one node.
+GPU_COUNTS = (1, 2, 4, 8)
+
 
 class ModelSettings(_Strict):
-    name: DnsLabel = Field(description="names the Deployment and the namespace it runs in")
+    # Names the Deployment and the namespace it runs in (and the names in settings.names).
+    name: ModelName
     model: str = Field(min_length=1, description="Hugging Face model id that vLLM serves, e.g. openai/gpt-oss-20b")
     service_name: DnsLabel
     image: PinnedImage
-    gpus: int = Field(default=1, ge=1, le=8)
+    gpus: int = 1
     replicas: int = Field(default=1, ge=1)
     max_model_len: int = Field(default=20000, ge=1)
     gpu_memory_utilization: Decimal = Field(default=Decimal("0.90"), gt=0, le=1, decimal_places=2)
     tensor_parallel_size: int = Field(default=1, ge=1)
     extra_args: tuple[str, ...] = ()
-    env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {
-        "VLLM_ATTENTION_BACKEND": "TRITON_ATTN"
-    }
+    env: dict[
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+            Field(description="an environment variable name: letters, digits and '_', not starting with a digit"),
+        ],
+        str,
+    ] = {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN"}
     resources: ModelResources = ModelResources()
     # For the cold-start budget (charts/cold_start.py), from which the startupProbe is derived:
     # the weights' size on disk (openai/gpt-oss-20b's safetensors files are about 13.8 GB), and
@@ -266,6 +432,16 @@ class ModelSettings(_Strict):
             )
         return self
 
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_fit_one_node(cls, gpus: int) -> int:
+        if gpus not in GPU_COUNTS:
+            raise ValueError(
+                f"{gpus} GPUs cannot be on one node; allowed: {', '.join(map(str, GPU_COUNTS))} (GPU instances "
+                "come with that many, and a pod's GPUs must all be on one node)"
+            )
+        return gpus
+
     @field_validator("extra_args")
     @classmethod
     def _no_managed_flags(cls, args: tuple[str, ...]) -> tuple[str, ...]:
@@ -280,10 +456,10 @@ class ModelSettings(_Strict):
 class StageSettings(_Strict):
     """One deployment stage: where it runs and what it serves."""
 
-    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")]
-    account: Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")] | None = Field(
-        default=None, description="unset: the account of the credentials that deploy"
-    )
+    # Filled in from the file's name, settings/stages/<name>.yaml (settings.parse_stage_settings).
+    name: StageName
+    region: Region
+    account: AccountId | None = Field(default=None, description="unset: the account of the credentials that deploy")
     availability_zones: tuple[str, ...] = Field(min_length=2, description="explicit, so synth needs no lookup")
     production: bool = False
     network: NetworkSettings = NetworkSettings()
@@ -330,12 +506,45 @@ class StageSettings(_Strict):
             repeated = _repeated([getattr(model, field) for model in self.models])
             if repeated:
                 raise ValueError(f"models: {field} must be unique; repeated: {', '.join(repeated)}")
+        # Stack output ids drop the '-' of model names, so different names can give the same one.
+        models_by_output_id: dict[str, list[str]] = {}
+        for model in self.models:
+            models_by_output_id.setdefault(names.output_id(model.name), []).append(model.name)
+        clashes = [
+            f"{' and '.join(models)} both give the stack output id {output_id} ({output_id}PortForwardCommand, ...)"
+            for output_id, models in models_by_output_id.items()
+            if len(models) > 1
+        ]
+        if clashes:
+            raise ValueError(f"models: {'; '.join(clashes)}; rename one")
         gpus_needed = sum(model.gpus * model.replicas for model in self.models)
         gpu_limit = self.gpu_node_pool.limits.gpu
         if gpu_limit is not None and gpu_limit < gpus_needed:
             raise ValueError(
                 f"gpu_node_pool.limits.gpu: {gpu_limit} is fewer than the {gpus_needed} GPUs "
                 "the models' replicas need; raise it or remove it"
+            )
+        return self
+
+    @property
+    def image_cache_prefix(self) -> str:
+        """Where the stage's pull-through cache keeps its repositories: <registry.cache_prefix>/<stage>.
+
+        A pull-through cache rule and a repository creation template are unique per prefix in a
+        registry (one per account and region), so each stage has a prefix of its own and two
+        stages can share an account.
+        """
+        return f"{self.registry.cache_prefix}/{self.name}"
+
+    @model_validator(mode="after")
+    def _image_cache_prefix_fits(self) -> StageSettings:
+        # A pull-through cache rule's prefix is 2-30 characters (AWS::ECR::PullThroughCacheRule
+        # EcrRepositoryPrefix, in the CloudFormation resource schema).
+        if len(self.image_cache_prefix) > ECR_PREFIX_MAX:
+            raise ValueError(
+                f"registry.cache_prefix: the stage's cache prefix {self.image_cache_prefix!r} "
+                f"(<cache_prefix>/<stage>) is {len(self.image_cache_prefix)} characters; ECR allows at most "
+                f"{ECR_PREFIX_MAX}: shorten cache_prefix to at most {ECR_PREFIX_MAX - len(self.name) - 1}"
             )
         return self
 
@@ -359,23 +568,31 @@ class StageSettings(_Strict):
 class PipelineStageTarget(_Strict):
     """One stage the pipeline deploys, and the account it goes to."""
 
-    name: DnsLabel
-    account: Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
+    name: StageName
+    account: AccountId
 
 
 class PipelineSettings(_Strict):
     """The CodePipeline that rolls the stages out, in order, from a repository branch."""
 
-    account: Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
-    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")]
+    account: AccountId
+    region: Region
     # A CodeStar Connections (CodeConnections) connection, created and authorised in the console.
     connection_arn: Annotated[
         str,
         StringConstraints(
             pattern=r"^arn:aws[a-z-]*:(codestar-connections|codeconnections):[a-z0-9-]+:[0-9]{12}:connection/[0-9a-f-]+$"
         ),
+        Field(
+            description="a CodeConnections connection ARN such as "
+            "arn:aws:codeconnections:us-west-2:111111111111:connection/<connection id>"
+        ),
     ]
-    repository: Annotated[str, StringConstraints(pattern=r"^[\w.-]+/[\w.-]+$")] = Field(description="owner/name")
+    repository: Annotated[
+        str,
+        StringConstraints(pattern=r"^[\w.-]+/[\w.-]+$"),
+        Field(description="a repository as owner/name, such as example-org/eks-gpu-inference"),
+    ]
     branch: str = Field(default="main", min_length=1)
     stages: tuple[PipelineStageTarget, ...] = Field(min_length=1, description="deployed in this order")
 

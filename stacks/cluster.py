@@ -15,8 +15,8 @@ from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
 from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
-from settings.model import ClusterSettings, RegistrySettings
-from stacks.log_group import log_group
+from settings.model import ClusterSettings
+from stacks.log_group import service_log_group
 
 # kubectl must match the cluster's minor version; one layer per settings.model.SUPPORTED_KUBERNETES_VERSIONS.
 KUBECTL_LAYERS = {"1.34": KubectlV34Layer, "1.35": KubectlV35Layer, "1.36": KubectlV36Layer}
@@ -48,16 +48,16 @@ class ClusterStack(Stack):
         *,
         vpc: ec2.IVpc,
         cluster: ClusterSettings,
-        registry: RegistrySettings,
+        image_cache_prefix: str,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
-        self.node_role = self._node_role(registry)
-        # Created before the cluster so the control plane logs land in a group with a retention,
-        # instead of the never-expiring one EKS would create.
-        control_plane_logs = log_group(
+        self.node_role = self._node_role(image_cache_prefix)
+        # Created (or adopted) before the cluster so the control plane logs land in a group with a
+        # retention, instead of the never-expiring one EKS would create.
+        control_plane_logs = service_log_group(
             self,
-            "ControlPlaneLogs",
+            "ControlPlaneLogRetention",
             name=f"/aws/eks/{cluster.name}/cluster",
             retention_days=cluster.log_retention_days,
         )
@@ -114,7 +114,7 @@ class ClusterStack(Stack):
             value=f"aws eks update-kubeconfig --region {self.region} --name {cluster.name}",
         )
 
-    def _node_role(self, registry: RegistrySettings) -> iam.Role:
+    def _node_role(self, image_cache_prefix: str) -> iam.Role:
         """The role of every Auto Mode node, allowed the two extra calls a first pull through the cache makes."""
         role = iam.Role(
             self,
@@ -124,7 +124,7 @@ class ClusterStack(Stack):
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in NODE_ROLE_POLICIES],
         )
         cached_repositories = (
-            f"arn:{Aws.PARTITION}:ecr:{self.region}:{Aws.ACCOUNT_ID}:repository/{registry.cache_prefix}/*"
+            f"arn:{Aws.PARTITION}:ecr:{self.region}:{Aws.ACCOUNT_ID}:repository/{image_cache_prefix}/*"
         )
         role.add_to_policy(
             iam.PolicyStatement(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from aws_cdk import Aws, Stack
+from aws_cdk import Aws, CfnResource, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -43,3 +43,20 @@ def log_group(scope: Construct, id: str, *, retention_days: int, name: str | Non
     group = logs.LogGroup(scope, id, log_group_name=name, encryption_key=key)
     cast(logs.CfnLogGroup, group.node.default_child).retention_in_days = retention_days
     return group
+
+
+def service_log_group(scope: Construct, id: str, *, name: str, retention_days: int) -> logs.LogRetention:
+    """The log group an AWS service writes to under a name of its own (EKS: /aws/eks/<cluster>/cluster).
+
+    A retained AWS::Logs::LogGroup with that fixed name would make the next deploy after a
+    destroy fail ("already exists"). aws-cdk-lib's LogRetention custom resource instead creates
+    the group if it is missing, adopts it if a destroyed stage left it behind, sets the
+    retention, and leaves the group (the records) in place when the stack is deleted. The group
+    is encrypted by CloudWatch Logs with an AWS key: LogRetention cannot associate one of ours.
+    """
+    retention = logs.LogRetention(
+        scope, id, log_group_name=name, retention=logs.RetentionDays.INFINITE, removal_policy=RemovalPolicy.RETAIN
+    )
+    # RetentionDays is an enum of names in Python: the number of days goes straight onto the resource.
+    cast(CfnResource, retention.node.default_child).add_property_override("RetentionInDays", retention_days)
+    return retention

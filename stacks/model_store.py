@@ -24,6 +24,7 @@ class ModelStoreStack(Stack):
 
     A data repository association imports new, changed and deleted objects from the bucket into
     the file system, so an upload is visible to every pod without a pod ever downloading it. The
+    bucket is what a stage keeps when it is destroyed; the file system is rebuilt from it. The
     stack never depends on the cluster: the cluster's access is granted by the serving stack.
     Logical IDs of the bucket and file system are fixed by tests so a refactor cannot replace them.
     """
@@ -94,7 +95,12 @@ class ModelStoreStack(Stack):
             ),
             kms_key=key,
             security_group=self.security_group,
-            removal_policy=removal,
+            # The bucket holds the weights; the file system is a cache of it, filled again by the
+            # association's import and the preload job. Deleted with the stack, it takes its
+            # security group and network interfaces with it: a retained file system would keep
+            # both (and its subnet, and so the VPC) from being deleted, and cost money every hour
+            # while the next deploy builds a new one anyway.
+            removal_policy=RemovalPolicy.DESTROY,
         )
         fsx.CfnDataRepositoryAssociation(
             self,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack, pipelines
+from aws_cdk import Duration, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from settings import names
 from settings.model import PipelineSettings, StageSettings
 from stacks.reviewed_findings import acknowledge_pipeline_findings
-from stacks.serving import smoke_test_project_name, smoke_test_trigger_role_name
+from stacks.serving import smoke_test_timeout
 from stacks.stage import InferencePlatformStage
 
 # The same commands a person runs (README): install, the whole test suite with its gates, synth.
@@ -19,18 +20,32 @@ SYNTH_INSTALL = ["make setup"]
 SYNTH_COMMANDS = ["make test", "npx cdk synth --quiet -c pipeline=true"]
 
 
+# The smoke test's role is assumed from the pipeline's CodeBuild role: role chaining, whose
+# sessions last at most one hour (IAM User Guide, "Role chaining"), while the smoke test may run
+# longer. The credentials are taken again before every status call.
+ASSUME_TRIGGER_ROLE = (
+    'assume() { creds=$(aws sts assume-role --role-arn "$1" --role-session-name smoke-test --query Credentials) '
+    '&& export AWS_ACCESS_KEY_ID=$(echo "$creds" | jq -r .AccessKeyId) '
+    'AWS_SECRET_ACCESS_KEY=$(echo "$creds" | jq -r .SecretAccessKey) '
+    'AWS_SESSION_TOKEN=$(echo "$creds" | jq -r .SessionToken); }'
+)
+# The synth step runs the whole test suite, which peaks at about 2.1 GiB over its processes
+# (`make bench`): MEDIUM (7 GB, 4 vCPUs) leaves room to grow where SMALL (3 GB) would not.
+SYNTH_COMPUTE_TYPE = codebuild.ComputeType.MEDIUM
+SMOKE_TEST_POLL_SECONDS = 20
+
+
 def smoke_test_commands(settings: StageSettings) -> list[str]:
     """Start the stage's smoke test project, as the role the stage lets this pipeline assume, and wait for it."""
-    role_arn = f"arn:aws:iam::{settings.account}:role/{smoke_test_trigger_role_name(settings)}"
-    region, project = settings.region, smoke_test_project_name(settings)
+    role_arn = f"arn:aws:iam::{settings.account}:role/{names.smoke_test_trigger_role_name(settings.cluster.name)}"
+    region, project = settings.region, names.smoke_test_project_name(settings.cluster.name)
     return [
-        f"creds=$(aws sts assume-role --role-arn {role_arn} --role-session-name smoke-test --query Credentials)",
-        'export AWS_ACCESS_KEY_ID=$(echo "$creds" | jq -r .AccessKeyId)',
-        'export AWS_SECRET_ACCESS_KEY=$(echo "$creds" | jq -r .SecretAccessKey)',
-        'export AWS_SESSION_TOKEN=$(echo "$creds" | jq -r .SessionToken)',
+        ASSUME_TRIGGER_ROLE,
+        f"assume {role_arn}",
         f"build=$(aws codebuild start-build --region {region} --project-name {project} --query build.id --output text)",
-        f"while status=$(aws codebuild batch-get-builds --region {region} --ids $build "
-        "--query 'builds[0].buildStatus' --output text); [ \"$status\" = IN_PROGRESS ]; do sleep 20; done",
+        f"while sleep {SMOKE_TEST_POLL_SECONDS}; assume {role_arn}; "
+        f"status=$(aws codebuild batch-get-builds --region {region} --ids $build "
+        "--query 'builds[0].buildStatus' --output text); [ \"$status\" = IN_PROGRESS ]; do :; done",
         'echo "smoke test $build: $status"',
         '[ "$status" = SUCCEEDED ]',
     ]
@@ -71,6 +86,9 @@ class PipelineStack(Stack):
             code_build_defaults=pipelines.CodeBuildOptions(
                 build_environment=codebuild.BuildEnvironment(build_image=codebuild.LinuxBuildImage.STANDARD_7_0)
             ),
+            synth_code_build_defaults=pipelines.CodeBuildOptions(
+                build_environment=codebuild.BuildEnvironment(compute_type=SYNTH_COMPUTE_TYPE)
+            ),
         )
         for name, settings in stages.items():
             stage = InferencePlatformStage(self, name, settings=settings, pipeline_account=pipeline.account)
@@ -86,11 +104,13 @@ class PipelineStack(Stack):
                     pipelines.CodeBuildStep(
                         "SmokeTest",
                         commands=smoke_test_commands(settings),
+                        # Waits for the stage's own smoke test, with time to start it and read its result.
+                        timeout=smoke_test_timeout(settings).plus(Duration.minutes(10)),
                         role_policy_statements=[
                             iam.PolicyStatement(
                                 actions=["sts:AssumeRole"],
                                 resources=[
-                                    f"arn:aws:iam::{settings.account}:role/{smoke_test_trigger_role_name(settings)}"
+                                    f"arn:aws:iam::{settings.account}:role/{names.smoke_test_trigger_role_name(settings.cluster.name)}"
                                 ],
                             )
                         ],

@@ -10,34 +10,42 @@ from aws_cdk import aws_ecr as ecr
 from constructs import Construct
 
 from charts.images import UPSTREAM_REGISTRY
-from settings.model import RegistrySettings
+from settings.model import StageSettings
 
 
 class RegistryStack(Stack):
-    """The pull-through cache rule and the template for the repositories it creates.
+    """The stage's pull-through cache rule and the template for the repositories it creates.
+
+    Both are unique per prefix in a registry, so they live under the stage's own prefix
+    (<cache_prefix>/<stage>): stages can share an account and region.
 
     The first pull of an image copies it from ECR Public into this account's registry, in the
     region; every later pull, by any node, stays inside AWS through the VPC's ECR endpoints.
     Nothing here depends on the cluster: the stack outlives cluster rebuilds, and so do the images.
     """
 
-    def __init__(self, scope: Construct, id: str, *, registry: RegistrySettings, **kwargs: Any) -> None:
+    def __init__(self, scope: Construct, id: str, *, settings: StageSettings, **kwargs: Any) -> None:
         super().__init__(scope, id, **kwargs)
+        registry, prefix = settings.registry, settings.image_cache_prefix
         ecr.CfnPullThroughCacheRule(
             self,
             "EcrPublicCache",
-            ecr_repository_prefix=registry.cache_prefix,
+            ecr_repository_prefix=prefix,
             upstream_registry="ecr-public",
             upstream_registry_url=UPSTREAM_REGISTRY,
         )
         ecr.CfnRepositoryCreationTemplate(
             self,
             "CachedRepositoryTemplate",
-            prefix=registry.cache_prefix,
+            prefix=prefix,
             applied_for=["PULL_THROUGH_CACHE"],
             description=f"Repositories the pull-through cache creates for {UPSTREAM_REGISTRY} images",
+            # AES256, not KMS: a template that sets KMS encryption (or resource tags) needs a
+            # customRoleArn that ECR assumes, and without one every first pull through the cache
+            # answers "not found" (aws/containers-roadmap#2398; ECR User Guide, "Repository
+            # creation templates"). The images are public ones, so S3-managed keys suffice.
             encryption_configuration=ecr.CfnRepositoryCreationTemplate.EncryptionConfigurationProperty(
-                encryption_type="KMS"
+                encryption_type="AES256"
             ),
             # Tags are the upstream's own versions and must keep meaning the same image.
             image_tag_mutability="IMMUTABLE",
@@ -58,6 +66,8 @@ class RegistryStack(Stack):
                 }
             ),
         )
+        # One per registry: of the stages sharing an account and region, one scans every stage's
+        # repositories (settings.check_shared_registries).
         if registry.scan_on_push:
             ecr.CfnRegistryScanningConfiguration(
                 self,

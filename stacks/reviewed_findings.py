@@ -27,6 +27,8 @@ SMOKE_TEST_ROLE = "Serving/SmokeTestRole"
 KUBECTL_HANDLER = "Cluster/Cluster/KubectlProvider/Handler"
 KUBECTL_FRAMEWORK = "Cluster/Cluster/KubectlProvider/Provider/framework-onEvent"
 RESTRICT_DEFAULT_SG_HANDLER = "Network/Custom::VpcRestrictDefaultSGCustomResourceProvider/Handler"
+# aws-cdk-lib's LogRetention function: one per stack under this fixed id (aws-logs, log-retention.ts).
+LOG_RETENTION = "Cluster/LogRetentionaae0aa3c5b4d4f87b02d85b201efdd8a"
 
 # Lambda functions that aws-cdk-lib itself generates to run custom resources at deploy time.
 CDK_PROVIDER_FUNCTIONS = (KUBECTL_HANDLER, KUBECTL_FRAMEWORK)
@@ -57,7 +59,7 @@ def _account_resource(service: str, region: str, resource: str) -> str:
 
 def nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
     """The stage's accepted cdk-nag findings; some name the stage's region and cache prefix."""
-    prefix = settings.registry.cache_prefix
+    prefix = settings.image_cache_prefix
     return (
         *_LIBRARY_NAG_FINDINGS,
         *(
@@ -172,6 +174,17 @@ _LIBRARY_NAG_FINDINGS = (
         "qualifier of that one function's ARN.",
     ),
     Finding(
+        f"{LOG_RETENTION}/ServiceRole",
+        f"AwsSolutions-IAM4[{_managed_policy('service-role/AWSLambdaBasicExecutionRole')}]",
+        "aws-cdk-lib's log retention function writes its own logs: the minimal AWS-maintained policy for that.",
+    ),
+    Finding(
+        f"{LOG_RETENTION}/ServiceRole/DefaultPolicy",
+        "AwsSolutions-IAM5[Resource::*]",
+        "aws-cdk-lib's log retention function (one per stack, for any log group of it) may only set or "
+        "remove retention policies; it creates or adopts the control plane's group by its name.",
+    ),
+    Finding(
         f"{KUBECTL_HANDLER}/Resource",
         "AwsSolutions-L1",
         "aws-cdk-lib pins the kubectl handler's runtime to the Python version its code and layers are "
@@ -193,7 +206,7 @@ CHECKOV_FINDINGS = (
     ),
     *(
         Finding(path, check, reason)
-        for path in (*CDK_PROVIDER_FUNCTIONS, RESTRICT_DEFAULT_SG_HANDLER)
+        for path in (*CDK_PROVIDER_FUNCTIONS, RESTRICT_DEFAULT_SG_HANDLER, LOG_RETENTION)
         for check, reason in (
             (
                 "CKV_AWS_116",
@@ -211,13 +224,26 @@ CHECKOV_FINDINGS = (
                 "encrypts it at rest with an AWS key.",
             ),
         )
-        if (path, check) != (RESTRICT_DEFAULT_SG_HANDLER, "CKV_AWS_173")
+        # Their functions have no environment to encrypt.
+        if check != "CKV_AWS_173" or path not in (RESTRICT_DEFAULT_SG_HANDLER, LOG_RETENTION)
     ),
     Finding(
         RESTRICT_DEFAULT_SG_HANDLER,
         "CKV_AWS_117",
         "Runs once per deployment to empty the default security group; it calls only the EC2 API and "
         "needs no VPC access.",
+    ),
+    Finding(
+        LOG_RETENTION,
+        "CKV_AWS_117",
+        "Runs once per deployment to set the control plane log group's retention; it calls only the "
+        "CloudWatch Logs API and needs no VPC access.",
+    ),
+    Finding(
+        f"{LOG_RETENTION}/ServiceRole/DefaultPolicy",
+        "CKV_AWS_111",
+        "aws-cdk-lib's log retention function sets and removes retention policies of the stack's log groups, "
+        "whose names it only learns from each custom resource.",
     ),
     *(
         Finding(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,18 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from charts import DeployedResources, build_charts
-from charts.cold_start import progress_deadline_seconds
-from charts.model_loader import preload_job_name
+from charts.cold_start import smoke_test_wait_seconds
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
 from scripts.smoke_test import chat_request
+from settings import names
 from settings.model import ModelSettings, StageSettings
 from stacks.model_store import LUSTRE_PORTS
 
 # scripts/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 SMOKE_TEST_FILE = "smoke_test.py"
+# The feature flag that sets how a stack refers to values of other stacks (read from the consumer).
+CROSS_STACK_REFERENCES = "@aws-cdk/core:defaultCrossStackReferences"
 
 
 class ServingStack(Stack):
@@ -54,6 +56,14 @@ class ServingStack(Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
+        # Strong references (Fn::ImportValue) to the cluster, the file system and the network, where
+        # the rest of the app uses weak ones (Fn::GetStackOutput). With a weak reference, a replaced
+        # cluster or file system leaves this template unchanged, so the next deploy skips it and
+        # its manifests keep the old ids ("consuming stacks may temporarily reference a nonexistent
+        # resource until they are updated as well": aws-cdk-lib README, "Cross-stack references").
+        # A strong one makes CloudFormation refuse to replace what this stack still uses: the
+        # replacement stops with an error naming this stack, before anything is removed.
+        self.node.set_context(CROSS_STACK_REFERENCES, "strong")
         target = eks.Cluster.from_cluster_attributes(
             self, "Cluster", cluster_name=cluster.cluster_name, kubectl_provider=cluster.kubectl_provider
         )
@@ -69,35 +79,13 @@ class ServingStack(Stack):
         for chart_id, chart in build_charts(cdk8s.App(), settings, deployed).items():
             target.add_cdk8s_chart(chart_id, chart)
 
-        # Nodes (which carry the cluster security group) mount the file system; it answers them.
-        for index, port in enumerate(LUSTRE_PORTS):
-            low, high = port.to_rule_json()["fromPort"], port.to_rule_json()["toPort"]
-            ec2.CfnSecurityGroupIngress(
-                self,
-                f"LustreFromNodes{index}",
-                group_id=file_system_security_group.security_group_id,
-                source_security_group_id=cluster.cluster_security_group_id,
-                ip_protocol="tcp",
-                from_port=low,
-                to_port=high,
-                description="Lustre from the cluster's nodes",
-            )
-            ec2.CfnSecurityGroupEgress(
-                self,
-                f"LustreToNodes{index}",
-                group_id=file_system_security_group.security_group_id,
-                destination_security_group_id=cluster.cluster_security_group_id,
-                ip_protocol="tcp",
-                from_port=low,
-                to_port=high,
-                description="Lustre to the cluster's nodes",
-            )
+        self._lustre_between(file_system_security_group.security_group_id, cluster.cluster_security_group_id)
 
         self.smoke_test = self._smoke_test_project(settings, cluster, vpc)
         self._smoke_test_trigger(settings, pipeline_account)
 
         for model in settings.models:
-            output_id = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]", model.name))
+            output_id = names.output_id(model.name)
             CfnOutput(
                 self,
                 f"{output_id}PortForwardCommand",
@@ -117,6 +105,44 @@ class ServingStack(Stack):
                 description=f"Sends the test prompt to {model.model} through the port-forward",
                 value=test_request_command(model),
             )
+
+    def _lustre_between(self, file_system_group_id: str, node_group_id: str) -> None:
+        """Lustre traffic between the file system and the nodes (which carry the cluster security group), both ways.
+
+        Clients connect to the servers, and the servers open connections back to the clients
+        (callbacks, recovery), so each side admits the other on the Lustre ports and may reach
+        it: the rules the FSx for Lustre User Guide gives for the file system's and the clients'
+        security groups ("File system access control with Amazon VPC").
+        """
+        # Logical ids stay as first deployed: a renamed rule would be created while its twin still
+        # exists, and EC2 refuses duplicate rules.
+        sides = (
+            ("LustreFromNodes", "LustreToNodes", file_system_group_id, node_group_id, "the cluster's nodes"),
+            ("LustreFromFileSystem", "LustreToFileSystem", node_group_id, file_system_group_id, "the file system"),
+        )
+        for index, port in enumerate(LUSTRE_PORTS):
+            ports = port.to_rule_json()
+            for ingress_id, egress_id, group, peer, other in sides:
+                ec2.CfnSecurityGroupIngress(
+                    self,
+                    f"{ingress_id}{index}",
+                    group_id=group,
+                    source_security_group_id=peer,
+                    ip_protocol="tcp",
+                    from_port=ports["fromPort"],
+                    to_port=ports["toPort"],
+                    description=f"Lustre from {other}",
+                )
+                ec2.CfnSecurityGroupEgress(
+                    self,
+                    f"{egress_id}{index}",
+                    group_id=group,
+                    destination_security_group_id=peer,
+                    ip_protocol="tcp",
+                    from_port=ports["fromPort"],
+                    to_port=ports["toPort"],
+                    description=f"Lustre to {other}",
+                )
 
     def _smoke_test_project(self, settings: StageSettings, cluster: eks.Cluster, vpc: ec2.IVpc) -> codebuild.Project:
         """The post-deploy check: inside the VPC, as a role the cluster admits only to watch and port-forward.
@@ -145,14 +171,14 @@ class ServingStack(Stack):
         checks = [
             f"python3 {SMOKE_TEST_FILE} --namespace {model.name} --service {model.service_name} "
             f"--deployment {model.name} --model {model.model} "
-            f"--rollout-timeout {progress_deadline_seconds(settings, model)}"
+            f"--rollout-timeout {smoke_test_wait_seconds(settings, model)}"
             for model in settings.models
         ]
         scripts = s3_assets.Asset(self, "SmokeTestScript", path=str(SCRIPTS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
         return codebuild.Project(
             self,
             "SmokeTest",
-            project_name=smoke_test_project_name(settings),
+            project_name=names.smoke_test_project_name(settings.cluster.name),
             description="Sends the walkthrough's test prompt to every model after a deployment",
             source=codebuild.Source.s3(bucket=scripts.bucket, path=scripts.s3_object_key),
             role=role,
@@ -168,7 +194,7 @@ class ServingStack(Stack):
             encryption_key=kms.Key(
                 self, "SmokeTestKey", description="Encrypts the smoke test's build artifacts", enable_key_rotation=True
             ),
-            timeout=Duration.minutes(60),
+            timeout=smoke_test_timeout(settings),
             build_spec=codebuild.BuildSpec.from_object(
                 {
                     "version": "0.2",
@@ -195,7 +221,7 @@ class ServingStack(Stack):
         role = iam.Role(
             self,
             "SmokeTestTriggerRole",
-            role_name=smoke_test_trigger_role_name(settings),
+            role_name=names.smoke_test_trigger_role_name(settings.cluster.name),
             description="Lets the deployment pipeline start the smoke test and wait for its result",
             assumed_by=iam.AccountPrincipal(pipeline_account or self.account),
         )
@@ -206,18 +232,17 @@ class ServingStack(Stack):
         )
 
 
-def smoke_test_project_name(settings: StageSettings) -> str:
-    return f"{settings.cluster.name}-smoke-test"
-
-
-def smoke_test_trigger_role_name(settings: StageSettings) -> str:
-    return f"{settings.cluster.name}-smoke-test-trigger"
+def smoke_test_timeout(settings: StageSettings) -> Duration:
+    """The smoke test waits for each model in turn, then asks it: the longest waits, and ten minutes to spare."""
+    waits = sum(smoke_test_wait_seconds(settings, model) for model in settings.models)
+    return Duration.minutes(math.ceil(waits / 60) + 10)
 
 
 def preload_command(model: ModelSettings) -> str:
-    job = preload_job_name(model.name)
+    job = names.preload_job_name(model.name)
     return (
-        f"kubectl -n {model.name} create job {job}-$(date +%s) --from=cronjob/{job} && "
+        f"kubectl -n {model.name} create job {names.preload_run_name(model.name, '$(date +%s)')} "
+        f"--from=cronjob/{job} && "
         f"kubectl -n {model.name} get jobs -l job-name -w"
     )
 
@@ -229,5 +254,7 @@ def port_forward_command(model: ModelSettings) -> str:
 def test_request_command(model: ModelSettings) -> str:
     return (
         f"curl -s http://localhost:{PORT}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d '{json.dumps(chat_request(model.model))}' | jq -r '.choices[0].message.content'"
+        f"-d '{json.dumps(chat_request(model.model))}' "
+        # gpt-oss may answer in its reasoning only when the token budget runs out.
+        "| jq -r '.choices[0] | .finish_reason, (.message | .content // .reasoning_content // .reasoning)'"
     )

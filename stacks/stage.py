@@ -42,7 +42,7 @@ class InferencePlatformStage(Stage):
             "Registry",
             description="ECR pull-through cache of ECR Public for the cluster's images (stateful)",
             termination_protection=protect,
-            registry=settings.registry,
+            settings=settings,
         )
         model_store = ModelStoreStack(
             self,
@@ -60,7 +60,7 @@ class InferencePlatformStage(Stage):
             termination_protection=protect,
             vpc=network.vpc,
             cluster=settings.cluster,
-            registry=settings.registry,
+            image_cache_prefix=settings.image_cache_prefix,
         )
         self.serving = ServingStack(
             self,

@@ -143,6 +143,8 @@ def _reference(intrinsic: dict[str, Any]) -> str:
     if "Fn::GetStackOutput" in intrinsic:
         output = intrinsic["Fn::GetStackOutput"]
         return "${" + f"{output['StackName']}:{output['OutputName']}" + "}"
+    if "Fn::ImportValue" in intrinsic:
+        return "${" + intrinsic["Fn::ImportValue"] + "}"
     if "Ref" in intrinsic:
         return "${" + intrinsic["Ref"] + "}"
     return "${" + json.dumps(intrinsic, sort_keys=True).replace('"', "'") + "}"

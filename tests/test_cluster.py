@@ -9,7 +9,7 @@ from typing import Any
 
 import aws_cdk as cdk
 import pytest
-from aws_cdk.assertions import Match, Template
+from aws_cdk.assertions import Template
 
 from app import cdk_json_context
 from settings import parse_stage_settings
@@ -37,7 +37,7 @@ def admins_cluster() -> dict[str, Any]:
         app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network
     )
     cluster = ClusterStack(
-        app, "Cluster", env=env, vpc=network.vpc, cluster=settings.cluster, registry=settings.registry
+        app, "Cluster", env=env, vpc=network.vpc, cluster=settings.cluster, image_cache_prefix="ecr-public/scenario"
     )
     return Template.from_stack(cluster).to_json()
 
@@ -73,21 +73,6 @@ def test_all_five_control_plane_log_types_are_on(dev: Assembly) -> None:
         t["Type"] for t in cluster_properties(dev.template("Cluster"))["Logging"]["ClusterLogging"]["EnabledTypes"]
     ]
     assert sorted(types) == ["api", "audit", "authenticator", "controllerManager", "scheduler"]
-
-
-def test_control_plane_logs_have_a_retained_group_with_retention(dev: Assembly) -> None:
-    template = Template.from_json(dev.template("Cluster"))
-    template.has_resource(
-        "AWS::Logs::LogGroup",
-        {
-            "Properties": {"LogGroupName": "/aws/eks/gpu-inference-dev/cluster", "RetentionInDays": 90},
-            "DeletionPolicy": "Retain",
-        },
-    )
-    # The cluster waits for the group, or EKS would create one that never expires.
-    template.has_resource(
-        "AWS::EKS::Cluster", {"DependsOn": Match.array_with([Match.string_like_regexp("ControlPlaneLogs")])}
-    )
 
 
 def test_secrets_are_encrypted_with_a_rotating_customer_key(dev: Assembly) -> None:
@@ -208,7 +193,7 @@ def test_node_role_has_only_the_auto_mode_policies_and_the_first_pull_through_th
                 {"Ref": "AWS::Partition"},
                 ":ecr:us-west-2:",
                 {"Ref": "AWS::AccountId"},
-                ":repository/ecr-public/*",
+                ":repository/ecr-public/dev/*",
             ],
         ]
     }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import cdk8s
+import pytest
 
 from charts import DeployedResources, build_charts
 from settings import parse_stage_settings
@@ -27,6 +29,8 @@ def test_node_pool_is_the_walkthroughs() -> None:
         {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot", "on-demand"]},
         {"key": "eks.amazonaws.com/instance-category", "operator": "In", "values": ["g"]},
         {"key": "eks.amazonaws.com/instance-generation", "operator": "Gt", "values": ["4"]},
+        # Whole GPUs with memory for gpt-oss-20b's weights and runtime (charts/sizing.py).
+        {"key": "eks.amazonaws.com/instance-gpu-memory", "operator": "Gt", "values": ["19174"]},
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
         # Pinned to the file system's zone: Lustre is single-AZ.
         {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-west-2a"]},
@@ -88,3 +92,87 @@ def test_instance_families_and_no_generation_bound_render_as_requirements() -> N
     }
     assert "eks.amazonaws.com/instance-category" not in keys
     assert "eks.amazonaws.com/instance-generation" not in keys
+
+
+# GPU instances of category g, generation > 4, as Karpenter describes them (per-GPU memory in MiB,
+# from EC2's GpuInfo; g6f and gr6f get fractions of one L4, reported as 0 GPUs): aws/karpenter-provider-aws
+# website/content/en/preview/reference/instance-types.md at 1d927085 (November 2026).
+G_INSTANCES = {
+    "g5.xlarge": 22888,
+    "g5.2xlarge": 22888,
+    "g5.12xlarge": 22888,
+    "g6.xlarge": 22888,
+    "g6.2xlarge": 22888,
+    "g6.12xlarge": 22888,
+    "g6e.xlarge": 45776,
+    "g6e.2xlarge": 45776,
+    "g6e.12xlarge": 45776,
+    "g6f.large": 2861,
+    "g6f.xlarge": 2861,
+    "g6f.2xlarge": 5722,
+    "g6f.4xlarge": 11444,
+    "gr6f.4xlarge": 11444,
+}
+FRACTIONAL_GPU_FAMILIES = ("g6f", "gr6f")
+
+
+def instance_labels(instance_type: str) -> dict[str, str]:
+    family = instance_type.split(".")[0]
+    category, generation = re.match(r"([a-z]+)([0-9]+)", family).groups()
+    return {
+        "karpenter.sh/capacity-type": "on-demand",
+        # Karpenter's instance type scheme: category letters, then the generation's digits.
+        "eks.amazonaws.com/instance-category": category,
+        "eks.amazonaws.com/instance-family": family,
+        "eks.amazonaws.com/instance-generation": generation,
+        "eks.amazonaws.com/instance-gpu-memory": str(G_INSTANCES[instance_type]),
+        "kubernetes.io/arch": "amd64",
+        "topology.kubernetes.io/zone": "us-west-2a",
+    }
+
+
+def satisfies(labels: dict[str, str], requirement: dict[str, Any]) -> bool:
+    """Karpenter's (and the scheduler's) reading of one requirement against a node's labels."""
+    value, operator, values = labels.get(requirement["key"]), requirement["operator"], requirement.get("values", [])
+    return {
+        "In": lambda: value in values,
+        "NotIn": lambda: value not in values,
+        "Exists": lambda: value is not None,
+        "DoesNotExist": lambda: value is None,
+        "Gt": lambda: value is not None and int(value) > int(values[0]),
+        "Lt": lambda: value is not None and int(value) < int(values[0]),
+    }[operator]()
+
+
+def candidates(stage: str) -> set[str]:
+    """The catalog's instances that both the pool and the model's pod accept."""
+    pool = node_pool(stage)["spec"]["template"]["spec"]["requirements"]
+    deployment = find(render_charts(stage)["Model-gpt-oss-20b"], "Deployment")
+    (term,) = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    return {
+        instance
+        for instance in G_INSTANCES
+        if all(satisfies(instance_labels(instance), r) for r in [*pool, *term["matchExpressions"]])
+    }
+
+
+def test_instance_labels_are_read_as_karpenter_names_them() -> None:
+    assert instance_labels("g6e.xlarge")["eks.amazonaws.com/instance-category"] == "g"
+    assert instance_labels("gr6f.4xlarge")["eks.amazonaws.com/instance-category"] == "gr"
+    assert instance_labels("g6f.large")["eks.amazonaws.com/instance-generation"] == "6"
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_no_fractional_gpu_instance_can_be_chosen_for_gpt_oss_20b(stage: str) -> None:
+    chosen = candidates(stage)
+    assert not {instance for instance in chosen if instance.startswith(FRACTIONAL_GPU_FAMILIES)}
+    # Every whole-GPU instance of the walkthrough's families still qualifies.
+    assert {"g5.xlarge", "g6.xlarge", "g6e.xlarge", "g6.12xlarge"} <= chosen
+
+
+def test_without_the_gpu_memory_requirement_fractional_gpus_would_qualify() -> None:
+    # The requirement is what keeps them out: the walkthrough's category and generation alone admit them.
+    walkthrough = [r for r in node_pool()["spec"]["template"]["spec"]["requirements"] if "gpu-memory" not in r["key"]]
+    assert all(satisfies(instance_labels("g6f.4xlarge"), r) for r in walkthrough)

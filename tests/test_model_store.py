@@ -49,7 +49,7 @@ def test_model_bucket_is_encrypted_versioned_tls_only_and_private(dev: Assembly)
     )
 
 
-@pytest.mark.parametrize("logical_id", ["ModelBucketB33D855B", "FileSystem8A8E25C0", "FileSystemKey2DFFD0A9"])
+@pytest.mark.parametrize("logical_id", ["ModelBucketB33D855B", "AccessLogsBucket83982689", "FileSystemKey2DFFD0A9"])
 def test_weights_are_retained_when_the_stack_is_deleted(dev: Assembly, logical_id: str) -> None:
     stored = resource(dev.template("ModelStore"), logical_id)
     assert (stored["DeletionPolicy"], stored["UpdateReplacePolicy"]) == ("Retain", "Retain")

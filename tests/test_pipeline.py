@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from settings import SettingsError, load_pipeline_settings, parse_pipeline_settings
+from stacks.pipeline import smoke_test_commands
+from stacks.serving import smoke_test_timeout
 from tests.conftest import Assembly, nested_stage
 
 PIPELINE_ACCOUNT, DEV_ACCOUNT, PROD_ACCOUNT = "111111111111", "222222222222", "333333333333"
@@ -112,8 +117,9 @@ def test_smoke_test_starts_the_stages_project_as_the_role_the_stage_grants(
     smoke_test = next(action for action in stages[stage] if action["Name"] == "SmokeTest")
     commands = buildspec_of(template, smoke_test)["phases"]["build"]["commands"]
     role_arn = f"arn:aws:iam::{account}:role/gpu-inference-{stage}-smoke-test-trigger"
-    assert commands[0].startswith(f"creds=$(aws sts assume-role --role-arn {role_arn} ")
-    assert f"--project-name gpu-inference-{stage}-smoke-test" in commands[4]
+    assert commands == smoke_test_commands(load_pipeline_settings()[1][stage])
+    assert f"assume {role_arn}" in commands
+    assert any(f"--project-name gpu-inference-{stage}-smoke-test" in command for command in commands)
     assert commands[-1] == '[ "$status" = SUCCEEDED ]'
     project_id = smoke_test["Configuration"]["ProjectName"]["Ref"]
     role_id = template["Resources"][project_id]["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
@@ -164,7 +170,10 @@ def test_pipeline_settings_must_name_a_connection() -> None:
         "repository": "o/r",
         "stages": [{"name": "dev", "account": DEV_ACCOUNT}],
     }
-    with pytest.raises(SettingsError, match=r"pipeline has invalid settings:\n  connection_arn: String should match"):
+    with pytest.raises(
+        SettingsError,
+        match=r"pipeline has invalid settings:\n  connection_arn: 'github-token-123' is not a CodeConnections",
+    ):
         parse_pipeline_settings(data)
 
 
@@ -198,3 +207,62 @@ def test_stage_smoke_test_runs_in_that_stages_vpc_as_a_role_its_cluster_admits(p
     (entry,) = resources(serving, "AWS::EKS::AccessEntry")
     assert entry["PrincipalArn"] == project["ServiceRole"]
     assert entry["KubernetesGroups"] == ["smoke-testers"]
+
+
+FAKE_AWS = """#!/bin/sh
+echo "$*" >> "$CALLS"
+case "$1 $2" in
+  "sts assume-role") echo '{"AccessKeyId": "AKIA", "SecretAccessKey": "s", "SessionToken": "t"}' ;;
+  "codebuild start-build") echo build-1 ;;
+  "codebuild batch-get-builds")
+    polls=$(grep -c batch-get-builds "$CALLS")
+    if [ "$polls" -lt 4 ]; then echo IN_PROGRESS; else echo "$FINAL"; fi ;;
+esac
+"""
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="the smoke step's shell reads credentials with jq")
+@pytest.mark.parametrize(("final", "exit_code"), [("SUCCEEDED", 0), ("FAILED", 1)])
+def test_smoke_step_takes_fresh_credentials_before_every_poll_and_fails_with_the_build(
+    tmp_path: Path, final: str, exit_code: int
+) -> None:
+    # Role chaining caps the assumed role's session at one hour; the smoke test may run longer.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("aws", FAKE_AWS), ("sleep", "#!/bin/sh\n")):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    commands = smoke_test_commands(load_pipeline_settings()[1]["dev"])
+    # CodeBuild runs a phase's commands in one shell, stopping at the first that fails.
+    process = subprocess.run(
+        ["bash", "-e", "-c", "\n".join(commands)],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "FINAL": final},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert process.returncode == exit_code, process.stderr
+    assert f"smoke test build-1: {final}" in process.stdout
+    services = [line.split()[0] + " " + line.split()[1] for line in calls.read_text().splitlines()]
+    assert services[:2] == ["sts assume-role", "codebuild start-build"]
+    polls = services[2:]
+    assert polls == ["sts assume-role", "codebuild batch-get-builds"] * 4
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_smoke_step_outlasts_the_stages_smoke_test(
+    template: dict[str, Any], stages: dict[str, Any], stage: str
+) -> None:
+    smoke_test = next(action for action in stages[stage] if action["Name"] == "SmokeTest")
+    project = template["Resources"][smoke_test["Configuration"]["ProjectName"]["Ref"]]["Properties"]
+    settings = load_pipeline_settings()[1][stage]
+    # The stage's project waits for each rollout past its progress deadline (16 min here), then asks.
+    assert project["TimeoutInMinutes"] > smoke_test_timeout(settings).to_minutes() > 2 * 16
+
+
+def test_synth_runs_the_suite_on_a_build_with_memory_to_spare(template: dict[str, Any], stages: dict[str, Any]) -> None:
+    # The suite peaks at about 2.1 GiB (make bench); SMALL has 3 GB, MEDIUM 7 GB.
+    (synth,) = stages["Build"]
+    project = template["Resources"][synth["Configuration"]["ProjectName"]["Ref"]]["Properties"]
+    assert project["Environment"]["ComputeType"] == "BUILD_GENERAL1_MEDIUM"

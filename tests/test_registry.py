@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from aws_cdk.assertions import Template
 
 from charts.images import pulled_image
-from settings import parse_stage_settings
+from settings import (
+    STAGES_DIR,
+    SettingsError,
+    StageSettings,
+    check_shared_registries,
+    load_stage_settings,
+    parse_stage_settings,
+)
 from tests.conftest import Assembly, stage_data
 
 
-def test_pull_through_cache_mirrors_ecr_public(dev: Assembly) -> None:
+def registry_resources(assembly: Assembly, kind: str) -> list[dict[str, Any]]:
+    return [r["Properties"] for r in assembly.template("Registry")["Resources"].values() if r["Type"] == kind]
+
+
+def test_pull_through_cache_mirrors_ecr_public_under_the_stages_prefix(dev: Assembly) -> None:
     Template.from_json(dev.template("Registry")).has_resource_properties(
         "AWS::ECR::PullThroughCacheRule",
         {
-            "EcrRepositoryPrefix": "ecr-public",
+            "EcrRepositoryPrefix": "ecr-public/dev",
             "UpstreamRegistry": "ecr-public",
             "UpstreamRegistryUrl": "public.ecr.aws",
         },
@@ -24,33 +39,107 @@ def test_pull_through_cache_mirrors_ecr_public(dev: Assembly) -> None:
 
 
 def test_cached_repositories_are_encrypted_immutable_and_expire_old_images(dev: Assembly) -> None:
-    (template,) = [
-        r["Properties"]
-        for r in dev.template("Registry")["Resources"].values()
-        if r["Type"] == "AWS::ECR::RepositoryCreationTemplate"
-    ]
-    assert template["Prefix"] == "ecr-public"
+    (template,) = registry_resources(dev, "AWS::ECR::RepositoryCreationTemplate")
+    assert template["Prefix"] == "ecr-public/dev"
     assert template["AppliedFor"] == ["PULL_THROUGH_CACHE"]
-    assert template["EncryptionConfiguration"] == {"EncryptionType": "KMS"}
+    assert template["EncryptionConfiguration"] == {"EncryptionType": "AES256"}
     assert template["ImageTagMutability"] == "IMMUTABLE"
     (rule,) = json.loads(template["LifecyclePolicy"])["rules"]
     assert rule["selection"] == {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 10}
     assert rule["action"] == {"type": "expire"}
 
 
-def test_cached_images_are_scanned_on_push(dev: Assembly) -> None:
-    Template.from_json(dev.template("Registry")).has_resource_properties(
-        "AWS::ECR::RegistryScanningConfiguration",
-        {
-            "ScanType": "BASIC",
-            "Rules": [
-                {
-                    "ScanFrequency": "SCAN_ON_PUSH",
-                    "RepositoryFilters": [{"Filter": "ecr-public/*", "FilterType": "WILDCARD"}],
-                }
-            ],
-        },
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_repository_template_needs_no_role_that_ecr_would_assume(assemblies: dict[str, Assembly], stage: str) -> None:
+    # A template with KMS encryption or resource tags needs a customRoleArn; without one the
+    # first pull through the cache answers "not found" (ECR User Guide, "Repository creation
+    # templates"; aws/containers-roadmap#2398).
+    for template in registry_resources(assemblies[stage], "AWS::ECR::RepositoryCreationTemplate"):
+        needs_role = template["EncryptionConfiguration"]["EncryptionType"] == "KMS" or template.get("ResourceTags")
+        assert not needs_role or template.get("CustomRoleArn")
+
+
+def test_cached_images_of_every_stage_are_scanned_on_push_by_one_stage(dev: Assembly, prod: Assembly) -> None:
+    # One scanning configuration per registry: prod's, whose filter covers dev's prefix too.
+    assert registry_resources(dev, "AWS::ECR::RegistryScanningConfiguration") == []
+    (scanning,) = registry_resources(prod, "AWS::ECR::RegistryScanningConfiguration")
+    assert scanning["ScanType"] == "BASIC"
+    (rule,) = scanning["Rules"]
+    assert rule["ScanFrequency"] == "SCAN_ON_PUSH"
+    assert rule["RepositoryFilters"] == [{"Filter": "ecr-public/*", "FilterType": "WILDCARD"}]
+    for assembly in (dev, prod):
+        (cache,) = registry_resources(assembly, "AWS::ECR::PullThroughCacheRule")
+        assert fnmatch.fnmatch(cache["EcrRepositoryPrefix"] + "/deep-learning-containers/vllm", "ecr-public/*")
+
+
+def test_two_stages_in_one_account_claim_nothing_twice(dev: Assembly, prod: Assembly) -> None:
+    # Neither stage names its account, so both may deploy into one: every registry-wide or
+    # per-prefix resource must be claimed once. (Unique per prefix: the cache rule and the
+    # creation template; one per registry: the scanning configuration.)
+    claims: list[tuple[str, str]] = []
+    for assembly in (dev, prod):
+        assert {a["environment"] for a in assembly.stacks().values()} == {"aws://unknown-account/us-west-2"}
+        for kind, key in (
+            ("AWS::ECR::PullThroughCacheRule", "EcrRepositoryPrefix"),
+            ("AWS::ECR::RepositoryCreationTemplate", "Prefix"),
+            ("AWS::ECR::RegistryScanningConfiguration", None),
+        ):
+            claims += [(kind, r[key] if key else "registry") for r in registry_resources(assembly, kind)]
+    assert len(claims) == len(set(claims)) == 5
+
+
+def stage_in(account: str | None, *, name: str, scan: bool, region: str = "us-west-2") -> StageSettings:
+    data = stage_data()
+    data["region"], data["availability_zones"] = region, [f"{region}a", f"{region}b"]
+    data["registry"] = {"scan_on_push": scan}
+    if account:
+        data["account"] = account
+    return parse_stage_settings(name, data)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("111111111111", "111111111111"), (None, "111111111111"), (None, None)],
+)
+def test_two_stages_that_may_share_a_registry_may_not_both_scan(first: str | None, second: str | None) -> None:
+    with pytest.raises(SettingsError) as caught:
+        check_shared_registries([stage_in(first, name="qa", scan=True), stage_in(second, name="staging", scan=True)])
+    assert str(caught.value).startswith(
+        "stage 'qa' has invalid settings:\n  registry.scan_on_push: stages qa and staging may deploy into one "
+        "account and region (us-west-2"
     )
+    assert "set scan_on_push: false in all but one of them" in str(caught.value)
+
+
+def test_stages_in_other_accounts_or_regions_each_scan_their_own_registry() -> None:
+    check_shared_registries(
+        [
+            stage_in("111111111111", name="qa", scan=True),
+            stage_in("222222222222", name="staging", scan=True),
+            stage_in(None, name="eu", scan=True, region="eu-west-1"),
+        ]
+    )
+
+
+def test_a_stage_file_that_would_collide_with_another_stops_its_synth(tmp_path: Path) -> None:
+    for name in ("dev", "prod"):
+        (tmp_path / f"{name}.yaml").write_text((STAGES_DIR / f"{name}.yaml").read_text())
+    data = yaml.safe_load((tmp_path / "dev.yaml").read_text())
+    data["registry"]["scan_on_push"] = True
+    (tmp_path / "dev.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SettingsError, match=r"registry\.scan_on_push: stages dev and prod may deploy"):
+        load_stage_settings("dev", tmp_path)
+
+
+def test_the_stages_cache_prefix_must_fit_ecrs_limit() -> None:
+    data = stage_data()
+    data["registry"] = {"cache_prefix": "a-very-long-cache-prefix-xx"}
+    with pytest.raises(SettingsError) as caught:
+        parse_stage_settings("dev", data)
+    assert (
+        "registry.cache_prefix: the stage's cache prefix 'a-very-long-cache-prefix-xx/dev' (<cache_prefix>/<stage>) "
+        "is 31 characters; ECR allows at most 30: shorten cache_prefix to at most 26"
+    ) in str(caught.value)
 
 
 def test_registry_depends_on_nothing_else_in_the_stage(dev: Assembly) -> None:
@@ -62,20 +151,19 @@ def test_registry_depends_on_nothing_else_in_the_stage(dev: Assembly) -> None:
     [
         (
             "pull_through_cache",
-            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecr-public/deep-learning-containers/vllm:1",
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecr-public/dev/deep-learning-containers/vllm:1",
         ),
         ("public", "public.ecr.aws/deep-learning-containers/vllm:1"),
     ],
 )
 def test_image_source_setting_chooses_the_registry(source: str, expected: str) -> None:
-    data = stage_data()
-    data["registry"] = {"image_source": source}
-    registry = parse_stage_settings("dev", data).registry
+    settings = stage_in(None, name="dev", scan=False, region="eu-west-1")
+    settings = settings.model_copy(update={"registry": settings.registry.model_copy(update={"image_source": source})})
     image = "public.ecr.aws/deep-learning-containers/vllm:1"
-    assert pulled_image(image, registry=registry, account="123456789012", region="eu-west-1") == expected
+    assert pulled_image(image, settings=settings, account="123456789012") == expected
 
 
 def test_images_from_other_registries_are_pulled_as_given() -> None:
-    registry = parse_stage_settings("dev", stage_data()).registry
+    settings = parse_stage_settings("dev", stage_data())
     image = "docker.io/vllm/vllm-openai:v0.11.2"
-    assert pulled_image(image, registry=registry, account="123456789012", region="eu-west-1") == image
+    assert pulled_image(image, settings=settings, account="123456789012") == image

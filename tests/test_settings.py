@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from settings import DEFAULT_STAGE, SettingsError, load_stage_settings, parse_stage_settings, stage_names
-from settings.model import SUPPORTED_KUBERNETES_VERSIONS, StageSettings
+from settings import (
+    DEFAULT_STAGE,
+    PIPELINE_FILE,
+    STAGES_DIR,
+    SettingsError,
+    load_stage_settings,
+    parse_pipeline_settings,
+    parse_stage_settings,
+    stage_names,
+)
+from settings.model import SUPPORTED_KUBERNETES_VERSIONS, PipelineSettings, StageSettings
 from stacks.cluster import KUBECTL_LAYERS
 from tests.conftest import stage_data
 
@@ -144,7 +159,7 @@ def test_kubernetes_version_without_kubectl_layer_is_refused(version: str) -> No
 def test_empty_availability_zones_are_refused() -> None:
     data = stage_data()
     data["availability_zones"] = []
-    assert "availability_zones: Tuple should have at least 2 items after validation, not 0" in rejected(data)
+    assert "availability_zones: should have at least 2 items, got 0" in rejected(data)
 
 
 def test_repeated_availability_zone_is_refused() -> None:
@@ -220,7 +235,9 @@ def test_more_nat_gateways_than_zones_are_refused() -> None:
 def test_admin_principal_must_be_an_iam_role_or_user_arn() -> None:
     data = stage_data()
     data["cluster"]["admin_principal_arns"] = ["arn:aws:iam::123456789012:group/Admins"]
-    assert "cluster.admin_principal_arns[0]: String should match pattern" in rejected(data)
+    assert (
+        "cluster.admin_principal_arns[0]: 'arn:aws:iam::123456789012:group/Admins' is not an IAM role or user ARN"
+    ) in rejected(data)
 
 
 def test_model_names_must_be_unique() -> None:
@@ -230,7 +247,9 @@ def test_model_names_must_be_unique() -> None:
 
 
 def test_settings_that_are_not_a_mapping_are_refused() -> None:
-    assert "settings must be a mapping of fields, got list" in rejected([1, 2])  # type: ignore[arg-type]
+    assert "stage 'dev': settings must be a mapping of fields, got a list; expected the stage's settings" in (
+        rejected([1, 2])  # type: ignore[arg-type]
+    )
 
 
 @pytest.mark.parametrize("throughput", [50, 200, 2000])
@@ -271,10 +290,286 @@ def test_file_system_zone_defaults_to_the_first_zone() -> None:
 def test_model_name_that_cannot_be_a_path_is_refused(name: str) -> None:
     data = stage_data()
     data["models"][0]["name"] = name
-    assert "models[0].name: String should" in rejected(data)
+    assert f"models[0].name: {name!r} is not a name of lower-case letters, digits and '-'" in rejected(data)
 
 
 def test_unknown_image_source_lists_the_allowed_ones() -> None:
     data = stage_data()
     data["registry"] = {"image_source": "docker-hub"}
     assert "registry.image_source: Input should be 'pull_through_cache' or 'public'" in rejected(data)
+
+
+# --- names derived from the settings: too long, reserved or colliding names are refused before the deploy ---
+
+
+def test_model_name_too_long_for_the_preload_cronjob_is_refused() -> None:
+    data = stage_data()
+    data["models"][0]["name"] = "m" * 45
+    assert (
+        f"models[0].name: '{'m' * 45}' is 45 characters; at most 44 fit the preload CronJob name preload-<name> "
+        "(52 characters)"
+    ) in rejected(data)
+
+
+def test_model_name_longer_than_a_namespace_names_the_tightest_limit() -> None:
+    data = stage_data()
+    data["models"][0]["name"] = "m" * 70
+    assert "is 70 characters; at most 44 fit the preload CronJob name" in rejected(data)
+
+
+def test_longest_model_name_is_allowed() -> None:
+    data = stage_data()
+    data["models"][0]["name"] = "m" * 44
+    assert parse_stage_settings("dev", data).models[0].name == "m" * 44
+
+
+@pytest.mark.parametrize("name", ["default", "kube-system", "kube-public", "kube-node-lease", "kube-models"])
+def test_model_named_after_a_reserved_namespace_is_refused(name: str) -> None:
+    data = stage_data()
+    data["models"][0]["name"] = name
+    assert (
+        f"models[0].name: {name!r} is a namespace Kubernetes reserves; the model gets a namespace of its own, "
+        "named after it, so its name may be neither 'default' nor start with 'kube-'"
+    ) in rejected(data)
+
+
+def test_models_whose_output_ids_collide_are_refused() -> None:
+    data = stage_data()
+    model = data["models"][0]
+    data["models"] = [
+        {**model, "name": "qwen3-8b", "service_name": "qwen-service"},
+        {**model, "name": "qwen38b", "service_name": "other-service"},
+    ]
+    assert "models: qwen3-8b and qwen38b both give the stack output id Qwen38b" in rejected(data)
+
+
+def test_cluster_name_too_long_for_the_smoke_test_role_is_refused() -> None:
+    data = stage_data()
+    data["cluster"]["name"] = "c" * 46
+    assert (
+        f"cluster.name: '{'c' * 46}' is 46 characters; at most 45 fit the IAM role name "
+        "<cluster>-smoke-test-trigger (64 characters)"
+    ) in rejected(data)
+
+
+def test_longest_cluster_name_is_allowed() -> None:
+    data = stage_data()
+    data["cluster"]["name"] = "c" * 45
+    assert parse_stage_settings("dev", data).cluster.name == "c" * 45
+
+
+# --- the stage's name: checked before its file is read, and kept on its settings ---
+
+INVALID_STAGE_NAMES = ["Dev", "dev_1", "my stage", "1dev", "-dev", "d" * 21, "../dev", ""]
+
+
+@pytest.mark.parametrize("stage", INVALID_STAGE_NAMES)
+def test_invalid_stage_name_is_refused(stage: str) -> None:
+    assert (
+        f"stage {stage!r} is not a valid stage name: expected a name of lower-case letters, digits and '-', "
+        "starting with a letter, at most 20 characters (it prefixes the stack names, as in <stage>-ModelStore)"
+    ) in rejected(stage_data(), stage)
+
+
+@pytest.mark.parametrize("stage", INVALID_STAGE_NAMES)
+def test_invalid_stage_name_is_refused_before_its_file_is_read(stage: str, tmp_path: Path) -> None:
+    (tmp_path / "Dev.yaml").write_text((STAGES_DIR / "dev.yaml").read_text())
+    with pytest.raises(SettingsError, match=r"is not a valid stage name: expected a name of lower-case letters"):
+        load_stage_settings(stage, tmp_path)
+
+
+def test_stage_settings_carry_the_stage_name() -> None:
+    assert [load_stage_settings(stage).name for stage in stage_names()] == stage_names()
+    assert parse_stage_settings("scenario", stage_data()).name == "scenario"
+
+
+def test_stage_file_may_not_name_its_stage() -> None:
+    data = stage_data()
+    data["name"] = "dev"
+    assert rejected(data) == (
+        "stage 'dev' has invalid settings:\n  name: set by the file name settings/stages/dev.yaml; remove it"
+    )
+
+
+def test_name_is_not_offered_among_a_stage_files_fields() -> None:
+    data = stage_data()
+    data["regoin"] = "eu-west-1"
+    assert "allowed fields here: region," in rejected(data)
+
+
+def test_pipeline_stages_keep_their_names_and_get_the_pipelines_accounts() -> None:
+    _, stages = parse_pipeline_settings(yaml.safe_load(PIPELINE_FILE.read_text()))
+    assert [(name, stage.name, stage.account) for name, stage in stages.items()] == [
+        ("dev", "dev", "222222222222"),
+        ("prod", "prod", "333333333333"),
+    ]
+
+
+def test_pipeline_stage_with_an_invalid_stage_name_is_refused() -> None:
+    data = yaml.safe_load(PIPELINE_FILE.read_text())
+    data["stages"][0]["name"] = "Dev"
+    with pytest.raises(SettingsError) as caught:
+        parse_pipeline_settings(data)
+    assert "stages[0].name: 'Dev' is not a name of lower-case letters, digits and '-', starting with a letter" in str(
+        caught.value
+    )
+
+
+# --- resources that fit nodes and volumes ---
+
+
+@pytest.mark.parametrize("gpus", [0, 3, 6, 16])
+def test_gpu_count_no_instance_has_is_refused(gpus: int) -> None:
+    data = stage_data()
+    data["models"][0]["gpus"] = data["models"][0]["tensor_parallel_size"] = gpus
+    assert f"models[0].gpus: {gpus} GPUs cannot be on one node; allowed: 1, 2, 4, 8" in rejected(data)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_gpu_counts_of_gpu_instances_are_allowed(gpus: int) -> None:
+    data = stage_data()
+    data["models"][0]["gpus"] = data["models"][0]["tensor_parallel_size"] = gpus
+    assert parse_stage_settings("dev", data).models[0].gpus == gpus
+
+
+@pytest.mark.parametrize(("memory", "shared_memory"), [("16Gi", "20Gi"), ("16Gi", "16385Mi"), ("512Mi", "1Gi")])
+def test_shared_memory_above_memory_is_refused(memory: str, shared_memory: str) -> None:
+    data = stage_data()
+    data["models"][0]["resources"] = {"memory": memory, "shared_memory": shared_memory}
+    assert (
+        f"models[0].resources: shared_memory ({shared_memory}) is more than memory ({memory}): the memory-backed "
+        "/dev/shm counts against the pod's memory limit"
+    ) in rejected(data)
+
+
+def test_shared_memory_equal_to_memory_is_allowed() -> None:
+    data = stage_data()
+    data["models"][0]["resources"] = {"memory": "16Gi", "shared_memory": "16384Mi"}
+    assert parse_stage_settings("dev", data).models[0].resources.shared_memory == "16384Mi"
+
+
+def test_disk_throughput_above_what_the_iops_allow_is_refused() -> None:
+    data = stage_data()
+    data["gpu_node_pool"]["disk"] = {"iops": 3000, "throughput_mib": 1000}
+    assert (
+        "gpu_node_pool.disk: throughput_mib 1000 needs iops of at least 4000 (gp3 gives at most 0.25 MiB/s per "
+        "provisioned IOPS); iops 3000 allow throughput_mib up to 750"
+    ) in rejected(data)
+
+
+def test_disk_throughput_of_a_quarter_of_the_iops_is_allowed() -> None:
+    data = stage_data()
+    data["gpu_node_pool"]["disk"] = {"iops": 4000, "throughput_mib": 1000}
+    assert parse_stage_settings("dev", data).gpu_node_pool.disk.throughput_mib == 1000
+
+
+# --- messages in words: no regular expressions, no Python type names ---
+
+
+def test_empty_settings_file_says_what_it_should_hold(tmp_path: Path) -> None:
+    (tmp_path / "dev.yaml").write_text("# nothing yet\n")
+    with pytest.raises(SettingsError) as caught:
+        load_stage_settings("dev", tmp_path)
+    assert str(caught.value) == (
+        "stage 'dev': the file is empty; expected the stage's settings (region, availability_zones, cluster, models, …)"
+    )
+
+
+def test_settings_that_are_a_string_are_refused() -> None:
+    assert "settings must be a mapping of fields, got a string" in rejected("region: us-west-2")  # type: ignore[arg-type]
+
+
+def test_size_in_other_units_says_which_units_are_allowed() -> None:
+    data = stage_data()
+    data["models"][0]["resources"] = {"memory": "100GB"}
+    assert "models[0].resources.memory: '100GB' is not a size such as 512Mi or 24Gi (units Ki, Mi, Gi, Ti)" in (
+        rejected(data)
+    )
+
+
+def test_availability_zones_that_are_not_a_list_are_refused() -> None:
+    data = stage_data()
+    data["availability_zones"] = "us-west-2a"
+    assert "availability_zones: should be a list, got a string" in rejected(data)
+
+
+KEY = "<key>"  # a mapping's key, in a field's location below
+
+
+def pattern_constrained(model: type[BaseModel], path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The location of every string a pattern constrains, in a model and the models inside it."""
+    for name, field in model.model_fields.items():
+        yield from _pattern_constrained(field.annotation, field.metadata, (*path, name))
+
+
+def _pattern_constrained(declared: Any, metadata: list[Any], path: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    origin, args = typing.get_origin(declared), typing.get_args(declared)
+    if any(getattr(item, "pattern", None) for item in metadata):
+        yield path
+    elif origin is Annotated:
+        yield from _pattern_constrained(args[0], list(args[1:]), path)
+    elif origin in (typing.Union, types.UnionType):
+        for arg in args:
+            yield from _pattern_constrained(arg, [], path)
+    elif origin is tuple:
+        yield from _pattern_constrained(args[0], [], (*path, 0))
+    elif origin is dict:
+        yield from _pattern_constrained(args[0], [], (*path, KEY))
+        yield from _pattern_constrained(args[1], [], (*path, "some-key"))
+    elif isinstance(declared, type) and issubclass(declared, BaseModel):
+        yield from pattern_constrained(declared, path)
+
+
+def with_invalid_value(data: dict[str, Any], path: tuple[Any, ...]) -> str:
+    """Puts a value no pattern accepts at `path` (a list's first item, a mapping's key); returns the field's path."""
+    value: Any = "!!"
+    if path[-1] == KEY:
+        path, value = path[:-1], {"!!": "x"}
+    elif path[-1] == 0:
+        path, value = path[:-1], ["!!"]
+    node: Any = data
+    for part in path[:-1]:
+        node = node[part] if isinstance(part, int) else node.setdefault(part, {})
+    node[path[-1]] = value
+    shown = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+    return shown.lstrip(".") + ("[0]" if isinstance(value, list) else ".!!" if isinstance(value, dict) else "")
+
+
+STAGE_PATTERNS = list(pattern_constrained(StageSettings))
+PIPELINE_PATTERNS = list(pattern_constrained(PipelineSettings))
+
+
+def test_pattern_constrained_fields_are_all_found() -> None:
+    assert {("region",), ("models", 0, "resources", "memory"), ("cluster", "admin_principal_arns", 0)} <= set(
+        STAGE_PATTERNS
+    )
+    assert ("models", 0, "env", KEY) in STAGE_PATTERNS
+    assert {("connection_arn",), ("stages", 0, "name")} <= set(PIPELINE_PATTERNS)
+
+
+def assert_in_words(message: str, field: str) -> None:
+    assert f"{field}: '!!' is not " in message
+    explanation = message.split(f"{field}: ", 1)[1].splitlines()[0]
+    for programmers_words in ("^", "$", "[", "String should match pattern", "NoneType", "Tuple"):
+        assert programmers_words not in explanation, explanation
+
+
+@pytest.mark.parametrize("path", STAGE_PATTERNS, ids=lambda path: ".".join(map(str, path)))
+def test_invalid_value_of_a_stage_pattern_is_explained_in_words(path: tuple[Any, ...]) -> None:
+    if path == ("name",):  # the stage's name comes from its file's name
+        message = rejected(stage_data(), "!!")
+        assert message.startswith("stage '!!' is not a valid stage name: expected a name of")
+        assert not any(words in message for words in ("^", "$", "[", "NoneType", "Tuple"))
+        return
+    data = stage_data()
+    field = with_invalid_value(data, path)
+    assert_in_words(rejected(data), field)
+
+
+@pytest.mark.parametrize("path", PIPELINE_PATTERNS, ids=lambda path: ".".join(map(str, path)))
+def test_invalid_value_of_a_pipeline_pattern_is_explained_in_words(path: tuple[Any, ...]) -> None:
+    data = yaml.safe_load(PIPELINE_FILE.read_text())
+    field = with_invalid_value(data, path)
+    with pytest.raises(SettingsError) as caught:
+        parse_pipeline_settings(data)
+    assert_in_words(str(caught.value), field)

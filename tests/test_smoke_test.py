@@ -1,31 +1,51 @@
-"""scripts/smoke_test.py against a real HTTP server on 127.0.0.1 that answers like an OpenAI-compatible API."""
+"""scripts/smoke_test.py against a real HTTP server on 127.0.0.1 that answers like an OpenAI-compatible API,
+and against a fake kubectl (first on PATH) that prints the Deployment's successive states."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from scripts.smoke_test import MAX_TOKENS, PROMPT, SmokeTestError, ask
+from scripts import smoke_test
+from scripts.smoke_test import (
+    MAX_TOKENS,
+    PROMPT,
+    Answer,
+    SmokeTestError,
+    ask,
+    chat_request,
+    main,
+    rollout_complete,
+    wait_for_rollout,
+)
 from tests.conftest import ROOT
 
 MODEL = "openai/gpt-oss-20b"
+REASONING = "The user asks what machine learning is. I should explain briefly."
 
 
-def completion(content: str) -> bytes:
-    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
+def completion(content: str | None, finish_reason: str | None = "stop", **reasoning: str | None) -> bytes:
+    """A vLLM chat completion; `reasoning` is vLLM 0.11.2's reasoning_content or newer versions' reasoning."""
+    message = {"role": "assistant", "content": content, **reasoning}
+    return json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]}).encode()
 
 
 BEHAVIOURS: dict[str, tuple[int, bytes]] = {
-    "good": (200, completion("Machine learning is a branch of computer science.")),
+    "good": (200, completion("Machine learning is a branch of computer science.", reasoning_content=REASONING)),
+    "reasoning only": (200, completion(None, "length", reasoning_content=REASONING)),
+    "newer reasoning field": (200, completion(None, "length", reasoning=REASONING)),
     "empty": (200, completion("   ")),
+    "null": (200, completion(None, "length", reasoning_content=None)),
     "error": (500, b'{"error": "CUDA out of memory"}'),
     "malformed": (200, b"<html>not json</html>"),
 }
@@ -69,22 +89,44 @@ def server(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.mark.parametrize("server", ["good"], indirect=True)
 def test_a_good_answer_passes_and_the_request_is_the_walkthroughs(server: str) -> None:
-    assert ask(server, MODEL, timeout=5) == "Machine learning is a branch of computer science."
+    assert ask(server, MODEL, timeout=5) == Answer(
+        text="Machine learning is a branch of computer science.", reasoning=REASONING, finish_reason="stop"
+    )
     (sent,) = FakeVllm.requests
     assert sent["path"] == "/v1/chat/completions"
+    assert sent["body"] == chat_request(MODEL)
     assert sent["body"]["model"] == MODEL
     assert (
         sent["body"]["messages"]
         == [{"role": "user", "content": PROMPT}]
         == [{"role": "user", "content": "What is machine learning?"}]
     )
-    assert sent["body"]["max_tokens"] == MAX_TOKENS == 100
+    assert sent["body"]["temperature"] == 0.7
+
+
+def test_the_request_leaves_gpt_oss_room_to_answer_after_reasoning() -> None:
+    request = chat_request(MODEL)
+    assert request["reasoning_effort"] == "low"
+    assert request["max_tokens"] == MAX_TOKENS == 512
+
+
+@pytest.mark.parametrize("server", ["reasoning only", "newer reasoning field"], indirect=True)
+def test_an_answer_with_only_reasoning_passes_and_says_it_was_cut_off(server: str) -> None:
+    assert ask(server, MODEL, timeout=5) == Answer(text="", reasoning=REASONING, finish_reason="length")
 
 
 @pytest.mark.parametrize(
     ("server", "message"),
     [
-        ("empty", "openai/gpt-oss-20b: the answer is empty"),
+        (
+            "empty",
+            'openai/gpt-oss-20b: the answer is empty: {"index": 0, "message": {"role": "assistant", "content": "   "}',
+        ),
+        (
+            "null",
+            'openai/gpt-oss-20b: the answer is empty: {"index": 0, "message": {"role": "assistant", "content": null, '
+            '"reasoning_content": null}, "finish_reason": "length"}',
+        ),
         ("error", "openai/gpt-oss-20b: HTTP 500 from http://127.0.0.1:"),
         ("malformed", "openai/gpt-oss-20b: the answer is not an OpenAI chat completion: b'<html>not json</html>'"),
     ],
@@ -122,4 +164,188 @@ def test_command_exits_zero_only_when_the_model_answers(server: str, exit_code: 
     if exit_code:
         assert result.stderr.startswith("smoke test failed: openai/gpt-oss-20b: HTTP 500")
     else:
-        assert result.stdout.startswith("openai/gpt-oss-20b answered: Machine learning")
+        assert result.stdout.startswith("openai/gpt-oss-20b answered (finish_reason stop): Machine learning")
+
+
+@pytest.mark.parametrize("server", ["reasoning only"], indirect=True)
+def test_command_prints_the_reasoning_and_the_finish_reason_when_the_content_is_empty(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--url", server, "--model", MODEL, "--request-timeout", "5"]) == 0
+    assert capsys.readouterr().out == (
+        f"openai/gpt-oss-20b answered only in its reasoning (finish_reason length: cut off at 512 tokens): "
+        f"{REASONING}\n"
+    )
+
+
+@pytest.mark.parametrize("server", ["null"], indirect=True)
+def test_command_fails_when_neither_content_nor_reasoning_came_back(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--url", server, "--model", MODEL, "--request-timeout", "5"]) == 1
+    assert capsys.readouterr().err.startswith('smoke test failed: openai/gpt-oss-20b: the answer is empty: {"index"')
+
+
+# The rollout wait, against a fake kubectl and a fake clock: no real waiting.
+
+NAMESPACE = "gpt-oss-20b"
+TIMED_OUT = ("False", "ProgressDeadlineExceeded", 'ReplicaSet "gpt-oss-20b-6d4f" has timed out progressing.')
+PROGRESSING = ("True", "ReplicaSetUpdated", 'ReplicaSet "gpt-oss-20b-6d4f" is progressing.')
+AVAILABLE = ("True", "NewReplicaSetAvailable", 'ReplicaSet "gpt-oss-20b-6d4f" has successfully progressed.')
+
+
+def deployment(
+    *,
+    generation: int = 2,
+    observed: int = 2,
+    wanted: int = 1,
+    present: int = 1,
+    updated: int = 1,
+    available: int = 1,
+    progressing: tuple[str, str, str] = AVAILABLE,
+) -> dict[str, Any]:
+    """`kubectl get deployment -o json`, as the API server writes it: counts that are 0 left out."""
+    counts = {"observedGeneration": observed, "replicas": present, "updatedReplicas": updated}
+    status, reason, message = progressing
+    return {
+        "metadata": {"name": NAMESPACE, "namespace": NAMESPACE, "generation": generation},
+        "spec": {"replicas": wanted, "progressDeadlineSeconds": 660},
+        "status": {
+            **{key: value for key, value in counts.items() if value},
+            **({"availableReplicas": available} if available else {}),
+            "conditions": [
+                {"type": "Available", "status": "True" if available else "False"},
+                {"type": "Progressing", "status": status, "reason": reason, "message": message},
+            ],
+        },
+    }
+
+
+class FakeKubectl:
+    """An executable named kubectl that logs its arguments and answers with the next of `answers` (then the last)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        script = directory / "kubectl"
+        script.write_text(
+            f"#!{sys.executable}\n"
+            "import json, pathlib, sys\n"
+            "here = pathlib.Path(__file__).parent\n"
+            "with (here / 'calls.jsonl').open('a') as log:\n"
+            "    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+            "answers = json.loads((here / 'answers.json').read_text())\n"
+            "calls = len((here / 'calls.jsonl').read_text().splitlines())\n"
+            "returncode, stdout, stderr = answers[min(calls, len(answers)) - 1]\n"
+            "sys.stdout.write(stdout)\n"
+            "sys.stderr.write(stderr)\n"
+            "sys.exit(returncode)\n"
+        )
+        script.chmod(0o755)
+
+    def answer(self, *states: dict[str, Any]) -> None:
+        (self.directory / "answers.json").write_text(json.dumps([[0, json.dumps(state), ""] for state in states]))
+
+    def fail(self, returncode: int, stderr: str) -> None:
+        (self.directory / "answers.json").write_text(json.dumps([[returncode, "", stderr]]))
+
+    @property
+    def calls(self) -> list[list[str]]:
+        log = self.directory / "calls.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+class FakeClock:
+    """Stands in for the time module in scripts.smoke_test: sleeping only moves the clock on."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKubectl:
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return FakeKubectl(tmp_path)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(smoke_test, "time", fake)
+    return fake
+
+
+GET_DEPLOYMENT = ["-n", NAMESPACE, "get", "deployment", NAMESPACE, "-o", "json"]
+
+
+def test_the_rollout_wait_goes_on_past_the_progress_deadline(
+    kubectl: FakeKubectl, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubectl.answer(
+        deployment(updated=1, available=0, progressing=PROGRESSING),
+        deployment(updated=1, available=0, progressing=TIMED_OUT),
+        deployment(updated=1, available=0, progressing=TIMED_OUT),
+        deployment(),
+    )
+    wait_for_rollout(NAMESPACE, NAMESPACE, timeout=1800, interval=10)
+    assert kubectl.calls == [GET_DEPLOYMENT] * 4
+    assert clock.sleeps == [10, 10, 10]
+    # Noted once, with the time left, and no failure.
+    assert capsys.readouterr().err == (
+        "deployment gpt-oss-20b/gpt-oss-20b is past the Deployment's progress deadline; still waiting up to 1790 s\n"
+    )
+
+
+def test_a_rollout_that_never_completes_fails_after_the_timeout_with_the_last_status(
+    kubectl: FakeKubectl, clock: FakeClock
+) -> None:
+    kubectl.answer(
+        deployment(present=0, updated=0, available=0, progressing=PROGRESSING),
+        deployment(updated=1, available=0, progressing=TIMED_OUT),
+    )
+    with pytest.raises(SmokeTestError) as failure:
+        wait_for_rollout(NAMESPACE, NAMESPACE, timeout=25, interval=10)
+    assert str(failure.value) == (
+        "deployment gpt-oss-20b/gpt-oss-20b did not roll out within 25 s; last status: 1 wanted, 1 present, "
+        '1 updated, 0 available; Progressing False (ProgressDeadlineExceeded): ReplicaSet "gpt-oss-20b-6d4f" '
+        "has timed out progressing."
+    )
+    # Polled at 0, 10, 20 and 25 s: not a moment past the timeout.
+    assert len(kubectl.calls) == 4
+    assert clock.sleeps == [10, 10, 5]
+
+
+def test_a_kubectl_error_fails_the_rollout_wait_at_once(kubectl: FakeKubectl, clock: FakeClock) -> None:
+    kubectl.fail(1, 'Error from server (NotFound): deployments.apps "gpt-oss-20b" not found\n')
+    with pytest.raises(SmokeTestError) as failure:
+        wait_for_rollout(NAMESPACE, NAMESPACE, timeout=1800, interval=10)
+    assert str(failure.value) == (
+        'cannot read deployment gpt-oss-20b/gpt-oss-20b: Error from server (NotFound): deployments.apps "gpt-oss-20b" '
+        "not found"
+    )
+    assert len(kubectl.calls) == 1
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("state", "complete"),
+    [
+        (deployment(), True),
+        (deployment(wanted=2, present=2, updated=2, available=2), True),
+        (deployment(progressing=TIMED_OUT), True),  # what counts is the replicas, as for kubectl
+        (deployment(observed=1), False),  # the new spec not yet seen by the controller
+        (deployment(updated=0, available=1), False),  # the old replica still serves
+        (deployment(present=2, updated=1, available=1), False),  # an old replica still to go
+        (deployment(available=0), False),  # the new replica not yet ready
+        (deployment(wanted=2, present=2, updated=2, available=1), False),
+    ],
+)
+def test_a_rollout_is_complete_by_kubectls_rule(state: dict[str, Any], complete: bool) -> None:
+    assert rollout_complete(state) is complete

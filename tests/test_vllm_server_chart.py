@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from charts.cold_start import progress_deadline_seconds, startup_probe_seconds
-from charts.vllm_server import CONTAINER_SECURITY_CONTEXT
-from settings import load_stage_settings
-from tests.conftest import find, render_charts
+from charts.model_loader import harmony_encodings
+from charts.sizing import gpu_memory_needed_mib
+from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, vllm_env
+from settings import load_stage_settings, parse_stage_settings
+from tests.conftest import find, render_charts, stage_data
 
 MODEL_CHART = "Model-gpt-oss-20b"
 
@@ -66,6 +68,7 @@ def test_container_serves_the_walkthroughs_model_from_the_file_system(container:
     assert container["args"] == [
         "/models/gpt-oss-20b",
         "--served-model-name=openai/gpt-oss-20b",
+        "--port=8000",
         "--gpu-memory-utilization=0.90",
         "--tensor-parallel-size=1",
         "--max-model-len=20000",
@@ -73,8 +76,48 @@ def test_container_serves_the_walkthroughs_model_from_the_file_system(container:
     assert container["ports"] == [{"containerPort": 8000}]
     env = {variable["name"]: variable["value"] for variable in container["env"]}
     assert env["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN"
-    assert env["PORT"] == "8000"
+    assert "PORT" not in env  # vLLM reads --port, which comes from the same constant as containerPort
     assert env["HF_HUB_OFFLINE"] == "1"  # a replica never downloads weights
+
+
+def test_a_replica_calls_nothing_outside_the_vpc(container: dict[str, Any]) -> None:
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    # No usage statistics (vllm/envs.py reads both), no Hub, and the harmony tokenizer's encodings
+    # from the model store instead of openaipublic.blob.core.windows.net.
+    assert env["VLLM_NO_USAGE_STATS"] == env["DO_NOT_TRACK"] == env["HF_HUB_OFFLINE"] == "1"
+    assert env["TIKTOKEN_ENCODINGS_BASE"] == "/models/tiktoken_encodings"
+    assert {"mountPath": "/models", "name": "weights", "readOnly": True, "subPath": "models"} in container[
+        "volumeMounts"
+    ]
+
+
+def test_only_gpt_oss_models_read_harmony_encodings() -> None:
+    data = stage_data()
+    data["models"][0] |= {"name": "qwen3-8b", "model": "Qwen/Qwen3-8B", "weights_gb": 16.4}
+    settings = parse_stage_settings("dev", data)
+    assert harmony_encodings(settings.models[0]) == ()
+    assert "TIKTOKEN_ENCODINGS_BASE" not in vllm_env(settings.models[0])
+    assert harmony_encodings(load_stage_settings("dev").models[0]) == ("o200k_base.tiktoken", "cl100k_base.tiktoken")
+
+
+def test_weights_volume_uses_an_access_mode_the_fsx_csi_driver_accepts(objects: list[dict[str, Any]]) -> None:
+    # kubernetes-sigs/aws-fsx-csi-driver pkg/driver/controller.go `volumeCaps`: only these two.
+    # Kubernetes hands the driver the CSI mode of the access mode (ReadOnlyMany is
+    # MULTI_NODE_READER_ONLY, refused with "Volume capability not supported").
+    csi_mode = {
+        "ReadWriteOnce": "SINGLE_NODE_WRITER",
+        "ReadOnlyMany": "MULTI_NODE_READER_ONLY",
+        "ReadWriteMany": "MULTI_NODE_MULTI_WRITER",
+        "ReadWriteOncePod": "SINGLE_NODE_SINGLE_WRITER",
+    }
+    driver_accepts = {"SINGLE_NODE_WRITER", "MULTI_NODE_MULTI_WRITER"}
+    volume, claim = find(objects, "PersistentVolume"), find(objects, "PersistentVolumeClaim")
+    for obj in (volume, claim):
+        # Many nodes mount it at once: the multi-node mode.
+        assert obj["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert {csi_mode[mode] for mode in obj["spec"]["accessModes"]} <= driver_accepts
+    # Read-only all the same: the driver mounts with "ro" when the volume is published read-only.
+    assert volume["spec"]["csi"]["readOnly"] is True
 
 
 def test_weights_are_mounted_read_only_from_the_model_volume(pod: dict[str, Any], container: dict[str, Any]) -> None:
@@ -87,7 +130,7 @@ def test_weights_are_mounted_read_only_from_the_model_volume(pod: dict[str, Any]
 
 def test_image_comes_through_the_pull_through_cache(container: dict[str, Any]) -> None:
     assert container["image"] == (
-        "<account>.dkr.ecr.us-west-2.amazonaws.com/ecr-public/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
+        "<account>.dkr.ecr.us-west-2.amazonaws.com/ecr-public/dev/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
     )
 
 
@@ -105,6 +148,14 @@ def test_requests_are_sized_for_vllm_not_cdk8s_plus_defaults(container: dict[str
     assert resources["requests"]["ephemeral-storage"] == "20Gi"
     # No CPU limit: throttling a loading server only slows its start.
     assert "cpu" not in resources["limits"]
+
+
+def test_pod_asks_for_gpus_that_hold_its_shard_of_the_weights(pod: dict[str, Any]) -> None:
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    needed = gpu_memory_needed_mib(load_stage_settings("dev").models[0])
+    assert term["matchExpressions"] == [
+        {"key": "eks.amazonaws.com/instance-gpu-memory", "operator": "Gt", "values": [str(needed - 1)]}
+    ]
 
 
 def test_pod_tolerates_the_gpu_taint(pod: dict[str, Any]) -> None:
@@ -126,8 +177,10 @@ def test_startup_probe_allows_the_cold_start_budget(container: dict[str, Any]) -
     assert probe["periodSeconds"] * probe["failureThreshold"] == budget == 480
 
 
-def test_readiness_waits_for_the_model_to_serve(container: dict[str, Any]) -> None:
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+def test_readiness_asks_the_route_that_reports_a_dead_engine(container: dict[str, Any]) -> None:
+    # vLLM 0.11.2 serves HTTP only once the engine is ready, and /health answers 503 when it has
+    # died, where /v1/models keeps answering 200.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000, "scheme": "HTTP"}
 
 
 def test_liveness_runs_only_after_startup_and_tolerates_a_busy_server(container: dict[str, Any]) -> None:
@@ -163,7 +216,7 @@ def test_non_root_server_has_writable_home_and_tmp(pod: dict[str, Any], containe
     assert mounts["/tmp"] == "tmp"
     env = {variable["name"]: variable["value"] for variable in container["env"]}
     assert env["HOME"] == "/home/vllm"
-    assert env["USER"]  # torch looks the user name up; uid 1000 has no passwd entry
+    assert env["USER"]  # torch looks the user name up; uid 10001 has no passwd entry
     assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsUser"]
 
 
@@ -183,7 +236,7 @@ def test_rollout_keeps_every_replica_serving(objects: list[dict[str, Any]]) -> N
     spec = find(objects, "Deployment")["spec"]
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     settings = load_stage_settings("dev")
-    assert spec["progressDeadlineSeconds"] == progress_deadline_seconds(settings, settings.models[0]) == 660
+    assert spec["progressDeadlineSeconds"] == progress_deadline_seconds(settings, settings.models[0]) == 960
 
 
 def test_service_is_the_walkthroughs(objects: list[dict[str, Any]]) -> None:

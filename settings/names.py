@@ -1,0 +1,136 @@
+"""Every name derived from the settings, each built beside the limit of the system that receives it.
+
+A name too long for Kubernetes, IAM or CodeBuild passes `cdk synth` and fails only in the deploy,
+so settings.model refuses a model or cluster name that leaves one of them no room: the largest
+allowed length follows from MODEL_NAME_LIMITS and CLUSTER_NAME_LIMITS, whatever the names become.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+
+class NameLimit(NamedTuple):
+    """A name derived from one setting, and the most characters the system receiving it accepts.
+
+    `derive` puts a fixed prefix and suffix around the setting, so the setting may be at most
+    `limit - len(derive(""))` characters long.
+    """
+
+    what: str
+    derive: Callable[[str], str]
+    limit: int
+
+
+# --- from a model's name ---
+
+# Namespace names are DNS-1123 labels: at most 63 characters (Kubernetes docs, "Namespaces";
+# apimachinery validation.DNS1123LabelMaxLength).
+NAMESPACE_MAX = 63
+
+
+def namespace(model_name: str) -> str:
+    """Each model runs in a namespace of its own, named after it."""
+    return model_name
+
+
+def is_reserved_namespace(name: str) -> bool:
+    """`default` exists in every cluster, and `kube-` is reserved for Kubernetes' own namespaces
+    (kube-system, kube-public, kube-node-lease; Kubernetes docs, "Namespaces")."""
+    return name == "default" or name.startswith("kube-")
+
+
+# Label values: at most 63 characters (Kubernetes docs, "Labels and Selectors", syntax and character set).
+LABEL_VALUE_MAX = 63
+
+
+def app_label(model_name: str) -> str:
+    """The `app` label that selects a model's pods, as in `kubectl get pods -l app=...`."""
+    return f"vllm-{model_name}"
+
+
+# CronJob names: at most 52 characters, because the controller names each Job after the CronJob
+# plus 11 characters ("-" and the scheduled time) and a Job's name is also its pods' `job-name`
+# label value (kubernetes/kubernetes pkg/apis/batch/validation/validation.go, ValidateCronJobCreate).
+CRONJOB_NAME_MAX = 52
+
+
+def preload_job_name(model_name: str) -> str:
+    """The suspended CronJob that preloads a model's weights: a template to start Jobs from."""
+    return f"preload-{model_name}"
+
+
+# `date +%s` in the preload command: 10 digits from 2001 until 2286.
+PRELOAD_STARTED_EXAMPLE = "1767225600"
+
+
+def preload_run_name(model_name: str, started: str) -> str:
+    """A Job the preload command starts from the CronJob, `started` being `$(date +%s)`.
+
+    Its name becomes its pods' `job-name` label value, so it must fit LABEL_VALUE_MAX.
+    """
+    return f"{preload_job_name(model_name)}-{started}"
+
+
+# PersistentVolume names are DNS-1123 subdomains: at most 253 characters (Kubernetes docs,
+# "Object Names and IDs").
+PERSISTENT_VOLUME_NAME_MAX = 253
+
+
+def weights_volume_name(model_name: str) -> str:
+    """The cluster-scoped volume onto the file system that a model's namespace claims."""
+    return f"model-weights-{model_name}"
+
+
+def output_id(model_name: str) -> str:
+    """The CamelCase prefix of a model's stack output ids, e.g. GptOss20b for gpt-oss-20b.
+
+    CloudFormation logical ids: alphanumeric, at most 255 characters (CloudFormation User Guide,
+    "Outputs"); a model name of at most NAMESPACE_MAX characters leaves plenty of room, so this
+    is not among MODEL_NAME_LIMITS. Different names may give the same id (qwen3-8b and qwen38b):
+    settings.model refuses that.
+    """
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]", model_name))
+
+
+# In order: where two limits leave the same room, the first names it.
+MODEL_NAME_LIMITS = (
+    NameLimit("namespace", namespace, NAMESPACE_MAX),
+    NameLimit("app label", app_label, LABEL_VALUE_MAX),
+    NameLimit("preload CronJob name", preload_job_name, CRONJOB_NAME_MAX),
+    NameLimit(
+        "preload Job name (its pods' job-name label)",
+        lambda name: preload_run_name(name, PRELOAD_STARTED_EXAMPLE),
+        LABEL_VALUE_MAX,
+    ),
+    NameLimit("weights PersistentVolume name", weights_volume_name, PERSISTENT_VOLUME_NAME_MAX),
+)
+
+
+# --- from the cluster's name ---
+
+# CodeBuild project names: 2 to 255 characters matching [A-Za-z0-9][A-Za-z0-9\-_]{1,254}
+# (CodeBuild API Reference, CreateProject: name).
+CODEBUILD_PROJECT_NAME_MAX = 255
+
+
+def smoke_test_project_name(cluster_name: str) -> str:
+    """The CodeBuild project that runs the post-deploy smoke test."""
+    return f"{cluster_name}-smoke-test"
+
+
+# IAM role names: at most 64 characters (IAM User Guide, "IAM and AWS STS quotas").
+IAM_ROLE_NAME_MAX = 64
+
+
+def smoke_test_trigger_role_name(cluster_name: str) -> str:
+    """The role the stage's (or the pipeline's) account assumes to start the smoke test."""
+    return f"{cluster_name}-smoke-test-trigger"
+
+
+CLUSTER_NAME_LIMITS = (
+    NameLimit("CodeBuild project name", smoke_test_project_name, CODEBUILD_PROJECT_NAME_MAX),
+    NameLimit("IAM role name", smoke_test_trigger_role_name, IAM_ROLE_NAME_MAX),
+)

@@ -1,0 +1,51 @@
+"""Names derived from the settings: as the charts and stacks spell them, and within their systems' limits."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from settings import names
+from settings.model import MAX_CLUSTER_NAME_LENGTH, MAX_MODEL_NAME_LENGTH
+
+
+def test_names_derived_from_a_model_name() -> None:
+    assert names.namespace("gpt-oss-20b") == "gpt-oss-20b"
+    assert names.app_label("gpt-oss-20b") == "vllm-gpt-oss-20b"
+    assert names.preload_job_name("gpt-oss-20b") == "preload-gpt-oss-20b"
+    assert names.preload_run_name("gpt-oss-20b", "$(date +%s)") == "preload-gpt-oss-20b-$(date +%s)"
+    assert names.weights_volume_name("gpt-oss-20b") == "model-weights-gpt-oss-20b"
+    assert names.output_id("gpt-oss-20b") == "GptOss20b"
+
+
+def test_names_derived_from_a_cluster_name() -> None:
+    assert names.smoke_test_project_name("gpu-inference-dev") == "gpu-inference-dev-smoke-test"
+    assert names.smoke_test_trigger_role_name("gpu-inference-dev") == "gpu-inference-dev-smoke-test-trigger"
+
+
+def test_longest_names_allowed() -> None:
+    # preload-<name> must fit a CronJob name (52); smoke-test-trigger role names an IAM role (64).
+    assert (MAX_MODEL_NAME_LENGTH, MAX_CLUSTER_NAME_LENGTH) == (44, 45)
+
+
+@pytest.mark.parametrize(
+    ("limits", "longest"),
+    [(names.MODEL_NAME_LIMITS, MAX_MODEL_NAME_LENGTH), (names.CLUSTER_NAME_LIMITS, MAX_CLUSTER_NAME_LENGTH)],
+)
+def test_every_derived_name_of_the_longest_allowed_name_fits(limits: tuple[names.NameLimit, ...], longest: int) -> None:
+    for limit in limits:
+        assert len(limit.derive("a" * longest)) <= limit.limit, limit.what
+    assert any(len(limit.derive("a" * (longest + 1))) > limit.limit for limit in limits)
+
+
+def test_preload_run_example_is_what_date_prints() -> None:
+    assert re.fullmatch(r"[0-9]{10}", names.PRELOAD_STARTED_EXAMPLE)
+
+
+@pytest.mark.parametrize(
+    ("name", "reserved"),
+    [("default", True), ("kube-system", True), ("kube-node-lease", True), ("kubeflow", False), ("qwen3-8b", False)],
+)
+def test_reserved_namespaces(name: str, reserved: bool) -> None:
+    assert names.is_reserved_namespace(name) is reserved
