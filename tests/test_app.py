@@ -50,6 +50,16 @@ def test_unknown_stage_stops_before_synthesis(tmp_path: Path) -> None:
     assert not list(outdir.glob("**/*.template.json"))
 
 
+def test_stage_name_cdk_would_reject_stops_before_synthesis(tmp_path: Path) -> None:
+    outdir = tmp_path / "cdk.out"
+    process = cdk_synth("-c", "stage=Dev Stage", "-o", str(outdir))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "synth stopped, nothing was written: stage 'Dev Stage' is not a valid stage name" in stderr
+    assert "Traceback" not in stderr
+    assert not list(outdir.glob("**/*.template.json"))
+
+
 def copy_of_the_project(tmp_path: Path) -> Path:
     """The project's sources in a scratch folder, sharing the installed .venv and node_modules."""
     project = tmp_path / "project"

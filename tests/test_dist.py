@@ -39,3 +39,20 @@ def test_unknown_stage_writes_nothing(tmp_path: Path) -> None:
     assert process.returncode == 1
     assert "manifests not written: unknown stage 'qa'" in process.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_stage_name_cdk_would_reject_writes_nothing(tmp_path: Path) -> None:
+    outdir = tmp_path / "dist"
+    result = subprocess.run(
+        [sys.executable, "-m", "charts", "--stage", "my_stage", "--outdir", str(outdir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "manifests not written: stage 'my_stage' is not a valid stage name: expected a name of lower-case" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert not outdir.exists()
