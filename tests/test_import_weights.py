@@ -1,0 +1,813 @@
+"""scripts/import_weights.py against a stand-in for the Hugging Face Hub on 127.0.0.1 (the endpoints and headers
+huggingface_hub uses) and moto's server for S3 and Secrets Manager. Fully offline.
+
+Most runs call main() in this process, with huggingface_hub's endpoint constants pointed at the stand-in and an
+injected sleep (which, with --mount, also plays the data repository association); one runs the script as the
+Job does, in a subprocess with HF_ENDPOINT and AWS_ENDPOINT_URL set.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import boto3
+import huggingface_hub.constants
+import huggingface_hub.file_download
+import pytest
+from moto.server import ThreadedMotoServer
+
+from scripts import import_weights
+from scripts.import_weights import MARKER, main, matches, select_files
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "import_weights.py"
+REPO = "test-org/tiny-model"
+PREFIX = "tiny-model/main"
+REGION = "us-east-1"
+TOKEN = "hf_test_token"
+ROOT_FILES = ("config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "tokenizer.json")
+ENCODINGS = {"o200k_base.tiktoken": b"aGVsbG8= 0\nd29ybGQ= 1\n", "cl100k_base.tiktoken": b"IQ== 0\n"}
+ENCODING_SHA256 = {name: hashlib.sha256(data).hexdigest() for name, data in ENCODINGS.items()}
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(data: bytes) -> bytes:
+    sha256 = hashlib.sha256(data).hexdigest()
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n".encode()
+
+
+@dataclass
+class FakeRepo:
+    """A repository at one commit; `token` makes it gated (downloads need `Authorization: Bearer <token>`)."""
+
+    repo_id: str
+    files: dict[str, bytes]
+    lfs: set[str]
+    commit: str = field(default_factory=lambda: secrets.token_hex(20))
+    token: str | None = None
+    gate_api: bool = False  # the real Hub lists a gated repo's files to anyone; some setups may not
+
+    def resolve(self, revision: str) -> str | None:
+        return self.commit if revision in ("main", self.commit) else None
+
+    def sibling(self, path: str) -> dict[str, Any]:
+        data = self.files[path]
+        if path not in self.lfs:
+            return {"rfilename": path, "size": len(data), "blobId": git_blob_id(data)}
+        pointer = lfs_pointer(data)
+        lfs = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": len(pointer)}
+        return {"rfilename": path, "size": len(data), "blobId": git_blob_id(pointer), "lfs": lfs}
+
+
+def tiny_repo(**options: Any) -> FakeRepo:
+    """gpt-oss's layout in miniature: root shards and configs, plus original/ and metal/ that vLLM does not use."""
+    files = {
+        "config.json": b'{"model_type": "tiny", "hidden_size": 8}\n',
+        "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
+        "model-00001-of-00002.safetensors": os.urandom(96_000),
+        "model-00002-of-00002.safetensors": os.urandom(128_000),
+        "original/model.safetensors": os.urandom(50_000),
+        "metal/model.bin": os.urandom(40_000),
+        "README.md": b"# tiny\n",
+    }
+    lfs = {path for path in files if path.endswith((".safetensors", ".bin"))}
+    return FakeRepo(REPO, files, lfs, **options)
+
+
+@dataclass
+class Request:
+    method: str
+    kind: str  # api, resolve, lfs, encodings
+    file: str | None
+    range: str | None
+    authorization: str | None
+
+
+@dataclass
+class FakeHub:
+    """What the stand-in serves, what it is told to do wrong, and every request it answered."""
+
+    url: str = ""
+    repos: dict[str, FakeRepo] = field(default_factory=dict)
+    encodings: dict[str, bytes] = field(default_factory=dict)
+    cuts: dict[str, int] = field(default_factory=dict)  # cut the body of this file short, this many times
+    served_instead: dict[str, bytes] = field(default_factory=dict)  # corrupt a file in transit
+    requests: list[Request] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, repo: FakeRepo) -> FakeRepo:
+        self.repos[repo.repo_id] = repo
+        return repo
+
+    def take_cut(self, path: str) -> bool:
+        with self.lock:
+            if self.cuts.get(path, 0) <= 0:
+                return False
+            self.cuts[path] -= 1
+            return True
+
+    def touched(self) -> set[str]:
+        """Repo files the client asked about or downloaded."""
+        return {r.file for r in self.requests if r.file and r.kind in ("resolve", "lfs")}
+
+    def downloads(self, path: str) -> list[Request]:
+        return [r for r in self.requests if r.method == "GET" and r.kind in ("resolve", "lfs") and r.file == path]
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    """GET /api/models/{repo}/revision/{rev}; HEAD and GET /{repo}/resolve/{rev}/{path}; GET /lfs/{sha256}."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stalls
+    hub: ClassVar[FakeHub]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.answer(head=True)
+
+    def do_GET(self) -> None:
+        self.answer(head=False)
+
+    def answer(self, *, head: bool) -> None:
+        # Split before unquoting: model_info quotes the revision with safe="" ("refs/pr/1" -> "refs%2Fpr%2F1").
+        parts = [unquote(part) for part in urlsplit(self.path).path.split("/")[1:]]
+        if parts[:2] == ["api", "models"] and len(parts) == 6 and parts[4] == "revision":
+            self.model_info(f"{parts[2]}/{parts[3]}", parts[5], head)
+        elif len(parts) >= 5 and parts[2] == "resolve":
+            self.resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), head)
+        elif len(parts) == 2 and parts[0] == "lfs":
+            self.lfs_object(parts[1], head)
+        elif len(parts) == 2 and parts[0] == "encodings" and parts[1] in self.hub.encodings:
+            self.log("encodings", parts[1])
+            self.send_body(parts[1], self.hub.encodings[parts[1]], head, {})
+        else:
+            self.log("other", None)
+            self.error(404, None, "Not found", head)
+
+    def log(self, kind: str, file: str | None) -> None:
+        request = Request(self.command, kind, file, self.headers.get("Range"), self.headers.get("Authorization"))
+        with self.hub.lock:
+            self.hub.requests.append(request)
+
+    def error(self, status: int, code: str | None, message: str, head: bool) -> None:
+        body = json.dumps({"error": message}).encode()
+        self.send_response(status)
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def gate(self, repo: FakeRepo, head: bool) -> bool:
+        """Answer like the Hub for a gated repo: 401 without a token, 403 with one that has no access."""
+        authorization = self.headers.get("Authorization")
+        if repo.token is None or authorization == f"Bearer {repo.token}":
+            return True
+        if authorization is None:
+            message = f"Access to model {repo.repo_id} is restricted. You must be authenticated to access it."
+            self.error(401, "GatedRepo", message, head)
+        else:
+            message = f"Access to model {repo.repo_id} is restricted and you are not in the authorized list."
+            self.error(403, "GatedRepo", message, head)
+        return False
+
+    def find(self, repo_id: str, revision: str, head: bool) -> tuple[FakeRepo, str] | None:
+        repo = self.hub.repos.get(repo_id)
+        if repo is None:
+            self.error(404, "RepoNotFound", "Repository not found", head)
+            return None
+        commit = repo.resolve(revision)
+        if commit is None:
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
+            return None
+        return repo, commit
+
+    def model_info(self, repo_id: str, revision: str, head: bool) -> None:
+        self.log("api", None)
+        repo = self.hub.repos.get(repo_id)
+        if repo is not None and repo.gate_api and not self.gate(repo, head):
+            return
+        found = self.find(repo_id, revision, head)
+        if found is None:
+            return
+        repo, commit = found
+        info = {
+            "id": repo.repo_id,
+            "modelId": repo.repo_id,
+            "sha": commit,
+            "private": False,
+            "gated": "manual" if repo.token else False,
+            "siblings": [repo.sibling(path) for path in sorted(repo.files)],
+        }
+        self.send_body(None, json.dumps(info).encode(), head, {"Content-Type": "application/json"})
+
+    def resolve(self, repo_id: str, revision: str, path: str, head: bool) -> None:
+        self.log("resolve", path)
+        found = self.find(repo_id, revision, head)
+        if found is None:
+            return
+        repo, commit = found
+        if not self.gate(repo, head):
+            return
+        if path not in repo.files:
+            self.error(404, "EntryNotFound", f"{path} does not exist on {commit}", head)
+            return
+        data = repo.files[path]
+        if path in repo.lfs:
+            # LFS files redirect to the CDN (here: /lfs/<sha256> on this server) and describe the linked blob.
+            sha256 = hashlib.sha256(data).hexdigest()
+            self.send_response(302)
+            self.send_header("Location", f"http://{self.headers['Host']}/lfs/{sha256}")
+            self.send_header("X-Repo-Commit", commit)
+            self.send_header("X-Linked-Etag", f'"{sha256}"')
+            self.send_header("X-Linked-Size", str(len(data)))
+            self.send_header("ETag", f'"{git_blob_id(lfs_pointer(data))}"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{git_blob_id(data)}"'}
+        self.send_body(path, self.hub.served_instead.get(path, data), head, headers)
+
+    def lfs_object(self, sha256: str, head: bool) -> None:
+        for repo in self.hub.repos.values():
+            for path in repo.lfs:
+                if hashlib.sha256(repo.files[path]).hexdigest() == sha256:
+                    self.log("lfs", path)
+                    self.send_body(path, self.hub.served_instead.get(path, repo.files[path]), head, {})
+                    return
+        self.log("lfs", None)
+        self.error(404, None, "Not found", head)
+
+    def send_body(self, path: str | None, data: bytes, head: bool, headers: dict[str, str]) -> None:
+        """200, or 206 from the offset of a `Range: bytes=N-` (how huggingface_hub resumes a partial file)."""
+        start = 0
+        requested = self.headers.get("Range", "")
+        if requested.startswith("bytes=") and requested.endswith("-"):
+            start = int(requested[len("bytes=") : -1])
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if head:
+            return
+        if path is not None and self.hub.take_cut(path):
+            # Half the body, then hang up: the client sees the connection end before Content-Length.
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def hub_server() -> Iterator[tuple[ThreadingHTTPServer, type[HubHandler]]]:
+    handler = type("Handler", (HubHandler,), {"hub": FakeHub()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server, handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def hub(hub_server: tuple[ThreadingHTTPServer, type[HubHandler]]) -> FakeHub:
+    """A fresh stand-in Hub (the server is shared) serving the tiny repo and the test encodings."""
+    server, handler = hub_server
+    handler.hub = FakeHub(url=f"http://127.0.0.1:{server.server_address[1]}", encodings=dict(ENCODINGS))
+    handler.hub.add(tiny_repo())
+    return handler.hub
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    # This module's runs share one boto3 default session (creating clients is slow); no other module sees it.
+    outside = boto3.DEFAULT_SESSION
+    boto3.DEFAULT_SESSION = None
+    yield f"http://{host}:{port}"
+    boto3.DEFAULT_SESSION = outside
+    server.stop()
+
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> dict[str, str]:
+    """boto3 in this process (and in subprocesses given this environment) talks to moto, with fake credentials."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    env = {**AWS_ENV, "AWS_ENDPOINT_URL": moto_endpoint}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3(aws: dict[str, str]) -> Any:
+    return boto3.client("s3", region_name=REGION)
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"models-{secrets.token_hex(6)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, hub: FakeHub, tmp_path: Path) -> None:
+    """Point huggingface_hub, already imported, at the stand-in: constants read HF_ENDPOINT at import, and
+    file_download copied the URL template. No token from the environment or ~/.cache, no user cache."""
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+    template = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ENABLE_HF_TRANSFER", False)
+    # huggingface_hub writes what it receives in chunks of this size: small, so a cut-off transfer leaves a
+    # partial file to resume (urllib3 drops a chunk the connection ended in the middle of).
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENCODINGS_BASE_URL", hub.url + "/encodings/")
+    monkeypatch.setattr(import_weights, "EXPECTED_ENCODING_SHA256", dict(ENCODING_SHA256))
+
+
+@pytest.fixture
+def termination_log(tmp_path: Path) -> Path:
+    path = tmp_path / "termination-log"
+    path.touch()  # Kubernetes creates it in every container
+    return path
+
+
+@pytest.fixture
+def args(bucket: str, tmp_path: Path, termination_log: Path) -> Callable[..., list[str]]:
+    def make(*extra: str, revision: str = "main") -> list[str]:
+        return [
+            *("--repo", REPO, "--revision", revision, "--bucket", bucket, "--prefix", PREFIX),
+            *("--region", REGION, "--workdir", str(tmp_path / "work"), "--termination-log", str(termination_log)),
+            *extra,
+        ]
+
+    return make
+
+
+def no_sleep(seconds: float) -> None:
+    pass
+
+
+def resumed_from(request: Request) -> int:
+    """The offset of a `Range: bytes=N-` request (0 without one)."""
+    return int(request.range.removeprefix("bytes=").removesuffix("-")) if request.range else 0
+
+
+def keys(s3: Any, bucket: str) -> set[str]:
+    return {item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def read(s3: Any, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def marker(s3: Any, bucket: str) -> dict[str, Any]:
+    return json.loads(read(s3, bucket, f"{PREFIX}/{MARKER}"))
+
+
+def workdir_files(workdir: Path) -> set[str]:
+    return {str(path.relative_to(workdir)) for path in workdir.rglob("*") if path.is_file()}
+
+
+def assert_root_files_imported(s3: Any, bucket: str, repo: FakeRepo) -> None:
+    assert keys(s3, bucket) >= {f"{PREFIX}/{path}" for path in ROOT_FILES}
+    assert not {key for key in keys(s3, bucket) if key.startswith((f"{PREFIX}/original/", f"{PREFIX}/metal/"))}
+    for path in ROOT_FILES:
+        head = s3.head_object(Bucket=bucket, Key=f"{PREFIX}/{path}")
+        assert read(s3, bucket, f"{PREFIX}/{path}") == repo.files[path]
+        if path in repo.lfs:
+            assert head["Metadata"]["sha256"] == hashlib.sha256(repo.files[path]).hexdigest()
+
+
+# --- Selection -----------------------------------------------------------------------------------------------------
+
+
+def test_patterns_match_at_their_own_depth() -> None:
+    assert matches("model-00001-of-00002.safetensors", "*.safetensors")
+    assert not matches("original/model.safetensors", "*.safetensors")
+    assert matches("original/model.safetensors", "original/*")
+    assert not matches("metal/model.bin", "*.bin")
+    files = [import_weights.RepoFile(path, 1, None, None) for path in tiny_repo().files]
+    selected = [file.path for file in select_files(files, import_weights.DEFAULT_INCLUDE)]
+    assert selected == list(ROOT_FILES)
+
+
+# --- A complete import, as the Job runs it -------------------------------------------------------------------------
+
+
+def test_complete_import_in_a_subprocess(
+    hub: FakeHub, aws: dict[str, str], s3: Any, bucket: str, args: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """The script file on its own (no project imports), HF_ENDPOINT and AWS_ENDPOINT_URL in its environment; the
+    test encodings' hashes replace tiktoken's through the module constant, as nothing else can."""
+    repo = hub.repos[REPO]
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "HF_", "HUGGING"))}
+    env |= aws | {
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "ENCODINGS_BASE_URL": hub.url + "/encodings/",
+    }
+    wrapper = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import import_weights as m; "
+        "m.EXPECTED_ENCODING_SHA256.update(json.loads(sys.argv[2])); sys.exit(m.main(sys.argv[3:]))"
+    )
+    command = [sys.executable, "-c", wrapper, str(SCRIPT.parent), json.dumps(ENCODING_SHA256)]
+    encodings = ["--encodings", *ENCODINGS]
+    result = subprocess.run(
+        [*command, *args(*encodings)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert_root_files_imported(s3, bucket, repo)
+    assert hub.touched() == set(ROOT_FILES), "original/ and metal/ must not be fetched"
+    for name, data in ENCODINGS.items():
+        assert read(s3, bucket, f"tiktoken_encodings/{name}") == data
+        assert (
+            s3.head_object(Bucket=bucket, Key=f"tiktoken_encodings/{name}")["Metadata"]["sha256"]
+            == (ENCODING_SHA256[name])
+        )
+    recorded = marker(s3, bucket)
+    assert (recorded["repo"], recorded["revision"], recorded["commit"]) == (REPO, "main", repo.commit)
+    assert recorded["files"] == [
+        {
+            "path": path,
+            "size": len(repo.files[path]),
+            "sha256": hashlib.sha256(repo.files[path]).hexdigest() if path in repo.lfs else None,
+        }
+        for path in ROOT_FILES
+    ]
+    assert [e["key"] for e in recorded["encodings"]] == [f"tiktoken_encodings/{name}" for name in ENCODINGS]
+    lines = result.stdout.splitlines()
+    uploaded = [number for number, line in enumerate(lines) if " uploaded (download " in line]
+    wrote = [number for number, line in enumerate(lines) if line.startswith("wrote s3://")]
+    assert len(uploaded) == len(ROOT_FILES)
+    assert len(wrote) == 1
+    assert wrote[0] > max(uploaded), "the marker is written last"
+    # One file at a time, deleted once uploaded: only huggingface_hub's .gitignore stays in the workdir.
+    assert workdir_files(tmp_path / "work") == {".cache/huggingface/.gitignore"}
+
+
+# --- Resuming ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_transfer_cut_off_resumes_within_the_run(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]]
+) -> None:
+    shard = "model-00002-of-00002.safetensors"
+    hub.cuts[shard] = 1
+
+    assert main(args(), sleep=no_sleep) == 0
+
+    gets = hub.downloads(shard)
+    assert len(gets) == 2
+    assert gets[0].range is None
+    assert resumed_from(gets[1]) > 0, "resumed from the partial file"
+    assert_root_files_imported(s3, bucket, hub.repos[REPO])
+    assert marker(s3, bucket)["commit"] == hub.repos[REPO].commit
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_failed_run_is_resumed_by_the_next(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    shard = "model-00002-of-00002.safetensors"
+    hub.cuts[shard] = len(import_weights.RETRY_DELAYS_SECONDS) + 1  # more than the run retries
+    sleeps: list[float] = []
+
+    assert main(args(), sleep=sleeps.append) == 1
+
+    assert sleeps == list(import_weights.RETRY_DELAYS_SECONDS)
+    error = capsys.readouterr().err
+    assert f"import of {REPO}@main failed: downloads from the Hub kept breaking off" in error
+    assert f"while importing {shard}" in error
+    assert keys(s3, bucket) == {f"{PREFIX}/config.json", f"{PREFIX}/model-00001-of-00002.safetensors"}
+
+    hub.requests.clear()
+    assert main(args(), sleep=no_sleep) == 0
+
+    assert hub.touched() == {shard, "tokenizer.json"}, "files already in S3 are not downloaded again"
+    assert resumed_from(hub.downloads(shard)[0]) > 0, "the next run resumes the partial file the last one left"
+    assert_root_files_imported(s3, bucket, hub.repos[REPO])
+    assert "already in s3://" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_complete_import_is_not_redone(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args(), sleep=no_sleep) == 0
+    hub.requests.clear()
+    capsys.readouterr()
+
+    assert main(args(), sleep=no_sleep) == 0
+
+    assert hub.requests == [], "no Hub request at all: the marker records this repo and revision"
+    assert "already complete" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("in_process")
+def test_the_same_commit_under_another_revision_name_is_complete(
+    hub: FakeHub, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args(), sleep=no_sleep) == 0
+    hub.requests.clear()
+
+    assert main(args(revision=hub.repos[REPO].commit), sleep=no_sleep) == 0
+
+    assert [request.kind for request in hub.requests] == ["api"]
+    assert "already complete" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_prefix_another_import_completed_is_left_alone(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = {"repo": "other-org/other-model", "revision": "main", "commit": "f" * 40, "files": []}
+    s3.put_object(Bucket=bucket, Key=f"{PREFIX}/{MARKER}", Body=json.dumps(other).encode())
+
+    assert main(args(), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert f"s3://{bucket}/{PREFIX}/{MARKER} records another import (other-org/other-model@main" in error
+    assert keys(s3, bucket) == {f"{PREFIX}/{MARKER}"}
+    assert marker(s3, bucket) == other
+    assert hub.touched() == set()
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_corrupt_download_is_refused(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    shard = "model-00001-of-00002.safetensors"
+    hub.served_instead[shard] = bytes(len(hub.repos[REPO].files[shard]))  # right size, wrong bytes
+
+    assert main(args(), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert f"{shard} downloaded with sha256 {hashlib.sha256(hub.served_instead[shard]).hexdigest()}" in error
+    assert f"the Hub says {hashlib.sha256(hub.repos[REPO].files[shard]).hexdigest()}" in error
+    assert f"{PREFIX}/{shard}" not in keys(s3, bucket)
+
+
+# --- Failures ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("in_process")
+@pytest.mark.parametrize("gate_api", [False, True], ids=["files-gated", "listing-gated"])
+def test_a_gated_repo_without_a_token_says_what_to_do(
+    hub: FakeHub,
+    gate_api: bool,
+    args: Callable[..., list[str]],
+    termination_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hub.repos[REPO].token = TOKEN
+    hub.repos[REPO].gate_api = gate_api
+
+    assert main(args(), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"import of {REPO}@main failed: {REPO} is gated: accept its licence on the Hub")
+    assert "give a token with models[].hf_token_secret (no token was given)" in error
+    assert "\n" not in error
+    assert termination_log.read_text().strip() == error
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_gated_repo_with_the_token_from_a_secret_imports(
+    hub: FakeHub, aws: dict[str, str], s3: Any, bucket: str, args: Callable[..., list[str]]
+) -> None:
+    hub.repos[REPO].token = TOKEN
+    secret = f"hf-token-{secrets.token_hex(4)}"
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=secret, SecretString=f"{TOKEN}\n")
+
+    assert main(args("--token-secret", secret), sleep=no_sleep) == 0
+
+    assert_root_files_imported(s3, bucket, hub.repos[REPO])
+    assert {r.authorization for r in hub.requests if r.kind in ("api", "resolve")} == {f"Bearer {TOKEN}"}
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_token_without_access_is_told_apart(
+    hub: FakeHub, aws: dict[str, str], args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub.repos[REPO].token = TOKEN
+    secret = f"hf-token-{secrets.token_hex(4)}"
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=secret, SecretString="hf_other_user")
+
+    assert main(args("--token-secret", secret), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert f"{REPO} is gated" in error
+    assert f"the token from {secret!r} has no access" in error
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_missing_secret_is_named(
+    hub: FakeHub, args: Callable[..., list[str]], termination_log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args("--token-secret", "no-such-secret"), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert "the Secrets Manager secret 'no-such-secret' does not exist in us-east-1" in error
+    assert "no-such-secret" in termination_log.read_text()
+    assert hub.requests == [], "nothing is asked of the Hub without the token"
+
+
+@pytest.mark.usefixtures("in_process")
+def test_an_unknown_revision_is_named(
+    hub: FakeHub, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args(revision="no-such-branch"), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert f"import of {REPO}@no-such-branch failed: revision 'no-such-branch' not found in {REPO}" in error
+
+
+@pytest.mark.usefixtures("in_process")
+def test_an_unknown_repository_is_named(
+    hub: FakeHub, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    del hub.repos[REPO]
+
+    assert main(args(), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert f"import of {REPO}@main failed: repository {REPO} not found on the Hub ({hub.url})" in error
+    assert "no token was given" in error
+
+
+@pytest.mark.usefixtures("in_process")
+def test_patterns_matching_nothing_list_the_patterns_and_the_repo(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args("--include", "*.gguf", "weights/*.bin"), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert "no file matches --include *.gguf weights/*.bin" in error
+    assert "the repo has: README.md, config.json, metal/model.bin" in error
+    assert keys(s3, bucket) == set()
+
+
+@pytest.mark.usefixtures("in_process")
+def test_no_route_to_the_hub_points_at_the_nat_gateway(
+    monkeypatch: pytest.MonkeyPatch, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: connection refused at once
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+
+    assert main(args(), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert f"the Hub ({endpoint}) could not be reached from the VPC" in error
+    assert "NAT gateway" in error
+
+
+@pytest.mark.usefixtures("in_process")
+def test_running_out_of_space_names_the_workdir(
+    monkeypatch: pytest.MonkeyPatch, args: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def full_disk(**kwargs: Any) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(import_weights, "hf_hub_download", full_disk)
+
+    assert main(args(), sleep=no_sleep) == 1
+
+    error = capsys.readouterr().err
+    assert f"out of space in the workdir {tmp_path / 'work'}" in error
+    assert "(while importing config.json)" in error
+
+
+@pytest.mark.usefixtures("in_process")
+def test_an_encoding_with_the_wrong_hash_is_refused(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub.encodings["o200k_base.tiktoken"] = b"tampered\n"
+
+    assert main(args("--encodings", "o200k_base.tiktoken"), sleep=no_sleep) == 1
+
+    assert f"{hub.url}/encodings/o200k_base.tiktoken has sha256" in capsys.readouterr().err
+    assert keys(s3, bucket) == set(), "encodings come first: nothing else was imported"
+
+
+# --- The file system -----------------------------------------------------------------------------------------------
+
+
+class Association:
+    """Plays the data repository association: every poll (the injected sleep), the mount shows what the bucket
+    holds, except the hidden keys."""
+
+    def __init__(self, s3: Any, bucket: str, mount: Path, hidden: tuple[str, ...] = ()) -> None:
+        self.s3, self.bucket, self.mount, self.hidden = s3, bucket, mount, hidden
+        self.polls = 0
+
+    def __call__(self, seconds: float) -> None:
+        self.polls += 1
+        for key in keys(self.s3, self.bucket) - set(self.hidden):
+            path = self.mount / key
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(read(self.s3, self.bucket, key))
+
+
+@pytest.mark.usefixtures("in_process")
+def test_the_import_waits_for_the_file_system_and_reads_it(
+    hub: FakeHub,
+    s3: Any,
+    bucket: str,
+    args: Callable[..., list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mount = tmp_path / "models"
+    association = Association(s3, bucket, mount)
+    encodings = ("--encodings", *ENCODINGS)
+
+    assert main(args("--mount", str(mount), "--poll-seconds", "0.01", *encodings), sleep=association) == 0
+
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(f"ready on the file system: {mount / PREFIX}")
+    assert out.index(f"read {len(ROOT_FILES) + len(ENCODINGS)} files") < out.index("wrote s3://"), (
+        "every file is on the file system and read before the marker is written"
+    )
+    assert json.loads((mount / PREFIX / MARKER).read_text())["commit"] == hub.repos[REPO].commit
+
+    # Already complete: no Hub request, and still ready only once the file system shows it all.
+    hub.requests.clear()
+    assert main(args("--mount", str(mount), *encodings), sleep=association) == 0
+    assert hub.requests == []
+    assert "ready on the file system" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("in_process")
+def test_files_the_file_system_does_not_show_are_listed(
+    s3: Any,
+    bucket: str,
+    args: Callable[..., list[str]],
+    tmp_path: Path,
+    termination_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mount = tmp_path / "models"
+    shard = "model-00002-of-00002.safetensors"
+    association = Association(s3, bucket, mount, hidden=(f"{PREFIX}/{shard}",))
+    started = time.monotonic()
+
+    wait = ("--wait-seconds", "0.2", "--poll-seconds", "0.01")
+    assert main(args("--mount", str(mount), *wait), sleep=association) == 1
+
+    assert time.monotonic() - started < 5
+    error = capsys.readouterr().err
+    assert "the file system did not show the files of" in error
+    assert "within 0.2 s, missing 1:" in error
+    assert f"{mount / PREFIX / shard} (absent)" in error
+    assert termination_log.read_text().strip() == error.strip()
+    assert f"{PREFIX}/{MARKER}" not in keys(s3, bucket), "no marker before the file system shows every file"
