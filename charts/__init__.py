@@ -6,15 +6,15 @@ from dataclasses import dataclass
 
 import cdk8s
 
-from charts.cold_start import progress_deadline_seconds, startup_probe_seconds
+from charts.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
 from charts.gpu_node_pool import GpuNodePoolChart
 from charts.images import pulled_image
 from charts.sizing import gpu_memory_needed_mib
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
 from settings.model import StageSettings
 
-# A small image with `sh`, `find` and `cat`, for the preload job (pulled through the cache too).
-PRELOAD_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"
+# A small image with `sh`, for the replicas' wait for their weights (pulled through the cache too).
+HELPER_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class DeployedResources:
     file_system_id: str
     file_system_dns_name: str
     file_system_mount_name: str
+    bucket_name: str
 
     @classmethod
     def placeholders(cls, settings: StageSettings) -> DeployedResources:
@@ -40,6 +41,7 @@ class DeployedResources:
             file_system_id="<file system id>",
             file_system_dns_name="<file system dns name>",
             file_system_mount_name="<file system mount name>",
+            bucket_name="<model bucket name>",
         )
 
 
@@ -62,6 +64,8 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
         file_system_id=deployed.file_system_id,
         dns_name=deployed.file_system_dns_name,
         mount_name=deployed.file_system_mount_name,
+        bucket=deployed.bucket_name,
+        region=settings.region,
         capacity_gib=settings.model_store.storage_capacity_gib,
         zone=settings.model_store_zone,
     )
@@ -71,10 +75,11 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             f"vllm-{model.name}",
             model=model,
             image=_pulled(model.image, settings, deployed),
-            preload_image=_pulled(PRELOAD_IMAGE, settings, deployed),
+            helper_image=_pulled(HELPER_IMAGE, settings, deployed),
             weights=weights,
             startup_budget=startup_probe_seconds(settings, model),
             progress_deadline=progress_deadline_seconds(settings, model),
+            import_deadline=import_deadline_seconds(settings, model),
         )
     return charts
 

@@ -31,6 +31,18 @@ STARTUP_SAFETY_FACTOR = 2
 # deadline (an image imported into the cache, a GPU instance type scarce in the zone) and still
 # serve; Kubernetes reports the rollout as stalled, and the smoke test tells slow from broken.
 SMOKE_TEST_WAIT_FACTOR = 2
+# The one-time import of a revision (charts.model_loader), one file at a time: assumptions to
+# measure, not measurements. A single download stream from the Hub through the NAT gateway
+# (which starts at 5 Gbps and scales to 100 Gbps: Amazon VPC User Guide, "NAT gateway basics")
+# and one boto3 managed upload to S3 (multipart, 10 parts at once by default) are taken at
+# 100 MB/s each; they run one after the other.
+HUB_DOWNLOAD_MB_S = 100
+# The import runs on Auto Mode's general-purpose pool, whose default NodeClass disk writes 125 MiB/s.
+GENERAL_PURPOSE_DISK_MIB_S = 125
+S3_UPLOAD_MB_S = 100
+# The import Job's deadline: this many times its expected time, and never under an hour.
+IMPORT_DEADLINE_FACTOR = 3
+MIN_IMPORT_DEADLINE_SECONDS = 3600
 MIB = 2**20
 TIB_IN_GIB = 1024
 
@@ -98,6 +110,48 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings) -> list[Step
     return steps
 
 
+def import_steps(settings: StageSettings, model: ModelSettings) -> list[Step]:
+    """The one-time import of a model's revision into the model store, before its first replica can start."""
+    if not model.imported:
+        return []
+    first_pulls = [step for step in cold_start_steps(settings, model) if step.name == "first pull through the cache"]
+    disk_write_seconds = IMAGE_UNPACKED_BYTES / (GENERAL_PURPOSE_DISK_MIB_S * MIB)
+    return [
+        *(Step(f"import: {step.name}", step.seconds, step.assumes, step.source) for step in first_pulls),
+        Step(
+            "import: image pull",
+            max(MEASURED_PULL_SECONDS, disk_write_seconds),
+            f"the vLLM image (which has huggingface_hub and boto3) on a general-purpose node, whose disk writes "
+            f"{GENERAL_PURPOSE_DISK_MIB_S} MiB/s: {disk_write_seconds:.0f} s for {IMAGE_UNPACKED_BYTES / 1e9:.0f} GB",
+            "EKS Auto Mode's default NodeClass: 125 MiB/s",
+        ),
+        Step(
+            "import: download from the Hub",
+            model.weights_gb * 1000 / HUB_DOWNLOAD_MB_S,
+            f"{model.weights_gb} GB, one file at a time, at {HUB_DOWNLOAD_MB_S} MB/s",
+            "an assumption to measure: one stream through the NAT gateway (5 Gbps to start with)",
+        ),
+        Step(
+            "import: upload to the bucket",
+            model.weights_gb * 1000 / S3_UPLOAD_MB_S,
+            f"{model.weights_gb} GB at {S3_UPLOAD_MB_S} MB/s",
+            "an assumption to measure: boto3's managed multipart upload",
+        ),
+        Step(
+            "import: read into the file system",
+            model.weights_gb * 1000 / file_system_throughput_mb_s(settings),
+            f"{model.weights_gb} GB at {file_system_throughput_mb_s(settings):.0f} MB/s",
+            "FSx for Lustre baseline throughput = capacity x per-unit throughput",
+        ),
+    ]
+
+
+def import_deadline_seconds(settings: StageSettings, model: ModelSettings) -> int:
+    """How long the import Job may run before Kubernetes stops it."""
+    expected = sum(step.seconds for step in import_steps(settings, model))
+    return max(MIN_IMPORT_DEADLINE_SECONDS, math.ceil(IMPORT_DEADLINE_FACTOR * expected / 60) * 60)
+
+
 def startup_probe_seconds(settings: StageSettings, model: ModelSettings) -> int:
     """How long the startupProbe lets a started container load: the steps after the container starts."""
     after_start = sum(
@@ -113,5 +167,9 @@ def progress_deadline_seconds(settings: StageSettings, model: ModelSettings) -> 
 
 
 def smoke_test_wait_seconds(settings: StageSettings, model: ModelSettings) -> int:
-    """How long the smoke test waits for a model's rollout before it fails the stage: past the progress deadline."""
-    return SMOKE_TEST_WAIT_FACTOR * progress_deadline_seconds(settings, model)
+    """How long the smoke test waits for a model's import and rollout before it fails the stage.
+
+    Past the progress deadline, and for a new revision, past the import's expected time too.
+    """
+    importing = sum(step.seconds for step in import_steps(settings, model))
+    return SMOKE_TEST_WAIT_FACTOR * (progress_deadline_seconds(settings, model) + math.ceil(importing / 60) * 60)

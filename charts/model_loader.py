@@ -1,13 +1,23 @@
-"""How weights get onto the file system: S3 upload, automatic import, and a preload job that reads them in.
+"""How weights get into the model store: a Job per (model, revision) imports them from the Hub.
 
-Weights are uploaded once to s3://<model bucket>/<model name>/; the data repository association
-makes them appear at /models/<model name> on the file system without copying their contents.
-The first read of a file pulls it in from S3; the preload job does that read ahead of time, so
-no replica ever waits on S3. It is a suspended CronJob: a template to start, not a schedule.
+The Job runs scripts/import_weights.py (shipped in a ConfigMap) in the vLLM image, which has
+huggingface_hub and boto3. It downloads one file at a time from the Hub, checks its size and
+hash, uploads it to s3://<model bucket>/<name>/<revision>/, waits until the data repository
+association shows it on the file system and reads it there once (so no replica waits on S3),
+and writes a completion marker last. Replicas wait for that marker in an init container.
+
+Why a Job on the cluster's general-purpose pool: it is in the stage's VPC and account already,
+reaches the Hub through the NAT gateway, mounts the file system to check and warm what it
+imported, gets AWS credentials from EKS Pod Identity, and its status and logs are where the
+replicas' are (`kubectl -n <model> logs job/import-...`). It writes to S3, never to the file
+system, so it runs as non-root under the namespace's restricted Pod Security Standard, and
+the bucket stays the durable copy from which a rebuilt file system is filled again.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import cdk8s
@@ -21,23 +31,21 @@ from settings.model import ModelSettings
 # models in the bucket, under a name no model can have (model names are DNS labels: no '_').
 ENCODINGS_DIR = "tiktoken_encodings"
 HARMONY_ENCODINGS = ("o200k_base.tiktoken", "cl100k_base.tiktoken")
+# Written by the import last, in the revision's folder: its presence means every file is there.
+COMPLETION_MARKER = ".import-complete"
+IMPORT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "import_weights.py"
+IMPORT_SERVICE_ACCOUNT = "weights-import"
+# The import's scratch disk: one file at a time passes through it (shards are a few GB).
+IMPORT_SCRATCH = "30Gi"
+WAIT_POLL_SECONDS = 15
 
-# Run the job: kubectl -n <namespace> create job preload-$(date +%s) --from=cronjob/preload-<model>
-PRELOAD_SCRIPT = """set -eu
-dir="/models/$MODEL"
-if [ -z "$(ls -A "$dir" 2>/dev/null)" ]; then
-  echo "no weights in $dir yet: upload them to s3://<model bucket>/$MODEL/ first" >&2
-  exit 1
-fi
-for encoding in $ENCODINGS; do
-  if [ ! -s "/models/$ENCODINGS_DIR/$encoding" ]; then
-    echo "$encoding is missing: upload it to s3://<model bucket>/$ENCODINGS_DIR/ first" >&2
-    exit 1
-  fi
-  cat "/models/$ENCODINGS_DIR/$encoding" > /dev/null
+# The replica's init container: wait, saying what for, until the import's marker is on the file system.
+WAIT_SCRIPT = """set -eu
+while [ ! -f "$WEIGHTS/$MARKER" ]; do
+  echo "waiting for $REPO at $REVISION: $WEIGHTS/$MARKER is not on the file system yet ($IMPORT)"
+  sleep "$POLL_SECONDS"
 done
-find "$dir" -type f | while read -r file; do cat "$file" > /dev/null; done
-echo "preloaded $(du -sh "$dir" | cut -f1) in $dir${ENCODINGS:+ and $ENCODINGS}"
+echo "weights of $REPO at $REVISION are ready in $WEIGHTS"
 """
 
 
@@ -46,9 +54,66 @@ def harmony_encodings(model: ModelSettings) -> tuple[str, ...]:
     return HARMONY_ENCODINGS if "gpt-oss" in model.model.lower() else ()
 
 
-class ModelPreload(Construct):
-    """A suspended CronJob whose job reads every file of one model (and the tokenizer encodings it
-    needs), so the file system holds it all; it fails, saying what to upload, when something is missing."""
+def import_folders(model: ModelSettings) -> list[str]:
+    """The bucket folders a model's import writes (as IAM resource patterns): its own, and the encodings'."""
+    return [f"{model.name}/*", *([f"{ENCODINGS_DIR}/*"] if harmony_encodings(model) else [])]
+
+
+def import_key(model: ModelSettings, *context: str) -> str:
+    """8 hex digits of what an import brings and how it runs (`context`: image, region, zone).
+
+    A Job's pod template cannot change once created, so anything that would change it names a
+    new Job instead; running again for the same revision costs little, as it finds the marker.
+    """
+    what = (model.model, model.revision, *model.files, *harmony_encodings(model), str(model.hf_token_secret))
+    return hashlib.sha256("\n".join((*what, *context)).encode()).hexdigest()[:8]
+
+
+def import_job_name(model: ModelSettings, *, region: str, zone: str) -> str:
+    # From the settings' image, not the pulled reference: that holds the account, a token until deployed.
+    return names.import_job_name(model.name, import_key(model, model.image, region, zone))
+
+
+def import_command(model: ModelSettings, *, bucket: str, region: str, mount: str) -> list[str]:
+    """The import's command line (scripts/import_weights.py), as the Job runs it."""
+    command = [
+        "python3",
+        "/import/import_weights.py",
+        f"--repo={model.model}",
+        f"--revision={model.revision}",
+        f"--bucket={bucket}",
+        f"--prefix={model.weights_path}",
+        f"--region={region}",
+        "--workdir=/scratch",
+        f"--mount={mount}",
+        "--include",
+        *model.files,
+    ]
+    if model.hf_token_secret:
+        command.append(f"--token-secret={model.hf_token_secret}")
+    if harmony_encodings(model):
+        command += [f"--encodings-prefix={ENCODINGS_DIR}", "--encodings", *harmony_encodings(model)]
+    return command
+
+
+def wait_for_weights_env(model: ModelSettings, *, mount: str, job: str | None) -> dict[str, str]:
+    """What a replica's wait (WAIT_SCRIPT) looks for, and says it waits for.
+
+    `job`: the import Job that brings the weights, or None for weights you upload yourself.
+    """
+    return {
+        "WEIGHTS": f"{mount}/{model.weights_path}",
+        "MARKER": COMPLETION_MARKER,
+        "REPO": model.model,
+        "REVISION": model.revision if model.imported else model.weights_path,
+        "IMPORT": f"imported by job {job}" if job else f"upload them to the bucket, then {COMPLETION_MARKER}",
+        "POLL_SECONDS": str(WAIT_POLL_SECONDS),
+    }
+
+
+class WeightsImport(Construct):
+    """The ConfigMap holding the import script, the service account EKS Pod Identity gives AWS
+    credentials to, and the Job that imports one revision of one model."""
 
     def __init__(
         self,
@@ -57,88 +122,110 @@ class ModelPreload(Construct):
         *,
         model: ModelSettings,
         image: str,
+        bucket: str,
+        region: str,
         claim_name: str,
-        zones: tuple[str, ...],
+        mount: str,
+        zone: str,
         pod_security_context: dict[str, Any],
         container_security_context: dict[str, Any],
         annotations: dict[str, str],
+        deadline_seconds: int,
     ) -> None:
         super().__init__(scope, id)
-        cron_job = cdk8s.ApiObject(
+        self.job_name = import_job_name(model, region=region, zone=zone)
+        cdk8s.ApiObject(
             self,
-            "CronJob",
-            api_version="batch/v1",
-            kind="CronJob",
-            metadata=cdk8s.ApiObjectMetadata(name=names.preload_job_name(model.name), annotations=annotations),
+            "ServiceAccount",
+            api_version="v1",
+            kind="ServiceAccount",
+            metadata=cdk8s.ApiObjectMetadata(name=IMPORT_SERVICE_ACCOUNT),
         )
-        cron_job.add_json_patch(
+        script = cdk8s.ApiObject(
+            self, "Script", api_version="v1", kind="ConfigMap", metadata=cdk8s.ApiObjectMetadata(name="weights-import")
+        )
+        script.add_json_patch(cdk8s.JsonPatch.add("/data", {"import_weights.py": IMPORT_SCRIPT.read_text()}))
+        job = cdk8s.ApiObject(
+            self,
+            "Job",
+            api_version="batch/v1",
+            kind="Job",
+            metadata=cdk8s.ApiObjectMetadata(name=self.job_name, annotations=annotations),
+        )
+        job.add_json_patch(
             cdk8s.JsonPatch.add(
                 "/spec",
                 {
-                    "suspend": True,
-                    "schedule": "0 0 1 1 *",  # required by the API; never used while suspended
-                    "jobTemplate": {
+                    # Retries resume where the last attempt stopped: finished files are skipped.
+                    "backoffLimit": 3,
+                    "activeDeadlineSeconds": deadline_seconds,
+                    "template": {
+                        "metadata": {"labels": {"app": f"import-{model.name}"}},
                         "spec": {
-                            "backoffLimit": 2,
-                            "activeDeadlineSeconds": 2 * 60 * 60,
-                            "template": {
-                                "spec": {
-                                    "restartPolicy": "Never",
-                                    "automountServiceAccountToken": False,
-                                    "securityContext": pod_security_context,
-                                    # Read in the file system's zone: no cross-zone transfer for the weights.
-                                    "affinity": {
-                                        "nodeAffinity": {
-                                            "requiredDuringSchedulingIgnoredDuringExecution": {
-                                                "nodeSelectorTerms": [
+                            "restartPolicy": "Never",
+                            "serviceAccountName": IMPORT_SERVICE_ACCOUNT,
+                            # EKS Pod Identity mounts its own token; the Kubernetes API is not called.
+                            "automountServiceAccountToken": False,
+                            "securityContext": pod_security_context,
+                            # No GPU toleration: the general-purpose pool, in the file system's zone.
+                            "affinity": {
+                                "nodeAffinity": {
+                                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                                        "nodeSelectorTerms": [
+                                            {
+                                                "matchExpressions": [
                                                     {
-                                                        "matchExpressions": [
-                                                            {
-                                                                "key": "topology.kubernetes.io/zone",
-                                                                "operator": "In",
-                                                                "values": list(zones),
-                                                            }
-                                                        ]
+                                                        "key": "topology.kubernetes.io/zone",
+                                                        "operator": "In",
+                                                        "values": [zone],
                                                     }
                                                 ]
                                             }
-                                        }
-                                    },
-                                    "containers": [
-                                        {
-                                            "name": "preload",
-                                            "image": image,
-                                            "imagePullPolicy": "IfNotPresent",
-                                            "command": ["sh", "-c", PRELOAD_SCRIPT],
-                                            "env": [
-                                                {"name": "MODEL", "value": model.name},
-                                                {"name": "ENCODINGS_DIR", "value": ENCODINGS_DIR},
-                                                {"name": "ENCODINGS", "value": " ".join(harmony_encodings(model))},
-                                            ],
-                                            "resources": {
-                                                "requests": {"cpu": "500m", "memory": "128Mi"},
-                                                "limits": {"memory": "256Mi"},
-                                            },
-                                            "securityContext": container_security_context,
-                                            "volumeMounts": [
-                                                {
-                                                    "name": "weights",
-                                                    "mountPath": "/models",
-                                                    "subPath": "models",
-                                                    "readOnly": True,
-                                                }
-                                            ],
-                                        }
-                                    ],
-                                    "volumes": [
-                                        {
-                                            "name": "weights",
-                                            "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True},
-                                        }
-                                    ],
+                                        ]
+                                    }
                                 }
                             },
-                        }
+                            "containers": [
+                                {
+                                    "name": "import",
+                                    "image": image,
+                                    "imagePullPolicy": "IfNotPresent",
+                                    "command": import_command(model, bucket=bucket, region=region, mount=mount),
+                                    "env": [
+                                        {"name": "HOME", "value": "/scratch/home"},
+                                        {"name": "HF_HOME", "value": "/scratch/hf"},
+                                        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+                                    ],
+                                    "resources": {
+                                        "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
+                                        "limits": {"memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
+                                    },
+                                    "securityContext": container_security_context,
+                                    # The cause of a failure, for `kubectl describe` and the smoke test.
+                                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                                    "volumeMounts": [
+                                        {"name": "script", "mountPath": "/import", "readOnly": True},
+                                        {"name": "scratch", "mountPath": "/scratch"},
+                                        {"name": "tmp", "mountPath": "/tmp"},
+                                        {
+                                            "name": "weights",
+                                            "mountPath": mount,
+                                            "subPath": "models",
+                                            "readOnly": True,
+                                        },
+                                    ],
+                                }
+                            ],
+                            "volumes": [
+                                {"name": "script", "configMap": {"name": "weights-import"}},
+                                {"name": "scratch", "emptyDir": {"sizeLimit": IMPORT_SCRATCH}},
+                                {"name": "tmp", "emptyDir": {}},
+                                {
+                                    "name": "weights",
+                                    "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True},
+                                },
+                            ],
+                        },
                     },
                 },
             )

@@ -53,7 +53,7 @@ class ModelVolume(Construct):
                 "/spec",
                 {
                     "capacity": capacity,
-                    # The preload job and every vLLM replica mount it at once.
+                    # The weights import and every vLLM replica mount it at once.
                     "accessModes": ACCESS_MODES,
                     "persistentVolumeReclaimPolicy": "Retain",
                     "storageClassName": STORAGE_CLASS,

@@ -17,7 +17,7 @@ from cdk8s_plus_30 import k8s
 from constructs import Construct
 
 from charts.gpu_node_pool import GPU_TAINT
-from charts.model_loader import ENCODINGS_DIR, ModelPreload, harmony_encodings
+from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
 from charts.model_volume import ModelVolume
 from charts.sizing import GPU_MEMORY_LABEL, gpu_memory_needed_mib
 from settings import names
@@ -36,7 +36,7 @@ WEIGHTS_DIR = "/models"
 # dropped, RuntimeDefault seccomp, only ephemeral volume types. The pod below meets it.
 POD_SECURITY_LABELS = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
 # checkov's Kubernetes checks these pods fail on purpose, with the reasons; rendered as
-# checkov.io/skip annotations on the Deployment and the preload CronJob, where checkov reads them.
+# checkov.io/skip annotations on the Deployment and the weights import Job, where checkov reads them.
 CHECKOV_EXCEPTIONS = {
     "CKV_K8S_11": "no CPU limit on purpose: throttling only slows weight loading and CUDA graph capture; "
     "the request reserves what the pod needs",
@@ -72,10 +72,12 @@ CONTAINER_SECURITY_CONTEXT = {
 
 
 # The Kubernetes group of the post-deploy smoke test's role (an EKS access entry maps it here):
-# in each model's namespace it may watch the rollout and port-forward to the Service, nothing else.
+# in each model's namespace it may watch the weights import and the rollout, and port-forward to
+# the Service, nothing else.
 SMOKE_TEST_GROUP = "smoke-testers"
 SMOKE_TEST_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
 ]
@@ -84,7 +86,7 @@ SMOKE_TEST_RULES = [
 def vllm_args(model: ModelSettings) -> list[str]:
     """`vllm serve` arguments: the weights on the file system, the name clients use, then the flags."""
     return [
-        f"{WEIGHTS_DIR}/{model.name}",
+        f"{WEIGHTS_DIR}/{model.weights_path}",
         f"--served-model-name={model.model}",
         f"--port={PORT}",
         f"--gpu-memory-utilization={model.gpu_memory_utilization:.2f}",
@@ -125,13 +127,17 @@ class WeightsFileSystem:
     mount_name: str
     capacity_gib: int
     zone: str
+    # The bucket behind it, and its region: where the import writes.
+    bucket: str
+    region: str
 
 
 class VllmServerChart(cdk8s.Chart):
-    """Namespace, weights volume, preload job, Deployment, Service, smoke-test access and PodDisruptionBudget.
+    """Namespace, weights volume, weights import, Deployment, Service, smoke-test access and PodDisruptionBudget.
 
-    `image` and `preload_image` are the references nodes pull (see charts.images);
-    `startup_budget` and `progress_deadline` (seconds) come from the cold-start budget.
+    `image` and `helper_image` (a small shell image for the replicas' wait) are the references
+    nodes pull (see charts.images); `startup_budget`, `progress_deadline` and `import_deadline`
+    (seconds) come from the cold-start budget.
     """
 
     def __init__(
@@ -141,10 +147,11 @@ class VllmServerChart(cdk8s.Chart):
         *,
         model: ModelSettings,
         image: str,
-        preload_image: str,
+        helper_image: str,
         weights: WeightsFileSystem,
         startup_budget: int,
         progress_deadline: int,
+        import_deadline: int,
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
@@ -163,17 +170,23 @@ class VllmServerChart(cdk8s.Chart):
             mount_name=weights.mount_name,
             capacity_gib=weights.capacity_gib,
         )
-        ModelPreload(
-            self,
-            "Preload",
-            model=model,
-            image=preload_image,
-            claim_name=volume.claim_name,
-            zones=(weights.zone,),
-            pod_security_context=POD_SECURITY_CONTEXT,
-            container_security_context=CONTAINER_SECURITY_CONTEXT,
-            annotations=CHECKOV_SKIP_ANNOTATIONS,
-        )
+        import_job = None
+        if model.imported:
+            import_job = WeightsImport(
+                self,
+                "Import",
+                model=model,
+                image=image,
+                bucket=weights.bucket,
+                region=weights.region,
+                claim_name=volume.claim_name,
+                mount=WEIGHTS_DIR,
+                zone=weights.zone,
+                pod_security_context=POD_SECURITY_CONTEXT,
+                container_security_context=CONTAINER_SECURITY_CONTEXT,
+                annotations=CHECKOV_SKIP_ANNOTATIONS,
+                deadline_seconds=import_deadline,
+            ).job_name
 
         deployment = kplus.Deployment(
             self,
@@ -213,6 +226,16 @@ class VllmServerChart(cdk8s.Chart):
         deployment.scheduling.spread(topology=kplus.Topology.HOSTNAME)
         deployment.scheduling.spread(topology=kplus.Topology.ZONE, weight=100)
 
+        hardened = kplus.ContainerSecurityContextProps(
+            ensure_non_root=True,
+            user=RUN_AS_USER,
+            group=RUN_AS_USER,
+            privileged=False,
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            capabilities=kplus.ContainerSecutiryContextCapabilities(drop=[kplus.Capability.ALL]),
+            seccomp_profile=kplus.SeccompProfile(type=kplus.SeccompProfileType.RUNTIME_DEFAULT),
+        )
         container = deployment.add_container(
             name="inference-server",
             image=image,
@@ -255,16 +278,7 @@ class VllmServerChart(cdk8s.Chart):
                 failure_threshold=3,
                 timeout_seconds=cdk8s.Duration.seconds(10),
             ),
-            security_context=kplus.ContainerSecurityContextProps(
-                ensure_non_root=True,
-                user=RUN_AS_USER,
-                group=RUN_AS_USER,
-                privileged=False,
-                allow_privilege_escalation=False,
-                read_only_root_filesystem=True,
-                capabilities=kplus.ContainerSecutiryContextCapabilities(drop=[kplus.Capability.ALL]),
-                seccomp_profile=kplus.SeccompProfile(type=kplus.SeccompProfileType.RUNTIME_DEFAULT),
-            ),
+            security_context=hardened,
         )
         container.mount(
             "/dev/shm",
@@ -277,18 +291,32 @@ class VllmServerChart(cdk8s.Chart):
             ),
         )
         container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
-        container.mount(
-            WEIGHTS_DIR,
-            kplus.Volume.from_persistent_volume_claim(
-                self,
-                "WeightsVolume",
-                kplus.PersistentVolumeClaim.from_claim_name(self, "WeightsClaim", volume.claim_name),
-                name="weights",
-                read_only=True,
-            ),
-            sub_path="models",
+        weights_volume = kplus.Volume.from_persistent_volume_claim(
+            self,
+            "WeightsVolume",
+            kplus.PersistentVolumeClaim.from_claim_name(self, "WeightsClaim", volume.claim_name),
+            name="weights",
             read_only=True,
         )
+        container.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
+        # Until the revision's weights are complete, a replica waits here (Init:0/1, with a log
+        # line that says what for) instead of starting vLLM on missing files.
+        wait = deployment.add_init_container(
+            name="wait-for-weights",
+            image=helper_image,
+            image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
+            command=["sh", "-c", WAIT_SCRIPT],
+            env_variables={
+                name: kplus.EnvValue.from_value(value)
+                for name, value in wait_for_weights_env(model, mount=WEIGHTS_DIR, job=import_job).items()
+            },
+            resources=kplus.ContainerResources(
+                cpu=kplus.CpuResources(request=kplus.Cpu.millis(10)),
+                memory=kplus.MemoryResources(request=cdk8s.Size.mebibytes(16), limit=cdk8s.Size.mebibytes(32)),
+            ),
+            security_context=hardened,
+        )
+        wait.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
         container.mount("/tmp", kplus.Volume.from_empty_dir(self, "Tmp", "tmp"))
         # cdk8s-plus has no field for extended resources such as GPUs. The patch runs before the
         # typed mapper, which renders a plain string as null: the value must be a k8s Quantity.
@@ -296,7 +324,7 @@ class VllmServerChart(cdk8s.Chart):
             cdk8s.JsonPatch.add(
                 "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu",
                 k8s.Quantity.from_string(str(model.gpus)),
-            )
+            ),
         )
 
         service = kplus.Service(

@@ -7,6 +7,8 @@ import sys
 
 from charts.cold_start import (
     cold_start_steps,
+    import_deadline_seconds,
+    import_steps,
     progress_deadline_seconds,
     smoke_test_wait_seconds,
     startup_probe_seconds,
@@ -32,8 +34,17 @@ def main() -> None:
         print(
             f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + model load); "
             f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x total); "
-            f"the smoke test waits up to {smoke_test_wait_seconds(settings, model)} s (2 x the deadline)\n"
+            f"the smoke test waits up to {smoke_test_wait_seconds(settings, model)} s "
+            "(2 x the deadline and the import)\n"
         )
+        imported = import_steps(settings, model)
+        if imported:
+            print(f"### Once per revision: importing {model.model} at {model.revision}\n")
+            print("| step | seconds | assumes | source |\n|---|---:|---|---|")
+            for step in imported:
+                print(f"| {step.name} | {step.seconds:.0f} | {step.assumes} | {step.source} |")
+            print(f"| **total** | **{sum(step.seconds for step in imported):.0f}** | | |\n")
+            print(f"import job deadline: {import_deadline_seconds(settings, model)} s\n")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
     python -m scripts.smoke_test --namespace gpt-oss-20b --service gptoss-service --model openai/gpt-oss-20b
 
-waits for the model's Deployment to finish rolling out (polling it, past its progress deadline if need be,
-for up to --rollout-timeout seconds), forwards a local port to its Service, sends "What is machine learning?"
-to /v1/chat/completions and fails, with a message that says why, on anything but a 200 whose content or
-reasoning text is non-empty within the time allowed. It prints the answer's finish_reason ("length": cut off
-at max_tokens) and its beginning, or the reasoning's when the content is empty. With --url it skips
-kubectl and asks an endpoint that is already reachable. Standard library only, so it runs on a
-bare CodeBuild image (the pipeline's post-deploy step) as on a laptop. Exit 0: the model answered.
+waits for the Job importing the model's weights (--import-job; a failed import fails the test with
+the Job's own reason) and for the model's Deployment to finish rolling out (polling it, past its
+progress deadline if need be, for up to --rollout-timeout seconds in all), forwards a local port to
+its Service, sends "What is machine learning?" to /v1/chat/completions and fails, with a message that
+says why, on anything but a 200 whose content or reasoning text is non-empty within the time allowed.
+It prints the answer's finish_reason ("length": cut off at max_tokens) and its beginning, or the
+reasoning's when the content is empty. With --url it skips kubectl and asks an endpoint that is
+already reachable. Standard library only, so it runs on a bare CodeBuild image (the pipeline's
+post-deploy step) as on a laptop. Exit 0: the model answered.
 """
 
 from __future__ import annotations
@@ -107,8 +109,7 @@ def rollout_complete(deployment: dict[str, Any]) -> bool:
 
 
 def _progressing(deployment: dict[str, Any]) -> dict[str, Any]:
-    conditions = deployment.get("status", {}).get("conditions", [])
-    return next((condition for condition in conditions if condition.get("type") == "Progressing"), {})
+    return _condition(deployment, "Progressing")
 
 
 def _rollout_status(deployment: dict[str, Any]) -> str:
@@ -119,6 +120,54 @@ def _rollout_status(deployment: dict[str, Any]) -> str:
         f"Progressing {progressing.get('status', '?')} ({progressing.get('reason', '?')}): "
         f"{progressing.get('message', '')}"
     )
+
+
+def _kubectl_json(namespace: str, *args: str) -> dict[str, Any]:
+    """`kubectl -n NAMESPACE get ARGS -o json`; an error (no such object, no access) will not go away by waiting."""
+    result = subprocess.run(["kubectl", "-n", namespace, "get", *args, "-o", "json"], capture_output=True, text=True)
+    what = f"{args[0]} {namespace}/{' '.join(args[1:])}"
+    if result.returncode:
+        raise SmokeTestError(f"cannot read {what}: {result.stderr.strip()}")
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise SmokeTestError(f"kubectl printed no JSON for {what}: {result.stdout[:300]!r}") from None
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    conditions = obj.get("status", {}).get("conditions", [])
+    return next((condition for condition in conditions if condition.get("type") == kind), {})
+
+
+def _failure_message(namespace: str, job: str) -> str:
+    """Why an import failed, as its last pod said in its termination message (or log tail)."""
+    pods = _kubectl_json(namespace, "pods", "-l", f"job-name={job}")["items"]
+    for pod in sorted(pods, key=lambda pod: pod["metadata"].get("creationTimestamp", ""), reverse=True):
+        for container in pod.get("status", {}).get("containerStatuses", []):
+            terminated = container.get("state", {}).get("terminated", {})
+            if terminated.get("message"):
+                return terminated["message"].strip()
+    return "no pod said why; see kubectl logs"
+
+
+def wait_for_import(namespace: str, job: str, *, timeout: float, interval: float = ROLLOUT_POLL_SECONDS) -> None:
+    """Wait for the Job that imports the model's weights: done, failed (with its reason), or out of time."""
+    name = f"{namespace}/{job}"
+    started = time.monotonic()
+    noted = False
+    while True:
+        state = _kubectl_json(namespace, "job", job)
+        if state.get("status", {}).get("succeeded", 0) >= 1 or _condition(state, "Complete").get("status") == "True":
+            return
+        if _condition(state, "Failed").get("status") == "True":
+            raise SmokeTestError(f"the weights import {name} failed: {_failure_message(namespace, job)}")
+        waited = time.monotonic() - started
+        if not noted:
+            noted = True
+            print(f"waiting for the weights import {name} (kubectl -n {namespace} logs -f job/{job})", file=sys.stderr)
+        if waited >= timeout:
+            raise SmokeTestError(f"the weights import {name} did not finish within {waited:.0f} s")
+        time.sleep(min(interval, timeout - waited))
 
 
 def wait_for_rollout(
@@ -134,18 +183,7 @@ def wait_for_rollout(
     started = time.monotonic()
     noted_deadline = False
     while True:
-        result = subprocess.run(
-            ["kubectl", "-n", namespace, "get", "deployment", deployment, "-o", "json"],
-            capture_output=True,
-            text=True,
-        )
-        # An error (no such Deployment, no access, no cluster) will not go away by waiting.
-        if result.returncode:
-            raise SmokeTestError(f"cannot read deployment {name}: {result.stderr.strip()}")
-        try:
-            state = json.loads(result.stdout)
-        except ValueError:
-            raise SmokeTestError(f"kubectl printed no JSON for deployment {name}: {result.stdout[:300]!r}") from None
+        state = _kubectl_json(namespace, "deployment", deployment)
         if rollout_complete(state):
             return
         waited = time.monotonic() - started
@@ -206,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rollout-timeout",
         type=float,
         default=1800,
-        help="seconds to wait for the rollout, past its progress deadline",
+        help="seconds to wait for the weights import and the rollout, past its progress deadline",
     )
+    parser.add_argument("--import-job", help="the Job importing the model's weights, to wait for first")
     parser.add_argument("--request-timeout", type=float, default=120, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
     if not args.url and not (args.namespace and args.service):
@@ -216,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             answer = ask(args.url, args.model, timeout=args.request_timeout)
         else:
-            wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=args.rollout_timeout)
+            started = time.monotonic()
+            if args.import_job:
+                wait_for_import(args.namespace, args.import_job, timeout=args.rollout_timeout)
+            remaining = max(args.rollout_timeout - (time.monotonic() - started), 0)
+            wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=remaining)
             with port_forward(args.namespace, args.service, timeout=60) as url:
                 answer = ask(url, args.model, timeout=args.request_timeout)
     except SmokeTestError as failure:

@@ -395,6 +395,38 @@ class ModelResources(_Strict):
 # 2 (G4ad, G5g); a pod's GPUs must all be on one node.
 GPU_COUNTS = (1, 2, 4, 8)
 
+# What vLLM reads of a Hub repository: the root's weights, configs, tokenizer files and chat
+# templates, not copies such as gpt-oss's original/ and metal/ folders (41 GB where vLLM reads
+# 13.8). A pattern matches a path at its own depth: `*` never crosses a '/'.
+# scripts/import_weights.py has the same list (DEFAULT_INCLUDE), for use by hand; a test keeps them equal.
+DEFAULT_WEIGHT_FILES = ("*.safetensors", "*.json", "*.model", "*.tiktoken", "*.jinja", "vocab.txt", "merges.txt")
+Revision = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"),
+    Field(description="a branch, tag or commit of the Hub repository: letters, digits, '.', '_' and '-'"),
+]
+CommitSha = re.compile(r"^[0-9a-f]{40}$")
+FilePattern = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9._*?/-]+$", max_length=200),
+    Field(
+        description="a file pattern such as *.safetensors: letters, digits, '.', '_', '-', '/' and wildcards * and ?"
+    ),
+]
+# Secrets Manager secret names: 1-512 of letters, digits and /_+=.@- (Secrets Manager API, CreateSecret).
+SecretName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$"),
+    Field(description="a Secrets Manager secret name: letters, digits and /_+=.@-"),
+]
+S3Prefix = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$", max_length=200),
+    Field(
+        description="a key prefix in the model bucket such as my-model/v1: folders of letters, digits, '.', '_', '-'"
+    ),
+]
+
 
 class ModelSettings(_Strict):
     # Names the Deployment and the namespace it runs in (and the names in settings.names).
@@ -422,6 +454,38 @@ class ModelSettings(_Strict):
     # the time from the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
     weights_gb: float = Field(default=13.8, gt=0)
     load_seconds: int = Field(default=180, ge=1)
+    # Where the weights come from. From the Hub: the deploy imports `model` at `revision` (the
+    # files matching `files`) into the model store, once per revision (scripts/import_weights.py);
+    # a gated model needs a Secrets Manager secret holding a Hugging Face token.
+    revision: Revision = "main"
+    files: tuple[FilePattern, ...] = Field(default=DEFAULT_WEIGHT_FILES, min_length=1)
+    hf_token_secret: SecretName | None = None
+    # Or weights that are not on the Hub: you fill s3://<model bucket>/<weights_s3_prefix>/ and
+    # mark it complete; nothing is imported.
+    weights_s3_prefix: S3Prefix | None = None
+
+    @property
+    def weights_path(self) -> str:
+        """Where the weights are, from the model store's root: <name>/<revision>, or the S3 prefix you fill.
+
+        The revision is part of the path, so a new one is a new folder, rolled out as an ordinary
+        Deployment update while the replicas of the old one keep reading theirs.
+        """
+        return self.weights_s3_prefix or f"{self.name}/{self.revision}"
+
+    @property
+    def imported(self) -> bool:
+        """The deploy brings this model's weights from the Hub (not from an S3 prefix you fill)."""
+        return self.weights_s3_prefix is None
+
+    @model_validator(mode="after")
+    def _one_weights_source(self) -> ModelSettings:
+        if self.weights_s3_prefix is not None and self.hf_token_secret is not None:
+            raise ValueError(
+                "hf_token_secret applies to weights imported from the Hub; with weights_s3_prefix nothing is "
+                "imported: remove one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tensor_parallel_uses_every_gpu(self) -> ModelSettings:
@@ -552,6 +616,34 @@ class StageSettings(_Strict):
     def model_store_zone(self) -> str:
         """The zone of the FSx for Lustre file system (and, unless spread, of the GPU nodes)."""
         return self.model_store.availability_zone or self.availability_zones[0]
+
+    @model_validator(mode="after")
+    def _weights_fit_the_file_system(self) -> StageSettings:
+        total_gb = sum(model.weights_gb for model in self.models)
+        capacity_gb = self.model_store.storage_capacity_gib * 2**30 / 1e9
+        if total_gb > capacity_gb:
+            raise ValueError(
+                f"models: their weights_gb add up to {total_gb:g} GB, more than the {capacity_gb:.0f} GB of "
+                f"model_store.storage_capacity_gib ({self.model_store.storage_capacity_gib}); raise it to "
+                "1200 or a multiple of 2400 that holds them (a new revision needs room beside the old one "
+                "while it rolls out)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _production_pins_revisions(self) -> StageSettings:
+        if self.production:
+            unpinned = [
+                f"models[{index}].revision: {model.revision!r}"
+                for index, model in enumerate(self.models)
+                if model.imported and not CommitSha.fullmatch(model.revision)
+            ]
+            if unpinned:
+                raise ValueError(
+                    f"{'; '.join(unpinned)} is not a commit; a production stage pins every model to a 40-character "
+                    "commit sha of its Hub repository, so a deploy always serves the files it was reviewed with"
+                )
+        return self
 
     @model_validator(mode="after")
     def _production_is_redundant(self) -> StageSettings:

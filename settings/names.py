@@ -51,27 +51,15 @@ def app_label(model_name: str) -> str:
     return f"vllm-{model_name}"
 
 
-# CronJob names: at most 52 characters, because the controller names each Job after the CronJob
-# plus 11 characters ("-" and the scheduled time) and a Job's name is also its pods' `job-name`
-# label value (kubernetes/kubernetes pkg/apis/batch/validation/validation.go, ValidateCronJobCreate).
-CRONJOB_NAME_MAX = 52
+# A Job's name is also its pods' `job-name` label value: at most LABEL_VALUE_MAX characters
+# (kubernetes/kubernetes pkg/apis/batch/validation/validation.go, ValidateJob).
+# The import Job's name ends in 8 hex digits of what it imports (charts.model_loader.import_key).
+IMPORT_KEY_EXAMPLE = "0123abcd"
 
 
-def preload_job_name(model_name: str) -> str:
-    """The suspended CronJob that preloads a model's weights: a template to start Jobs from."""
-    return f"preload-{model_name}"
-
-
-# `date +%s` in the preload command: 10 digits from 2001 until 2286.
-PRELOAD_STARTED_EXAMPLE = "1767225600"
-
-
-def preload_run_name(model_name: str, started: str) -> str:
-    """A Job the preload command starts from the CronJob, `started` being `$(date +%s)`.
-
-    Its name becomes its pods' `job-name` label value, so it must fit LABEL_VALUE_MAX.
-    """
-    return f"{preload_job_name(model_name)}-{started}"
+def import_job_name(model_name: str, key: str) -> str:
+    """The Job that brings one revision of a model's weights into the model store, once."""
+    return f"import-{model_name}-{key}"
 
 
 # PersistentVolume names are DNS-1123 subdomains: at most 253 characters (Kubernetes docs,
@@ -99,10 +87,9 @@ def output_id(model_name: str) -> str:
 MODEL_NAME_LIMITS = (
     NameLimit("namespace", namespace, NAMESPACE_MAX),
     NameLimit("app label", app_label, LABEL_VALUE_MAX),
-    NameLimit("preload CronJob name", preload_job_name, CRONJOB_NAME_MAX),
     NameLimit(
-        "preload Job name (its pods' job-name label)",
-        lambda name: preload_run_name(name, PRELOAD_STARTED_EXAMPLE),
+        "weights import Job name (its pods' job-name label)",
+        lambda name: import_job_name(name, IMPORT_KEY_EXAMPLE),
         LABEL_VALUE_MAX,
     ),
     NameLimit("weights PersistentVolume name", weights_volume_name, PERSISTENT_VOLUME_NAME_MAX),

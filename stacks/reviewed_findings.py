@@ -16,7 +16,10 @@ from typing import cast
 from aws_cdk import Acknowledgment, CfnElement, CfnResource, Stack, Stage, Validations, pipelines
 from constructs import IConstruct
 
-from settings.model import StageSettings
+from charts.model_loader import import_folders
+from settings import names
+from settings.model import ModelSettings, StageSettings
+from stacks.model_store import bucket_arn_export
 
 CLUSTER_ROLE = "Cluster/Cluster/Role"
 NODE_ROLE = "Cluster/NodeRole"
@@ -57,8 +60,8 @@ def _account_resource(service: str, region: str, resource: str) -> str:
     return f"Resource::arn:<AWS::Partition>:{service}:{region}:<AWS::AccountId>:{resource}"
 
 
-def nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
-    """The stage's accepted cdk-nag findings; some name the stage's region and cache prefix."""
+def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Finding, ...]:
+    """The stage's accepted cdk-nag findings; some name the stage's region, cache prefix and model store stack."""
     prefix = settings.image_cache_prefix
     return (
         *_LIBRARY_NAG_FINDINGS,
@@ -76,6 +79,29 @@ def nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
             f"AwsSolutions-IAM5[{_account_resource('ecr', settings.region, f'repository/{prefix}/*')}]",
             "A first pull through the cache creates the image's repository under the cache prefix; the "
             "repositories are not known in advance, so the grant covers that prefix and nothing else.",
+        ),
+        *(
+            Finding(
+                f"Serving/{names.output_id(model.name)}ImportRole/DefaultPolicy",
+                f"AwsSolutions-IAM5[{resource}]",
+                f"The weights import of {model.model} writes files it only learns from the Hub, under {what}; "
+                "nothing else in the bucket.",
+            )
+            for model in settings.models
+            if model.imported
+            for what, resource in _import_folders(model, bucket_arn_export(model_store_stack))
+        ),
+        *(
+            Finding(
+                f"Serving/{names.output_id(model.name)}ImportRole/DefaultPolicy",
+                "AwsSolutions-IAM5["
+                + _account_resource("secretsmanager", settings.region, f"secret:{model.hf_token_secret}-??????")
+                + "]",
+                "Secrets Manager ends a secret's ARN in six random characters: the wildcard is that suffix of the "
+                "one token secret the settings name.",
+            )
+            for model in settings.models
+            if model.imported and model.hf_token_secret
         ),
         Finding(
             f"{FSX_CSI_ROLE}/DefaultPolicy",
@@ -259,7 +285,15 @@ CHECKOV_FINDINGS = (
 
 def acknowledge_reviewed_findings(stage: Stage, settings: StageSettings) -> None:
     """Acknowledge the findings above on the stage's constructs."""
-    _acknowledge(stage, nag_findings(settings), CHECKOV_FINDINGS)
+    model_store = cast(Stack, _construct_at(stage, "ModelStore"))
+    _acknowledge(stage, nag_findings(settings, model_store.stack_name), CHECKOV_FINDINGS)
+
+
+def _import_folders(model: ModelSettings, bucket_export: str) -> list[tuple[str, str]]:
+    """The bucket folders a model's weights import writes, as cdk-nag names their objects."""
+    return [
+        (f"s3://<model bucket>/{folder}", f"Resource::{bucket_export}/{folder}") for folder in import_folders(model)
+    ]
 
 
 def _acknowledge(scope: Stage | Stack, nag: list[Finding] | tuple[Finding, ...], checkov: tuple[Finding, ...]) -> None:

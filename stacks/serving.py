@@ -15,11 +15,13 @@ from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_fsx as fsx
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from charts import DeployedResources, build_charts
 from charts.cold_start import smoke_test_wait_seconds
+from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, import_folders, import_job_name
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
 from scripts.smoke_test import chat_request
 from settings import names
@@ -51,6 +53,8 @@ class ServingStack(Stack):
         node_role: iam.IRole,
         vpc: ec2.IVpc,
         file_system: fsx.LustreFileSystem,
+        bucket: s3.IBucket,
+        bucket_arn: str,
         file_system_security_group: ec2.ISecurityGroup,
         pipeline_account: str | None = None,
         **kwargs: Any,
@@ -75,11 +79,15 @@ class ServingStack(Stack):
             file_system_id=file_system.file_system_id,
             file_system_dns_name=file_system.dns_name,
             file_system_mount_name=file_system.mount_name,
+            bucket_name=bucket.bucket_name,
         )
         for chart_id, chart in build_charts(cdk8s.App(), settings, deployed).items():
             target.add_cdk8s_chart(chart_id, chart)
 
         self._lustre_between(file_system_security_group.security_group_id, cluster.cluster_security_group_id)
+        for model in settings.models:
+            if model.imported:
+                self._weights_import_identity(settings, model, cluster, bucket_arn)
 
         self.smoke_test = self._smoke_test_project(settings, cluster, vpc)
         self._smoke_test_trigger(settings, pipeline_account)
@@ -94,10 +102,9 @@ class ServingStack(Stack):
             )
             CfnOutput(
                 self,
-                f"{output_id}PreloadCommand",
-                description=f"After uploading {model.model} to s3://<model bucket>/{model.name}/: "
-                "reads it into the file system",
-                value=preload_command(model),
+                f"{output_id}WeightsCommand",
+                description=f"Shows where {model.model}'s weights are: the import's status and log, or what to upload",
+                value=weights_command(settings, model),
             )
             CfnOutput(
                 self,
@@ -105,6 +112,55 @@ class ServingStack(Stack):
                 description=f"Sends the test prompt to {model.model} through the port-forward",
                 value=test_request_command(model),
             )
+
+    def _weights_import_identity(
+        self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster, bucket_arn: str
+    ) -> None:
+        """AWS access for a model's import Job, through EKS Pod Identity: its folders of the bucket, its token.
+
+        An association (CfnPodIdentityAssociation) rather than the aws_eks_v2 ServiceAccount, which
+        would also install the Pod Identity agent add-on that Auto Mode already runs (aws-cdk#32580).
+        """
+        role = iam.Role(
+            self,
+            f"{names.output_id(model.name)}ImportRole",
+            description=f"Imports {model.model} into the model store (service account {IMPORT_SERVICE_ACCOUNT} "
+            f"in namespace {model.name})",
+            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+        )
+        folders = import_folders(model)
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[f"{bucket_arn}/{folder}" for folder in folders],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[bucket_arn],
+                conditions={"StringLike": {"s3:prefix": folders}},
+            )
+        )
+        if model.hf_token_secret:
+            # Secrets Manager appends six random characters to a secret's name in its ARN.
+            role.add_to_policy(
+                iam.PolicyStatement(
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[
+                        f"arn:{Aws.PARTITION}:secretsmanager:{settings.region}:{Aws.ACCOUNT_ID}:secret:"
+                        f"{model.hf_token_secret}-??????"
+                    ],
+                )
+            )
+        eks.CfnPodIdentityAssociation(
+            self,
+            f"{names.output_id(model.name)}ImportIdentity",
+            cluster_name=cluster.cluster_name,
+            namespace=model.name,
+            service_account=IMPORT_SERVICE_ACCOUNT,
+            role_arn=role.role_arn,
+        )
 
     def _lustre_between(self, file_system_group_id: str, node_group_id: str) -> None:
         """Lustre traffic between the file system and the nodes (which carry the cluster security group), both ways.
@@ -172,6 +228,11 @@ class ServingStack(Stack):
             f"python3 {SMOKE_TEST_FILE} --namespace {model.name} --service {model.service_name} "
             f"--deployment {model.name} --model {model.model} "
             f"--rollout-timeout {smoke_test_wait_seconds(settings, model)}"
+            + (
+                f" --import-job {import_job_name(model, region=settings.region, zone=settings.model_store_zone)}"
+                if model.imported
+                else ""
+            )
             for model in settings.models
         ]
         scripts = s3_assets.Asset(self, "SmokeTestScript", path=str(SCRIPTS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
@@ -238,13 +299,15 @@ def smoke_test_timeout(settings: StageSettings) -> Duration:
     return Duration.minutes(math.ceil(waits / 60) + 10)
 
 
-def preload_command(model: ModelSettings) -> str:
-    job = names.preload_job_name(model.name)
-    return (
-        f"kubectl -n {model.name} create job {names.preload_run_name(model.name, '$(date +%s)')} "
-        f"--from=cronjob/{job} && "
-        f"kubectl -n {model.name} get jobs -l job-name -w"
-    )
+def weights_command(settings: StageSettings, model: ModelSettings) -> str:
+    """How to watch a model's weights arrive: the import Job's status and log, or where to upload them."""
+    if not model.imported:
+        return (
+            f"aws s3 sync <weights folder> s3://<model bucket>/{model.weights_path}/ && "
+            f"echo '{{}}' | aws s3 cp - s3://<model bucket>/{model.weights_path}/{COMPLETION_MARKER}"
+        )
+    job = import_job_name(model, region=settings.region, zone=settings.model_store_zone)
+    return f"kubectl -n {model.name} get job {job} && kubectl -n {model.name} logs -f job/{job}"
 
 
 def port_forward_command(model: ModelSettings) -> str:

@@ -72,6 +72,8 @@ class InferencePlatformStage(Stage):
             node_role=cluster.node_role,
             vpc=network.vpc,
             file_system=model_store.file_system,
+            bucket=model_store.bucket,
+            bucket_arn=model_store.bucket_arn_import,
             file_system_security_group=model_store.security_group,
             pipeline_account=pipeline_account,
         )

@@ -12,6 +12,8 @@ from charts.cold_start import (
     MEASURED_PULL_SECONDS,
     cold_start_steps,
     file_system_throughput_mb_s,
+    import_deadline_seconds,
+    import_steps,
     progress_deadline_seconds,
     smoke_test_wait_seconds,
     startup_probe_seconds,
@@ -83,10 +85,34 @@ def test_the_dev_stage_budget_counts_the_image_twice_on_a_first_start() -> None:
     assert progress_deadline_seconds(settings, model) == 960
 
 
-def test_the_smoke_test_waits_past_the_progress_deadline() -> None:
+def test_the_smoke_test_waits_past_the_progress_deadline_and_the_import() -> None:
     settings = settings_with()
     model = settings.models[0]
-    assert smoke_test_wait_seconds(settings, model) == 2 * progress_deadline_seconds(settings, model) == 1920
+    importing = sum(step.seconds for step in import_steps(settings, model))
+    assert importing == pytest.approx(88 + 198 + 138 + 138 + 47, abs=1)
+    assert smoke_test_wait_seconds(settings, model) == 2 * (progress_deadline_seconds(settings, model) + 660) == 3240
+
+
+def test_the_import_is_not_part_of_a_replicas_cold_start() -> None:
+    settings = settings_with()
+    names = [step.name for step in cold_start_steps(settings, settings.models[0])]
+    assert not [name for name in names if name.startswith("import")]
+
+
+def test_weights_you_upload_need_no_import_time() -> None:
+    data = stage_data()
+    data["models"][0]["weights_s3_prefix"] = "mine/v1"
+    settings = parse_stage_settings("dev", data)
+    assert import_steps(settings, settings.models[0]) == []
+    assert import_deadline_seconds(settings, settings.models[0]) == 3600
+
+
+def test_a_big_model_gets_an_import_deadline_beyond_an_hour() -> None:
+    data = stage_data()
+    data["models"][0]["weights_gb"] = 141
+    settings = parse_stage_settings("dev", data)
+    # 141 GB down and up at 100 MB/s each, and read at 293 MB/s: about 50 minutes, tripled.
+    assert import_deadline_seconds(settings, settings.models[0]) > 2 * 3600
 
 
 def test_cold_start_command_prints_every_step_and_the_derived_probe_budget() -> None:

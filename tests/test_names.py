@@ -13,8 +13,7 @@ from settings.model import MAX_CLUSTER_NAME_LENGTH, MAX_MODEL_NAME_LENGTH
 def test_names_derived_from_a_model_name() -> None:
     assert names.namespace("gpt-oss-20b") == "gpt-oss-20b"
     assert names.app_label("gpt-oss-20b") == "vllm-gpt-oss-20b"
-    assert names.preload_job_name("gpt-oss-20b") == "preload-gpt-oss-20b"
-    assert names.preload_run_name("gpt-oss-20b", "$(date +%s)") == "preload-gpt-oss-20b-$(date +%s)"
+    assert names.import_job_name("gpt-oss-20b", "0123abcd") == "import-gpt-oss-20b-0123abcd"
     assert names.weights_volume_name("gpt-oss-20b") == "model-weights-gpt-oss-20b"
     assert names.output_id("gpt-oss-20b") == "GptOss20b"
 
@@ -25,8 +24,8 @@ def test_names_derived_from_a_cluster_name() -> None:
 
 
 def test_longest_names_allowed() -> None:
-    # preload-<name> must fit a CronJob name (52); smoke-test-trigger role names an IAM role (64).
-    assert (MAX_MODEL_NAME_LENGTH, MAX_CLUSTER_NAME_LENGTH) == (44, 45)
+    # import-<name>-<8 hex> must fit a label value (63); <cluster>-smoke-test-trigger an IAM role name (64).
+    assert (MAX_MODEL_NAME_LENGTH, MAX_CLUSTER_NAME_LENGTH) == (47, 45)
 
 
 @pytest.mark.parametrize(
@@ -39,8 +38,8 @@ def test_every_derived_name_of_the_longest_allowed_name_fits(limits: tuple[names
     assert any(len(limit.derive("a" * (longest + 1))) > limit.limit for limit in limits)
 
 
-def test_preload_run_example_is_what_date_prints() -> None:
-    assert re.fullmatch(r"[0-9]{10}", names.PRELOAD_STARTED_EXAMPLE)
+def test_import_key_example_has_the_keys_shape() -> None:
+    assert re.fullmatch(r"[0-9a-f]{8}", names.IMPORT_KEY_EXAMPLE)
 
 
 @pytest.mark.parametrize(

@@ -302,25 +302,24 @@ def test_unknown_image_source_lists_the_allowed_ones() -> None:
 # --- names derived from the settings: too long, reserved or colliding names are refused before the deploy ---
 
 
-def test_model_name_too_long_for_the_preload_cronjob_is_refused() -> None:
+def test_model_name_too_long_for_the_weights_import_job_is_refused() -> None:
     data = stage_data()
-    data["models"][0]["name"] = "m" * 45
-    assert (
-        f"models[0].name: '{'m' * 45}' is 45 characters; at most 44 fit the preload CronJob name preload-<name> "
-        "(52 characters)"
-    ) in rejected(data)
+    data["models"][0]["name"] = "m" * 48
+    message = rejected(data)
+    assert f"models[0].name: '{'m' * 48}' is 48 characters; at most 47 fit the weights import Job name " in message
+    assert message.endswith("(63 characters)")
 
 
 def test_model_name_longer_than_a_namespace_names_the_tightest_limit() -> None:
     data = stage_data()
     data["models"][0]["name"] = "m" * 70
-    assert "is 70 characters; at most 44 fit the preload CronJob name" in rejected(data)
+    assert "is 70 characters; at most 47 fit the weights import Job name" in rejected(data)
 
 
 def test_longest_model_name_is_allowed() -> None:
     data = stage_data()
-    data["models"][0]["name"] = "m" * 44
-    assert parse_stage_settings("dev", data).models[0].name == "m" * 44
+    data["models"][0]["name"] = "m" * 47
+    assert parse_stage_settings("dev", data).models[0].name == "m" * 47
 
 
 @pytest.mark.parametrize("name", ["default", "kube-system", "kube-public", "kube-node-lease", "kube-models"])

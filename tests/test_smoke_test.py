@@ -26,6 +26,7 @@ from scripts.smoke_test import (
     chat_request,
     main,
     rollout_complete,
+    wait_for_import,
     wait_for_rollout,
 )
 from tests.conftest import ROOT
@@ -349,3 +350,43 @@ def test_a_kubectl_error_fails_the_rollout_wait_at_once(kubectl: FakeKubectl, cl
 )
 def test_a_rollout_is_complete_by_kubectls_rule(state: dict[str, Any], complete: bool) -> None:
     assert rollout_complete(state) is complete
+
+
+IMPORT_JOB = "import-gpt-oss-20b-0123abcd"
+
+
+def job(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": IMPORT_JOB}, "status": status}
+
+
+def test_the_import_wait_goes_on_while_the_job_runs(
+    kubectl: FakeKubectl, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubectl.answer(job(active=1), job(active=1), job(succeeded=1))
+    wait_for_import(NAMESPACE, IMPORT_JOB, timeout=600, interval=10)
+    assert kubectl.calls == [["-n", NAMESPACE, "get", "job", IMPORT_JOB, "-o", "json"]] * 3
+    assert f"kubectl -n {NAMESPACE} logs -f job/{IMPORT_JOB}" in capsys.readouterr().err
+
+
+def test_a_failed_import_fails_with_the_jobs_own_reason(kubectl: FakeKubectl, clock: FakeClock) -> None:
+    failed = job(failed=4, conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    reason = "openai/gpt-oss-20b at main is gated: accept its licence on the Hub and give a token"
+    pods = {
+        "items": [
+            {
+                "metadata": {"creationTimestamp": "2026-11-28T10:00:00Z"},
+                "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 1, "message": reason}}}]},
+            }
+        ]
+    }
+    kubectl.answer(failed, pods)
+    with pytest.raises(SmokeTestError) as failure:
+        wait_for_import(NAMESPACE, IMPORT_JOB, timeout=600, interval=10)
+    assert str(failure.value) == f"the weights import {NAMESPACE}/{IMPORT_JOB} failed: {reason}"
+    assert kubectl.calls[1] == ["-n", NAMESPACE, "get", "pods", "-l", f"job-name={IMPORT_JOB}", "-o", "json"]
+
+
+def test_an_import_that_outlasts_the_wait_fails_saying_so(kubectl: FakeKubectl, clock: FakeClock) -> None:
+    kubectl.answer(job(active=1), job(active=1), job(active=1))
+    with pytest.raises(SmokeTestError, match=r"did not finish within 20 s"):
+        wait_for_import(NAMESPACE, IMPORT_JOB, timeout=20, interval=10)

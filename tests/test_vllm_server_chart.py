@@ -38,12 +38,14 @@ def container(pod: dict[str, Any]) -> dict[str, Any]:
     return only
 
 
-def test_chart_holds_namespace_volume_preload_deployment_service_and_budget(objects: list[dict[str, Any]]) -> None:
+def test_chart_holds_namespace_volume_import_deployment_service_and_budget(objects: list[dict[str, Any]]) -> None:
     assert [obj["kind"] for obj in objects] == [
         "Namespace",
         "PersistentVolume",
         "PersistentVolumeClaim",
-        "CronJob",
+        "ServiceAccount",
+        "ConfigMap",
+        "Job",
         "Deployment",
         "Service",
         "Role",
@@ -66,7 +68,7 @@ def test_container_serves_the_walkthroughs_model_from_the_file_system(container:
     assert container["name"] == "inference-server"
     assert container["command"] == ["vllm", "serve"]
     assert container["args"] == [
-        "/models/gpt-oss-20b",
+        "/models/gpt-oss-20b/main",
         "--served-model-name=openai/gpt-oss-20b",
         "--port=8000",
         "--gpu-memory-utilization=0.90",
@@ -205,7 +207,7 @@ def test_container_is_hardened(pod: dict[str, Any], container: dict[str, Any]) -
     assert context["runAsNonRoot"] is True
     assert context["runAsUser"] != 0
     assert pod["automountServiceAccountToken"] is False
-    # The preload job's container gets the very same context.
+    # The weights import and the wait for it get the very same context.
     assert context == CONTAINER_SECURITY_CONTEXT
 
 
@@ -256,11 +258,14 @@ def test_disruption_budget_evicts_one_replica_at_a_time(objects: list[dict[str, 
     assert find(objects, "Deployment")["spec"]["selector"] == {"matchLabels": {"app": "vllm-gpt-oss-20b"}}
 
 
-def test_smoke_test_group_may_only_watch_the_rollout_and_port_forward(objects: list[dict[str, Any]]) -> None:
+def test_smoke_test_group_may_only_watch_the_import_and_the_rollout_and_port_forward(
+    objects: list[dict[str, Any]],
+) -> None:
     role = find(objects, "Role")
     assert role["metadata"] == {"name": "smoke-test", "namespace": "gpt-oss-20b"}
     assert role["rules"] == [
         {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
         {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
     ]
