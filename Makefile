@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup synth test snapshots lint format dist cold-start bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup synth test snapshots lint format dist cold-start sizing bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ dist: setup ## Write every chart of one stage as YAML under dist/ (STAGE=dev)
 
 cold-start: setup ## The cold-start budget of a new replica of each model (STAGE=dev)
 	python -m scripts.cold_start --stage $(STAGE)
+
+sizing: setup ## The GPU instances that can run each model, cheapest first, and the pool's limits (STAGE=dev)
+	python -m scripts.sizing --stage $(STAGE)
 
 bench: setup ## Benchmarks: synth time against a floor app, the test suite's time and memory, the deploy plan
 	python -m scripts.bench synth --runs 5

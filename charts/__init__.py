@@ -9,9 +9,9 @@ import cdk8s
 from charts.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
 from charts.gpu_node_pool import GpuNodePoolChart
 from charts.images import pulled_image
-from charts.sizing import gpu_memory_needed_mib
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
 from settings.model import StageSettings
+from settings.sizing import gpu_memory_needed_mib, pool_limits, requests
 
 # A small image with `sh`, for the replicas' wait for their weights (pulled through the cache too).
 HELPER_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"
@@ -58,6 +58,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             security_group_id=deployed.cluster_security_group_id,
             zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
             min_gpu_memory_mib=min(gpu_memory_needed_mib(model) for model in settings.models),
+            limits=pool_limits(settings),
         )
     }
     weights = WeightsFileSystem(
@@ -80,6 +81,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             startup_budget=startup_probe_seconds(settings, model),
             progress_deadline=progress_deadline_seconds(settings, model),
             import_deadline=import_deadline_seconds(settings, model),
+            requests=requests(settings, model),
         )
     return charts
 

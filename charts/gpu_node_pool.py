@@ -12,8 +12,8 @@ from typing import Any
 import cdk8s
 from constructs import Construct
 
-from charts.sizing import GPU_MEMORY_LABEL
 from settings.model import GpuNodePoolSettings
+from settings.sizing import GPU_MEMORY_LABEL
 
 # The taint keeps everything but GPU workloads (which tolerate it) off these expensive nodes.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "Exists", "effect": "NoSchedule"}
@@ -26,7 +26,7 @@ def node_requirements(
 ) -> list[dict[str, Any]]:
     """The pool's instance constraints, in Karpenter's requirement syntax; `zones` None means any zone.
 
-    `min_gpu_memory_mib`: the least memory per GPU any model needs (charts.sizing). Category g of
+    `min_gpu_memory_mib`: the least memory per GPU any model needs (settings.sizing). Category g of
     generation 5 and newer also holds g6f, whose GPUs are fractions of one L4 (3-12 GB) and whose
     GPU count Karpenter has reported inconsistently (aws/karpenter-provider-aws#8324, #8368):
     requiring whole GPUs with enough memory keeps them, and any such family to come, out.
@@ -63,7 +63,8 @@ class GpuNodePoolChart(cdk8s.Chart):
 
     `node_role_name`, `subnet_ids` and `security_group_id` come from the cluster (CDK tokens when
     applied by the serving stack); `zones` pins the pool to the model store's zone, or None;
-    `min_gpu_memory_mib` is the least memory per GPU that any model served from the pool needs.
+    `min_gpu_memory_mib` is the least memory per GPU that any model served from the pool needs;
+    `limits` what the pool may hold in all (settings.sizing.pool_limits).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class GpuNodePoolChart(cdk8s.Chart):
         security_group_id: str,
         zones: tuple[str, ...] | None,
         min_gpu_memory_mib: int,
+        limits: dict[str, Any],
     ) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         node_class = cdk8s.ApiObject(
@@ -104,9 +106,6 @@ class GpuNodePoolChart(cdk8s.Chart):
                 },
             )
         )
-        limits: dict[str, Any] = {"cpu": pool.limits.cpu, "memory": pool.limits.memory}
-        if pool.limits.gpu is not None:
-            limits["nvidia.com/gpu"] = pool.limits.gpu
         node_pool = cdk8s.ApiObject(
             self,
             "NodePool",

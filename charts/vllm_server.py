@@ -19,9 +19,9 @@ from constructs import Construct
 from charts.gpu_node_pool import GPU_TAINT
 from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
 from charts.model_volume import ModelVolume
-from charts.sizing import GPU_MEMORY_LABEL, gpu_memory_needed_mib
 from settings import names
 from settings.model import ModelSettings
+from settings.sizing import GPU_MEMORY_LABEL, Requests, gpu_memory_needed_mib
 
 PORT = 8000
 PROBE_PERIOD_SECONDS = 10
@@ -152,6 +152,7 @@ class VllmServerChart(cdk8s.Chart):
         startup_budget: int,
         progress_deadline: int,
         import_deadline: int,
+        requests: Requests,
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
@@ -245,11 +246,13 @@ class VllmServerChart(cdk8s.Chart):
             port_number=PORT,
             env_variables={name: kplus.EnvValue.from_value(value) for name, value in vllm_env(model).items()},
             resources=kplus.ContainerResources(
-                cpu=kplus.CpuResources(request=kplus.Cpu.units(model.resources.cpu)),
+                cpu=kplus.CpuResources(request=kplus.Cpu.millis(requests.cpu_millis)),
                 memory=kplus.MemoryResources(
-                    request=_size(model.resources.memory), limit=_size(model.resources.memory)
+                    request=cdk8s.Size.mebibytes(requests.memory_mib), limit=cdk8s.Size.mebibytes(requests.memory_mib)
                 ),
-                ephemeral_storage=kplus.EphemeralStorageResources(request=_size(model.resources.ephemeral_storage)),
+                ephemeral_storage=kplus.EphemeralStorageResources(
+                    request=cdk8s.Size.mebibytes(requests.ephemeral_storage_mib)
+                ),
             ),
             # vLLM 0.11.2 starts its HTTP server only once the engine is ready (api_server.py:
             # build_async_engine_client, then serve_http), so /health answers as soon as the model
@@ -287,7 +290,7 @@ class VllmServerChart(cdk8s.Chart):
                 "SharedMemory",
                 "dshm",
                 medium=kplus.EmptyDirMedium.MEMORY,
-                size_limit=_size(model.resources.shared_memory),
+                size_limit=cdk8s.Size.mebibytes(requests.shared_memory_mib),
             ),
         )
         container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
@@ -369,14 +372,3 @@ class VllmServerChart(cdk8s.Chart):
             kind="PodDisruptionBudget",
             metadata=cdk8s.ApiObjectMetadata(name=model.name, labels=labels),
         ).add_json_patch(cdk8s.JsonPatch.add("/spec", {"maxUnavailable": 1, "selector": {"matchLabels": labels}}))
-
-
-def _size(quantity: str) -> cdk8s.Size:
-    """A size from settings ("24Gi"; settings.model.BinarySize) as a cdk8s Size."""
-    units = {
-        "Ki": cdk8s.Size.kibibytes,
-        "Mi": cdk8s.Size.mebibytes,
-        "Gi": cdk8s.Size.gibibytes,
-        "Ti": cdk8s.Size.tebibytes,
-    }
-    return units[quantity[-2:]](int(quantity[:-2]))

@@ -12,6 +12,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from settings.model import PipelineSettings, StageName, StageSettings
+from settings.sizing import sizing_problems
 
 STAGES_DIR = Path(__file__).parent / "stages"
 PIPELINE_FILE = Path(__file__).parent / "pipeline.yaml"
@@ -67,7 +68,12 @@ def parse_stage_settings(stage: str, data: Any) -> StageSettings:
         raise SettingsError(
             f"{what} has invalid settings:\n  name: set by the file name settings/stages/{stage}.yaml; remove it"
         )
-    return _validate(StageSettings, {**data, "name": stage}, what)
+    settings = _validate(StageSettings, {**data, "name": stage}, what)
+    # Against the GPU instances that could run it: only once every field is valid.
+    problems = sizing_problems(settings)
+    if problems:
+        raise SettingsError(f"{what} has invalid settings:\n" + "\n".join(f"  {problem}" for problem in problems))
+    return settings
 
 
 def load_pipeline_settings(path: Path = PIPELINE_FILE) -> tuple[PipelineSettings, dict[str, StageSettings]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -319,9 +319,11 @@ class ClusterSettings(_Strict):
 class NodePoolLimits(_Strict):
     """The most a pool may hold in total, across all its nodes."""
 
-    cpu: int = Field(default=100, ge=1)
-    memory: BinarySize = "100Gi"
-    gpu: int | None = Field(default=None, ge=1, description="nvidia.com/gpu; no limit when unset")
+    # Unset: derived from the models, so the pool holds every model's replicas plus one rollout
+    # surge on the largest instance that can run them (settings.sizing.pool_limits).
+    cpu: int | None = Field(default=None, ge=1)
+    memory: BinarySize | None = None
+    gpu: int | None = Field(default=None, ge=1, description="nvidia.com/gpu")
 
 
 class GpuNodePoolSettings(_Strict):
@@ -368,22 +370,21 @@ class GpuNodePoolSettings(_Strict):
 
 
 class ModelResources(_Strict):
-    """Requests sized for vLLM serving a ~20B model on one GPU (cdk8s-plus defaults, 1 CPU / 2 GiB, starve it)."""
+    """A replica's requests. Unset, each follows the model (settings.sizing.requests): 3 CPUs and 24 GiB
+    per GPU, capped to what the cheapest instance holding its GPUs leaves to pods (Karpenter leaves
+    13.3 GiB of a 16 GiB instance, 28.1 GiB of a 32 GiB one), /dev/shm a quarter of the memory."""
 
-    cpu: float = Field(default=3, gt=0, description="cores requested; no CPU limit, so loading may burst")
+    cpu: float | None = Field(default=None, gt=0, description="cores requested; no CPU limit, so loading may burst")
     # Request and limit: host memory holds the weights while they load and the CPU side of the KV cache.
-    # Karpenter leaves pods 13.3 GiB of a 16 GiB instance and 28.1 GiB of a 32 GiB one (charts.sizing:
-    # 32768 - 2458 (7.5 % VM overhead) - 1465 (kube-reserved for 110 pods) - 100 (eviction) = 28745 MiB),
-    # so 24Gi takes a 32 GiB node: g6e.xlarge, g5.2xlarge or g6.2xlarge, never a g5.xlarge or g6.xlarge.
-    memory: BinarySize = "24Gi"
-    # Node disk for vLLM's compile caches (the weights are on the file system).
-    ephemeral_storage: BinarySize = "20Gi"
+    memory: BinarySize | None = None
+    # Node disk for vLLM's compile caches (the weights are on the file system); unset: 20Gi.
+    ephemeral_storage: BinarySize | None = None
     # /dev/shm for NCCL and vLLM's workers; counts against the memory limit.
-    shared_memory: BinarySize = "8Gi"
+    shared_memory: BinarySize | None = None
 
     @model_validator(mode="after")
     def _shared_memory_within_memory(self) -> ModelResources:
-        if size_bytes(self.shared_memory) > size_bytes(self.memory):
+        if self.shared_memory and self.memory and size_bytes(self.shared_memory) > size_bytes(self.memory):
             raise ValueError(
                 f"shared_memory ({self.shared_memory}) is more than memory ({self.memory}): the memory-backed "
                 "/dev/shm counts against the pod's memory limit; give shared_memory at most memory"
@@ -428,6 +429,11 @@ S3Prefix = Annotated[
 ]
 
 
+# Weights the project knows the size of (GB, the files vLLM reads): openai/gpt-oss-20b's root
+# *.safetensors are about 13.8 GB (shared/FACTS.md, from the Hub's file listing).
+KNOWN_WEIGHTS_GB = {"openai/gpt-oss-20b": 13.8}
+
+
 class ModelSettings(_Strict):
     # Names the Deployment and the namespace it runs in (and the names in settings.names).
     name: ModelName
@@ -452,7 +458,7 @@ class ModelSettings(_Strict):
     # For the cold-start budget (charts/cold_start.py), from which the startupProbe is derived:
     # the weights' size on disk (openai/gpt-oss-20b's safetensors files are about 13.8 GB), and
     # the time from the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
-    weights_gb: float = Field(default=13.8, gt=0)
+    weights_gb: float = Field(gt=0, description="GB; known for the models in KNOWN_WEIGHTS_GB")
     load_seconds: int = Field(default=180, ge=1)
     # Where the weights come from. From the Hub: the deploy imports `model` at `revision` (the
     # files matching `files`) into the model store, once per revision (scripts/import_weights.py);
@@ -486,6 +492,19 @@ class ModelSettings(_Strict):
                 "imported: remove one of them"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_weights(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "weights_gb" not in data and data.get("model") in KNOWN_WEIGHTS_GB:
+            return {**data, "weights_gb": KNOWN_WEIGHTS_GB[data["model"]]}
+        if isinstance(data, dict) and "weights_gb" not in data:
+            known = ", ".join(KNOWN_WEIGHTS_GB)
+            raise ValueError(
+                f"weights_gb is required for {data.get('model')!r}: the total size in GB of the files vLLM reads "
+                f"(it sizes the GPUs, the cold start and the file system); the project knows it for {known} only"
+            )
+        return data
 
     @model_validator(mode="after")
     def _tensor_parallel_uses_every_gpu(self) -> ModelSettings:
@@ -581,13 +600,6 @@ class StageSettings(_Strict):
         ]
         if clashes:
             raise ValueError(f"models: {'; '.join(clashes)}; rename one")
-        gpus_needed = sum(model.gpus * model.replicas for model in self.models)
-        gpu_limit = self.gpu_node_pool.limits.gpu
-        if gpu_limit is not None and gpu_limit < gpus_needed:
-            raise ValueError(
-                f"gpu_node_pool.limits.gpu: {gpu_limit} is fewer than the {gpus_needed} GPUs "
-                "the models' replicas need; raise it or remove it"
-            )
         return self
 
     @property
@@ -643,6 +655,30 @@ class StageSettings(_Strict):
                     f"{'; '.join(unpinned)} is not a commit; a production stage pins every model to a 40-character "
                     "commit sha of its Hub repository, so a deploy always serves the files it was reviewed with"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _production_chooses_its_trade_offs(self) -> StageSettings:
+        if not self.production:
+            return self
+        pool = self.gpu_node_pool
+        if "zones" not in pool.model_fields_set:
+            raise ValueError(
+                "gpu_node_pool.zones: a production stage chooses it: model_store_zone (GPU nodes in the file "
+                "system's zone: fast, free reads, but no replica can start while that zone is down) or all_zones "
+                "(replicas survive another zone's loss, at slower, billed cross-zone reads of every weight file)"
+            )
+        if pool.capacity_types == ("spot",):
+            raise ValueError(
+                "gpu_node_pool.capacity_types: spot only in a production stage; spot nodes go at two minutes' "
+                "notice, far less than a replica's cold start: add on-demand"
+            )
+        open_endpoint = ipaddress.IPv4Network("0.0.0.0/0") in self.cluster.public_access_cidrs
+        if self.cluster.endpoint_access != "private" and open_endpoint:
+            raise ValueError(
+                "cluster.public_access_cidrs: a production stage's Kubernetes API is not open to 0.0.0.0/0; make "
+                "endpoint_access private, or narrow public_access_cidrs to your networks"
+            )
         return self
 
     @model_validator(mode="after")

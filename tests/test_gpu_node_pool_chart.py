@@ -29,13 +29,15 @@ def test_node_pool_is_the_walkthroughs() -> None:
         {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot", "on-demand"]},
         {"key": "eks.amazonaws.com/instance-category", "operator": "In", "values": ["g"]},
         {"key": "eks.amazonaws.com/instance-generation", "operator": "Gt", "values": ["4"]},
-        # Whole GPUs with memory for gpt-oss-20b's weights and runtime (charts/sizing.py).
-        {"key": "eks.amazonaws.com/instance-gpu-memory", "operator": "Gt", "values": ["19174"]},
+        # Whole GPUs with memory for gpt-oss-20b's weights and runtime (settings/sizing.py).
+        {"key": "eks.amazonaws.com/instance-gpu-memory", "operator": "Gt", "values": ["19800"]},
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
         # Pinned to the file system's zone: Lustre is single-AZ.
         {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-west-2a"]},
     ]
-    assert pool["spec"]["limits"] == {"cpu": 100, "memory": "100Gi"}
+    # Derived: two nodes (a replica and a rollout surge) of the largest instance that can run it,
+    # g6e.16xlarge (64 vCPUs, 512 GiB, one L40S).
+    assert pool["spec"]["limits"] == {"cpu": 128, "memory": "1024Gi", "nvidia.com/gpu": 2}
 
 
 def test_gpu_node_class_gives_nodes_a_big_fast_disk() -> None:
@@ -72,7 +74,8 @@ def test_production_pool_is_on_demand_with_a_gpu_limit() -> None:
         "operator": "In",
         "values": ["on-demand"],
     }
-    assert spec["limits"] == {"cpu": 100, "memory": "100Gi", "nvidia.com/gpu": 8}
+    # Two replicas and a rollout surge.
+    assert spec["limits"] == {"cpu": 192, "memory": "1536Gi", "nvidia.com/gpu": 3}
 
 
 def test_instance_families_and_no_generation_bound_render_as_requirements() -> None:

@@ -52,7 +52,7 @@ def test_gpu_node_pool_defaults_are_the_walkthroughs() -> None:
     assert pool.instance_generation_greater_than == 4
     assert pool.capacity_types == ("spot", "on-demand")
     assert pool.architectures == ("amd64",)
-    assert (pool.limits.cpu, pool.limits.memory, pool.limits.gpu) == (100, "100Gi", None)
+    assert (pool.limits.cpu, pool.limits.memory, pool.limits.gpu) == (None, None, None)  # derived from the models
 
 
 def test_model_defaults_are_the_walkthroughs() -> None:
@@ -203,8 +203,11 @@ def test_extra_args_may_not_repeat_a_managed_flag() -> None:
 
 def test_gpu_limit_below_what_the_replicas_need_is_refused() -> None:
     data = stage_data("prod")
-    data["gpu_node_pool"]["limits"]["gpu"] = 1
-    assert "gpu_node_pool.limits.gpu: 1 is fewer than the 2 GPUs the models' replicas need" in rejected(data, "prod")
+    data["gpu_node_pool"]["limits"] = {"gpu": 2}
+    assert (
+        "gpu_node_pool.limits.gpu: 2 is less than every model's replicas plus one rollout surge, each on the "
+        "cheapest instance that fits: at least 3"
+    ) in rejected(data, "prod")
 
 
 def test_unknown_capacity_type_lists_the_allowed_ones() -> None:

@@ -1,58 +1,327 @@
-"""What a model needs of a node, and what Karpenter leaves to pods: the arithmetic and its boundaries."""
+"""Sizing from the model: each stage is checked against the GPU instances that could run it."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import sys
+from typing import Any
 
-from charts.sizing import allocatable_memory_mib, gpu_memory_needed_mib
-from settings import load_stage_settings, parse_stage_settings
+import pytest
+
+from charts.cold_start import file_system_throughput_mb_s, startup_probe_seconds
+from settings import SettingsError, load_stage_settings, parse_stage_settings
+from settings.sizing import (
+    GIB,
+    allocatable_cpu_millis,
+    allocatable_disk_mib,
+    allocatable_memory_mib,
+    candidates,
+    catalog,
+    fit,
+    gpu_fit,
+    gpu_memory_needed_mib,
+    kv_cache_bytes,
+    pool_limits,
+    pool_needs,
+    requests,
+)
 from tests.conftest import ROOT, stage_data
 
-# Memory of the instances the README names (MiB): aws/karpenter-provider-aws instance-types.md.
-INSTANCE_MEMORY_MIB = {"g5.xlarge": 16384, "g6.xlarge": 16384, "g5.2xlarge": 32768, "g6.2xlarge": 32768}
-INSTANCE_MEMORY_MIB["g6e.xlarge"] = 32768
-MIB_PER_GIB = 1024
+LLAMA_70B = {
+    "name": "llama-70b",
+    "model": "meta-llama/Llama-3.1-70B-Instruct",
+    "service_name": "llama-70b",
+    "weights_gb": 141,
+    "gpus": 4,
+    "tensor_parallel_size": 4,
+    "hf_token_secret": "hf-token",
+}
+GPT_OSS_120B = {
+    "name": "gpt-oss-120b",
+    "model": "openai/gpt-oss-120b",
+    "service_name": "gpt-oss-120b",
+    "weights_gb": 65,
+}
+
+
+def stage_with(*models: dict[str, Any], stage: str = "dev", **pool: Any) -> dict[str, Any]:
+    data = stage_data(stage)
+    image = data["models"][0]["image"]
+    data["models"] = [{"image": image, **model} for model in models] or data["models"]
+    data["gpu_node_pool"].update(pool)
+    return data
+
+
+def rejected(data: dict[str, Any], stage: str = "dev") -> str:
+    with pytest.raises(SettingsError) as caught:
+        parse_stage_settings(stage, data)
+    return str(caught.value)
+
+
+def instance(name: str):
+    (found,) = [i for i in catalog() if i.type == name]
+    return found
+
+
+# --- Karpenter's arithmetic ---
 
 
 def test_karpenter_leaves_about_13_gib_of_16_and_28_gib_of_32() -> None:
     # 16384 - ceil(7.5 %) - (255 + 11 x 110) - 100
     assert allocatable_memory_mib(16384) == 16384 - 1229 - 1465 - 100 == 13590
     assert allocatable_memory_mib(32768) == 32768 - 2458 - 1465 - 100 == 28745
-    # Fewer pods per node reserve less.
     assert allocatable_memory_mib(16384, max_pods=58) == 13590 + 11 * (110 - 58)
 
 
-def test_the_default_memory_request_needs_a_32_gib_node() -> None:
-    resources = load_stage_settings("dev").models[0].resources
-    request_mib = int(resources.memory.removesuffix("Gi")) * MIB_PER_GIB
-    assert request_mib > allocatable_memory_mib(16384)  # no g5.xlarge or g6.xlarge
-    assert request_mib <= allocatable_memory_mib(32768)  # g6e.xlarge, g5.2xlarge, g6.2xlarge
+def test_karpenter_reserves_cpu_in_steps() -> None:
+    # 60m of the first core, 10m of the second, 5m each of the next two, 2.5m each above.
+    assert allocatable_cpu_millis(1) == 940
+    assert allocatable_cpu_millis(4) == 4000 - 60 - 10 - 10 == 3920
+    assert allocatable_cpu_millis(8) == 8000 - 80 - 10 == 7910
 
 
-def test_the_readme_names_the_smallest_nodes_the_default_requests_fit() -> None:
-    readme = (ROOT / "README.md").read_text()
-    text = " ".join(readme.split())
-    (sentence,) = re.findall(r"smallest GPU nodes that fit one replica with the default requests are (.+?)\.\s", text)
-    named = set(re.findall(r"`([a-z0-9]+\.[0-9a-z]+)`", sentence))
-    assert named == {"g6e.xlarge", "g5.2xlarge", "g6.2xlarge"}
-    request_mib = int(load_stage_settings("dev").models[0].resources.memory.removesuffix("Gi")) * MIB_PER_GIB
-    assert all(request_mib <= allocatable_memory_mib(INSTANCE_MEMORY_MIB[name]) for name in named)
-    assert "g6.xlarge" in readme
-    assert request_mib > allocatable_memory_mib(INSTANCE_MEMORY_MIB["g6.xlarge"])
+def test_karpenter_keeps_a_gib_and_a_tenth_of_the_node_disk() -> None:
+    assert allocatable_disk_mib(200 * 1024) == 204800 - 1024 - 20480
 
 
-def test_gpu_memory_needed_covers_the_shard_and_the_runtime_within_the_utilization() -> None:
-    model = load_stage_settings("dev").models[0]  # 13.8 GB of weights at 0.90
-    assert gpu_memory_needed_mib(model) == 19175
-    assert gpu_memory_needed_mib(model) < 22888  # an L4 or A10G
-    assert gpu_memory_needed_mib(model) > 11444  # the largest fraction of an L4 (g6f.4xlarge)
+# --- what a model needs ---
 
 
-def test_more_gpus_need_less_memory_each() -> None:
+def test_gpu_memory_covers_the_shard_the_kv_cache_and_the_runtime_within_the_utilization() -> None:
+    model = load_stage_settings("dev").models[0]  # 13.8 GB at 0.90, 20,000 tokens
+    assert kv_cache_bytes(model) == pytest.approx(36 * 1024 * 13.8**0.5 * 20000)
+    assert gpu_memory_needed_mib(model) == 19801
+    assert 11444 < gpu_memory_needed_mib(model) < 22888  # more than a fraction of an L4, less than an L4
+
+
+def test_a_longer_context_needs_more_gpu_memory() -> None:
     data = stage_data()
-    data["models"][0] |= {"weights_gb": 141, "gpus": 4, "tensor_parallel_size": 4}
-    four = parse_stage_settings("dev", data).models[0]
-    data["models"][0] |= {"gpus": 8, "tensor_parallel_size": 8}
-    eight = parse_stage_settings("dev", data).models[0]
-    assert gpu_memory_needed_mib(eight) < gpu_memory_needed_mib(four)
-    assert gpu_memory_needed_mib(four) > 22888  # 35 GB of weights a GPU: no L4 or A10G
+    short = parse_stage_settings("dev", data).models[0]
+    data["models"][0]["max_model_len"] = 40000
+    assert gpu_memory_needed_mib(parse_stage_settings("dev", data).models[0]) > gpu_memory_needed_mib(short)
+
+
+def test_weights_gb_is_required_for_a_model_the_project_does_not_know() -> None:
+    data = stage_with({**GPT_OSS_120B, "weights_gb": None})
+    del data["models"][0]["weights_gb"]
+    assert "weights_gb is required for 'openai/gpt-oss-120b': the total size in GB" in rejected(data)
+
+
+# --- the scenarios a new user tries ---
+
+
+def test_gpt_oss_120b_on_one_h100_starts_on_the_one_gpu_p5() -> None:
+    settings = parse_stage_settings("dev", stage_with(GPT_OSS_120B, instance_categories=["p"]))
+    chosen = candidates(settings, settings.models[0])
+    assert chosen
+    assert all(i.gpus == 1 and i.gpu_memory_mib >= gpu_memory_needed_mib(settings.models[0]) for i in chosen)
+    assert chosen[0].type == "p5.4xlarge"
+
+
+def test_gpt_oss_120b_on_l40s_says_what_it_needs_and_why_the_closest_fail() -> None:
+    message = rejected(stage_with(GPT_OSS_120B, instance_families=["g6e"]))
+    assert "models[0] (gpt-oss-120b): no GPU instance can run one replica. It needs 1 GPU(s) with 77451 MiB each" in (
+        message
+    )
+    assert "Closest: g6e.xlarge: 45776 MiB per GPU (L40S), 77451 needed;" in message
+    assert "Change gpus, gpu_memory_utilization, max_model_len, resources or the gpu_node_pool's" in message
+
+
+def test_llama_70b_on_four_l40s_gets_a_four_gpu_node_and_requests_that_fit_it() -> None:
+    settings = parse_stage_settings("dev", stage_with(LLAMA_70B, instance_families=["g6e"]))
+    model = settings.models[0]
+    chosen = candidates(settings, model)
+    assert [i.type for i in chosen] == ["g6e.12xlarge", "g6e.24xlarge"]
+    wanted = requests(settings, model)
+    assert (wanted.cpu_millis, wanted.memory_mib) == (12000, 96 * 1024)  # 3 CPUs and 24 GiB per GPU
+    assert wanted.shared_memory_mib == 24 * 1024
+    assert wanted.cpu_millis <= allocatable_cpu_millis(chosen[0].vcpus)
+
+
+def test_llama_70b_on_four_l4_is_refused_with_the_gpu_memory_it_needs() -> None:
+    message = rejected(stage_with(LLAMA_70B, instance_families=["g6"]))
+    assert "It needs 4 GPU(s) with 41948 MiB each" in message
+    assert "Closest: g6.12xlarge: 22888 MiB per GPU (L4), 41948 needed;" in message
+
+
+def test_explicit_requests_win_and_are_checked() -> None:
+    data = stage_data()
+    data["models"][0]["resources"] = {"memory": "24Gi", "cpu": 3}
+    settings = parse_stage_settings("dev", data)
+    assert requests(settings, settings.models[0]).memory_mib == 24 * 1024
+    # 24 GiB does not fit what a 16 GiB instance leaves to pods: the cheapest becomes a 32 GiB one.
+    assert candidates(settings, settings.models[0])[0].memory_mib == 32768
+    data["models"][0]["resources"] = {"memory": "600Gi"}
+    assert "of memory left to pods, 614400 MiB requested" in rejected(data)
+
+
+def test_a_one_gpu_model_lands_on_the_cheapest_instance_whose_gpu_holds_it() -> None:
+    settings = load_stage_settings("dev")
+    chosen = candidates(settings, settings.models[0])
+    assert chosen[0].type == "g6.xlarge"
+    assert requests(settings, settings.models[0]).memory_mib <= allocatable_memory_mib(chosen[0].memory_mib)
+
+
+def test_two_models_in_one_stage_each_get_their_instances_and_the_pool_holds_both() -> None:
+    data = stage_with(
+        {**stage_data()["models"][0]},
+        {**LLAMA_70B, "revision": "main"},
+        instance_categories=["g"],
+    )
+    settings = parse_stage_settings("dev", data)
+    small, large = settings.models
+    assert candidates(settings, small)[0].gpus == 1
+    assert candidates(settings, large)[0].gpus == 4
+    needs = pool_needs(settings, "cheapest")
+    assert needs.gpus == 2 * 1 + 2 * 4  # each: one replica and a rollout surge
+    limits = pool_limits(settings)
+    assert limits["nvidia.com/gpu"] == needs.gpus
+    assert limits["cpu"] >= needs.cpu
+
+
+def test_production_with_three_replicas_needs_limits_for_four_nodes() -> None:
+    data = stage_data("prod")
+    data["models"][0]["replicas"] = 3
+    data["gpu_node_pool"]["limits"] = {"cpu": 8, "memory": "32Gi", "gpu": 3}
+    message = rejected(data, "prod")
+    assert "gpu_node_pool.limits.cpu: 8 is less than every model's replicas plus one rollout surge" in message
+    assert "at least 16" in message  # four g6.xlarge
+    assert "gpu_node_pool.limits.memory: 32Gi is less than" in message
+    assert "at least 64Gi" in message
+    assert "gpu_node_pool.limits.gpu: 3 is less than" in message
+    assert "at least 4" in message
+    data["gpu_node_pool"]["limits"] = {"cpu": 16, "memory": "64Gi", "gpu": 4}
+    assert parse_stage_settings("prod", data).gpu_node_pool.limits.gpu == 4
+
+
+def test_unset_limits_hold_the_largest_candidates() -> None:
+    settings = load_stage_settings("dev")
+    largest = max(candidates(settings, settings.models[0]), key=lambda i: (i.vcpus, i.memory_mib))
+    assert largest.type == "g6e.16xlarge"
+    assert pool_limits(settings) == {
+        "cpu": 2 * largest.vcpus,
+        "memory": f"{2 * largest.memory_mib // 1024}Gi",
+        "nvidia.com/gpu": 2,
+    }
+
+
+# --- cold start from the model ---
+
+
+def test_the_startup_probe_is_never_shorter_than_reading_the_weights() -> None:
+    data = stage_with(LLAMA_70B, instance_families=["g6e"])
+    data["models"][0]["load_seconds"] = 1
+    settings = parse_stage_settings("dev", data)
+    read = 141 * 1000 / file_system_throughput_mb_s(settings)
+    assert startup_probe_seconds(settings, settings.models[0]) >= read
+    dev = load_stage_settings("dev")
+    assert startup_probe_seconds(settings, settings.models[0]) > startup_probe_seconds(dev, dev.models[0])
+
+
+# --- production trade-offs ---
+
+
+def test_production_chooses_between_the_file_systems_zone_and_all_zones() -> None:
+    data = stage_data("prod")
+    del data["gpu_node_pool"]["zones"]
+    assert "gpu_node_pool.zones: a production stage chooses it: model_store_zone" in rejected(data, "prod")
+
+
+def test_production_refuses_spot_only_capacity() -> None:
+    data = stage_data("prod")
+    data["gpu_node_pool"]["capacity_types"] = ["spot"]
+    assert "gpu_node_pool.capacity_types: spot only in a production stage" in rejected(data, "prod")
+
+
+def test_production_refuses_an_api_open_to_the_internet() -> None:
+    data = stage_data("prod")
+    data["cluster"]["endpoint_access"] = "public_and_private"
+    assert "cluster.public_access_cidrs: a production stage's Kubernetes API is not open to 0.0.0.0/0" in (
+        rejected(data, "prod")
+    )
+    data["cluster"]["public_access_cidrs"] = ["203.0.113.0/24"]
+    assert parse_stage_settings("prod", data).cluster.endpoint_access == "public_and_private"
+
+
+# --- make sizing ---
+
+
+def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_start() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.sizing", "--stage", "dev"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    out = result.stdout
+    assert "## openai/gpt-oss-20b (gpt-oss-20b): 1 GPU(s) with at least 19801 MiB each" in out
+    rows = re.findall(r"^\| (g[0-9a-z.-]+) \| \$([0-9.]+) ", out, flags=re.MULTILINE)
+    prices = [float(price) for _, price in rows]
+    assert rows[0][0] == "g6.xlarge"
+    assert prices == sorted(prices)
+    assert "Karpenter's likely pick: g6.xlarge" in out
+    assert "spot: variable" in out
+    assert "us-east-1 prices" in out  # the table has no us-west-2 prices; it says whose it shows
+    assert "| 3087 MiB |" in out  # 22888 - 19801: the L4's headroom
+    assert "cold start on it: 463 s" in out
+    assert re.search(r"pool limits: cpu 128, memory 1024Gi, nvidia.com/gpu 2 \(derived", out)
+
+
+def test_requests_must_leave_room_for_kube_reserved_not_just_capacity() -> None:
+    # A request of exactly a 16 GiB instance's memory cannot fit it: Karpenter keeps 2.7 GiB back.
+    data = stage_data()
+    data["models"][0]["resources"] = {"memory": "16Gi", "shared_memory": "1Gi"}
+    settings = parse_stage_settings("dev", data)
+    assert all(i.memory_mib > 16384 for i in candidates(settings, settings.models[0]))
+    assert GIB == 2**30
+    assert instance("g6.xlarge").memory_mib == 16384
+
+
+def test_the_readme_names_the_instance_a_replica_lands_on_and_its_requests() -> None:
+    settings = load_stage_settings("dev")
+    model = settings.models[0]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    cheapest = candidates(settings, model)[0]
+    wanted = requests(settings, model)
+    assert f"the cheapest instance whose GPU holds it, a `{cheapest.type}`" in readme
+    assert f"{wanted.cpu_millis // 1000} CPUs, {wanted.memory_mib // 1024} GiB of memory" in readme
+    assert f"at least {gpu_memory_needed_mib(model):,} MiB each" in readme
+
+
+@pytest.mark.parametrize(("gpu_memory_delta", "fits"), [(0, True), (-1, False)])
+def test_gpu_memory_boundary(gpu_memory_delta: int, fits: bool) -> None:
+    settings = load_stage_settings("dev")
+    model = settings.models[0]
+    exact = dataclasses.replace(instance("g6.xlarge"), gpu_memory_mib=gpu_memory_needed_mib(model) + gpu_memory_delta)
+    assert (gpu_fit(settings, model, exact) == []) is fits
+
+
+@pytest.mark.parametrize(("memory_delta", "fits"), [(0, True), (1, False)])
+def test_memory_request_boundary(memory_delta: int, fits: bool) -> None:
+    data = stage_data()
+    memory = allocatable_memory_mib(16384) + memory_delta
+    data["models"][0]["resources"] = {"memory": f"{memory}Mi", "shared_memory": "1Gi"}
+    settings = parse_stage_settings("dev", data)
+    assert (fit(settings, settings.models[0], instance("g6.xlarge")) == []) is fits
+
+
+@pytest.mark.parametrize(("cpu_delta", "fits"), [(0, True), (0.001, False)])
+def test_cpu_request_boundary(cpu_delta: float, fits: bool) -> None:
+    data = stage_data()
+    data["models"][0]["resources"] = {"cpu": allocatable_cpu_millis(4) / 1000 + cpu_delta}
+    settings = parse_stage_settings("dev", data)
+    assert (fit(settings, settings.models[0], instance("g6.xlarge")) == []) is fits
+
+
+@pytest.mark.parametrize(("limit_delta", "accepted"), [(0, True), (-1, False)])
+def test_gpu_limit_boundary(limit_delta: int, accepted: bool) -> None:
+    data = stage_data("prod")
+    data["gpu_node_pool"]["limits"] = {"gpu": 3 + limit_delta}  # two replicas and a surge
+    if accepted:
+        assert parse_stage_settings("prod", data).gpu_node_pool.limits.gpu == 3
+    else:
+        assert "gpu_node_pool.limits.gpu: 2 is less than" in rejected(data, "prod")

@@ -9,9 +9,9 @@ import yaml
 
 from charts.cold_start import progress_deadline_seconds, startup_probe_seconds
 from charts.model_loader import harmony_encodings
-from charts.sizing import gpu_memory_needed_mib
 from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, vllm_env
 from settings import load_stage_settings, parse_stage_settings
+from settings.sizing import gpu_memory_needed_mib
 from tests.conftest import find, render_charts, stage_data
 
 MODEL_CHART = "Model-gpt-oss-20b"
@@ -145,8 +145,10 @@ def test_gpu_limit_renders_as_a_quoted_quantity(objects: list[dict[str, Any]], c
 
 def test_requests_are_sized_for_vllm_not_cdk8s_plus_defaults(container: dict[str, Any]) -> None:
     resources = container["resources"]
-    assert resources["requests"]["cpu"] == "3"
-    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "24576Mi"
+    # Derived from the model (settings.sizing.requests): 3 CPUs for its one GPU, and the 13 GiB a
+    # 16 GiB g6.xlarge, the cheapest instance whose GPU holds it, leaves to pods.
+    assert resources["requests"]["cpu"] == "3000m"
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "13312Mi"
     assert resources["requests"]["ephemeral-storage"] == "20Gi"
     # No CPU limit: throttling a loading server only slows its start.
     assert "cpu" not in resources["limits"]
@@ -166,7 +168,7 @@ def test_pod_tolerates_the_gpu_taint(pod: dict[str, Any]) -> None:
 
 def test_shared_memory_is_a_memory_backed_empty_dir(pod: dict[str, Any], container: dict[str, Any]) -> None:
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8192Mi"}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "3072Mi"}  # a quarter of the memory
     assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
 
 

@@ -1,0 +1,314 @@
+"""Sizing from the model: which GPU instances can run one replica, what a replica requests, what the pool holds.
+
+Data kept in the repository, each file with its source and date: the GPU instance types EKS
+Auto Mode offers (settings/catalog/gpu_instances.yaml) and their on-demand prices per region
+(settings/catalog/on_demand_prices.yaml). The arithmetic of what a node leaves to pods is
+Karpenter's (aws/karpenter-provider-aws, pkg/providers/instancetype/types.go).
+
+An instance can run one replica of a model when it meets the GPU pool's requirements, has
+exactly the model's GPU count, each GPU holds the model's shard of the weights, its KV cache
+and the runtime within --gpu-memory-utilization, and the pod's requests fit what Karpenter
+leaves to pods. The pool's limits must hold every model's replicas plus one rollout surge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from settings.model import ModelSettings, StageSettings, size_bytes
+
+CATALOG_DIR = Path(__file__).parent / "catalog"
+MIB = 2**20
+GIB = 2**30
+
+# --- the model's needs of each GPU ---
+
+# The well-known label EKS Auto Mode puts on GPU nodes: memory per GPU, in MiB (EC2's
+# DescribeInstanceTypes GpuInfo.Gpus[].MemoryInfo.SizeInMiB; Karpenter, types.go).
+GPU_MEMORY_LABEL = "eks.amazonaws.com/instance-gpu-memory"
+# CUDA context, activations and CUDA graphs, per GPU, besides weights and KV cache.
+RUNTIME_RESERVE_BYTES = 2 * GIB
+# KV cache per token, a model-agnostic estimate from the weights' size: 36 KiB x sqrt(weights_gb).
+# Calibrated on dense bf16 models, whose KV cache is 2 (K, V) x layers x KV heads x head size x
+# 2 bytes per token (their config.json): Llama 3.1 8B (16 GB) 128 KiB = 32 x sqrt(16); Qwen3-8B
+# (16.4 GB) 144 KiB = 36 x sqrt(16.4); Llama 3.1 70B (141 GB) 320 KiB = 27 x sqrt(141). It
+# overestimates models with quantized weights or sliding-window layers (gpt-oss-20b: 48 KiB
+# where it gives 134), so it errs towards bigger GPUs, never towards a replica that cannot start.
+KV_BYTES_PER_TOKEN_PER_SQRT_GB = 36 * 1024
+
+
+def kv_cache_bytes(model: ModelSettings) -> float:
+    """The KV cache of one full-length (max_model_len) sequence: vLLM refuses to start without room for it."""
+    return KV_BYTES_PER_TOKEN_PER_SQRT_GB * math.sqrt(model.weights_gb) * model.max_model_len
+
+
+def gpu_memory_needed_mib(model: ModelSettings) -> int:
+    """The least memory (MiB) each of a model's GPUs must have: its shard of the weights and of the KV cache,
+    and the runtime, within --gpu-memory-utilization of it (vLLM docs, "Engine arguments")."""
+    per_gpu = (model.weights_gb * 1e9 + kv_cache_bytes(model)) / model.gpus + RUNTIME_RESERVE_BYTES
+    return math.ceil(per_gpu / float(model.gpu_memory_utilization) / MIB)
+
+
+# --- what a node leaves to pods (Karpenter) ---
+
+# memory(): the VM's overhead (--vm-memory-overhead-percent, 7.5 % by default);
+# kubeReservedResources(): 255 MiB plus 11 MiB per pod, CPU in steps (below), 1 GiB of disk;
+# evictionThreshold(): 100 MiB of memory and 10 % of the node's disk.
+VM_MEMORY_OVERHEAD = 0.075
+KUBE_RESERVED_BASE_MIB = 255
+KUBE_RESERVED_PER_POD_MIB = 11
+EVICTION_THRESHOLD_MIB = 100
+KUBE_RESERVED_DISK_MIB = 1024
+EVICTION_DISK_FRACTION = 0.10
+# kube-reserved CPU: 6 % of the first core, 1 % of the second, 0.5 % of the next two, 0.25 % above.
+KUBE_RESERVED_CPU_STEPS = ((1000, 0.06), (1000, 0.01), (2000, 0.005), (math.inf, 0.0025))
+# Pods per node that kube-reserved is sized for: Kubernetes' default maxPods, which EKS Auto
+# Mode's nodes use (they get pod addresses from prefix delegation, not one ENI address per pod).
+MAX_PODS = 110
+
+
+def allocatable_memory_mib(capacity_mib: int, max_pods: int = MAX_PODS) -> int:
+    """The memory (MiB) Karpenter counts as allocatable to pods on an instance with `capacity_mib` of memory.
+
+    A 16 GiB instance (g6.xlarge): 16384 - 1229 (7.5 %) - 1465 (255 + 11 x 110) - 100 = 13590 MiB
+    (13.3 GiB); a 32 GiB one (g6.2xlarge, g6e.xlarge): 28745 MiB (28.1 GiB).
+    """
+    overhead = math.ceil(capacity_mib * VM_MEMORY_OVERHEAD)
+    kube_reserved = KUBE_RESERVED_BASE_MIB + KUBE_RESERVED_PER_POD_MIB * max_pods
+    return capacity_mib - overhead - kube_reserved - EVICTION_THRESHOLD_MIB
+
+
+def allocatable_cpu_millis(vcpus: int) -> int:
+    """The CPU (millicores) Karpenter counts as allocatable: 4 vCPUs leave 3920m."""
+    left, reserved = vcpus * 1000, 0.0
+    for step, fraction in KUBE_RESERVED_CPU_STEPS:
+        reserved += min(left, step) * fraction
+        left -= min(left, step)
+    return vcpus * 1000 - math.ceil(reserved)
+
+
+def allocatable_disk_mib(disk_mib: int) -> int:
+    """The node disk (MiB) left to pods' ephemeral storage: less kube-reserved and the eviction threshold."""
+    return disk_mib - KUBE_RESERVED_DISK_MIB - math.ceil(disk_mib * EVICTION_DISK_FRACTION)
+
+
+# --- the catalog ---
+
+
+@dataclass(frozen=True)
+class GpuInstance:
+    type: str
+    family: str
+    category: str
+    generation: int
+    vcpus: int
+    memory_mib: int
+    gpus: int
+    gpu_model: str
+    gpu_memory_mib: int
+    architecture: str
+    local_nvme_gib: int
+
+
+@cache
+def catalog() -> tuple[GpuInstance, ...]:
+    data = yaml.safe_load((CATALOG_DIR / "gpu_instances.yaml").read_text())
+    return tuple(GpuInstance(**entry) for entry in data["instances"])
+
+
+# Karpenter's static table has one region's prices; elsewhere its prices still rank the
+# instances (GPU prices differ between regions by a similar factor), and `make sizing` says so.
+PRICE_REFERENCE_REGION = "us-east-1"
+
+
+@cache
+def on_demand_prices(region: str) -> tuple[str, dict[str, float]]:
+    """USD per hour, Linux on-demand: the region whose prices the table has for `region`, and those prices."""
+    prices = yaml.safe_load((CATALOG_DIR / "on_demand_prices.yaml").read_text())["prices"]
+    priced = region if region in prices else PRICE_REFERENCE_REGION
+    return priced, dict(prices[priced])
+
+
+# --- a replica's requests ---
+
+# Per GPU, where the settings give no value: vLLM's CPU-side processes (API server, tokenizer,
+# one worker per GPU) and host memory for loading weights; /dev/shm for NCCL between GPUs.
+CPU_PER_GPU = 3
+MEMORY_PER_GPU_GIB = 24
+SHARED_MEMORY_FRACTION = 4  # /dev/shm: a quarter of the memory, within its limit
+EPHEMERAL_STORAGE = "20Gi"
+
+
+@dataclass(frozen=True)
+class Requests:
+    cpu_millis: int
+    memory_mib: int
+    shared_memory_mib: int
+    ephemeral_storage_mib: int
+
+
+def meets_pool(settings: StageSettings, instance: GpuInstance) -> list[str]:
+    """Why the GPU pool's requirements rule an instance out (empty: they admit it)."""
+    pool = settings.gpu_node_pool
+    reasons = []
+    if pool.instance_categories and instance.category not in pool.instance_categories:
+        reasons.append(f"category {instance.category} is not in gpu_node_pool.instance_categories")
+    if pool.instance_families and instance.family not in pool.instance_families:
+        reasons.append(f"family {instance.family} is not in gpu_node_pool.instance_families")
+    floor = pool.instance_generation_greater_than
+    if floor is not None and instance.generation <= floor:
+        reasons.append(f"generation {instance.generation} is not above {floor}")
+    if instance.architecture not in pool.architectures:
+        reasons.append(f"{instance.architecture} is not in gpu_node_pool.architectures")
+    return reasons
+
+
+def gpu_fit(settings: StageSettings, model: ModelSettings, instance: GpuInstance) -> list[str]:
+    """Why an instance cannot hold a model's GPUs (empty: it can)."""
+    reasons = meets_pool(settings, instance)
+    if instance.gpus != model.gpus:
+        reasons.append(f"{instance.gpus} GPUs, the model uses {model.gpus}")
+    needed = gpu_memory_needed_mib(model)
+    if instance.gpu_memory_mib < needed:
+        reasons.append(f"{instance.gpu_memory_mib} MiB per GPU ({instance.gpu_model}), {needed} needed")
+    return reasons
+
+
+def cheapest_first(settings: StageSettings, instances: list[GpuInstance]) -> list[GpuInstance]:
+    """By on-demand price (see on_demand_prices); unpriced ones after, smallest first."""
+    _, prices = on_demand_prices(settings.region)
+    return sorted(instances, key=lambda i: (i.type not in prices, prices.get(i.type, 0.0), i.vcpus, i.memory_mib))
+
+
+def requests(settings: StageSettings, model: ModelSettings) -> Requests:
+    """The replica's requests: the settings' where given, else scaled with its GPUs and capped to what the
+    cheapest instance that holds its GPUs leaves to pods, so a 1-GPU model can land on that instance."""
+    given = model.resources
+    holders = cheapest_first(settings, [i for i in catalog() if not gpu_fit(settings, model, i)])
+    cpu_cap = allocatable_cpu_millis(holders[0].vcpus) // 1000 * 1000 if holders else math.inf
+    memory_cap = allocatable_memory_mib(holders[0].memory_mib) // 1024 * 1024 if holders else math.inf
+    cpu = round(given.cpu * 1000) if given.cpu is not None else int(min(CPU_PER_GPU * 1000 * model.gpus, cpu_cap))
+    memory = (
+        size_bytes(given.memory) // MIB
+        if given.memory is not None
+        else int(min(MEMORY_PER_GPU_GIB * 1024 * model.gpus, memory_cap))
+    )
+    shared = (
+        size_bytes(given.shared_memory) // MIB
+        if given.shared_memory is not None
+        else memory // SHARED_MEMORY_FRACTION // 1024 * 1024
+    )
+    ephemeral = size_bytes(given.ephemeral_storage or EPHEMERAL_STORAGE) // MIB
+    return Requests(cpu, memory, shared, ephemeral)
+
+
+def fit(settings: StageSettings, model: ModelSettings, instance: GpuInstance) -> list[str]:
+    """Why an instance cannot run one replica of a model (empty: it can)."""
+    reasons = gpu_fit(settings, model, instance)
+    wanted = requests(settings, model)
+    cpu = allocatable_cpu_millis(instance.vcpus)
+    if wanted.cpu_millis > cpu:
+        reasons.append(f"{cpu}m CPU left to pods, {wanted.cpu_millis}m requested")
+    memory = allocatable_memory_mib(instance.memory_mib)
+    if wanted.memory_mib > memory:
+        reasons.append(f"{memory} MiB of memory left to pods, {wanted.memory_mib} MiB requested")
+    disk = allocatable_disk_mib(size_bytes(settings.gpu_node_pool.disk.size) // MIB)
+    if wanted.ephemeral_storage_mib > disk:
+        reasons.append(f"{disk} MiB of node disk left to pods, {wanted.ephemeral_storage_mib} MiB requested")
+    return reasons
+
+
+def candidates(settings: StageSettings, model: ModelSettings) -> list[GpuInstance]:
+    """The catalog's instances that can run one replica, cheapest first."""
+    return cheapest_first(settings, [i for i in catalog() if not fit(settings, model, i)])
+
+
+def closest(settings: StageSettings, model: ModelSettings, count: int = 3) -> list[tuple[GpuInstance, list[str]]]:
+    """The instances that miss by the fewest reasons, those the pool admits and with the model's GPU count
+    first: what to say when none fits."""
+    ranked = sorted(
+        ((instance, fit(settings, model, instance)) for instance in catalog()),
+        key=lambda pair: (
+            len(pair[1]),
+            bool(meets_pool(settings, pair[0])),
+            pair[0].gpus != model.gpus,
+            -pair[0].gpu_memory_mib,
+            pair[0].vcpus,
+        ),
+    )
+    return ranked[:count]
+
+
+# --- the pool's limits ---
+
+
+@dataclass(frozen=True)
+class PoolNeeds:
+    cpu: int
+    memory_gib: int
+    gpus: int
+
+
+def pool_needs(settings: StageSettings, pick: str) -> PoolNeeds:
+    """What the pool must hold for every model's replicas plus one rollout surge, each on its own node.
+
+    `pick`: "cheapest", the least that works (Karpenter launches the cheapest that fits); "largest",
+    so that any candidate fits, which is what limits default to. Karpenter counts a node's full
+    capacity against the limits, not what it leaves to pods.
+    """
+    cpu = memory_mib = gpus = 0
+    for model in settings.models:
+        options = candidates(settings, model)
+        if not options:
+            continue
+        node = options[0] if pick == "cheapest" else max(options, key=lambda i: (i.vcpus, i.memory_mib))
+        nodes = model.replicas + 1
+        cpu += nodes * node.vcpus
+        memory_mib += nodes * node.memory_mib
+        gpus += nodes * model.gpus
+    return PoolNeeds(cpu, math.ceil(memory_mib / 1024), gpus)
+
+
+def pool_limits(settings: StageSettings) -> dict[str, Any]:
+    """The NodePool's limits: the settings' where given, the largest candidates' needs where not."""
+    limits, derived = settings.gpu_node_pool.limits, pool_needs(settings, "largest")
+    return {
+        "cpu": limits.cpu if limits.cpu is not None else derived.cpu,
+        "memory": limits.memory if limits.memory is not None else f"{derived.memory_gib}Gi",
+        "nvidia.com/gpu": limits.gpu if limits.gpu is not None else derived.gpus,
+    }
+
+
+def sizing_problems(settings: StageSettings) -> list[str]:
+    """Every model without an instance that can run it, and every pool limit too small: one line each."""
+    problems = []
+    for index, model in enumerate(settings.models):
+        if candidates(settings, model):
+            continue
+        wanted = requests(settings, model)
+        near = "; ".join(f"{instance.type}: {', '.join(reasons)}" for instance, reasons in closest(settings, model))
+        problems.append(
+            f"models[{index}] ({model.name}): no GPU instance can run one replica. It needs {model.gpus} GPU(s) "
+            f"with {gpu_memory_needed_mib(model)} MiB each, {wanted.cpu_millis}m CPU and {wanted.memory_mib} MiB of "
+            f"memory. Closest: {near}. Change gpus, gpu_memory_utilization, max_model_len, resources or the "
+            "gpu_node_pool's instance settings"
+        )
+    if problems:
+        return problems
+    needs, limits = pool_needs(settings, "cheapest"), settings.gpu_node_pool.limits
+    surge = "every model's replicas plus one rollout surge, each on the cheapest instance that fits"
+    if limits.cpu is not None and limits.cpu < needs.cpu:
+        problems.append(f"gpu_node_pool.limits.cpu: {limits.cpu} is less than {surge}: at least {needs.cpu}")
+    if limits.memory is not None and size_bytes(limits.memory) < needs.memory_gib * GIB:
+        problems.append(
+            f"gpu_node_pool.limits.memory: {limits.memory} is less than {surge}: at least {needs.memory_gib}Gi"
+        )
+    if limits.gpu is not None and limits.gpu < needs.gpus:
+        problems.append(f"gpu_node_pool.limits.gpu: {limits.gpu} is less than {surge}: at least {needs.gpus}")
+    return problems
