@@ -12,28 +12,55 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup synth test snapshots lint format dist cold-start sizing bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth lock synth test snapshots lint format dist cold-start sizing bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# Every Python package comes from a lock (lock/*.txt: exact versions with hashes, written by
+# `make lock` from the requirements*.txt files). uv installs it when it can be had, pip when
+# not: either takes exactly the lock's lines (--no-deps, --require-hashes), so the set is the same.
+install_lock = if [ -x $(VENV)/bin/uv ]; then \
+		$(VENV)/bin/uv pip install --quiet --python $(1)/bin/python --require-hashes --no-deps -r $(2); \
+	else \
+		$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(2); \
+	fi
+
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r lock/uv.txt \
+		|| echo "uv is not to be had here: pip installs the locks instead"
+
+# What synth needs; the test tools come with `make test`.
+$(VENV)/.synth: lock/synth.txt | $(VENV)/bin/python
+	$(call install_lock,$(VENV),lock/synth.txt)
 	touch $@
 
-.venv-checkov/.installed: requirements-checkov.txt
+$(VENV)/.dev: lock/dev.txt | $(VENV)/bin/python
+	$(call install_lock,$(VENV),lock/dev.txt)
+	touch $@
+
+.venv-checkov/.installed: lock/checkov.txt | $(VENV)/bin/python
 	python3 -m venv .venv-checkov
-	.venv-checkov/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	$(call install_lock,.venv-checkov,lock/checkov.txt)
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(VENV)/.installed .venv-checkov/.installed node_modules/.installed ## Install Python packages (.venv, .venv-checkov), the CDK CLI, Node.js 22 and schemas (node_modules)
+setup-synth: $(VENV)/.synth node_modules/.installed
 
-synth: setup ## Synthesize one stage's cloud assembly into cdk.out (STAGE=dev)
+setup: setup-synth $(VENV)/.dev .venv-checkov/.installed ## Install everything: Python packages from lock/ (.venv, .venv-checkov), the CDK CLI, Node.js 22 and schemas (node_modules)
+
+lock: $(VENV)/bin/python ## Rewrite lock/*.txt from the requirements*.txt pins, after changing one (needs uv)
+	$(eval COMPILE := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet --custom-compile-command 'make lock')
+	$(COMPILE) requirements-dev.txt -o lock/dev.txt
+	$(COMPILE) requirements.txt -c lock/dev.txt -o lock/synth.txt
+	$(COMPILE) requirements-checkov.txt -o lock/checkov.txt
+	$(COMPILE) requirements-uv.txt -o lock/uv.txt
+
+synth: setup-synth ## Synthesize one stage's cloud assembly into cdk.out (STAGE=dev)
 	$(CDK) synth --quiet -c stage=$(STAGE)
 	@echo "cdk.out/ holds stage '$(STAGE)': $$(ls cdk.out/assembly-$(STAGE)/*.template.json | xargs -n1 basename | tr '\n' ' ')"
 
@@ -51,13 +78,13 @@ format: setup ## Format and fix what ruff can
 	ruff format .
 	ruff check --fix .
 
-dist: setup ## Write every chart of one stage as YAML under dist/ (STAGE=dev)
+dist: setup-synth ## Write every chart of one stage as YAML under dist/ (STAGE=dev)
 	python -m charts --stage $(STAGE) --outdir dist
 
-cold-start: setup ## The cold-start budget of a new replica of each model (STAGE=dev)
+cold-start: setup-synth ## The cold-start budget of a new replica of each model (STAGE=dev)
 	python -m scripts.cold_start --stage $(STAGE)
 
-sizing: setup ## The GPU instances that can run each model, cheapest first, and the pool's limits (STAGE=dev)
+sizing: setup-synth ## The GPU instances that can run each model, cheapest first, and the pool's limits (STAGE=dev)
 	python -m scripts.sizing --stage $(STAGE)
 
 bench: setup ## Benchmarks: synth time against a floor app, the test suite's time and memory, the deploy plan
@@ -66,22 +93,22 @@ bench: setup ## Benchmarks: synth time against a floor app, the test suite's tim
 	$(CDK) synth --quiet -c stage=$(STAGE) > /dev/null
 	python -m scripts.bench plan cdk.out/assembly-$(STAGE)
 
-bootstrap: setup ## Prepare the stage's account and region for CDK deployments, once (needs AWS credentials)
+bootstrap: setup-synth ## Prepare the stage's account and region for CDK deployments, once (needs AWS credentials)
 	$(CDK) bootstrap -c stage=$(STAGE)
 
-diff: setup ## Compare one stage with what is deployed (needs AWS credentials)
+diff: setup-synth ## Compare one stage with what is deployed (needs AWS credentials)
 	$(CDK) diff -c stage=$(STAGE) '$(STAGE)/*'
 
-deploy: setup ## Deploy one stage (needs AWS credentials and a bootstrapped account)
+deploy: setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account)
 	$(CDK) deploy -c stage=$(STAGE) '$(STAGE)/*'
 
-destroy: setup ## Delete one stage's stacks; retained resources stay (see README)
+destroy: setup-synth ## Delete one stage's stacks; retained resources stay (see README)
 	$(CDK) destroy -c stage=$(STAGE) '$(STAGE)/*'
 
-pipeline-synth: setup ## Synthesize the pipeline stack with every stage it deploys (settings/pipeline.yaml)
+pipeline-synth: setup-synth ## Synthesize the pipeline stack with every stage it deploys (settings/pipeline.yaml)
 	$(CDK) synth --quiet -c pipeline=true
 
-deploy-pipeline: setup ## Deploy the pipeline once; it then updates itself (needs AWS credentials, see README)
+deploy-pipeline: setup-synth ## Deploy the pipeline once; it then updates itself (needs AWS credentials, see README)
 	$(CDK) deploy -c pipeline=true GpuInferencePipeline
 
 clean: ## Remove build output (cdk.out, dist)
