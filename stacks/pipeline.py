@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Duration, Stack, pipelines
+from aws_cdk import Duration, RemovalPolicy, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from settings import names
@@ -33,6 +34,8 @@ ASSUME_TRIGGER_ROLE = (
 # (`make bench`): MEDIUM (7 GB, 4 vCPUs) leaves room to grow where SMALL (3 GB) would not.
 SYNTH_COMPUTE_TYPE = codebuild.ComputeType.MEDIUM
 SMOKE_TEST_POLL_SECONDS = 20
+# The download caches of uv, pip and npm on a CodeBuild standard image (running as root).
+SYNTH_CACHE_PATHS = ("/root/.cache/uv/**/*", "/root/.cache/pip/**/*", "/root/.npm/**/*")
 
 
 def smoke_test_commands(settings: StageSettings) -> list[str]:
@@ -61,6 +64,20 @@ class PipelineStack(Stack):
     model; the pipeline starts it through a role the stage lets it assume, and fails if it fails.
     """
 
+    def _synth_cache_bucket(self) -> s3.Bucket:
+        """Where the synth step's download caches live between runs: private, TLS-only, kept a month."""
+        return s3.Bucket(
+            self,
+            "SynthCache",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            # A cache, rebuilt by the next run: nothing here is worth keeping.
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(30))],
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
     def __init__(
         self,
         scope: Construct,
@@ -87,7 +104,11 @@ class PipelineStack(Stack):
                 build_environment=codebuild.BuildEnvironment(build_image=codebuild.LinuxBuildImage.STANDARD_7_0)
             ),
             synth_code_build_defaults=pipelines.CodeBuildOptions(
-                build_environment=codebuild.BuildEnvironment(compute_type=SYNTH_COMPUTE_TYPE)
+                build_environment=codebuild.BuildEnvironment(compute_type=SYNTH_COMPUTE_TYPE),
+                # `make setup` installs from lock/ (uv, or pip) and npm ci from package-lock.json; their
+                # download caches come back from S3 between runs, so a rollout fetches only what changed.
+                cache=codebuild.Cache.bucket(self._synth_cache_bucket(), prefix="synth"),
+                partial_build_spec=codebuild.BuildSpec.from_object({"cache": {"paths": list(SYNTH_CACHE_PATHS)}}),
             ),
         )
         for name, settings in stages.items():

@@ -329,8 +329,20 @@ ARTIFACT_KEY_ACTIONS = ("kms:GenerateDataKey*", "kms:ReEncrypt*")
 
 AUTO_APPROVE = "Pipeline/PipelinesSecurityCheck/CDKPipelinesAutoApprove"
 ARTIFACTS_BUCKET = "Pipeline/Pipeline/ArtifactsBucket"
+SYNTH_CACHE = "SynthCache"
 
 PIPELINE_CHECKOV_FINDINGS = (
+    Finding(
+        SYNTH_CACHE,
+        "CKV_AWS_18",
+        "Download caches of public packages that only the synth step reads and writes; CloudTrail records "
+        "their API access.",
+    ),
+    Finding(
+        SYNTH_CACHE,
+        "CKV_AWS_21",
+        "A cache the next run rebuilds and that expires after 30 days: versions would keep copies nothing reads.",
+    ),
     Finding(
         ARTIFACTS_BUCKET,
         "CKV_AWS_18",
@@ -485,6 +497,17 @@ def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_
             "AwsSolutions-S1",
             "Pipeline artifacts: encrypted with the pipeline's rotating key and reachable only by the pipeline's "
             "roles; CloudTrail records their API access.",
+        ),
+        Finding(
+            SYNTH_CACHE,
+            "AwsSolutions-S1",
+            "Download caches of public packages (PyPI, npm) that only the synth step reads and writes; "
+            "CloudTrail records their API access.",
+        ),
+        Finding(
+            "Pipeline/Pipeline/Build/Synth/CdkBuildProject/Role/DefaultPolicy",
+            f"AwsSolutions-IAM5[Resource::<{logical_id(SYNTH_CACHE)}.Arn>/*]",
+            "CodeBuild reads and writes the synth step's cache under keys it names itself, in that one bucket.",
         ),
     ]
     return findings

@@ -135,7 +135,11 @@ def test_smoke_test_starts_the_stages_project_as_the_role_the_stage_grants(
 def test_artifacts_are_encrypted_with_a_rotating_key_the_stage_accounts_may_use(template: dict[str, Any]) -> None:
     (key,) = resources(template, "AWS::KMS::Key")
     assert key["EnableKeyRotation"] is True
-    (bucket,) = resources(template, "AWS::S3::Bucket")
+    (bucket,) = [
+        r["Properties"]
+        for logical_id, r in template["Resources"].items()
+        if r["Type"] == "AWS::S3::Bucket" and logical_id.startswith("PipelineArtifactsBucket")
+    ]
     encryption = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert encryption["SSEAlgorithm"] == "aws:kms"
     assert bucket["PublicAccessBlockConfiguration"]["BlockPublicAcls"] is True
@@ -266,3 +270,23 @@ def test_synth_runs_the_suite_on_a_build_with_memory_to_spare(template: dict[str
     (synth,) = stages["Build"]
     project = template["Resources"][synth["Configuration"]["ProjectName"]["Ref"]]["Properties"]
     assert project["Environment"]["ComputeType"] == "BUILD_GENERAL1_MEDIUM"
+
+
+def test_synth_installs_from_the_lock_and_caches_downloads_between_runs(
+    template: dict[str, Any], stages: dict[str, Any]
+) -> None:
+    (synth,) = stages["Build"]
+    project = template["Resources"][synth["Configuration"]["ProjectName"]["Ref"]]["Properties"]
+    # `make setup` installs lock/*.txt (tests/test_locks.py) and node_modules from package-lock.json.
+    assert buildspec_of(template, synth)["phases"]["install"]["commands"] == ["make setup"]
+    assert set(json.loads(project["Source"]["BuildSpec"])["cache"]["paths"]) == {
+        "/root/.cache/uv/**/*",
+        "/root/.cache/pip/**/*",
+        "/root/.npm/**/*",
+    }
+    cache = project["Cache"]
+    assert cache["Type"] == "S3"
+    bucket_id = cache["Location"]["Fn::Join"][1][0]["Ref"]
+    bucket = template["Resources"][bucket_id]
+    assert bucket["Properties"]["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 30
+    assert bucket["Properties"]["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] is True

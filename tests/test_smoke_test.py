@@ -80,7 +80,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[str]:
     handler = type("Handler", (FakeVllm,), {"behaviour": request.param})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for the next poll (0.5 s by default) in every test.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     FakeVllm.requests.clear()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
