@@ -87,7 +87,8 @@ cold-start: setup-synth ## The cold-start budget of a new replica of each model 
 sizing: setup-synth ## The GPU instances that can run each model, cheapest first, and the pool's limits (STAGE=dev)
 	python -m scripts.sizing --stage $(STAGE)
 
-bench: setup ## Benchmarks: synth time against a floor app, the test suite's time and memory, the deploy plan
+bench: setup ## Benchmarks: set-up from a fresh clone, synth time against a floor app, the test suite's time and memory, the deploy plan
+	python -m scripts.bench setup
 	python -m scripts.bench synth --runs 5
 	python -m scripts.bench tests
 	$(CDK) synth --quiet -c stage=$(STAGE) > /dev/null
