@@ -96,12 +96,14 @@ def bench_setup() -> None:
             subprocess.run(["make", target], cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
             timings[target] = time.perf_counter() - started
         installer = "uv" if (clone / ".venv" / "bin" / "uv").exists() else "pip"
-    print(f"## Set-up from a fresh clone (empty download caches; installer: {installer})
-")
+    print(f"## Set-up from a fresh clone (empty download caches; installer: {installer})\n")
     print("| step | wall time | target |\n|---|---|---|")
     print(f"| `make synth` | {timings['synth']:.1f} s | {TARGET_SYNTH_SECONDS} s |")
     total = timings["synth"] + timings["test"]
-    print(f"| then `make test` (total from the clone) | {timings['test']:.1f} s ({total:.1f} s) | {TARGET_TEST_SECONDS} s |\n")
+    print(
+        f"| then `make test` (total from the clone) | {timings['test']:.1f} s ({total:.1f} s) "
+        f"| {TARGET_TEST_SECONDS} s |\n"
+    )
 
 
 def bench_tests() -> None:
