@@ -30,7 +30,7 @@ ASSUME_TRIGGER_ROLE = (
     'AWS_SECRET_ACCESS_KEY=$(echo "$creds" | jq -r .SecretAccessKey) '
     'AWS_SESSION_TOKEN=$(echo "$creds" | jq -r .SessionToken); }'
 )
-# The synth step runs the whole test suite, which peaks at about 2.1 GiB over its processes
+# The synth step runs the whole test suite, which peaks at about 2.8 GiB over its processes
 # (`make bench`): MEDIUM (7 GB, 4 vCPUs) leaves room to grow where SMALL (3 GB) would not.
 SYNTH_COMPUTE_TYPE = codebuild.ComputeType.MEDIUM
 SMOKE_TEST_POLL_SECONDS = 20

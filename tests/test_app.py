@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,26 +41,6 @@ def test_production_stacks_have_termination_protection(dev: Assembly, prod: Asse
     assert not any(a["properties"].get("terminationProtection") for a in dev.stacks().values())
 
 
-def test_unknown_stage_stops_before_synthesis(tmp_path: Path) -> None:
-    outdir = tmp_path / "cdk.out"
-    process = cdk_synth("-c", "stage=qa", "-o", str(outdir))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
-    assert "synth stopped, nothing was written: unknown stage 'qa'; stages: dev, prod" in stderr
-    assert "Traceback" not in stderr
-    assert not list(outdir.glob("**/*.template.json"))
-
-
-def test_stage_name_cdk_would_reject_stops_before_synthesis(tmp_path: Path) -> None:
-    outdir = tmp_path / "cdk.out"
-    process = cdk_synth("-c", "stage=Dev Stage", "-o", str(outdir))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
-    assert "synth stopped, nothing was written: stage 'Dev Stage' is not a valid stage name" in stderr
-    assert "Traceback" not in stderr
-    assert not list(outdir.glob("**/*.template.json"))
-
-
 def copy_of_the_project(tmp_path: Path) -> Path:
     """The project's sources in a scratch folder, sharing the installed .venv and node_modules."""
     project = tmp_path / "project"
@@ -75,37 +56,83 @@ def copy_of_the_project(tmp_path: Path) -> Path:
     return project
 
 
-def test_invalid_stage_file_stops_with_the_field_and_no_traceback(tmp_path: Path) -> None:
-    project = copy_of_the_project(tmp_path)
+@dataclass(frozen=True)
+class Stopped:
+    """A `cdk synth` run that should stop: its exit code, what it printed and where it would have written."""
+
+    returncode: int
+    stderr: str
+    outdir: Path
+
+
+@pytest.fixture(scope="module")
+def stopped_synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stopped]:
+    """The CLI runs that must stop, started together: each spends most of its time starting Node.js and jsii."""
+    invalid = copy_of_the_project(tmp_path_factory.mktemp("invalid-settings"))
     data = stage_data()
     data["models"][0]["replicas"] = 0
-    (project / "settings" / "stages" / "dev.yaml").write_text(yaml.safe_dump(data))
-
-    process = cdk_synth(cwd=project)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
-    assert (
-        "stage 'dev' has invalid settings:\n  models[0].replicas: Input should be greater than or equal to 1" in stderr
-    )
-    assert "Traceback" not in stderr
-    assert not (project / "cdk.out").exists() or not list((project / "cdk.out").glob("*.template.json"))
-
-
-def test_cli_synth_stops_on_an_unacknowledged_cdk_nag_finding(tmp_path: Path) -> None:
+    (invalid / "settings" / "stages" / "dev.yaml").write_text(yaml.safe_dump(data))
     # The same project with the kubectl handler's runtime acknowledgment aimed at another rule.
-    project = copy_of_the_project(tmp_path)
-    findings = project / "stacks" / "reviewed_findings.py"
+    unacknowledged = copy_of_the_project(tmp_path_factory.mktemp("unacknowledged"))
+    findings = unacknowledged / "stacks" / "reviewed_findings.py"
     source = findings.read_text()
     assert source.count('"AwsSolutions-L1",') == 1
     findings.write_text(source.replace('"AwsSolutions-L1",', '"AwsSolutions-L2",'))
+    outdirs = {name: tmp_path_factory.mktemp(name) / "cdk.out" for name in ("unknown-stage", "bad-stage-name")}
+    runs = {
+        "unknown-stage": (cdk_synth("-c", "stage=qa", "-o", str(outdirs["unknown-stage"])), outdirs["unknown-stage"]),
+        "bad-stage-name": (
+            cdk_synth("-c", "stage=Dev Stage", "-o", str(outdirs["bad-stage-name"])),
+            outdirs["bad-stage-name"],
+        ),
+        "invalid-settings": (cdk_synth(cwd=invalid), invalid / "cdk.out"),
+        "unacknowledged": (cdk_synth(cwd=unacknowledged), unacknowledged / "cdk.out"),
+    }
+    stopped = {}
+    for name, (process, outdir) in runs.items():
+        _, stderr = process.communicate(timeout=300)
+        stopped[name] = Stopped(process.returncode, stderr, outdir)
+    return stopped
 
-    process = cdk_synth(cwd=project)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode != 0
-    assert "synth of stage 'dev' stopped: ValidationFailed: ERROR The non-container Lambda function" in stderr
-    assert "dev/Cluster/Cluster/KubectlProvider/Handler/Resource" in stderr
-    assert "Acknowledge with 'AwsSolutions::AwsSolutions-L1'" in stderr
-    assert "Traceback" not in stderr
+
+def wrote_no_template(outdir: Path) -> bool:
+    return not list(outdir.glob("**/*.template.json"))
+
+
+def test_unknown_stage_stops_before_synthesis(stopped_synths: dict[str, Stopped]) -> None:
+    run = stopped_synths["unknown-stage"]
+    assert run.returncode != 0
+    assert "synth stopped, nothing was written: unknown stage 'qa'; stages: dev, prod" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert wrote_no_template(run.outdir)
+
+
+def test_stage_name_cdk_would_reject_stops_before_synthesis(stopped_synths: dict[str, Stopped]) -> None:
+    run = stopped_synths["bad-stage-name"]
+    assert run.returncode != 0
+    assert "synth stopped, nothing was written: stage 'Dev Stage' is not a valid stage name" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert wrote_no_template(run.outdir)
+
+
+def test_invalid_stage_file_stops_with_the_field_and_no_traceback(stopped_synths: dict[str, Stopped]) -> None:
+    run = stopped_synths["invalid-settings"]
+    assert run.returncode != 0
+    assert (
+        "stage 'dev' has invalid settings:\n  models[0].replicas: Input should be greater than or equal to 1"
+        in run.stderr
+    )
+    assert "Traceback" not in run.stderr
+    assert wrote_no_template(run.outdir)
+
+
+def test_cli_synth_stops_on_an_unacknowledged_cdk_nag_finding(stopped_synths: dict[str, Stopped]) -> None:
+    run = stopped_synths["unacknowledged"]
+    assert run.returncode != 0
+    assert "synth of stage 'dev' stopped: ValidationFailed: ERROR The non-container Lambda function" in run.stderr
+    assert "dev/Cluster/Cluster/KubectlProvider/Handler/Resource" in run.stderr
+    assert "Acknowledge with 'AwsSolutions::AwsSolutions-L1'" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_construct_errors_are_reported_without_a_javascript_stack(
