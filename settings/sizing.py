@@ -208,10 +208,12 @@ def requests(settings: StageSettings, model: ModelSettings) -> Requests:
     return Requests(cpu, memory, shared, ephemeral)
 
 
-def fit(settings: StageSettings, model: ModelSettings, instance: GpuInstance) -> list[str]:
-    """Why an instance cannot run one replica of a model (empty: it can)."""
+def fit(
+    settings: StageSettings, model: ModelSettings, instance: GpuInstance, wanted: Requests | None = None
+) -> list[str]:
+    """Why an instance cannot run one replica of a model (empty: it can); `wanted`: its requests, if known."""
     reasons = gpu_fit(settings, model, instance)
-    wanted = requests(settings, model)
+    wanted = wanted or requests(settings, model)
     cpu = allocatable_cpu_millis(instance.vcpus)
     if wanted.cpu_millis > cpu:
         reasons.append(f"{cpu}m CPU left to pods, {wanted.cpu_millis}m requested")
@@ -226,14 +228,16 @@ def fit(settings: StageSettings, model: ModelSettings, instance: GpuInstance) ->
 
 def candidates(settings: StageSettings, model: ModelSettings) -> list[GpuInstance]:
     """The catalog's instances that can run one replica, cheapest first."""
-    return cheapest_first(settings, [i for i in catalog() if not fit(settings, model, i)])
+    wanted = requests(settings, model)
+    return cheapest_first(settings, [i for i in catalog() if not fit(settings, model, i, wanted)])
 
 
 def closest(settings: StageSettings, model: ModelSettings, count: int = 3) -> list[tuple[GpuInstance, list[str]]]:
     """The instances that miss by the fewest reasons, those the pool admits and with the model's GPU count
     first: what to say when none fits."""
+    wanted = requests(settings, model)
     ranked = sorted(
-        ((instance, fit(settings, model, instance)) for instance in catalog()),
+        ((instance, fit(settings, model, instance, wanted)) for instance in catalog()),
         key=lambda pair: (
             len(pair[1]),
             bool(meets_pool(settings, pair[0])),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -123,7 +124,12 @@ def stage_data(stage: str = DEFAULT_STAGE) -> dict[str, Any]:
 
 
 def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:
-    """A stage's charts rendered to Kubernetes objects, by chart id."""
+    """A stage's charts rendered to Kubernetes objects, by chart id: a copy each caller may change."""
+    return copy.deepcopy(_rendered(stage))
+
+
+@functools.cache
+def _rendered(stage: str) -> dict[str, list[dict[str, Any]]]:
     settings = load_stage_settings(stage)
     charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
