@@ -103,8 +103,8 @@ diff: setup-synth ## Compare one stage with what is deployed (needs AWS credenti
 deploy: setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account)
 	$(CDK) deploy -c stage=$(STAGE) '$(STAGE)/*'
 
-destroy: setup-synth ## Delete one stage's stacks; retained resources stay (see README)
-	$(CDK) destroy -c stage=$(STAGE) '$(STAGE)/*'
+destroy: setup-synth ## Delete one stage: load balancers, volumes and nodes first, then its stacks; lists what it keeps (needs AWS credentials)
+	python -m scripts.teardown --stage $(STAGE)
 
 pipeline-synth: setup-synth ## Synthesize the pipeline stack with every stage it deploys (settings/pipeline.yaml)
 	$(CDK) synth --quiet -c pipeline=true
