@@ -1,0 +1,296 @@
+"""One throwaway stage, proven in a real account and removed again: `make e2e` (needs AWS credentials; never in CI).
+
+1. Writes a stage `e2e-<6 hex>` from the dev settings (settings/stages/e2e-*.yaml, removed at the
+   end): its own cluster name and registry prefix, and the caller's IAM role as cluster admin.
+2. Deploys it (`cdk deploy`), waits for the weights import and the rollout, runs the smoke test.
+3. Runs a short load test from inside the VPC: vLLM's own `vllm bench serve`, in a Job that uses
+   the vLLM image the stage already pulled (no other image to trust or pull), with the model's
+   tokenizer from the file system.
+4. Records the replica's cold start from Kubernetes events, pod conditions and NodeClaims, and
+   writes a report (JSON, Markdown, a picture of the timeline) under e2e-report/<stage>/.
+5. Destroys the stage (scripts.teardown), then removes what a normal stage keeps: it is throwaway.
+6. Checks that nothing tagged with the stage is left (scripts.leftovers); anything left fails the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from charts.cold_start import smoke_test_wait_seconds
+from charts.model_loader import import_job_name
+from settings import STAGES_DIR, load_stage_settings
+from settings.model import StageSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "e2e-report"
+# The load test: enough requests at a few concurrent users to measure TTFT, ITL and throughput.
+LOAD_TEST = ("--dataset-name", "random", "--random-input-len", "512", "--random-output-len", "256")
+LOAD_TEST_PROMPTS, LOAD_TEST_CONCURRENCY = 64, 8
+
+
+def throwaway_stage_data(name: str, admin_role_arn: str) -> dict[str, Any]:
+    """The dev stage's settings, made the throwaway stage's own: names, prefixes, admin."""
+    data = yaml.safe_load((STAGES_DIR / "dev.yaml").read_text())
+    data["cluster"]["name"] = f"gpu-inference-{name}"
+    data["cluster"]["admin_principal_arns"] = [admin_role_arn]
+    data.setdefault("registry", {})["scan_on_push"] = False  # the account's own stages own scanning
+    return data
+
+
+def role_of(caller_arn: str) -> str:
+    """The IAM role behind an assumed-role session (what an EKS access entry names), or the caller itself."""
+    if ":assumed-role/" not in caller_arn:
+        return caller_arn
+    partition_account, _, rest = caller_arn.partition(":assumed-role/")
+    return f"{partition_account.replace(':sts:', ':iam:')}:role/{rest.split('/')[0]}"
+
+
+@contextmanager
+def throwaway_stage(admin_role_arn: str) -> Iterator[StageSettings]:
+    """A stage file for the run, checked like any other, and gone afterwards whatever happens."""
+    name = f"e2e-{secrets.token_hex(3)}"
+    path = STAGES_DIR / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(throwaway_stage_data(name, admin_role_arn)))
+    try:
+        yield load_stage_settings(name)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    print("$ " + " ".join(command), flush=True)
+    return subprocess.run(command, check=True, text=True, **kwargs)
+
+
+def kubectl_json(kubeconfig: str, *args: str) -> dict[str, Any]:
+    output = run(["kubectl", "--kubeconfig", kubeconfig, *args, "-o", "json"], capture_output=True).stdout
+    return json.loads(output)
+
+
+def load_test_job(settings: StageSettings, job: str) -> dict[str, Any]:
+    """A Job that runs `vllm bench serve` against the model's Service and prints the result as JSON."""
+    model = settings.models[0]
+    command = (
+        f"vllm bench serve --backend openai-chat --endpoint /v1/chat/completions "
+        f"--base-url http://{model.service_name}.{model.name}:8000 --model {model.model} "
+        f"--tokenizer /models/{model.weights_path} {' '.join(LOAD_TEST)} --num-prompts {LOAD_TEST_PROMPTS} "
+        f"--max-concurrency {LOAD_TEST_CONCURRENCY} --save-result --result-dir /tmp --result-filename result.json "
+        "> /dev/stderr && cat /tmp/result.json"
+    )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job, "namespace": model.name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "bench",
+                            "image": "IMAGE",
+                            "command": ["sh", "-c", command],
+                            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
+                            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "weights", "mountPath": "/models", "subPath": "models", "readOnly": True}
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "weights", "persistentVolumeClaim": {"claimName": "model-weights", "readOnly": True}}
+                    ],
+                }
+            },
+        },
+    }
+
+
+def purge_retained(settings: StageSettings, session: Any = None) -> list[str]:
+    """Remove what a normal stage keeps when destroyed (it is throwaway): its buckets (every object
+    version first), its log groups and cached image repositories, and its KMS keys (scheduled for
+    deletion after the shortest window AWS allows, 7 days). Returns what it removed."""
+    import boto3
+
+    session = session or boto3.Session(region_name=settings.region)
+    tagged = [
+        resource["ResourceARN"]
+        for page in session.client("resourcegroupstaggingapi")
+        .get_paginator("get_resources")
+        .paginate(TagFilters=[{"Key": "stage", "Values": [settings.name]}])
+        for resource in page["ResourceTagMappingList"]
+    ]
+    removed: list[str] = []
+    s3, kms, logs, ecr = (session.client(name) for name in ("s3", "kms", "logs", "ecr"))
+    for arn in tagged:
+        if arn.startswith("arn:aws:s3:::"):
+            bucket = arn.removeprefix("arn:aws:s3:::")
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                objects = [
+                    {"Key": item["Key"], "VersionId": item["VersionId"]}
+                    for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                ]
+                if objects:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            s3.delete_bucket(Bucket=bucket)
+            removed.append(arn)
+        elif ":kms:" in arn and ":key/" in arn:
+            if kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] != "PendingDeletion":
+                kms.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
+                removed.append(arn)
+        elif ":logs:" in arn:
+            logs.delete_log_group(logGroupName=arn.split(":log-group:")[1].removesuffix(":*"))
+            removed.append(arn)
+    control_plane = f"/aws/eks/{settings.cluster.name}/cluster"
+    for group in logs.describe_log_groups(logGroupNamePrefix=control_plane).get("logGroups", []):
+        logs.delete_log_group(logGroupName=group["logGroupName"])
+        removed.append(group["logGroupName"])
+    for page in ecr.get_paginator("describe_repositories").paginate():
+        for repository in page["repositories"]:
+            if repository["repositoryName"].startswith(f"{settings.image_cache_prefix}/"):
+                ecr.delete_repository(repositoryName=repository["repositoryName"], force=True)
+                removed.append(repository["repositoryArn"])
+    for item in removed:
+        print(f"removed {item}")
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.e2e", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave the stage deployed (then `make destroy STAGE=...`)")
+    args = parser.parse_args(argv)
+    from scripts import e2e_report, leftovers, teardown
+
+    caller = json.loads(run(["aws", "sts", "get-caller-identity", "--output", "json"], capture_output=True).stdout)
+    with throwaway_stage(role_of(caller["Arn"])) as settings:
+        stage, model = settings.name, settings.models[0]
+        outdir = REPORTS / stage
+        outdir.mkdir(parents=True, exist_ok=True)
+        cdk = ["cdk", "--no-notices"]
+        failed = False
+        try:
+            run([*cdk, "deploy", "--require-approval", "never", "-c", f"stage={stage}", f"{stage}/*"])
+            with tempfile.TemporaryDirectory() as scratch:
+                kubeconfig = str(Path(scratch) / "kubeconfig")
+                run(
+                    [
+                        "aws",
+                        "eks",
+                        "update-kubeconfig",
+                        "--region",
+                        settings.region,
+                        "--name",
+                        settings.cluster.name,
+                        "--kubeconfig",
+                        kubeconfig,
+                    ]
+                )
+                job = import_job_name(model, region=settings.region, zone=settings.model_store_zone)
+                run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "scripts.smoke_test",
+                        "--namespace",
+                        model.name,
+                        "--service",
+                        model.service_name,
+                        "--deployment",
+                        model.name,
+                        "--model",
+                        model.model,
+                        "--import-job",
+                        job,
+                        "--rollout-timeout",
+                        str(smoke_test_wait_seconds(settings, model)),
+                    ],
+                    env={**os.environ, "KUBECONFIG": kubeconfig},
+                )
+                recorded = {
+                    "events": kubectl_json(kubeconfig, "get", "events", "--namespace", model.name),
+                    "pods": kubectl_json(kubeconfig, "get", "pods", "--namespace", model.name),
+                    "nodeclaims": kubectl_json(kubeconfig, "get", "nodeclaims.karpenter.sh"),
+                }
+                for name, document in recorded.items():
+                    (outdir / f"{name}.json").write_text(json.dumps(document))
+                image = kubectl_json(kubeconfig, "get", "deployment", model.name, "--namespace", model.name)
+                bench = load_test_job(settings, f"load-test-{stage}")
+                bench["spec"]["template"]["spec"]["containers"][0]["image"] = image["spec"]["template"]["spec"][
+                    "containers"
+                ][0]["image"]
+                run(["kubectl", "--kubeconfig", kubeconfig, "apply", "-f", "-"], input=json.dumps(bench))
+                run(
+                    [
+                        "kubectl",
+                        "--kubeconfig",
+                        kubeconfig,
+                        "wait",
+                        "--for=condition=complete",
+                        "--timeout=30m",
+                        "--namespace",
+                        model.name,
+                        f"job/load-test-{stage}",
+                    ]
+                )
+                result = run(
+                    [
+                        "kubectl",
+                        "--kubeconfig",
+                        kubeconfig,
+                        "logs",
+                        "--namespace",
+                        model.name,
+                        f"job/load-test-{stage}",
+                    ],
+                    capture_output=True,
+                ).stdout
+                (outdir / "vllm_bench.json").write_text(result)
+            milestones = e2e_report.timeline(recorded["events"], recorded["pods"], recorded["nodeclaims"])
+            written = e2e_report.write_report(
+                outdir,
+                stage=stage,
+                model=model.model,
+                milestones=milestones,
+                load_test=e2e_report.load_test_summary(json.loads(result)),
+            )
+            print("\n".join(str(path) for path in written))
+        except subprocess.CalledProcessError as error:
+            failed = True
+            print(f"e2e of stage {stage} failed at: {' '.join(error.cmd)}", file=sys.stderr)
+        finally:
+            if not args.keep:
+                failed |= teardown.main(["--stage", stage]) != 0
+                purge_retained(settings)
+                failed |= (
+                    leftovers.main(
+                        ["--stage", stage, "--cluster-name", settings.cluster.name, "--region", settings.region]
+                    )
+                    != 0
+                )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
