@@ -30,6 +30,7 @@ import yaml
 
 from charts.cold_start import smoke_test_wait_seconds
 from charts.model_loader import import_job_name
+from scripts import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings
 from settings.model import StageSettings
 
@@ -181,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the stage deployed (then `make destroy STAGE=...`)")
     args = parser.parse_args(argv)
-    from scripts import e2e_report, leftovers, teardown
 
     caller = json.loads(run(["aws", "sts", "get-caller-identity", "--output", "json"], capture_output=True).stdout)
     with throwaway_stage(role_of(caller["Arn"])) as settings:
@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     ],
                     capture_output=True,
                 ).stdout
+                # The Job's log is vllm bench's own output, then the result file on its last line.
+                result = result.strip().splitlines()[-1]
                 (outdir / "vllm_bench.json").write_text(result)
             milestones = e2e_report.timeline(recorded["events"], recorded["pods"], recorded["nodeclaims"])
             written = e2e_report.write_report(
@@ -285,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
                 purge_retained(settings)
                 failed |= (
                     leftovers.main(
-                        ["--stage", stage, "--cluster-name", settings.cluster.name, "--region", settings.region]
+                        [
+                            *("--stage", stage, "--cluster-name", settings.cluster.name),
+                            *("--region", settings.region, "--cache-prefix", settings.registry.cache_prefix),
+                        ]
                     )
                     != 0
                 )
