@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from charts import DeployedResources, build_charts
+from charts.__main__ import write_manifests
 from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, stage_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,38 @@ class Assembly:
     def template(self, stack: str) -> dict[str, Any]:
         artifact = self.stacks()[stack]
         return json.loads((self.directory / artifact["properties"]["templateFile"]).read_text())
+
+
+# What checkov's Kubernetes checks must reject, to prove the gate can fail.
+BROKEN_DEPLOYMENT = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "broken", "namespace": "default"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "broken"}},
+        "template": {
+            "metadata": {"labels": {"app": "broken"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}]},
+        },
+    },
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kubernetes_scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Popen[str]]:
+    """checkov on every stage's manifests and on a broken Deployment, started with the session: it needs
+    the charts only, so it runs while the stages synthesize. tests/test_gates.py reads the results."""
+    from tests.scanners import run_checkov  # here: tests.scanners imports this module
+
+    outdir = tmp_path_factory.mktemp("manifests")
+    for stage in stage_names():
+        write_manifests(stage, outdir)
+    broken = tmp_path_factory.mktemp("broken-kubernetes")
+    (broken / "deployment.yaml").write_text(yaml.safe_dump(BROKEN_DEPLOYMENT))
+    return {
+        "kubernetes": run_checkov("kubernetes", [outdir / stage for stage in stage_names()]),
+        "broken-kubernetes": run_checkov("kubernetes", [broken]),
+    }
 
 
 @pytest.fixture(scope="session")

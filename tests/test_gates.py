@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
 import pytest
-import yaml
 from aws_cdk import aws_ec2 as ec2
 from cdk_nag import AwsSolutionsChecks
 
-from charts.__main__ import write_manifests
 from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS
 from settings import load_stage_settings, stage_names
 from stacks.reviewed_findings import CHECKOV_FINDINGS, PIPELINE_CHECKOV_FINDINGS, nag_findings
@@ -32,18 +31,6 @@ from tests.scanners import (
     run_checkov,
 )
 
-BROKEN_DEPLOYMENT = {
-    "apiVersion": "apps/v1",
-    "kind": "Deployment",
-    "metadata": {"name": "broken", "namespace": "default"},
-    "spec": {
-        "selector": {"matchLabels": {"app": "broken"}},
-        "template": {
-            "metadata": {"labels": {"app": "broken"}},
-            "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}]},
-        },
-    },
-}
 BROKEN_TEMPLATE = {
     "Resources": {
         "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
@@ -53,33 +40,22 @@ BROKEN_TEMPLATE = {
 
 
 @pytest.fixture(scope="session")
-def manifest_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    outdir = tmp_path_factory.mktemp("manifests")
-    for stage in stage_names():
-        write_manifests(stage, outdir)
-    return [outdir / stage for stage in stage_names()]
-
-
-@pytest.fixture(scope="session")
 def checkov_reports(
     assemblies: dict[str, Assembly],
     pipeline: Assembly,
-    manifest_dirs: list[Path],
+    kubernetes_scans: dict[str, subprocess.Popen[str]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """checkov on every stage's manifests and templates, and on broken inputs, all at once."""
+    """checkov on every stage's templates and on a broken one, all at once, with the Kubernetes runs
+    the session started early (tests/conftest.py, kubernetes_scans: they need no synth)."""
     broken = tmp_path_factory.mktemp("broken")
-    (broken / "k8s").mkdir()
-    (broken / "k8s" / "deployment.yaml").write_text(yaml.safe_dump(BROKEN_DEPLOYMENT))
-    (broken / "cfn").mkdir()
-    (broken / "cfn" / "broken.template.json").write_text(json.dumps(BROKEN_TEMPLATE))
+    (broken / "broken.template.json").write_text(json.dumps(BROKEN_TEMPLATE))
     runs = {
-        "kubernetes": run_checkov("kubernetes", manifest_dirs),
+        **kubernetes_scans,
         "cloudformation": run_checkov("cloudformation", [a.directory for a in assemblies.values()]),
         # The pipeline's stack and, nested, each stage as the pipeline deploys it.
         "pipeline": run_checkov("cloudformation", [pipeline.directory]),
-        "broken-kubernetes": run_checkov("kubernetes", [broken / "k8s"]),
-        "broken-cloudformation": run_checkov("cloudformation", [broken / "cfn"]),
+        "broken-cloudformation": run_checkov("cloudformation", [broken]),
     }
     return {name: checkov_results(process) for name, process in runs.items()}
 

@@ -5,6 +5,7 @@ Stubber checks every request against the expected parameters and both against th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,13 +43,17 @@ def key_arn(key_id: str) -> str:
     return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}"
 
 
+@functools.cache
+def _session() -> boto3.session.Session:
+    """One session for the module: it loads each service's model once, its clients are cheap after that."""
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+
+
 class Stubs:
     """One real client per service, each with its Stubber activated; `client` is a client factory."""
 
     def __init__(self) -> None:
-        session = boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-        )
+        session = _session()
         self.clients = {service: session.client(service) for service in SERVICES}
         self.stubbers = {service: Stubber(client) for service, client in self.clients.items()}
         for stubber in self.stubbers.values():
