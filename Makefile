@@ -20,8 +20,10 @@ help: ## List the commands
 # Every Python package comes from a lock (lock/*.txt: exact versions with hashes, written by
 # `make lock` from the requirements*.txt files). uv installs it when it can be had, pip when
 # not: either takes exactly the lock's lines (--no-deps, --require-hashes), so the set is the same.
+# Both write the bytecode at install time (pip does by default; uv with --compile-bytecode): where
+# PYTHONDONTWRITEBYTECODE is set, every Python process would otherwise compile aws-cdk-lib again.
 install_lock = if [ -x $(VENV)/bin/uv ]; then \
-		$(VENV)/bin/uv pip install --quiet --python $(1)/bin/python --require-hashes --no-deps -r $(2); \
+		$(VENV)/bin/uv pip install --quiet --python $(1)/bin/python --require-hashes --no-deps --compile-bytecode -r $(2); \
 	else \
 		$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(2); \
 	fi

@@ -76,20 +76,18 @@ BROKEN_DEPLOYMENT = {
 
 
 @pytest.fixture(scope="session", autouse=True)
-def kubernetes_scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Popen[str]]:
-    """checkov on every stage's manifests and on a broken Deployment, started with the session: it needs
-    the charts only, so it runs while the stages synthesize. tests/test_gates.py reads the results."""
+def kubernetes_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Popen[str]]:
+    """checkov on every stage's manifests (<folder>/<stage>/) and on a broken Deployment (<folder>/broken/),
+    in one run started with the session: it needs the charts only, so it runs while the stages
+    synthesize. tests/test_gates.py reads each folder's share of the results."""
     from tests.scanners import run_checkov  # here: tests.scanners imports this module
 
     outdir = tmp_path_factory.mktemp("manifests")
     for stage in stage_names():
         write_manifests(stage, outdir)
-    broken = tmp_path_factory.mktemp("broken-kubernetes")
-    (broken / "deployment.yaml").write_text(yaml.safe_dump(BROKEN_DEPLOYMENT))
-    return {
-        "kubernetes": run_checkov("kubernetes", [outdir / stage for stage in stage_names()]),
-        "broken-kubernetes": run_checkov("kubernetes", [broken]),
-    }
+    (outdir / "broken").mkdir()
+    (outdir / "broken" / "deployment.yaml").write_text(yaml.safe_dump(BROKEN_DEPLOYMENT))
+    return outdir, run_checkov("kubernetes", [outdir])
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,18 @@ def _json_documents(text: str) -> list[Any]:
     return documents
 
 
+def checkov_share(results: dict[str, list[dict[str, Any]]], folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """The part of a checkov run's results that concerns files under some folders."""
+    roots = tuple(f"{folder.resolve()}/" for folder in folders)
+    share = {
+        key: [check for check in checks if str(Path(check["file_abs_path"]).resolve()).startswith(roots)]
+        for key, checks in results.items()
+    }
+    if not any(share.values()):
+        raise RuntimeError(f"checkov checked nothing under {', '.join(roots)}")
+    return share
+
+
 def checkov_failures(results: dict[str, list[dict[str, Any]]], how_to_skip: str) -> list[str]:
     return [
         f"{check['check_id']} ({check['check_name']}) failed for {check['resource']} in "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.scanners import (
     cfn_lint,
     checkov_failures,
     checkov_results,
+    checkov_share,
     checkov_skips,
     karpenter_problems,
     kubernetes_problems,
@@ -43,21 +45,32 @@ BROKEN_TEMPLATE = {
 def checkov_reports(
     assemblies: dict[str, Assembly],
     pipeline: Assembly,
-    kubernetes_scans: dict[str, subprocess.Popen[str]],
+    kubernetes_scan: tuple[Path, subprocess.Popen[str]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """checkov on every stage's templates and on a broken one, all at once, with the Kubernetes runs
-    the session started early (tests/conftest.py, kubernetes_scans: they need no synth)."""
-    broken = tmp_path_factory.mktemp("broken")
-    (broken / "broken.template.json").write_text(json.dumps(BROKEN_TEMPLATE))
-    runs = {
-        **kubernetes_scans,
-        "cloudformation": run_checkov("cloudformation", [a.directory for a in assemblies.values()]),
-        # The pipeline's stack and, nested, each stage as the pipeline deploys it.
-        "pipeline": run_checkov("cloudformation", [pipeline.directory]),
-        "broken-cloudformation": run_checkov("cloudformation", [broken]),
+    """checkov's reports on each input: the manifests and a broken Deployment (one run, started with
+    the session: tests/conftest.py), the templates of the stages, of the pipeline and a broken one
+    (one run over one folder: checkov's start-up is most of its time, and given several folders it
+    attributes results to the wrong ones)."""
+    scan = tmp_path_factory.mktemp("templates")
+    # The pipeline's stack and, nested, each stage as the pipeline deploys it.
+    for name, assembly in {**assemblies, "pipeline": pipeline}.items():
+        for template in assembly.directory.rglob("*.template.json"):
+            target = scan / name / template.relative_to(assembly.directory)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(template, target)
+    (scan / "broken").mkdir()
+    (scan / "broken" / "broken.template.json").write_text(json.dumps(BROKEN_TEMPLATE))
+    templates = checkov_results(run_checkov("cloudformation", [scan]))
+    manifests_dir, manifests_run = kubernetes_scan
+    manifests = checkov_results(manifests_run)
+    return {
+        "kubernetes": checkov_share(manifests, [manifests_dir / stage for stage in stage_names()]),
+        "broken-kubernetes": checkov_share(manifests, [manifests_dir / "broken"]),
+        "cloudformation": checkov_share(templates, [scan / stage for stage in assemblies]),
+        "pipeline": checkov_share(templates, [scan / "pipeline"]),
+        "broken-cloudformation": checkov_share(templates, [scan / "broken"]),
     }
-    return {name: checkov_results(process) for name, process in runs.items()}
 
 
 # --- cdk-nag (AwsSolutions) ---
