@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from charts.cold_start import (
     cold_start_steps,
     import_deadline_seconds,
@@ -13,20 +10,14 @@ from charts.cold_start import (
     smoke_test_wait_seconds,
     startup_probe_seconds,
 )
-from settings import DEFAULT_STAGE, SettingsError, load_stage_settings
+from scripts import stage_from_command_line
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.cold_start", description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", default=DEFAULT_STAGE)
-    args = parser.parse_args()
-    try:
-        settings = load_stage_settings(args.stage)
-    except SettingsError as error:
-        sys.exit(str(error))
+    settings = stage_from_command_line("python -m scripts.cold_start", __doc__)
     for model in settings.models:
         steps = cold_start_steps(settings, model)
-        print(f"## Cold start of a new {model.model} replica (stage {args.stage})\n")
+        print(f"## Cold start of a new {model.model} replica (stage {settings.name})\n")
         print("| step | seconds | assumes | source |\n|---|---:|---|---|")
         for step in steps:
             print(f"| {step.name} | {step.seconds:.0f} | {step.assumes} | {step.source} |")

@@ -9,22 +9,13 @@ settings/catalog/on_demand_prices.yaml (with its source and date); spot prices v
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from charts.cold_start import cold_start_steps
-from settings import DEFAULT_STAGE, SettingsError, load_stage_settings
+from scripts import stage_from_command_line
 from settings.sizing import candidates, gpu_memory_needed_mib, on_demand_prices, pool_limits, requests
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.sizing", description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", default=DEFAULT_STAGE)
-    args = parser.parse_args()
-    try:
-        settings = load_stage_settings(args.stage)
-    except SettingsError as error:
-        sys.exit(str(error))
+    settings = stage_from_command_line("python -m scripts.sizing", __doc__)
     priced_region, prices = on_demand_prices(settings.region)
     where = (
         settings.region
