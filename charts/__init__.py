@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import cdk8s
 
 from charts.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
+from charts.drain import termination_grace_seconds
 from charts.gpu_node_pool import GpuNodePoolChart
 from charts.images import pulled_image
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
@@ -59,6 +60,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
             min_gpu_memory_mib=min(gpu_memory_needed_mib(model) for model in settings.models),
             limits=pool_limits(settings),
+            drain_seconds=max(termination_grace_seconds(model) for model in settings.models),
         )
     }
     weights = WeightsFileSystem(

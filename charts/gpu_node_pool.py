@@ -21,6 +21,35 @@ NODE_CLASS_NAME = "gpu"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
+# Time for the kubelet to stop a drained pod's containers, after the pod's own grace period.
+NODE_DRAIN_MARGIN_SECONDS = 60
+
+
+def disruption_budgets(pool: GpuNodePoolSettings) -> list[dict[str, Any]]:
+    """At most `disruption_budget_nodes` at once; with a maintenance window, no drifted node outside it.
+
+    Karpenter applies the most restrictive budget that is active, and a budget with a schedule is
+    active from each cron time for its duration (no time zones: UTC). So the window is the
+    complement of a 0-node budget for the Drifted reason that starts when the window ends. Expiry
+    (expireAfter, 14 days by default on Auto Mode, 21 at most) is not a budget reason in
+    karpenter.sh/v1 (reasons: Underutilized, Empty, Drifted): an expiring node is drained within
+    the NodePool's terminationGracePeriod, replica by replica under the PodDisruptionBudget.
+    """
+    budgets: list[dict[str, Any]] = [{"nodes": pool.disruption_budget_nodes}]
+    window = pool.maintenance_window
+    if window is not None:
+        hour, minute = (int(part) for part in window.start.split(":"))
+        budgets.append(
+            {
+                "nodes": "0",
+                "reasons": ["Drifted"],
+                "schedule": f"{minute} {(hour + window.hours) % 24} * * *",
+                "duration": f"{24 - window.hours}h",
+            }
+        )
+    return budgets
+
+
 def node_requirements(
     pool: GpuNodePoolSettings, zones: tuple[str, ...] | None, min_gpu_memory_mib: int
 ) -> list[dict[str, Any]]:
@@ -64,7 +93,8 @@ class GpuNodePoolChart(cdk8s.Chart):
     `node_role_name`, `subnet_ids` and `security_group_id` come from the cluster (CDK tokens when
     applied by the serving stack); `zones` pins the pool to the model store's zone, or None;
     `min_gpu_memory_mib` is the least memory per GPU that any model served from the pool needs;
-    `limits` what the pool may hold in all (settings.sizing.pool_limits).
+    `limits` what the pool may hold in all (settings.sizing.pool_limits); `drain_seconds` the
+    longest a replica takes to go away (charts.drain), which a node going away waits for.
     """
 
     def __init__(
@@ -79,6 +109,7 @@ class GpuNodePoolChart(cdk8s.Chart):
         zones: tuple[str, ...] | None,
         min_gpu_memory_mib: int,
         limits: dict[str, Any],
+        drain_seconds: int,
     ) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         node_class = cdk8s.ApiObject(
@@ -128,6 +159,9 @@ class GpuNodePoolChart(cdk8s.Chart):
                             },
                             "taints": [GPU_TAINT],
                             "requirements": node_requirements(pool, zones, min_gpu_memory_mib),
+                            # A node that expires or is replaced waits this long for its pods to drain,
+                            # then Karpenter deletes them anyway (karpenter.sh/v1 NodeClaim template).
+                            "terminationGracePeriod": f"{drain_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
                         },
                     },
                     "limits": limits,
@@ -136,7 +170,7 @@ class GpuNodePoolChart(cdk8s.Chart):
                         # Auto Mode's 21-day node expiry and auto repair still replace nodes, within the budget.
                         "consolidationPolicy": "WhenEmpty",
                         "consolidateAfter": pool.consolidate_after,
-                        "budgets": [{"nodes": pool.disruption_budget_nodes}],
+                        "budgets": disruption_budgets(pool),
                     },
                 },
             )

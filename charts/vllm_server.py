@@ -16,6 +16,7 @@ import cdk8s_plus_30 as kplus
 from cdk8s_plus_30 import k8s
 from constructs import Construct
 
+from charts.drain import drain_command, termination_grace_seconds
 from charts.gpu_node_pool import GPU_TAINT
 from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
 from charts.model_volume import ModelVolume
@@ -207,6 +208,8 @@ class VllmServerChart(cdk8s.Chart):
             ),
             # From the cold-start budget (charts/cold_start.py): past it the rollout reports failure.
             progress_deadline=cdk8s.Duration.seconds(progress_deadline),
+            # Long enough for the preStop drain to let the longest request finish (charts/drain.py).
+            termination_grace_period=cdk8s.Duration.seconds(termination_grace_seconds(model)),
             # The server calls no Kubernetes API.
             automount_service_account_token=False,
             security_context=kplus.PodSecurityContextProps(
@@ -282,6 +285,8 @@ class VllmServerChart(cdk8s.Chart):
                 timeout_seconds=cdk8s.Duration.seconds(10),
             ),
             security_context=hardened,
+            # vLLM cuts requests off on SIGTERM: Kubernetes runs this first (charts/drain.py).
+            lifecycle=kplus.ContainerLifecycle(pre_stop=kplus.Handler.from_command(drain_command(model, PORT))),
         )
         container.mount(
             "/dev/shm",

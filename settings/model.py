@@ -326,6 +326,17 @@ class NodePoolLimits(_Strict):
     gpu: int | None = Field(default=None, ge=1, description="nvidia.com/gpu")
 
 
+class MaintenanceWindow(_Strict):
+    """A daily window, in UTC: from `start` (HH:MM) for `hours` hours."""
+
+    start: Annotated[
+        str,
+        StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$"),
+        Field(description="a time of day in UTC such as 03:00 (HH:MM, 24-hour clock)"),
+    ]
+    hours: int = Field(ge=1, le=23)
+
+
 class GpuNodePoolSettings(_Strict):
     name: DnsLabel = "gpu-node-pool"
     instance_categories: tuple[
@@ -358,6 +369,9 @@ class GpuNodePoolSettings(_Strict):
         Field(description="a number of nodes such as 1, or a percentage from 0% to 100%"),
     ] = "1"
     disk: NodeDiskSettings = NodeDiskSettings()
+    # When Karpenter may replace drifted nodes (a new AMI, changed settings): a daily window in UTC.
+    # Outside it, no drifted node is disrupted; unset, at any time (a production stage sets one).
+    maintenance_window: MaintenanceWindow | None = None
     # model_store_zone: GPU nodes only in the file system's zone (Lustre is single-AZ; reads from
     # other zones are slower and billed). all_zones: survive a zone's loss, at that price.
     zones: Literal["model_store_zone", "all_zones"] = "model_store_zone"
@@ -469,6 +483,9 @@ class ModelSettings(_Strict):
     # Or weights that are not on the Hub: you fill s3://<model bucket>/<weights_s3_prefix>/ and
     # mark it complete; nothing is imported.
     weights_s3_prefix: S3Prefix | None = None
+    # The longest a request may take, which the grace period of a replica going away covers
+    # (charts/drain.py); unset: max_model_len tokens at 20 tokens per second.
+    max_request_seconds: int | None = Field(default=None, ge=1)
 
     @property
     def weights_path(self) -> str:
@@ -667,6 +684,11 @@ class StageSettings(_Strict):
                 "gpu_node_pool.zones: a production stage chooses it: model_store_zone (GPU nodes in the file "
                 "system's zone: fast, free reads, but no replica can start while that zone is down) or all_zones "
                 "(replicas survive another zone's loss, at slower, billed cross-zone reads of every weight file)"
+            )
+        if pool.maintenance_window is None:
+            raise ValueError(
+                "gpu_node_pool.maintenance_window: a production stage sets one (start HH:MM in UTC, hours), so "
+                "that drifted GPU nodes are replaced only then"
             )
         if pool.capacity_types == ("spot",):
             raise ValueError(

@@ -1,0 +1,74 @@
+"""How a replica goes away without cutting a request short: a preStop drain and a grace period that covers it.
+
+vLLM 0.11.2 does not drain by itself: on SIGTERM its HTTP server task is cancelled at once
+(vllm/entrypoints/launcher.py, serve_http: `signal_handler` calls `server_task.cancel()`), so a
+request still being generated is cut off. Kubernetes runs a container's preStop hook before it
+sends SIGTERM, so the replica drains there:
+
+1. When the pod starts terminating, the EndpointSlice controller marks it not ready at once, so
+   the Service (and any load balancer) stops sending it new requests; the hook first waits a few
+   seconds for every proxy to catch up.
+2. It then polls vLLM's own gauges of requests in progress, vllm:num_requests_running and
+   vllm:num_requests_waiting (vllm/v1/metrics/loggers.py), on /metrics, until both are 0.
+3. Only then does Kubernetes send SIGTERM. The pod's grace period, which also bounds the hook,
+   covers the longest request the model allows: max_model_len tokens at a floor of generation
+   speed, or models[].max_request_seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from settings.model import ModelSettings
+
+# The slowest generation a replica is expected to keep up per request under load (tokens/s): a
+# floor, well below what one L4 serves gpt-oss-20b a single user at. A request of max_model_len
+# tokens then takes at most max_model_len / this; a setting overrides it per model.
+GENERATION_FLOOR_TOKENS_PER_SECOND = 20
+# For every kube-proxy and load balancer to stop sending new requests to a terminating pod.
+ENDPOINT_PROPAGATION_SECONDS = 10
+# What vLLM itself takes to stop once SIGTERM comes (freeing the GPU and its workers).
+SHUTDOWN_SECONDS = 30
+
+# The preStop hook (python3 is in the vLLM image): wait for the proxies, then for vLLM's requests.
+DRAIN_SCRIPT = """
+import os, time, urllib.request
+time.sleep(float(os.environ.get("DRAIN_DELAY", "10")))
+deadline = time.monotonic() + float(os.environ["DRAIN_SECONDS"])
+metrics = "http://127.0.0.1:%s/metrics" % os.environ["DRAIN_PORT"]
+gauges = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+while time.monotonic() < deadline:
+    try:
+        text = urllib.request.urlopen(metrics, timeout=5).read().decode()
+    except OSError:
+        break  # the server is gone: nothing left to wait for
+    busy = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(gauges))
+    if busy == 0:
+        break
+    time.sleep(1)
+"""
+
+
+def max_request_seconds(model: ModelSettings) -> int:
+    """The longest a request to this model may take: the setting, or max_model_len at the floor speed."""
+    if model.max_request_seconds is not None:
+        return model.max_request_seconds
+    return math.ceil(model.max_model_len / GENERATION_FLOOR_TOKENS_PER_SECOND)
+
+
+def termination_grace_seconds(model: ModelSettings) -> int:
+    """The pod's grace period: the proxies, the longest request, then vLLM's own stop."""
+    return ENDPOINT_PROPAGATION_SECONDS + max_request_seconds(model) + SHUTDOWN_SECONDS
+
+
+def drain_command(model: ModelSettings, port: int) -> list[str]:
+    """The preStop hook's command, its bounds spelled out on it."""
+    return [
+        "env",
+        f"DRAIN_DELAY={ENDPOINT_PROPAGATION_SECONDS}",
+        f"DRAIN_SECONDS={max_request_seconds(model)}",
+        f"DRAIN_PORT={port}",
+        "python3",
+        "-c",
+        DRAIN_SCRIPT,
+    ]

@@ -1,0 +1,512 @@
+"""Before any deploy: can the stage get its GPUs? Read-only checks of quotas, offerings and reservations.
+
+    python -m scripts.preflight --stage dev [--reservation cr-0123456789abcdef0 ...]
+
+Run it with credentials for the stage's account; it only reads (Service Quotas and EC2 Describe calls).
+
+1. Service Quotas, in the stage's region: the on-demand and spot vCPU quotas of the G and VT and of
+   the P instance families. Each model needs its replicas plus one rollout surge, each on its own
+   node, of the instance Karpenter would launch: the cheapest candidate (settings.sizing.candidates)
+   offered in a zone GPU nodes may use. Their vCPUs add up per family, for on-demand if the GPU
+   pool allows on-demand and for spot if it allows spot. With both allowed, one quota that holds
+   them is enough. The current usage is not read, so the quota must also cover what already runs.
+2. EC2 instance type offerings: each model needs at least one candidate offered in a zone GPU
+   nodes may use (the model store's zone when gpu_node_pool.zones is model_store_zone, else every
+   zone of the stage).
+3. Capacity reservations given with --reservation: each must exist, be active and unexpired, lie in
+   a usable zone, be of a type some model can run on, and have instances available.
+
+It prints a Markdown table per check, then one summary line. Exit status: 0 when the stage can
+start, 1 when something blocks it (the summary names what), 2 when it could not check (bad
+arguments or settings, or AWS refused to answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_stage_settings
+from settings.sizing import GpuInstance, candidates
+
+Client = Any  # a boto3 client (botocore.client.BaseClient); the generated types are not installed
+ClientFactory = Callable[[str], Client]
+
+RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{17}$")
+ON_DEMAND, SPOT = "on-demand", "spot"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """An EC2 vCPU quota: its Service Quotas code and name, the catalog category and capacity type it limits."""
+
+    code: str
+    name: str
+    category: str  # settings/catalog/gpu_instances.yaml `category`: g or p
+    capacity_type: str  # on-demand or spot, as in gpu_node_pool.capacity_types
+
+
+# The EC2 vCPU quotas of GPU instances, in vCPUs per region (service code "ec2"). The spot quotas'
+# names are those of AWS's EC2 User Guide, "Spot Instance quotas"
+# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-spot-limits.html). No AWS documentation
+# page found lists the codes; these are the ones the Service Quotas API and console give, the same in
+# independent ListServiceQuotas outputs and quota tools (for example github.com/geyang/jaynes-starter-kit,
+# 02_ec2_docker_guide/setup/spot_limit.md). The check compares the QuotaName AWS returns with the
+# name here and says so when they differ.
+QUOTAS = (
+    Quota("L-DB2E81BA", "Running On-Demand G and VT instances", "g", ON_DEMAND),
+    Quota("L-3819A6DF", "All G and VT Spot Instance Requests", "g", SPOT),
+    Quota("L-417A185B", "Running On-Demand P instances", "p", ON_DEMAND),
+    Quota("L-7212CCBC", "All P Spot Instance Requests", "p", SPOT),
+)
+FAMILIES = {"g": "G and VT", "p": "P"}
+
+
+def request_url(region: str, code: str) -> str:
+    """The Service Quotas console page of an EC2 quota in a region, where an increase is requested."""
+    return f"https://{region}.console.aws.amazon.com/servicequotas/home/services/ec2/quotas/{code}"
+
+
+# --- results ---
+
+
+@dataclass(frozen=True)
+class Node:
+    """What one model takes from the quotas: `count` nodes (replicas plus one surge) of `instance`."""
+
+    model: str
+    instance: GpuInstance
+    count: int
+
+    @property
+    def vcpus(self) -> int:
+        return self.count * self.instance.vcpus
+
+
+@dataclass(frozen=True)
+class QuotaResult:
+    quota: Quota
+    value: float
+    source: str  # "applied", or "AWS default" when the account has no applied value
+    needed: int  # 0 when the pool does not use the quota's capacity type
+    used: bool  # the quota's capacity type is in gpu_node_pool.capacity_types
+    aws_name: str
+    url: str
+
+    @property
+    def enough(self) -> bool:
+        return self.value >= self.needed
+
+
+@dataclass(frozen=True)
+class OfferingResult:
+    """Which of a model's candidates EC2 offers in each zone of the stage, cheapest first."""
+
+    model: str
+    candidates: tuple[str, ...]
+    offered: dict[str, tuple[str, ...]]
+    usable_zones: tuple[str, ...]
+
+    @property
+    def usable(self) -> dict[str, tuple[str, ...]]:
+        return {zone: self.offered.get(zone, ()) for zone in self.usable_zones}
+
+    @property
+    def ok(self) -> bool:
+        return any(self.usable.values())
+
+
+@dataclass(frozen=True)
+class ReservationResult:
+    id: str
+    found: bool
+    state: str = ""
+    zone: str = ""
+    instance_type: str = ""
+    available: int = 0
+    total: int = 0
+    end: str = ""
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Report:
+    stage: str
+    region: str
+    capacity_types: tuple[str, ...]
+    usable_zones: tuple[str, ...]
+    zones_reason: str
+    nodes: list[Node]
+    quotas: list[QuotaResult]
+    offerings: list[OfferingResult]
+    reservations: list[ReservationResult]
+    blockers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.blockers
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"stage {self.stage} can start: quotas, offerings and reservations allow its GPU nodes"
+        return f"stage {self.stage} cannot start: " + "; ".join(self.blockers)
+
+    def markdown(self) -> str:
+        return "\n".join(
+            [
+                f"# Preflight of stage {self.stage} ({self.region})",
+                "",
+                *self._quota_section(),
+                "",
+                *self._offering_section(),
+                "",
+                *self._reservation_section(),
+                *(["", "## Notes", "", *(f"- {note}" for note in self.notes)] if self.notes else []),
+                "",
+                self.summary(),
+            ]
+        )
+
+    def _quota_section(self) -> list[str]:
+        lines = [
+            f"## Service Quotas: EC2 vCPUs in {self.region}",
+            "",
+            "| quota | code | value | needed | status | request more |",
+            "|---|---|---:|---:|---|---|",
+        ]
+        for row in self.quotas:
+            needed = str(row.needed) if row.used else f"0 ({row.quota.capacity_type} not in capacity_types)"
+            lines.append(
+                f"| {row.quota.name} | {row.quota.code} | {row.value:g} ({row.source}) | {needed} | "
+                f"{self._status(row)} | {'' if row.enough else row.url} |"
+            )
+        lines.append("")
+        lines.append(
+            "Needed: each model's replicas plus one rollout surge, on the instance Karpenter would launch: "
+            + ", ".join(
+                f"{node.model} {node.count} x {node.instance.type} ({node.instance.vcpus} vCPUs, "
+                f"{FAMILIES[node.instance.category]}) = {node.vcpus}"
+                for node in self.nodes
+            )
+            + "."
+        )
+        lines.append(
+            "Current usage is not read here: the quota must also cover the instances already running "
+            f"(and, for spot, the open requests) of its family in {self.region}; the Service Quotas console "
+            "shows their utilization."
+        )
+        return lines
+
+    def _status(self, row: QuotaResult) -> str:
+        if row.enough:
+            return "OK"
+        others = [
+            other
+            for other in self.quotas
+            if other.quota.category == row.quota.category and other is not row and other.used and other.enough
+        ]
+        return f"SHORT, {others[0].quota.capacity_type} is enough" if others else "SHORT"
+
+    def _offering_section(self) -> list[str]:
+        lines = [
+            f"## Instance type offerings (GPU nodes may use {', '.join(self.usable_zones)}: {self.zones_reason})",
+            "",
+            "| model | zone | GPU nodes may use it | candidates offered, cheapest first | status |",
+            "|---|---|---|---|---|",
+        ]
+        for result in self.offerings:
+            for zone, offered in result.offered.items():
+                usable = zone in result.usable_zones
+                status = ("OK" if offered else "NONE OFFERED") if usable else "not used"
+                lines.append(
+                    f"| {result.model} | {zone} | {'yes' if usable else 'no'} | "
+                    f"{', '.join(offered) or '—'} | {status} |"
+                )
+        return lines
+
+    def _reservation_section(self) -> list[str]:
+        lines = ["## Capacity reservations", ""]
+        if not self.reservations:
+            return [*lines, "None given (--reservation cr-...)."]
+        lines += [
+            "| reservation | state | zone | instance type | available | ends | status |",
+            "|---|---|---|---|---:|---|---|",
+        ]
+        for result in self.reservations:
+            available = f"{result.available} of {result.total}" if result.found else "—"
+            status = "OK" if result.ok else "FAILED: " + "; ".join(result.problems)
+            lines.append(
+                f"| {result.id} | {result.state or '—'} | {result.zone or '—'} | {result.instance_type or '—'} | "
+                f"{available} | {result.end or '—'} | {status} |"
+            )
+        lines += [f"- {result.id}: {note}" for result in self.reservations for note in result.notes]
+        return lines
+
+
+# --- the checks ---
+
+
+def check_reservation_ids(reservations: Sequence[str]) -> None:
+    """Every id must look like a capacity reservation's; raises ValueError naming those that do not."""
+    bad = [reservation for reservation in reservations if not RESERVATION_ID.fullmatch(reservation)]
+    if bad:
+        raise ValueError(
+            f"not a capacity reservation id: {', '.join(repr(b) for b in bad)}; "
+            "expected cr- and 17 lower-case hex digits, as in cr-0123456789abcdef0"
+        )
+
+
+def usable_zones(settings: StageSettings) -> tuple[tuple[str, ...], str]:
+    """The zones GPU nodes may use, and why."""
+    if settings.gpu_node_pool.zones == "model_store_zone":
+        return (settings.model_store_zone,), "the model store's zone (gpu_node_pool.zones: model_store_zone)"
+    return tuple(settings.availability_zones), "every zone of the stage (gpu_node_pool.zones: all_zones)"
+
+
+def instance_offerings(ec2: Client, types: Sequence[str], zones: Sequence[str]) -> dict[str, set[str]]:
+    """The given instance types EC2 offers in each of the given zones."""
+    offered: dict[str, set[str]] = {zone: set() for zone in zones}
+    paginator = ec2.get_paginator("describe_instance_type_offerings")
+    pages = paginator.paginate(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": list(types)}, {"Name": "location", "Values": list(zones)}],
+    )
+    for page in pages:
+        for offering in page.get("InstanceTypeOfferings", []):
+            if offering["Location"] in offered:
+                offered[offering["Location"]].add(offering["InstanceType"])
+    return offered
+
+
+def quota_value(quotas: Client, quota: Quota) -> tuple[float, str, str]:
+    """(value, "applied" or "AWS default", the name AWS gives it) of an EC2 quota in the client's region."""
+    try:
+        answer = quotas.get_service_quota(ServiceCode="ec2", QuotaCode=quota.code)["Quota"]
+        source = "applied"
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchResourceException":
+            raise
+        answer = quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=quota.code)["Quota"]
+        source = "AWS default"
+    return float(answer.get("Value", 0.0)), source, answer.get("QuotaName", quota.name)
+
+
+def describe_reservation(ec2: Client, reservation: str) -> dict[str, Any] | None:
+    """A capacity reservation as EC2 describes it; None when it does not exist."""
+    try:
+        found = ec2.describe_capacity_reservations(CapacityReservationIds=[reservation])["CapacityReservations"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "InvalidCapacityReservationId.NotFound":
+            return None
+        raise
+    return found[0] if found else None
+
+
+def reservation_result(
+    reservation: str,
+    described: dict[str, Any] | None,
+    settings: StageSettings,
+    zones: Sequence[str],
+    runnable: Sequence[str],
+    now: datetime,
+) -> ReservationResult:
+    """What stops a described reservation from serving the stage's GPU nodes, and what else to know."""
+    if described is None:
+        return ReservationResult(
+            reservation, found=False, problems=(f"does not exist in {settings.region} (or is not visible to you)",)
+        )
+    state = described.get("State", "")
+    zone = described.get("AvailabilityZone", "")
+    instance_type = described.get("InstanceType", "")
+    available = int(described.get("AvailableInstanceCount", 0))
+    end_date: datetime | None = described.get("EndDate")
+    problems, notes = [], []
+    if end_date is not None and end_date <= now:
+        problems.append(f"expired: it ended {end_date.isoformat()}")
+    if state != "active" and not (state == "expired" and problems):
+        problems.append(f"state is {state}, not active")
+    if zone not in zones:
+        problems.append(f"in {zone}, where GPU nodes do not run (they may use {', '.join(zones)})")
+    if instance_type not in runnable:
+        problems.append(f"{instance_type} cannot run any of the stage's models")
+    if available <= 0:
+        problems.append(f"no instance available ({available} of {described.get('TotalInstanceCount', 0)})")
+    platform = described.get("InstancePlatform", "Linux/UNIX")
+    if platform != "Linux/UNIX":
+        problems.append(f"platform {platform}; the GPU nodes are Linux/UNIX")
+    if described.get("Tenancy", "default") != "default":
+        problems.append(f"tenancy {described['Tenancy']}; the GPU nodes use default tenancy")
+    if described.get("InstanceMatchCriteria") == "targeted":
+        notes.append("targeted: only launches that name it use it, and the GPU pool's NodeClass names none")
+    if ON_DEMAND not in settings.gpu_node_pool.capacity_types:
+        notes.append("its instances run as on-demand, which gpu_node_pool.capacity_types does not allow")
+    return ReservationResult(
+        reservation,
+        found=True,
+        state=state,
+        zone=zone,
+        instance_type=instance_type,
+        available=available,
+        total=int(described.get("TotalInstanceCount", 0)),
+        end=end_date.isoformat() if end_date is not None else "no end date",
+        problems=tuple(problems),
+        notes=tuple(notes),
+    )
+
+
+def preflight(
+    settings: StageSettings,
+    reservations: Sequence[str],
+    client_factory: ClientFactory,
+    *,
+    now: datetime | None = None,
+) -> Report:
+    """Check that the stage can get its GPU nodes; `client_factory(service)` gives a boto3 client in its region.
+
+    Raises ValueError on a malformed reservation id before any AWS call; AWS errors other than the
+    expected ones (no applied quota value, no such reservation) propagate.
+    """
+    check_reservation_ids(reservations)
+    now = now or datetime.now(UTC)
+    zones, zones_reason = usable_zones(settings)
+    pool = settings.gpu_node_pool
+    options = {model.name: candidates(settings, model) for model in settings.models}
+    runnable = list(dict.fromkeys(instance.type for found in options.values() for instance in found))
+    blockers: list[str] = []
+    notes: list[str] = []
+
+    # 2 first: the instance Karpenter would launch is the cheapest candidate offered in a usable zone.
+    ec2 = client_factory("ec2")
+    offered = instance_offerings(ec2, runnable, settings.availability_zones) if runnable else {}
+    offerings, nodes = [], []
+    for model in settings.models:
+        names = tuple(instance.type for instance in options[model.name])
+        result = OfferingResult(
+            model=model.name,
+            candidates=names,
+            offered={zone: tuple(name for name in names if name in offered.get(zone, ())) for zone in offered},
+            usable_zones=zones,
+        )
+        offerings.append(result)
+        if not names:
+            blockers.append(f"{model.name}: no GPU instance can run one replica (see `make sizing`)")
+            continue
+        if not result.ok:
+            elsewhere = {zone: found for zone, found in result.offered.items() if found and zone not in zones}
+            hint = (
+                "; offered elsewhere: " + ", ".join(f"{zone}: {', '.join(found)}" for zone, found in elsewhere.items())
+                if elsewhere
+                else ""
+            )
+            blockers.append(
+                f"{model.name}: none of its {len(names)} candidate instance types is offered in "
+                f"{', '.join(zones)} ({zones_reason}){hint}"
+            )
+        usable_offered = {name for found in result.usable.values() for name in found}
+        pick = next((i for i in options[model.name] if i.type in usable_offered), options[model.name][0])
+        if pick is not options[model.name][0]:
+            notes.append(
+                f"{model.name}: its cheapest candidate {options[model.name][0].type} is not offered where GPU "
+                f"nodes run; the quotas are counted on {pick.type}"
+            )
+        nodes.append(Node(model.name, pick, model.replicas + 1))
+
+    # 1: the quotas.
+    quotas_client = client_factory("service-quotas")
+    quotas = []
+    for quota in QUOTAS:
+        value, source, aws_name = quota_value(quotas_client, quota)
+        used = quota.capacity_type in pool.capacity_types
+        needed = sum(node.vcpus for node in nodes if node.instance.category == quota.category) if used else 0
+        quotas.append(QuotaResult(quota, value, source, needed, used, aws_name, request_url(settings.region, quota.code)))
+        if aws_name != quota.name:
+            notes.append(f"AWS names {quota.code} {aws_name!r}, not {quota.name!r}: check the quota code")
+    for category, family in FAMILIES.items():
+        counted = [row for row in quotas if row.quota.category == category and row.used and row.needed > 0]
+        if counted and not any(row.enough for row in counted):
+            blockers.append(
+                f"{family} vCPU quota: {counted[0].needed} vCPUs needed, "
+                + (" and ".join(f"{row.quota.name} ({row.quota.code}) is {row.value:g}" for row in counted))
+                + "; request more at "
+                + " or ".join(row.url for row in counted)
+            )
+
+    # 3: the reservations.
+    results = [
+        reservation_result(reservation, describe_reservation(ec2, reservation), settings, zones, runnable, now)
+        for reservation in reservations
+    ]
+    blockers += [f"capacity reservation {result.id}: {'; '.join(result.problems)}" for result in results if not result.ok]
+
+    return Report(
+        stage=settings.name,
+        region=settings.region,
+        capacity_types=tuple(pool.capacity_types),
+        usable_zones=zones,
+        zones_reason=zones_reason,
+        nodes=nodes,
+        quotas=quotas,
+        offerings=offerings,
+        reservations=results,
+        blockers=blockers,
+        notes=notes,
+    )
+
+
+# --- the command ---
+
+
+def _reservation_argument(value: str) -> str:
+    try:
+        check_reservation_ids([value])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None = None) -> int:
+    """Print the report; 0 if the stage can start, 1 if something blocks it, 2 if it could not be checked."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.preflight", description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default=DEFAULT_STAGE)
+    parser.add_argument(
+        "--reservation",
+        action="extend",
+        nargs="+",
+        default=[],
+        type=_reservation_argument,
+        metavar="cr-ID",
+        help="capacity reservations the stage's GPU nodes should use (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_stage_settings(args.stage)
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if client_factory is None:
+        client_factory = boto3.session.Session(region_name=settings.region).client
+    try:
+        report = preflight(settings, args.reservation, client_factory)
+    except (BotoCoreError, ClientError) as error:
+        print(f"could not check stage {settings.name} in {settings.region}: {error}", file=sys.stderr)
+        return 2
+    print(report.markdown())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

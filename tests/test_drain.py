@@ -1,0 +1,174 @@
+"""A replica goes away without cutting a request short: the preStop drain and the grace periods around it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from charts.drain import DRAIN_SCRIPT, max_request_seconds, termination_grace_seconds
+from charts.gpu_node_pool import disruption_budgets
+from settings import SettingsError, load_stage_settings, parse_stage_settings
+from tests.conftest import find, render_charts, stage_data
+
+
+class FakeVllm(ThreadingHTTPServer):
+    """A server that holds /v1/slow open for `hold` seconds and counts it in vLLM's gauge on /metrics."""
+
+    def __init__(self, hold: float) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.hold, self.in_flight, self.finished_at = hold, 0, 0.0
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FakeVllm
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/slow":
+            self.server.in_flight += 1
+            time.sleep(self.server.hold)
+            self.server.in_flight -= 1
+            self.server.finished_at = time.monotonic()
+            body = b"the whole answer"
+        else:
+            body = (
+                f'vllm:num_requests_running{{engine="0",model_name="m"}} {self.server.in_flight}.0\n'
+                'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
+            ).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def vllm(request: pytest.FixtureRequest) -> Iterator[FakeVllm]:
+    server = FakeVllm(hold=getattr(request, "param", 0.8))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def drain(port: int, seconds: float) -> float:
+    """Runs the preStop hook as Kubernetes would (no propagation wait here); returns when it ended."""
+    env = {"DRAIN_DELAY": "0", "DRAIN_SECONDS": str(seconds), "DRAIN_PORT": str(port), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", DRAIN_SCRIPT], env=env, check=True, timeout=30)
+    return time.monotonic()
+
+
+def test_the_drain_waits_for_a_request_in_progress_to_finish(vllm: FakeVllm) -> None:
+    answers: list[bytes] = []
+    client = threading.Thread(
+        target=lambda: answers.append(urllib.request.urlopen(f"http://127.0.0.1:{vllm.server_port}/v1/slow").read())
+    )
+    client.start()
+    while vllm.in_flight == 0:
+        time.sleep(0.01)
+    ended = drain(vllm.server_port, seconds=10)  # the pod "terminates" while the request runs
+    client.join()
+    assert ended >= vllm.finished_at  # SIGTERM would come only now
+    assert answers == [b"the whole answer"]
+
+
+@pytest.mark.parametrize("vllm", [5.0], indirect=True)
+def test_the_drain_gives_up_at_its_bound(vllm: FakeVllm) -> None:
+    threading.Thread(
+        target=lambda: urllib.request.urlopen(f"http://127.0.0.1:{vllm.server_port}/v1/slow").read(), daemon=True
+    ).start()
+    while vllm.in_flight == 0:
+        time.sleep(0.01)
+    started = time.monotonic()
+    drain(vllm.server_port, seconds=1)
+    assert 1 <= time.monotonic() - started < 3
+
+
+def test_the_drain_ends_at_once_when_the_server_is_gone() -> None:
+    started = time.monotonic()
+    drain(9, seconds=10)  # nothing listens on port 9
+    assert time.monotonic() - started < 2
+
+
+def test_an_idle_replica_drains_at_once(vllm: FakeVllm) -> None:
+    started = time.monotonic()
+    drain(vllm.server_port, seconds=10)
+    assert time.monotonic() - started < 2
+
+
+# --- the rendered values ---
+
+
+def test_the_grace_period_covers_the_longest_request_the_model_allows() -> None:
+    model = load_stage_settings("dev").models[0]
+    assert max_request_seconds(model) == 20000 // 20  # max_model_len at 20 tokens/s
+    pod = find(render_charts("dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == termination_grace_seconds(model) == 10 + 1000 + 30
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:5] == ["env", "DRAIN_DELAY=10", "DRAIN_SECONDS=1000", "DRAIN_PORT=8000", "python3"]
+    assert command[-1] == DRAIN_SCRIPT
+
+
+def test_a_setting_sets_the_longest_request() -> None:
+    data = stage_data()
+    data["models"][0]["max_request_seconds"] = 120
+    assert termination_grace_seconds(parse_stage_settings("dev", data).models[0]) == 160
+
+
+def test_a_node_going_away_waits_for_its_replicas_to_drain() -> None:
+    pool = find(render_charts("dev")["GpuNodePool"], "NodePool")
+    model = load_stage_settings("dev").models[0]
+    assert pool["spec"]["template"]["spec"]["terminationGracePeriod"] == f"{termination_grace_seconds(model) + 60}s"
+
+
+def test_production_replaces_drifted_nodes_only_in_its_maintenance_window() -> None:
+    budgets = find(render_charts("prod")["GpuNodePool"], "NodePool")["spec"]["disruption"]["budgets"]
+    # 03:00-06:00 UTC: no drifted node is disrupted from 06:00 for 21 hours.
+    assert budgets == [
+        {"nodes": "1"},
+        {"nodes": "0", "reasons": ["Drifted"], "schedule": "0 6 * * *", "duration": "21h"},
+    ]
+    dev = find(render_charts("dev")["GpuNodePool"], "NodePool")["spec"]["disruption"]["budgets"]
+    assert dev == [{"nodes": "1"}]  # no window: at any time, one node at a time
+
+
+def test_a_window_that_crosses_midnight_wraps_the_schedule() -> None:
+    data = stage_data()
+    data["gpu_node_pool"]["maintenance_window"] = {"start": "22:30", "hours": 4}
+    settings = parse_stage_settings("dev", data)
+    assert disruption_budgets(settings.gpu_node_pool)[1] == {
+        "nodes": "0",
+        "reasons": ["Drifted"],
+        "schedule": "30 2 * * *",
+        "duration": "20h",
+    }
+
+
+def rejected(data: dict[str, Any], stage: str) -> str:
+    with pytest.raises(SettingsError) as caught:
+        parse_stage_settings(stage, data)
+    return str(caught.value)
+
+
+def test_production_needs_a_maintenance_window() -> None:
+    data = stage_data("prod")
+    del data["gpu_node_pool"]["maintenance_window"]
+    assert "gpu_node_pool.maintenance_window: a production stage sets one" in rejected(data, "prod")
+
+
+@pytest.mark.parametrize(
+    ("window", "field"), [({"start": "25:00", "hours": 3}, "start"), ({"start": "03:00", "hours": 0}, "hours")]
+)
+def test_a_maintenance_window_that_does_not_parse_is_refused(window: dict[str, Any], field: str) -> None:
+    data = stage_data()
+    data["gpu_node_pool"]["maintenance_window"] = window
+    assert f"gpu_node_pool.maintenance_window.{field}" in rejected(data, "dev")

@@ -1,0 +1,298 @@
+"""scripts/preflight.py against stubbed AWS: real boto3 clients, botocore's Stubber, no network.
+
+Stubber checks every request against the expected parameters and both against the service models.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from scripts.preflight import QUOTAS, main, preflight, request_url
+from settings import StageSettings, load_stage_settings
+from settings.sizing import candidates
+
+REGION = "us-west-2"
+ACTIVE = "cr-0123456789abcdef0"
+EXPIRED = "cr-0fedcba9876543210"
+MISSING = "cr-00000000000000000"
+SERVICES = ("ec2", "service-quotas")
+G_ON_DEMAND, G_SPOT, P_ON_DEMAND, P_SPOT = (quota.code for quota in QUOTAS)
+
+
+@functools.cache
+def _session() -> boto3.session.Session:
+    """One session for the module: it loads each service's model once, its clients are cheap after that."""
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+
+
+@functools.cache
+def stage(name: str) -> StageSettings:
+    return load_stage_settings(name)
+
+
+class Stubs:
+    """One real client per service, each with its Stubber activated; `client` is a client factory."""
+
+    def __init__(self) -> None:
+        self.clients = {service: _session().client(service) for service in SERVICES}
+        self.stubbers = {service: Stubber(client) for service, client in self.clients.items()}
+        for stubber in self.stubbers.values():
+            stubber.activate()
+
+    def client(self, service: str) -> Any:
+        return self.clients[service]
+
+    def offerings(self, settings: StageSettings, offered: dict[str, Sequence[str]]) -> None:
+        """DescribeInstanceTypeOfferings for every candidate in the stage's zones, answering `offered` per zone."""
+        types = list(dict.fromkeys(i.type for model in settings.models for i in candidates(settings, model)))
+        self.stubbers["ec2"].add_response(
+            "describe_instance_type_offerings",
+            {
+                "InstanceTypeOfferings": [
+                    {"InstanceType": name, "LocationType": "availability-zone", "Location": zone}
+                    for zone, names in offered.items()
+                    for name in names
+                ]
+            },
+            {
+                "LocationType": "availability-zone",
+                "Filters": [
+                    {"Name": "instance-type", "Values": types},
+                    {"Name": "location", "Values": list(settings.availability_zones)},
+                ],
+            },
+        )
+
+    def quotas(self, values: dict[str, float | None]) -> None:
+        """GetServiceQuota of each quota in turn; None: no applied value, so the AWS default (5) is asked."""
+        stubber = self.stubbers["service-quotas"]
+        for quota in QUOTAS:
+            params = {"ServiceCode": "ec2", "QuotaCode": quota.code}
+            answer = {"Quota": {"QuotaCode": quota.code, "QuotaName": quota.name, "ServiceCode": "ec2"}}
+            value = values[quota.code]
+            if value is None:
+                stubber.add_client_error("get_service_quota", "NoSuchResourceException", "no applied value", 404, params)
+                stubber.add_response("get_aws_default_service_quota", {"Quota": {**answer["Quota"], "Value": 5.0}}, params)
+            else:
+                stubber.add_response("get_service_quota", {"Quota": {**answer["Quota"], "Value": value}}, params)
+
+    def reservation(self, reservation: str, described: dict[str, Any] | None) -> None:
+        params = {"CapacityReservationIds": [reservation]}
+        if described is None:
+            self.stubbers["ec2"].add_client_error(
+                "describe_capacity_reservations", "InvalidCapacityReservationId.NotFound", "not found", 400, params
+            )
+        else:
+            response = {"CapacityReservations": [{"CapacityReservationId": reservation, **described}]}
+            self.stubbers["ec2"].add_response("describe_capacity_reservations", response, params)
+
+    def assert_no_pending_responses(self) -> None:
+        for stubber in self.stubbers.values():
+            stubber.assert_no_pending_responses()
+
+
+@pytest.fixture
+def stubs() -> Iterator[Stubs]:
+    stubs = Stubs()
+    yield stubs
+    stubs.assert_no_pending_responses()
+
+
+def needed_vcpus(settings: StageSettings, category: str) -> int:
+    """Every model's replicas plus one surge on its cheapest candidate, for the models of a category."""
+    total = 0
+    for model in settings.models:
+        cheapest = candidates(settings, model)[0]
+        if cheapest.category == category:
+            total += (model.replicas + 1) * cheapest.vcpus
+    return total
+
+
+def offered_everywhere(settings: StageSettings) -> dict[str, list[str]]:
+    types = [i.type for model in settings.models for i in candidates(settings, model)]
+    return {zone: types for zone in settings.availability_zones}
+
+
+ENOUGH = {G_ON_DEMAND: 64.0, G_SPOT: 64.0, P_ON_DEMAND: 0.0, P_SPOT: None}
+
+
+def test_enough_quota_and_offered_everywhere_can_start(stubs: Stubs, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = stage("dev")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+
+    assert main(["--stage", "dev"], client_factory=stubs.client) == 0
+
+    out = capsys.readouterr().out
+    needed = needed_vcpus(settings, "g")
+    assert f"| Running On-Demand G and VT instances | {G_ON_DEMAND} | 64 (applied) | {needed} | OK |  |" in out
+    assert f"| All G and VT Spot Instance Requests | {G_SPOT} | 64 (applied) | {needed} | OK |  |" in out
+    assert f"| All P Spot Instance Requests | {P_SPOT} | 5 (AWS default) | 0 | OK |  |" in out
+    assert "must also cover the instances already running" in out
+    assert f"| gpt-oss-20b | {settings.model_store_zone} | yes | {candidates(settings, settings.models[0])[0].type}, " in out
+    assert "SHORT" not in out and "servicequotas/home" not in out
+    assert out.rstrip().endswith("stage dev can start: quotas, offerings and reservations allow its GPU nodes")
+
+
+def test_no_g_and_vt_quota_blocks_naming_the_quota_and_its_request_link(
+    stubs: Stubs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = stage("dev")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas({**ENOUGH, G_ON_DEMAND: 0.0, G_SPOT: 0.0})
+
+    assert main(["--stage", "dev"], client_factory=stubs.client) == 1
+
+    out = capsys.readouterr().out
+    needed = needed_vcpus(settings, "g")
+    assert needed == (settings.models[0].replicas + 1) * candidates(settings, settings.models[0])[0].vcpus
+    link = f"https://{REGION}.console.aws.amazon.com/servicequotas/home/services/ec2/quotas/{G_ON_DEMAND}"
+    assert request_url(REGION, G_ON_DEMAND) == link
+    assert f"| Running On-Demand G and VT instances | {G_ON_DEMAND} | 0 (applied) | {needed} | SHORT | {link} |" in out
+    summary = out.rstrip().splitlines()[-1]
+    assert summary.startswith("stage dev cannot start: G and VT vCPU quota: ")
+    assert f"{needed} vCPUs needed" in summary
+    assert f"Running On-Demand G and VT instances ({G_ON_DEMAND}) is 0" in summary
+    assert f"All G and VT Spot Instance Requests ({G_SPOT}) is 0" in summary
+    assert link in summary and request_url(REGION, G_SPOT) in summary
+
+
+def test_one_capacity_type_with_enough_quota_is_enough(stubs: Stubs) -> None:
+    settings = stage("dev")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas({**ENOUGH, G_SPOT: 0.0})
+
+    report = preflight(settings, [], stubs.client)
+
+    assert report.ok, report.blockers
+    assert f"| All G and VT Spot Instance Requests | {G_SPOT} | 0 (applied) | " in report.markdown()
+    assert "| SHORT, on-demand is enough | " + request_url(REGION, G_SPOT) in report.markdown()
+
+
+def test_spot_quota_does_not_count_where_the_pool_allows_on_demand_only(stubs: Stubs) -> None:
+    settings = stage("prod")
+    assert settings.gpu_node_pool.capacity_types == ("on-demand",)
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas({**ENOUGH, G_ON_DEMAND: 4.0, G_SPOT: 1000.0})
+
+    report = preflight(settings, [], stubs.client)
+
+    needed = needed_vcpus(settings, "g")
+    assert report.blockers == [
+        f"G and VT vCPU quota: {needed} vCPUs needed, Running On-Demand G and VT instances ({G_ON_DEMAND}) is 4; "
+        f"request more at {request_url(REGION, G_ON_DEMAND)}"
+    ]
+    assert "| 0 (spot not in capacity_types) |" in report.markdown()
+
+
+def test_candidates_not_offered_in_the_model_store_zone_block_naming_the_zone(
+    stubs: Stubs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = stage("prod")
+    assert settings.gpu_node_pool.zones == "model_store_zone"
+    store_zone = settings.model_store_zone
+    other_zone = next(zone for zone in settings.availability_zones if zone != store_zone)
+    cheapest = candidates(settings, settings.models[0])[0].type
+    stubs.offerings(settings, {other_zone: [cheapest]})
+    stubs.quotas(ENOUGH)
+
+    assert main(["--stage", "prod"], client_factory=stubs.client) == 1
+
+    out = capsys.readouterr().out
+    assert f"| gpt-oss-20b | {store_zone} | yes | — | NONE OFFERED |" in out
+    assert f"| gpt-oss-20b | {other_zone} | no | {cheapest} | not used |" in out
+    summary = out.rstrip().splitlines()[-1]
+    assert summary.startswith("stage prod cannot start: gpt-oss-20b: none of its ")
+    assert f"is offered in {store_zone} (the model store's zone" in summary
+    assert f"offered elsewhere: {other_zone}: {cheapest}" in summary
+
+
+def reservation(settings: StageSettings, **changes: Any) -> dict[str, Any]:
+    """An active, open Linux reservation of the cheapest candidate in the model store's zone, 2 of 2 free."""
+    return {
+        "InstanceType": candidates(settings, settings.models[0])[0].type,
+        "InstancePlatform": "Linux/UNIX",
+        "AvailabilityZone": settings.model_store_zone,
+        "Tenancy": "default",
+        "TotalInstanceCount": 2,
+        "AvailableInstanceCount": 2,
+        "State": "active",
+        "EndDateType": "unlimited",
+        "InstanceMatchCriteria": "open",
+        **changes,
+    }
+
+
+def test_expired_reservation_blocks_naming_it(stubs: Stubs, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = stage("dev")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    ended = datetime(2025, 1, 31, tzinfo=UTC)
+    stubs.reservation(ACTIVE, reservation(settings))
+    stubs.reservation(EXPIRED, reservation(settings, State="expired", EndDate=ended, EndDateType="limited"))
+
+    assert main(["--stage", "dev", "--reservation", ACTIVE, EXPIRED], client_factory=stubs.client) == 1
+
+    out = capsys.readouterr().out
+    assert f"| {ACTIVE} | active | {settings.model_store_zone} | " in out
+    assert "| 2 of 2 | no end date | OK |" in out
+    summary = out.rstrip().splitlines()[-1]
+    assert summary == f"stage dev cannot start: capacity reservation {EXPIRED}: expired: it ended {ended.isoformat()}"
+
+
+def test_active_matching_reservation_with_room_is_ok(stubs: Stubs) -> None:
+    settings = stage("dev")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    stubs.reservation(ACTIVE, reservation(settings, AvailableInstanceCount=1, EndDate=datetime(2099, 1, 1, tzinfo=UTC)))
+
+    report = preflight(settings, [ACTIVE], stubs.client, now=datetime(2026, 6, 1, tzinfo=UTC))
+
+    assert report.ok, report.blockers
+    (result,) = report.reservations
+    assert (result.state, result.available, result.total, result.problems) == ("active", 1, 2, ())
+    assert f"| {ACTIVE} | active | {settings.model_store_zone} | {result.instance_type} | 1 of 2 | 2099-01-01" in (
+        report.markdown()
+    )
+
+
+def test_unusable_reservations_say_why(stubs: Stubs) -> None:
+    settings = stage("dev")
+    other_zone = next(zone for zone in settings.availability_zones if zone != settings.model_store_zone)
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    stubs.reservation(MISSING, None)
+    stubs.reservation(
+        ACTIVE, reservation(settings, AvailabilityZone=other_zone, InstanceType="m5.large", AvailableInstanceCount=0)
+    )
+
+    report = preflight(settings, [MISSING, ACTIVE], stubs.client)
+
+    assert report.blockers == [
+        f"capacity reservation {MISSING}: does not exist in {REGION} (or is not visible to you)",
+        f"capacity reservation {ACTIVE}: in {other_zone}, where GPU nodes do not run (they may use "
+        f"{settings.model_store_zone}); m5.large cannot run any of the stage's models; no instance available (0 of 2)",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["cr-123", "CR-0123456789ABCDEF0", "i-0123456789abcdef0", "cr-0123456789abcdef0x"])
+def test_malformed_reservation_id_is_refused_before_any_aws_call(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    def no_aws(service: str) -> Any:
+        raise AssertionError(f"AWS was called ({service})")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--stage", "dev", "--reservation", ACTIVE, bad], client_factory=no_aws)
+
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"not a capacity reservation id: {bad!r}" in err
+    assert "cr- and 17 lower-case hex digits" in err
+    with pytest.raises(ValueError, match="not a capacity reservation id"):
+        preflight(stage("dev"), [bad], no_aws)
