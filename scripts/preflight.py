@@ -253,8 +253,8 @@ class Report:
                 f"| {result.id} | {result.state or '—'} | {result.zone or '—'} | {result.instance_type or '—'} | "
                 f"{available} | {result.end or '—'} | {status} |"
             )
-        lines += [f"- {result.id}: {note}" for result in self.reservations for note in result.notes]
-        return lines
+        notes = [f"- {result.id}: {note}" for result in self.reservations for note in result.notes]
+        return [*lines, "", *notes] if notes else lines
 
 
 # --- the checks ---
@@ -432,7 +432,9 @@ def preflight(
         value, source, aws_name = quota_value(quotas_client, quota)
         used = quota.capacity_type in pool.capacity_types
         needed = sum(node.vcpus for node in nodes if node.instance.category == quota.category) if used else 0
-        quotas.append(QuotaResult(quota, value, source, needed, used, aws_name, request_url(settings.region, quota.code)))
+        quotas.append(
+            QuotaResult(quota, value, source, needed, used, aws_name, request_url(settings.region, quota.code))
+        )
         if aws_name != quota.name:
             notes.append(f"AWS names {quota.code} {aws_name!r}, not {quota.name!r}: check the quota code")
     for category, family in FAMILIES.items():
@@ -450,7 +452,9 @@ def preflight(
         reservation_result(reservation, describe_reservation(ec2, reservation), settings, zones, runnable, now)
         for reservation in reservations
     ]
-    blockers += [f"capacity reservation {result.id}: {'; '.join(result.problems)}" for result in results if not result.ok]
+    blockers += [
+        f"capacity reservation {result.id}: {'; '.join(result.problems)}" for result in results if not result.ok
+    ]
 
     return Report(
         stage=settings.name,

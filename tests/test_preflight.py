@@ -78,8 +78,12 @@ class Stubs:
             answer = {"Quota": {"QuotaCode": quota.code, "QuotaName": quota.name, "ServiceCode": "ec2"}}
             value = values[quota.code]
             if value is None:
-                stubber.add_client_error("get_service_quota", "NoSuchResourceException", "no applied value", 404, params)
-                stubber.add_response("get_aws_default_service_quota", {"Quota": {**answer["Quota"], "Value": 5.0}}, params)
+                stubber.add_client_error(
+                    "get_service_quota", "NoSuchResourceException", "no applied value", 404, params
+                )
+                stubber.add_response(
+                    "get_aws_default_service_quota", {"Quota": {**answer["Quota"], "Value": 5.0}}, params
+                )
             else:
                 stubber.add_response("get_service_quota", {"Quota": {**answer["Quota"], "Value": value}}, params)
 
@@ -136,7 +140,10 @@ def test_enough_quota_and_offered_everywhere_can_start(stubs: Stubs, capsys: pyt
     assert f"| All G and VT Spot Instance Requests | {G_SPOT} | 64 (applied) | {needed} | OK |  |" in out
     assert f"| All P Spot Instance Requests | {P_SPOT} | 5 (AWS default) | 0 | OK |  |" in out
     assert "must also cover the instances already running" in out
-    assert f"| gpt-oss-20b | {settings.model_store_zone} | yes | {candidates(settings, settings.models[0])[0].type}, " in out
+    assert (
+        f"| gpt-oss-20b | {settings.model_store_zone} | yes | {candidates(settings, settings.models[0])[0].type}, "
+        in out
+    )
     assert "SHORT" not in out and "servicequotas/home" not in out
     assert out.rstrip().endswith("stage dev can start: quotas, offerings and reservations allow its GPU nodes")
 
