@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth lock e2e synth test snapshots lint format dist cold-start sizing bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth lock preflight e2e synth test snapshots lint format dist cold-start sizing bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -107,6 +107,9 @@ deploy: setup-synth ## Deploy one stage (needs AWS credentials and a bootstrappe
 
 destroy: setup-synth ## Delete one stage: load balancers, volumes and nodes first, then its stacks; lists what it keeps (needs AWS credentials)
 	python -m scripts.teardown --stage $(STAGE)
+
+preflight: setup-synth ## Before a deploy: can the stage get its GPUs? Quotas, offerings in its zones, reservations (read-only; AWS credentials)
+	python -m scripts.preflight --stage $(STAGE)
 
 e2e: setup ## Deploy a throwaway stage, prove it serves, measure cold start and latency, remove it all (AWS credentials; never in CI)
 	python -m scripts.e2e

@@ -144,7 +144,8 @@ def test_enough_quota_and_offered_everywhere_can_start(stubs: Stubs, capsys: pyt
         f"| gpt-oss-20b | {settings.model_store_zone} | yes | {candidates(settings, settings.models[0])[0].type}, "
         in out
     )
-    assert "SHORT" not in out and "servicequotas/home" not in out
+    assert "SHORT" not in out
+    assert "servicequotas/home" not in out
     assert out.rstrip().endswith("stage dev can start: quotas, offerings and reservations allow its GPU nodes")
 
 
@@ -168,7 +169,8 @@ def test_no_g_and_vt_quota_blocks_naming_the_quota_and_its_request_link(
     assert f"{needed} vCPUs needed" in summary
     assert f"Running On-Demand G and VT instances ({G_ON_DEMAND}) is 0" in summary
     assert f"All G and VT Spot Instance Requests ({G_SPOT}) is 0" in summary
-    assert link in summary and request_url(REGION, G_SPOT) in summary
+    assert link in summary
+    assert request_url(REGION, G_SPOT) in summary
 
 
 def test_one_capacity_type_with_enough_quota_is_enough(stubs: Stubs) -> None:
