@@ -5,14 +5,11 @@ Stubber checks every request against the expected parameters and both against th
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
-from botocore.stub import Stubber
 
 from scripts.leftovers import (
     Leftover,
@@ -27,6 +24,7 @@ from scripts.leftovers import (
     s3_buckets,
     volumes,
 )
+from tests.aws_stubs import StubbedClients
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -43,31 +41,11 @@ def key_arn(key_id: str) -> str:
     return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}"
 
 
-@functools.cache
-def _session() -> boto3.session.Session:
-    """One session for the module: it loads each service's model once, its clients are cheap after that."""
-    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
-
-
-class Stubs:
-    """One real client per service, each with its Stubber activated; `client` is a client factory."""
+class Stubs(StubbedClients):
+    """The services scripts/leftovers.py asks."""
 
     def __init__(self) -> None:
-        session = _session()
-        self.clients = {service: session.client(service) for service in SERVICES}
-        self.stubbers = {service: Stubber(client) for service, client in self.clients.items()}
-        for stubber in self.stubbers.values():
-            stubber.activate()
-
-    def client(self, service: str) -> Any:
-        return self.clients[service]
-
-    def add(self, service: str, method: str, response: dict[str, Any], params: dict[str, Any] | None = None) -> None:
-        self.stubbers[service].add_response(method, response, params)
-
-    def assert_no_pending_responses(self) -> None:
-        for stubber in self.stubbers.values():
-            stubber.assert_no_pending_responses()
+        super().__init__(SERVICES)
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
-from botocore.stub import Stubber
 
 from scripts.preflight import QUOTAS, main, preflight, request_url
 from settings import StageSettings, load_stage_settings
 from settings.sizing import candidates
+from tests.aws_stubs import StubbedClients
 
 REGION = "us-west-2"
 ACTIVE = "cr-0123456789abcdef0"
@@ -27,27 +26,15 @@ G_ON_DEMAND, G_SPOT, P_ON_DEMAND, P_SPOT = (quota.code for quota in QUOTAS)
 
 
 @functools.cache
-def _session() -> boto3.session.Session:
-    """One session for the module: it loads each service's model once, its clients are cheap after that."""
-    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
-
-
-@functools.cache
 def stage(name: str) -> StageSettings:
     return load_stage_settings(name)
 
 
-class Stubs:
-    """One real client per service, each with its Stubber activated; `client` is a client factory."""
+class Stubs(StubbedClients):
+    """The services scripts/preflight.py asks, with their answers for a stage."""
 
     def __init__(self) -> None:
-        self.clients = {service: _session().client(service) for service in SERVICES}
-        self.stubbers = {service: Stubber(client) for service, client in self.clients.items()}
-        for stubber in self.stubbers.values():
-            stubber.activate()
-
-    def client(self, service: str) -> Any:
-        return self.clients[service]
+        super().__init__(SERVICES)
 
     def offerings(self, settings: StageSettings, offered: dict[str, Sequence[str]]) -> None:
         """DescribeInstanceTypeOfferings for every candidate in the stage's zones, answering `offered` per zone."""
@@ -96,10 +83,6 @@ class Stubs:
         else:
             response = {"CapacityReservations": [{"CapacityReservationId": reservation, **described}]}
             self.stubbers["ec2"].add_response("describe_capacity_reservations", response, params)
-
-    def assert_no_pending_responses(self) -> None:
-        for stubber in self.stubbers.values():
-            stubber.assert_no_pending_responses()
 
 
 @pytest.fixture
