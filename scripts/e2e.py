@@ -59,13 +59,13 @@ def role_of(caller_arn: str) -> str:
 
 
 @contextmanager
-def throwaway_stage(admin_role_arn: str) -> Iterator[StageSettings]:
+def throwaway_stage(admin_role_arn: str, stages_dir: Path = STAGES_DIR) -> Iterator[StageSettings]:
     """A stage file for the run, checked like any other, and gone afterwards whatever happens."""
     name = f"e2e-{secrets.token_hex(3)}"
-    path = STAGES_DIR / f"{name}.yaml"
+    path = stages_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(throwaway_stage_data(name, admin_role_arn)))
     try:
-        yield load_stage_settings(name)
+        yield load_stage_settings(name, stages_dir)
     finally:
         path.unlink(missing_ok=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import boto3
 import pytest
@@ -20,10 +21,11 @@ def test_an_assumed_role_session_is_admitted_as_its_role() -> None:
     assert e2e.role_of("arn:aws:iam::123456789012:user/alice") == "arn:aws:iam::123456789012:user/alice"
 
 
-def test_the_throwaway_stage_is_dev_with_names_of_its_own_and_leaves_no_file() -> None:
-    with e2e.throwaway_stage(ROLE) as settings:
+# The stage files go to a scratch folder: the session's synths may be reading settings/stages/.
+def test_the_throwaway_stage_is_dev_with_names_of_its_own_and_leaves_no_file(tmp_path: Path) -> None:
+    with e2e.throwaway_stage(ROLE, tmp_path) as settings:
         assert settings.name.startswith("e2e-")
-        assert (STAGES_DIR / f"{settings.name}.yaml").exists()
+        assert (tmp_path / f"{settings.name}.yaml").exists()
         assert settings.cluster.name == f"gpu-inference-{settings.name}"
         assert settings.cluster.admin_principal_arns == (ROLE,)
         assert settings.image_cache_prefix == f"ecr-public/{settings.name}"
@@ -31,17 +33,17 @@ def test_the_throwaway_stage_is_dev_with_names_of_its_own_and_leaves_no_file() -
             settings.models
             == parse_stage_settings("dev", e2e.yaml.safe_load((STAGES_DIR / "dev.yaml").read_text())).models
         )
-    assert not (STAGES_DIR / f"{settings.name}.yaml").exists()
+    assert not (tmp_path / f"{settings.name}.yaml").exists()
 
 
-def test_the_stage_file_goes_even_when_the_run_fails() -> None:
-    with pytest.raises(RuntimeError), e2e.throwaway_stage(ROLE) as settings:
+def test_the_stage_file_goes_even_when_the_run_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), e2e.throwaway_stage(ROLE, tmp_path) as settings:
         raise RuntimeError("deploy failed")
-    assert not (STAGES_DIR / f"{settings.name}.yaml").exists()
+    assert not (tmp_path / f"{settings.name}.yaml").exists()
 
 
-def test_the_load_test_job_is_valid_kubernetes_and_runs_vllm_bench_against_the_service() -> None:
-    with e2e.throwaway_stage(ROLE) as settings:
+def test_the_load_test_job_is_valid_kubernetes_and_runs_vllm_bench_against_the_service(tmp_path: Path) -> None:
+    with e2e.throwaway_stage(ROLE, tmp_path) as settings:
         job = e2e.load_test_job(settings, "load-test")
     assert kubernetes_problems(job, "1.36") == []
     command = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
