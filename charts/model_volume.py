@@ -9,6 +9,8 @@ from settings import names
 
 STORAGE_CLASS = ""  # static provisioning: no class, the claim binds to the volume by name
 CSI_DRIVER = "fsx.csi.aws.com"
+# Each model's namespace claims the file system under this name.
+CLAIM_NAME = "model-weights"
 # The FSx for Lustre CSI driver accepts only the SINGLE_NODE_WRITER and MULTI_NODE_MULTI_WRITER
 # capabilities (kubernetes-sigs/aws-fsx-csi-driver, pkg/driver/controller.go `volumeCaps`): a
 # ReadOnlyMany volume is refused at attach ("Volume capability not supported") and never mounts.
@@ -36,7 +38,7 @@ class ModelVolume(Construct):
         capacity_gib: int,
     ) -> None:
         super().__init__(scope, id)
-        self.claim_name = "model-weights"
+        self.claim_name = CLAIM_NAME
         volume_name = names.weights_volume_name(namespace)
         capacity = {"storage": f"{capacity_gib}Gi"}
         volume = cdk8s.ApiObject(

@@ -21,7 +21,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,10 @@ import yaml
 
 from charts.cold_start import smoke_test_wait_seconds
 from charts.model_loader import import_job_name
+from charts.model_volume import CLAIM_NAME
+from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PORT, WEIGHTS_DIR
 from scripts import e2e_report, leftovers, teardown
-from settings import STAGES_DIR, load_stage_settings
+from settings import STAGES_DIR, load_stage_settings, names
 from settings.model import StageSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,13 +82,16 @@ def kubectl_json(kubeconfig: str, *args: str) -> dict[str, Any]:
     return json.loads(output)
 
 
-def load_test_job(settings: StageSettings, job: str) -> dict[str, Any]:
-    """A Job that runs `vllm bench serve` against the model's Service and prints the result as JSON."""
+def load_test_job(settings: StageSettings, job: str, image: str) -> dict[str, Any]:
+    """A Job that runs `vllm bench serve` against the model's Service and prints the result as JSON.
+
+    `image`: the vLLM image the model's Deployment runs; the Job gets its pod's hardening too.
+    """
     model = settings.models[0]
     command = (
         f"vllm bench serve --backend openai-chat --endpoint /v1/chat/completions "
-        f"--base-url http://{model.service_name}.{model.name}:8000 --model {model.model} "
-        f"--tokenizer /models/{model.weights_path} {' '.join(LOAD_TEST)} --num-prompts {LOAD_TEST_PROMPTS} "
+        f"--base-url http://{model.service_name}.{model.name}:{PORT} --model {model.model} "
+        f"--tokenizer {WEIGHTS_DIR}/{model.weights_path} {' '.join(LOAD_TEST)} --num-prompts {LOAD_TEST_PROMPTS} "
         f"--max-concurrency {LOAD_TEST_CONCURRENCY} --save-result --result-dir /tmp --result-filename result.json "
         "> /dev/stderr && cat /tmp/result.json"
     )
@@ -99,29 +104,25 @@ def load_test_job(settings: StageSettings, job: str) -> dict[str, Any]:
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 10001,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY_CONTEXT,
                     "containers": [
                         {
                             "name": "bench",
-                            "image": "IMAGE",
+                            "image": image,
                             "command": ["sh", "-c", command],
                             "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
                             "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
+                            "securityContext": CONTAINER_SECURITY_CONTEXT,
                             "volumeMounts": [
-                                {"name": "weights", "mountPath": "/models", "subPath": "models", "readOnly": True}
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "weights", "mountPath": WEIGHTS_DIR, "subPath": "models", "readOnly": True},
                             ],
                         }
                     ],
                     "volumes": [
-                        {"name": "weights", "persistentVolumeClaim": {"claimName": "model-weights", "readOnly": True}}
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "weights", "persistentVolumeClaim": {"claimName": CLAIM_NAME, "readOnly": True}},
                     ],
                 }
             },
@@ -129,52 +130,36 @@ def load_test_job(settings: StageSettings, job: str) -> dict[str, Any]:
     }
 
 
-def purge_retained(settings: StageSettings, session: Any = None) -> list[str]:
-    """Remove what a normal stage keeps when destroyed (it is throwaway): its buckets (every object
-    version first), its log groups and cached image repositories, and its KMS keys (scheduled for
-    deletion after the shortest window AWS allows, 7 days). Returns what it removed."""
-    import boto3
+def _empty_and_delete_bucket(client: leftovers.ClientFactory, bucket: str) -> None:
+    s3 = client("s3")
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        objects = [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        ]
+        if objects:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+    s3.delete_bucket(Bucket=bucket)
 
-    session = session or boto3.Session(region_name=settings.region)
-    tagged = [
-        resource["ResourceARN"]
-        for page in session.client("resourcegroupstaggingapi")
-        .get_paginator("get_resources")
-        .paginate(TagFilters=[{"Key": "stage", "Values": [settings.name]}])
-        for resource in page["ResourceTagMappingList"]
-    ]
-    removed: list[str] = []
-    s3, kms, logs, ecr = (session.client(name) for name in ("s3", "kms", "logs", "ecr"))
-    for arn in tagged:
-        if arn.startswith("arn:aws:s3:::"):
-            bucket = arn.removeprefix("arn:aws:s3:::")
-            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-                objects = [
-                    {"Key": item["Key"], "VersionId": item["VersionId"]}
-                    for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-                ]
-                if objects:
-                    s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
-            s3.delete_bucket(Bucket=bucket)
-            removed.append(arn)
-        elif ":kms:" in arn and ":key/" in arn:
-            if kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] != "PendingDeletion":
-                kms.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
-                removed.append(arn)
-        elif ":logs:" in arn:
-            logs.delete_log_group(logGroupName=arn.split(":log-group:")[1].removesuffix(":*"))
-            removed.append(arn)
-    control_plane = f"/aws/eks/{settings.cluster.name}/cluster"
-    for group in logs.describe_log_groups(logGroupNamePrefix=control_plane).get("logGroups", []):
-        logs.delete_log_group(logGroupName=group["logGroupName"])
-        removed.append(group["logGroupName"])
-    for page in ecr.get_paginator("describe_repositories").paginate():
-        for repository in page["repositories"]:
-            if repository["repositoryName"].startswith(f"{settings.image_cache_prefix}/"):
-                ecr.delete_repository(repositoryName=repository["repositoryName"], force=True)
-                removed.append(repository["repositoryArn"])
-    for item in removed:
-        print(f"removed {item}")
+
+# How to remove each kind of resource a normal stage keeps; the leftover check finds them.
+REMOVERS: dict[str, Callable[[leftovers.ClientFactory, str], object]] = {
+    "s3:bucket": _empty_and_delete_bucket,
+    # The shortest window AWS allows (7 to 30 days): the leftover check accepts keys pending that.
+    "kms:key": lambda client, key: client("kms").schedule_key_deletion(KeyId=key, PendingWindowInDays=7),
+    "logs:log-group": lambda client, group: client("logs").delete_log_group(logGroupName=group),
+    "ecr:repository": lambda client, name: client("ecr").delete_repository(repositoryName=name, force=True),
+}
+
+
+def purge_retained(kept: list[leftovers.Leftover], client: leftovers.ClientFactory) -> list[leftovers.Leftover]:
+    """Remove what a normal stage keeps when destroyed (this one is throwaway): the buckets with every object
+    version, the log groups and cached image repositories, and the keys (scheduled for deletion). `kept`:
+    what the leftover check found after the destroy; anything else it found is left for it to report."""
+    removed = [leftover for leftover in kept if leftover.kind in REMOVERS]
+    for leftover in removed:
+        REMOVERS[leftover.kind](client, leftover.id)
+        print(f"removed {leftover.kind} {leftover.id}")
     return removed
 
 
@@ -235,11 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for name, document in recorded.items():
                     (outdir / f"{name}.json").write_text(json.dumps(document))
-                image = kubectl_json(kubeconfig, "get", "deployment", model.name, "--namespace", model.name)
-                bench = load_test_job(settings, f"load-test-{stage}")
-                bench["spec"]["template"]["spec"]["containers"][0]["image"] = image["spec"]["template"]["spec"][
-                    "containers"
-                ][0]["image"]
+                deployment = kubectl_json(kubeconfig, "get", "deployment", model.name, "--namespace", model.name)
+                image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+                bench = load_test_job(settings, f"load-test-{stage}", image)
                 run(["kubectl", "--kubeconfig", kubeconfig, "apply", "-f", "-"], input=json.dumps(bench))
                 run(
                     [
@@ -269,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                 # The Job's log is vllm bench's own output, then the result file on its last line.
                 result = result.strip().splitlines()[-1]
                 (outdir / "vllm_bench.json").write_text(result)
-            milestones = e2e_report.timeline(recorded["events"], recorded["pods"], recorded["nodeclaims"])
+            milestones = e2e_report.timeline(
+                recorded["events"], recorded["pods"], recorded["nodeclaims"], app=names.app_label(model.name)
+            )
             written = e2e_report.write_report(
                 outdir,
                 stage=stage,
@@ -283,8 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"e2e of stage {stage} failed at: {' '.join(error.cmd)}", file=sys.stderr)
         finally:
             if not args.keep:
-                failed |= teardown.main(["--stage", stage]) != 0
-                purge_retained(settings)
+                # The assembly `cdk deploy` just wrote: no second synth.
+                assembly = ROOT / "cdk.out" / f"assembly-{stage}"
+                failed |= teardown.main(["--stage", stage, "--assembly", str(assembly)]) != 0
+                client = leftovers.boto3_clients(settings.region)
+                found = leftovers.find_leftovers(
+                    client, stage, cluster_name=settings.cluster.name, cache_prefix=settings.registry.cache_prefix
+                )
+                purge_retained(found, client)
                 failed |= (
                     leftovers.main(
                         [

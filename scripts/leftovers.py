@@ -358,6 +358,11 @@ def remove_command(leftover: Leftover, region: str) -> str | None:
     return f"{command} --region {region}" if command else None
 
 
+def boto3_clients(region: str) -> ClientFactory:
+    """Real clients, in the stage's region, from the environment's credentials."""
+    return boto3.session.Session(region_name=region).client
+
+
 def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None = None) -> int:
     """Print the stage's leftovers, one a line; 1 if there is any, 0 if none, 2 if AWS could not be asked."""
     parser = argparse.ArgumentParser(prog="python -m scripts.leftovers", description=__doc__.splitlines()[0])
@@ -366,9 +371,7 @@ def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None
     parser.add_argument("--region", required=True, help="the stage's region")
     parser.add_argument("--cache-prefix", default=DEFAULT_CACHE_PREFIX, help="registry.cache_prefix of the stage")
     args = parser.parse_args(argv)
-    if client_factory is None:
-        session = boto3.session.Session(region_name=args.region)
-        client_factory = session.client
+    client_factory = client_factory or boto3_clients(args.region)
     try:
         leftovers = find_leftovers(
             client_factory, args.stage, cluster_name=args.cluster_name, cache_prefix=args.cache_prefix

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.stub import Stubber
 
+from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from scripts import e2e
+from scripts.leftovers import Leftover
 from settings import STAGES_DIR, parse_stage_settings
+from tests.aws_stubs import StubbedClients
 from tests.scanners import kubernetes_problems
 
 ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
@@ -44,38 +45,40 @@ def test_the_stage_file_goes_even_when_the_run_fails(tmp_path: Path) -> None:
 
 def test_the_load_test_job_is_valid_kubernetes_and_runs_vllm_bench_against_the_service(tmp_path: Path) -> None:
     with e2e.throwaway_stage(ROLE, tmp_path) as settings:
-        job = e2e.load_test_job(settings, "load-test")
+        job = e2e.load_test_job(settings, "load-test", "vllm:0.11.2")
     assert kubernetes_problems(job, "1.36") == []
     command = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert command.startswith("vllm bench serve --backend openai-chat --endpoint /v1/chat/completions ")
     assert "--base-url http://gptoss-service.gpt-oss-20b:8000 --model openai/gpt-oss-20b" in command
     assert "--tokenizer /models/gpt-oss-20b/main" in command
     assert "--save-result" in command
+    pod = job["spec"]["template"]["spec"]
+    # The namespace enforces the restricted Pod Security Standard: the Job is hardened like the replicas.
+    assert pod["securityContext"] == POD_SECURITY_CONTEXT
+    assert pod["containers"][0]["securityContext"] == CONTAINER_SECURITY_CONTEXT
+    assert {"name": "tmp", "mountPath": "/tmp"} in pod["containers"][0]["volumeMounts"]  # --result-dir
 
 
 def test_what_a_normal_stage_keeps_is_removed_for_a_throwaway_one() -> None:
-    settings = parse_stage_settings("e2e-abc123", e2e.throwaway_stage_data("e2e-abc123", ROLE))
-    session = boto3.Session(region_name="us-west-2", aws_access_key_id="x", aws_secret_access_key="y")
-    clients = {name: session.client(name) for name in ("resourcegroupstaggingapi", "s3", "kms", "logs", "ecr")}
-    stubs = {name: Stubber(client) for name, client in clients.items()}
     key = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-    stubs["resourcegroupstaggingapi"].add_response(
-        "get_resources",
-        {
-            "ResourceTagMappingList": [
-                {"ResourceARN": "arn:aws:s3:::e2e-bucket"},
-                {"ResourceARN": key},
-                {"ResourceARN": "arn:aws:logs:us-west-2:123456789012:log-group:flow-logs"},
-            ]
-        },
-        {"TagFilters": [{"Key": "stage", "Values": ["e2e-abc123"]}]},
-    )
-    stubs["s3"].add_response(
+    control_plane = "/aws/eks/gpu-inference-e2e-abc123/cluster"
+    repository = "ecr-public/e2e-abc123/deep-learning-containers/vllm"
+    kept = [
+        Leftover("s3:bucket", "e2e-bucket", "versioned"),
+        Leftover("kms:key", key, "Enabled"),
+        Leftover("logs:log-group", control_plane, "named after cluster"),
+        Leftover("ecr:repository", repository, "pull-through cache repository"),
+        Leftover("ec2:network-interface", "eni-0123456789abcdef0", "in-use"),  # not ours to remove: reported
+    ]
+    aws = StubbedClients(("s3", "kms", "logs", "ecr"))
+    aws.add(
+        "s3",
         "list_object_versions",
         {"Versions": [{"Key": "gpt-oss-20b/main/config.json", "VersionId": "v1"}], "DeleteMarkers": []},
         {"Bucket": "e2e-bucket"},
     )
-    stubs["s3"].add_response(
+    aws.add(
+        "s3",
         "delete_objects",
         {},
         {
@@ -83,48 +86,15 @@ def test_what_a_normal_stage_keeps_is_removed_for_a_throwaway_one() -> None:
             "Delete": {"Objects": [{"Key": "gpt-oss-20b/main/config.json", "VersionId": "v1"}], "Quiet": True},
         },
     )
-    stubs["s3"].add_response("delete_bucket", {}, {"Bucket": "e2e-bucket"})
-    stubs["kms"].add_response("describe_key", {"KeyMetadata": {"KeyId": "1234", "KeyState": "Enabled"}}, {"KeyId": key})
-    stubs["kms"].add_response(
+    aws.add("s3", "delete_bucket", {}, {"Bucket": "e2e-bucket"})
+    aws.add(
+        "kms",
         "schedule_key_deletion",
         {"KeyId": key, "DeletionDate": datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC)},
         {"KeyId": key, "PendingWindowInDays": 7},
     )
-    stubs["logs"].add_response("delete_log_group", {}, {"logGroupName": "flow-logs"})
-    control_plane = "/aws/eks/gpu-inference-e2e-abc123/cluster"
-    stubs["logs"].add_response(
-        "describe_log_groups", {"logGroups": [{"logGroupName": control_plane}]}, {"logGroupNamePrefix": control_plane}
-    )
-    stubs["logs"].add_response("delete_log_group", {}, {"logGroupName": control_plane})
-    repository = "ecr-public/e2e-abc123/deep-learning-containers/vllm"
-    stubs["ecr"].add_response(
-        "describe_repositories",
-        {
-            "repositories": [
-                {
-                    "repositoryName": repository,
-                    "repositoryArn": f"arn:aws:ecr:us-west-2:123456789012:repository/{repository}",
-                },
-                {
-                    "repositoryName": "ecr-public/dev/deep-learning-containers/vllm",
-                    "repositoryArn": "arn:aws:ecr:us-west-2:123456789012:repository/ecr-public/dev/x",
-                },
-            ]
-        },
-        {},
-    )
-    stubs["ecr"].add_response("delete_repository", {}, {"repositoryName": repository, "force": True})
-
-    class Session:
-        def client(self, name: str):  # the stubbed clients, whatever asks for them
-            return clients[name]
-
-    for stub in stubs.values():
-        stub.activate()
-    removed = e2e.purge_retained(settings, Session())
-    for stub in stubs.values():
-        stub.assert_no_pending_responses()
-    assert "arn:aws:s3:::e2e-bucket" in removed
-    assert key in removed
-    assert control_plane in removed
-    assert not any("ecr-public/dev/" in item for item in removed)  # another stage's images stay
+    aws.add("logs", "delete_log_group", {}, {"logGroupName": control_plane})
+    aws.add("ecr", "delete_repository", {}, {"repositoryName": repository, "force": True})
+    removed = e2e.purge_retained(kept, aws.client)
+    aws.assert_no_pending_responses()
+    assert [leftover.kind for leftover in removed] == ["s3:bucket", "kms:key", "logs:log-group", "ecr:repository"]
