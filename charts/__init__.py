@@ -60,7 +60,10 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
             min_gpu_memory_mib=min(gpu_memory_needed_mib(model) for model in settings.models),
             limits=pool_limits(settings),
-            drain_seconds=max(termination_grace_seconds(model) for model in settings.models),
+            drain_seconds=max(
+                progress_deadline_seconds(settings, model) + termination_grace_seconds(model)
+                for model in settings.models
+            ),
         )
     }
     weights = WeightsFileSystem(

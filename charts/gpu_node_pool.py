@@ -21,19 +21,16 @@ NODE_CLASS_NAME = "gpu"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
-# Time for the kubelet to stop a drained pod's containers, after the pod's own grace period.
-NODE_DRAIN_MARGIN_SECONDS = 60
-
-
 def disruption_budgets(pool: GpuNodePoolSettings) -> list[dict[str, Any]]:
     """At most `disruption_budget_nodes` at once; with a maintenance window, no drifted node outside it.
 
     Karpenter applies the most restrictive budget that is active, and a budget with a schedule is
     active from each cron time for its duration (no time zones: UTC). So the window is the
     complement of a 0-node budget for the Drifted reason that starts when the window ends. Expiry
-    (expireAfter, 14 days by default on Auto Mode, 21 at most) is not a budget reason in
-    karpenter.sh/v1 (reasons: Underutilized, Empty, Drifted): an expiring node is drained within
-    the NodePool's terminationGracePeriod, replica by replica under the PodDisruptionBudget.
+    (expireAfter, 14 days by default on Auto Mode, 21 at most: EKS User Guide, "Create a Node Pool
+    for EKS Auto Mode") is not a budget reason in karpenter.sh/v1 (reasons: Underutilized, Empty,
+    Drifted) and is forceful: an expiring node is drained within the NodePool's
+    terminationGracePeriod (see GpuNodePoolChart).
     """
     budgets: list[dict[str, Any]] = [{"nodes": pool.disruption_budget_nodes}]
     window = pool.maintenance_window
@@ -93,8 +90,8 @@ class GpuNodePoolChart(cdk8s.Chart):
     `node_role_name`, `subnet_ids` and `security_group_id` come from the cluster (CDK tokens when
     applied by the serving stack); `zones` pins the pool to the model store's zone, or None;
     `min_gpu_memory_mib` is the least memory per GPU that any model served from the pool needs;
-    `limits` what the pool may hold in all (settings.sizing.pool_limits); `drain_seconds` the
-    longest a replica takes to go away (charts.drain), which a node going away waits for.
+    `limits` what the pool may hold in all (settings.sizing.pool_limits); `drain_seconds` how long
+    a node going away waits for its replicas: their replacements' start and their own drain.
     """
 
     def __init__(
@@ -159,15 +156,19 @@ class GpuNodePoolChart(cdk8s.Chart):
                             },
                             "taints": [GPU_TAINT],
                             "requirements": node_requirements(pool, zones, min_gpu_memory_mib),
-                            # A node that expires or is replaced waits this long for its pods to drain,
-                            # then Karpenter deletes them anyway (karpenter.sh/v1 NodeClaim template).
-                            "terminationGracePeriod": f"{drain_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
+                            # A node that expires or is replaced waits this long for its pods, then
+                            # Karpenter deletes them anyway, PodDisruptionBudget or not, early enough
+                            # for each pod's own grace period to fit (karpenter.sh docs, "Disruption",
+                            # TerminationGracePeriod). Long enough, then, for a replacement replica
+                            # to start (the budget holds the old one until it serves) and the old one
+                            # to drain.
+                            "terminationGracePeriod": f"{drain_seconds}s",
                         },
                     },
                     "limits": limits,
                     "disruption": {
                         # WhenEmpty: a node running a replica is never drained to pack pods tighter;
-                        # Auto Mode's 21-day node expiry and auto repair still replace nodes, within the budget.
+                        # Node expiry (14 days by default on Auto Mode) and auto repair still replace nodes.
                         "consolidationPolicy": "WhenEmpty",
                         "consolidateAfter": pool.consolidate_after,
                         "budgets": disruption_budgets(pool),

@@ -201,7 +201,9 @@ class WeightsImport(Construct):
                                         "limits": {"memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
                                     },
                                     "securityContext": container_security_context,
-                                    # The cause of a failure, for `kubectl describe` and the smoke test.
+                                    # The cause of a failure, for `kubectl describe` and the smoke test: the
+                                    # termination log, or the log's tail when there is none (Kubernetes
+                                    # docs, "Determine the Reason for Pod Failure"; at most 4096 bytes).
                                     "terminationMessagePolicy": "FallbackToLogsOnError",
                                     "volumeMounts": [
                                         {"name": "script", "mountPath": "/import", "readOnly": True},

@@ -13,7 +13,8 @@ CSI_DRIVER = "fsx.csi.aws.com"
 CLAIM_NAME = "model-weights"
 # The FSx for Lustre CSI driver accepts only the SINGLE_NODE_WRITER and MULTI_NODE_MULTI_WRITER
 # capabilities (kubernetes-sigs/aws-fsx-csi-driver, pkg/driver/controller.go `volumeCaps`): a
-# ReadOnlyMany volume is refused at attach ("Volume capability not supported") and never mounts.
+# ReadOnlyMany volume is refused when the node publishes it (node.go, NodePublishVolume:
+# "Volume capability not supported") and never mounts.
 # Many nodes mount it, so ReadWriteMany; read-only comes from the csi `readOnly` flag and the pods'
 # mounts, as in the driver's static provisioning example.
 ACCESS_MODES = ["ReadWriteMany"]

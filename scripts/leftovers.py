@@ -27,7 +27,9 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 STAGE_TAG = "stage"
-# The tag EKS Auto Mode puts on the instances, volumes, network interfaces and load balancers it creates.
+# The tag EKS Auto Mode puts on the instances, volumes, network interfaces and load balancers it
+# creates: the cluster role's AmazonEKSComputePolicy (and its load balancing and block storage
+# policies) allow those creations only with aws:RequestTag/eks:eks-cluster-name.
 CLUSTER_TAG = "eks:eks-cluster-name"
 # The default `registry.cache_prefix`: the pull-through cache creates <prefix>/<stage>/<path>.
 DEFAULT_CACHE_PREFIX = "ecr-public"

@@ -7,8 +7,11 @@ and their network interfaces would then stop the VPC's deletion. So, in this ord
 cluster still runs its controllers:
 
 1. Services of type LoadBalancer and Ingresses, in every namespace (their load balancers go);
-2. PersistentVolumeClaims (their volumes go; the weights volume only lets go of the file system);
-3. NodePools, then NodeClaims (Auto Mode terminates the nodes), waiting until none is left;
+2. PersistentVolumeClaims (their volumes go; the weights volume only lets go of the file system),
+   marked for deletion: Kubernetes keeps a claim while a running pod mounts it ("Storage Object
+   in Use Protection"), so they go once their pods do;
+3. NodePools, then NodeClaims (Auto Mode terminates the nodes, and their pods go), waiting until
+   none is left, then until the claims are gone too;
 4. `cdk destroy` of the stage's stacks;
 5. a list of what the stage keeps on purpose (its retained resources), with the command that
    removes each.
@@ -36,7 +39,10 @@ KUBERNETES_CLEANUP = (
     ("ingresses", "load balancers", lambda item: True),
     ("persistentvolumeclaims", "volumes", lambda item: True),
 )
-NODE_WAIT = "15m"
+# Kinds whose deletion waits for the AWS resources to go; a claim waits for its pods instead (step 2).
+WAIT_FOR_DELETION = {"services": True, "ingresses": True, "persistentvolumeclaims": False}
+# Bounds on the waits; kubectl's own default is a week.
+LOAD_BALANCER_WAIT, NODE_WAIT, CLAIM_WAIT = "10m", "15m", "10m"
 
 
 class TeardownError(Exception):
@@ -69,10 +75,19 @@ def kubernetes_cleanup(cluster: str, region: str) -> None:
                 namespace, name = item["metadata"]["namespace"], item["metadata"]["name"]
                 print(f"deleting {kind} {namespace}/{name} (and its {what})")
                 # kubectl waits for the finalizers, that is until Auto Mode has deleted the AWS resources.
-                run([*kubectl, "delete", kind, name, "--namespace", namespace, "--wait=true"])
-        run([*kubectl, "delete", "nodepools.karpenter.sh", "--all", "--wait=true"])
+                wait = WAIT_FOR_DELETION[kind]
+                bound = ["--wait=true", f"--timeout={LOAD_BALANCER_WAIT}"] if wait else ["--wait=false"]
+                run([*kubectl, "delete", kind, name, "--namespace", namespace, *bound])
+        run([*kubectl, "delete", "nodepools.karpenter.sh", "--all", "--wait=true", f"--timeout={NODE_WAIT}"])
         run([*kubectl, "delete", "nodeclaims.karpenter.sh", "--all", "--wait=false"])
         run([*kubectl, "wait", "--for=delete", "nodeclaims.karpenter.sh", "--all", f"--timeout={NODE_WAIT}"])
+        run(
+            [
+                *kubectl,
+                *("wait", "--for=delete", "persistentvolumeclaims", "--all", "--all-namespaces"),
+                f"--timeout={CLAIM_WAIT}",
+            ]
+        )
 
 
 @dataclass(frozen=True)

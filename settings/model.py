@@ -65,6 +65,10 @@ MANAGED_VLLM_FLAGS = (
     "--tensor-parallel-size",
     "--max-model-len",
     "--served-model-name",
+    # Without its statistics vLLM registers no metrics (vllm/v1/engine/async_llm.py:
+    # enable_default_loggers=log_stats): the preStop drain (charts/drain.py) and the smoke test's
+    # view of a replica's queue read them.
+    "--disable-log-stats",
 )
 
 # Lower-case letters, digits and '-', starting and ending with a letter or digit.
@@ -548,7 +552,8 @@ class ModelSettings(_Strict):
         for arg in args:
             if arg.split("=", 1)[0] in MANAGED_VLLM_FLAGS:
                 raise ValueError(
-                    f"{arg!r} is set by its own field; flags kept out of extra_args: {', '.join(MANAGED_VLLM_FLAGS)}"
+                    f"{arg!r} is set by the project (by its own field, or kept on for the drain); flags kept out "
+                    f"of extra_args: {', '.join(MANAGED_VLLM_FLAGS)}"
                 )
         return args
 

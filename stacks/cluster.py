@@ -30,7 +30,8 @@ ENDPOINT_ACCESS = {
 CLUSTER_ADMIN_POLICY = "AmazonEKSClusterAdminPolicy"
 # What the EKS Auto Mode documentation gives the node role, nothing broader.
 NODE_ROLE_POLICIES = ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly")
-# The FSx CSI driver's controller runs under this service account (the add-on's default).
+# The FSx CSI driver's controller runs under this service account (the add-on's default: the
+# driver's Helm chart, charts/aws-fsx-csi-driver/values.yaml, controller.serviceAccount.name).
 FSX_CSI_SERVICE_ACCOUNT = "fsx-csi-controller-sa"
 
 

@@ -31,7 +31,8 @@ ASSUME_TRIGGER_ROLE = (
     'AWS_SESSION_TOKEN=$(echo "$creds" | jq -r .SessionToken); }'
 )
 # The synth step runs the whole test suite, which peaks at about 2.8 GiB over its processes
-# (`make bench`): MEDIUM (7 GB, 4 vCPUs) leaves room to grow where SMALL (3 GB) would not.
+# (`make bench`): MEDIUM (7 GB, 4 vCPUs) leaves room to grow where SMALL (3 GB) would not
+# (CodeBuild User Guide, "Build environment compute modes and types").
 SYNTH_COMPUTE_TYPE = codebuild.ComputeType.MEDIUM
 SMOKE_TEST_POLL_SECONDS = 20
 # The download caches of uv, pip and npm on a CodeBuild standard image (running as root).

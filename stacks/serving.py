@@ -143,7 +143,9 @@ class ServingStack(Stack):
             )
         )
         if model.hf_token_secret:
-            # Secrets Manager appends six random characters to a secret's name in its ARN.
+            # Secrets Manager appends a hyphen and six random characters to a secret's name in its ARN;
+            # a policy names the secret with `-??????` (Secrets Manager User Guide, "Permissions
+            # policy examples": secret names in ARNs).
             role.add_to_policy(
                 iam.PolicyStatement(
                     actions=["secretsmanager:GetSecretValue"],

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from charts.cold_start import progress_deadline_seconds
 from charts.drain import DRAIN_SCRIPT, max_request_seconds, termination_grace_seconds
 from charts.gpu_node_pool import disruption_budgets
 from settings import SettingsError, load_stage_settings, parse_stage_settings
@@ -124,10 +125,24 @@ def test_a_setting_sets_the_longest_request() -> None:
     assert termination_grace_seconds(parse_stage_settings("dev", data).models[0]) == 160
 
 
-def test_a_node_going_away_waits_for_its_replicas_to_drain() -> None:
-    pool = find(render_charts("dev")["GpuNodePool"], "NodePool")
-    model = load_stage_settings("dev").models[0]
-    assert pool["spec"]["template"]["spec"]["terminationGracePeriod"] == f"{termination_grace_seconds(model) + 60}s"
+def test_a_node_going_away_waits_for_a_replacement_to_serve_and_its_replicas_to_drain() -> None:
+    # Past the node's grace period Karpenter deletes its pods whatever the PodDisruptionBudget says,
+    # so it covers a replacement's whole start (the rollout's progress deadline) and the drain.
+    settings = load_stage_settings("prod")
+    model = settings.models[0]
+    pool = find(render_charts("prod")["GpuNodePool"], "NodePool")
+    node_grace = int(pool["spec"]["template"]["spec"]["terminationGracePeriod"].removesuffix("s"))
+    pod_grace = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ]
+    assert node_grace - pod_grace >= progress_deadline_seconds(settings, model)
+    assert node_grace == 960 + 1040
+
+
+def test_a_flag_that_would_hide_vllms_request_gauges_is_refused() -> None:
+    data = stage_data()
+    data["models"][0]["extra_args"] = ["--disable-log-stats"]
+    assert "models[0].extra_args: '--disable-log-stats' is set by the project" in rejected(data, "dev")
 
 
 def test_production_replaces_drifted_nodes_only_in_its_maintenance_window() -> None:

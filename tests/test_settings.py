@@ -198,7 +198,7 @@ def test_image_pinned_by_digest_is_allowed() -> None:
 def test_extra_args_may_not_repeat_a_managed_flag() -> None:
     data = stage_data()
     data["models"][0]["extra_args"] = ["--max-model-len=8192"]
-    assert "models[0].extra_args: '--max-model-len=8192' is set by its own field" in rejected(data)
+    assert "models[0].extra_args: '--max-model-len=8192' is set by the project (by its own field" in rejected(data)
 
 
 def test_gpu_limit_below_what_the_replicas_need_is_refused() -> None:

@@ -71,8 +71,21 @@ def test_objects_that_own_aws_resources_go_before_the_stacks(tools: Path, dev: A
         "kubectl delete nodepools.karpenter.sh --all",
         "kubectl delete nodeclaims.karpenter.sh --all",
         "kubectl wait --for=delete nodeclaims.karpenter.sh",
+        "kubectl wait --for=delete persistentvolumeclaims",
         "cdk --no-notices destroy --force",
     ]
+    # A claim stays while a pod mounts it: it is only marked here, and waited for once the nodes
+    # (and so the pods) are gone. Every wait is bounded (kubectl's own default is a week).
+    log = calls(tools)
+    (claim,) = [
+        call
+        for call in log
+        if call[1:3] == ["delete", "persistentvolumeclaims"]
+        or ("persistentvolumeclaims" in call[3:5] and "delete" in call)
+    ]
+    assert "--wait=false" in claim
+    waits = [call for call in log if "wait" in call or "--wait=true" in call]
+    assert all(any(word.startswith("--timeout=") for word in call) for call in waits)
     destroy = calls(tools)[-1]
     assert destroy[-1] == "dev/*"
 
