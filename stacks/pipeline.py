@@ -39,9 +39,20 @@ SMOKE_TEST_POLL_SECONDS = 20
 SYNTH_CACHE_PATHS = ("/root/.cache/uv/**/*", "/root/.cache/pip/**/*", "/root/.npm/**/*")
 
 
+def partition(region: str) -> str:
+    """The ARN partition of a region (AWS General Reference, "Amazon Resource Names (ARNs)")."""
+    return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+
+def trigger_role_arn(settings: StageSettings) -> str:
+    """The role the stage lets this pipeline assume to start its smoke test (stacks/serving.py)."""
+    role = names.smoke_test_trigger_role_name(settings.cluster.name)
+    return f"arn:{partition(settings.region)}:iam::{settings.account}:role/{role}"
+
+
 def smoke_test_commands(settings: StageSettings) -> list[str]:
     """Start the stage's smoke test project, as the role the stage lets this pipeline assume, and wait for it."""
-    role_arn = f"arn:aws:iam::{settings.account}:role/{names.smoke_test_trigger_role_name(settings.cluster.name)}"
+    role_arn = trigger_role_arn(settings)
     region, project = settings.region, names.smoke_test_project_name(settings.cluster.name)
     return [
         ASSUME_TRIGGER_ROLE,
@@ -131,9 +142,7 @@ class PipelineStack(Stack):
                         role_policy_statements=[
                             iam.PolicyStatement(
                                 actions=["sts:AssumeRole"],
-                                resources=[
-                                    f"arn:aws:iam::{settings.account}:role/{names.smoke_test_trigger_role_name(settings.cluster.name)}"
-                                ],
+                                resources=[trigger_role_arn(settings)],
                             )
                         ],
                     )

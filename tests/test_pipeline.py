@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from settings import SettingsError, load_pipeline_settings, parse_pipeline_settings
-from stacks.pipeline import smoke_test_commands
+from stacks.pipeline import smoke_test_commands, trigger_role_arn
 from stacks.serving import smoke_test_timeout
 from tests.conftest import Assembly, nested_stage
 
@@ -290,3 +290,11 @@ def test_synth_installs_from_the_lock_and_caches_downloads_between_runs(
     bucket = template["Resources"][bucket_id]
     assert bucket["Properties"]["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 30
     assert bucket["Properties"]["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] is True
+
+
+@pytest.mark.parametrize(
+    ("region", "expected"), [("us-west-2", "aws"), ("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov")]
+)
+def test_the_trigger_role_is_named_in_its_regions_partition(region: str, expected: str) -> None:
+    settings = load_pipeline_settings()[1]["dev"].model_copy(update={"region": region})
+    assert trigger_role_arn(settings) == f"arn:{expected}:iam::222222222222:role/gpu-inference-dev-smoke-test-trigger"
