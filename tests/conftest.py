@@ -1,4 +1,8 @@
-"""Shared fixtures. Each stage is synthesized once per session, by the real CLI, in parallel."""
+"""Shared fixtures. Each stage is synthesized once per session, by the real CLI, in parallel.
+
+The CLI runs and the scanners start with the session and work in the background; the tests that
+wait for them run last (pytest_collection_modifyitems), so the others run meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import copy
 import functools
 import json
 import os
+import shutil
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +36,14 @@ def synth_env() -> dict[str, str]:
     return env
 
 
-def cdk_synth(*args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
-    """Start `cdk synth` as a user runs it (node_modules/.bin first on PATH, see the Makefile)."""
+def cdk_synth(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`cdk synth` as a user runs it (node_modules/.bin first on PATH, see the Makefile)."""
     command = ["cdk", "--no-notices", "synth", "--quiet", *args]
-    return subprocess.Popen(
-        command, cwd=cwd, env=synth_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return subprocess.run(command, cwd=cwd, env=synth_env(), capture_output=True, text=True, timeout=600)
+
+
+# The CLI runs and scanners of the session: threads that wait for processes, so the tests go on meanwhile.
+BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="background")
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ BROKEN_DEPLOYMENT = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def kubernetes_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Popen[str]]:
     """checkov on every stage's manifests (<folder>/<stage>/) and on a broken Deployment (<folder>/broken/),
     in one run started with the session: it needs the charts only, so it runs while the stages
@@ -91,7 +99,7 @@ def kubernetes_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sub
 
 
 @pytest.fixture(scope="session")
-def _synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.Popen[str]]]:
+def _synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future[Assembly]]:
     """Every stage and the pipeline, synthesized at once with no AWS credentials or region in the environment.
 
     The default stage is synthesized without `-c stage`, so it also proves what the default is.
@@ -100,36 +108,153 @@ def _synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, s
     for stage in stage_names():
         outdir = tmp_path_factory.mktemp(f"cdk.out-{stage}")
         stage_args = [] if stage == DEFAULT_STAGE else ["-c", f"stage={stage}"]
-        running[stage] = (outdir, cdk_synth(*stage_args, "-o", str(outdir)))
+        running[stage] = BACKGROUND.submit(
+            _synthesized, stage, outdir / f"assembly-{stage}", *stage_args, "-o", str(outdir)
+        )
     outdir = tmp_path_factory.mktemp("cdk.out-pipeline")
-    running[PIPELINE] = (outdir, cdk_synth("-c", "pipeline=true", "-o", str(outdir)))
+    running[PIPELINE] = BACKGROUND.submit(_synthesized, PIPELINE, outdir, "-c", "pipeline=true", "-o", str(outdir))
     return running
 
 
-def _finished(outdir: Path, process: subprocess.Popen[str], what: str) -> tuple[str, dict[str, Any]]:
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, f"cdk synth of {what} failed:\n{stderr}"
-    return stderr, json.loads((outdir / "manifest.json").read_text())
+def _synthesized(stage: str, directory: Path, *args: str) -> Assembly:
+    run = cdk_synth(*args)
+    assert run.returncode == 0, f"cdk synth of {stage} failed:\n{run.stderr}"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return Assembly(stage=stage, directory=directory, stderr=run.stderr, manifest=manifest)
 
 
 @pytest.fixture(scope="session")
-def assemblies(_synths: dict[str, tuple[Path, subprocess.Popen[str]]]) -> dict[str, Assembly]:
-    synthesized = {}
-    for stage in stage_names():
-        outdir, process = _synths[stage]
-        stderr, _ = _finished(outdir, process, f"stage {stage}")
-        directory = outdir / f"assembly-{stage}"
-        manifest = json.loads((directory / "manifest.json").read_text())
-        synthesized[stage] = Assembly(stage=stage, directory=directory, stderr=stderr, manifest=manifest)
-    return synthesized
+def assemblies(_synths: dict[str, Future[Assembly]]) -> dict[str, Assembly]:
+    return {stage: _synths[stage].result() for stage in stage_names()}
 
 
 @pytest.fixture(scope="session")
-def pipeline(_synths: dict[str, tuple[Path, subprocess.Popen[str]]]) -> Assembly:
+def pipeline(_synths: dict[str, Future[Assembly]]) -> Assembly:
     """The pipeline's cloud assembly: its stack, with each stage's stacks in a nested assembly."""
-    outdir, process = _synths[PIPELINE]
-    stderr, manifest = _finished(outdir, process, "the pipeline")
-    return Assembly(stage=PIPELINE, directory=outdir, stderr=stderr, manifest=manifest)
+    return _synths[PIPELINE].result()
+
+
+# What checkov's CloudFormation checks must reject, to prove the gate can fail.
+BROKEN_TEMPLATE = {
+    "Resources": {
+        "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
+        "Logs": {"Type": "AWS::Logs::LogGroup", "Properties": {}},
+    }
+}
+
+
+@dataclass(frozen=True)
+class TemplateScans:
+    """checkov's and cfn-lint's findings on every synthesized template.
+
+    checkov read <folder>/<stage>/, <folder>/pipeline/ (the pipeline's stack and each stage as it
+    deploys them) and <folder>/broken/ in one run: its start-up is most of its time, and given
+    several folders it attributes results to the wrong ones.
+    """
+
+    folder: Path
+    checkov: dict[str, list[dict[str, Any]]]
+    linted: dict[str, list[Path]] = field(repr=False)  # by stage, and the pipeline's
+    cfn_lint: list[str]
+
+
+@pytest.fixture(scope="session")
+def template_scans(
+    _synths: dict[str, Future[Assembly]], tmp_path_factory: pytest.TempPathFactory
+) -> Future[TemplateScans]:
+    """The scans, started in the background as soon as the synths end."""
+    return BACKGROUND.submit(_scan_templates, _synths, tmp_path_factory.mktemp("templates"))
+
+
+def _scan_templates(synths: dict[str, Future[Assembly]], folder: Path) -> TemplateScans:
+    from tests.scanners import cfn_lint, checkov_results, run_checkov  # tests.scanners imports this module
+
+    synthesized = {name: synth.result() for name, synth in synths.items()}
+    for name, assembly in synthesized.items():
+        for template in assembly.directory.rglob("*.template.json"):
+            target = folder / name / template.relative_to(assembly.directory)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(template, target)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "broken.template.json").write_text(json.dumps(BROKEN_TEMPLATE))
+    checkov = run_checkov("cloudformation", [folder])
+    # The pipeline's stack, and each stage's stacks as it deploys them, in nested assemblies.
+    linted = {
+        name: sorted(assembly.directory.glob("**/*.template.json" if name == PIPELINE else "*.template.json"))
+        for name, assembly in synthesized.items()
+    }
+    findings = cfn_lint([path for paths in linted.values() for path in paths])
+    return TemplateScans(folder=folder, checkov=checkov_results(checkov), linted=linted, cfn_lint=findings)
+
+
+def copy_of_the_project(tmp_path: Path) -> Path:
+    """The project's sources in a scratch folder, sharing the installed .venv and node_modules."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("app.py", "cdk.json", "package.json", "settings", "stacks", "charts", "scripts"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, project / name)
+    for name in (".venv", "node_modules"):
+        (project / name).symlink_to(ROOT / name)
+    return project
+
+
+@dataclass(frozen=True)
+class StoppedSynth:
+    """A `cdk synth` run that should stop: its exit code, what it printed and where it would have written."""
+
+    returncode: int
+    stderr: str
+    outdir: Path
+
+
+@pytest.fixture(scope="session")
+def _stopping_synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future[StoppedSynth]]:
+    """The CLI runs that must stop, each in a copy of the project with one thing broken."""
+    invalid = copy_of_the_project(tmp_path_factory.mktemp("invalid-settings"))
+    data = stage_data()
+    data["models"][0]["replicas"] = 0
+    (invalid / "settings" / "stages" / "dev.yaml").write_text(yaml.safe_dump(data))
+    # The same project with the kubectl handler's runtime acknowledgment aimed at another rule.
+    unacknowledged = copy_of_the_project(tmp_path_factory.mktemp("unacknowledged"))
+    findings = unacknowledged / "stacks" / "reviewed_findings.py"
+    source = findings.read_text()
+    assert source.count('"AwsSolutions-L1",') == 1
+    findings.write_text(source.replace('"AwsSolutions-L1",', '"AwsSolutions-L2",'))
+    return {
+        "invalid-settings": BACKGROUND.submit(_stopped, invalid),
+        "unacknowledged": BACKGROUND.submit(_stopped, unacknowledged),
+    }
+
+
+def _stopped(project: Path) -> StoppedSynth:
+    run = cdk_synth(cwd=project)
+    return StoppedSynth(run.returncode, run.stderr, project / "cdk.out")
+
+
+@pytest.fixture(scope="session")
+def stopped_synths(_stopping_synths: dict[str, Future[StoppedSynth]]) -> dict[str, StoppedSynth]:
+    return {name: run.result() for name, run in _stopping_synths.items()}
+
+
+# What runs in the background, started with the session when a collected test needs it.
+BACKGROUND_RUNS = ("_synths", "template_scans", "_stopping_synths", "kubernetes_scan")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_background_runs(request: pytest.FixtureRequest) -> None:
+    needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    for name in BACKGROUND_RUNS:
+        if name in needed:
+            request.getfixturevalue(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that wait for a background run go last, in their usual order."""
+    items.sort(key=lambda item: any(name in BACKGROUND_RUNS for name in getattr(item, "fixturenames", ())))
 
 
 def nested_stage(pipeline: Assembly, stage: str) -> Assembly:

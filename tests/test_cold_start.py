@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
@@ -18,8 +17,9 @@ from charts.cold_start import (
     smoke_test_wait_seconds,
     startup_probe_seconds,
 )
+from scripts.cold_start import main as cold_start_command
 from settings import parse_stage_settings
-from tests.conftest import ROOT, stage_data
+from tests.conftest import stage_data
 
 
 def settings_with(disk_throughput_mib: int = 1000, image_source: str = "pull_through_cache", **model_store: object):
@@ -115,15 +115,12 @@ def test_a_big_model_gets_an_import_deadline_beyond_an_hour() -> None:
     assert import_deadline_seconds(settings, settings.models[0]) > 2 * 3600
 
 
-def test_cold_start_command_prints_every_step_and_the_derived_probe_budget() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "scripts.cold_start", "--stage", "dev"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+def test_cold_start_command_prints_every_step_and_the_derived_probe_budget(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["python -m scripts.cold_start", "--stage", "dev"])
+    cold_start_command()
+    stdout = capsys.readouterr().out
     for step in ("node launch", "image pull", "weight read", "model load", "**total**"):
-        assert f"| {step} |" in result.stdout
-    assert "startupProbe budget: 480 s" in result.stdout
+        assert f"| {step} |" in stdout
+    assert "startupProbe budget: 480 s" in stdout

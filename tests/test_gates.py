@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from cdk_nag import AwsSolutionsChecks
 from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS
 from settings import load_stage_settings, stage_names
 from stacks.reviewed_findings import CHECKOV_FINDINGS, PIPELINE_CHECKOV_FINDINGS, nag_findings
-from tests.conftest import Assembly, find, render_charts
+from tests.conftest import PIPELINE, Assembly, TemplateScans, find, render_charts
 from tests.scanners import (
     cfn_lint,
     checkov_failures,
@@ -30,46 +30,24 @@ from tests.scanners import (
     checkov_skips,
     karpenter_problems,
     kubernetes_problems,
-    run_checkov,
 )
-
-BROKEN_TEMPLATE = {
-    "Resources": {
-        "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
-        "Logs": {"Type": "AWS::Logs::LogGroup", "Properties": {}},
-    }
-}
 
 
 @pytest.fixture(scope="session")
 def checkov_reports(
-    assemblies: dict[str, Assembly],
-    pipeline: Assembly,
-    kubernetes_scan: tuple[Path, subprocess.Popen[str]],
-    tmp_path_factory: pytest.TempPathFactory,
+    template_scans: Future[TemplateScans], kubernetes_scan: tuple[Path, subprocess.Popen[str]]
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """checkov's reports on each input: the manifests and a broken Deployment (one run, started with
-    the session: tests/conftest.py), the templates of the stages, of the pipeline and a broken one
-    (one run over one folder: checkov's start-up is most of its time, and given several folders it
-    attributes results to the wrong ones)."""
-    scan = tmp_path_factory.mktemp("templates")
-    # The pipeline's stack and, nested, each stage as the pipeline deploys it.
-    for name, assembly in {**assemblies, "pipeline": pipeline}.items():
-        for template in assembly.directory.rglob("*.template.json"):
-            target = scan / name / template.relative_to(assembly.directory)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(template, target)
-    (scan / "broken").mkdir()
-    (scan / "broken" / "broken.template.json").write_text(json.dumps(BROKEN_TEMPLATE))
-    templates = checkov_results(run_checkov("cloudformation", [scan]))
+    """checkov's reports on each input: the manifests, the templates of the stages and of the
+    pipeline, and a broken one of each (tests/conftest.py runs both scans in the background)."""
+    scans = template_scans.result()
     manifests_dir, manifests_run = kubernetes_scan
     manifests = checkov_results(manifests_run)
     return {
         "kubernetes": checkov_share(manifests, [manifests_dir / stage for stage in stage_names()]),
         "broken-kubernetes": checkov_share(manifests, [manifests_dir / "broken"]),
-        "cloudformation": checkov_share(templates, [scan / stage for stage in assemblies]),
-        "pipeline": checkov_share(templates, [scan / "pipeline"]),
-        "broken-cloudformation": checkov_share(templates, [scan / "broken"]),
+        "cloudformation": checkov_share(scans.checkov, [scans.folder / stage for stage in stage_names()]),
+        "pipeline": checkov_share(scans.checkov, [scans.folder / PIPELINE]),
+        "broken-cloudformation": checkov_share(scans.checkov, [scans.folder / "broken"]),
     }
 
 
@@ -111,12 +89,11 @@ def test_every_acknowledgment_gives_a_reason(stage: str) -> None:
 # --- cfn-lint ---
 
 
-def test_every_template_passes_cfn_lint(assemblies: dict[str, Assembly], pipeline: Assembly) -> None:
-    templates = [path for a in assemblies.values() for path in sorted(a.directory.glob("*.template.json"))]
-    assert len(templates) == 5 * len(assemblies)
-    pipeline_templates = sorted(pipeline.directory.glob("**/*.template.json"))
-    assert len(pipeline_templates) == 1 + 5 * 2  # the pipeline, and dev and prod as it deploys them
-    assert cfn_lint(templates + pipeline_templates) == []
+def test_every_template_passes_cfn_lint(template_scans: Future[TemplateScans]) -> None:
+    scans = template_scans.result()
+    assert {stage: len(scans.linted[stage]) for stage in stage_names()} == {stage: 5 for stage in stage_names()}
+    assert len(scans.linted[PIPELINE]) == 1 + 5 * len(stage_names())
+    assert scans.cfn_lint == []
 
 
 def test_cfn_lint_rejects_a_broken_template(tmp_path: Path) -> None:

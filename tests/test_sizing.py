@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import subprocess
 import sys
 from typing import Any
 
 import pytest
 
 from charts.cold_start import file_system_throughput_mb_s, startup_probe_seconds
+from scripts.sizing import main as sizing_command
 from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.sizing import (
     GIB,
@@ -248,16 +248,13 @@ def test_production_refuses_an_api_open_to_the_internet() -> None:
 # --- make sizing ---
 
 
-def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_start() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "scripts.sizing", "--stage", "dev"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    out = result.stdout
+def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["python -m scripts.sizing", "--stage", "dev"])
+    sizing_command()
+    stdout = capsys.readouterr().out
+    out = stdout
     assert "## openai/gpt-oss-20b (gpt-oss-20b): 1 GPU(s) with at least 19801 MiB each" in out
     rows = re.findall(r"^\| (g[0-9a-z.-]+) \| \$([0-9.]+) ", out, flags=re.MULTILINE)
     prices = [float(price) for _, price in rows]
