@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import cdk8s
 
 from charts.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
-from charts.drain import termination_grace_seconds
-from charts.gpu_node_pool import GpuNodePoolChart
+from charts.gpu_node_pool import GpuNodePoolChart, PoolPlan, pool_weight
 from charts.images import pulled_image
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
-from settings.model import StageSettings
-from settings.sizing import gpu_memory_needed_mib, pool_limits, requests
+from settings.drain import termination_grace_seconds
+from settings.model import GpuNodePoolSettings, StageSettings
+from settings.sizing import candidates, gpu_memory_needed_mib, pool_limits, requests
 
 # A small image with `sh`, for the replicas' wait for their weights (pulled through the cache too).
 HELPER_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"
@@ -48,18 +48,14 @@ class DeployedResources:
 
 def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedResources) -> dict[str, cdk8s.Chart]:
     """Every chart of a stage, by a stable id: the GPU NodePool, then one vLLM server per model."""
-    pool = settings.gpu_node_pool
     charts: dict[str, cdk8s.Chart] = {
         "GpuNodePool": GpuNodePoolChart(
             app,
             "gpu-node-pool",
-            pool=pool,
+            pools=[pool_plan(settings, index, pool) for index, pool in enumerate(settings.gpu_node_pools)],
             node_role_name=deployed.node_role_name,
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,
-            zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
-            min_gpu_memory_mib=min(gpu_memory_needed_mib(model) for model in settings.models),
-            limits=pool_limits(settings),
             drain_seconds=max(
                 progress_deadline_seconds(settings, model) + termination_grace_seconds(model)
                 for model in settings.models
@@ -89,6 +85,18 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             requests=requests(settings, model),
         )
     return charts
+
+
+def pool_plan(settings: StageSettings, index: int, pool: GpuNodePoolSettings) -> PoolPlan:
+    """A GPU pool as its chart renders it; settings.sizing has checked that it can run some model."""
+    runnable = [model for model in settings.models if candidates(settings, model, pool)]
+    return PoolPlan(
+        pool=pool,
+        weight=pool_weight(index),
+        zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
+        min_gpu_memory_mib=min(gpu_memory_needed_mib(model) for model in runnable),
+        limits=pool_limits(settings, pool),
+    )
 
 
 def _pulled(image: str, settings: StageSettings, deployed: DeployedResources) -> str:

@@ -12,23 +12,13 @@ sends SIGTERM, so the replica drains there:
    vllm:num_requests_waiting (vllm/v1/metrics/loggers.py), on /metrics, until both are 0.
 3. Only then does Kubernetes send SIGTERM. The pod's grace period, which also bounds the hook,
    covers the longest request the model allows: max_model_len tokens at a floor of generation
-   speed, or models[].max_request_seconds.
+   speed, or models[].max_request_seconds (settings/drain.py).
 """
 
 from __future__ import annotations
 
-import math
-
+from settings.drain import ENDPOINT_PROPAGATION_SECONDS, max_request_seconds
 from settings.model import ModelSettings
-
-# The slowest generation a replica is expected to keep up per request under load (tokens/s): a
-# floor, well below what one L4 serves gpt-oss-20b a single user at. A request of max_model_len
-# tokens then takes at most max_model_len / this; a setting overrides it per model.
-GENERATION_FLOOR_TOKENS_PER_SECOND = 20
-# For every kube-proxy and load balancer to stop sending new requests to a terminating pod.
-ENDPOINT_PROPAGATION_SECONDS = 10
-# What vLLM itself takes to stop once SIGTERM comes (freeing the GPU and its workers).
-SHUTDOWN_SECONDS = 30
 
 # The preStop hook (python3 is in the vLLM image): wait for the proxies, then for vLLM's requests.
 DRAIN_SCRIPT = """
@@ -47,18 +37,6 @@ while time.monotonic() < deadline:
         break
     time.sleep(1)
 """
-
-
-def max_request_seconds(model: ModelSettings) -> int:
-    """The longest a request to this model may take: the setting, or max_model_len at the floor speed."""
-    if model.max_request_seconds is not None:
-        return model.max_request_seconds
-    return math.ceil(model.max_model_len / GENERATION_FLOOR_TOKENS_PER_SECOND)
-
-
-def termination_grace_seconds(model: ModelSettings) -> int:
-    """The pod's grace period: the proxies, the longest request, then vLLM's own stop."""
-    return ENDPOINT_PROPAGATION_SECONDS + max_request_seconds(model) + SHUTDOWN_SECONDS
 
 
 def drain_command(model: ModelSettings, port: int) -> list[str]:

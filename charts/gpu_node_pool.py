@@ -1,12 +1,22 @@
-"""Where GPU nodes come from: a NodeClass and a Karpenter NodePool that EKS Auto Mode launches GPU instances for.
+"""Where GPU nodes come from: per GPU pool, a NodeClass and a Karpenter NodePool that EKS Auto Mode launches
+GPU instances for.
 
-Auto Mode's built-in pools run only C, M and R instances, so GPU workloads need a pool of
+Auto Mode's built-in pools run only C, M and R instances, so GPU workloads need pools of
 their own. Auto Mode installs the NVIDIA drivers and device plugin on the nodes it launches.
-The NodeClass gives them a root volume big and fast enough to unpack a ~14 GB image.
+Each NodeClass gives them a root volume big and fast enough to unpack a ~14 GB image, and
+selects the pool's capacity reservations, if any.
+
+The pools are tried in the order of the settings: each NodePool's weight is 10 below the one
+before it, and Karpenter considers NodePools by weight, highest first (karpenter.sh docs,
+"Scheduling", Weighted NodePools). When a launch fails for insufficient capacity, Karpenter
+marks that offering (instance type, zone, capacity type) unavailable for 3 minutes
+(karpenter-provider-aws pkg/cache/cache.go, UnavailableOfferingsTTL) and schedules the pending
+pod again: onto another offering of the same pool if one is left, else onto the next pool.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import cdk8s
@@ -17,8 +27,27 @@ from settings.sizing import GPU_MEMORY_LABEL
 
 # The taint keeps everything but GPU workloads (which tolerate it) off these expensive nodes.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "Exists", "effect": "NoSchedule"}
-NODE_CLASS_NAME = "gpu"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+# Karpenter's weights run from 1 to 100; the first pool gets the most.
+FIRST_POOL_WEIGHT = 100
+WEIGHT_STEP = 10
+
+
+def pool_weight(index: int) -> int:
+    """The NodePool weight of the pool at `index` in the settings' order of preference."""
+    return FIRST_POOL_WEIGHT - WEIGHT_STEP * index
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One GPU pool as rendered: its settings, its place in the order, where its nodes may run (None:
+    any zone), the least memory per GPU of any model it can run, and its limits (settings.sizing)."""
+
+    pool: GpuNodePoolSettings
+    weight: int
+    zones: tuple[str, ...] | None
+    min_gpu_memory_mib: int
+    limits: dict[str, Any]
 
 
 def disruption_budgets(pool: GpuNodePoolSettings) -> list[dict[str, Any]]:
@@ -85,13 +114,12 @@ def node_requirements(
 
 
 class GpuNodePoolChart(cdk8s.Chart):
-    """The GPU NodeClass and `karpenter.sh/v1` NodePool (both cluster-scoped: the chart has no namespace).
+    """A NodeClass and a `karpenter.sh/v1` NodePool per GPU pool (cluster-scoped: the chart has no namespace),
+    each named after its pool.
 
     `node_role_name`, `subnet_ids` and `security_group_id` come from the cluster (CDK tokens when
-    applied by the serving stack); `zones` pins the pool to the model store's zone, or None;
-    `min_gpu_memory_mib` is the least memory per GPU that any model served from the pool needs;
-    `limits` what the pool may hold in all (settings.sizing.pool_limits); `drain_seconds` how long
-    a node going away waits for its replicas: their replacements' start and their own drain.
+    applied by the serving stack); `drain_seconds` is how long a node going away waits for its
+    replicas: their replacements' start and their own drain.
     """
 
     def __init__(
@@ -99,44 +127,54 @@ class GpuNodePoolChart(cdk8s.Chart):
         scope: Construct,
         id: str,
         *,
-        pool: GpuNodePoolSettings,
+        pools: list[PoolPlan],
         node_role_name: str,
         subnet_ids: tuple[str, ...],
         security_group_id: str,
-        zones: tuple[str, ...] | None,
-        min_gpu_memory_mib: int,
-        limits: dict[str, Any],
         drain_seconds: int,
     ) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
+        for plan in pools:
+            self._node_class(plan.pool, node_role_name, subnet_ids, security_group_id)
+            self._node_pool(plan, drain_seconds)
+
+    def _node_class(
+        self, pool: GpuNodePoolSettings, node_role_name: str, subnet_ids: tuple[str, ...], security_group_id: str
+    ) -> None:
+        spec: dict[str, Any] = {
+            # The cluster's Auto Mode node role: EKS created its access entry with the cluster.
+            "role": node_role_name,
+            "subnetSelectorTerms": [{"id": subnet_id} for subnet_id in subnet_ids],
+            "securityGroupSelectorTerms": [{"id": security_group_id}],
+            # Auto Mode's default (80Gi at 125 MiB/s) turns unpacking a 14 GB image into minutes.
+            # Auto Mode encrypts the volume; the key is the account's EBS default.
+            "ephemeralStorage": {
+                "size": pool.disk.size,
+                "iops": pool.disk.iops,
+                "throughput": pool.disk.throughput_mib,
+            },
+        }
+        if pool.capacity_reservations:
+            # EKS User Guide, auto-odcr.html: On-Demand Capacity Reservations and Capacity Blocks for ML
+            # alike, by id. Selecting any turns off Auto Mode's use of open reservations cluster-wide
+            # (settings: cluster.open_reservations_unused).
+            spec["capacityReservationSelectorTerms"] = [
+                {"id": reservation} for reservation in pool.capacity_reservations
+            ]
         node_class = cdk8s.ApiObject(
             self,
-            "NodeClass",
+            f"NodeClass-{pool.name}",
             api_version="eks.amazonaws.com/v1",
             kind="NodeClass",
-            metadata=cdk8s.ApiObjectMetadata(name=NODE_CLASS_NAME),
+            metadata=cdk8s.ApiObjectMetadata(name=pool.name),
         )
-        node_class.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    # The cluster's Auto Mode node role: EKS created its access entry with the cluster.
-                    "role": node_role_name,
-                    "subnetSelectorTerms": [{"id": subnet_id} for subnet_id in subnet_ids],
-                    "securityGroupSelectorTerms": [{"id": security_group_id}],
-                    # Auto Mode's default (80Gi at 125 MiB/s) turns unpacking a 14 GB image into minutes.
-                    # Auto Mode encrypts the volume; the key is the account's EBS default.
-                    "ephemeralStorage": {
-                        "size": pool.disk.size,
-                        "iops": pool.disk.iops,
-                        "throughput": pool.disk.throughput_mib,
-                    },
-                },
-            )
-        )
+        node_class.add_json_patch(cdk8s.JsonPatch.add("/spec", spec))
+
+    def _node_pool(self, plan: PoolPlan, drain_seconds: int) -> None:
+        pool = plan.pool
         node_pool = cdk8s.ApiObject(
             self,
-            "NodePool",
+            f"NodePool-{pool.name}",
             api_version="karpenter.sh/v1",
             kind="NodePool",
             metadata=cdk8s.ApiObjectMetadata(name=pool.name),
@@ -146,16 +184,13 @@ class GpuNodePoolChart(cdk8s.Chart):
             cdk8s.JsonPatch.add(
                 "/spec",
                 {
+                    "weight": plan.weight,
                     "template": {
                         "metadata": {"labels": {"type": "karpenter", "NodeGroupType": pool.name}},
                         "spec": {
-                            "nodeClassRef": {
-                                "group": "eks.amazonaws.com",
-                                "kind": "NodeClass",
-                                "name": NODE_CLASS_NAME,
-                            },
+                            "nodeClassRef": {"group": "eks.amazonaws.com", "kind": "NodeClass", "name": pool.name},
                             "taints": [GPU_TAINT],
-                            "requirements": node_requirements(pool, zones, min_gpu_memory_mib),
+                            "requirements": node_requirements(pool, plan.zones, plan.min_gpu_memory_mib),
                             # A node that expires or is replaced waits this long for its pods, then
                             # Karpenter deletes them anyway, PodDisruptionBudget or not, early enough
                             # for each pod's own grace period to fit (karpenter.sh docs, "Disruption",
@@ -165,7 +200,7 @@ class GpuNodePoolChart(cdk8s.Chart):
                             "terminationGracePeriod": f"{drain_seconds}s",
                         },
                     },
-                    "limits": limits,
+                    "limits": plan.limits,
                     "disruption": {
                         # WhenEmpty: a node running a replica is never drained to pack pods tighter;
                         # Node expiry (14 days by default on Auto Mode) and auto repair still replace nodes.

@@ -16,11 +16,12 @@ import cdk8s_plus_30 as kplus
 from cdk8s_plus_30 import k8s
 from constructs import Construct
 
-from charts.drain import drain_command, termination_grace_seconds
+from charts.drain import drain_command
 from charts.gpu_node_pool import GPU_TAINT
 from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
 from charts.model_volume import ModelVolume
 from settings import names
+from settings.drain import termination_grace_seconds
 from settings.model import ModelSettings
 from settings.sizing import GPU_MEMORY_LABEL, Requests, gpu_memory_needed_mib
 

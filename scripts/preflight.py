@@ -7,14 +7,16 @@ Run it with credentials for the stage's account; it only reads (Service Quotas a
 1. Service Quotas, in the stage's region: the on-demand and spot vCPU quotas of the G and VT and of
    the P instance families. Each model needs its replicas plus one rollout surge, each on its own
    node, of the instance Karpenter would launch: the cheapest candidate (settings.sizing.candidates)
-   offered in a zone GPU nodes may use. Their vCPUs add up per family, for on-demand if the GPU
-   pool allows on-demand and for spot if it allows spot. With both allowed, one quota that holds
-   them is enough. The current usage is not read, so the quota must also cover what already runs.
+   offered in a zone GPU nodes may use. Their vCPUs add up per family, for on-demand if a GPU
+   pool allows on-demand or reserved capacity (capacity reservations count against the on-demand
+   quota) and for spot if one allows spot. With both allowed, one quota that holds them is enough.
+   The current usage is not read, so the quota must also cover what already runs.
 2. EC2 instance type offerings: each model needs at least one candidate offered in a zone GPU
-   nodes may use (the model store's zone when gpu_node_pool.zones is model_store_zone, else every
-   zone of the stage).
-3. Capacity reservations given with --reservation: each must exist, be active and unexpired, lie in
-   a usable zone, be of a type some model can run on, and have instances available.
+   nodes may use (the model store's zone for a pool whose zones is model_store_zone, every zone of
+   the stage for one whose zones is all_zones).
+3. Capacity reservations, those the GPU pools select (gpu_node_pools[].capacity_reservations) and
+   any given with --reservation: each must exist, be active and unexpired, lie in a usable zone, be
+   of a type some model can run on, and have instances available.
 
 It prints a Markdown table per check, then one summary line. Exit status: 0 when the stage can
 start, 1 when something blocks it (the summary names what), 2 when it could not check (bad
@@ -35,13 +37,14 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_stage_settings
+from settings.model import RESERVATION_ID_PATTERN
 from settings.sizing import GpuInstance, candidates
 
 Client = Any  # a boto3 client (botocore.client.BaseClient); the generated types are not installed
 ClientFactory = Callable[[str], Client]
 
-RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{17}$")
-ON_DEMAND, SPOT = "on-demand", "spot"
+RESERVATION_ID = re.compile(RESERVATION_ID_PATTERN)
+ON_DEMAND, SPOT, RESERVED = "on-demand", "spot", "reserved"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Quota:
     code: str
     name: str
     category: str  # settings/catalog/gpu_instances.yaml `category`: g or p
-    capacity_type: str  # on-demand or spot, as in gpu_node_pool.capacity_types
+    capacity_type: str  # on-demand or spot, as in gpu_node_pools[].capacity_types
 
 
 # The EC2 vCPU quotas of GPU instances, in vCPUs per region (service code "ec2"). The spot quotas'
@@ -97,7 +100,7 @@ class QuotaResult:
     value: float
     source: str  # "applied", or "AWS default" when the account has no applied value
     needed: int  # 0 when the pool does not use the quota's capacity type
-    used: bool  # the quota's capacity type is in gpu_node_pool.capacity_types
+    used: bool  # a GPU pool allows the quota's capacity type
     aws_name: str
     url: str
 
@@ -189,7 +192,7 @@ class Report:
             "|---|---|---:|---:|---|---|",
         ]
         for row in self.quotas:
-            needed = str(row.needed) if row.used else f"0 ({row.quota.capacity_type} not in capacity_types)"
+            needed = str(row.needed) if row.used else f"0 ({row.quota.capacity_type} in no pool's capacity_types)"
             lines.append(
                 f"| {row.quota.name} | {row.quota.code} | {row.value:g} ({row.source}) | {needed} | "
                 f"{self._status(row)} | {'' if row.enough else row.url} |"
@@ -271,10 +274,21 @@ def check_reservation_ids(reservations: Sequence[str]) -> None:
 
 
 def usable_zones(settings: StageSettings) -> tuple[tuple[str, ...], str]:
-    """The zones GPU nodes may use, and why."""
-    if settings.gpu_node_pool.zones == "model_store_zone":
-        return (settings.model_store_zone,), "the model store's zone (gpu_node_pool.zones: model_store_zone)"
-    return tuple(settings.availability_zones), "every zone of the stage (gpu_node_pool.zones: all_zones)"
+    """The zones GPU nodes may use, in any pool, and why."""
+    spread = [pool.name for pool in settings.gpu_node_pools if pool.zones == "all_zones"]
+    if spread:
+        return tuple(settings.availability_zones), f"every zone of the stage (zones: all_zones in {', '.join(spread)})"
+    return (settings.model_store_zone,), "the model store's zone (every GPU pool's zones: model_store_zone)"
+
+
+def capacity_types(settings: StageSettings) -> tuple[str, ...]:
+    """Every capacity type a GPU pool allows, in the pools' order."""
+    return tuple(dict.fromkeys(kind for pool in settings.gpu_node_pools for kind in pool.capacity_types))
+
+
+def selected_reservations(settings: StageSettings) -> tuple[str, ...]:
+    """The capacity reservations the GPU pools' NodeClasses select."""
+    return tuple(dict.fromkeys(r for pool in settings.gpu_node_pools for r in pool.capacity_reservations))
 
 
 def instance_offerings(ec2: Client, types: Sequence[str], zones: Sequence[str]) -> dict[str, set[str]]:
@@ -350,10 +364,16 @@ def reservation_result(
         problems.append(f"platform {platform}; the GPU nodes are Linux/UNIX")
     if described.get("Tenancy", "default") != "default":
         problems.append(f"tenancy {described['Tenancy']}; the GPU nodes use default tenancy")
-    if described.get("InstanceMatchCriteria") == "targeted":
-        notes.append("targeted: only launches that name it use it, and the GPU pool's NodeClass names none")
-    if ON_DEMAND not in settings.gpu_node_pool.capacity_types:
-        notes.append("its instances run as on-demand, which gpu_node_pool.capacity_types does not allow")
+    if reservation not in selected_reservations(settings):
+        if described.get("InstanceMatchCriteria") == "targeted":
+            notes.append("targeted: only launches that name it use it, and no GPU pool selects it")
+        else:
+            notes.append(
+                "no GPU pool selects it: Auto Mode launches into it only by open matching, as on-demand, and "
+                "not at all once any NodeClass selects reservations; add it to a pool's capacity_reservations"
+            )
+        if ON_DEMAND not in capacity_types(settings):
+            notes.append("open matching launches on-demand, which no GPU pool's capacity_types allows")
     return ReservationResult(
         reservation,
         found=True,
@@ -381,9 +401,10 @@ def preflight(
     expected ones (no applied quota value, no such reservation) propagate.
     """
     check_reservation_ids(reservations)
+    reservations = list(dict.fromkeys([*selected_reservations(settings), *reservations]))
     now = now or datetime.now(UTC)
     zones, zones_reason = usable_zones(settings)
-    pool = settings.gpu_node_pool
+    allowed = capacity_types(settings)
     options = {model.name: candidates(settings, model) for model in settings.models}
     runnable = list(dict.fromkeys(instance.type for found in options.values() for instance in found))
     blockers: list[str] = []
@@ -430,7 +451,7 @@ def preflight(
     quotas = []
     for quota in QUOTAS:
         value, source, aws_name = quota_value(quotas_client, quota)
-        used = quota.capacity_type in pool.capacity_types
+        used = quota.capacity_type in allowed or (quota.capacity_type == ON_DEMAND and RESERVED in allowed)
         needed = sum(node.vcpus for node in nodes if node.instance.category == quota.category) if used else 0
         quotas.append(
             QuotaResult(quota, value, source, needed, used, aws_name, request_url(settings.region, quota.code))
@@ -459,7 +480,7 @@ def preflight(
     return Report(
         stage=settings.name,
         region=settings.region,
-        capacity_types=tuple(pool.capacity_types),
+        capacity_types=allowed,
         usable_zones=zones,
         zones_reason=zones_reason,
         nodes=nodes,
@@ -493,7 +514,7 @@ def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None
         default=[],
         type=_reservation_argument,
         metavar="cr-ID",
-        help="capacity reservations the stage's GPU nodes should use (repeatable)",
+        help="capacity reservations to check besides those the GPU pools select (repeatable)",
     )
     args = parser.parse_args(argv)
     try:

@@ -1,17 +1,26 @@
 """Which GPU instances can run each model of a stage, cheapest first: `make sizing STAGE=dev`.
 
-For every model: the candidates (the GPU pool admits them, they have the model's GPU count,
+For every model: the candidates (a GPU pool admits them, they have the model's GPU count,
 each GPU holds its shard of the weights and KV cache, the replica's requests fit what Karpenter
 leaves to pods), their on-demand price, GPU memory headroom, the one Karpenter would likely
-launch and the replica's cold start; then the pool's limits. Prices come from
+launch (the cheapest in the first pool that can run it) and the replica's cold start; then each
+pool's weight and limits. Prices come from
 settings/catalog/on_demand_prices.yaml (with its source and date); spot prices vary and are not kept.
 """
 
 from __future__ import annotations
 
 from charts.cold_start import cold_start_steps
+from charts.gpu_node_pool import pool_weight
 from scripts import stage_from_command_line
-from settings.sizing import candidates, gpu_memory_needed_mib, on_demand_prices, pool_limits, requests
+from settings.sizing import (
+    candidates,
+    gpu_memory_needed_mib,
+    on_demand_prices,
+    pool_limits,
+    pools_for,
+    requests,
+)
 
 
 def main() -> None:
@@ -22,7 +31,6 @@ def main() -> None:
         if priced_region == settings.region
         else f"{priced_region} prices: the table has no {settings.region}"
     )
-    spot = "spot" in settings.gpu_node_pool.capacity_types
     for model in settings.models:
         needed = gpu_memory_needed_mib(model)
         wanted = requests(settings, model)
@@ -32,28 +40,34 @@ def main() -> None:
             f"requests: {wanted.cpu_millis}m CPU, {wanted.memory_mib} MiB memory ({wanted.shared_memory_mib} MiB "
             f"of it /dev/shm), {wanted.ephemeral_storage_mib} MiB node disk; {model.replicas} replica(s)\n"
         )
-        print(f"| instance | on-demand $/h ({where}) | spot | GPUs | GPU memory headroom | vCPUs | memory |")
-        print("|---|---:|---|---|---:|---:|---:|")
+        by_pool = {pool.name: candidates(settings, model, pool) for pool in settings.gpu_node_pools}
+        print(f"| instance | pools | on-demand $/h ({where}) | spot | GPUs | GPU memory headroom | vCPUs | memory |")
+        print("|---|---|---:|---|---|---:|---:|---:|")
         for option in options:
+            admitting = [pool for pool in settings.gpu_node_pools if option in by_pool[pool.name]]
+            spot = any("spot" in pool.capacity_types for pool in admitting)
             price = f"${prices[option.type]:.3f}" if option.type in prices else "n/a"
             print(
-                f"| {option.type} | {price} | {'variable' if spot else 'not used'} | {option.gpus} x "
-                f"{option.gpu_model} | {option.gpu_memory_mib - needed} MiB | {option.vcpus} | "
-                f"{option.memory_mib // 1024} GiB |"
+                f"| {option.type} | {', '.join(pool.name for pool in admitting)} | {price} | "
+                f"{'variable' if spot else 'not used'} | {option.gpus} x {option.gpu_model} | "
+                f"{option.gpu_memory_mib - needed} MiB | {option.vcpus} | {option.memory_mib // 1024} GiB |"
             )
         cold_start = sum(step.seconds for step in cold_start_steps(settings, model))
-        pick = options[0].type
+        first = pools_for(settings, model)[0]
         print(
-            f"\nKarpenter's likely pick: {pick} (the cheapest that fits; with spot: variable, Karpenter's "
-            f"price-capacity-optimized choice among these); cold start on it: {cold_start:.0f} s\n"
+            f"\nKarpenter's likely pick: {by_pool[first.name][0].type} in pool {first.name} (the first pool that "
+            "can run it, the cheapest that fits there; with spot: variable, Karpenter's price-capacity-optimized "
+            f"choice among these); cold start on it: {cold_start:.0f} s\n"
         )
-    limits = pool_limits(settings)
-    given = settings.gpu_node_pool.limits.model_fields_set
-    print(
-        f"pool limits: cpu {limits['cpu']}, memory {limits['memory']}, nvidia.com/gpu {limits['nvidia.com/gpu']} "
-        f"({'derived from the models' if not given else 'from the settings where given, derived elsewhere'}: "
-        "every model's replicas plus one rollout surge)"
-    )
+    for index, pool in enumerate(settings.gpu_node_pools):
+        limits = pool_limits(settings, pool)
+        given = pool.limits.model_fields_set
+        print(
+            f"pool {index + 1}, {pool.name} (weight {pool_weight(index)}; {', '.join(pool.capacity_types)}): limits "
+            f"cpu {limits['cpu']}, memory {limits['memory']}, nvidia.com/gpu {limits['nvidia.com/gpu']} "
+            f"({'derived from the models' if not given else 'from the settings where given, derived elsewhere'}: "
+            "every replica it can run plus one rollout surge per model)"
+        )
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ MANAGED_VLLM_FLAGS = (
 
 # Lower-case letters, digits and '-', starting and ending with a letter or digit.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# EC2's capacity reservation ids (On-Demand Capacity Reservations and Capacity Blocks alike); the
+# NodeClass accepts ^cr-[0-9a-z]+$ (karpenter-provider-aws, karpenter.k8s.aws_ec2nodeclasses.yaml).
+RESERVATION_ID_PATTERN = r"^cr-[0-9a-f]{17}$"
 DnsLabel = Annotated[
     str,
     StringConstraints(max_length=63, pattern=DNS_LABEL_PATTERN),
@@ -205,6 +208,8 @@ class NetworkSettings(_Strict):
 
 
 ECR_PREFIX_MAX = 30
+# Karpenter's NodePool weights run from 1 to 100 (karpenter.sh_nodepools.yaml): one per pool, 10 apart.
+MAX_GPU_POOLS = 10
 
 
 class RegistrySettings(_Strict):
@@ -294,6 +299,11 @@ class ClusterSettings(_Strict):
         ...,
     ] = ()
     log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
+    # Once any NodeClass in the cluster selects capacity reservations, Auto Mode stops launching
+    # into open On-Demand Capacity Reservations for every NodeClass, the built-in pools' included
+    # (EKS User Guide, auto-odcr.html, the Warning). A stage whose GPU pools select reservations
+    # sets this to true, to say that this is understood.
+    open_reservations_unused: bool = False
 
     @field_validator("kubernetes_version")
     @classmethod
@@ -361,7 +371,24 @@ class GpuNodePoolSettings(_Strict):
     ] = ()
     # Karpenter's `Gt`: 4 admits generation 5 and newer (G5, G6, G6e).
     instance_generation_greater_than: int | None = Field(default=4, ge=0)
-    capacity_types: tuple[Literal["spot", "on-demand"], ...] = Field(default=("spot", "on-demand"), min_length=1)
+    # reserved: the capacity reservations below (On-Demand Capacity Reservations or Capacity Blocks
+    # for ML); Auto Mode labels nodes launched into a selected reservation karpenter.sh/capacity-type:
+    # reserved (EKS User Guide, "Control deployment of workloads into Capacity Reservations with EKS
+    # Auto Mode", docs.aws.amazon.com/eks/latest/userguide/auto-odcr.html).
+    capacity_types: tuple[Literal["spot", "on-demand", "reserved"], ...] = Field(
+        default=("spot", "on-demand"), min_length=1
+    )
+    # Reservations this pool launches into, by id: its NodeClass's capacityReservationSelectorTerms.
+    capacity_reservations: tuple[
+        Annotated[
+            str,
+            StringConstraints(pattern=RESERVATION_ID_PATTERN),
+            Field(
+                description="a capacity reservation id: cr- and 17 lower-case hex digits, as in cr-0123456789abcdef0"
+            ),
+        ],
+        ...,
+    ] = ()
     architectures: tuple[Literal["amd64", "arm64"], ...] = Field(default=("amd64",), min_length=1)
     limits: NodePoolLimits = NodePoolLimits()
     # Only empty nodes are consolidated, so a serving replica is never evicted to save cost.
@@ -384,6 +411,24 @@ class GpuNodePoolSettings(_Strict):
     def _instances_chosen(self) -> GpuNodePoolSettings:
         if not self.instance_categories and not self.instance_families:
             raise ValueError("give instance_categories, instance_families or both; with neither the pool has no GPUs")
+        return self
+
+    @model_validator(mode="after")
+    def _reservations_used(self) -> GpuNodePoolSettings:
+        reserved = "reserved" in self.capacity_types
+        if self.capacity_reservations and not reserved:
+            raise ValueError(
+                "capacity_reservations: add reserved to capacity_types; nodes launched into a selected "
+                "reservation have capacity type reserved, and a pool without it never uses them"
+            )
+        if reserved and not self.capacity_reservations:
+            raise ValueError(
+                "capacity_types: reserved needs capacity_reservations (cr-... ids) to launch into; Auto Mode "
+                "launches reserved nodes only into reservations a NodeClass selects"
+            )
+        repeated = _repeated(self.capacity_reservations)
+        if repeated:
+            raise ValueError(f"capacity_reservations: each may appear once; repeated: {', '.join(repeated)}")
         return self
 
 
@@ -490,6 +535,8 @@ class ModelSettings(_Strict):
     # The longest a request may take, which the grace period of a replica going away covers
     # (charts/drain.py); unset: max_model_len tokens at 20 tokens per second.
     max_request_seconds: int | None = Field(default=None, ge=1)
+    # The pod's grace period; unset: the shortest that drains it (settings/drain.py). Given, at least that.
+    termination_grace_seconds: int | None = Field(default=None, ge=1)
 
     @property
     def weights_path(self) -> str:
@@ -571,8 +618,32 @@ class StageSettings(_Strict):
     registry: RegistrySettings = RegistrySettings()
     model_store: ModelStoreSettings = ModelStoreSettings()
     cluster: ClusterSettings
-    gpu_node_pool: GpuNodePoolSettings = GpuNodePoolSettings()
+    # In order of preference: Karpenter tries the first pool and falls through to the next when
+    # it cannot launch there (charts/gpu_node_pool.py, pool weights).
+    gpu_node_pools: tuple[GpuNodePoolSettings, ...] = Field(
+        default=(GpuNodePoolSettings(),), min_length=1, max_length=MAX_GPU_POOLS
+    )
     models: tuple[ModelSettings, ...] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_pool_is_now_a_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "gpu_node_pool" in data:
+            raise ValueError(
+                "gpu_node_pool: now gpu_node_pools, a list of pools in order of preference; make this pool its "
+                "first (and maybe only) entry"
+            )
+        return data
+
+    @field_validator("gpu_node_pools")
+    @classmethod
+    def _distinct_pool_names(cls, pools: tuple[GpuNodePoolSettings, ...]) -> tuple[GpuNodePoolSettings, ...]:
+        repeated = _repeated([pool.name for pool in pools])
+        if repeated:
+            raise ValueError(
+                f"each pool needs a name of its own (its NodePool and NodeClass); repeated: {', '.join(repeated)}"
+            )
+        return pools
 
     @field_validator("availability_zones")
     @classmethod
@@ -665,6 +736,22 @@ class StageSettings(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _open_reservations_given_up_knowingly(self) -> StageSettings:
+        selecting = [
+            f"gpu_node_pools[{index}] ({pool.name})"
+            for index, pool in enumerate(self.gpu_node_pools)
+            if pool.capacity_reservations
+        ]
+        if selecting and not self.cluster.open_reservations_unused:
+            raise ValueError(
+                f"{', '.join(selecting)} select(s) capacity reservations: from then on EKS Auto Mode no longer "
+                "launches into open On-Demand Capacity Reservations for any NodeClass in the cluster, its "
+                "built-in pools included (EKS User Guide, auto-odcr.html); set cluster.open_reservations_unused: "
+                "true to accept this, or select those reservations in a pool too"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_pins_revisions(self) -> StageSettings:
         if self.production:
             unpinned = [
@@ -683,22 +770,25 @@ class StageSettings(_Strict):
     def _production_chooses_its_trade_offs(self) -> StageSettings:
         if not self.production:
             return self
-        pool = self.gpu_node_pool
-        if "zones" not in pool.model_fields_set:
+        for index, pool in enumerate(self.gpu_node_pools):
+            where = f"gpu_node_pools[{index}]"
+            if "zones" not in pool.model_fields_set:
+                raise ValueError(
+                    f"{where}.zones: a production stage chooses it: model_store_zone (GPU nodes in the file "
+                    "system's zone: fast, free reads, but no replica can start while that zone is down) or "
+                    "all_zones (replicas survive another zone's loss, at slower, billed cross-zone reads of every "
+                    "weight file)"
+                )
+            if pool.maintenance_window is None:
+                raise ValueError(
+                    f"{where}.maintenance_window: a production stage sets one (start HH:MM in UTC, hours), so "
+                    "that drifted GPU nodes are replaced only then"
+                )
+        if all(pool.capacity_types == ("spot",) for pool in self.gpu_node_pools):
             raise ValueError(
-                "gpu_node_pool.zones: a production stage chooses it: model_store_zone (GPU nodes in the file "
-                "system's zone: fast, free reads, but no replica can start while that zone is down) or all_zones "
-                "(replicas survive another zone's loss, at slower, billed cross-zone reads of every weight file)"
-            )
-        if pool.maintenance_window is None:
-            raise ValueError(
-                "gpu_node_pool.maintenance_window: a production stage sets one (start HH:MM in UTC, hours), so "
-                "that drifted GPU nodes are replaced only then"
-            )
-        if pool.capacity_types == ("spot",):
-            raise ValueError(
-                "gpu_node_pool.capacity_types: spot only in a production stage; spot nodes go at two minutes' "
-                "notice, far less than a replica's cold start: add on-demand"
+                "gpu_node_pools: spot only in a production stage; spot nodes go at two minutes' notice, far less "
+                "than a replica's cold start: give a pool on-demand or reserved capacity (a spot pool first and an "
+                "on-demand one after it is fine)"
             )
         open_endpoint = ipaddress.IPv4Network("0.0.0.0/0") in self.cluster.public_access_cidrs
         if self.cluster.endpoint_access != "private" and open_endpoint:

@@ -5,10 +5,12 @@ Auto Mode offers (settings/catalog/gpu_instances.yaml) and their on-demand price
 (settings/catalog/on_demand_prices.yaml). The arithmetic of what a node leaves to pods is
 Karpenter's (aws/karpenter-provider-aws, pkg/providers/instancetype/types.go).
 
-An instance can run one replica of a model when it meets the GPU pool's requirements, has
-exactly the model's GPU count, each GPU holds the model's shard of the weights, its KV cache
-and the runtime within --gpu-memory-utilization, and the pod's requests fit what Karpenter
-leaves to pods. The pool's limits must hold every model's replicas plus one rollout surge.
+An instance can run one replica of a model when one of the GPU pools admits it, it has exactly
+the model's GPU count, each GPU holds the model's shard of the weights, its KV cache and the
+runtime within --gpu-memory-utilization, and the pod's requests fit what Karpenter leaves to pods
+on that pool's disk. Pools are tried in order and any one may have to take every replica (when
+the ones before it have no capacity), so each pool's limits hold every replica it can run plus
+one rollout surge, and every pool must be able to run at least one model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from settings.model import ModelSettings, StageSettings, size_bytes
+from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 MIB = 2**20
@@ -153,25 +155,36 @@ class Requests:
     ephemeral_storage_mib: int
 
 
-def meets_pool(settings: StageSettings, instance: GpuInstance) -> list[str]:
-    """Why the GPU pool's requirements rule an instance out (empty: they admit it)."""
-    pool = settings.gpu_node_pool
+def pool_label(settings: StageSettings, pool: GpuNodePoolSettings) -> str:
+    """How messages name a pool: gpu_node_pools[1] (on-demand-g5)."""
+    return f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}] ({pool.name})"
+
+
+def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePoolSettings | None = None) -> list[str]:
+    """Why a pool's requirements rule an instance out (empty: they admit it). Without a pool: why every
+    pool does, as the first pool says it (empty when any pool admits it)."""
+    if pool is None:
+        reasons = [meets_pool(settings, instance, each) for each in settings.gpu_node_pools]
+        return [] if not all(reasons) else reasons[0]
+    where = f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}]"
     reasons = []
     if pool.instance_categories and instance.category not in pool.instance_categories:
-        reasons.append(f"category {instance.category} is not in gpu_node_pool.instance_categories")
+        reasons.append(f"category {instance.category} is not in {where}.instance_categories")
     if pool.instance_families and instance.family not in pool.instance_families:
-        reasons.append(f"family {instance.family} is not in gpu_node_pool.instance_families")
+        reasons.append(f"family {instance.family} is not in {where}.instance_families")
     floor = pool.instance_generation_greater_than
     if floor is not None and instance.generation <= floor:
         reasons.append(f"generation {instance.generation} is not above {floor}")
     if instance.architecture not in pool.architectures:
-        reasons.append(f"{instance.architecture} is not in gpu_node_pool.architectures")
+        reasons.append(f"{instance.architecture} is not in {where}.architectures")
     return reasons
 
 
-def gpu_fit(settings: StageSettings, model: ModelSettings, instance: GpuInstance) -> list[str]:
-    """Why an instance cannot hold a model's GPUs (empty: it can)."""
-    reasons = meets_pool(settings, instance)
+def gpu_fit(
+    settings: StageSettings, model: ModelSettings, instance: GpuInstance, pool: GpuNodePoolSettings | None = None
+) -> list[str]:
+    """Why an instance cannot hold a model's GPUs in a pool, or in any pool (empty: it can)."""
+    reasons = meets_pool(settings, instance, pool)
     if instance.gpus != model.gpus:
         reasons.append(f"{instance.gpus} GPUs, the model uses {model.gpus}")
     needed = gpu_memory_needed_mib(model)
@@ -188,11 +201,16 @@ def cheapest_first(settings: StageSettings, instances: list[GpuInstance]) -> lis
 
 def requests(settings: StageSettings, model: ModelSettings) -> Requests:
     """The replica's requests: the settings' where given, else scaled with its GPUs and capped to what the
-    cheapest instance that holds its GPUs leaves to pods, so a 1-GPU model can land on that instance."""
+    cheapest instance that holds its GPUs leaves to pods, in every pool that has one, so a 1-GPU model can
+    land on that instance whichever pool launches it."""
     given = model.resources
-    holders = cheapest_first(settings, [i for i in catalog() if not gpu_fit(settings, model, i)])
-    cpu_cap = allocatable_cpu_millis(holders[0].vcpus) // 1000 * 1000 if holders else math.inf
-    memory_cap = allocatable_memory_mib(holders[0].memory_mib) // 1024 * 1024 if holders else math.inf
+    holders = [
+        cheapest_first(settings, [i for i in catalog() if not gpu_fit(settings, model, i, pool)])
+        for pool in settings.gpu_node_pools
+    ]
+    smallest = [found[0] for found in holders if found]
+    cpu_cap = min((allocatable_cpu_millis(i.vcpus) // 1000 * 1000 for i in smallest), default=math.inf)
+    memory_cap = min((allocatable_memory_mib(i.memory_mib) // 1024 * 1024 for i in smallest), default=math.inf)
     cpu = round(given.cpu * 1000) if given.cpu is not None else int(min(CPU_PER_GPU * 1000 * model.gpus, cpu_cap))
     memory = (
         size_bytes(given.memory) // MIB
@@ -209,10 +227,18 @@ def requests(settings: StageSettings, model: ModelSettings) -> Requests:
 
 
 def fit(
-    settings: StageSettings, model: ModelSettings, instance: GpuInstance, wanted: Requests | None = None
+    settings: StageSettings,
+    model: ModelSettings,
+    instance: GpuInstance,
+    wanted: Requests | None = None,
+    pool: GpuNodePoolSettings | None = None,
 ) -> list[str]:
-    """Why an instance cannot run one replica of a model (empty: it can); `wanted`: its requests, if known."""
-    reasons = gpu_fit(settings, model, instance)
+    """Why an instance cannot run one replica of a model in a pool, or in any pool (empty: it can);
+    `wanted`: its requests, if known."""
+    if pool is None:
+        reasons = [fit(settings, model, instance, wanted, each) for each in settings.gpu_node_pools]
+        return [] if not all(reasons) else reasons[0]
+    reasons = gpu_fit(settings, model, instance, pool)
     wanted = wanted or requests(settings, model)
     cpu = allocatable_cpu_millis(instance.vcpus)
     if wanted.cpu_millis > cpu:
@@ -220,20 +246,27 @@ def fit(
     memory = allocatable_memory_mib(instance.memory_mib)
     if wanted.memory_mib > memory:
         reasons.append(f"{memory} MiB of memory left to pods, {wanted.memory_mib} MiB requested")
-    disk = allocatable_disk_mib(size_bytes(settings.gpu_node_pool.disk.size) // MIB)
+    disk = allocatable_disk_mib(size_bytes(pool.disk.size) // MIB)
     if wanted.ephemeral_storage_mib > disk:
         reasons.append(f"{disk} MiB of node disk left to pods, {wanted.ephemeral_storage_mib} MiB requested")
     return reasons
 
 
-def candidates(settings: StageSettings, model: ModelSettings) -> list[GpuInstance]:
-    """The catalog's instances that can run one replica, cheapest first."""
+def candidates(
+    settings: StageSettings, model: ModelSettings, pool: GpuNodePoolSettings | None = None
+) -> list[GpuInstance]:
+    """The catalog's instances that can run one replica in a pool, or in any pool, cheapest first."""
     wanted = requests(settings, model)
-    return cheapest_first(settings, [i for i in catalog() if not fit(settings, model, i, wanted)])
+    return cheapest_first(settings, [i for i in catalog() if not fit(settings, model, i, wanted, pool)])
+
+
+def pools_for(settings: StageSettings, model: ModelSettings) -> list[GpuNodePoolSettings]:
+    """The pools that can run a replica of the model, in order of preference."""
+    return [pool for pool in settings.gpu_node_pools if candidates(settings, model, pool)]
 
 
 def closest(settings: StageSettings, model: ModelSettings, count: int = 3) -> list[tuple[GpuInstance, list[str]]]:
-    """The instances that miss by the fewest reasons, those the pool admits and with the model's GPU count
+    """The instances that miss by the fewest reasons, those a pool admits and with the model's GPU count
     first: what to say when none fits."""
     wanted = requests(settings, model)
     ranked = sorted(
@@ -259,8 +292,9 @@ class PoolNeeds:
     gpus: int
 
 
-def pool_needs(settings: StageSettings, pick: str) -> PoolNeeds:
-    """What the pool must hold for every model's replicas plus one rollout surge, each on its own node.
+def pool_needs(settings: StageSettings, pool: GpuNodePoolSettings, pick: str) -> PoolNeeds:
+    """What a pool must hold for every replica it can run plus one rollout surge per model, each on its own
+    node: the pools before it may have no capacity, and then it takes them all.
 
     `pick`: "cheapest", the least that works (Karpenter launches the cheapest that fits); "largest",
     so that any candidate fits, which is what limits default to. Karpenter counts a node's full
@@ -268,7 +302,7 @@ def pool_needs(settings: StageSettings, pick: str) -> PoolNeeds:
     """
     cpu = memory_mib = gpus = 0
     for model in settings.models:
-        options = candidates(settings, model)
+        options = candidates(settings, model, pool)
         if not options:
             continue
         node = options[0] if pick == "cheapest" else max(options, key=lambda i: (i.vcpus, i.memory_mib))
@@ -279,9 +313,9 @@ def pool_needs(settings: StageSettings, pick: str) -> PoolNeeds:
     return PoolNeeds(cpu, math.ceil(memory_mib / 1024), gpus)
 
 
-def pool_limits(settings: StageSettings) -> dict[str, Any]:
-    """The NodePool's limits: the settings' where given, the largest candidates' needs where not."""
-    limits, derived = settings.gpu_node_pool.limits, pool_needs(settings, "largest")
+def pool_limits(settings: StageSettings, pool: GpuNodePoolSettings) -> dict[str, Any]:
+    """A NodePool's limits: the settings' where given, the largest candidates' needs where not."""
+    limits, derived = pool.limits, pool_needs(settings, pool, "largest")
     return {
         "cpu": limits.cpu if limits.cpu is not None else derived.cpu,
         "memory": limits.memory if limits.memory is not None else f"{derived.memory_gib}Gi",
@@ -290,7 +324,8 @@ def pool_limits(settings: StageSettings) -> dict[str, Any]:
 
 
 def sizing_problems(settings: StageSettings) -> list[str]:
-    """Every model without an instance that can run it, and every pool limit too small: one line each."""
+    """Every model no pool can run, every pool that can run no model, and every pool limit too small:
+    one line each."""
     problems = []
     for index, model in enumerate(settings.models):
         if candidates(settings, model):
@@ -301,18 +336,34 @@ def sizing_problems(settings: StageSettings) -> list[str]:
             f"models[{index}] ({model.name}): no GPU instance can run one replica. It needs {model.gpus} GPU(s) "
             f"with {gpu_memory_needed_mib(model)} MiB each, {wanted.cpu_millis}m CPU and {wanted.memory_mib} MiB of "
             f"memory. Closest: {near}. Change gpus, gpu_memory_utilization, max_model_len, resources or the "
-            "gpu_node_pool's instance settings"
+            "gpu_node_pools' instance settings"
         )
     if problems:
         return problems
-    needs, limits = pool_needs(settings, "cheapest"), settings.gpu_node_pool.limits
-    surge = "every model's replicas plus one rollout surge, each on the cheapest instance that fits"
+    for pool in settings.gpu_node_pools:
+        if not any(candidates(settings, model, pool) for model in settings.models):
+            needs = "; ".join(
+                f"{model.name} needs {model.gpus} GPU(s) with {gpu_memory_needed_mib(model)} MiB each"
+                for model in settings.models
+            )
+            problems.append(
+                f"{pool_label(settings, pool)}: none of its instances can run any model ({needs}); "
+                "widen its instance settings or remove it"
+            )
+    for pool in settings.gpu_node_pools:
+        problems += _limit_problems(settings, pool)
+    return problems
+
+
+def _limit_problems(settings: StageSettings, pool: GpuNodePoolSettings) -> list[str]:
+    needs, limits = pool_needs(settings, pool, "cheapest"), pool.limits
+    where = f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}].limits"
+    surge = "every replica it can run plus one rollout surge per model, each on the cheapest instance that fits"
+    problems = []
     if limits.cpu is not None and limits.cpu < needs.cpu:
-        problems.append(f"gpu_node_pool.limits.cpu: {limits.cpu} is less than {surge}: at least {needs.cpu}")
+        problems.append(f"{where}.cpu: {limits.cpu} is less than {surge}: at least {needs.cpu}")
     if limits.memory is not None and size_bytes(limits.memory) < needs.memory_gib * GIB:
-        problems.append(
-            f"gpu_node_pool.limits.memory: {limits.memory} is less than {surge}: at least {needs.memory_gib}Gi"
-        )
+        problems.append(f"{where}.memory: {limits.memory} is less than {surge}: at least {needs.memory_gib}Gi")
     if limits.gpu is not None and limits.gpu < needs.gpus:
-        problems.append(f"gpu_node_pool.limits.gpu: {limits.gpu} is less than {surge}: at least {needs.gpus}")
+        problems.append(f"{where}.gpu: {limits.gpu} is less than {surge}: at least {needs.gpus}")
     return problems

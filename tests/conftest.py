@@ -134,10 +134,11 @@ def pipeline(_synths: dict[str, Future[Assembly]]) -> Assembly:
     return _synths[PIPELINE].result()
 
 
-# What checkov's CloudFormation checks must reject, to prove the gate can fail.
+# What checkov's CloudFormation checks (an unencrypted bucket, a log group without a key) and
+# cfn-lint (a misspelt property) must reject, to prove each gate can fail.
 BROKEN_TEMPLATE = {
     "Resources": {
-        "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
+        "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketNam": "x"}},
         "Logs": {"Type": "AWS::Logs::LogGroup", "Properties": {}},
     }
 }
@@ -155,7 +156,8 @@ class TemplateScans:
     folder: Path
     checkov: dict[str, list[dict[str, Any]]]
     linted: dict[str, list[Path]] = field(repr=False)  # by stage, and the pipeline's
-    cfn_lint: list[str]
+    cfn_lint: list[str]  # on the synthesized templates
+    cfn_lint_broken: list[str]  # on the broken one
 
 
 @pytest.fixture(scope="session")
@@ -183,8 +185,16 @@ def _scan_templates(synths: dict[str, Future[Assembly]], folder: Path) -> Templa
         name: sorted(assembly.directory.glob("**/*.template.json" if name == PIPELINE else "*.template.json"))
         for name, assembly in synthesized.items()
     }
-    findings = cfn_lint([path for paths in linted.values() for path in paths])
-    return TemplateScans(folder=folder, checkov=checkov_results(checkov), linted=linted, cfn_lint=findings)
+    broken = folder / "broken" / "broken.template.json"
+    findings = cfn_lint([*(path for paths in linted.values() for path in paths), broken])
+    of_broken = [finding for finding in findings if f" in {broken.name}: " in finding]
+    return TemplateScans(
+        folder=folder,
+        checkov=checkov_results(checkov),
+        linted=linted,
+        cfn_lint=[finding for finding in findings if finding not in of_broken],
+        cfn_lint_broken=of_broken,
+    )
 
 
 def copy_of_the_project(tmp_path: Path) -> Path:
@@ -314,5 +324,10 @@ def _reference(intrinsic: dict[str, Any]) -> str:
 
 def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     """The one object of a kind in a chart's output."""
-    (found,) = [obj for obj in objects if obj["kind"] == kind]
+    (found,) = find_all(objects, kind)
     return found
+
+
+def find_all(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Every object of a kind in a chart's output, in order."""
+    return [obj for obj in objects if obj["kind"] == kind]

@@ -25,7 +25,10 @@ from tests.conftest import stage_data
 def settings_with(disk_throughput_mib: int = 1000, image_source: str = "pull_through_cache", **model_store: object):
     data = stage_data()
     data["model_store"] = model_store
-    data["gpu_node_pool"]["disk"] = {"throughput_mib": disk_throughput_mib, "iops": max(3000, 4 * disk_throughput_mib)}
+    data["gpu_node_pools"][0]["disk"] = {
+        "throughput_mib": disk_throughput_mib,
+        "iops": max(3000, 4 * disk_throughput_mib),
+    }
     data["registry"] = {"image_source": image_source}
     return parse_stage_settings("dev", data)
 

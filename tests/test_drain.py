@@ -11,13 +11,16 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import cdk8s
 import pytest
 
+from charts import DeployedResources, build_charts
 from charts.cold_start import progress_deadline_seconds
-from charts.drain import DRAIN_SCRIPT, max_request_seconds, termination_grace_seconds
+from charts.drain import DRAIN_SCRIPT
 from charts.gpu_node_pool import disruption_budgets
 from settings import SettingsError, load_stage_settings, parse_stage_settings
-from tests.conftest import find, render_charts, stage_data
+from settings.drain import max_request_seconds, termination_grace_seconds
+from tests.conftest import find, find_all, render_charts, stage_data
 
 
 class FakeVllm(ThreadingHTTPServer):
@@ -130,8 +133,10 @@ def test_a_node_going_away_waits_for_a_replacement_to_serve_and_its_replicas_to_
     # so it covers a replacement's whole start (the rollout's progress deadline) and the drain.
     settings = load_stage_settings("prod")
     model = settings.models[0]
-    pool = find(render_charts("prod")["GpuNodePool"], "NodePool")
-    node_grace = int(pool["spec"]["template"]["spec"]["terminationGracePeriod"].removesuffix("s"))
+    pools = find_all(render_charts("prod")["GpuNodePool"], "NodePool")
+    (node_grace,) = {
+        int(pool["spec"]["template"]["spec"]["terminationGracePeriod"].removesuffix("s")) for pool in pools
+    }
     pod_grace = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"
     ]
@@ -146,21 +151,21 @@ def test_a_flag_that_would_hide_vllms_request_gauges_is_refused() -> None:
 
 
 def test_production_replaces_drifted_nodes_only_in_its_maintenance_window() -> None:
-    budgets = find(render_charts("prod")["GpuNodePool"], "NodePool")["spec"]["disruption"]["budgets"]
-    # 03:00-06:00 UTC: no drifted node is disrupted from 06:00 for 21 hours.
-    assert budgets == [
-        {"nodes": "1"},
-        {"nodes": "0", "reasons": ["Drifted"], "schedule": "0 6 * * *", "duration": "21h"},
-    ]
+    # 03:00-06:00 UTC: no drifted node is disrupted from 06:00 for 21 hours, in any pool.
+    for pool in find_all(render_charts("prod")["GpuNodePool"], "NodePool"):
+        assert pool["spec"]["disruption"]["budgets"] == [
+            {"nodes": "1"},
+            {"nodes": "0", "reasons": ["Drifted"], "schedule": "0 6 * * *", "duration": "21h"},
+        ]
     dev = find(render_charts("dev")["GpuNodePool"], "NodePool")["spec"]["disruption"]["budgets"]
     assert dev == [{"nodes": "1"}]  # no window: at any time, one node at a time
 
 
 def test_a_window_that_crosses_midnight_wraps_the_schedule() -> None:
     data = stage_data()
-    data["gpu_node_pool"]["maintenance_window"] = {"start": "22:30", "hours": 4}
+    data["gpu_node_pools"][0]["maintenance_window"] = {"start": "22:30", "hours": 4}
     settings = parse_stage_settings("dev", data)
-    assert disruption_budgets(settings.gpu_node_pool)[1] == {
+    assert disruption_budgets(settings.gpu_node_pools[0])[1] == {
         "nodes": "0",
         "reasons": ["Drifted"],
         "schedule": "30 2 * * *",
@@ -176,8 +181,8 @@ def rejected(data: dict[str, Any], stage: str) -> str:
 
 def test_production_needs_a_maintenance_window() -> None:
     data = stage_data("prod")
-    del data["gpu_node_pool"]["maintenance_window"]
-    assert "gpu_node_pool.maintenance_window: a production stage sets one" in rejected(data, "prod")
+    del data["gpu_node_pools"][0]["maintenance_window"]
+    assert "gpu_node_pools[0].maintenance_window: a production stage sets one" in rejected(data, "prod")
 
 
 @pytest.mark.parametrize(
@@ -185,5 +190,32 @@ def test_production_needs_a_maintenance_window() -> None:
 )
 def test_a_maintenance_window_that_does_not_parse_is_refused(window: dict[str, Any], field: str) -> None:
     data = stage_data()
-    data["gpu_node_pool"]["maintenance_window"] = window
-    assert f"gpu_node_pool.maintenance_window.{field}" in rejected(data, "dev")
+    data["gpu_node_pools"][0]["maintenance_window"] = window
+    assert f"gpu_node_pools[0].maintenance_window.{field}" in rejected(data, "dev")
+
+
+@pytest.mark.parametrize(("grace", "accepted"), [(1040, True), (1039, False)])
+def test_a_grace_period_shorter_than_the_drain_is_refused(grace: int, accepted: bool) -> None:
+    data = stage_data()
+    data["models"][0]["termination_grace_seconds"] = grace
+    if accepted:
+        model = parse_stage_settings("dev", data).models[0]
+        assert termination_grace_seconds(model) == 1040
+        return
+    assert (
+        "models[0].termination_grace_seconds: 1039 is shorter than draining the replica takes: 10 s for the "
+        "proxies, 1000 s for the longest request (max_request_seconds, or max_model_len at 20 tokens/s) and 30 s "
+        "for vLLM to stop; at least 1040, or leave it unset"
+    ) in rejected(data, "dev")
+
+
+def test_a_longer_grace_period_is_rendered() -> None:
+    data = stage_data()
+    data["models"][0]["termination_grace_seconds"] = 1800
+    settings = parse_stage_settings("dev", data)
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    pod = find(charts["Model-gpt-oss-20b"].to_json(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 1800
+    # The nodes wait for the longer drain too.
+    node_grace = find(charts["GpuNodePool"].to_json(), "NodePool")["spec"]["template"]["spec"]["terminationGracePeriod"]
+    assert node_grace == f"{progress_deadline_seconds(settings, settings.models[0]) + 1800}s"

@@ -10,11 +10,18 @@ import pytest
 
 from charts import DeployedResources, build_charts
 from settings import parse_stage_settings
-from tests.conftest import find, render_charts, stage_data
+from tests.conftest import find, find_all, render_charts, stage_data
+from tests.scanners import karpenter_problems
 
 
 def node_pool(stage: str = "dev") -> dict[str, Any]:
-    return find(render_charts(stage)["GpuNodePool"], "NodePool")
+    """The stage's first (preferred) GPU NodePool."""
+    return find_all(render_charts(stage)["GpuNodePool"], "NodePool")[0]
+
+
+def rendered_pool_chart(data: dict[str, Any], stage: str = "dev") -> list[dict[str, Any]]:
+    settings = parse_stage_settings(stage, data)
+    return build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))["GpuNodePool"].to_json()
 
 
 def test_node_pool_is_the_walkthroughs() -> None:
@@ -23,7 +30,13 @@ def test_node_pool_is_the_walkthroughs() -> None:
     assert pool["metadata"] == {"name": "gpu-node-pool"}  # cluster-scoped: no namespace
     template = pool["spec"]["template"]
     assert template["metadata"]["labels"] == {"type": "karpenter", "NodeGroupType": "gpu-node-pool"}
-    assert template["spec"]["nodeClassRef"] == {"group": "eks.amazonaws.com", "kind": "NodeClass", "name": "gpu"}
+    # Each pool has a NodeClass of its own, of its name: disks and reservations are per pool.
+    assert template["spec"]["nodeClassRef"] == {
+        "group": "eks.amazonaws.com",
+        "kind": "NodeClass",
+        "name": "gpu-node-pool",
+    }
+    assert pool["spec"]["weight"] == 100  # the first pool in the order of preference
     assert template["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "Exists", "effect": "NoSchedule"}]
     assert template["spec"]["requirements"] == [
         {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot", "on-demand"]},
@@ -43,7 +56,8 @@ def test_node_pool_is_the_walkthroughs() -> None:
 def test_gpu_node_class_gives_nodes_a_big_fast_disk() -> None:
     node_class = find(render_charts("dev")["GpuNodePool"], "NodeClass")
     assert node_class["apiVersion"] == "eks.amazonaws.com/v1"
-    assert node_class["metadata"] == {"name": "gpu"}
+    assert node_class["metadata"] == {"name": "gpu-node-pool"}
+    assert "capacityReservationSelectorTerms" not in node_class["spec"]  # open reservations stay usable
     spec = node_class["spec"]
     assert spec["ephemeralStorage"] == {"size": "200Gi", "iops": 10000, "throughput": 1000}
     assert spec["role"] == "<cluster node role name>"
@@ -55,10 +69,8 @@ def test_gpu_node_class_gives_nodes_a_big_fast_disk() -> None:
 
 def test_gpu_nodes_can_spread_over_every_zone() -> None:
     data = stage_data()
-    data["gpu_node_pool"]["zones"] = "all_zones"
-    settings = parse_stage_settings("dev", data)
-    rendered = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))["GpuNodePool"].to_json()
-    keys = [r["key"] for r in find(rendered, "NodePool")["spec"]["template"]["spec"]["requirements"]]
+    data["gpu_node_pools"][0]["zones"] = "all_zones"
+    keys = [r["key"] for r in find(rendered_pool_chart(data), "NodePool")["spec"]["template"]["spec"]["requirements"]]
     assert "topology.kubernetes.io/zone" not in keys
 
 
@@ -80,13 +92,9 @@ def test_production_pool_is_on_demand_with_a_gpu_limit() -> None:
 
 def test_instance_families_and_no_generation_bound_render_as_requirements() -> None:
     data = stage_data()
-    data["gpu_node_pool"].update(instance_categories=[], instance_families=["g6e", "g6"])
-    data["gpu_node_pool"]["instance_generation_greater_than"] = None
-    settings = parse_stage_settings("dev", data)
-    rendered = find(
-        build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))["GpuNodePool"].to_json(),
-        "NodePool",
-    )
+    data["gpu_node_pools"][0].update(instance_categories=[], instance_families=["g6e", "g6"])
+    data["gpu_node_pools"][0]["instance_generation_greater_than"] = None
+    rendered = find(rendered_pool_chart(data), "NodePool")
     keys = {r["key"]: r for r in rendered["spec"]["template"]["spec"]["requirements"]}
     assert keys["eks.amazonaws.com/instance-family"] == {
         "key": "eks.amazonaws.com/instance-family",
@@ -148,8 +156,11 @@ def satisfies(labels: dict[str, str], requirement: dict[str, Any]) -> bool:
 
 
 def candidates(stage: str) -> set[str]:
-    """The catalog's instances that both the pool and the model's pod accept."""
-    pool = node_pool(stage)["spec"]["template"]["spec"]["requirements"]
+    """The catalog's instances that both a pool and the model's pod accept."""
+    pools = [
+        pool["spec"]["template"]["spec"]["requirements"]
+        for pool in find_all(render_charts(stage)["GpuNodePool"], "NodePool")
+    ]
     deployment = find(render_charts(stage)["Model-gpt-oss-20b"], "Deployment")
     (term,) = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"
@@ -157,6 +168,7 @@ def candidates(stage: str) -> set[str]:
     return {
         instance
         for instance in G_INSTANCES
+        for pool in pools
         if all(satisfies(instance_labels(instance), r) for r in [*pool, *term["matchExpressions"]])
     }
 
@@ -179,3 +191,69 @@ def test_without_the_gpu_memory_requirement_fractional_gpus_would_qualify() -> N
     # The requirement is what keeps them out: the walkthrough's category and generation alone admit them.
     walkthrough = [r for r in node_pool()["spec"]["template"]["spec"]["requirements"] if "gpu-memory" not in r["key"]]
     assert all(satisfies(instance_labels("g6f.4xlarge"), r) for r in walkthrough)
+
+
+# --- several pools, in order of preference ---
+
+
+def test_production_falls_back_from_l4_and_l40s_to_a10g_on_demand() -> None:
+    rendered = render_charts("prod")["GpuNodePool"]
+    pools = find_all(rendered, "NodePool")
+    assert [(p["metadata"]["name"], p["spec"]["weight"]) for p in pools] == [
+        ("gpu-node-pool", 100),
+        ("gpu-fallback-g5", 90),
+    ]
+    families = [
+        next(r["values"] for r in p["spec"]["template"]["spec"]["requirements"] if r["key"].endswith("instance-family"))
+        for p in pools
+    ]
+    assert families == [["g6", "g6e"], ["g5"]]
+    # Each pool alone holds the two replicas and a surge: when the first has no capacity, the second takes all.
+    assert [p["spec"]["limits"]["nvidia.com/gpu"] for p in pools] == [3, 3]
+    # g5.16xlarge (64 vCPUs, 256 GiB) is the largest A10G instance with one GPU.
+    assert pools[1]["spec"]["limits"] == {"cpu": 192, "memory": "768Gi", "nvidia.com/gpu": 3}
+    assert [c["metadata"]["name"] for c in find_all(rendered, "NodeClass")] == ["gpu-node-pool", "gpu-fallback-g5"]
+    assert all(p["spec"]["disruption"]["budgets"][1]["nodes"] == "0" for p in pools)  # each keeps the window
+
+
+def test_weights_follow_the_order_of_the_settings() -> None:
+    data = stage_data()
+    data["gpu_node_pools"] = [
+        {"name": "spot-g6e", "instance_families": ["g6e"], "capacity_types": ["spot"]},
+        {"name": "on-demand-g6e", "instance_families": ["g6e"], "capacity_types": ["on-demand"]},
+        {"name": "on-demand-g5", "instance_families": ["g5"], "capacity_types": ["on-demand"]},
+    ]
+    pools = find_all(rendered_pool_chart(data), "NodePool")
+    assert [(p["metadata"]["name"], p["spec"]["weight"]) for p in pools] == [
+        ("spot-g6e", 100),
+        ("on-demand-g6e", 90),
+        ("on-demand-g5", 80),
+    ]
+    capacity = [p["spec"]["template"]["spec"]["requirements"][0]["values"] for p in pools]
+    assert capacity == [["spot"], ["on-demand"], ["on-demand"]]
+
+
+def test_a_pool_with_reservations_selects_them_and_launches_reserved_capacity() -> None:
+    data = stage_data()
+    data["cluster"]["open_reservations_unused"] = True
+    data["gpu_node_pools"].insert(
+        0,
+        {
+            "name": "reserved-g6e",
+            "instance_families": ["g6e"],
+            "capacity_types": ["reserved"],
+            "capacity_reservations": ["cr-0123456789abcdef0", "cr-0fedcba9876543210"],
+        },
+    )
+    rendered = rendered_pool_chart(data)
+    reserved_class, open_class = find_all(rendered, "NodeClass")
+    assert reserved_class["spec"]["capacityReservationSelectorTerms"] == [
+        {"id": "cr-0123456789abcdef0"},
+        {"id": "cr-0fedcba9876543210"},
+    ]
+    assert "capacityReservationSelectorTerms" not in open_class["spec"]
+    reserved, fallback = find_all(rendered, "NodePool")
+    assert reserved["spec"]["template"]["spec"]["requirements"][0]["values"] == ["reserved"]
+    assert reserved["spec"]["template"]["spec"]["nodeClassRef"]["name"] == "reserved-g6e"
+    assert (reserved["spec"]["weight"], fallback["spec"]["weight"]) == (100, 90)
+    assert karpenter_problems([reserved, fallback]) == []

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from scripts.preflight import QUOTAS, main, preflight, request_url
-from settings import StageSettings, load_stage_settings
+from settings import StageSettings, load_stage_settings, parse_stage_settings
 from settings.sizing import candidates
 from tests.aws_stubs import StubbedClients
+from tests.conftest import stage_data
 
 REGION = "us-west-2"
 ACTIVE = "cr-0123456789abcdef0"
@@ -170,7 +171,7 @@ def test_one_capacity_type_with_enough_quota_is_enough(stubs: Stubs) -> None:
 
 def test_spot_quota_does_not_count_where_the_pool_allows_on_demand_only(stubs: Stubs) -> None:
     settings = stage("prod")
-    assert settings.gpu_node_pool.capacity_types == ("on-demand",)
+    assert settings.gpu_node_pools[0].capacity_types == ("on-demand",)
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas({**ENOUGH, G_ON_DEMAND: 4.0, G_SPOT: 1000.0})
 
@@ -181,14 +182,14 @@ def test_spot_quota_does_not_count_where_the_pool_allows_on_demand_only(stubs: S
         f"G and VT vCPU quota: {needed} vCPUs needed, Running On-Demand G and VT instances ({G_ON_DEMAND}) is 4; "
         f"request more at {request_url(REGION, G_ON_DEMAND)}"
     ]
-    assert "| 0 (spot not in capacity_types) |" in report.markdown()
+    assert "| 0 (spot in no pool's capacity_types) |" in report.markdown()
 
 
 def test_candidates_not_offered_in_the_model_store_zone_block_naming_the_zone(
     stubs: Stubs, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = stage("prod")
-    assert settings.gpu_node_pool.zones == "model_store_zone"
+    assert settings.gpu_node_pools[0].zones == "model_store_zone"
     store_zone = settings.model_store_zone
     other_zone = next(zone for zone in settings.availability_zones if zone != store_zone)
     cheapest = candidates(settings, settings.models[0])[0].type
@@ -288,3 +289,40 @@ def test_malformed_reservation_id_is_refused_before_any_aws_call(bad: str, capsy
     assert "cr- and 17 lower-case hex digits" in err
     with pytest.raises(ValueError, match="not a capacity reservation id"):
         preflight(stage("dev"), [bad], no_aws)
+
+
+def stage_with_a_reserved_pool(reservation_id: str) -> StageSettings:
+    data = stage_data()
+    data["cluster"]["open_reservations_unused"] = True
+    data["gpu_node_pools"].insert(
+        0, {"name": "reserved", "capacity_types": ["reserved"], "capacity_reservations": [reservation_id]}
+    )
+    return parse_stage_settings("dev", data)
+
+
+def test_the_reservations_a_pool_selects_are_checked_without_being_named(stubs: Stubs) -> None:
+    settings = stage_with_a_reserved_pool(EXPIRED)
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    ended = datetime(2025, 1, 31, tzinfo=UTC)
+    stubs.reservation(EXPIRED, reservation(settings, State="expired", EndDate=ended, EndDateType="limited"))
+
+    report = preflight(settings, [], stubs.client)
+
+    assert report.blockers == [f"capacity reservation {EXPIRED}: expired: it ended {ended.isoformat()}"]
+    assert report.reservations[0].notes == ()  # selected: no advice to select it
+
+
+def test_a_reservation_no_pool_selects_is_reported_as_open_matching_only(stubs: Stubs) -> None:
+    settings = stage("dev")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    stubs.reservation(ACTIVE, reservation(settings))
+
+    (result,) = preflight(settings, [ACTIVE], stubs.client).reservations
+
+    assert result.ok
+    assert result.notes == (
+        "no GPU pool selects it: Auto Mode launches into it only by open matching, as on-demand, and not at all "
+        "once any NodeClass selects reservations; add it to a pool's capacity_reservations",
+    )

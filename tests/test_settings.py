@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from settings import (
 )
 from settings.model import SUPPORTED_KUBERNETES_VERSIONS, PipelineSettings, StageSettings
 from stacks.cluster import KUBECTL_LAYERS
-from tests.conftest import stage_data
+from tests.conftest import ROOT, stage_data
 
 
 def rejected(data: dict[str, Any], stage: str = "dev") -> str:
@@ -45,8 +46,8 @@ def test_default_stage_is_dev() -> None:
 
 def test_gpu_node_pool_defaults_are_the_walkthroughs() -> None:
     data = stage_data()
-    del data["gpu_node_pool"]
-    pool = parse_stage_settings("dev", data).gpu_node_pool
+    del data["gpu_node_pools"]
+    (pool,) = parse_stage_settings("dev", data).gpu_node_pools
     assert pool.name == "gpu-node-pool"
     assert pool.instance_categories == ("g",)
     assert pool.instance_generation_greater_than == 4
@@ -84,7 +85,7 @@ def test_every_supported_kubernetes_version_has_a_kubectl_layer() -> None:
 def test_production_stage_restricts_capacity_to_on_demand() -> None:
     prod = load_stage_settings("prod")
     assert prod.production
-    assert prod.gpu_node_pool.capacity_types == ("on-demand",)
+    assert prod.gpu_node_pools[0].capacity_types == ("on-demand",)
     assert all(model.replicas >= 2 for model in prod.models)
 
 
@@ -203,22 +204,24 @@ def test_extra_args_may_not_repeat_a_managed_flag() -> None:
 
 def test_gpu_limit_below_what_the_replicas_need_is_refused() -> None:
     data = stage_data("prod")
-    data["gpu_node_pool"]["limits"] = {"gpu": 2}
+    data["gpu_node_pools"][0]["limits"] = {"gpu": 2}
     assert (
-        "gpu_node_pool.limits.gpu: 2 is less than every model's replicas plus one rollout surge, each on the "
-        "cheapest instance that fits: at least 3"
+        "gpu_node_pools[0].limits.gpu: 2 is less than every replica it can run plus one rollout surge per model, "
+        "each on the cheapest instance that fits: at least 3"
     ) in rejected(data, "prod")
 
 
 def test_unknown_capacity_type_lists_the_allowed_ones() -> None:
     data = stage_data()
-    data["gpu_node_pool"]["capacity_types"] = ["reserved"]
-    assert "gpu_node_pool.capacity_types[0]: Input should be 'spot' or 'on-demand' (got 'reserved')" in rejected(data)
+    data["gpu_node_pools"][0]["capacity_types"] = ["dedicated"]
+    assert (
+        "gpu_node_pools[0].capacity_types[0]: Input should be 'spot', 'on-demand' or 'reserved' (got 'dedicated')"
+    ) in rejected(data)
 
 
 def test_pool_without_instance_categories_or_families_is_refused() -> None:
     data = stage_data()
-    data["gpu_node_pool"]["instance_categories"] = []
+    data["gpu_node_pools"][0]["instance_categories"] = []
     assert "give instance_categories, instance_families or both" in rejected(data)
 
 
@@ -452,17 +455,17 @@ def test_shared_memory_equal_to_memory_is_allowed() -> None:
 
 def test_disk_throughput_above_what_the_iops_allow_is_refused() -> None:
     data = stage_data()
-    data["gpu_node_pool"]["disk"] = {"iops": 3000, "throughput_mib": 1000}
+    data["gpu_node_pools"][0]["disk"] = {"iops": 3000, "throughput_mib": 1000}
     assert (
-        "gpu_node_pool.disk: throughput_mib 1000 needs iops of at least 4000 (gp3 gives at most 0.25 MiB/s per "
+        "gpu_node_pools[0].disk: throughput_mib 1000 needs iops of at least 4000 (gp3 gives at most 0.25 MiB/s per "
         "provisioned IOPS); iops 3000 allow throughput_mib up to 750"
     ) in rejected(data)
 
 
 def test_disk_throughput_of_a_quarter_of_the_iops_is_allowed() -> None:
     data = stage_data()
-    data["gpu_node_pool"]["disk"] = {"iops": 4000, "throughput_mib": 1000}
-    assert parse_stage_settings("dev", data).gpu_node_pool.disk.throughput_mib == 1000
+    data["gpu_node_pools"][0]["disk"] = {"iops": 4000, "throughput_mib": 1000}
+    assert parse_stage_settings("dev", data).gpu_node_pools[0].disk.throughput_mib == 1000
 
 
 # --- messages in words: no regular expressions, no Python type names ---
@@ -575,3 +578,94 @@ def test_invalid_value_of_a_pipeline_pattern_is_explained_in_words(path: tuple[A
     with pytest.raises(SettingsError) as caught:
         parse_pipeline_settings(data)
     assert_in_words(str(caught.value), field)
+
+
+# --- GPU pools and capacity reservations ---
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    # Karpenter's weights run from 1 to 100: ten pools, 10 apart.
+    [(0, "should have at least 1 item, got 0"), (11, "should have at most 10 items, got 11")],
+)
+def test_an_empty_pool_list_and_more_pools_than_weights_are_refused(count: int, message: str) -> None:
+    data = stage_data()
+    data["gpu_node_pools"] = [{"name": f"pool-{index}"} for index in range(count)]
+    assert f"gpu_node_pools: {message}" in rejected(data)
+
+
+def test_the_single_pool_of_older_settings_says_where_it_went() -> None:
+    data = stage_data()
+    data["gpu_node_pool"] = data.pop("gpu_node_pools")[0]
+    assert "gpu_node_pool: now gpu_node_pools, a list of pools in order of preference" in rejected(data)
+
+
+def test_pool_names_are_unique() -> None:
+    data = stage_data()
+    data["gpu_node_pools"].append(dict(data["gpu_node_pools"][0]))
+    assert (
+        "gpu_node_pools: each pool needs a name of its own (its NodePool and NodeClass); repeated: gpu-node-pool"
+        in (rejected(data))
+    )
+
+
+def test_a_pool_that_can_run_no_model_is_refused() -> None:
+    data = stage_data()
+    # g4dn's T4 has 16 GB: less than gpt-oss-20b's 19801 MiB per GPU. The first pool still runs it.
+    data["gpu_node_pools"].append(
+        {"name": "old-t4", "instance_families": ["g4dn"], "instance_generation_greater_than": 3}
+    )
+    assert (
+        "gpu_node_pools[1] (old-t4): none of its instances can run any model (gpt-oss-20b needs 1 GPU(s) with "
+        "19801 MiB each); widen its instance settings or remove it"
+    ) in rejected(data)
+
+
+@pytest.mark.parametrize("reservation", ["cr-123", "cr-0123456789ABCDEF0", "0123456789abcdef0", "cb-0123456789abcdef0"])
+def test_a_reservation_id_not_of_the_form_cr_is_refused(reservation: str) -> None:
+    data = stage_data()
+    data["cluster"]["open_reservations_unused"] = True
+    data["gpu_node_pools"][0] |= {"capacity_types": ["reserved"], "capacity_reservations": [reservation]}
+    assert (
+        f"gpu_node_pools[0].capacity_reservations[0]: {reservation!r} is not a capacity reservation id: cr- and 17 "
+        "lower-case hex digits, as in cr-0123456789abcdef0"
+    ) in rejected(data)
+
+
+def test_reservations_and_the_reserved_capacity_type_come_together() -> None:
+    data = stage_data()
+    data["cluster"]["open_reservations_unused"] = True
+    data["gpu_node_pools"][0]["capacity_reservations"] = ["cr-0123456789abcdef0"]
+    assert "gpu_node_pools[0]: capacity_reservations: add reserved to capacity_types" in rejected(data)
+    data["gpu_node_pools"][0] |= {"capacity_types": ["reserved"], "capacity_reservations": []}
+    assert "gpu_node_pools[0]: capacity_types: reserved needs capacity_reservations (cr-... ids)" in rejected(data)
+
+
+def test_selecting_reservations_must_accept_that_open_ones_go_unused() -> None:
+    # EKS User Guide (auto-odcr): selector terms on any NodeClass stop open ODCRs for every NodeClass.
+    data = stage_data()
+    data["gpu_node_pools"].insert(
+        0, {"name": "reserved", "capacity_types": ["reserved"], "capacity_reservations": ["cr-0123456789abcdef0"]}
+    )
+    message = rejected(data)
+    assert (
+        "gpu_node_pools[0] (reserved) select(s) capacity reservations: from then on EKS Auto Mode no longer" in message
+    )
+    assert "set cluster.open_reservations_unused: true to accept this" in message
+    data["cluster"]["open_reservations_unused"] = True
+    settings = parse_stage_settings("dev", data)
+    assert [pool.name for pool in settings.gpu_node_pools] == ["reserved", "gpu-node-pool"]
+
+
+def test_the_readmes_pool_examples_are_valid_settings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[
+        readme.index("### GPU capacity you can count on") : readme.index("### GPU pods waiting for capacity")
+    ]
+    examples = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    assert len(examples) == 2
+    for example in examples:
+        data = stage_data() | yaml.safe_load(example)
+        data["cluster"] = stage_data()["cluster"] | (yaml.safe_load(example).get("cluster") or {})
+        settings = parse_stage_settings("dev", data)
+        assert len(settings.gpu_node_pools) >= 2

@@ -50,7 +50,7 @@ def stage_with(*models: dict[str, Any], stage: str = "dev", **pool: Any) -> dict
     data = stage_data(stage)
     image = data["models"][0]["image"]
     data["models"] = [{"image": image, **model} for model in models] or data["models"]
-    data["gpu_node_pool"].update(pool)
+    data["gpu_node_pools"][0].update(pool)
     return data
 
 
@@ -126,7 +126,7 @@ def test_gpt_oss_120b_on_l40s_says_what_it_needs_and_why_the_closest_fail() -> N
         message
     )
     assert "Closest: g6e.xlarge: 45776 MiB per GPU (L40S), 77451 needed;" in message
-    assert "Change gpus, gpu_memory_utilization, max_model_len, resources or the gpu_node_pool's" in message
+    assert "Change gpus, gpu_memory_utilization, max_model_len, resources or the gpu_node_pools'" in message
 
 
 def test_llama_70b_on_four_l40s_gets_a_four_gpu_node_and_requests_that_fit_it() -> None:
@@ -174,9 +174,10 @@ def test_two_models_in_one_stage_each_get_their_instances_and_the_pool_holds_bot
     small, large = settings.models
     assert candidates(settings, small)[0].gpus == 1
     assert candidates(settings, large)[0].gpus == 4
-    needs = pool_needs(settings, "cheapest")
+    (pool,) = settings.gpu_node_pools
+    needs = pool_needs(settings, pool, "cheapest")
     assert needs.gpus == 2 * 1 + 2 * 4  # each: one replica and a rollout surge
-    limits = pool_limits(settings)
+    limits = pool_limits(settings, pool)
     assert limits["nvidia.com/gpu"] == needs.gpus
     assert limits["cpu"] >= needs.cpu
 
@@ -184,23 +185,26 @@ def test_two_models_in_one_stage_each_get_their_instances_and_the_pool_holds_bot
 def test_production_with_three_replicas_needs_limits_for_four_nodes() -> None:
     data = stage_data("prod")
     data["models"][0]["replicas"] = 3
-    data["gpu_node_pool"]["limits"] = {"cpu": 8, "memory": "32Gi", "gpu": 3}
+    data["gpu_node_pools"][0]["limits"] = {"cpu": 8, "memory": "32Gi", "gpu": 3}
     message = rejected(data, "prod")
-    assert "gpu_node_pool.limits.cpu: 8 is less than every model's replicas plus one rollout surge" in message
+    assert (
+        "gpu_node_pools[0].limits.cpu: 8 is less than every replica it can run plus one rollout surge per model"
+        in message
+    )
     assert "at least 16" in message  # four g6.xlarge
-    assert "gpu_node_pool.limits.memory: 32Gi is less than" in message
+    assert "gpu_node_pools[0].limits.memory: 32Gi is less than" in message
     assert "at least 64Gi" in message
-    assert "gpu_node_pool.limits.gpu: 3 is less than" in message
+    assert "gpu_node_pools[0].limits.gpu: 3 is less than" in message
     assert "at least 4" in message
-    data["gpu_node_pool"]["limits"] = {"cpu": 16, "memory": "64Gi", "gpu": 4}
-    assert parse_stage_settings("prod", data).gpu_node_pool.limits.gpu == 4
+    data["gpu_node_pools"][0]["limits"] = {"cpu": 16, "memory": "64Gi", "gpu": 4}
+    assert parse_stage_settings("prod", data).gpu_node_pools[0].limits.gpu == 4
 
 
 def test_unset_limits_hold_the_largest_candidates() -> None:
     settings = load_stage_settings("dev")
     largest = max(candidates(settings, settings.models[0]), key=lambda i: (i.vcpus, i.memory_mib))
     assert largest.type == "g6e.16xlarge"
-    assert pool_limits(settings) == {
+    assert pool_limits(settings, settings.gpu_node_pools[0]) == {
         "cpu": 2 * largest.vcpus,
         "memory": f"{2 * largest.memory_mib // 1024}Gi",
         "nvidia.com/gpu": 2,
@@ -225,14 +229,18 @@ def test_the_startup_probe_is_never_shorter_than_reading_the_weights() -> None:
 
 def test_production_chooses_between_the_file_systems_zone_and_all_zones() -> None:
     data = stage_data("prod")
-    del data["gpu_node_pool"]["zones"]
-    assert "gpu_node_pool.zones: a production stage chooses it: model_store_zone" in rejected(data, "prod")
+    del data["gpu_node_pools"][0]["zones"]
+    assert "gpu_node_pools[0].zones: a production stage chooses it: model_store_zone" in rejected(data, "prod")
 
 
 def test_production_refuses_spot_only_capacity() -> None:
     data = stage_data("prod")
-    data["gpu_node_pool"]["capacity_types"] = ["spot"]
-    assert "gpu_node_pool.capacity_types: spot only in a production stage" in rejected(data, "prod")
+    for pool in data["gpu_node_pools"]:
+        pool["capacity_types"] = ["spot"]
+    assert "gpu_node_pools: spot only in a production stage" in rejected(data, "prod")
+    # Spot first, then on-demand when spot has no capacity (or is reclaimed): a fallback, so allowed.
+    data["gpu_node_pools"][1]["capacity_types"] = ["on-demand"]
+    assert parse_stage_settings("prod", data).gpu_node_pools[0].capacity_types == ("spot",)
 
 
 def test_production_refuses_an_api_open_to_the_internet() -> None:
@@ -248,24 +256,44 @@ def test_production_refuses_an_api_open_to_the_internet() -> None:
 # --- make sizing ---
 
 
+def sizing_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stage: str) -> str:
+    """What `make sizing STAGE=...` prints."""
+    monkeypatch.setattr(sys, "argv", ["python -m scripts.sizing", "--stage", stage])
+    sizing_command()
+    return capsys.readouterr().out
+
+
 def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_start(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["python -m scripts.sizing", "--stage", "dev"])
-    sizing_command()
-    stdout = capsys.readouterr().out
-    out = stdout
+    out = sizing_output(monkeypatch, capsys, "dev")
     assert "## openai/gpt-oss-20b (gpt-oss-20b): 1 GPU(s) with at least 19801 MiB each" in out
-    rows = re.findall(r"^\| (g[0-9a-z.-]+) \| \$([0-9.]+) ", out, flags=re.MULTILINE)
+    rows = re.findall(r"^\| (g[0-9a-z.-]+) \| gpu-node-pool \| \$([0-9.]+) ", out, flags=re.MULTILINE)
     prices = [float(price) for _, price in rows]
     assert rows[0][0] == "g6.xlarge"
     assert prices == sorted(prices)
-    assert "Karpenter's likely pick: g6.xlarge" in out
+    assert "Karpenter's likely pick: g6.xlarge in pool gpu-node-pool" in out
     assert "spot: variable" in out
     assert "us-east-1 prices" in out  # the table has no us-west-2 prices; it says whose it shows
     assert "| 3087 MiB |" in out  # 22888 - 19801: the L4's headroom
     assert "cold start on it: 463 s" in out
-    assert re.search(r"pool limits: cpu 128, memory 1024Gi, nvidia.com/gpu 2 \(derived", out)
+    assert re.search(
+        r"pool 1, gpu-node-pool \(weight 100; spot, on-demand\): limits cpu 128, memory 1024Gi, "
+        r"nvidia.com/gpu 2 \(derived",
+        out,
+    )
+
+
+def test_sizing_command_names_the_pool_of_each_candidate_and_each_pools_limits(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = sizing_output(monkeypatch, capsys, "prod")
+    pools = dict(re.findall(r"^\| (g[0-9a-z.-]+) \| ([a-z0-9-]+) \|", out, flags=re.MULTILINE))
+    assert {pools["g6.xlarge"], pools["g6e.xlarge"], pools["g5.xlarge"]} == {"gpu-node-pool", "gpu-fallback-g5"}
+    assert pools["g5.xlarge"] == "gpu-fallback-g5"
+    assert "Karpenter's likely pick: g6.xlarge in pool gpu-node-pool" in out
+    assert "pool 1, gpu-node-pool (weight 100; on-demand): limits cpu 192, memory 1536Gi, nvidia.com/gpu 3" in out
+    assert "pool 2, gpu-fallback-g5 (weight 90; on-demand): limits cpu 192, memory 768Gi, nvidia.com/gpu 3" in out
 
 
 def test_requests_must_leave_room_for_kube_reserved_not_just_capacity() -> None:
@@ -317,8 +345,8 @@ def test_cpu_request_boundary(cpu_delta: float, fits: bool) -> None:
 @pytest.mark.parametrize(("limit_delta", "accepted"), [(0, True), (-1, False)])
 def test_gpu_limit_boundary(limit_delta: int, accepted: bool) -> None:
     data = stage_data("prod")
-    data["gpu_node_pool"]["limits"] = {"gpu": 3 + limit_delta}  # two replicas and a surge
+    data["gpu_node_pools"][0]["limits"] = {"gpu": 3 + limit_delta}  # two replicas and a surge
     if accepted:
-        assert parse_stage_settings("prod", data).gpu_node_pool.limits.gpu == 3
+        assert parse_stage_settings("prod", data).gpu_node_pools[0].limits.gpu == 3
     else:
-        assert "gpu_node_pool.limits.gpu: 2 is less than" in rejected(data, "prod")
+        assert "gpu_node_pools[0].limits.gpu: 2 is less than" in rejected(data, "prod")
