@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import cdk8s
 
-from charts.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
+from charts.autoscaling import AutoscalingPlan
 from charts.gpu_node_pool import GpuNodePoolChart, PoolPlan, pool_weight
 from charts.images import pulled_image
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
+from settings.autoscaling import POLLING_SECONDS, scale_down_cooldown_seconds
+from settings.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
 from settings.drain import termination_grace_seconds
-from settings.model import GpuNodePoolSettings, StageSettings
+from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings
 from settings.sizing import candidates, gpu_memory_needed_mib, pool_limits, requests
 
 # A small image with `sh`, for the replicas' wait for their weights (pulled through the cache too).
@@ -31,6 +33,8 @@ class DeployedResources:
     file_system_dns_name: str
     file_system_mount_name: str
     bucket_name: str
+    # The Prometheus workspace KEDA reads the queue from (stacks/metrics.py); None without metrics.
+    prometheus_query_url: str | None = None
 
     @classmethod
     def placeholders(cls, settings: StageSettings) -> DeployedResources:
@@ -43,6 +47,7 @@ class DeployedResources:
             file_system_dns_name="<file system dns name>",
             file_system_mount_name="<file system mount name>",
             bucket_name="<model bucket name>",
+            prometheus_query_url="<prometheus workspace url>" if settings.metrics.enabled else None,
         )
 
 
@@ -83,6 +88,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             progress_deadline=progress_deadline_seconds(settings, model),
             import_deadline=import_deadline_seconds(settings, model),
             requests=requests(settings, model),
+            autoscaling=_autoscaling_plan(settings, model, deployed),
         )
     return charts
 
@@ -96,6 +102,20 @@ def pool_plan(settings: StageSettings, index: int, pool: GpuNodePoolSettings) ->
         zones=(settings.model_store_zone,) if pool.zones == "model_store_zone" else None,
         min_gpu_memory_mib=min(gpu_memory_needed_mib(model) for model in runnable),
         limits=pool_limits(settings, pool),
+    )
+
+
+def _autoscaling_plan(
+    settings: StageSettings, model: ModelSettings, deployed: DeployedResources
+) -> AutoscalingPlan | None:
+    if model.autoscaling is None:
+        return None
+    assert deployed.prometheus_query_url is not None  # settings: autoscaling needs metrics
+    return AutoscalingPlan(
+        workspace_url=deployed.prometheus_query_url,
+        region=settings.region,
+        polling_seconds=POLLING_SECONDS,
+        scale_down_seconds=scale_down_cooldown_seconds(settings, model),
     )
 
 

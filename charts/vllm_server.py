@@ -16,6 +16,7 @@ import cdk8s_plus_30 as kplus
 from cdk8s_plus_30 import k8s
 from constructs import Construct
 
+from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
 from charts.gpu_node_pool import GPU_TAINT
 from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
@@ -155,6 +156,7 @@ class VllmServerChart(cdk8s.Chart):
         progress_deadline: int,
         import_deadline: int,
         requests: Requests,
+        autoscaling: AutoscalingPlan | None = None,
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
@@ -207,7 +209,7 @@ class VllmServerChart(cdk8s.Chart):
                 max_surge=kplus.PercentOrAbsolute.absolute(1),
                 max_unavailable=kplus.PercentOrAbsolute.absolute(0),
             ),
-            # From the cold-start budget (charts/cold_start.py): past it the rollout reports failure.
+            # From the cold-start budget (settings/cold_start.py): past it the rollout reports failure.
             progress_deadline=cdk8s.Duration.seconds(progress_deadline),
             # Long enough for the preStop drain to let the longest request finish (charts/drain.py).
             termination_grace_period=cdk8s.Duration.seconds(termination_grace_seconds(model)),
@@ -217,6 +219,10 @@ class VllmServerChart(cdk8s.Chart):
                 ensure_non_root=True, user=RUN_AS_USER, group=RUN_AS_USER, fs_group=RUN_AS_USER
             ),
         )
+        if autoscaling is not None:
+            # The HorizontalPodAutoscaler owns the count: an applied one would reset it on every deploy.
+            cdk8s.ApiObject.of(deployment).add_json_patch(cdk8s.JsonPatch.remove("/spec/replicas"))
+            QueueAutoscaler(self, "Autoscaler", model=model, deployment_name=model.name, plan=autoscaling)
         deployment.select(kplus.LabelSelector.of(labels=labels))
         for key, value in labels.items():
             deployment.pod_metadata.add_label(key, value)

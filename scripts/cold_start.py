@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from charts.cold_start import (
+from scripts import stage_from_command_line
+from settings.cold_start import (
     cold_start_steps,
     import_deadline_seconds,
     import_steps,
@@ -10,7 +11,6 @@ from charts.cold_start import (
     smoke_test_wait_seconds,
     startup_probe_seconds,
 )
-from scripts import stage_from_command_line
 
 
 def main() -> None:

@@ -28,12 +28,12 @@ from typing import Any
 
 import yaml
 
-from charts.cold_start import smoke_test_wait_seconds
 from charts.model_loader import import_job_name
 from charts.model_volume import CLAIM_NAME
 from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PORT, WEIGHTS_DIR
 from scripts import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings, names
+from settings.cold_start import smoke_test_wait_seconds
 from settings.model import StageSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,13 +4,14 @@
 
 Run it with credentials for the stage's account; it only reads (Service Quotas and EC2 Describe calls).
 
-1. Service Quotas, in the stage's region: the on-demand and spot vCPU quotas of the G and VT and of
-   the P instance families. Each model needs its replicas plus one rollout surge, each on its own
-   node, of the instance Karpenter would launch: the cheapest candidate (settings.sizing.candidates)
-   offered in a zone GPU nodes may use. Their vCPUs add up per family, for on-demand if a GPU
-   pool allows on-demand or reserved capacity (capacity reservations count against the on-demand
-   quota) and for spot if one allows spot. With both allowed, one quota that holds them is enough.
-   The current usage is not read, so the quota must also cover what already runs.
+1. Service Quotas, in the stage's region: the on-demand and spot vCPU quotas of the G and VT and
+   of the P instance families. Each model needs its replicas (autoscaling's maximum, if it scales)
+   plus one rollout surge, each on its own node, of the instance Karpenter would launch: the
+   cheapest candidate (settings.sizing.candidates) offered in a zone GPU nodes may use. Their
+   vCPUs add up per family, for on-demand if a GPU pool allows on-demand or reserved capacity
+   (capacity reservations count against the on-demand quota) and for spot if one allows spot. With
+   both allowed, one quota that holds them is enough. The current usage is not read, so the quota
+   must also cover what already runs.
 2. EC2 instance type offerings: each model needs at least one candidate offered in a zone GPU
    nodes may use (the model store's zone for a pool whose zones is model_store_zone, every zone of
    the stage for one whose zones is all_zones).
@@ -199,7 +200,8 @@ class Report:
             )
         lines.append("")
         lines.append(
-            "Needed: each model's replicas plus one rollout surge, on the instance Karpenter would launch: "
+            "Needed: each model's replicas (at most, if it scales) plus one rollout surge, on the instance "
+            "Karpenter would launch: "
             + ", ".join(
                 f"{node.model} {node.count} x {node.instance.type} ({node.instance.vcpus} vCPUs, "
                 f"{FAMILIES[node.instance.category]}) = {node.vcpus}"
@@ -444,7 +446,7 @@ def preflight(
                 f"{model.name}: its cheapest candidate {options[model.name][0].type} is not offered where GPU "
                 f"nodes run; the quotas are counted on {pick.type}"
             )
-        nodes.append(Node(model.name, pick, model.replicas + 1))
+        nodes.append(Node(model.name, pick, model.peak_replicas + 1))
 
     # 1: the quotas.
     quotas_client = client_factory("service-quotas")

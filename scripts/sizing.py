@@ -10,9 +10,9 @@ settings/catalog/on_demand_prices.yaml (with its source and date); spot prices v
 
 from __future__ import annotations
 
-from charts.cold_start import cold_start_steps
 from charts.gpu_node_pool import pool_weight
 from scripts import stage_from_command_line
+from settings.cold_start import cold_start_seconds
 from settings.sizing import (
     candidates,
     gpu_memory_needed_mib,
@@ -38,7 +38,8 @@ def main() -> None:
         print(f"## {model.model} ({model.name}): {model.gpus} GPU(s) with at least {needed} MiB each\n")
         print(
             f"requests: {wanted.cpu_millis}m CPU, {wanted.memory_mib} MiB memory ({wanted.shared_memory_mib} MiB "
-            f"of it /dev/shm), {wanted.ephemeral_storage_mib} MiB node disk; {model.replicas} replica(s)\n"
+            f"of it /dev/shm), {wanted.ephemeral_storage_mib} MiB node disk; {model.replicas} replica(s)"
+            f"{f', scaled up to {model.peak_replicas}' if model.autoscaling else ''}\n"
         )
         by_pool = {pool.name: candidates(settings, model, pool) for pool in settings.gpu_node_pools}
         print(f"| instance | pools | on-demand $/h ({where}) | spot | GPUs | GPU memory headroom | vCPUs | memory |")
@@ -52,7 +53,7 @@ def main() -> None:
                 f"{'variable' if spot else 'not used'} | {option.gpus} x {option.gpu_model} | "
                 f"{option.gpu_memory_mib - needed} MiB | {option.vcpus} | {option.memory_mib // 1024} GiB |"
             )
-        cold_start = sum(step.seconds for step in cold_start_steps(settings, model))
+        cold_start = cold_start_seconds(settings, model)
         first = pools_for(settings, model)[0]
         print(
             f"\nKarpenter's likely pick: {by_pool[first.name][0].type} in pool {first.name} (the first pool that "

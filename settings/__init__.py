@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
+from settings.autoscaling import autoscaling_problems
 from settings.drain import drain_problems
 from settings.model import PipelineSettings, StageName, StageSettings
 from settings.sizing import sizing_problems
@@ -71,7 +72,7 @@ def parse_stage_settings(stage: str, data: Any) -> StageSettings:
         )
     settings = _validate(StageSettings, {**data, "name": stage}, what)
     # Against the GPU instances that could run it: only once every field is valid.
-    problems = sizing_problems(settings) + drain_problems(settings)
+    problems = sizing_problems(settings) + drain_problems(settings) + autoscaling_problems(settings)
     if problems:
         raise SettingsError(f"{what} has invalid settings:\n" + "\n".join(f"  {problem}" for problem in problems))
     return settings

@@ -284,6 +284,29 @@ class NodeDiskSettings(_Strict):
         return self
 
 
+class MetricsSettings(_Strict):
+    """Amazon Managed Service for Prometheus: a workspace, a managed scraper of every vLLM replica's
+    /metrics, and recording and alerting rules on vLLM's signals (stacks/metrics.py)."""
+
+    enabled: bool = False
+    # AMP managed collectors scrape no more often than every 30 s (AMP User Guide, "Scrape configuration").
+    scrape_interval_seconds: int = Field(default=30, ge=30, le=300)
+    # Alerts: p95 time to first token, and requests waiting per replica, held for 5 minutes.
+    alert_ttft_p95_seconds: float = Field(default=5.0, gt=0)
+    alert_queue_per_replica: float = Field(default=20.0, gt=0)
+    alert_kv_cache_usage: float = Field(default=0.95, gt=0, le=1, description="a fraction of 1, such as 0.95")
+    # Where the alerts go: an SNS topic of the stage's account and region, whose policy lets
+    # aps.amazonaws.com publish (README, "Metrics and alerts"); unset, alerts show in AMP only.
+    alert_topic_arn: (
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"),
+            Field(description="an SNS topic ARN such as arn:aws:sns:us-west-2:123456789012:gpu-inference-alerts"),
+        ]
+        | None
+    ) = None
+
+
 class ClusterSettings(_Strict):
     name: ClusterName
     kubernetes_version: str = "1.36"
@@ -497,6 +520,18 @@ S3Prefix = Annotated[
 KNOWN_WEIGHTS_GB = {"openai/gpt-oss-20b": 13.8}
 
 
+class AutoscalingSettings(_Strict):
+    """KEDA scales the model's Deployment between `replicas` (the minimum) and `max_replicas` on vLLM's
+    queue, read from Amazon Managed Service for Prometheus (charts/autoscaling.py)."""
+
+    max_replicas: int = Field(ge=1)
+    # Requests waiting per replica (vllm:num_requests_waiting) above which a replica is added.
+    target_queue_per_replica: float = Field(gt=0, description="requests waiting per replica, more than 0")
+    # How long the queue must stay low before a replica goes; unset: a cold start plus a minute, so a
+    # replica is never removed sooner than a new one could come back (settings/autoscaling.py).
+    scale_down_cooldown_seconds: int | None = Field(default=None, ge=1)
+
+
 class ModelSettings(_Strict):
     # Names the Deployment and the namespace it runs in (and the names in settings.names).
     name: ModelName
@@ -504,7 +539,9 @@ class ModelSettings(_Strict):
     service_name: DnsLabel
     image: PinnedImage
     gpus: int = 1
+    # With autoscaling: the minimum, and the count a rollout starts from.
     replicas: int = Field(default=1, ge=1)
+    autoscaling: AutoscalingSettings | None = None
     max_model_len: int = Field(default=20000, ge=1)
     gpu_memory_utilization: Decimal = Field(default=Decimal("0.90"), gt=0, le=1, decimal_places=2)
     tensor_parallel_size: int = Field(default=1, ge=1)
@@ -518,7 +555,7 @@ class ModelSettings(_Strict):
         str,
     ] = {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN"}
     resources: ModelResources = ModelResources()
-    # For the cold-start budget (charts/cold_start.py), from which the startupProbe is derived:
+    # For the cold-start budget (settings/cold_start.py), from which the startupProbe is derived:
     # the weights' size on disk (openai/gpt-oss-20b's safetensors files are about 13.8 GB), and
     # the time from the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
     weights_gb: float = Field(gt=0, description="GB; known for the models in KNOWN_WEIGHTS_GB")
@@ -539,6 +576,11 @@ class ModelSettings(_Strict):
     termination_grace_seconds: int | None = Field(default=None, ge=1)
 
     @property
+    def peak_replicas(self) -> int:
+        """The most replicas the model may run: autoscaling's maximum, else `replicas`."""
+        return self.autoscaling.max_replicas if self.autoscaling is not None else self.replicas
+
+    @property
     def weights_path(self) -> str:
         """Where the weights are, from the model store's root: <name>/<revision>, or the S3 prefix you fill.
 
@@ -551,6 +593,15 @@ class ModelSettings(_Strict):
     def imported(self) -> bool:
         """The deploy brings this model's weights from the Hub (not from an S3 prefix you fill)."""
         return self.weights_s3_prefix is None
+
+    @model_validator(mode="after")
+    def _autoscaling_above_the_minimum(self) -> ModelSettings:
+        if self.autoscaling is not None and self.autoscaling.max_replicas < self.replicas:
+            raise ValueError(
+                f"autoscaling.max_replicas: {self.autoscaling.max_replicas} is below replicas ({self.replicas}), "
+                "the minimum it scales from; give a maximum of at least that"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_weights_source(self) -> ModelSettings:
@@ -618,6 +669,7 @@ class StageSettings(_Strict):
     registry: RegistrySettings = RegistrySettings()
     model_store: ModelStoreSettings = ModelStoreSettings()
     cluster: ClusterSettings
+    metrics: MetricsSettings = MetricsSettings()
     # In order of preference: Karpenter tries the first pool and falls through to the next when
     # it cannot launch there (charts/gpu_node_pool.py, pool weights).
     gpu_node_pools: tuple[GpuNodePoolSettings, ...] = Field(
@@ -732,6 +784,38 @@ class StageSettings(_Strict):
                 f"model_store.storage_capacity_gib ({self.model_store.storage_capacity_gib}); raise it to "
                 "1200 or a multiple of 2400 that holds them (a new revision needs room beside the old one "
                 "while it rolls out)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_reach_the_cluster(self) -> StageSettings:
+        if not self.metrics.enabled:
+            return self
+        if self.cluster.endpoint_access == "public":
+            raise ValueError(
+                "metrics.enabled: the managed scraper reaches the cluster through its private endpoint; set "
+                "cluster.endpoint_access to private or public_and_private"
+            )
+        topic = self.metrics.alert_topic_arn
+        if topic is not None and topic.split(":")[3] != self.region:
+            raise ValueError(
+                f"metrics.alert_topic_arn: the topic is in {topic.split(':')[3]}; AMP's alert manager publishes to "
+                f"topics of the workspace's region, {self.region}"
+            )
+        if topic is not None and self.account is not None and topic.split(":")[4] != self.account:
+            raise ValueError(
+                f"metrics.alert_topic_arn: the topic is in account {topic.split(':')[4]}; AMP's alert manager "
+                f"publishes to topics of the stage's account, {self.account}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _autoscaling_reads_metrics(self) -> StageSettings:
+        scaled = [f"models[{i}].autoscaling" for i, model in enumerate(self.models) if model.autoscaling is not None]
+        if scaled and not self.metrics.enabled:
+            raise ValueError(
+                f"{', '.join(scaled)}: autoscaling reads vLLM's queue from Amazon Managed Service for Prometheus; "
+                "set metrics.enabled: true"
             )
         return self
 

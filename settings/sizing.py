@@ -306,7 +306,7 @@ def pool_needs(settings: StageSettings, pool: GpuNodePoolSettings, pick: str) ->
         if not options:
             continue
         node = options[0] if pick == "cheapest" else max(options, key=lambda i: (i.vcpus, i.memory_mib))
-        nodes = model.replicas + 1
+        nodes = model.peak_replicas + 1
         cpu += nodes * node.vcpus
         memory_mib += nodes * node.memory_mib
         gpus += nodes * model.gpus

@@ -15,8 +15,9 @@ from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
 from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
-from settings.model import ClusterSettings
+from settings.model import ClusterSettings, MetricsSettings
 from stacks.log_group import service_log_group
+from stacks.metrics import ManagedPrometheus
 
 # kubectl must match the cluster's minor version; one layer per settings.model.SUPPORTED_KUBERNETES_VERSIONS.
 KUBECTL_LAYERS = {"1.34": KubectlV34Layer, "1.35": KubectlV35Layer, "1.36": KubectlV36Layer}
@@ -49,6 +50,7 @@ class ClusterStack(Stack):
         *,
         vpc: ec2.IVpc,
         cluster: ClusterSettings,
+        metrics: MetricsSettings,
         image_cache_prefix: str,
         **kwargs: Any,
     ) -> None:
@@ -107,6 +109,22 @@ class ClusterStack(Stack):
             )
 
         self._fsx_csi_driver()
+
+        # vLLM's metrics in Amazon Managed Service for Prometheus (stacks/metrics.py), when the stage asks.
+        self.prometheus = (
+            ManagedPrometheus(
+                self,
+                "Prometheus",
+                metrics=metrics,
+                cluster_arn=self.cluster.cluster_arn,
+                subnets=vpc.private_subnets,
+                security_group_id=self.cluster.cluster_security_group_id,
+                region=self.region,
+                alias=cluster.name,
+            )
+            if metrics.enabled
+            else None
+        )
 
         CfnOutput(
             self,

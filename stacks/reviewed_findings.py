@@ -151,6 +151,20 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
                 (f"{SMOKE_TEST}/PolicyDocument", "Resource::*"),
             )
         ),
+        *(
+            Finding(
+                f"{KUBECTL_HANDLER}/ServiceRole/DefaultPolicy",
+                f"AwsSolutions-IAM5[{rule}]",
+                "aws-cdk-lib's read grant on the KEDA chart asset the kubectl handler installs, in the CDK assets "
+                "bucket of the stage's account and region.",
+            )
+            for rule in (
+                *(f"Action::{action}" for action in ARTIFACT_ACTIONS),
+                f"Resource::arn:aws:s3:::cdk-hnb659fds-assets-{settings.account or '<AWS::AccountId>'}-"
+                f"{settings.region}/*",
+            )
+            if any(model.autoscaling is not None for model in settings.models)
+        ),
     )
 
 

@@ -20,14 +20,20 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from charts import DeployedResources, build_charts
-from charts.cold_start import smoke_test_wait_seconds
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, import_folders, import_job_name
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
 from scripts.smoke_test import chat_request
 from settings import names
+from settings.cold_start import smoke_test_wait_seconds
 from settings.model import ModelSettings, StageSettings
+from stacks.metrics import ManagedPrometheus
 from stacks.model_store import LUSTRE_PORTS
 
+# KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
+# operator's service account, which the chart names keda-operator in the release's namespace.
+KEDA_CHART = Path(__file__).resolve().parent.parent / "charts" / "vendor" / "keda"
+KEDA_NAMESPACE = "keda"
+KEDA_SERVICE_ACCOUNT = "keda-operator"
 # scripts/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 SMOKE_TEST_FILE = "smoke_test.py"
@@ -56,6 +62,7 @@ class ServingStack(Stack):
         bucket: s3.IBucket,
         bucket_arn: str,
         file_system_security_group: ec2.ISecurityGroup,
+        prometheus: ManagedPrometheus | None = None,
         pipeline_account: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -80,9 +87,19 @@ class ServingStack(Stack):
             file_system_dns_name=file_system.dns_name,
             file_system_mount_name=file_system.mount_name,
             bucket_name=bucket.bucket_name,
+            prometheus_query_url=prometheus.query_url if prometheus is not None else None,
         )
-        for chart_id, chart in build_charts(cdk8s.App(), settings, deployed).items():
-            target.add_cdk8s_chart(chart_id, chart)
+        manifests = {
+            chart_id: target.add_cdk8s_chart(chart_id, chart)
+            for chart_id, chart in build_charts(cdk8s.App(), settings, deployed).items()
+        }
+        scaled = [model for model in settings.models if model.autoscaling is not None]
+        if scaled:
+            assert prometheus is not None  # settings: autoscaling needs metrics
+            keda = self._keda(target, cluster, prometheus)
+            for model in scaled:
+                # A ScaledObject needs KEDA's resource definitions.
+                manifests[f"Model-{model.name}"].node.add_dependency(keda)
 
         self._lustre_between(file_system_security_group.security_group_id, cluster.cluster_security_group_id)
         for model in settings.models:
@@ -112,6 +129,48 @@ class ServingStack(Stack):
                 description=f"Sends the test prompt to {model.model} through the port-forward",
                 value=test_request_command(model),
             )
+
+    def _keda(self, target: eks.ICluster, cluster: eks.Cluster, prometheus: ManagedPrometheus) -> eks.HelmChart:
+        """KEDA from its chart in the repository (charts/vendor/keda, no download at deploy), with the AWS
+        identity its operator signs Prometheus queries with: read access to the workspace, through EKS
+        Pod Identity.
+
+        The association comes first: Pod Identity gives credentials to pods created after it.
+        """
+        role = iam.Role(
+            self,
+            "KedaOperatorRole",
+            description=f"KEDA's operator (service account {KEDA_SERVICE_ACCOUNT} in namespace {KEDA_NAMESPACE}) "
+            "reads vLLM's queue from Amazon Managed Service for Prometheus",
+            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["aps:QueryMetrics", "aps:GetSeries", "aps:GetLabels", "aps:GetMetricMetadata"],
+                resources=[prometheus.workspace.attr_arn],
+            )
+        )
+        identity = eks.CfnPodIdentityAssociation(
+            self,
+            "KedaOperatorIdentity",
+            cluster_name=cluster.cluster_name,
+            namespace=KEDA_NAMESPACE,
+            service_account=KEDA_SERVICE_ACCOUNT,
+            role_arn=role.role_arn,
+        )
+        keda = eks.HelmChart(
+            self,
+            "Keda",
+            cluster=target,
+            chart_asset=s3_assets.Asset(self, "KedaChart", path=str(KEDA_CHART)),
+            release="keda",
+            namespace=KEDA_NAMESPACE,
+            create_namespace=True,
+            wait=True,
+            timeout=Duration.minutes(10),
+        )
+        keda.node.add_dependency(identity)
+        return keda
 
     def _weights_import_identity(
         self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster, bucket_arn: str

@@ -60,6 +60,7 @@ class InferencePlatformStage(Stage):
             termination_protection=protect,
             vpc=network.vpc,
             cluster=settings.cluster,
+            metrics=settings.metrics,
             image_cache_prefix=settings.image_cache_prefix,
         )
         self.serving = ServingStack(
@@ -75,6 +76,7 @@ class InferencePlatformStage(Stage):
             bucket=model_store.bucket,
             bucket_arn=model_store.bucket_arn_import,
             file_system_security_group=model_store.security_group,
+            prometheus=cluster.prometheus,
             pipeline_account=pipeline_account,
         )
         acknowledge_reviewed_findings(self, settings)

@@ -37,7 +37,13 @@ def admins_cluster() -> dict[str, Any]:
         app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network
     )
     cluster = ClusterStack(
-        app, "Cluster", env=env, vpc=network.vpc, cluster=settings.cluster, image_cache_prefix="ecr-public/scenario"
+        app,
+        "Cluster",
+        env=env,
+        vpc=network.vpc,
+        cluster=settings.cluster,
+        metrics=settings.metrics,
+        image_cache_prefix="ecr-public/scenario",
     )
     return Template.from_stack(cluster).to_json()
 

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from charts.cold_start import (
+from scripts.cold_start import main as cold_start_command
+from settings import parse_stage_settings
+from settings.cold_start import (
     IMAGE_UNPACKED_BYTES,
     MEASURED_PULL_SECONDS,
     cold_start_steps,
@@ -17,8 +19,6 @@ from charts.cold_start import (
     smoke_test_wait_seconds,
     startup_probe_seconds,
 )
-from scripts.cold_start import main as cold_start_command
-from settings import parse_stage_settings
 from tests.conftest import stage_data
 
 

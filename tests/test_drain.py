@@ -15,10 +15,10 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
-from charts.cold_start import progress_deadline_seconds
 from charts.drain import DRAIN_SCRIPT
 from charts.gpu_node_pool import disruption_budgets
 from settings import SettingsError, load_stage_settings, parse_stage_settings
+from settings.cold_start import progress_deadline_seconds
 from settings.drain import max_request_seconds, termination_grace_seconds
 from tests.conftest import find, find_all, render_charts, stage_data
 

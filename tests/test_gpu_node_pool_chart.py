@@ -86,8 +86,8 @@ def test_production_pool_is_on_demand_with_a_gpu_limit() -> None:
         "operator": "In",
         "values": ["on-demand"],
     }
-    # Two replicas and a rollout surge.
-    assert spec["limits"] == {"cpu": 192, "memory": "1536Gi", "nvidia.com/gpu": 3}
+    # Autoscaling's most replicas (4) and a rollout surge, of the largest candidate (g6e.16xlarge).
+    assert spec["limits"] == {"cpu": 320, "memory": "2560Gi", "nvidia.com/gpu": 5}
 
 
 def test_instance_families_and_no_generation_bound_render_as_requirements() -> None:
@@ -208,10 +208,10 @@ def test_production_falls_back_from_l4_and_l40s_to_a10g_on_demand() -> None:
         for p in pools
     ]
     assert families == [["g6", "g6e"], ["g5"]]
-    # Each pool alone holds the two replicas and a surge: when the first has no capacity, the second takes all.
-    assert [p["spec"]["limits"]["nvidia.com/gpu"] for p in pools] == [3, 3]
+    # Each pool alone holds the most replicas (4) and a surge: when the first has no capacity, the second takes all.
+    assert [p["spec"]["limits"]["nvidia.com/gpu"] for p in pools] == [5, 5]
     # g5.16xlarge (64 vCPUs, 256 GiB) is the largest A10G instance with one GPU.
-    assert pools[1]["spec"]["limits"] == {"cpu": 192, "memory": "768Gi", "nvidia.com/gpu": 3}
+    assert pools[1]["spec"]["limits"] == {"cpu": 320, "memory": "1280Gi", "nvidia.com/gpu": 5}
     assert [c["metadata"]["name"] for c in find_all(rendered, "NodeClass")] == ["gpu-node-pool", "gpu-fallback-g5"]
     assert all(p["spec"]["disruption"]["budgets"][1]["nodes"] == "0" for p in pools)  # each keeps the window
 

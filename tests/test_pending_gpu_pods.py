@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from charts.cold_start import cold_start_steps
 from settings import load_stage_settings
+from settings.cold_start import cold_start_seconds
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -41,7 +41,7 @@ def pending_pod(name: str, waited_seconds: int, *, gpu: bool = True) -> dict[str
 def test_the_budget_in_the_query_is_the_default_stages_cold_start() -> None:
     assert QUERY is not None, "the README's query for pending GPU pods is gone"
     settings = load_stage_settings("dev")
-    cold_start = sum(step.seconds for step in cold_start_steps(settings, settings.models[0]))
+    cold_start = cold_start_seconds(settings, settings.models[0])
     assert int(QUERY.group(1)) == round(cold_start)
 
 

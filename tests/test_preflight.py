@@ -94,12 +94,12 @@ def stubs() -> Iterator[Stubs]:
 
 
 def needed_vcpus(settings: StageSettings, category: str) -> int:
-    """Every model's replicas plus one surge on its cheapest candidate, for the models of a category."""
+    """Every model's replicas (at most) plus one surge on its cheapest candidate, for the models of a category."""
     total = 0
     for model in settings.models:
         cheapest = candidates(settings, model)[0]
         if cheapest.category == category:
-            total += (model.replicas + 1) * cheapest.vcpus
+            total += (model.peak_replicas + 1) * cheapest.vcpus
     return total
 
 
@@ -178,6 +178,7 @@ def test_spot_quota_does_not_count_where_the_pool_allows_on_demand_only(stubs: S
     report = preflight(settings, [], stubs.client)
 
     needed = needed_vcpus(settings, "g")
+    assert needed == (4 + 1) * 4  # autoscaling's 4 replicas and a surge, on g6.xlarge
     assert report.blockers == [
         f"G and VT vCPU quota: {needed} vCPUs needed, Running On-Demand G and VT instances ({G_ON_DEMAND}) is 4; "
         f"request more at {request_url(REGION, G_ON_DEMAND)}"

@@ -207,7 +207,7 @@ def test_gpu_limit_below_what_the_replicas_need_is_refused() -> None:
     data["gpu_node_pools"][0]["limits"] = {"gpu": 2}
     assert (
         "gpu_node_pools[0].limits.gpu: 2 is less than every replica it can run plus one rollout surge per model, "
-        "each on the cheapest instance that fits: at least 3"
+        "each on the cheapest instance that fits: at least 5"  # autoscaling's 4 replicas and a surge
     ) in rejected(data, "prod")
 
 

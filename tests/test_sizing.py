@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from charts.cold_start import file_system_throughput_mb_s, startup_probe_seconds
 from scripts.sizing import main as sizing_command
 from settings import SettingsError, load_stage_settings, parse_stage_settings
+from settings.cold_start import file_system_throughput_mb_s, startup_probe_seconds
 from settings.sizing import (
     GIB,
     allocatable_cpu_millis,
@@ -184,6 +184,7 @@ def test_two_models_in_one_stage_each_get_their_instances_and_the_pool_holds_bot
 
 def test_production_with_three_replicas_needs_limits_for_four_nodes() -> None:
     data = stage_data("prod")
+    del data["models"][0]["autoscaling"]
     data["models"][0]["replicas"] = 3
     data["gpu_node_pools"][0]["limits"] = {"cpu": 8, "memory": "32Gi", "gpu": 3}
     message = rejected(data, "prod")
@@ -292,8 +293,10 @@ def test_sizing_command_names_the_pool_of_each_candidate_and_each_pools_limits(
     assert {pools["g6.xlarge"], pools["g6e.xlarge"], pools["g5.xlarge"]} == {"gpu-node-pool", "gpu-fallback-g5"}
     assert pools["g5.xlarge"] == "gpu-fallback-g5"
     assert "Karpenter's likely pick: g6.xlarge in pool gpu-node-pool" in out
-    assert "pool 1, gpu-node-pool (weight 100; on-demand): limits cpu 192, memory 1536Gi, nvidia.com/gpu 3" in out
-    assert "pool 2, gpu-fallback-g5 (weight 90; on-demand): limits cpu 192, memory 768Gi, nvidia.com/gpu 3" in out
+    assert "2 replica(s), scaled up to 4" in out
+    # Autoscaling's 4 replicas and a surge, on g6e.16xlarge and g5.16xlarge (64 vCPUs; 512 and 256 GiB).
+    assert "pool 1, gpu-node-pool (weight 100; on-demand): limits cpu 320, memory 2560Gi, nvidia.com/gpu 5" in out
+    assert "pool 2, gpu-fallback-g5 (weight 90; on-demand): limits cpu 320, memory 1280Gi, nvidia.com/gpu 5" in out
 
 
 def test_requests_must_leave_room_for_kube_reserved_not_just_capacity() -> None:
@@ -345,8 +348,8 @@ def test_cpu_request_boundary(cpu_delta: float, fits: bool) -> None:
 @pytest.mark.parametrize(("limit_delta", "accepted"), [(0, True), (-1, False)])
 def test_gpu_limit_boundary(limit_delta: int, accepted: bool) -> None:
     data = stage_data("prod")
-    data["gpu_node_pools"][0]["limits"] = {"gpu": 3 + limit_delta}  # two replicas and a surge
+    data["gpu_node_pools"][0]["limits"] = {"gpu": 5 + limit_delta}  # autoscaling's 4 replicas and a surge
     if accepted:
-        assert parse_stage_settings("prod", data).gpu_node_pools[0].limits.gpu == 3
+        assert parse_stage_settings("prod", data).gpu_node_pools[0].limits.gpu == 5
     else:
-        assert "gpu_node_pools[0].limits.gpu: 2 is less than" in rejected(data, "prod")
+        assert "gpu_node_pools[0].limits.gpu: 4 is less than" in rejected(data, "prod")

@@ -164,10 +164,14 @@ def startup_probe_seconds(settings: StageSettings, model: ModelSettings) -> int:
     return math.ceil(STARTUP_SAFETY_FACTOR * after_start / 60) * 60
 
 
+def cold_start_seconds(settings: StageSettings, model: ModelSettings) -> float:
+    """A new replica's expected cold start: every step, from the node's launch to serving."""
+    return sum(step.seconds for step in cold_start_steps(settings, model))
+
+
 def progress_deadline_seconds(settings: StageSettings, model: ModelSettings) -> int:
     """How long a rollout may take before Kubernetes reports it stuck: the whole cold start, with the same margin."""
-    total = sum(step.seconds for step in cold_start_steps(settings, model))
-    return math.ceil(STARTUP_SAFETY_FACTOR * total / 60) * 60
+    return math.ceil(STARTUP_SAFETY_FACTOR * cold_start_seconds(settings, model) / 60) * 60
 
 
 def smoke_test_wait_seconds(settings: StageSettings, model: ModelSettings) -> int:

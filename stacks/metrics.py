@@ -1,0 +1,191 @@
+"""vLLM's metrics without a Prometheus of our own: an Amazon Managed Service for Prometheus workspace, a
+managed scraper of every replica's /metrics, and recording and alerting rules on vLLM's signals.
+
+The scraper (AWS::APS::Scraper) runs in the cluster's private subnets with the cluster security
+group, which admits traffic from itself to the pods. On a cluster whose authentication mode is
+API (this one's), AMP creates the scraper's access entry and its Kubernetes permissions itself:
+an access entry cannot name the scraper's service-linked role (AMP User Guide, "Configuring your
+Amazon EKS cluster"; EKS User Guide, "Create access entries"). The scraper reads only the
+cluster's private endpoint, so metrics need one (settings: cluster.endpoint_access).
+
+Metric names are vLLM 0.11.2's (vllm/v1/metrics/loggers.py): the gauges vllm:num_requests_waiting
+and vllm:kv_cache_usage_perc (which replaced vllm:gpu_cache_usage_perc), the histogram
+vllm:time_to_first_token_seconds and the counter vllm:generation_tokens (exposed with _total).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from aws_cdk import Fn, RemovalPolicy
+from aws_cdk import aws_aps as aps
+from aws_cdk import aws_ec2 as ec2
+from constructs import Construct
+
+from settings.model import MetricsSettings
+from settings.names import app_label
+
+# The pods scraped: every model's vLLM replicas (their `app` label), on vLLM's port.
+VLLM_APP_PATTERN = app_label(".+")
+VLLM_PORT = 8000
+RULES_NAMESPACE = "vllm"
+# How long a signal stays past its threshold before its alert fires.
+ALERT_AFTER = "5m"
+
+
+def scrape_configuration(metrics: MetricsSettings) -> dict[str, Any]:
+    """The scraper's Prometheus configuration: vLLM pods found through the Kubernetes API, labelled by namespace.
+
+    AMP's managed collector accepts global, scrape_configs with kubernetes_sd_configs, static and
+    relabel configs only, and no interval under 30 s (AMP User Guide, "Scraper configuration").
+    """
+    return {
+        "global": {"scrape_interval": f"{metrics.scrape_interval_seconds}s"},
+        "scrape_configs": [
+            {
+                "job_name": "vllm",
+                "kubernetes_sd_configs": [{"role": "pod"}],
+                "relabel_configs": [
+                    {
+                        "source_labels": [
+                            "__meta_kubernetes_pod_label_app",
+                            "__meta_kubernetes_pod_container_port_number",
+                        ],
+                        "regex": f"{VLLM_APP_PATTERN};{VLLM_PORT}",
+                        "action": "keep",
+                    },
+                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                ],
+            }
+        ],
+    }
+
+
+# Recorded per model (its namespace), for the alerts, the dashboard and KEDA's queries.
+RECORDED = {
+    "namespace:vllm_time_to_first_token_seconds:p95_5m": (
+        "histogram_quantile(0.95, sum by (namespace, le) (rate(vllm:time_to_first_token_seconds_bucket[5m])))"
+    ),
+    "namespace:vllm_num_requests_waiting:sum": "sum by (namespace) (vllm:num_requests_waiting)",
+    "namespace:vllm_num_requests_waiting:avg": "avg by (namespace) (vllm:num_requests_waiting)",
+    "namespace:vllm_kv_cache_usage_perc:max": "max by (namespace) (vllm:kv_cache_usage_perc)",
+    "namespace:vllm_generation_tokens:rate1m": "sum by (namespace) (rate(vllm:generation_tokens_total[1m]))",
+}
+
+
+def rules(metrics: MetricsSettings) -> dict[str, Any]:
+    """The workspace's rules file: the recorded signals, and an alert on each that users feel."""
+    alerts = [
+        (
+            "VllmTimeToFirstTokenSlow",
+            f"namespace:vllm_time_to_first_token_seconds:p95_5m > {metrics.alert_ttft_p95_seconds:g}",
+            "p95 time to first token of {{ $labels.namespace }} is {{ $value | humanizeDuration }}",
+        ),
+        (
+            "VllmQueueBacklog",
+            f"namespace:vllm_num_requests_waiting:avg > {metrics.alert_queue_per_replica:g}",
+            "{{ $labels.namespace }} has {{ $value }} requests waiting per replica",
+        ),
+        (
+            "VllmKvCacheFull",
+            f"namespace:vllm_kv_cache_usage_perc:max > {metrics.alert_kv_cache_usage:g}",
+            "a replica of {{ $labels.namespace }} uses {{ $value | humanizePercentage }} of its KV cache",
+        ),
+    ]
+    return {
+        "groups": [
+            {
+                "name": RULES_NAMESPACE,
+                "rules": [{"record": name, "expr": expr} for name, expr in RECORDED.items()]
+                + [
+                    {
+                        "alert": name,
+                        "expr": expr,
+                        "for": ALERT_AFTER,
+                        "labels": {"severity": "warning"},
+                        "annotations": {"summary": summary},
+                    }
+                    for name, expr, summary in alerts
+                ],
+            }
+        ]
+    }
+
+
+def alert_manager(topic_arn: str, region: str) -> dict[str, Any]:
+    """Every alert to one SNS topic, the only receiver AMP's alert manager has (AMP User Guide,
+    "Understand the alert manager receiver"); sigv4's region is required."""
+    return {
+        "alertmanager_config": yaml.safe_dump(
+            {
+                "route": {"receiver": "sns", "group_by": ["alertname", "namespace"]},
+                "receivers": [{"name": "sns", "sns_configs": [{"topic_arn": topic_arn, "sigv4": {"region": region}}]}],
+            },
+            sort_keys=False,
+        )
+    }
+
+
+class ManagedPrometheus(Construct):
+    """The workspace (retained: it holds the metrics' history), its rules and alert routing, and the scraper."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        metrics: MetricsSettings,
+        cluster_arn: str,
+        subnets: list[ec2.ISubnet],
+        security_group_id: str,
+        region: str,
+        alias: str,
+    ) -> None:
+        super().__init__(scope, id)
+        self.region = region
+        self.workspace = aps.CfnWorkspace(
+            self,
+            "Workspace",
+            alias=alias,
+            # Encrypted with an AWS owned key: a customer managed key would need extra roles for
+            # the managed scraper to write (AMP User Guide, "Encryption at rest").
+            alert_manager_definition=(
+                yaml.safe_dump(alert_manager(metrics.alert_topic_arn, region), sort_keys=False)
+                if metrics.alert_topic_arn
+                else None
+            ),
+        )
+        self.workspace.apply_removal_policy(RemovalPolicy.RETAIN)
+        aps.CfnRuleGroupsNamespace(
+            self,
+            "Rules",
+            workspace=self.workspace.attr_arn,
+            name=RULES_NAMESPACE,
+            data=yaml.safe_dump(rules(metrics), sort_keys=False),
+        )
+        aps.CfnScraper(
+            self,
+            "Scraper",
+            source=aps.CfnScraper.SourceProperty(
+                eks_configuration=aps.CfnScraper.EksConfigurationProperty(
+                    cluster_arn=cluster_arn,
+                    subnet_ids=[subnet.subnet_id for subnet in subnets],
+                    security_group_ids=[security_group_id],
+                )
+            ),
+            destination=aps.CfnScraper.DestinationProperty(
+                amp_configuration=aps.CfnScraper.AmpConfigurationProperty(workspace_arn=self.workspace.attr_arn)
+            ),
+            # "Prometheus compatible scrape configuration in base64 encoded blob format" (the
+            # AWS::APS::Scraper resource schema).
+            scrape_configuration=aps.CfnScraper.ScrapeConfigurationProperty(
+                configuration_blob=Fn.base64(yaml.safe_dump(scrape_configuration(metrics), sort_keys=False))
+            ),
+        )
+
+    @property
+    def query_url(self) -> str:
+        """The workspace's Prometheus endpoint as KEDA takes it: without /api/v1/, which KEDA appends."""
+        return f"https://aps-workspaces.{self.region}.amazonaws.com/workspaces/{self.workspace.attr_workspace_id}"
