@@ -149,13 +149,16 @@ REMOVERS: dict[str, Callable[[leftovers.ClientFactory, str], object]] = {
     "kms:key": lambda client, key: client("kms").schedule_key_deletion(KeyId=key, PendingWindowInDays=7),
     "logs:log-group": lambda client, group: client("logs").delete_log_group(logGroupName=group),
     "ecr:repository": lambda client, name: client("ecr").delete_repository(repositoryName=name, force=True),
+    # The metrics workspace (stacks/metrics.py), found by its stage tag: an ARN.
+    "aps:workspace": lambda client, arn: client("amp").delete_workspace(workspaceId=leftovers.arn_parts(arn)[1]),
 }
 
 
 def purge_retained(kept: list[leftovers.Leftover], client: leftovers.ClientFactory) -> list[leftovers.Leftover]:
     """Remove what a normal stage keeps when destroyed (this one is throwaway): the buckets with every object
-    version, the log groups and cached image repositories, and the keys (scheduled for deletion). `kept`:
-    what the leftover check found after the destroy; anything else it found is left for it to report."""
+    version, the log groups, cached image repositories and metrics workspace, and the keys (scheduled for
+    deletion). `kept`: what the leftover check found after the destroy; anything else it found is left for it
+    to report."""
     removed = [leftover for leftover in kept if leftover.kind in REMOVERS]
     for leftover in removed:
         REMOVERS[leftover.kind](client, leftover.id)

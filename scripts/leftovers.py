@@ -354,6 +354,7 @@ def remove_command(leftover: Leftover, region: str) -> str | None:
         "ecr:repository": f"aws ecr delete-repository --repository-name {name} --force",
         "logs:log-group": f"aws logs delete-log-group --log-group-name {name}",
         "kms:key": f"aws kms schedule-key-deletion --key-id {leftover.id} --pending-window-in-days 7",
+        "aps:workspace": f"aws amp delete-workspace --workspace-id {name}",
         "cloudformation:stack": f"aws cloudformation delete-stack --stack-name {name.split('/')[0]}",
     }
     command = commands.get(kind)

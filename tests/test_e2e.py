@@ -63,14 +63,16 @@ def test_what_a_normal_stage_keeps_is_removed_for_a_throwaway_one() -> None:
     key = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     control_plane = "/aws/eks/gpu-inference-e2e-abc123/cluster"
     repository = "ecr-public/e2e-abc123/deep-learning-containers/vllm"
+    workspace = "arn:aws:aps:us-west-2:123456789012:workspace/ws-0123abcd-4567-89ef-0123-456789abcdef"
     kept = [
         Leftover("s3:bucket", "e2e-bucket", "versioned"),
         Leftover("kms:key", key, "Enabled"),
         Leftover("logs:log-group", control_plane, "named after cluster"),
         Leftover("ecr:repository", repository, "pull-through cache repository"),
+        Leftover("aps:workspace", workspace, "tagged stage=e2e-abc123"),
         Leftover("ec2:network-interface", "eni-0123456789abcdef0", "in-use"),  # not ours to remove: reported
     ]
-    aws = StubbedClients(("s3", "kms", "logs", "ecr"))
+    aws = StubbedClients(("s3", "kms", "logs", "ecr", "amp"))
     aws.add(
         "s3",
         "list_object_versions",
@@ -95,6 +97,18 @@ def test_what_a_normal_stage_keeps_is_removed_for_a_throwaway_one() -> None:
     )
     aws.add("logs", "delete_log_group", {}, {"logGroupName": control_plane})
     aws.add("ecr", "delete_repository", {}, {"repositoryName": repository, "force": True})
+    aws.add(
+        "amp",
+        "delete_workspace",
+        {},
+        {"workspaceId": "ws-0123abcd-4567-89ef-0123-456789abcdef"},
+    )
     removed = e2e.purge_retained(kept, aws.client)
     aws.assert_no_pending_responses()
-    assert [leftover.kind for leftover in removed] == ["s3:bucket", "kms:key", "logs:log-group", "ecr:repository"]
+    assert [leftover.kind for leftover in removed] == [
+        "s3:bucket",
+        "kms:key",
+        "logs:log-group",
+        "ecr:repository",
+        "aps:workspace",
+    ]

@@ -21,6 +21,7 @@ from scripts.leftovers import (
     log_groups,
     main,
     network_interfaces,
+    remove_command,
     s3_buckets,
     volumes,
 )
@@ -314,6 +315,15 @@ def test_log_groups_of_the_cluster_and_tagged_ones_still_there(stubs: Stubs) -> 
     stubs.add("logs", "describe_log_groups", {"logGroups": [group(deleted + "-x")]}, {"logGroupNamePrefix": deleted})
     found = log_groups(stubs.clients["logs"], STAGE, cluster_name=CLUSTER, tagged_names=[flow_logs, deleted])
     assert [leftover.id for leftover in found] == [control_plane, flow_logs]
+
+
+def test_a_retained_metrics_workspace_is_listed_with_how_to_delete_it() -> None:
+    arn = f"arn:aws:aps:{REGION}:{ACCOUNT}:workspace/ws-0123abcd-4567-89ef-0123-456789abcdef"
+    (kind, workspace_id) = arn_parts(arn)
+    assert (kind, workspace_id) == ("aps:workspace", "ws-0123abcd-4567-89ef-0123-456789abcdef")
+    assert remove_command(Leftover(kind, arn, "tagged stage=dev"), REGION) == (
+        f"aws amp delete-workspace --workspace-id {workspace_id} --region {REGION}"
+    )
 
 
 def test_arn_parts() -> None:
