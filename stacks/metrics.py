@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from aws_cdk import Fn, RemovalPolicy
+from aws_cdk import CfnOutput, Fn, RemovalPolicy
 from aws_cdk import aws_aps as aps
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
@@ -183,6 +183,13 @@ class ManagedPrometheus(Construct):
             scrape_configuration=aps.CfnScraper.ScrapeConfigurationProperty(
                 configuration_blob=Fn.base64(yaml.safe_dump(scrape_configuration(metrics), sort_keys=False))
             ),
+        )
+
+        CfnOutput(
+            self,
+            "QueryUrl",
+            description="The Prometheus query endpoint of vLLM's metrics (SigV4-signed, service aps)",
+            value=f"{self.query_url}/api/v1/query",
         )
 
     @property
