@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from settings.cold_start import cold_start_seconds
-from settings.model import ModelSettings, StageSettings
+from settings.model import MAX_STABILIZATION_SECONDS, ModelSettings, StageSettings
 
 # How often KEDA queries the queue (its ScaledObject pollingInterval), in seconds.
 POLLING_SECONDS = 15
@@ -31,6 +31,13 @@ def autoscaling_problems(settings: StageSettings) -> list[str]:
     for index, model in enumerate(settings.models):
         given = model.autoscaling.scale_down_cooldown_seconds if model.autoscaling else None
         cold_start = math.ceil(cold_start_seconds(settings, model))
+        derived = cold_start + COOLDOWN_MARGIN_SECONDS
+        if model.autoscaling is not None and given is None and derived > MAX_STABILIZATION_SECONDS:
+            problems.append(
+                f"models[{index}].autoscaling: a replica's cold start ({cold_start} s) plus a minute is longer than "
+                f"the {MAX_STABILIZATION_SECONDS} s the autoscaler can wait before removing a replica; speed the "
+                "cold start up (`make cold-start`), or scale this model by hand (remove autoscaling)"
+            )
         if given is not None and given <= cold_start:
             problems.append(
                 f"models[{index}].autoscaling.scale_down_cooldown_seconds: {given} is not longer than a cold start "

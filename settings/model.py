@@ -208,6 +208,8 @@ class NetworkSettings(_Strict):
 
 
 ECR_PREFIX_MAX = 30
+# The longest HorizontalPodAutoscaler stabilization window Kubernetes accepts (autoscaling/v2).
+MAX_STABILIZATION_SECONDS = 3600
 # Karpenter's NodePool weights run from 1 to 100 (karpenter.sh_nodepools.yaml): one per pool, 10 apart.
 MAX_GPU_POOLS = 10
 
@@ -374,6 +376,11 @@ class MaintenanceWindow(_Strict):
     hours: int = Field(ge=1, le=23)
 
 
+# EKS Auto Mode's own NodeClass and NodePools: a GPU pool of one of these names would overwrite them
+# (EKS User Guide, "Enable or disable built-in NodePools", "Create a Node Class").
+AUTO_MODE_NAMES = ("default", "general-purpose", "system")
+
+
 class GpuNodePoolSettings(_Strict):
     name: DnsLabel = "gpu-node-pool"
     instance_categories: tuple[
@@ -435,6 +442,16 @@ class GpuNodePoolSettings(_Strict):
         if not self.instance_categories and not self.instance_families:
             raise ValueError("give instance_categories, instance_families or both; with neither the pool has no GPUs")
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _not_auto_modes_own(cls, name: str) -> str:
+        if name in AUTO_MODE_NAMES:
+            raise ValueError(
+                f"{name!r} is a NodeClass or NodePool of EKS Auto Mode itself ({', '.join(AUTO_MODE_NAMES)}); "
+                "a GPU pool of that name would overwrite it: choose another"
+            )
+        return name
 
     @model_validator(mode="after")
     def _reservations_used(self) -> GpuNodePoolSettings:
@@ -529,7 +546,9 @@ class AutoscalingSettings(_Strict):
     target_queue_per_replica: float = Field(gt=0, description="requests waiting per replica, more than 0")
     # How long the queue must stay low before a replica goes; unset: a cold start plus a minute, so a
     # replica is never removed sooner than a new one could come back (settings/autoscaling.py).
-    scale_down_cooldown_seconds: int | None = Field(default=None, ge=1)
+    # At most 3600: the HorizontalPodAutoscaler's stabilization window (KEDA's ScaledObject schema and
+    # Kubernetes' MaxStabilizationWindowSeconds).
+    scale_down_cooldown_seconds: int | None = Field(default=None, ge=1, le=MAX_STABILIZATION_SECONDS)
 
 
 class ModelSettings(_Strict):

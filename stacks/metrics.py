@@ -63,16 +63,25 @@ def scrape_configuration(metrics: MetricsSettings) -> dict[str, Any]:
     }
 
 
-# Recorded per model (its namespace), for the alerts, the dashboard and KEDA's queries.
-RECORDED = {
-    "namespace:vllm_time_to_first_token_seconds:p95_5m": (
-        "histogram_quantile(0.95, sum by (namespace, le) (rate(vllm:time_to_first_token_seconds_bucket[5m])))"
-    ),
-    "namespace:vllm_num_requests_waiting:sum": "sum by (namespace) (vllm:num_requests_waiting)",
-    "namespace:vllm_num_requests_waiting:avg": "avg by (namespace) (vllm:num_requests_waiting)",
-    "namespace:vllm_kv_cache_usage_perc:max": "max by (namespace) (vllm:kv_cache_usage_perc)",
-    "namespace:vllm_generation_tokens:rate1m": "sum by (namespace) (rate(vllm:generation_tokens_total[1m]))",
-}
+def rate_window(metrics: MetricsSettings, at_least_seconds: int) -> str:
+    """A range for rate() over at least four scrapes (it needs two samples; four ride out a missed
+    scrape), and no shorter than `at_least_seconds`."""
+    return f"{max(at_least_seconds, 4 * metrics.scrape_interval_seconds)}s"
+
+
+def recorded(metrics: MetricsSettings) -> dict[str, str]:
+    """The recorded signals, per model (its namespace), for the alerts and for anyone querying the workspace."""
+    ttft = rate_window(metrics, 300)
+    tokens = rate_window(metrics, 120)
+    return {
+        "namespace:vllm_time_to_first_token_seconds:p95": (
+            f"histogram_quantile(0.95, sum by (namespace, le) (rate(vllm:time_to_first_token_seconds_bucket[{ttft}])))"
+        ),
+        "namespace:vllm_num_requests_waiting:sum": "sum by (namespace) (vllm:num_requests_waiting)",
+        "namespace:vllm_num_requests_waiting:avg": "avg by (namespace) (vllm:num_requests_waiting)",
+        "namespace:vllm_kv_cache_usage_perc:max": "max by (namespace) (vllm:kv_cache_usage_perc)",
+        "namespace:vllm_generation_tokens:rate": f"sum by (namespace) (rate(vllm:generation_tokens_total[{tokens}]))",
+    }
 
 
 def rules(metrics: MetricsSettings) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def rules(metrics: MetricsSettings) -> dict[str, Any]:
     alerts = [
         (
             "VllmTimeToFirstTokenSlow",
-            f"namespace:vllm_time_to_first_token_seconds:p95_5m > {metrics.alert_ttft_p95_seconds:g}",
+            f"namespace:vllm_time_to_first_token_seconds:p95 > {metrics.alert_ttft_p95_seconds:g}",
             "p95 time to first token of {{ $labels.namespace }} is {{ $value | humanizeDuration }}",
         ),
         (
@@ -98,7 +107,7 @@ def rules(metrics: MetricsSettings) -> dict[str, Any]:
         "groups": [
             {
                 "name": RULES_NAMESPACE,
-                "rules": [{"record": name, "expr": expr} for name, expr in RECORDED.items()]
+                "rules": [{"record": name, "expr": expr} for name, expr in recorded(metrics).items()]
                 + [
                     {
                         "alert": name,

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,22 +100,46 @@ def kubernetes_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sub
     return outdir, run_checkov("kubernetes", [outdir])
 
 
-@pytest.fixture(scope="session")
-def _synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future[Assembly]]:
+def start_synths(new_dir: Callable[[str], Path]) -> dict[str, Future[Assembly]]:
     """Every stage and the pipeline, synthesized at once with no AWS credentials or region in the environment.
 
     The default stage is synthesized without `-c stage`, so it also proves what the default is.
+    `new_dir(name)` gives an empty folder for each cloud assembly.
     """
     running = {}
     for stage in stage_names():
-        outdir = tmp_path_factory.mktemp(f"cdk.out-{stage}")
+        outdir = new_dir(f"cdk.out-{stage}")
         stage_args = [] if stage == DEFAULT_STAGE else ["-c", f"stage={stage}"]
         running[stage] = BACKGROUND.submit(
             _synthesized, stage, outdir / f"assembly-{stage}", *stage_args, "-o", str(outdir)
         )
-    outdir = tmp_path_factory.mktemp("cdk.out-pipeline")
+    outdir = new_dir("cdk.out-pipeline")
     running[PIPELINE] = BACKGROUND.submit(_synthesized, PIPELINE, outdir, "-c", "pipeline=true", "-o", str(outdir))
     return running
+
+
+# The synths, when the whole suite runs: they are its longest path, so they start before the tests
+# are collected (pytest_sessionstart), in a scratch folder removed at the end.
+_EARLY: dict[str, Any] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if session.config.args_source is pytest.Config.ArgsSource.ARGS:
+        return  # chosen tests: the fixtures start what they need
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-inference-tests-"))
+    _EARLY["scratch"] = scratch
+    _EARLY["synths"] = start_synths(lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch)))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    BACKGROUND.shutdown(wait=True)
+    if "scratch" in _EARLY:
+        shutil.rmtree(_EARLY["scratch"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _synths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future[Assembly]]:
+    return _EARLY.get("synths") or start_synths(tmp_path_factory.mktemp)
 
 
 def _synthesized(stage: str, directory: Path, *args: str) -> Assembly:

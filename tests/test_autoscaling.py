@@ -23,7 +23,7 @@ from settings import parse_stage_settings
 from settings.autoscaling import scale_down_cooldown_seconds
 from settings.cold_start import cold_start_seconds
 from settings.model import MetricsSettings
-from stacks.metrics import RECORDED, alert_manager, rules, scrape_configuration
+from stacks.metrics import alert_manager, recorded, rules, scrape_configuration
 from stacks.serving import KEDA_CHART, KEDA_NAMESPACE, KEDA_SERVICE_ACCOUNT
 from tests.conftest import Assembly, find, render_charts, stage_data
 from tests.test_settings import rejected
@@ -189,13 +189,20 @@ def test_every_rule_parses_and_reads_only_what_vllm_0_11_2_exports_or_what_the_r
     read = set()
     for rule in group["rules"]:
         read |= metric_names(rule["expr"])
-    assert read <= VLLM_0_11_2_SERIES | set(RECORDED)
+    assert read <= VLLM_0_11_2_SERIES | set(recorded(MetricsSettings(enabled=True)))
     # vLLM 0.11 hides the names it replaced (vllm:gpu_cache_usage_perc), so rules must not read them.
     assert "vllm:gpu_cache_usage_perc" not in read
     alerts = {rule["alert"]: rule for rule in group["rules"] if "alert" in rule}
     assert set(alerts) == {"VllmTimeToFirstTokenSlow", "VllmQueueBacklog", "VllmKvCacheFull"}
     assert alerts["VllmKvCacheFull"]["expr"] == "namespace:vllm_kv_cache_usage_perc:max > 0.95"
     assert all(rule["for"] == "5m" for rule in alerts.values())
+
+
+@pytest.mark.parametrize(("interval", "ttft_window", "tokens_window"), [(30, "300s", "120s"), (150, "600s", "600s")])
+def test_every_rate_spans_at_least_four_scrapes(interval: int, ttft_window: str, tokens_window: str) -> None:
+    signals = recorded(MetricsSettings(enabled=True, scrape_interval_seconds=interval))
+    assert f"[{ttft_window}]" in signals["namespace:vllm_time_to_first_token_seconds:p95"]
+    assert f"[{tokens_window}]" in signals["namespace:vllm_generation_tokens:rate"]
 
 
 def test_the_parser_rejects_a_broken_expression() -> None:
@@ -341,3 +348,13 @@ def test_alerts_go_to_the_settings_topic() -> None:
         {"topic_arn": "arn:aws:sns:us-west-2:123456789012:alerts", "sigv4": {"region": "us-west-2"}}
     ]
     assert config["route"]["receiver"] == receiver["name"]
+
+
+def test_a_scale_down_window_beyond_what_the_autoscaler_takes_is_refused() -> None:
+    assert "models[0].autoscaling.scale_down_cooldown_seconds: Input should be less than or equal to 3600" in (
+        rejected(autoscaled(scale_down_cooldown_seconds=3601), "prod")
+    )
+    # A model whose cold start alone passes the limit cannot derive one.
+    data = autoscaled()
+    data["models"][0]["load_seconds"] = 3600
+    assert "models[0].autoscaling: a replica's cold start (" in rejected(data, "prod")

@@ -669,3 +669,10 @@ def test_the_readmes_pool_examples_are_valid_settings() -> None:
         data["cluster"] = stage_data()["cluster"] | (yaml.safe_load(example).get("cluster") or {})
         settings = parse_stage_settings("dev", data)
         assert len(settings.gpu_node_pools) >= 2
+
+
+@pytest.mark.parametrize("name", ["default", "general-purpose", "system"])
+def test_a_pool_named_like_auto_modes_own_is_refused(name: str) -> None:
+    data = stage_data()
+    data["gpu_node_pools"][0]["name"] = name
+    assert f"gpu_node_pools[0].name: {name!r} is a NodeClass or NodePool of EKS Auto Mode itself" in rejected(data)
