@@ -16,6 +16,8 @@ import cdk8s_plus_30 as kplus
 from cdk8s_plus_30 import k8s
 from constructs import Construct
 
+from charts.api_keys import MOUNT as API_KEYS_MOUNT
+from charts.api_keys import ApiKeys, config_args
 from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
 from charts.gpu_node_pool import GPU_TAINT
@@ -95,6 +97,7 @@ def vllm_args(model: ModelSettings) -> list[str]:
         f"--gpu-memory-utilization={model.gpu_memory_utilization:.2f}",
         f"--tensor-parallel-size={model.tensor_parallel_size}",
         f"--max-model-len={model.max_model_len}",
+        *(config_args() if model.api_keys_secret else []),
         *model.extra_args,
     ]
 
@@ -192,6 +195,11 @@ class VllmServerChart(cdk8s.Chart):
                 annotations=CHECKOV_SKIP_ANNOTATIONS,
                 deadline_seconds=import_deadline,
             ).job_name
+        api_keys = (
+            ApiKeys(self, "ApiKeys", secret_name=model.api_keys_secret, region=weights.region)
+            if model.api_keys_secret
+            else None
+        )
 
         deployment = kplus.Deployment(
             self,
@@ -213,7 +221,8 @@ class VllmServerChart(cdk8s.Chart):
             progress_deadline=cdk8s.Duration.seconds(progress_deadline),
             # Long enough for the preStop drain to let the longest request finish (charts/drain.py).
             termination_grace_period=cdk8s.Duration.seconds(termination_grace_seconds(model)),
-            # The server calls no Kubernetes API.
+            # The server calls no Kubernetes API; with API keys, the CSI driver reads them as this account.
+            service_account=api_keys.service_account if api_keys else None,
             automount_service_account_token=False,
             security_context=kplus.PodSecurityContextProps(
                 ensure_non_root=True, user=RUN_AS_USER, group=RUN_AS_USER, fs_group=RUN_AS_USER
@@ -306,6 +315,8 @@ class VllmServerChart(cdk8s.Chart):
             ),
         )
         container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
+        if api_keys is not None:
+            container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
         weights_volume = kplus.Volume.from_persistent_volume_claim(
             self,
             "WeightsVolume",

@@ -18,6 +18,8 @@ Run it with credentials for the stage's account; it only reads (Service Quotas a
 3. Capacity reservations, those the GPU pools select (gpu_node_pools[].capacity_reservations) and
    any given with --reservation: each must exist, be active and unexpired, lie in a usable zone, be
    of a type some model can run on, and have instances available.
+4. The Secrets Manager secret of each model's API keys (models[].api_keys_secret) exists: a
+   replica cannot start without it.
 
 It prints a Markdown table per check, then one summary line. Exit status: 0 when the stage can
 start, 1 when something blocks it (the summary names what), 2 when it could not check (bad
@@ -308,6 +310,17 @@ def instance_offerings(ec2: Client, types: Sequence[str], zones: Sequence[str]) 
     return offered
 
 
+def secret_exists(secrets: Client, name: str) -> bool:
+    """Whether a Secrets Manager secret of that name exists (and is visible to the caller)."""
+    try:
+        secrets.describe_secret(SecretId=name)
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ResourceNotFoundException":
+            return False
+        raise
+    return True
+
+
 def quota_value(quotas: Client, quota: Quota) -> tuple[float, str, str]:
     """(value, "applied" or "AWS default", the name AWS gives it) of an EC2 quota in the client's region."""
     try:
@@ -468,6 +481,15 @@ def preflight(
                 + (" and ".join(f"{row.quota.name} ({row.quota.code}) is {row.value:g}" for row in counted))
                 + "; request more at "
                 + " or ".join(row.url for row in counted)
+            )
+
+    # 4: the models' API keys secrets exist (a replica cannot start without its keys).
+    secrets = client_factory("secretsmanager") if any(m.api_keys_secret for m in settings.models) else None
+    for model in settings.models:
+        if model.api_keys_secret and secrets is not None and not secret_exists(secrets, model.api_keys_secret):
+            blockers.append(
+                f"{model.name}: its API keys secret {model.api_keys_secret} does not exist in {settings.region}; "
+                'create it (README, "API keys") or the replicas wait for it'
             )
 
     # 3: the reservations.

@@ -9,7 +9,9 @@ its Service, sends "What is machine learning?" to /v1/chat/completions and fails
 says why, on anything but a 200 whose content or reasoning text is non-empty within the time allowed.
 It prints the answer's finish_reason ("length": cut off at max_tokens) and its beginning, or the
 reasoning's when the content is empty. With --url it skips kubectl and asks an endpoint that is
-already reachable. Standard library only, so it runs on a bare CodeBuild image (the pipeline's
+already reachable. With --api-key-secret (a model that requires API keys) it reads the first key of
+that Secrets Manager secret with the AWS CLI, checks that a request without a key is refused (401),
+and sends the prompt with the key. Standard library only, so it runs on a bare CodeBuild image (the pipeline's
 post-deploy step) as on a laptop. Exit 0: the model answered.
 """
 
@@ -61,12 +63,44 @@ def chat_request(model: str) -> dict[str, object]:
     }
 
 
-def ask(base_url: str, model: str, *, timeout: float) -> Answer:
-    """Send the test prompt; return the answer, or raise SmokeTestError."""
+def api_key_from_secret(secret: str) -> str:
+    """The first API key of a model's secret ({"api-key": ["<key>", ...]}), read with the AWS CLI."""
+    command = ["aws", "secretsmanager", "get-secret-value", "--secret-id", secret, "--query", "SecretString"]
+    result = subprocess.run([*command, "--output", "text"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise SmokeTestError(f"cannot read the API keys secret {secret}: {result.stderr.strip()}")
+    try:
+        keys = json.loads(result.stdout)["api-key"]
+        if not isinstance(keys, list) or not keys or not all(isinstance(key, str) and key for key in keys):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise SmokeTestError(
+            f'the API keys secret {secret} is not {{"api-key": ["<key>", ...]}} (README, "API keys")'
+        ) from None
+    return keys[0]
+
+
+def refuses_without_key(base_url: str, model: str, *, timeout: float) -> None:
+    """A model that requires API keys must answer 401 to a request that has none; raise SmokeTestError if not."""
+    request = urllib.request.Request(f"{base_url}/v1/models", method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except (urllib.error.URLError, TimeoutError) as error:
+        raise SmokeTestError(f"{model}: cannot reach {request.full_url}: {error}") from None
+    if status != 401:
+        raise SmokeTestError(f"{model}: a request without an API key got HTTP {status}, not 401")
+
+
+def ask(base_url: str, model: str, *, timeout: float, api_key: str | None = None) -> Answer:
+    """Send the test prompt (with the API key, if given); return the answer, or raise SmokeTestError."""
     body = json.dumps(chat_request(model)).encode()
-    request = urllib.request.Request(
-        f"{base_url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"{base_url}/v1/chat/completions", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = response.read()
@@ -233,6 +267,13 @@ def port_forward(namespace: str, service: str, *, timeout: float) -> Iterator[st
         process.wait(timeout=10)
 
 
+def checked_ask(base_url: str, args: argparse.Namespace, api_key: str | None) -> Answer:
+    """With a key: first check that a request without one is refused; then ask."""
+    if api_key:
+        refuses_without_key(base_url, args.model, timeout=args.request_timeout)
+    return ask(base_url, args.model, timeout=args.request_timeout, api_key=api_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.smoke_test", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the served model name, e.g. openai/gpt-oss-20b")
@@ -248,12 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--import-job", help="the Job importing the model's weights, to wait for first")
     parser.add_argument("--request-timeout", type=float, default=120, help="seconds to wait for the answer")
+    parser.add_argument("--api-key-secret", help="the Secrets Manager secret of the model's API keys, if it has any")
     args = parser.parse_args(argv)
     if not args.url and not (args.namespace and args.service):
         parser.error("give --url, or --namespace and --service")
     try:
+        api_key = api_key_from_secret(args.api_key_secret) if args.api_key_secret else None
         if args.url:
-            answer = ask(args.url, args.model, timeout=args.request_timeout)
+            answer = checked_ask(args.url, args, api_key)
         else:
             started = time.monotonic()
             if args.import_job:
@@ -261,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             remaining = max(args.rollout_timeout - (time.monotonic() - started), 0)
             wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=remaining)
             with port_forward(args.namespace, args.service, timeout=60) as url:
-                answer = ask(url, args.model, timeout=args.request_timeout)
+                answer = checked_ask(url, args, api_key)
     except SmokeTestError as failure:
         print(f"smoke test failed: {failure}", file=sys.stderr)
         return 1

@@ -65,6 +65,9 @@ MANAGED_VLLM_FLAGS = (
     "--tensor-parallel-size",
     "--max-model-len",
     "--served-model-name",
+    # API keys come from a Secrets Manager secret (api_keys_secret), never from the templates.
+    "--api-key",
+    "--config",
     # Without its statistics vLLM registers no metrics (vllm/v1/engine/async_llm.py:
     # enable_default_loggers=log_stats): the preStop drain (charts/drain.py) and the smoke test's
     # view of a replica's queue read them.
@@ -585,6 +588,9 @@ class ModelSettings(_Strict):
     revision: Revision = "main"
     files: tuple[FilePattern, ...] = Field(default=DEFAULT_WEIGHT_FILES, min_length=1)
     hf_token_secret: SecretName | None = None
+    # Clients must send one of the API keys held in this Secrets Manager secret (as JSON:
+    # {"api-key": ["<key>", ...]}); unset, the model answers without a key (README, "API keys").
+    api_keys_secret: SecretName | None = None
     # Or weights that are not on the Hub: you fill s3://<model bucket>/<weights_s3_prefix>/ and
     # mark it complete; nothing is imported.
     weights_s3_prefix: S3Prefix | None = None

@@ -36,6 +36,11 @@ NODE_ROLE_POLICIES = ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerReg
 FSX_CSI_SERVICE_ACCOUNT = "fsx-csi-controller-sa"
 
 
+# The AWS Secrets and Configuration Provider add-on, which installs the Secrets Store CSI driver with it
+# (EKS User Guide, "AWS add-ons": available on Auto Mode; its chart's secrets-store-csi-driver.install).
+SECRETS_STORE_ADDON = "aws-secrets-store-csi-driver-provider"
+
+
 class ClusterStack(Stack):
     """An EKS Auto Mode cluster with the built-in system and general-purpose pools.
 
@@ -52,6 +57,7 @@ class ClusterStack(Stack):
         cluster: ClusterSettings,
         metrics: MetricsSettings,
         image_cache_prefix: str,
+        secrets_store: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
@@ -109,6 +115,11 @@ class ClusterStack(Stack):
             )
 
         self._fsx_csi_driver()
+
+        if secrets_store:
+            # The AWS provider for the Secrets Store CSI driver, with the driver (charts/api_keys.py). It
+            # needs no role of its own: each pod reads its secrets as its own service account.
+            eks.Addon(self, "SecretsStoreCsiProvider", cluster=self.cluster, addon_name=SECRETS_STORE_ADDON)
 
         # vLLM's metrics in Amazon Managed Service for Prometheus (stacks/metrics.py), when the stage asks.
         self.prometheus = (

@@ -103,6 +103,22 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
             for model in settings.models
             if model.imported and model.hf_token_secret
         ),
+        *(
+            Finding(
+                path,
+                "AwsSolutions-IAM5["
+                + _account_resource("secretsmanager", settings.region, f"secret:{model.api_keys_secret}-??????")
+                + "]",
+                "Secrets Manager ends a secret's ARN in six random characters: the wildcard is that suffix of the "
+                f"one API keys secret the settings name for {model.name}.",
+            )
+            for model in settings.models
+            if model.api_keys_secret
+            for path in (
+                f"Serving/{names.output_id(model.name)}ApiKeysRole/DefaultPolicy",
+                f"{SMOKE_TEST_ROLE}/DefaultPolicy",
+            )
+        ),
         Finding(
             f"{FSX_CSI_ROLE}/DefaultPolicy",
             f"AwsSolutions-IAM5[{_account_resource('fsx', settings.region, 'file-system/*')}]",

@@ -20,6 +20,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from charts import DeployedResources, build_charts
+from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, import_folders, import_job_name
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
 from scripts.smoke_test import chat_request
@@ -105,6 +106,8 @@ class ServingStack(Stack):
         for model in settings.models:
             if model.imported:
                 self._weights_import_identity(settings, model, cluster, bucket_arn)
+            if model.api_keys_secret:
+                self._api_keys_identity(settings, model, cluster)
 
         self.smoke_test = self._smoke_test_project(settings, cluster, vpc)
         self._smoke_test_trigger(settings, pipeline_account)
@@ -172,6 +175,31 @@ class ServingStack(Stack):
         keda.node.add_dependency(identity)
         return keda
 
+    def _api_keys_identity(self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster) -> None:
+        """The replicas' read access to their API keys secret (charts/api_keys.py), through EKS Pod Identity."""
+        role = iam.Role(
+            self,
+            f"{names.output_id(model.name)}ApiKeysRole",
+            description=f"Reads {model.model}'s API keys (service account {API_KEYS_SERVICE_ACCOUNT} in namespace "
+            f"{model.name})",
+            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                # DescribeSecret: the provider checks the version before it reads (secrets_manager_provider.go).
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[secret_arn(settings, model.api_keys_secret)],
+            )
+        )
+        eks.CfnPodIdentityAssociation(
+            self,
+            f"{names.output_id(model.name)}ApiKeysIdentity",
+            cluster_name=cluster.cluster_name,
+            namespace=model.name,
+            service_account=API_KEYS_SERVICE_ACCOUNT,
+            role_arn=role.role_arn,
+        )
+
     def _weights_import_identity(
         self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster, bucket_arn: str
     ) -> None:
@@ -202,16 +230,9 @@ class ServingStack(Stack):
             )
         )
         if model.hf_token_secret:
-            # Secrets Manager appends a hyphen and six random characters to a secret's name in its ARN;
-            # a policy names the secret with `-??????` (Secrets Manager User Guide, "Permissions
-            # policy examples": secret names in ARNs).
             role.add_to_policy(
                 iam.PolicyStatement(
-                    actions=["secretsmanager:GetSecretValue"],
-                    resources=[
-                        f"arn:{Aws.PARTITION}:secretsmanager:{settings.region}:{Aws.ACCOUNT_ID}:secret:"
-                        f"{model.hf_token_secret}-??????"
-                    ],
+                    actions=["secretsmanager:GetSecretValue"], resources=[secret_arn(settings, model.hf_token_secret)]
                 )
             )
         eks.CfnPodIdentityAssociation(
@@ -275,6 +296,10 @@ class ServingStack(Stack):
             assumed_by=iam.ServicePrincipal("codebuild.amazonaws.com"),
         )
         role.add_to_policy(iam.PolicyStatement(actions=["eks:DescribeCluster"], resources=[cluster.cluster_arn]))
+        keys = [secret_arn(settings, model.api_keys_secret) for model in settings.models if model.api_keys_secret]
+        if keys:
+            # It asks with a key, as clients do.
+            role.add_to_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=keys))
         # No access policy: the group gets exactly the namespaced RBAC rules the charts define.
         eks.CfnAccessEntry(
             self,
@@ -294,6 +319,7 @@ class ServingStack(Stack):
                 if model.imported
                 else ""
             )
+            + (f" --api-key-secret {model.api_keys_secret}" if model.api_keys_secret else "")
             for model in settings.models
         ]
         scripts = s3_assets.Asset(self, "SmokeTestScript", path=str(SCRIPTS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
@@ -354,6 +380,16 @@ class ServingStack(Stack):
         )
 
 
+def secret_arn(settings: StageSettings, name: str) -> str:
+    """A secret of the stage's account and region, by name.
+
+    Secrets Manager appends a hyphen and six random characters to a secret's name in its ARN; a
+    policy names the secret with `-??????` (Secrets Manager User Guide, "Permissions policy
+    examples": secret names in ARNs).
+    """
+    return f"arn:{Aws.PARTITION}:secretsmanager:{settings.region}:{Aws.ACCOUNT_ID}:secret:{name}-??????"
+
+
 def smoke_test_timeout(settings: StageSettings) -> Duration:
     """The smoke test waits for each model in turn, then asks it: the longest waits, and ten minutes to spare."""
     waits = sum(smoke_test_wait_seconds(settings, model) for model in settings.models)
@@ -376,8 +412,14 @@ def port_forward_command(model: ModelSettings) -> str:
 
 
 def test_request_command(model: ModelSettings) -> str:
+    key = (
+        '-H "Authorization: Bearer $(aws secretsmanager get-secret-value --secret-id '
+        f'{model.api_keys_secret} --query SecretString --output text | jq -r \'."api-key"[0]\')" '
+        if model.api_keys_secret
+        else ""
+    )
     return (
-        f"curl -s http://localhost:{PORT}/v1/chat/completions -H 'Content-Type: application/json' "
+        f"curl -s http://localhost:{PORT}/v1/chat/completions -H 'Content-Type: application/json' {key}"
         f"-d '{json.dumps(chat_request(model.model))}' "
         # gpt-oss may answer in its reasoning only when the token budget runs out.
         "| jq -r '.choices[0] | .finish_reason, (.message | .content // .reasoning_content // .reasoning)'"

@@ -62,6 +62,7 @@ class InferencePlatformStage(Stage):
             cluster=settings.cluster,
             metrics=settings.metrics,
             image_cache_prefix=settings.image_cache_prefix,
+            secrets_store=any(model.api_keys_secret for model in settings.models),
         )
         self.serving = ServingStack(
             self,

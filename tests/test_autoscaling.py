@@ -7,13 +7,11 @@ and every PromQL expression is parsed by Prometheus's grammar (promql-parser).
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import promql_parser
 import pytest
 import yaml
@@ -26,6 +24,7 @@ from settings.model import MetricsSettings
 from stacks.metrics import alert_manager, recorded, rules, scrape_configuration
 from stacks.serving import KEDA_CHART, KEDA_NAMESPACE, KEDA_SERVICE_ACCOUNT
 from tests.conftest import Assembly, find, render_charts, stage_data
+from tests.scanners import crd_problems
 from tests.test_settings import rejected
 
 # The metrics vLLM 0.11.2 exports (vllm/v1/metrics/loggers.py, PrometheusStatLogger): gauges,
@@ -52,32 +51,14 @@ def scaled_objects(stage: str = "prod") -> list[dict[str, Any]]:
 # --- KEDA's resource definitions ---
 
 
-@functools.cache
-def keda_schema(kind: str) -> dict[str, Any]:
-    """The v1alpha1 schema of a KEDA resource, from the vendored chart's CRD, made strict: an unknown field
-    is an error (the API server would silently drop it)."""
-    name = {"ScaledObject": "crd-scaledobjects.yaml", "TriggerAuthentication": "crd-triggerauthentications.yaml"}[kind]
-    text = (KEDA_CHART / "templates" / "crds" / name).read_text()
-    # libyaml's loader: the ScaledObject definition alone is 300 KB.
-    crd = yaml.load("\n".join(line for line in text.splitlines() if "{{" not in line), Loader=yaml.CSafeLoader)
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-    return _strict(version["schema"]["openAPIV3Schema"])
-
-
-def _strict(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        schema = {key: _strict(value) for key, value in schema.items()}
-        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            schema.setdefault("additionalProperties", False)
-        return schema
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    return schema
+KEDA_CRDS = {
+    "ScaledObject": KEDA_CHART / "templates" / "crds" / "crd-scaledobjects.yaml",
+    "TriggerAuthentication": KEDA_CHART / "templates" / "crds" / "crd-triggerauthentications.yaml",
+}
 
 
 def keda_problems(obj: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft7Validator(keda_schema(obj["kind"]))
-    return [f"{'/'.join(map(str, error.path))}: {error.message}" for error in validator.iter_errors(obj)]
+    return crd_problems(obj, KEDA_CRDS[obj["kind"]])
 
 
 def test_the_scaled_object_and_its_authentication_match_kedas_definitions() -> None:

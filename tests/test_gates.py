@@ -108,13 +108,15 @@ def test_every_object_matches_the_clusters_kubernetes_schema(stage: str) -> None
     version = load_stage_settings(stage).cluster.kubernetes_version
     # NodePool and NodeClass are custom resources: the Karpenter schema and
     # tests/test_gpu_node_pool_chart.py check them; KEDA's schema checks ScaledObject and
-    # TriggerAuthentication (tests/test_autoscaling.py).
-    custom = ("karpenter.sh/v1", "eks.amazonaws.com/v1", "keda.sh/v1alpha1")
+    # TriggerAuthentication (tests/test_autoscaling.py), the CSI driver's SecretProviderClass
+    # (tests/test_api_keys.py).
+    custom = ("karpenter.sh/v1", "eks.amazonaws.com/v1", "keda.sh/v1alpha1", "secrets-store.csi.x-k8s.io/v1")
     objects = [obj for objects in render_charts(stage).values() for obj in objects if obj["apiVersion"] not in custom]
     # Every other object (tests/test_vllm_server_chart.py lists them) is a core Kubernetes kind.
     settings = load_stage_settings(stage)
     scaled = [model for model in settings.models if model.autoscaling is not None]
-    customs = 2 * len(settings.gpu_node_pools) + 2 * len(scaled)
+    keyed = [model for model in settings.models if model.api_keys_secret]
+    customs = 2 * len(settings.gpu_node_pools) + 2 * len(scaled) + len(keyed)
     assert len(objects) == sum(len(objs) for objs in render_charts(stage).values()) - customs
     assert [problem for obj in objects for problem in kubernetes_problems(obj, version)] == []
 

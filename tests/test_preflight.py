@@ -22,7 +22,7 @@ REGION = "us-west-2"
 ACTIVE = "cr-0123456789abcdef0"
 EXPIRED = "cr-0fedcba9876543210"
 MISSING = "cr-00000000000000000"
-SERVICES = ("ec2", "service-quotas")
+SERVICES = ("ec2", "service-quotas", "secretsmanager")
 G_ON_DEMAND, G_SPOT, P_ON_DEMAND, P_SPOT = (quota.code for quota in QUOTAS)
 
 
@@ -74,6 +74,19 @@ class Stubs(StubbedClients):
                 )
             else:
                 stubber.add_response("get_service_quota", {"Quota": {**answer["Quota"], "Value": value}}, params)
+
+    def secrets(self, settings: StageSettings, missing: Sequence[str] = ()) -> None:
+        """DescribeSecret of every model's API keys secret: found, unless named in `missing`."""
+        for model in settings.models:
+            if not model.api_keys_secret:
+                continue
+            params = {"SecretId": model.api_keys_secret}
+            if model.api_keys_secret in missing:
+                self.stubbers["secretsmanager"].add_client_error(
+                    "describe_secret", "ResourceNotFoundException", "not found", 400, params
+                )
+            else:
+                self.stubbers["secretsmanager"].add_response("describe_secret", {"Name": model.api_keys_secret}, params)
 
     def reservation(self, reservation: str, described: dict[str, Any] | None) -> None:
         params = {"CapacityReservationIds": [reservation]}
@@ -172,6 +185,7 @@ def test_one_capacity_type_with_enough_quota_is_enough(stubs: Stubs) -> None:
 def test_spot_quota_does_not_count_where_the_pool_allows_on_demand_only(stubs: Stubs) -> None:
     settings = stage("prod")
     assert settings.gpu_node_pools[0].capacity_types == ("on-demand",)
+    stubs.secrets(settings)
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas({**ENOUGH, G_ON_DEMAND: 4.0, G_SPOT: 1000.0})
 
@@ -191,6 +205,7 @@ def test_candidates_not_offered_in_the_model_store_zone_block_naming_the_zone(
 ) -> None:
     settings = stage("prod")
     assert settings.gpu_node_pools[0].zones == "model_store_zone"
+    stubs.secrets(settings)
     store_zone = settings.model_store_zone
     other_zone = next(zone for zone in settings.availability_zones if zone != store_zone)
     cheapest = candidates(settings, settings.models[0])[0].type
@@ -327,3 +342,17 @@ def test_a_reservation_no_pool_selects_is_reported_as_open_matching_only(stubs: 
         "no GPU pool selects it: Auto Mode launches into it only by open matching, as on-demand, and not at all "
         "once any NodeClass selects reservations; add it to a pool's capacity_reservations",
     )
+
+
+def test_a_missing_api_keys_secret_blocks_naming_it(stubs: Stubs) -> None:
+    settings = stage("prod")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    stubs.secrets(settings, missing=["gpt-oss-20b/api-keys"])
+
+    report = preflight(settings, [], stubs.client)
+
+    assert report.blockers == [
+        "gpt-oss-20b: its API keys secret gpt-oss-20b/api-keys does not exist in us-west-2; create it "
+        '(README, "API keys") or the replicas wait for it'
+    ]

@@ -391,3 +391,98 @@ def test_an_import_that_outlasts_the_wait_fails_saying_so(kubectl: FakeKubectl, 
     kubectl.answer(job(active=1), job(active=1), job(active=1))
     with pytest.raises(SmokeTestError, match=r"did not finish within 20 s"):
         wait_for_import(NAMESPACE, IMPORT_JOB, timeout=20, interval=10)
+
+
+# A model that requires API keys: vLLM's AuthenticationMiddleware answers 401 on /v1 without one.
+
+KEYS = ["key-one", "key-two"]
+
+
+class KeyedVllm(BaseHTTPRequestHandler):
+    """/v1 answers only with `Authorization: Bearer <one of KEYS>` when `requires_key`, as vLLM's middleware does."""
+
+    requires_key = True
+    seen: ClassVar[list[tuple[str, str, str | None]]] = []
+
+    def _refused(self) -> bool:
+        KeyedVllm.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if self.requires_key and self.headers.get("Authorization") not in [f"Bearer {key}" for key in KEYS]:
+            self._send(401, b'{"error": "Unauthorized"}')
+            return True
+        return False
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if not self._refused():
+            self._send(200, b'{"data": []}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if not self._refused():
+            self._send(*BEHAVIOURS["good"])
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def keyed_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    handler = type("Handler", (KeyedVllm,), {"requires_key": request.param})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    KeyedVllm.seen.clear()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def fake_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An `aws` on PATH that prints secret.txt for `secretsmanager get-secret-value --query SecretString`."""
+    script = tmp_path / "aws"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import pathlib, sys\n"
+        "assert sys.argv[1:4] == ['secretsmanager', 'get-secret-value', '--secret-id'], sys.argv\n"
+        "print((pathlib.Path(__file__).parent / 'secret.txt').read_text())\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "secret.txt"
+
+
+@pytest.mark.parametrize("keyed_server", [True], indirect=True)
+def test_a_keyed_model_is_asked_with_the_first_key_after_a_request_without_one_is_refused(
+    keyed_server: str, fake_aws: Path
+) -> None:
+    fake_aws.write_text(json.dumps({"api-key": KEYS}))
+    assert main(["--url", keyed_server, "--model", MODEL, "--api-key-secret", "gpt-oss-20b/api-keys"]) == 0
+    assert KeyedVllm.seen == [
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/chat/completions", "Bearer key-one"),
+    ]
+
+
+@pytest.mark.parametrize("keyed_server", [False], indirect=True)
+def test_a_model_that_answers_without_a_key_fails(
+    keyed_server: str, fake_aws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_aws.write_text(json.dumps({"api-key": KEYS}))
+    assert main(["--url", keyed_server, "--model", MODEL, "--api-key-secret", "gpt-oss-20b/api-keys"]) == 1
+    assert "a request without an API key got HTTP 200, not 401" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("secret", ["key-one", '{"api-key": []}', '{"api-key": "key-one"}'])
+def test_a_secret_not_in_the_documented_form_fails_saying_so(
+    secret: str, fake_aws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_aws.write_text(secret)
+    assert main(["--url", "http://127.0.0.1:9", "--model", MODEL, "--api-key-secret", "s"]) == 1
+    assert 'the API keys secret s is not {"api-key": ["<key>", ...]}' in capsys.readouterr().err

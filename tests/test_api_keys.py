@@ -1,0 +1,125 @@
+"""API keys: from a Secrets Manager secret to vLLM through the Secrets Store CSI driver, never through a template."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import yaml
+
+from charts.api_keys import FILE, MOUNT, PROVIDER_CLASS, SERVICE_ACCOUNT
+from stacks.cluster import SECRETS_STORE_ADDON
+from tests.conftest import ROOT, Assembly, find, render_charts, stage_data
+from tests.scanners import crd_problems
+from tests.test_settings import rejected
+
+SECRET = "gpt-oss-20b/api-keys"
+SECRET_PROVIDER_CLASS_CRD = ROOT / "tests" / "fixtures" / "crds" / "secretproviderclasses.yaml"
+
+
+def model_objects(stage: str = "prod") -> list[dict[str, Any]]:
+    return render_charts(stage)["Model-gpt-oss-20b"]
+
+
+def test_the_secret_is_mounted_for_vllm_to_read_as_its_config() -> None:
+    objects = model_objects()
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == SERVICE_ACCOUNT
+    assert pod["automountServiceAccountToken"] is False  # the CSI driver asks the kubelet for a token itself
+    (volume,) = [v for v in pod["volumes"] if "csi" in v]
+    assert volume["csi"] == {
+        "driver": "secrets-store.csi.k8s.io",
+        "readOnly": True,
+        "volumeAttributes": {"secretProviderClass": PROVIDER_CLASS},
+    }
+    container = pod["containers"][0]
+    assert {"mountPath": MOUNT, "name": volume["name"], "readOnly": True} in container["volumeMounts"]
+    # vLLM looks for the bare flag, then reads the file as YAML (argparse_utils.load_config_file).
+    index = container["args"].index("--config")
+    assert container["args"][index + 1] == f"{MOUNT}/{FILE}"
+    assert FILE.endswith(".yaml")  # vLLM refuses a config file of any other extension
+    provider = find(objects, "SecretProviderClass")
+    assert provider["spec"]["provider"] == "aws"
+    assert provider["spec"]["parameters"]["usePodIdentity"] == "true"
+    assert yaml.safe_load(provider["spec"]["parameters"]["objects"]) == [
+        {"objectName": SECRET, "objectType": "secretsmanager", "objectAlias": FILE}
+    ]
+
+
+def test_the_secret_provider_class_matches_the_drivers_definition() -> None:
+    provider = find(model_objects(), "SecretProviderClass")
+    assert crd_problems(provider, SECRET_PROVIDER_CLASS_CRD) == []
+    broken = copy.deepcopy(provider)
+    broken["spec"]["paramaters"] = broken["spec"].pop("parameters")
+    assert any("'paramaters' was unexpected" in problem for problem in crd_problems(broken, SECRET_PROVIDER_CLASS_CRD))
+
+
+def test_the_secret_format_is_what_vllm_reads_as_its_config() -> None:
+    # The README's example secret, read as vLLM reads a --config file: a mapping whose list becomes --api-key k1 k2.
+    readme = (ROOT / "README.md").read_text()
+    example = readme[readme.index("## API keys") :].split("```json\n", 1)[1].split("```", 1)[0]
+    config = yaml.safe_load(example)
+    assert list(config) == ["api-key"]
+    assert isinstance(config["api-key"], list)
+    assert all(isinstance(key, str) for key in config["api-key"])
+
+
+def test_a_model_without_keys_mounts_nothing_and_has_no_config() -> None:
+    pod = find(model_objects("dev"), "Deployment")["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod
+    assert not [v for v in pod["volumes"] if "csi" in v]
+    assert "--config" not in pod["containers"][0]["args"]
+
+
+def test_keys_never_come_from_the_templates() -> None:
+    for flag in ("--api-key=sk-123", "--config=/tmp/x.yaml"):
+        data = stage_data()
+        data["models"][0]["extra_args"] = [flag]
+        assert f"models[0].extra_args: {flag!r} is set by the project" in rejected(data)
+
+
+def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [resource for resource in template["Resources"].values() if resource["Type"] == kind]
+
+
+def test_the_replicas_and_the_smoke_test_may_read_the_secret_and_nothing_else(prod: Assembly) -> None:
+    serving = prod.template("Serving")
+    (association,) = [
+        a["Properties"]
+        for a in resources(serving, "AWS::EKS::PodIdentityAssociation")
+        if a["Properties"]["ServiceAccount"] == SERVICE_ACCOUNT
+    ]
+    assert association["Namespace"] == "gpt-oss-20b"
+    role = association["RoleArn"]["Fn::GetAtt"][0]
+    (policy,) = [p for p in resources(serving, "AWS::IAM::Policy") if p["Properties"]["Roles"] == [{"Ref": role}]]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
+    assert f":secret:{SECRET}-??????" in json.dumps(statement["Resource"])
+    smoke = [
+        s
+        for p in resources(serving, "AWS::IAM::Policy")
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        if s["Action"] == "secretsmanager:GetSecretValue"
+    ]
+    assert len(smoke) == 1
+    assert f":secret:{SECRET}-??????" in json.dumps(smoke[0]["Resource"])
+
+
+def test_the_provider_add_on_is_installed_where_a_model_has_keys(prod: Assembly, dev: Assembly) -> None:
+    def add_ons(assembly: Assembly) -> list[str]:
+        return [a["Properties"]["AddonName"] for a in resources(assembly.template("Cluster"), "AWS::EKS::Addon")]
+
+    assert SECRETS_STORE_ADDON in add_ons(prod)
+    assert SECRETS_STORE_ADDON not in add_ons(dev)
+
+
+def test_the_smoke_test_asks_with_a_key_and_the_test_command_sends_one(prod: Assembly) -> None:
+    serving = prod.template("Serving")
+    (project,) = resources(serving, "AWS::CodeBuild::Project")
+    buildspec = yaml.safe_load(project["Properties"]["Source"]["BuildSpec"])
+    (check,) = [c for c in buildspec["phases"]["build"]["commands"] if "smoke_test.py" in c]
+    assert f"--api-key-secret {SECRET}" in check
+    command = serving["Outputs"]["GptOss20bTestRequestCommand"]["Value"]
+    assert f"--secret-id {SECRET}" in command
+    assert "Authorization: Bearer" in command
