@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import cdk8s
 
@@ -35,6 +36,8 @@ class DeployedResources:
     bucket_name: str
     # The Prometheus workspace KEDA reads the queue from (stacks/metrics.py); None without metrics.
     prometheus_query_url: str | None = None
+    # Each exposed model's AWS WAF web ACL, by model name (stacks/web_acl.py).
+    web_acl_arns: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def placeholders(cls, settings: StageSettings) -> DeployedResources:
@@ -48,6 +51,7 @@ class DeployedResources:
             file_system_mount_name="<file system mount name>",
             bucket_name="<model bucket name>",
             prometheus_query_url="<prometheus workspace url>" if settings.metrics.enabled else None,
+            web_acl_arns={model.name: f"<web ACL of {model.name}>" for model in settings.models if model.exposure},
         )
 
 
@@ -89,6 +93,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             import_deadline=import_deadline_seconds(settings, model),
             requests=requests(settings, model),
             autoscaling=_autoscaling_plan(settings, model, deployed),
+            web_acl_arn=deployed.web_acl_arns.get(model.name),
         )
     return charts
 

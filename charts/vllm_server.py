@@ -20,6 +20,7 @@ from charts.api_keys import MOUNT as API_KEYS_MOUNT
 from charts.api_keys import ApiKeys, config_args
 from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
+from charts.exposure import InternalEndpoint
 from charts.gpu_node_pool import GPU_TAINT
 from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
 from charts.model_volume import ModelVolume
@@ -160,6 +161,7 @@ class VllmServerChart(cdk8s.Chart):
         import_deadline: int,
         requests: Requests,
         autoscaling: AutoscalingPlan | None = None,
+        web_acl_arn: str | None = None,
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
@@ -228,6 +230,11 @@ class VllmServerChart(cdk8s.Chart):
                 ensure_non_root=True, user=RUN_AS_USER, group=RUN_AS_USER, fs_group=RUN_AS_USER
             ),
         )
+        if model.exposure is not None:
+            assert web_acl_arn is not None  # the serving stack creates one per exposed model
+            InternalEndpoint(
+                self, "InternalEndpoint", model=model, exposure=model.exposure, port=PORT, web_acl_arn=web_acl_arn
+            )
         if autoscaling is not None:
             # The HorizontalPodAutoscaler owns the count: an applied one would reset it on every deploy.
             cdk8s.ApiObject.of(deployment).add_json_patch(cdk8s.JsonPatch.remove("/spec/replicas"))

@@ -211,6 +211,8 @@ class NetworkSettings(_Strict):
 
 
 ECR_PREFIX_MAX = 30
+# The least requests per evaluation window an AWS WAF rate-based rule takes.
+WAF_MIN_RATE_LIMIT = 10
 # The longest HorizontalPodAutoscaler stabilization window Kubernetes accepts (autoscaling/v2).
 MAX_STABILIZATION_SECONDS = 3600
 # Karpenter's NodePool weights run from 1 to 100 (karpenter.sh_nodepools.yaml): one per pool, 10 apart.
@@ -554,6 +556,21 @@ class AutoscalingSettings(_Strict):
     scale_down_cooldown_seconds: int | None = Field(default=None, ge=1, le=MAX_STABILIZATION_SECONDS)
 
 
+class ExposureSettings(_Strict):
+    """An internal Application Load Balancer in front of the model, from Auto Mode's own load balancing:
+    HTTPS only, /v1 only, API keys required, and an AWS WAF web ACL with rate limits (charts/exposure.py)."""
+
+    certificate_arn: Annotated[
+        str,
+        StringConstraints(pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-f-]{36}$"),
+        Field(description="an ACM certificate ARN such as arn:aws:acm:us-west-2:123456789012:certificate/<uuid>"),
+    ]
+    # Requests per 5 minutes, per API key (the Authorization header) and in all; AWS WAF's rate-based
+    # rules take 10 to 2,000,000,000 (AWS WAF Developer Guide, "Rate-based rule high-level settings").
+    rate_limit_per_key: int = Field(default=3000, ge=WAF_MIN_RATE_LIMIT, le=2_000_000_000)
+    rate_limit_total: int = Field(default=30000, ge=WAF_MIN_RATE_LIMIT, le=2_000_000_000)
+
+
 class ModelSettings(_Strict):
     # Names the Deployment and the namespace it runs in (and the names in settings.names).
     name: ModelName
@@ -591,6 +608,8 @@ class ModelSettings(_Strict):
     # Clients must send one of the API keys held in this Secrets Manager secret (as JSON:
     # {"api-key": ["<key>", ...]}); unset, the model answers without a key (README, "API keys").
     api_keys_secret: SecretName | None = None
+    # Unset: reached through `kubectl port-forward` only (README, "Exposure inside the VPC").
+    exposure: ExposureSettings | None = None
     # Or weights that are not on the Hub: you fill s3://<model bucket>/<weights_s3_prefix>/ and
     # mark it complete; nothing is imported.
     weights_s3_prefix: S3Prefix | None = None
@@ -625,6 +644,15 @@ class ModelSettings(_Strict):
             raise ValueError(
                 f"autoscaling.max_replicas: {self.autoscaling.max_replicas} is below replicas ({self.replicas}), "
                 "the minimum it scales from; give a maximum of at least that"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _exposed_with_keys(self) -> ModelSettings:
+        if self.exposure is not None and self.api_keys_secret is None:
+            raise ValueError(
+                "exposure: a model behind a load balancer requires API keys: set api_keys_secret to the Secrets "
+                "Manager secret that holds them"
             )
         return self
 
@@ -832,6 +860,19 @@ class StageSettings(_Strict):
                 f"metrics.alert_topic_arn: the topic is in account {topic.split(':')[4]}; AMP's alert manager "
                 f"publishes to topics of the stage's account, {self.account}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _certificates_in_the_region(self) -> StageSettings:
+        for index, model in enumerate(self.models):
+            if model.exposure is None:
+                continue
+            region = model.exposure.certificate_arn.split(":")[3]
+            if region != self.region:
+                raise ValueError(
+                    f"models[{index}].exposure.certificate_arn: the certificate is in {region}; a load balancer "
+                    f"takes certificates of its own region, {self.region}: request or import one there"
+                )
         return self
 
     @model_validator(mode="after")

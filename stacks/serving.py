@@ -29,6 +29,7 @@ from settings.cold_start import smoke_test_wait_seconds
 from settings.model import ModelSettings, StageSettings
 from stacks.metrics import ManagedPrometheus
 from stacks.model_store import LUSTRE_PORTS
+from stacks.web_acl import rate_limited_web_acl
 
 # KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
 # operator's service account, which the chart names keda-operator in the release's namespace.
@@ -89,6 +90,9 @@ class ServingStack(Stack):
             file_system_mount_name=file_system.mount_name,
             bucket_name=bucket.bucket_name,
             prometheus_query_url=prometheus.query_url if prometheus is not None else None,
+            web_acl_arns={
+                model.name: rate_limited_web_acl(self, model).attr_arn for model in settings.models if model.exposure
+            },
         )
         manifests = {
             chart_id: target.add_cdk8s_chart(chart_id, chart)

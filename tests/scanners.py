@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import cfnlint
 import jsonschema
 import kubernetes_validate
 import yaml
@@ -177,3 +178,27 @@ def crd_problems(obj: dict[str, Any], crd: Path) -> list[str]:
     """Validation of a custom resource against its definition, strict, as `path: message` lines."""
     validator = jsonschema.Draft7Validator(_crd_schema(crd, obj["apiVersion"].split("/")[1]))
     return [f"{'/'.join(map(str, error.path))}: {error.message}" for error in validator.iter_errors(obj)]
+
+
+CFN_SCHEMAS = Path(cfnlint.__file__).parent / "data" / "schemas"
+
+
+@functools.cache
+def _resource_schema(resource_type: str) -> dict[str, Any]:
+    """A resource type's CloudFormation schema, as cfn-lint bundles it (us-east-1's provider list)."""
+    provider = json.loads((CFN_SCHEMAS / "providers" / "us-east-1.json").read_text())
+    schema = json.loads((CFN_SCHEMAS / "resources" / f"{provider[resource_type]}.json").read_text())
+    return {
+        "type": "object",
+        "properties": schema["properties"],
+        "required": schema.get("required", []),
+        "additionalProperties": False,
+        "definitions": schema.get("definitions", {}),
+    }
+
+
+def cloudformation_problems(resource_type: str, properties: dict[str, Any]) -> list[str]:
+    """A resource's properties against its CloudFormation resource schema (what cfn-lint's E30xx rules
+    check), in this process: `path: message` lines."""
+    validator = jsonschema.Draft7Validator(_resource_schema(resource_type))
+    return [f"{'/'.join(map(str, error.path))}: {error.message}" for error in validator.iter_errors(properties)]

@@ -1,0 +1,110 @@
+"""A model behind an internal Application Load Balancer, from EKS Auto Mode's own load balancing.
+
+Auto Mode configures a load balancer from an IngressClass whose controller is eks.amazonaws.com/alb
+and its IngressClassParams (eks.amazonaws.com/v1): not from annotations on the IngressClass. The
+Ingress may still carry annotations, such as the listener ports, the health check and the AWS WAF
+web ACL: IngressClassParams has no field for a web ACL, and the guide names the Ingress annotation
+instead (EKS User Guide, "Create an IngressClass to configure an Application Load Balancer").
+Private subnets carry kubernetes.io/role/internal-elb (stacks/network.py), where Auto Mode places
+internal load balancers.
+
+Only /v1 is routed (pathType Prefix: /v1 and /v1/*); vLLM's other routes (/metrics, /health,
+/tokenize, /invocations, ...) are not reachable through the load balancer, whose default action
+answers 404. vLLM itself requires an API key on /v1 (charts/api_keys.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import cdk8s
+from constructs import Construct
+
+from settings.model import ExposureSettings, ModelSettings
+
+CONTROLLER = "eks.amazonaws.com/alb"
+ROUTED_PATH = "/v1"
+HTTPS_PORT = 443
+
+
+def internal_endpoint_annotations(web_acl_arn: str) -> dict[str, str]:
+    """The Ingress's annotations: HTTPS only, health from vLLM's /health, and the web ACL."""
+    return {
+        "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTPS": HTTPS_PORT}]),
+        "alb.ingress.kubernetes.io/target-type": "ip",
+        "alb.ingress.kubernetes.io/healthcheck-path": "/health",
+        "alb.ingress.kubernetes.io/wafv2-acl-arn": web_acl_arn,
+    }
+
+
+class InternalEndpoint(Construct):
+    """IngressClassParams and IngressClass (cluster-scoped, named after the model) and the model's Ingress."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        model: ModelSettings,
+        exposure: ExposureSettings,
+        port: int,
+        web_acl_arn: str,
+    ) -> None:
+        super().__init__(scope, id)
+        params = cdk8s.ApiObject(
+            self,
+            "IngressClassParams",
+            api_version="eks.amazonaws.com/v1",
+            kind="IngressClassParams",
+            metadata=cdk8s.ApiObjectMetadata(name=model.name),
+        )
+        params.add_json_patch(
+            cdk8s.JsonPatch.add("/spec", {"scheme": "internal", "certificateARNs": [exposure.certificate_arn]})
+        )
+        ingress_class = cdk8s.ApiObject(
+            self,
+            "IngressClass",
+            api_version="networking.k8s.io/v1",
+            kind="IngressClass",
+            metadata=cdk8s.ApiObjectMetadata(name=model.name),
+        )
+        ingress_class.add_json_patch(
+            cdk8s.JsonPatch.add(
+                "/spec",
+                {
+                    "controller": CONTROLLER,
+                    "parameters": {"apiGroup": "eks.amazonaws.com", "kind": "IngressClassParams", "name": model.name},
+                },
+            )
+        )
+        # Both are cluster-scoped: the chart's namespace would otherwise be stamped on them.
+        for cluster_scoped in (params, ingress_class):
+            cluster_scoped.add_json_patch(cdk8s.JsonPatch.remove("/metadata/namespace"))
+        ingress = cdk8s.ApiObject(
+            self,
+            "Ingress",
+            api_version="networking.k8s.io/v1",
+            kind="Ingress",
+            metadata=cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(web_acl_arn)),
+        )
+        ingress.add_json_patch(
+            cdk8s.JsonPatch.add(
+                "/spec",
+                {
+                    "ingressClassName": model.name,
+                    "rules": [
+                        {
+                            "http": {
+                                "paths": [
+                                    {
+                                        "path": ROUTED_PATH,
+                                        "pathType": "Prefix",
+                                        "backend": {"service": {"name": model.service_name, "port": {"number": port}}},
+                                    }
+                                ]
+                            }
+                        }
+                    ],
+                },
+            )
+        )

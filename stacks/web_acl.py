@@ -1,0 +1,101 @@
+"""The AWS WAF web ACL in front of an exposed model's load balancer: rate limits per API key and in all.
+
+Rate-based rules count requests over a 5-minute window (EvaluationWindowSec: 60, 120, 300 or 600)
+and block the excess until the rate falls back below the limit. The per-key rule aggregates on the
+Authorization header, which carries the API key; a request without that header is not counted by
+it (AWS WAF API Reference, RateBasedStatementCustomKey) but vLLM refuses it with a 401, and the
+overall rule counts every request. AWS's Known Bad Inputs rule group goes first.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import aws_wafv2 as wafv2
+from constructs import Construct
+
+from settings import names
+from settings.model import ExposureSettings, ModelSettings
+
+WINDOW_SECONDS = 300
+
+
+def _visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+    return wafv2.CfnWebACL.VisibilityConfigProperty(
+        cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True
+    )
+
+
+def _every_request() -> wafv2.CfnWebACL.StatementProperty:
+    """Matches any request: the scope of the overall limit, which a CONSTANT aggregation requires."""
+    return wafv2.CfnWebACL.StatementProperty(
+        byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+            field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+            positional_constraint="STARTS_WITH",
+            search_string="/",
+            text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+        )
+    )
+
+
+def rate_rules(exposure: ExposureSettings, prefix: str) -> list[wafv2.CfnWebACL.RuleProperty]:
+    per_key = wafv2.CfnWebACL.RateBasedStatementProperty(
+        limit=exposure.rate_limit_per_key,
+        evaluation_window_sec=WINDOW_SECONDS,
+        aggregate_key_type="CUSTOM_KEYS",
+        custom_keys=[
+            wafv2.CfnWebACL.RateBasedStatementCustomKeyProperty(
+                header=wafv2.CfnWebACL.RateLimitHeaderProperty(
+                    name="authorization",
+                    text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+                )
+            )
+        ],
+    )
+    total = wafv2.CfnWebACL.RateBasedStatementProperty(
+        limit=exposure.rate_limit_total,
+        evaluation_window_sec=WINDOW_SECONDS,
+        aggregate_key_type="CONSTANT",
+        scope_down_statement=_every_request(),
+    )
+    return [
+        wafv2.CfnWebACL.RuleProperty(
+            name="known-bad-inputs",
+            priority=0,
+            statement=wafv2.CfnWebACL.StatementProperty(
+                managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                    vendor_name="AWS", name="AWSManagedRulesKnownBadInputsRuleSet"
+                )
+            ),
+            override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+            visibility_config=_visibility(f"{prefix}KnownBadInputs"),
+        ),
+        wafv2.CfnWebACL.RuleProperty(
+            name="rate-per-api-key",
+            priority=1,
+            statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=per_key),
+            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            visibility_config=_visibility(f"{prefix}RatePerApiKey"),
+        ),
+        wafv2.CfnWebACL.RuleProperty(
+            name="rate-total",
+            priority=2,
+            statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=total),
+            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            visibility_config=_visibility(f"{prefix}RateTotal"),
+        ),
+    ]
+
+
+def rate_limited_web_acl(scope: Construct, model: ModelSettings) -> wafv2.CfnWebACL:
+    """A regional web ACL for the model's load balancer: the Ingress names it (charts/exposure.py)."""
+    assert model.exposure is not None
+    prefix = names.output_id(model.name)
+    return wafv2.CfnWebACL(
+        scope,
+        f"{prefix}WebAcl",
+        scope="REGIONAL",
+        # AWS WAF takes letters, digits, spaces and =:#@/-,. in a description (cfn-lint E3031).
+        description=f"Rate limits in front of the internal load balancer of {model.model}",
+        default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+        rules=rate_rules(model.exposure, prefix),
+        visibility_config=_visibility(f"{prefix}WebAcl"),
+    )

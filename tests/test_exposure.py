@@ -1,0 +1,174 @@
+"""Exposure inside the VPC: Auto Mode's internal load balancer, /v1 only, and the AWS WAF web ACL's rate limits."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from typing import Any
+
+import aws_cdk as cdk
+import cdk8s
+import pytest
+from aws_cdk.assertions import Template
+
+from charts import DeployedResources, build_charts
+from settings import parse_stage_settings
+from settings.model import StageSettings
+from stacks.web_acl import rate_limited_web_acl
+from tests.conftest import find, stage_data
+from tests.scanners import cloudformation_problems, kubernetes_problems
+from tests.test_settings import rejected
+
+CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
+WEB_ACL_TYPE = "AWS::WAFv2::WebACL"
+WEB_ACL = "arn:aws:wafv2:us-west-2:123456789012:regional/webacl/gptoss20bWebAcl/0a1b2c3d"
+
+
+def exposed(**exposure: Any) -> dict[str, Any]:
+    """prod's settings with its model behind an internal load balancer."""
+    data = stage_data("prod")
+    data["models"][0]["exposure"] = {"certificate_arn": CERTIFICATE, **exposure}
+    return data
+
+
+def exposed_settings(**exposure: Any) -> StageSettings:
+    return parse_stage_settings("prod", exposed(**exposure))
+
+
+@functools.cache
+def exposed_objects() -> list[dict[str, Any]]:
+    return model_objects(exposed_settings())
+
+
+def model_objects(settings: StageSettings) -> list[dict[str, Any]]:
+    deployed = DeployedResources.placeholders(settings)
+    deployed = DeployedResources(**{**deployed.__dict__, "web_acl_arns": {"gpt-oss-20b": WEB_ACL}})
+    return build_charts(cdk8s.App(), settings, deployed)["Model-gpt-oss-20b"].to_json()
+
+
+def test_an_internal_https_load_balancer_routes_only_v1_to_the_service() -> None:
+    objects = exposed_objects()
+    params = find(objects, "IngressClassParams")
+    assert params["apiVersion"] == "eks.amazonaws.com/v1"
+    assert params["metadata"] == {"name": "gpt-oss-20b"}  # cluster-scoped
+    assert params["spec"] == {"scheme": "internal", "certificateARNs": [CERTIFICATE]}
+    ingress_class = find(objects, "IngressClass")
+    assert ingress_class["metadata"] == {"name": "gpt-oss-20b"}
+    assert ingress_class["spec"] == {
+        "controller": "eks.amazonaws.com/alb",
+        "parameters": {"apiGroup": "eks.amazonaws.com", "kind": "IngressClassParams", "name": "gpt-oss-20b"},
+    }
+    ingress = find(objects, "Ingress")
+    assert ingress["metadata"]["namespace"] == "gpt-oss-20b"
+    annotations = ingress["metadata"]["annotations"]
+    assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTPS": 443}]
+    assert annotations["alb.ingress.kubernetes.io/wafv2-acl-arn"] == WEB_ACL
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/health"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path == {
+        "path": "/v1",
+        "pathType": "Prefix",
+        "backend": {"service": {"name": "gptoss-service", "port": {"number": 8000}}},
+    }
+    assert ingress["spec"]["ingressClassName"] == ingress_class["metadata"]["name"]
+    for obj in (ingress, ingress_class):
+        assert kubernetes_problems(obj, "1.36") == []
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    """Kubernetes' Prefix match: element by element on '/' (networking.k8s.io/v1 HTTPIngressPath)."""
+    wanted = [element for element in prefix.split("/") if element]
+    return [element for element in path.split("/") if element][: len(wanted)] == wanted
+
+
+@pytest.mark.parametrize(
+    ("path", "routed"),
+    [
+        ("/v1/chat/completions", True),
+        ("/v1/models", True),
+        ("/metrics", False),
+        ("/health", False),
+        ("/tokenize", False),
+        ("/invocations", False),  # vLLM's SageMaker route runs inference without the /v1 key check
+        ("/v10/x", False),
+    ],
+)
+def test_only_v1_reaches_vllm_through_the_load_balancer(path: str, routed: bool) -> None:
+    (rule,) = find(exposed_objects(), "Ingress")["spec"]["rules"]
+    assert any(prefix_matches(p["path"], path) for p in rule["http"]["paths"]) is routed
+
+
+def test_a_model_not_exposed_has_no_ingress() -> None:
+    objects = model_objects(parse_stage_settings("prod", stage_data("prod")))
+    assert not [obj for obj in objects if obj["kind"] in ("Ingress", "IngressClass", "IngressClassParams")]
+
+
+@functools.cache
+def web_acl(**exposure: Any) -> dict[str, Any]:
+    """The properties of the model's web ACL, synthesized by the real construct in a stack of its own."""
+    app = cdk.App()
+    stack = cdk.Stack(app, "WebAcl", env=cdk.Environment(region="us-west-2"))
+    rate_limited_web_acl(stack, exposed_settings(**exposure).models[0])
+    (acl,) = [r for r in Template.from_stack(stack).to_json()["Resources"].values() if r["Type"] == WEB_ACL_TYPE]
+    return acl["Properties"]
+
+
+def test_the_web_acl_limits_each_key_and_all_requests_and_cloudformation_accepts_it() -> None:
+    acl = web_acl(rate_limit_per_key=600, rate_limit_total=6000)
+    assert cloudformation_problems(WEB_ACL_TYPE, acl) == []
+    assert acl["Scope"] == "REGIONAL"
+    assert acl["DefaultAction"] == {"Allow": {}}
+    rules = {rule["Name"]: rule for rule in acl["Rules"]}
+    per_key = rules["rate-per-api-key"]["Statement"]["RateBasedStatement"]
+    assert per_key["Limit"] == 600
+    assert per_key["AggregateKeyType"] == "CUSTOM_KEYS"
+    assert per_key["CustomKeys"] == [
+        {"Header": {"Name": "authorization", "TextTransformations": [{"Priority": 0, "Type": "NONE"}]}}
+    ]
+    total = rules["rate-total"]["Statement"]["RateBasedStatement"]
+    assert (total["Limit"], total["AggregateKeyType"]) == (6000, "CONSTANT")
+    assert "ScopeDownStatement" in total  # CONSTANT counts what the scope-down statement matches
+    assert all(rules[name]["Action"] == {"Block": {}} for name in ("rate-per-api-key", "rate-total"))
+
+
+def test_the_cloudformation_schema_rejects_a_broken_web_acl() -> None:
+    broken = copy.deepcopy(web_acl())
+    broken["Rules"][1]["Statement"]["RateBasedStatement"]["Limit"] = 5
+    broken["Description"] = "the model's ACL"
+    problems = cloudformation_problems(WEB_ACL_TYPE, broken)
+    assert any("5 is less than the minimum of 10" in problem for problem in problems)
+    assert any(problem.startswith("Description: ") for problem in problems)
+
+
+@pytest.mark.parametrize("field", ["rate_limit_per_key", "rate_limit_total"])
+def test_a_rate_limit_below_wafs_minimum_is_refused(field: str) -> None:
+    assert f"models[0].exposure.{field}: Input should be greater than or equal to 10 (got 9)" in rejected(
+        exposed(**{field: 9}), "prod"
+    )
+
+
+def test_exposure_without_an_api_key_secret_is_refused() -> None:
+    data = exposed()
+    del data["models"][0]["api_keys_secret"]
+    assert "models[0]: exposure: a model behind a load balancer requires API keys: set api_keys_secret" in rejected(
+        data, "prod"
+    )
+
+
+def test_a_certificate_in_another_region_is_refused() -> None:
+    data = exposed()
+    data["models"][0]["exposure"]["certificate_arn"] = CERTIFICATE.replace("us-west-2", "us-east-1")
+    assert (
+        "models[0].exposure.certificate_arn: the certificate is in us-east-1; a load balancer takes certificates "
+        "of its own region, us-west-2"
+    ) in rejected(data, "prod")
+
+
+def test_a_malformed_certificate_arn_is_refused() -> None:
+    data = exposed()
+    data["models"][0]["exposure"]["certificate_arn"] = "my-certificate"
+    assert "an ACM certificate ARN such as arn:aws:acm:us-west-2:123456789012:certificate/<uuid>" in rejected(
+        data, "prod"
+    )
