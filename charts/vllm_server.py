@@ -86,6 +86,8 @@ SMOKE_TEST_RULES = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
+    # The load balancer's address, for a model exposed inside the VPC (charts/exposure.py).
+    {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get"]},
 ]
 
 

@@ -5,14 +5,17 @@
 waits for the Job importing the model's weights (--import-job; a failed import fails the test with
 the Job's own reason) and for the model's Deployment to finish rolling out (polling it, past its
 progress deadline if need be, for up to --rollout-timeout seconds in all), forwards a local port to
-its Service, sends "What is machine learning?" to /v1/chat/completions and fails, with a message that
-says why, on anything but a 200 whose content or reasoning text is non-empty within the time allowed.
-It prints the answer's finish_reason ("length": cut off at max_tokens) and its beginning, or the
-reasoning's when the content is empty. With --url it skips kubectl and asks an endpoint that is
-already reachable. With --api-key-secret (a model that requires API keys) it reads the first key of
-that Secrets Manager secret with the AWS CLI, checks that a request without a key is refused (401),
-and sends the prompt with the key. Standard library only, so it runs on a bare CodeBuild image (the pipeline's
-post-deploy step) as on a laptop. Exit 0: the model answered.
+its Service, sends "What is machine learning?" to /v1/chat/completions and fails, with a message
+that says why, on anything but a 200 whose content or reasoning text is non-empty within the time
+allowed. It prints the answer's finish_reason ("length": cut off at max_tokens) and its beginning,
+or the reasoning's when the content is empty. With --url it skips kubectl and asks an endpoint that
+is already reachable. With --api-key-secret (a model that requires API keys) it reads the first key
+of that Secrets Manager secret with the AWS CLI, checks that a request without a key is refused
+(401), and sends the prompt with the key. With --ingress and --hostname (a model exposed through an
+internal load balancer) it waits for the load balancer's address, then asks through https://HOSTNAME
+instead of a port-forward, and also checks that /metrics is not routed there (404). Standard library
+only, so it runs on a bare CodeBuild image (the pipeline's post-deploy step) as on a laptop. Exit 0:
+the model answered.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ REASONING_EFFORT = "low"
 MAX_TOKENS = 512
 SERVICE_PORT = 8000
 ROLLOUT_POLL_SECONDS = 10.0
+# Auto Mode provisions the load balancer of a new Ingress in a few minutes.
+LOAD_BALANCER_WAIT_SECONDS = 900
 
 
 class SmokeTestError(Exception):
@@ -78,6 +83,42 @@ def api_key_from_secret(secret: str) -> str:
             f'the API keys secret {secret} is not {{"api-key": ["<key>", ...]}} (README, "API keys")'
         ) from None
     return keys[0]
+
+
+def not_routed(base_url: str, path: str, *, timeout: float) -> None:
+    """The load balancer must answer 404 for a path it does not route to vLLM; raise SmokeTestError if not."""
+    request = urllib.request.Request(f"{base_url}{path}", method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except (urllib.error.URLError, TimeoutError) as error:
+        raise SmokeTestError(f"cannot reach {request.full_url}: {error}") from None
+    if status != 404:
+        raise SmokeTestError(f"{request.full_url} answered HTTP {status}: the load balancer must not route {path}")
+
+
+def wait_for_load_balancer(namespace: str, ingress: str, *, timeout: float, interval: float = 15.0) -> str:
+    """The address Auto Mode gave the Ingress's load balancer, once it has one (it takes minutes)."""
+    started = time.monotonic()
+    while True:
+        state = _kubectl_json(namespace, "ingress", ingress)
+        addresses = state.get("status", {}).get("loadBalancer", {}).get("ingress") or []
+        if addresses and addresses[0].get("hostname"):
+            return addresses[0]["hostname"]
+        waited = time.monotonic() - started
+        if waited >= timeout:
+            raise SmokeTestError(f"ingress {namespace}/{ingress} has no load balancer address after {waited:.0f} s")
+        time.sleep(min(interval, timeout - waited))
+
+
+def resolves(hostname: str) -> bool:
+    try:
+        socket.getaddrinfo(hostname, 443)
+    except socket.gaierror:
+        return False
+    return True
 
 
 def refuses_without_key(base_url: str, model: str, *, timeout: float) -> None:
@@ -290,9 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import-job", help="the Job importing the model's weights, to wait for first")
     parser.add_argument("--request-timeout", type=float, default=120, help="seconds to wait for the answer")
     parser.add_argument("--api-key-secret", help="the Secrets Manager secret of the model's API keys, if it has any")
+    parser.add_argument("--ingress", help="the Ingress of a model exposed through a load balancer (with --hostname)")
+    parser.add_argument("--hostname", help="the name clients use for that load balancer, which its certificate covers")
     args = parser.parse_args(argv)
     if not args.url and not (args.namespace and args.service):
         parser.error("give --url, or --namespace and --service")
+    if bool(args.ingress) != bool(args.hostname):
+        parser.error("give --ingress and --hostname together")
     try:
         api_key = api_key_from_secret(args.api_key_secret) if args.api_key_secret else None
         if args.url:
@@ -303,8 +348,16 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_import(args.namespace, args.import_job, timeout=args.rollout_timeout)
             remaining = max(args.rollout_timeout - (time.monotonic() - started), 0)
             wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=remaining)
-            with port_forward(args.namespace, args.service, timeout=60) as url:
+            if args.ingress:
+                address = wait_for_load_balancer(args.namespace, args.ingress, timeout=LOAD_BALANCER_WAIT_SECONDS)
+                if not resolves(args.hostname):
+                    raise SmokeTestError(f"{args.hostname} does not resolve: point it at the load balancer, {address}")
+                url = f"https://{args.hostname}"
+                not_routed(url, "/metrics", timeout=args.request_timeout)
                 answer = checked_ask(url, args, api_key)
+            else:
+                with port_forward(args.namespace, args.service, timeout=60) as url:
+                    answer = checked_ask(url, args, api_key)
     except SmokeTestError as failure:
         print(f"smoke test failed: {failure}", file=sys.stderr)
         return 1

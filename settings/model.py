@@ -560,6 +560,13 @@ class ExposureSettings(_Strict):
     """An internal Application Load Balancer in front of the model, from Auto Mode's own load balancing:
     HTTPS only, /v1 only, API keys required, and an AWS WAF web ACL with rate limits (charts/exposure.py)."""
 
+    # The name clients use, which the certificate covers, pointed at the load balancer (README,
+    # "Exposure inside the VPC"); the smoke test asks through it.
+    hostname: Annotated[
+        str,
+        StringConstraints(max_length=253, pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"),
+        Field(description="a DNS name in lower case such as llm.internal.example.com"),
+    ]
     certificate_arn: Annotated[
         str,
         StringConstraints(pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-f-]{36}$"),

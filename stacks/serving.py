@@ -23,7 +23,7 @@ from charts import DeployedResources, build_charts
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, import_folders, import_job_name
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
-from scripts.smoke_test import chat_request
+from scripts.smoke_test import LOAD_BALANCER_WAIT_SECONDS, chat_request
 from settings import names
 from settings.cold_start import smoke_test_wait_seconds
 from settings.model import ModelSettings, StageSettings
@@ -314,18 +314,7 @@ class ServingStack(Stack):
             type="STANDARD",
         )
         kubectl_version = f"v{settings.cluster.kubernetes_version}.0"
-        checks = [
-            f"python3 {SMOKE_TEST_FILE} --namespace {model.name} --service {model.service_name} "
-            f"--deployment {model.name} --model {model.model} "
-            f"--rollout-timeout {smoke_test_wait_seconds(settings, model)}"
-            + (
-                f" --import-job {import_job_name(model, region=settings.region, zone=settings.model_store_zone)}"
-                if model.imported
-                else ""
-            )
-            + (f" --api-key-secret {model.api_keys_secret}" if model.api_keys_secret else "")
-            for model in settings.models
-        ]
+        checks = [smoke_test_command(settings, model) for model in settings.models]
         scripts = s3_assets.Asset(self, "SmokeTestScript", path=str(SCRIPTS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
         return codebuild.Project(
             self,
@@ -394,9 +383,29 @@ def secret_arn(settings: StageSettings, name: str) -> str:
     return f"arn:{Aws.PARTITION}:secretsmanager:{settings.region}:{Aws.ACCOUNT_ID}:secret:{name}-??????"
 
 
+def smoke_test_command(settings: StageSettings, model: ModelSettings) -> str:
+    """How the smoke test project checks one model (scripts/smoke_test.py)."""
+    return (
+        f"python3 {SMOKE_TEST_FILE} --namespace {model.name} --service {model.service_name} "
+        f"--deployment {model.name} --model {model.model} "
+        f"--rollout-timeout {smoke_test_wait_seconds(settings, model)}"
+        + (
+            f" --import-job {import_job_name(model, region=settings.region, zone=settings.model_store_zone)}"
+            if model.imported
+            else ""
+        )
+        + (f" --api-key-secret {model.api_keys_secret}" if model.api_keys_secret else "")
+        + (f" --ingress {model.name} --hostname {model.exposure.hostname}" if model.exposure else "")
+    )
+
+
 def smoke_test_timeout(settings: StageSettings) -> Duration:
-    """The smoke test waits for each model in turn, then asks it: the longest waits, and ten minutes to spare."""
-    waits = sum(smoke_test_wait_seconds(settings, model) for model in settings.models)
+    """The smoke test waits for each model in turn (and for an exposed one, its load balancer), then asks it: the
+    longest waits, and ten minutes to spare."""
+    waits = sum(
+        smoke_test_wait_seconds(settings, model) + (LOAD_BALANCER_WAIT_SECONDS if model.exposure else 0)
+        for model in settings.models
+    )
     return Duration.minutes(math.ceil(waits / 60) + 10)
 
 

@@ -15,12 +15,14 @@ from aws_cdk.assertions import Template
 from charts import DeployedResources, build_charts
 from settings import parse_stage_settings
 from settings.model import StageSettings
+from stacks.serving import smoke_test_command, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
 from tests.conftest import find, stage_data
 from tests.scanners import cloudformation_problems, kubernetes_problems
 from tests.test_settings import rejected
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
+HOSTNAME = "llm.internal.example.com"
 WEB_ACL_TYPE = "AWS::WAFv2::WebACL"
 WEB_ACL = "arn:aws:wafv2:us-west-2:123456789012:regional/webacl/gptoss20bWebAcl/0a1b2c3d"
 
@@ -28,7 +30,7 @@ WEB_ACL = "arn:aws:wafv2:us-west-2:123456789012:regional/webacl/gptoss20bWebAcl/
 def exposed(**exposure: Any) -> dict[str, Any]:
     """prod's settings with its model behind an internal load balancer."""
     data = stage_data("prod")
-    data["models"][0]["exposure"] = {"certificate_arn": CERTIFICATE, **exposure}
+    data["models"][0]["exposure"] = {"hostname": HOSTNAME, "certificate_arn": CERTIFICATE, **exposure}
     return data
 
 
@@ -172,3 +174,18 @@ def test_a_malformed_certificate_arn_is_refused() -> None:
     assert "an ACM certificate ARN such as arn:aws:acm:us-west-2:123456789012:certificate/<uuid>" in rejected(
         data, "prod"
     )
+
+
+@pytest.mark.parametrize("hostname", ["LLM.example.com", "llm", "https://llm.example.com", "-llm.example.com"])
+def test_a_hostname_that_is_not_a_dns_name_is_refused(hostname: str) -> None:
+    assert "models[0].exposure.hostname: " in rejected(exposed(hostname=hostname), "prod")
+    assert "a DNS name in lower case such as llm.internal.example.com" in rejected(exposed(hostname=hostname), "prod")
+
+
+def test_the_smoke_test_asks_through_the_load_balancer_by_its_name_with_a_key() -> None:
+    settings = exposed_settings()
+    command = smoke_test_command(settings, settings.models[0])
+    assert command.endswith(f" --api-key-secret gpt-oss-20b/api-keys --ingress gpt-oss-20b --hostname {HOSTNAME}")
+    # Its time includes waiting for Auto Mode to provision the load balancer.
+    unexposed = parse_stage_settings("prod", stage_data("prod"))
+    assert smoke_test_timeout(settings).to_seconds() == smoke_test_timeout(unexposed).to_seconds() + 900

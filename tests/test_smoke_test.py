@@ -25,8 +25,10 @@ from scripts.smoke_test import (
     ask,
     chat_request,
     main,
+    not_routed,
     rollout_complete,
     wait_for_import,
+    wait_for_load_balancer,
     wait_for_rollout,
 )
 from tests.conftest import ROOT
@@ -406,7 +408,8 @@ class KeyedVllm(BaseHTTPRequestHandler):
 
     def _refused(self) -> bool:
         KeyedVllm.seen.append((self.command, self.path, self.headers.get("Authorization")))
-        if self.requires_key and self.headers.get("Authorization") not in [f"Bearer {key}" for key in KEYS]:
+        keyed = self.requires_key and self.path.startswith("/v1")  # vLLM's middleware guards /v1 only
+        if keyed and self.headers.get("Authorization") not in [f"Bearer {key}" for key in KEYS]:
             self._send(401, b'{"error": "Unauthorized"}')
             return True
         return False
@@ -486,3 +489,63 @@ def test_a_secret_not_in_the_documented_form_fails_saying_so(
     fake_aws.write_text(secret)
     assert main(["--url", "http://127.0.0.1:9", "--model", MODEL, "--api-key-secret", "s"]) == 1
     assert 'the API keys secret s is not {"api-key": ["<key>", ...]}' in capsys.readouterr().err
+
+
+# A model exposed through an internal load balancer: only /v1 is routed; /metrics gets the default 404.
+
+
+class LoadBalancedVllm(KeyedVllm):
+    """KeyedVllm behind a load balancer that routes /v1 only, unless `routes_everything`."""
+
+    routes_everything = False
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/v1") and not self.routes_everything:
+            KeyedVllm.seen.append((self.command, self.path, None))
+            self._send(404, b"")
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def load_balancer(request: pytest.FixtureRequest) -> Iterator[str]:
+    handler = type("Handler", (LoadBalancedVllm,), {"routes_everything": request.param})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    KeyedVllm.seen.clear()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize(("load_balancer", "routed"), [(False, True), (True, False)], indirect=["load_balancer"])
+def test_metrics_must_not_be_routed_through_the_load_balancer(load_balancer: str, routed: bool) -> None:
+    if routed:
+        not_routed(load_balancer, "/metrics", timeout=5)
+        assert KeyedVllm.seen == [("GET", "/metrics", None)]
+    else:
+        with pytest.raises(SmokeTestError, match=r"/metrics answered HTTP 200: the load balancer must not route"):
+            not_routed(load_balancer, "/metrics", timeout=5)
+
+
+def test_the_wait_for_the_load_balancer_returns_its_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kubectl = FakeKubectl(tmp_path)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    address = "internal-k8s-gptoss20-0123456789.us-west-2.elb.amazonaws.com"
+    kubectl.answer({"status": {"loadBalancer": {}}}, {"status": {"loadBalancer": {"ingress": [{"hostname": address}]}}})
+    assert wait_for_load_balancer(NAMESPACE, "gpt-oss-20b", timeout=5, interval=0.01) == address
+
+
+def test_a_load_balancer_that_never_comes_fails_with_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kubectl = FakeKubectl(tmp_path)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    kubectl.answer({"status": {"loadBalancer": {}}})
+    with pytest.raises(SmokeTestError, match=r"ingress gpt-oss-20b/gpt-oss-20b has no load balancer address after"):
+        wait_for_load_balancer(NAMESPACE, "gpt-oss-20b", timeout=0.05, interval=0.01)
+
+
+def test_ingress_and_hostname_come_together(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--namespace", NAMESPACE, "--service", "s", "--model", MODEL, "--ingress", "gpt-oss-20b"])
+    assert "give --ingress and --hostname together" in capsys.readouterr().err

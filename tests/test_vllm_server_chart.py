@@ -259,7 +259,7 @@ def test_disruption_budget_evicts_one_replica_at_a_time(objects: list[dict[str, 
     assert find(objects, "Deployment")["spec"]["selector"] == {"matchLabels": {"app": "vllm-gpt-oss-20b"}}
 
 
-def test_smoke_test_group_may_only_watch_the_import_and_the_rollout_and_port_forward(
+def test_smoke_test_group_may_only_watch_the_import_the_rollout_and_the_load_balancer_and_port_forward(
     objects: list[dict[str, Any]],
 ) -> None:
     role = find(objects, "Role")
@@ -269,6 +269,7 @@ def test_smoke_test_group_may_only_watch_the_import_and_the_rollout_and_port_for
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
         {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get"]},
     ]
     binding = find(objects, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"}
