@@ -85,18 +85,22 @@ def api_key_from_secret(secret: str) -> str:
     return keys[0]
 
 
+def http_status(url: str, *, timeout: float) -> int:
+    """The status of a GET without credentials; an unreachable server raises SmokeTestError."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, TimeoutError) as error:
+        raise SmokeTestError(f"cannot reach {url}: {error}") from None
+
+
 def not_routed(base_url: str, path: str, *, timeout: float) -> None:
     """The load balancer must answer 404 for a path it does not route to vLLM; raise SmokeTestError if not."""
-    request = urllib.request.Request(f"{base_url}{path}", method="GET")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as error:
-        status = error.code
-    except (urllib.error.URLError, TimeoutError) as error:
-        raise SmokeTestError(f"cannot reach {request.full_url}: {error}") from None
+    status = http_status(f"{base_url}{path}", timeout=timeout)
     if status != 404:
-        raise SmokeTestError(f"{request.full_url} answered HTTP {status}: the load balancer must not route {path}")
+        raise SmokeTestError(f"{base_url}{path} answered HTTP {status}: the load balancer must not route {path}")
 
 
 def wait_for_load_balancer(namespace: str, ingress: str, *, timeout: float, interval: float = 15.0) -> str:
@@ -123,14 +127,7 @@ def resolves(hostname: str) -> bool:
 
 def refuses_without_key(base_url: str, model: str, *, timeout: float) -> None:
     """A model that requires API keys must answer 401 to a request that has none; raise SmokeTestError if not."""
-    request = urllib.request.Request(f"{base_url}/v1/models", method="GET")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as error:
-        status = error.code
-    except (urllib.error.URLError, TimeoutError) as error:
-        raise SmokeTestError(f"{model}: cannot reach {request.full_url}: {error}") from None
+    status = http_status(f"{base_url}/v1/models", timeout=timeout)
     if status != 401:
         raise SmokeTestError(f"{model}: a request without an API key got HTTP {status}, not 401")
 

@@ -144,26 +144,18 @@ class ServingStack(Stack):
 
         The association comes first: Pod Identity gives credentials to pods created after it.
         """
-        role = iam.Role(
-            self,
-            "KedaOperatorRole",
-            description=f"KEDA's operator (service account {KEDA_SERVICE_ACCOUNT} in namespace {KEDA_NAMESPACE}) "
-            "reads vLLM's queue from Amazon Managed Service for Prometheus",
-            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["aps:QueryMetrics", "aps:GetSeries", "aps:GetLabels", "aps:GetMetricMetadata"],
-                resources=[prometheus.workspace.attr_arn],
-            )
-        )
-        identity = eks.CfnPodIdentityAssociation(
-            self,
-            "KedaOperatorIdentity",
-            cluster_name=cluster.cluster_name,
+        identity = self._pod_identity(
+            "KedaOperator",
+            cluster,
             namespace=KEDA_NAMESPACE,
             service_account=KEDA_SERVICE_ACCOUNT,
-            role_arn=role.role_arn,
+            description="KEDA's operator reads vLLM's queue from Amazon Managed Service for Prometheus",
+            statements=[
+                iam.PolicyStatement(
+                    actions=["aps:QueryMetrics", "aps:GetSeries", "aps:GetLabels", "aps:GetMetricMetadata"],
+                    resources=[prometheus.workspace.attr_arn],
+                )
+            ],
         )
         keda = eks.HelmChart(
             self,
@@ -180,72 +172,81 @@ class ServingStack(Stack):
         return keda
 
     def _api_keys_identity(self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster) -> None:
-        """The replicas' read access to their API keys secret (charts/api_keys.py), through EKS Pod Identity."""
-        role = iam.Role(
-            self,
-            f"{names.output_id(model.name)}ApiKeysRole",
-            description=f"Reads {model.model}'s API keys (service account {API_KEYS_SERVICE_ACCOUNT} in namespace "
-            f"{model.name})",
-            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                # DescribeSecret: the provider checks the version before it reads (secrets_manager_provider.go).
-                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                resources=[secret_arn(settings, model.api_keys_secret)],
-            )
-        )
-        eks.CfnPodIdentityAssociation(
-            self,
-            f"{names.output_id(model.name)}ApiKeysIdentity",
-            cluster_name=cluster.cluster_name,
+        """The replicas' read access to their API keys secret (charts/api_keys.py)."""
+        self._pod_identity(
+            f"{names.output_id(model.name)}ApiKeys",
+            cluster,
             namespace=model.name,
             service_account=API_KEYS_SERVICE_ACCOUNT,
-            role_arn=role.role_arn,
+            description=f"Reads {model.model}'s API keys",
+            statements=[
+                iam.PolicyStatement(
+                    # DescribeSecret: the provider checks the version before it reads (secrets_manager_provider.go).
+                    actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                    resources=[secret_arn(settings, model.api_keys_secret)],
+                )
+            ],
         )
 
-    def _weights_import_identity(
-        self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster, bucket_arn: str
-    ) -> None:
-        """AWS access for a model's import Job, through EKS Pod Identity: its folders of the bucket, its token.
+    def _pod_identity(
+        self,
+        id_prefix: str,
+        cluster: eks.Cluster,
+        *,
+        namespace: str,
+        service_account: str,
+        description: str,
+        statements: list[iam.PolicyStatement],
+    ) -> eks.CfnPodIdentityAssociation:
+        """A role for one service account's pods, through EKS Pod Identity, allowed `statements` only.
 
         An association (CfnPodIdentityAssociation) rather than the aws_eks_v2 ServiceAccount, which
         would also install the Pod Identity agent add-on that Auto Mode already runs (aws-cdk#32580).
         """
         role = iam.Role(
             self,
-            f"{names.output_id(model.name)}ImportRole",
-            description=f"Imports {model.model} into the model store (service account {IMPORT_SERVICE_ACCOUNT} "
-            f"in namespace {model.name})",
+            f"{id_prefix}Role",
+            description=f"{description} (service account {service_account} in namespace {namespace})",
             assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
         )
+        for statement in statements:
+            role.add_to_policy(statement)
+        return eks.CfnPodIdentityAssociation(
+            self,
+            f"{id_prefix}Identity",
+            cluster_name=cluster.cluster_name,
+            namespace=namespace,
+            service_account=service_account,
+            role_arn=role.role_arn,
+        )
+
+    def _weights_import_identity(
+        self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster, bucket_arn: str
+    ) -> None:
+        """AWS access for a model's import Job: its folders of the bucket, its token."""
         folders = import_folders(model)
-        role.add_to_policy(
+        statements = [
             iam.PolicyStatement(
                 actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                 resources=[f"{bucket_arn}/{folder}" for folder in folders],
-            )
-        )
-        role.add_to_policy(
+            ),
             iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[bucket_arn],
-                conditions={"StringLike": {"s3:prefix": folders}},
-            )
-        )
+                actions=["s3:ListBucket"], resources=[bucket_arn], conditions={"StringLike": {"s3:prefix": folders}}
+            ),
+        ]
         if model.hf_token_secret:
-            role.add_to_policy(
+            statements.append(
                 iam.PolicyStatement(
                     actions=["secretsmanager:GetSecretValue"], resources=[secret_arn(settings, model.hf_token_secret)]
                 )
             )
-        eks.CfnPodIdentityAssociation(
-            self,
-            f"{names.output_id(model.name)}ImportIdentity",
-            cluster_name=cluster.cluster_name,
+        self._pod_identity(
+            f"{names.output_id(model.name)}Import",
+            cluster,
             namespace=model.name,
             service_account=IMPORT_SERVICE_ACCOUNT,
-            role_arn=role.role_arn,
+            description=f"Imports {model.model} into the model store",
+            statements=statements,
         )
 
     def _lustre_between(self, file_system_group_id: str, node_group_id: str) -> None:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -77,18 +78,26 @@ class FakeVllm(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(request: pytest.FixtureRequest) -> Iterator[str]:
-    handler = type("Handler", (FakeVllm,), {"behaviour": request.param})
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server with this handler, in a thread; yields its base URL."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     # A short poll interval: shutdown() waits for the next poll (0.5 s by default) in every test.
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[str]:
     FakeVllm.requests.clear()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(type("Handler", (FakeVllm,), {"behaviour": request.param})) as url:
+        yield url
 
 
 @pytest.mark.parametrize("server", ["good"], indirect=True)
@@ -436,14 +445,9 @@ class KeyedVllm(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def keyed_server(request: pytest.FixtureRequest) -> Iterator[str]:
-    handler = type("Handler", (KeyedVllm,), {"requires_key": request.param})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
     KeyedVllm.seen.clear()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(type("Handler", (KeyedVllm,), {"requires_key": request.param})) as url:
+        yield url
 
 
 @pytest.fixture
@@ -509,14 +513,9 @@ class LoadBalancedVllm(KeyedVllm):
 
 @pytest.fixture
 def load_balancer(request: pytest.FixtureRequest) -> Iterator[str]:
-    handler = type("Handler", (LoadBalancedVllm,), {"routes_everything": request.param})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
     KeyedVllm.seen.clear()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(type("Handler", (LoadBalancedVllm,), {"routes_everything": request.param})) as url:
+        yield url
 
 
 @pytest.mark.parametrize(("load_balancer", "routed"), [(False, True), (True, False)], indirect=["load_balancer"])
