@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import cdk8s
 
 from charts.autoscaling import AutoscalingPlan
+from charts.exposure import NetworkPolicyController
 from charts.gpu_node_pool import GpuNodePoolChart, PoolPlan, pool_weight
 from charts.images import pulled_image
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
@@ -17,6 +18,8 @@ from settings.drain import termination_grace_seconds
 from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings
 from settings.sizing import candidates, gpu_memory_needed_mib, pool_limits, requests
 
+# The chart that edits a ConfigMap Auto Mode may already have: applied with `kubectl apply`.
+NETWORK_POLICY_CONTROLLER = "NetworkPolicyController"
 # A small image with `sh`, for the replicas' wait for their weights (pulled through the cache too).
 HELPER_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"
 
@@ -29,6 +32,9 @@ class DeployedResources:
     account: str
     node_role_name: str
     subnet_ids: tuple[str, ...]
+    # Where internal load balancers and the metrics scraper live, and their ranges (stacks/network.py).
+    inbound_subnet_ids: tuple[str, ...]
+    inbound_cidrs: tuple[str, ...]
     cluster_security_group_id: str
     file_system_id: str
     file_system_dns_name: str
@@ -45,6 +51,8 @@ class DeployedResources:
             account=settings.account or "<account>",
             node_role_name="<cluster node role name>",
             subnet_ids=tuple(f"<private subnet in {zone}>" for zone in settings.availability_zones),
+            inbound_subnet_ids=tuple(f"<inbound subnet in {zone}>" for zone in settings.availability_zones),
+            inbound_cidrs=tuple(f"<inbound subnet range in {zone}>" for zone in settings.availability_zones),
             cluster_security_group_id="<cluster security group id>",
             file_system_id="<file system id>",
             file_system_dns_name="<file system dns name>",
@@ -62,6 +70,8 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             app,
             "gpu-node-pool",
             pools=[pool_plan(settings, index, pool) for index, pool in enumerate(settings.gpu_node_pools)],
+            # Where a model is exposed, its NetworkPolicy is enforced on the GPU nodes (charts/exposure.py).
+            network_policies=any(model.exposure for model in settings.models),
             node_role_name=deployed.node_role_name,
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,
@@ -94,7 +104,11 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             requests=requests(settings, model),
             autoscaling=_autoscaling_plan(settings, model, deployed),
             web_acl_arn=deployed.web_acl_arns.get(model.name),
+            inbound_subnet_ids=deployed.inbound_subnet_ids,
+            inbound_cidrs=deployed.inbound_cidrs,
         )
+    if any(model.exposure for model in settings.models):
+        charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")
     return charts
 
 

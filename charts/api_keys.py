@@ -14,6 +14,8 @@ a changed secret reaches replicas as they restart (README, "API keys").
 
 from __future__ import annotations
 
+import json
+
 import cdk8s
 import cdk8s_plus_30 as kplus
 import yaml
@@ -26,6 +28,37 @@ CSI_DRIVER = "secrets-store.csi.k8s.io"
 # Where the secret is mounted, and its file: vLLM's --config takes only .yaml or .yml files.
 MOUNT = "/etc/vllm/api-keys"
 FILE = "api-keys.yaml"
+
+
+# vLLM 0.11.2 logs every flag that differs from its default when it starts, the API keys
+# included (vllm/entrypoints/openai/api_server.py, setup_server: log_non_default_args, at INFO on
+# the logger vllm.entrypoints.utils). This is vLLM's own logging configuration (vllm/logger.py,
+# DEFAULT_LOGGING_CONFIG, with its default level, stream and format) with that one logger at
+# WARNING; VLLM_LOGGING_CONFIG_PATH points vLLM at it.
+LOGGING_MOUNT = "/etc/vllm/logging"
+LOGGING_FILE = "logging.json"
+LOGGING_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "vllm": {
+            "class": "vllm.logging_utils.NewLineFormatter",
+            "datefmt": "%m-%d %H:%M:%S",
+            "format": "%(levelname)s %(asctime)s [%(fileinfo)s:%(lineno)d] %(message)s",
+        }
+    },
+    "handlers": {
+        "vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": "INFO", "stream": "ext://sys.stdout"}
+    },
+    "loggers": {
+        "vllm": {"handlers": ["vllm"], "level": "DEBUG", "propagate": False},
+        "vllm.entrypoints.utils": {"level": "WARNING"},
+    },
+}
+
+
+def logging_env() -> dict[str, str]:
+    return {"VLLM_LOGGING_CONFIG_PATH": f"{LOGGING_MOUNT}/{LOGGING_FILE}"}
 
 
 def config_args() -> list[str]:
@@ -67,6 +100,13 @@ class ApiKeys(Construct):
                 },
             )
         )
+        logging_config = kplus.ConfigMap(
+            self,
+            "LoggingConfig",
+            metadata=cdk8s.ApiObjectMetadata(name="vllm-logging"),
+            data={LOGGING_FILE: json.dumps(LOGGING_CONFIG, indent=2)},
+        )
+        self.logging_volume = kplus.Volume.from_config_map(self, "LoggingVolume", logging_config, name="logging")
         self.volume = kplus.Volume.from_csi(
             self,
             "Volume",

@@ -11,6 +11,11 @@ internal load balancers.
 Only /v1 is routed (pathType Prefix: /v1 and /v1/*); vLLM's other routes (/metrics, /health,
 /tokenize, /invocations, ...) are not reachable through the load balancer, whose default action
 answers 404. vLLM itself requires an API key on /v1 (charts/api_keys.py).
+
+A NetworkPolicy admits only the inbound subnets (stacks/network.py) to the replicas' port; Auto
+Mode enforces it on the GPU nodes, whose NodeClasses enable network policies, once the network
+policy controller is on (NetworkPolicyController, EKS User Guide, "Use Network Policies with EKS
+Auto Mode").
 """
 
 from __future__ import annotations
@@ -20,11 +25,21 @@ import json
 import cdk8s
 from constructs import Construct
 
+from settings.drain import max_request_seconds
 from settings.model import ExposureSettings, ModelSettings
 
 CONTROLLER = "eks.amazonaws.com/alb"
 ROUTED_PATH = "/v1"
 HTTPS_PORT = 443
+
+
+# Elastic Load Balancing's longest idle timeout (Application Load Balancers, "Connection idle timeout").
+MAX_IDLE_TIMEOUT_SECONDS = 4000
+
+
+def idle_timeout_seconds(model: ModelSettings) -> int:
+    """The load balancer's idle timeout: the longest request the model allows, within what ELB takes."""
+    return min(max_request_seconds(model), MAX_IDLE_TIMEOUT_SECONDS)
 
 
 def internal_endpoint_annotations(web_acl_arn: str) -> dict[str, str]:
@@ -49,6 +64,9 @@ class InternalEndpoint(Construct):
         exposure: ExposureSettings,
         port: int,
         web_acl_arn: str,
+        inbound_subnet_ids: tuple[str, ...],
+        inbound_cidrs: tuple[str, ...],
+        pod_labels: dict[str, str],
     ) -> None:
         super().__init__(scope, id)
         params = cdk8s.ApiObject(
@@ -59,7 +77,20 @@ class InternalEndpoint(Construct):
             metadata=cdk8s.ApiObjectMetadata(name=model.name),
         )
         params.add_json_patch(
-            cdk8s.JsonPatch.add("/spec", {"scheme": "internal", "certificateARNs": [exposure.certificate_arn]})
+            cdk8s.JsonPatch.add(
+                "/spec",
+                {
+                    "scheme": "internal",
+                    "certificateARNs": [exposure.certificate_arn],
+                    # The subnets no pod lives in, which the NetworkPolicy below admits.
+                    "subnets": {"ids": list(inbound_subnet_ids)},
+                    # A request that streams nothing sends no byte until it ends: the idle timeout (60 s by
+                    # default, 4000 at most) covers the longest request the model allows (settings/drain.py).
+                    "loadBalancerAttributes": [
+                        {"key": "idle_timeout.timeout_seconds", "value": str(idle_timeout_seconds(model))}
+                    ],
+                },
+            )
         )
         ingress_class = cdk8s.ApiObject(
             self,
@@ -108,3 +139,45 @@ class InternalEndpoint(Construct):
                 },
             )
         )
+        # Only the load balancer (and the metrics scraper) reach the replicas, from the inbound
+        # subnets; other pods of the cluster do not. The kubelet's probes, `kubectl port-forward`
+        # and the preStop drain are unaffected: the network policy agent always admits the node's
+        # own address (aws/aws-network-policy-agent, pkg/fwruleprocessor/fw_rule_processor.go),
+        # and a port-forward or the drain reach vLLM from inside the pod.
+        policy = cdk8s.ApiObject(
+            self,
+            "NetworkPolicy",
+            api_version="networking.k8s.io/v1",
+            kind="NetworkPolicy",
+            metadata=cdk8s.ApiObjectMetadata(name=f"{model.name}-inbound"),
+        )
+        policy.add_json_patch(
+            cdk8s.JsonPatch.add(
+                "/spec",
+                {
+                    "podSelector": {"matchLabels": pod_labels},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [
+                        {
+                            "from": [{"ipBlock": {"cidr": cidr}} for cidr in inbound_cidrs],
+                            "ports": [{"protocol": "TCP", "port": port}],
+                        }
+                    ],
+                },
+            )
+        )
+
+
+class NetworkPolicyController(cdk8s.Chart):
+    """Turns on the network policy controller of an Auto Mode cluster (EKS User Guide, "Use Network Policies
+    with EKS Auto Mode"): a ConfigMap the serving stack applies with `kubectl apply`, since it may exist."""
+
+    def __init__(self, scope: Construct, id: str) -> None:
+        super().__init__(scope, id, disable_resource_name_hashes=True)
+        cdk8s.ApiObject(
+            self,
+            "ConfigMap",
+            api_version="v1",
+            kind="ConfigMap",
+            metadata=cdk8s.ApiObjectMetadata(name="amazon-vpc-cni", namespace="kube-system"),
+        ).add_json_patch(cdk8s.JsonPatch.add("/data", {"enable-network-policy-controller": "true"}))

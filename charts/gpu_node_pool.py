@@ -132,14 +132,20 @@ class GpuNodePoolChart(cdk8s.Chart):
         subnet_ids: tuple[str, ...],
         security_group_id: str,
         drain_seconds: int,
+        network_policies: bool = False,
     ) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         for plan in pools:
-            self._node_class(plan.pool, node_role_name, subnet_ids, security_group_id)
+            self._node_class(plan.pool, node_role_name, subnet_ids, security_group_id, network_policies)
             self._node_pool(plan, drain_seconds)
 
     def _node_class(
-        self, pool: GpuNodePoolSettings, node_role_name: str, subnet_ids: tuple[str, ...], security_group_id: str
+        self,
+        pool: GpuNodePoolSettings,
+        node_role_name: str,
+        subnet_ids: tuple[str, ...],
+        security_group_id: str,
+        network_policies: bool,
     ) -> None:
         spec: dict[str, Any] = {
             # The cluster's Auto Mode node role: EKS created its access entry with the cluster.
@@ -154,6 +160,10 @@ class GpuNodePoolChart(cdk8s.Chart):
                 "throughput": pool.disk.throughput_mib,
             },
         }
+        if network_policies:
+            # Enforce NetworkPolicies on these nodes; pods no policy selects stay open (EKS User Guide,
+            # "Use Network Policies with EKS Auto Mode").
+            spec["networkPolicy"] = "DefaultAllow"
         if pool.capacity_reservations:
             # EKS User Guide, auto-odcr.html: On-Demand Capacity Reservations and Capacity Blocks for ML
             # alike, by id. Selecting any turns off Auto Mode's use of open reservations cluster-wide

@@ -16,8 +16,8 @@ import cdk8s_plus_30 as kplus
 from cdk8s_plus_30 import k8s
 from constructs import Construct
 
+from charts.api_keys import LOGGING_MOUNT, ApiKeys, config_args, logging_env
 from charts.api_keys import MOUNT as API_KEYS_MOUNT
-from charts.api_keys import ApiKeys, config_args
 from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
 from charts.exposure import InternalEndpoint
@@ -120,6 +120,9 @@ def vllm_env(model: ModelSettings) -> dict[str, str]:
         # torch's compile cache asks for the user name; uid 10001 has no passwd entry in the image.
         "USER": "vllm",
     }
+    if model.api_keys_secret:
+        # vLLM would log the keys it reads (charts/api_keys.py).
+        env.update(logging_env())
     if harmony_encodings(model):
         # gpt-oss's harmony tokenizer downloads its encodings at every start unless this names a
         # folder that holds them (HF_HUB_OFFLINE does not cover it: vllm#22525, openai/harmony#46).
@@ -164,6 +167,8 @@ class VllmServerChart(cdk8s.Chart):
         requests: Requests,
         autoscaling: AutoscalingPlan | None = None,
         web_acl_arn: str | None = None,
+        inbound_subnet_ids: tuple[str, ...] = (),
+        inbound_cidrs: tuple[str, ...] = (),
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
@@ -235,7 +240,15 @@ class VllmServerChart(cdk8s.Chart):
         if model.exposure is not None:
             assert web_acl_arn is not None  # the serving stack creates one per exposed model
             InternalEndpoint(
-                self, "InternalEndpoint", model=model, exposure=model.exposure, port=PORT, web_acl_arn=web_acl_arn
+                self,
+                "InternalEndpoint",
+                model=model,
+                exposure=model.exposure,
+                port=PORT,
+                web_acl_arn=web_acl_arn,
+                inbound_subnet_ids=inbound_subnet_ids,
+                inbound_cidrs=inbound_cidrs,
+                pod_labels=labels,
             )
         if autoscaling is not None:
             # The HorizontalPodAutoscaler owns the count: an applied one would reset it on every deploy.
@@ -326,6 +339,7 @@ class VllmServerChart(cdk8s.Chart):
         container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
         if api_keys is not None:
             container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
+            container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)
         weights_volume = kplus.Volume.from_persistent_volume_claim(
             self,
             "WeightsVolume",

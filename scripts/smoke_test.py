@@ -48,6 +48,14 @@ class SmokeTestError(Exception):
     """The model did not answer as a serving model must; the message says how."""
 
 
+class NotReadyError(SmokeTestError):
+    """No answer yet from something that may still be coming up (a new load balancer, its name)."""
+
+
+# What a load balancer answers while its targets are not yet healthy.
+COMING_UP = (502, 503, 504)
+
+
 @dataclass(frozen=True)
 class Answer:
     """What the model replied: its content and reasoning ("" when null) and why it stopped ("length": cut off)."""
@@ -91,9 +99,11 @@ def http_status(url: str, *, timeout: float) -> int:
         with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as error:
+        if error.code in COMING_UP:
+            raise NotReadyError(f"{url} answered HTTP {error.code}") from None
         return error.code
     except (urllib.error.URLError, TimeoutError) as error:
-        raise SmokeTestError(f"cannot reach {url}: {error}") from None
+        raise NotReadyError(f"cannot reach {url}: {error}") from None
 
 
 def not_routed(base_url: str, path: str, *, timeout: float) -> None:
@@ -143,13 +153,14 @@ def ask(base_url: str, model: str, *, timeout: float, api_key: str | None = None
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = response.read()
     except urllib.error.HTTPError as error:
-        raise SmokeTestError(f"{model}: HTTP {error.code} from {request.full_url}: {error.read()[:300]!r}") from None
+        failure = NotReadyError if error.code in COMING_UP else SmokeTestError
+        raise failure(f"{model}: HTTP {error.code} from {request.full_url}: {error.read()[:300]!r}") from None
     except TimeoutError:
         raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
     except urllib.error.URLError as error:
         if isinstance(error.reason, (TimeoutError, socket.timeout)):
             raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
-        raise SmokeTestError(f"{model}: cannot reach {request.full_url}: {error.reason}") from None
+        raise NotReadyError(f"{model}: cannot reach {request.full_url}: {error.reason}") from None
     try:
         choice = json.loads(payload)["choices"][0]
         message = choice["message"]
@@ -305,6 +316,28 @@ def port_forward(namespace: str, service: str, *, timeout: float) -> Iterator[st
         process.wait(timeout=10)
 
 
+def through_load_balancer(
+    args: argparse.Namespace, api_key: str | None, *, interval: float = 15.0, url: str | None = None
+) -> Answer:
+    """Ask through `url` (https://HOSTNAME) once the load balancer has an address, checking that /metrics is
+    not routed; a new load balancer, its targets and its name take minutes, so what is not there yet is
+    asked again until LOAD_BALANCER_WAIT_SECONDS have passed."""
+    started = time.monotonic()
+    address = wait_for_load_balancer(args.namespace, args.ingress, timeout=LOAD_BALANCER_WAIT_SECONDS)
+    url = url or f"https://{args.hostname}"
+    while True:
+        try:
+            if not resolves(args.hostname):
+                raise NotReadyError(f"{args.hostname} does not resolve: point it at the load balancer, {address}")
+            not_routed(url, "/metrics", timeout=args.request_timeout)
+            return checked_ask(url, args, api_key)
+        except NotReadyError as failure:
+            waited = time.monotonic() - started
+            if waited >= LOAD_BALANCER_WAIT_SECONDS:
+                raise SmokeTestError(f"{failure} (still, {waited:.0f} s after the Ingress was applied)") from None
+            time.sleep(min(interval, LOAD_BALANCER_WAIT_SECONDS - waited))
+
+
 def checked_ask(base_url: str, args: argparse.Namespace, api_key: str | None) -> Answer:
     """With a key: first check that a request without one is refused; then ask."""
     if api_key:
@@ -346,12 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             remaining = max(args.rollout_timeout - (time.monotonic() - started), 0)
             wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=remaining)
             if args.ingress:
-                address = wait_for_load_balancer(args.namespace, args.ingress, timeout=LOAD_BALANCER_WAIT_SECONDS)
-                if not resolves(args.hostname):
-                    raise SmokeTestError(f"{args.hostname} does not resolve: point it at the load balancer, {address}")
-                url = f"https://{args.hostname}"
-                not_routed(url, "/metrics", timeout=args.request_timeout)
-                answer = checked_ask(url, args, api_key)
+                answer = through_load_balancer(args, api_key)
             else:
                 with port_forward(args.namespace, args.service, timeout=60) as url:
                     answer = checked_ask(url, args, api_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
 from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
+from charts.gpu_node_pool import GPU_TAINT
 from settings.model import ClusterSettings, MetricsSettings
 from stacks.log_group import service_log_group
 from stacks.metrics import ManagedPrometheus
@@ -36,6 +38,8 @@ NODE_ROLE_POLICIES = ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerReg
 FSX_CSI_SERVICE_ACCOUNT = "fsx-csi-controller-sa"
 
 
+# The GPU nodes' taint (charts/gpu_node_pool.py), as a toleration.
+GPU_TAINT_TOLERATION = {"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}
 # The AWS Secrets and Configuration Provider add-on, which installs the Secrets Store CSI driver with it
 # (EKS User Guide, "AWS add-ons": available on Auto Mode; its chart's secrets-store-csi-driver.install).
 SECRETS_STORE_ADDON = "aws-secrets-store-csi-driver-provider"
@@ -55,6 +59,7 @@ class ClusterStack(Stack):
         *,
         vpc: ec2.IVpc,
         cluster: ClusterSettings,
+        inbound_subnets: list[ec2.ISubnet],
         metrics: MetricsSettings,
         image_cache_prefix: str,
         secrets_store: bool = False,
@@ -119,7 +124,13 @@ class ClusterStack(Stack):
         if secrets_store:
             # The AWS provider for the Secrets Store CSI driver, with the driver (charts/api_keys.py). It
             # needs no role of its own: each pod reads its secrets as its own service account.
-            eks.Addon(self, "SecretsStoreCsiProvider", cluster=self.cluster, addon_name=SECRETS_STORE_ADDON)
+            addon = eks.Addon(self, "SecretsStoreCsiProvider", cluster=self.cluster, addon_name=SECRETS_STORE_ADDON)
+            # The provider's DaemonSet tolerates nothing by default (its chart's values.yaml: tolerations: []),
+            # so without this it never runs on the GPU nodes, and a replica's mount fails there. The driver's
+            # own DaemonSet tolerates every taint already.
+            cast(eks.CfnAddon, addon.node.default_child).configuration_values = json.dumps(
+                {"tolerations": [GPU_TAINT_TOLERATION]}
+            )
 
         # vLLM's metrics in Amazon Managed Service for Prometheus (stacks/metrics.py), when the stage asks.
         self.prometheus = (
@@ -128,7 +139,8 @@ class ClusterStack(Stack):
                 "Prometheus",
                 metrics=metrics,
                 cluster_arn=self.cluster.cluster_arn,
-                subnets=vpc.private_subnets,
+                # The scraper reaches the pods from subnets no pod lives in (stacks/network.py).
+                subnets=inbound_subnets,
                 security_group_id=self.cluster.cluster_security_group_id,
                 region=self.region,
                 alias=cluster.name,

@@ -11,6 +11,9 @@ from constructs import Construct
 from settings.model import NetworkSettings
 from stacks.log_group import log_group
 
+# The subnet group of internal load balancers and the metrics scraper (NetworkStack.inbound_subnets).
+INBOUND_SUBNETS = "Inbound"
+
 
 class NetworkStack(Stack):
     """VPC over explicit zones: public subnets for load balancers, private ones for nodes,
@@ -38,12 +41,19 @@ class NetworkStack(Stack):
                 ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
                 # Auto Mode gives every pod a VPC address: private subnets are sized for pods.
                 ec2.SubnetConfiguration(name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=19),
+                # What reaches the pods from outside the cluster: internal load balancers and the
+                # metrics scraper. No pod or node lives here, so a NetworkPolicy can admit these
+                # subnets' addresses and no pod (charts/exposure.py). Added last: the others keep
+                # their ranges.
+                ec2.SubnetConfiguration(
+                    name=INBOUND_SUBNETS, subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=24
+                ),
             ],
         )
         # Auto Mode places internet-facing load balancers in subnets tagged elb, internal ones in internal-elb.
         for subnet in self.vpc.public_subnets:
             Tags.of(subnet).add("kubernetes.io/role/elb", "1")
-        for subnet in self.vpc.private_subnets:
+        for subnet in self.inbound_subnets:
             Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
 
         flow_logs = log_group(self, "FlowLogs", retention_days=network.flow_log_retention_days)
@@ -71,6 +81,11 @@ class NetworkStack(Stack):
             self.vpc.add_interface_endpoint(
                 endpoint_id, service=service, security_groups=[endpoints_security_group], open=False
             )
+
+    @property
+    def inbound_subnets(self) -> list[ec2.ISubnet]:
+        """One per zone: for internal load balancers and the metrics scraper, never for pods."""
+        return self.vpc.select_subnets(subnet_group_name=INBOUND_SUBNETS).subnets
 
     @property
     def availability_zones(self) -> list[str]:

@@ -19,7 +19,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from charts import DeployedResources, build_charts
+from charts import NETWORK_POLICY_CONTROLLER, DeployedResources, build_charts
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, import_folders, import_job_name
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
@@ -60,6 +60,7 @@ class ServingStack(Stack):
         cluster: eks.Cluster,
         node_role: iam.IRole,
         vpc: ec2.IVpc,
+        inbound_subnets: list[ec2.ISubnet],
         file_system: fsx.LustreFileSystem,
         bucket: s3.IBucket,
         bucket_arn: str,
@@ -84,6 +85,8 @@ class ServingStack(Stack):
             account=settings.account or Aws.ACCOUNT_ID,
             node_role_name=node_role.role_name,
             subnet_ids=tuple(subnet.subnet_id for subnet in vpc.private_subnets),
+            inbound_subnet_ids=tuple(subnet.subnet_id for subnet in inbound_subnets),
+            inbound_cidrs=tuple(subnet.ipv4_cidr_block for subnet in inbound_subnets),
             cluster_security_group_id=cluster.cluster_security_group_id,
             file_system_id=file_system.file_system_id,
             file_system_dns_name=file_system.dns_name,
@@ -95,7 +98,12 @@ class ServingStack(Stack):
             },
         )
         manifests = {
-            chart_id: target.add_cdk8s_chart(chart_id, chart)
+            chart_id: (
+                # A ConfigMap that may already exist: `kubectl apply`, where charts are created.
+                eks.KubernetesManifest(self, chart_id, cluster=target, manifest=chart.to_json(), overwrite=True)
+                if chart_id == NETWORK_POLICY_CONTROLLER
+                else target.add_cdk8s_chart(chart_id, chart)
+            )
             for chart_id, chart in build_charts(cdk8s.App(), settings, deployed).items()
         }
         scaled = [model for model in settings.models if model.autoscaling is not None]

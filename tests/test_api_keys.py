@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
+import logging.config
 from typing import Any
 
 import yaml
 
-from charts.api_keys import FILE, MOUNT, PROVIDER_CLASS, SERVICE_ACCOUNT
+from charts.api_keys import FILE, LOGGING_CONFIG, LOGGING_FILE, LOGGING_MOUNT, MOUNT, PROVIDER_CLASS, SERVICE_ACCOUNT
 from stacks.cluster import SECRETS_STORE_ADDON
 from tests.conftest import ROOT, Assembly, find, render_charts, stage_data
 from tests.scanners import crd_problems
@@ -123,3 +125,37 @@ def test_the_smoke_test_asks_with_a_key_and_the_test_command_sends_one(prod: Ass
     command = serving["Outputs"]["GptOss20bTestRequestCommand"]["Value"]
     assert f"--secret-id {SECRET}" in command
     assert "Authorization: Bearer" in command
+
+
+def test_vllm_logs_everything_but_the_flags_that_hold_the_keys() -> None:
+    objects = model_objects()
+    container = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["VLLM_LOGGING_CONFIG_PATH"] == f"{LOGGING_MOUNT}/{LOGGING_FILE}"
+    assert any(mount["mountPath"] == LOGGING_MOUNT for mount in container["volumeMounts"])
+    (logging_map,) = [o for o in objects if o["kind"] == "ConfigMap" and LOGGING_FILE in o.get("data", {})]
+    config = json.loads(logging_map["data"][LOGGING_FILE])
+    assert config == LOGGING_CONFIG
+    # The configuration as logging applies it (vLLM's formatter class swapped for the standard one).
+    stream = io.StringIO()
+    applied = copy.deepcopy(config)
+    applied["formatters"]["vllm"] = {"format": "%(name)s %(message)s"}
+    applied["handlers"]["vllm"]["stream"] = stream
+    logging.config.dictConfig(applied)
+    try:
+        logging.getLogger("vllm.entrypoints.utils").info("non-default args: {'api_key': ['key-one']}")
+        logging.getLogger("vllm.entrypoints.openai.api_server").info("Starting vLLM API server")
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    assert stream.getvalue() == "vllm.entrypoints.openai.api_server Starting vLLM API server\n"
+
+
+def test_the_provider_runs_on_the_gpu_nodes(prod: Assembly) -> None:
+    (add_on,) = [
+        a["Properties"]
+        for a in resources(prod.template("Cluster"), "AWS::EKS::Addon")
+        if a["Properties"]["AddonName"] == SECRETS_STORE_ADDON
+    ]
+    assert json.loads(add_on["ConfigurationValues"]) == {
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    }

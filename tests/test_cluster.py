@@ -41,6 +41,7 @@ def admins_cluster() -> dict[str, Any]:
         "Cluster",
         env=env,
         vpc=network.vpc,
+        inbound_subnets=network.inbound_subnets,
         cluster=settings.cluster,
         metrics=settings.metrics,
         image_cache_prefix="ecr-public/scenario",

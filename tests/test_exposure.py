@@ -12,7 +12,7 @@ import cdk8s
 import pytest
 from aws_cdk.assertions import Template
 
-from charts import DeployedResources, build_charts
+from charts import NETWORK_POLICY_CONTROLLER, DeployedResources, build_charts
 from settings import parse_stage_settings
 from settings.model import StageSettings
 from stacks.serving import smoke_test_command, smoke_test_timeout
@@ -54,7 +54,13 @@ def test_an_internal_https_load_balancer_routes_only_v1_to_the_service() -> None
     params = find(objects, "IngressClassParams")
     assert params["apiVersion"] == "eks.amazonaws.com/v1"
     assert params["metadata"] == {"name": "gpt-oss-20b"}  # cluster-scoped
-    assert params["spec"] == {"scheme": "internal", "certificateARNs": [CERTIFICATE]}
+    assert params["spec"] == {
+        "scheme": "internal",
+        "certificateARNs": [CERTIFICATE],
+        "subnets": {"ids": [f"<inbound subnet in us-west-2{zone}>" for zone in "abc"]},
+        # The longest request gpt-oss-20b allows: 20000 tokens at 20 tokens/s.
+        "loadBalancerAttributes": [{"key": "idle_timeout.timeout_seconds", "value": "1000"}],
+    }
     ingress_class = find(objects, "IngressClass")
     assert ingress_class["metadata"] == {"name": "gpt-oss-20b"}
     assert ingress_class["spec"] == {
@@ -189,3 +195,36 @@ def test_the_smoke_test_asks_through_the_load_balancer_by_its_name_with_a_key() 
     # Its time includes waiting for Auto Mode to provision the load balancer.
     unexposed = parse_stage_settings("prod", stage_data("prod"))
     assert smoke_test_timeout(settings).to_seconds() == smoke_test_timeout(unexposed).to_seconds() + 900
+
+
+def test_only_the_inbound_subnets_reach_the_replicas_port() -> None:
+    objects = exposed_objects()
+    policy = find(objects, "NetworkPolicy")
+    pod_labels = find(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"ipBlock": {"cidr": f"<inbound subnet range in us-west-2{zone}>"}} for zone in "abc"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert kubernetes_problems(policy, "1.36") == []
+
+
+def test_exposure_turns_on_network_policies_on_the_gpu_nodes_and_in_the_cluster() -> None:
+    settings = exposed_settings()
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    for node_class in [o for o in charts["GpuNodePool"].to_json() if o["kind"] == "NodeClass"]:
+        assert node_class["spec"]["networkPolicy"] == "DefaultAllow"  # pods no policy selects stay open
+    (config_map,) = charts[NETWORK_POLICY_CONTROLLER].to_json()
+    assert config_map["metadata"] == {"name": "amazon-vpc-cni", "namespace": "kube-system"}
+    assert config_map["data"] == {"enable-network-policy-controller": "true"}
+    unexposed = parse_stage_settings("prod", stage_data("prod"))
+    plain = build_charts(cdk8s.App(), unexposed, DeployedResources.placeholders(unexposed))
+    assert NETWORK_POLICY_CONTROLLER not in plain
+    assert all("networkPolicy" not in o["spec"] for o in plain["GpuNodePool"].to_json() if o["kind"] == "NodeClass")
+
+
+def test_the_web_acl_keeps_no_sample_of_requests() -> None:
+    # A sampled request holds its headers, the API key among them.
+    acl = web_acl()
+    assert acl["VisibilityConfig"]["SampledRequestsEnabled"] is False
+    assert all(rule["VisibilityConfig"]["SampledRequestsEnabled"] is False for rule in acl["Rules"])

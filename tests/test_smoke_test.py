@@ -3,6 +3,7 @@ and against a fake kubectl (first on PATH) that prints the Deployment's successi
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -548,3 +549,39 @@ def test_ingress_and_hostname_come_together(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["--namespace", NAMESPACE, "--service", "s", "--model", MODEL, "--ingress", "gpt-oss-20b"])
     assert "give --ingress and --hostname together" in capsys.readouterr().err
+
+
+class ComingUp(KeyedVllm):
+    """A load balancer whose targets are still registering: 503 for the first `warming` requests."""
+
+    warming = 2
+
+    def do_GET(self) -> None:
+        if ComingUp.warming > 0:
+            ComingUp.warming -= 1
+            KeyedVllm.seen.append((self.command, self.path, None))
+            self._send(503, b"")
+            return
+        if not self.path.startswith("/v1"):
+            KeyedVllm.seen.append((self.command, self.path, None))
+            self._send(404, b"")
+            return
+        super().do_GET()
+
+
+def test_a_new_load_balancer_is_asked_again_until_its_targets_answer(
+    fake_aws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_aws.write_text(json.dumps({"api-key": KEYS}))
+    KeyedVllm.seen.clear()
+    ComingUp.warming = 2
+    with serving(ComingUp) as url:
+        monkeypatch.setattr(smoke_test, "wait_for_load_balancer", lambda *args, **kwargs: "internal-alb")
+        monkeypatch.setattr(smoke_test, "resolves", lambda hostname: True)
+        args = argparse.Namespace(
+            namespace=NAMESPACE, ingress="gpt-oss-20b", hostname="llm.example.com", model=MODEL, request_timeout=5
+        )
+        answer = smoke_test.through_load_balancer(args, KEYS[0], interval=0.01, url=url)
+    assert answer.text.startswith("Machine learning")
+    paths = [path for _, path, _ in KeyedVllm.seen]
+    assert paths == ["/metrics", "/metrics", "/metrics", "/v1/models", "/v1/chat/completions"]
