@@ -85,19 +85,23 @@ BROKEN_DEPLOYMENT = {
 }
 
 
-@pytest.fixture(scope="session")
-def kubernetes_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Popen[str]]:
+def start_kubernetes_scan(new_dir: Callable[[str], Path]) -> tuple[Path, subprocess.Popen[str]]:
     """checkov on every stage's manifests (<folder>/<stage>/) and on a broken Deployment (<folder>/broken/),
-    in one run started with the session: it needs the charts only, so it runs while the stages
-    synthesize. tests/test_gates.py reads each folder's share of the results."""
+    in one run: it needs the charts only, so it runs while the stages synthesize. tests/test_gates.py
+    reads each folder's share of the results."""
     from tests.scanners import run_checkov  # here: tests.scanners imports this module
 
-    outdir = tmp_path_factory.mktemp("manifests")
+    outdir = new_dir("manifests")
     for stage in stage_names():
         write_manifests(stage, outdir)
     (outdir / "broken").mkdir()
     (outdir / "broken" / "deployment.yaml").write_text(yaml.safe_dump(BROKEN_DEPLOYMENT))
     return outdir, run_checkov("kubernetes", [outdir])
+
+
+@pytest.fixture(scope="session")
+def kubernetes_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Popen[str]]:
+    return _EARLY.get("kubernetes_scan") or start_kubernetes_scan(tmp_path_factory.mktemp)
 
 
 def start_synths(new_dir: Callable[[str], Path]) -> dict[str, Future[Assembly]]:
@@ -118,8 +122,8 @@ def start_synths(new_dir: Callable[[str], Path]) -> dict[str, Future[Assembly]]:
     return running
 
 
-# The synths, when the whole suite runs: they are its longest path, so they start before the tests
-# are collected (pytest_sessionstart), in a scratch folder removed at the end.
+# The processes, when the whole suite runs: they are its longest path, so they start before the
+# tests are collected (pytest_sessionstart), in a scratch folder removed at the end.
 _EARLY: dict[str, Any] = {}
 
 
@@ -128,7 +132,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return  # chosen tests: the fixtures start what they need
     scratch = Path(tempfile.mkdtemp(prefix="gpu-inference-tests-"))
     _EARLY["scratch"] = scratch
-    _EARLY["synths"] = start_synths(lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch)))
+
+    def new_dir(name: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
+
+    _EARLY["synths"] = start_synths(new_dir)
+    _EARLY["unacknowledged_synth"] = start_unacknowledged_synth(new_dir)
+    _EARLY["kubernetes_scan"] = start_kubernetes_scan(new_dir)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -247,17 +257,21 @@ class StoppedSynth:
     outdir: Path
 
 
-@pytest.fixture(scope="session")
-def _unacknowledged_synth(tmp_path_factory: pytest.TempPathFactory) -> Future[StoppedSynth]:
+def start_unacknowledged_synth(new_dir: Callable[[str], Path]) -> Future[StoppedSynth]:
     """`cdk synth` of a copy of the project whose kubectl handler's acknowledgment names another rule: cdk-nag's
     finding must stop it. (Settings errors stop the app before anything is built: tests/test_app.py runs
     those in this process.)"""
-    project = copy_of_the_project(tmp_path_factory.mktemp("unacknowledged"))
+    project = copy_of_the_project(new_dir("unacknowledged"))
     findings = project / "stacks" / "reviewed_findings.py"
     source = findings.read_text()
     assert source.count('"AwsSolutions-L1",') == 1
     findings.write_text(source.replace('"AwsSolutions-L1",', '"AwsSolutions-L2",'))
     return BACKGROUND.submit(_stopped, project)
+
+
+@pytest.fixture(scope="session")
+def _unacknowledged_synth(tmp_path_factory: pytest.TempPathFactory) -> Future[StoppedSynth]:
+    return _EARLY.get("unacknowledged_synth") or start_unacknowledged_synth(tmp_path_factory.mktemp)
 
 
 def _stopped(project: Path) -> StoppedSynth:
