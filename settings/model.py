@@ -302,6 +302,7 @@ class MetricsSettings(_Strict):
     alert_ttft_p95_seconds: float = Field(default=5.0, gt=0)
     alert_queue_per_replica: float = Field(default=20.0, gt=0)
     alert_kv_cache_usage: float = Field(default=0.95, gt=0, le=1, description="a fraction of 1, such as 0.95")
+    alert_server_error_ratio: float = Field(default=0.05, gt=0, le=1, description="a fraction of 1, such as 0.05")
     # Where the alerts go: an SNS topic of the stage's account and region, whose policy lets
     # aps.amazonaws.com publish (README, "Metrics and alerts"); unset, alerts show in AMP only.
     alert_topic_arn: (

@@ -10,7 +10,8 @@ cluster's private endpoint, so metrics need one (settings: cluster.endpoint_acce
 
 Metric names are vLLM 0.11.2's (vllm/v1/metrics/loggers.py): the gauges vllm:num_requests_waiting
 and vllm:kv_cache_usage_perc (which replaced vllm:gpu_cache_usage_perc), the histogram
-vllm:time_to_first_token_seconds and the counter vllm:generation_tokens (exposed with _total).
+vllm:time_to_first_token_seconds and the counter vllm:generation_tokens (exposed with _total),
+and the HTTP server's http_requests_total.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def recorded(metrics: MetricsSettings) -> dict[str, str]:
         "namespace:vllm_num_requests_waiting:avg": "avg by (namespace) (vllm:num_requests_waiting)",
         "namespace:vllm_kv_cache_usage_perc:max": "max by (namespace) (vllm:kv_cache_usage_perc)",
         "namespace:vllm_generation_tokens:rate": f"sum by (namespace) (rate(vllm:generation_tokens_total[{tokens}]))",
+        # vLLM's HTTP server counts its responses by class, 5xx among them (prometheus-fastapi-instrumentator's
+        # default http_requests_total{handler, method, status}, which api_server.py mount_metrics adds).
+        "namespace:vllm_http_server_errors:ratio": (
+            f'sum by (namespace) (rate(http_requests_total{{job="vllm", status="5xx"}}[{tokens}])) '
+            f'/ sum by (namespace) (rate(http_requests_total{{job="vllm"}}[{tokens}]))'
+        ),
     }
 
 
@@ -96,6 +103,11 @@ def rules(metrics: MetricsSettings) -> dict[str, Any]:
             "VllmQueueBacklog",
             f"namespace:vllm_num_requests_waiting:avg > {metrics.alert_queue_per_replica:g}",
             "{{ $labels.namespace }} has {{ $value }} requests waiting per replica",
+        ),
+        (
+            "VllmServerErrors",
+            f"namespace:vllm_http_server_errors:ratio > {metrics.alert_server_error_ratio:g}",
+            "{{ $labels.namespace }} answers {{ $value | humanizePercentage }} of its requests with a 5xx",
         ),
         (
             "VllmKvCacheFull",

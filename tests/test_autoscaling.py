@@ -38,7 +38,9 @@ VLLM_0_11_2_HISTOGRAMS = {
 }
 VLLM_0_11_2_COUNTERS = {"vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success"}
 VLLM_0_11_2_SERIES = (
-    VLLM_0_11_2_GAUGES
+    # prometheus-fastapi-instrumentator's default counter, which vLLM's api_server.py mount_metrics adds.
+    {"http_requests_total"}
+    | VLLM_0_11_2_GAUGES
     | {f"{name}_{suffix}" for name in VLLM_0_11_2_HISTOGRAMS for suffix in ("bucket", "sum", "count")}
     | {f"{name}_total" for name in VLLM_0_11_2_COUNTERS}
 )
@@ -174,7 +176,8 @@ def test_every_rule_parses_and_reads_only_what_vllm_0_11_2_exports_or_what_the_r
     # vLLM 0.11 hides the names it replaced (vllm:gpu_cache_usage_perc), so rules must not read them.
     assert "vllm:gpu_cache_usage_perc" not in read
     alerts = {rule["alert"]: rule for rule in group["rules"] if "alert" in rule}
-    assert set(alerts) == {"VllmTimeToFirstTokenSlow", "VllmQueueBacklog", "VllmKvCacheFull"}
+    assert set(alerts) == {"VllmTimeToFirstTokenSlow", "VllmQueueBacklog", "VllmKvCacheFull", "VllmServerErrors"}
+    assert alerts["VllmServerErrors"]["expr"] == "namespace:vllm_http_server_errors:ratio > 0.05"
     assert alerts["VllmKvCacheFull"]["expr"] == "namespace:vllm_kv_cache_usage_perc:max > 0.95"
     assert all(rule["for"] == "5m" for rule in alerts.values())
 
