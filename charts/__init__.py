@@ -18,7 +18,6 @@ from settings.drain import termination_grace_seconds
 from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings
 from settings.sizing import candidates, gpu_memory_needed_mib, pool_limits, requests
 
-# The chart that edits a ConfigMap Auto Mode may already have: applied with `kubectl apply`.
 NETWORK_POLICY_CONTROLLER = "NetworkPolicyController"
 # A small image with `sh`, for the replicas' wait for their weights (pulled through the cache too).
 HELPER_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"

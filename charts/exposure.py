@@ -4,7 +4,10 @@ Auto Mode configures a load balancer from an IngressClass whose controller is ek
 and its IngressClassParams (eks.amazonaws.com/v1): not from annotations on the IngressClass. The
 Ingress may still carry annotations, such as the listener ports, the health check and the AWS WAF
 web ACL: IngressClassParams has no field for a web ACL, and the guide names the Ingress annotation
-instead (EKS User Guide, "Create an IngressClass to configure an Application Load Balancer").
+instead (EKS User Guide, "Create an IngressClass to configure an Application Load Balancer"; its
+IngressClassParams reference lists scheme, certificateARNs, subnets.ids and loadBalancerAttributes,
+the fields used here). No schema of IngressClassParams is published: tests/test_exposure.py
+asserts the fields.
 Private subnets carry kubernetes.io/role/internal-elb (stacks/network.py), where Auto Mode places
 internal load balancers.
 
@@ -170,7 +173,10 @@ class InternalEndpoint(Construct):
 
 class NetworkPolicyController(cdk8s.Chart):
     """Turns on the network policy controller of an Auto Mode cluster (EKS User Guide, "Use Network Policies
-    with EKS Auto Mode"): a ConfigMap the serving stack applies with `kubectl apply`, since it may exist."""
+    with EKS Auto Mode"): a ConfigMap that may already exist."""
+
+    # Apply with `kubectl apply`, not `kubectl create`: the object may be there before us.
+    applies_over_existing = True
 
     def __init__(self, scope: Construct, id: str) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)

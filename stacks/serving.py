@@ -19,7 +19,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from charts import NETWORK_POLICY_CONTROLLER, DeployedResources, build_charts
+from charts import DeployedResources, build_charts
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, import_folders, import_job_name
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
@@ -99,9 +99,9 @@ class ServingStack(Stack):
         )
         manifests = {
             chart_id: (
-                # A ConfigMap that may already exist: `kubectl apply`, where charts are created.
+                # A chart whose objects may already exist is applied (`kubectl apply`), not created.
                 eks.KubernetesManifest(self, chart_id, cluster=target, manifest=chart.to_json(), overwrite=True)
-                if chart_id == NETWORK_POLICY_CONTROLLER
+                if getattr(chart, "applies_over_existing", False)
                 else target.add_cdk8s_chart(chart_id, chart)
             )
             for chart_id, chart in build_charts(cdk8s.App(), settings, deployed).items()
