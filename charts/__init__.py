@@ -11,6 +11,7 @@ from charts.autoscaling import AutoscalingPlan
 from charts.exposure import NetworkPolicyController
 from charts.gpu_node_pool import GpuNodePoolChart, PoolPlan, pool_weight
 from charts.images import pulled_image
+from charts.node_rotation import ROTATION_IMAGE, NodeRotationChart
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
 from settings.autoscaling import POLLING_SECONDS, scale_down_cooldown_seconds
 from settings.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
@@ -105,6 +106,14 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             web_acl_arn=deployed.web_acl_arns.get(model.name),
             inbound_subnet_ids=deployed.inbound_subnet_ids,
             inbound_cidrs=deployed.inbound_cidrs,
+        )
+    if any(pool.maintenance_window for pool in settings.gpu_node_pools):
+        # Old GPU nodes are replaced in the window rather than expiring outside it (charts/node_rotation.py).
+        charts["NodeRotation"] = NodeRotationChart(
+            app,
+            "gpu-node-rotation",
+            pools=list(settings.gpu_node_pools),
+            image=_pulled(ROTATION_IMAGE, settings, deployed),
         )
     if any(model.exposure for model in settings.models):
         charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")

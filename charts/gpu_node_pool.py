@@ -58,8 +58,8 @@ def disruption_budgets(pool: GpuNodePoolSettings) -> list[dict[str, Any]]:
     complement of a 0-node budget for the Drifted reason that starts when the window ends. Expiry
     (expireAfter, 14 days by default on Auto Mode, 21 at most: EKS User Guide, "Create a Node Pool
     for EKS Auto Mode") is not a budget reason in karpenter.sh/v1 (reasons: Underutilized, Empty,
-    Drifted) and is forceful: an expiring node is drained within the NodePool's
-    terminationGracePeriod (see GpuNodePoolChart).
+    Drifted) and is forceful, so charts/node_rotation.py drifts a pool whose nodes near their expiry
+    when its window opens.
     """
     budgets: list[dict[str, Any]] = [{"nodes": pool.disruption_budget_nodes}]
     window = pool.maintenance_window

@@ -18,6 +18,7 @@ import pytest
 from aws_cdk import aws_ec2 as ec2
 from cdk_nag import AwsSolutionsChecks
 
+from charts.node_rotation import ROTATION_CHECKOV_EXCEPTIONS
 from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS
 from settings import load_stage_settings, stage_names
 from stacks.reviewed_findings import CHECKOV_FINDINGS, PIPELINE_CHECKOV_FINDINGS, nag_findings
@@ -182,7 +183,7 @@ def test_manifests_pass_checkov_kubernetes_checks(checkov_reports: dict[str, Any
     how = "add a checkov.io/skip annotation with the reason to CHECKOV_EXCEPTIONS in charts/vllm_server.py"
     assert checkov_failures(results, how) == []
     assert len(results["passed_checks"]) > 50
-    assert checkov_skips(results) == set(CHECKOV_EXCEPTIONS.items())
+    assert checkov_skips(results) == set(CHECKOV_EXCEPTIONS.items()) | set(ROTATION_CHECKOV_EXCEPTIONS.items())
 
 
 def test_checkov_kubernetes_checks_reject_a_privileged_pod(checkov_reports: dict[str, Any]) -> None:
