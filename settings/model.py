@@ -315,6 +315,14 @@ class MetricsSettings(_Strict):
     ) = None
 
 
+class ObservabilitySettings(_Strict):
+    """Amazon CloudWatch: the CloudWatch Observability add-on's container metrics, a dashboard of the stage,
+    and alarms on it to `metrics.alert_topic_arn` (stacks/observability.py). vLLM's signals are read from
+    the Prometheus workspace, so it needs `metrics.enabled`."""
+
+    enabled: bool = False
+
+
 class ClusterSettings(_Strict):
     name: ClusterName
     kubernetes_version: str = "1.36"
@@ -731,6 +739,7 @@ class StageSettings(_Strict):
     model_store: ModelStoreSettings = ModelStoreSettings()
     cluster: ClusterSettings
     metrics: MetricsSettings = MetricsSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     # In order of preference: Karpenter tries the first pool and falls through to the next when
     # it cannot launch there (charts/gpu_node_pool.py, pool weights).
     gpu_node_pools: tuple[GpuNodePoolSettings, ...] = Field(
@@ -867,6 +876,15 @@ class StageSettings(_Strict):
             raise ValueError(
                 f"metrics.alert_topic_arn: the topic is in account {topic.split(':')[4]}; AMP's alert manager "
                 f"publishes to topics of the stage's account, {self.account}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _observability_reads_metrics(self) -> StageSettings:
+        if self.observability.enabled and not self.metrics.enabled:
+            raise ValueError(
+                "observability.enabled: the dashboard and alarms read vLLM's signals from Amazon Managed Service "
+                "for Prometheus; set metrics.enabled: true"
             )
         return self
 

@@ -17,7 +17,7 @@ from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
 from charts.gpu_node_pool import GPU_TAINT
-from settings.model import ClusterSettings, MetricsSettings
+from settings.model import ClusterSettings, MetricsSettings, ObservabilitySettings
 from stacks.log_group import service_log_group
 from stacks.metrics import ManagedPrometheus
 
@@ -43,6 +43,10 @@ GPU_TAINT_TOLERATION = {"key": GPU_TAINT["key"], "operator": "Exists", "effect":
 # The AWS Secrets and Configuration Provider add-on, which installs the Secrets Store CSI driver with it
 # (EKS User Guide, "AWS add-ons": available on Auto Mode; its chart's secrets-store-csi-driver.install).
 SECRETS_STORE_ADDON = "aws-secrets-store-csi-driver-provider"
+# The Amazon CloudWatch Observability add-on and its agent's service account (CloudWatch User Guide,
+# "Install the CloudWatch agent with the Amazon CloudWatch Observability EKS add-on").
+CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"
+CLOUDWATCH_AGENT_SERVICE_ACCOUNT = "cloudwatch-agent"
 
 
 class ClusterStack(Stack):
@@ -61,6 +65,7 @@ class ClusterStack(Stack):
         cluster: ClusterSettings,
         inbound_subnets: list[ec2.ISubnet],
         metrics: MetricsSettings,
+        observability: ObservabilitySettings,
         image_cache_prefix: str,
         secrets_store: bool = False,
         **kwargs: Any,
@@ -144,10 +149,14 @@ class ClusterStack(Stack):
                 security_group_id=self.cluster.cluster_security_group_id,
                 region=self.region,
                 alias=cluster.name,
+                route_alerts=not observability.enabled,
             )
             if metrics.enabled
             else None
         )
+
+        if observability.enabled:
+            self._cloudwatch_observability(cluster)
 
         CfnOutput(
             self,
@@ -197,6 +206,59 @@ class ClusterStack(Stack):
         cast(eks.CfnAddon, addon.node.default_child).pod_identity_associations = [
             eks.CfnAddon.PodIdentityAssociationProperty(role_arn=role.role_arn, service_account=FSX_CSI_SERVICE_ACCOUNT)
         ]
+
+    def _cloudwatch_observability(self, cluster: ClusterSettings) -> None:
+        """The Amazon CloudWatch Observability add-on's Container Insights: pod, node and Deployment metrics
+        (stacks/observability.py reads them), through EKS Pod Identity.
+
+        Container logs stay off (the add-on's Fluent Bit would create log groups that never expire), and
+        so do its DCGM exporter, which conflicts with Auto Mode's node monitoring agent
+        (aws/containers-roadmap#2555, #2763), and its Neuron monitor; the keys are the add-on chart's
+        (aws-observability/helm-charts, charts/amazon-cloudwatch-observability/values.yaml). Its agent
+        tolerates every taint by default (the same file's `tolerations`), so it runs on the GPU nodes.
+        """
+        prefix = f"/aws/containerinsights/{cluster.name}"
+        # The agent writes Container Insights' records here; created first, with a retention.
+        performance_logs = service_log_group(
+            self,
+            "ContainerInsightsLogRetention",
+            name=f"{prefix}/performance",
+            retention_days=cluster.log_retention_days,
+        )
+        role = iam.Role(
+            self,
+            "CloudWatchAgentRole",
+            description="The CloudWatch agent's Container Insights records (service account "
+            f"{CLOUDWATCH_AGENT_SERVICE_ACCOUNT} in namespace amazon-cloudwatch)",
+            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+        )
+        # The part of CloudWatchAgentServerPolicy that Container Insights uses, narrowed to its log group.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                resources=[
+                    f"arn:{Aws.PARTITION}:logs:{self.region}:{Aws.ACCOUNT_ID}:log-group:{prefix}/performance",
+                    f"arn:{Aws.PARTITION}:logs:{self.region}:{Aws.ACCOUNT_ID}:log-group:{prefix}/performance:log-stream:*",
+                ],
+            )
+        )
+        # Node volumes and instance tags; the EC2 API lets no policy narrow these to a resource.
+        role.add_to_policy(iam.PolicyStatement(actions=["ec2:DescribeVolumes", "ec2:DescribeTags"], resources=["*"]))
+        addon = eks.Addon(self, "CloudWatchObservability", cluster=self.cluster, addon_name=CLOUDWATCH_ADDON)
+        cfn_addon = cast(eks.CfnAddon, addon.node.default_child)
+        cfn_addon.configuration_values = json.dumps(
+            {
+                "containerLogs": {"enabled": False},
+                "dcgmExporter": {"enabled": False},
+                "neuronMonitor": {"enabled": False},
+            }
+        )
+        cfn_addon.pod_identity_associations = [
+            eks.CfnAddon.PodIdentityAssociationProperty(
+                role_arn=role.role_arn, service_account=CLOUDWATCH_AGENT_SERVICE_ACCOUNT
+            )
+        ]
+        addon.node.add_dependency(performance_logs)
 
 
 def _endpoint_access(cluster: ClusterSettings) -> eks.EndpointAccess:

@@ -16,6 +16,7 @@ and the HTTP server's http_requests_total.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -31,8 +32,16 @@ from settings.names import app_label
 VLLM_APP_PATTERN = app_label(".+")
 VLLM_PORT = 8000
 RULES_NAMESPACE = "vllm"
+# The recorded signals' names, one series per model (its namespace).
+TTFT_P95 = "namespace:vllm_time_to_first_token_seconds:p95"
+QUEUE = "namespace:vllm_num_requests_waiting:sum"
+QUEUE_PER_REPLICA = "namespace:vllm_num_requests_waiting:avg"
+KV_CACHE_USAGE = "namespace:vllm_kv_cache_usage_perc:max"
+TOKENS_PER_SECOND = "namespace:vllm_generation_tokens:rate"
+SERVER_ERROR_RATIO = "namespace:vllm_http_server_errors:ratio"
 # How long a signal stays past its threshold before its alert fires.
-ALERT_AFTER = "5m"
+ALERT_AFTER_MINUTES = 5
+ALERT_AFTER = f"{ALERT_AFTER_MINUTES}m"
 
 
 def scrape_configuration(metrics: MetricsSettings) -> dict[str, Any]:
@@ -75,46 +84,65 @@ def recorded(metrics: MetricsSettings) -> dict[str, str]:
     ttft = rate_window(metrics, 300)
     tokens = rate_window(metrics, 120)
     return {
-        "namespace:vllm_time_to_first_token_seconds:p95": (
+        TTFT_P95: (
             f"histogram_quantile(0.95, sum by (namespace, le) (rate(vllm:time_to_first_token_seconds_bucket[{ttft}])))"
         ),
-        "namespace:vllm_num_requests_waiting:sum": "sum by (namespace) (vllm:num_requests_waiting)",
-        "namespace:vllm_num_requests_waiting:avg": "avg by (namespace) (vllm:num_requests_waiting)",
-        "namespace:vllm_kv_cache_usage_perc:max": "max by (namespace) (vllm:kv_cache_usage_perc)",
-        "namespace:vllm_generation_tokens:rate": f"sum by (namespace) (rate(vllm:generation_tokens_total[{tokens}]))",
+        QUEUE: "sum by (namespace) (vllm:num_requests_waiting)",
+        QUEUE_PER_REPLICA: "avg by (namespace) (vllm:num_requests_waiting)",
+        KV_CACHE_USAGE: "max by (namespace) (vllm:kv_cache_usage_perc)",
+        TOKENS_PER_SECOND: f"sum by (namespace) (rate(vllm:generation_tokens_total[{tokens}]))",
         # vLLM's HTTP server counts its responses by class, 5xx among them (prometheus-fastapi-instrumentator's
         # default http_requests_total{handler, method, status}, which api_server.py mount_metrics adds).
-        "namespace:vllm_http_server_errors:ratio": (
+        SERVER_ERROR_RATIO: (
             f'sum by (namespace) (rate(http_requests_total{{job="vllm", status="5xx"}}[{tokens}])) '
             f'/ sum by (namespace) (rate(http_requests_total{{job="vllm"}}[{tokens}]))'
         ),
     }
 
 
-def rules(metrics: MetricsSettings) -> dict[str, Any]:
-    """The workspace's rules file: the recorded signals, and an alert on each that users feel."""
-    alerts = [
-        (
+@dataclass(frozen=True)
+class Alert:
+    """A recorded signal past its threshold for ALERT_AFTER: an AMP alerting rule, and a CloudWatch alarm per
+    model when the stage has observability (stacks/observability.py)."""
+
+    name: str
+    signal: str
+    threshold: float
+    summary: str  # AMP's annotation, a Go template over the firing series
+
+
+def alerts(metrics: MetricsSettings) -> list[Alert]:
+    """An alert on each recorded signal that users feel."""
+    return [
+        Alert(
             "VllmTimeToFirstTokenSlow",
-            f"namespace:vllm_time_to_first_token_seconds:p95 > {metrics.alert_ttft_p95_seconds:g}",
+            TTFT_P95,
+            metrics.alert_ttft_p95_seconds,
             "p95 time to first token of {{ $labels.namespace }} is {{ $value | humanizeDuration }}",
         ),
-        (
+        Alert(
             "VllmQueueBacklog",
-            f"namespace:vllm_num_requests_waiting:avg > {metrics.alert_queue_per_replica:g}",
+            QUEUE_PER_REPLICA,
+            metrics.alert_queue_per_replica,
             "{{ $labels.namespace }} has {{ $value }} requests waiting per replica",
         ),
-        (
+        Alert(
             "VllmServerErrors",
-            f"namespace:vllm_http_server_errors:ratio > {metrics.alert_server_error_ratio:g}",
+            SERVER_ERROR_RATIO,
+            metrics.alert_server_error_ratio,
             "{{ $labels.namespace }} answers {{ $value | humanizePercentage }} of its requests with a 5xx",
         ),
-        (
+        Alert(
             "VllmKvCacheFull",
-            f"namespace:vllm_kv_cache_usage_perc:max > {metrics.alert_kv_cache_usage:g}",
+            KV_CACHE_USAGE,
+            metrics.alert_kv_cache_usage,
             "a replica of {{ $labels.namespace }} uses {{ $value | humanizePercentage }} of its KV cache",
         ),
     ]
+
+
+def rules(metrics: MetricsSettings) -> dict[str, Any]:
+    """The workspace's rules file: the recorded signals, and the alerts."""
     return {
         "groups": [
             {
@@ -122,13 +150,13 @@ def rules(metrics: MetricsSettings) -> dict[str, Any]:
                 "rules": [{"record": name, "expr": expr} for name, expr in recorded(metrics).items()]
                 + [
                     {
-                        "alert": name,
-                        "expr": expr,
+                        "alert": alert.name,
+                        "expr": f"{alert.signal} > {alert.threshold:g}",
                         "for": ALERT_AFTER,
                         "labels": {"severity": "warning"},
-                        "annotations": {"summary": summary},
+                        "annotations": {"summary": alert.summary},
                     }
-                    for name, expr, summary in alerts
+                    for alert in alerts(metrics)
                 ],
             }
         ]
@@ -163,7 +191,10 @@ class ManagedPrometheus(Construct):
         security_group_id: str,
         region: str,
         alias: str,
+        route_alerts: bool = True,
     ) -> None:
+        """`route_alerts`: AMP's alert manager sends the alerts to `metrics.alert_topic_arn`; off when CloudWatch
+        alarms do (stacks/observability.py), so that each alert arrives once."""
         super().__init__(scope, id)
         self.region = region
         self.workspace = aps.CfnWorkspace(
@@ -174,7 +205,7 @@ class ManagedPrometheus(Construct):
             # the managed scraper to write (AMP User Guide, "Encryption at rest").
             alert_manager_definition=(
                 yaml.safe_dump(alert_manager(metrics.alert_topic_arn, region), sort_keys=False)
-                if metrics.alert_topic_arn
+                if metrics.alert_topic_arn and route_alerts
                 else None
             ),
         )

@@ -24,6 +24,8 @@ from stacks.model_store import bucket_arn_export
 CLUSTER_ROLE = "Cluster/Cluster/Role"
 NODE_ROLE = "Cluster/NodeRole"
 FSX_CSI_ROLE = "Cluster/FsxCsiDriverRole"
+CLOUDWATCH_AGENT_ROLE = "Cluster/CloudWatchAgentRole"
+PROMETHEUS_DATA_SOURCE = "Serving/PrometheusDataSource/Function"
 ACCESS_LOGS_BUCKET = "ModelStore/AccessLogsBucket"
 SMOKE_TEST = "Serving/SmokeTest"
 SMOKE_TEST_ROLE = "Serving/SmokeTestRole"
@@ -118,6 +120,26 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
                 f"Serving/{names.output_id(model.name)}ApiKeysRole/DefaultPolicy",
                 f"{SMOKE_TEST_ROLE}/DefaultPolicy",
             )
+        ),
+        *(
+            Finding(f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy", f"AwsSolutions-IAM5[{resource}]", reason)
+            for resource, reason in (
+                (
+                    _account_resource(
+                        "logs",
+                        settings.region,
+                        f"log-group:/aws/containerinsights/{settings.cluster.name}/performance:log-stream:*",
+                    ),
+                    "The CloudWatch agent names its log streams after the nodes it runs on: any stream of the one "
+                    "Container Insights log group.",
+                ),
+                (
+                    "Resource::*",
+                    "The CloudWatch agent reads node volumes and instance tags (ec2:DescribeVolumes, "
+                    "ec2:DescribeTags), which the EC2 API does not let a policy narrow to a resource.",
+                ),
+            )
+            if settings.observability.enabled
         ),
         Finding(
             f"{FSX_CSI_ROLE}/DefaultPolicy",
@@ -313,10 +335,38 @@ CHECKOV_FINDINGS = (
 )
 
 
+# The CloudWatch data source function of a stage with observability (stacks/observability.py).
+OBSERVABILITY_CHECKOV_FINDINGS = tuple(
+    Finding(PROMETHEUS_DATA_SOURCE, check, reason)
+    for check, reason in (
+        (
+            "CKV_AWS_116",
+            "CloudWatch invokes the data source synchronously and shows its errors in the widget or the alarm: "
+            "a dead-letter queue would never receive anything.",
+        ),
+        (
+            "CKV_AWS_115",
+            "Reserving concurrency would take from the account's pool, and fail the deploy in accounts whose "
+            "whole pool is 10; dashboards and one query a minute per alarm are its only callers.",
+        ),
+        (
+            "CKV_AWS_117",
+            "It calls only the Prometheus workspace's public AWS endpoint, signed with its role: no VPC access.",
+        ),
+        ("CKV_AWS_173", "The environment holds the workspace's URL, no secret; Lambda encrypts it with an AWS key."),
+    )
+)
+
+
+def checkov_findings(settings: StageSettings) -> tuple[Finding, ...]:
+    """The stage's accepted checkov findings."""
+    return (*CHECKOV_FINDINGS, *(OBSERVABILITY_CHECKOV_FINDINGS if settings.observability.enabled else ()))
+
+
 def acknowledge_reviewed_findings(stage: Stage, settings: StageSettings) -> None:
     """Acknowledge the findings above on the stage's constructs."""
     model_store = cast(Stack, _construct_at(stage, "ModelStore"))
-    _acknowledge(stage, nag_findings(settings, model_store.stack_name), CHECKOV_FINDINGS)
+    _acknowledge(stage, nag_findings(settings, model_store.stack_name), checkov_findings(settings))
 
 
 def _import_folders(model: ModelSettings, bucket_export: str) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ from settings.cold_start import smoke_test_wait_seconds
 from settings.model import ModelSettings, StageSettings
 from stacks.metrics import ManagedPrometheus
 from stacks.model_store import LUSTRE_PORTS
+from stacks.observability import PrometheusDataSource, StageAlarms, stage_dashboard
 from stacks.web_acl import rate_limited_web_acl
 
 # KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
@@ -113,6 +114,17 @@ class ServingStack(Stack):
             for model in scaled:
                 # A ScaledObject needs KEDA's resource definitions.
                 manifests[f"Model-{model.name}"].node.add_dependency(keda)
+
+        if settings.observability.enabled:
+            assert prometheus is not None  # settings: observability reads the Prometheus workspace
+            source = PrometheusDataSource(
+                self,
+                "PrometheusDataSource",
+                settings=settings,
+                workspace_arn=prometheus.workspace.attr_arn,
+                query_url=prometheus.query_url,
+            )
+            stage_dashboard(self, settings, source, StageAlarms(self, "Alarms", settings=settings, source=source))
 
         self._lustre_between(file_system_security_group.security_group_id, cluster.cluster_security_group_id)
         for model in settings.models:

@@ -62,6 +62,7 @@ class InferencePlatformStage(Stage):
             inbound_subnets=network.inbound_subnets,
             cluster=settings.cluster,
             metrics=settings.metrics,
+            observability=settings.observability,
             image_cache_prefix=settings.image_cache_prefix,
             secrets_store=any(model.api_keys_secret for model in settings.models),
         )

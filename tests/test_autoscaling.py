@@ -290,6 +290,7 @@ def test_a_target_of_zero_or_less_is_refused(target: float) -> None:
 def test_autoscaling_without_metrics_is_refused() -> None:
     data = autoscaled()
     data["metrics"]["enabled"] = False
+    data["observability"]["enabled"] = False
     assert "models[0].autoscaling: autoscaling reads vLLM's queue from Amazon Managed Service for Prometheus; set " in (
         rejected(data, "prod")
     )

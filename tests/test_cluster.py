@@ -44,6 +44,7 @@ def admins_cluster() -> dict[str, Any]:
         inbound_subnets=network.inbound_subnets,
         cluster=settings.cluster,
         metrics=settings.metrics,
+        observability=settings.observability,
         image_cache_prefix="ecr-public/scenario",
     )
     return Template.from_stack(cluster).to_json()

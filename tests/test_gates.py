@@ -21,7 +21,12 @@ from cdk_nag import AwsSolutionsChecks
 from charts.node_rotation import ROTATION_CHECKOV_EXCEPTIONS
 from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS
 from settings import load_stage_settings, stage_names
-from stacks.reviewed_findings import CHECKOV_FINDINGS, PIPELINE_CHECKOV_FINDINGS, nag_findings
+from stacks.reviewed_findings import (
+    CHECKOV_FINDINGS,
+    OBSERVABILITY_CHECKOV_FINDINGS,
+    PIPELINE_CHECKOV_FINDINGS,
+    nag_findings,
+)
 from tests.conftest import PIPELINE, Assembly, TemplateScans, find, find_all, render_charts
 from tests.scanners import (
     checkov_failures,
@@ -77,7 +82,7 @@ def test_cdk_nag_stops_a_synth_on_an_unacknowledged_finding(tmp_path: Path) -> N
 @pytest.mark.parametrize("stage", stage_names())
 def test_every_acknowledgment_gives_a_reason(stage: str) -> None:
     findings = nag_findings(load_stage_settings(stage), f"{stage}-ModelStore")
-    for finding in (*findings, *CHECKOV_FINDINGS, *PIPELINE_CHECKOV_FINDINGS):
+    for finding in (*findings, *CHECKOV_FINDINGS, *OBSERVABILITY_CHECKOV_FINDINGS, *PIPELINE_CHECKOV_FINDINGS):
         assert len(finding.reason) > 40, finding
     rules = [(finding.path, finding.rule) for finding in findings]
     assert len(rules) == len(set(rules))
@@ -196,14 +201,18 @@ def test_templates_pass_checkov_cloudformation_checks(checkov_reports: dict[str,
     how = "acknowledge it in CHECKOV_FINDINGS in stacks/reviewed_findings.py with the reason"
     assert checkov_failures(results, how) == []
     assert len(results["passed_checks"]) > 100
-    assert checkov_skips(results) == {(finding.rule, finding.reason) for finding in CHECKOV_FINDINGS}
+    accepted = (*CHECKOV_FINDINGS, *OBSERVABILITY_CHECKOV_FINDINGS)  # the latter for prod's data source
+    assert checkov_skips(results) == {(finding.rule, finding.reason) for finding in accepted}
 
 
 def test_pipeline_templates_pass_checkov_cloudformation_checks(checkov_reports: dict[str, Any]) -> None:
     results = checkov_reports["pipeline"]
     how = "acknowledge it in stacks/reviewed_findings.py with the reason"
     assert checkov_failures(results, how) == []
-    accepted = {(finding.rule, finding.reason) for finding in (*CHECKOV_FINDINGS, *PIPELINE_CHECKOV_FINDINGS)}
+    accepted = {
+        (finding.rule, finding.reason)
+        for finding in (*CHECKOV_FINDINGS, *OBSERVABILITY_CHECKOV_FINDINGS, *PIPELINE_CHECKOV_FINDINGS)
+    }
     assert checkov_skips(results) == accepted
 
 
@@ -227,8 +236,8 @@ def all_resources(assemblies: dict[str, Assembly], kind: str) -> list[tuple[str,
 
 def test_every_kms_key_rotates_and_is_retained(assemblies: dict[str, Assembly]) -> None:
     keys = all_resources(assemblies, "AWS::KMS::Key")
-    # cluster secrets, flow logs, file system, smoke test artifacts
-    assert len(keys) == 4 * len(assemblies)
+    # cluster secrets, flow logs, file system, smoke test artifacts; prod's data source logs
+    assert len(keys) == 4 * len(assemblies) + 1
     for where, key in keys:
         assert key["Properties"]["EnableKeyRotation"] is True, where
         assert key["DeletionPolicy"] == "Retain", where
@@ -241,13 +250,14 @@ def test_every_log_group_has_a_retention_and_is_retained(assemblies: dict[str, A
 
 
 def test_our_log_groups_are_encrypted_with_our_keys(assemblies: dict[str, Assembly]) -> None:
-    # The flow logs' group. The control plane's group is EKS's, adopted by LogRetention, which
-    # cannot give it a key (tests/test_destroy_and_redeploy.py): CloudWatch Logs encrypts it.
+    # The flow logs' group, and prod's data source's. The control plane's group is EKS's, adopted by
+    # LogRetention, which cannot give it a key (tests/test_destroy_and_redeploy.py): CloudWatch Logs
+    # encrypts it; so is Container Insights' group, which its agent names.
     ours = [
         (where, group)
         for where, group in all_resources(assemblies, "AWS::Logs::LogGroup")
         if "/aws/lambda/" not in json.dumps(group["Properties"].get("LogGroupName", ""))
     ]
-    assert len(ours) == 1 * len(assemblies)
+    assert len(ours) == 1 * len(assemblies) + 1
     for where, group in ours:
         assert "KmsKeyId" in group["Properties"], where

@@ -1,0 +1,245 @@
+"""Amazon CloudWatch for a stage: a dashboard of its models and alarms on them, to the stage's SNS topic.
+
+vLLM's signals live in the stage's Prometheus workspace (stacks/metrics.py), which CloudWatch cannot
+query by itself, so a CloudWatch data source function answers CloudWatch's metric math with PromQL
+(stacks/prometheus_data_source/handler.py): LAMBDA("<function>", "<query>") in a widget or an alarm
+(CloudWatch User Guide, "Use your custom data source"). The replicas and the GPUs held come from the
+CloudWatch Observability add-on's Container Insights (stacks/cluster.py): `replicas_ready` and
+`replicas_desired` per Deployment (dimensions PodName, which holds the Deployment's name, Namespace,
+ClusterName), and `node_gpu_limit` and `node_gpu_usage_total` per cluster (aws/amazon-cloudwatch-agent,
+translator/translate/otel/exporter/awsemf/kubernetes.go).
+
+GPU utilization is not there: on Auto Mode only a DCGM exporter of our own could read it, and that
+conflicts with Auto Mode's node monitoring agent (aws/containers-roadmap#2555, #2763). The GPU memory
+vLLM works in, its KV cache, is.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from aws_cdk import Aws, Duration, Tags
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from settings import names
+from settings.cold_start import progress_deadline_seconds
+from settings.model import ModelSettings, StageSettings
+from stacks.log_group import log_group
+from stacks.metrics import (
+    ALERT_AFTER_MINUTES,
+    KV_CACHE_USAGE,
+    QUEUE,
+    SERVER_ERROR_RATIO,
+    TOKENS_PER_SECOND,
+    TTFT_P95,
+    alerts,
+)
+
+DATA_SOURCE_CODE = Path(__file__).resolve().parent / "prometheus_data_source"
+# CloudWatch invokes data source functions as this service (CloudWatch User Guide, "Create a custom
+# connector to a data source", step 2); the tag lists the function among the console's data sources.
+DATA_SOURCE_PRINCIPAL = "lambda.datasource.cloudwatch.amazonaws.com"
+DATA_SOURCE_TAG = ("cloudwatch:datasource", "custom")
+CONTAINER_INSIGHTS = "ContainerInsights"
+# Alarms are evaluated every minute; so are the data source's points.
+PERIOD = Duration.minutes(1)
+
+
+def data_source_name(settings: StageSettings) -> str:
+    """The data source function's name, which LAMBDA() expressions, the stage's and a user's own, call."""
+    return f"{settings.cluster.name}-prometheus"
+
+
+def for_model(signal: str, model: ModelSettings) -> str:
+    """A recorded signal of one model. Single quotes: the query sits inside metric math's double-quoted string."""
+    return f"{signal}{{namespace='{names.namespace(model.name)}'}}"
+
+
+class PrometheusDataSource(Construct):
+    """The data source function, allowed to query one workspace, invoked by CloudWatch of this account only."""
+
+    def __init__(
+        self, scope: Construct, id: str, *, settings: StageSettings, workspace_arn: str, query_url: str
+    ) -> None:
+        super().__init__(scope, id)
+        self.name = data_source_name(settings)
+        role = iam.Role(
+            self,
+            "Role",
+            description="Answers CloudWatch's dashboards and alarms with PromQL queries of the stage's workspace",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+        )
+        role.add_to_policy(iam.PolicyStatement(actions=["aps:QueryMetrics"], resources=[workspace_arn]))
+        logs = log_group(self, "Logs", retention_days=settings.cluster.log_retention_days)
+        logs.grant_write(role)
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            function_name=self.name,
+            description="CloudWatch data source: PromQL against the stage's Amazon Managed Service for Prometheus",
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            handler="handler.handler",
+            code=lambda_.Code.from_asset(str(DATA_SOURCE_CODE), exclude=["__pycache__"]),
+            role=role,
+            # Dashboards wait 10 s for a data source, alarms 4.5 s; the query itself gives up sooner.
+            timeout=Duration.seconds(10),
+            memory_size=256,
+            environment={"PROMETHEUS_QUERY_URL": query_url},
+            log_group=logs,
+        )
+        self.function.add_permission(
+            "CloudWatch", principal=iam.ServicePrincipal(DATA_SOURCE_PRINCIPAL), source_account=Aws.ACCOUNT_ID
+        )
+        Tags.of(self.function).add(*DATA_SOURCE_TAG)
+
+    def query(self, promql: str, label: str) -> cloudwatch.MathExpression:
+        """A PromQL query that returns one series, as metric math."""
+        return cloudwatch.MathExpression(
+            expression=f'LAMBDA("{self.name}", "{promql}")', using_metrics={}, period=PERIOD, label=label
+        )
+
+
+def replicas(settings: StageSettings, model: ModelSettings, metric_name: str) -> cloudwatch.Metric:
+    """A Deployment's replicas, from Container Insights."""
+    return cloudwatch.Metric(
+        namespace=CONTAINER_INSIGHTS,
+        metric_name=metric_name,
+        dimensions_map={
+            "ClusterName": settings.cluster.name,
+            "Namespace": names.namespace(model.name),
+            "PodName": model.name,
+        },
+        statistic="Minimum",
+        period=PERIOD,
+        label=f"{model.name} {metric_name.removeprefix('replicas_')}",
+    )
+
+
+def gpus(settings: StageSettings, metric_name: str, label: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(
+        namespace=CONTAINER_INSIGHTS,
+        metric_name=metric_name,
+        dimensions_map={"ClusterName": settings.cluster.name},
+        statistic="Maximum",
+        period=PERIOD,
+        label=label,
+    )
+
+
+class StageAlarms(Construct):
+    """Per model: an alarm on each of vLLM's alerts (stacks/metrics.py, alerts), on too few ready replicas, and
+    on its metrics going missing, to the stage's topic (`metrics.alert_topic_arn`) when it has one."""
+
+    def __init__(self, scope: Construct, id: str, *, settings: StageSettings, source: PrometheusDataSource) -> None:
+        super().__init__(scope, id)
+        self.alarms: list[cloudwatch.Alarm] = []
+        topic_arn = settings.metrics.alert_topic_arn
+        self.topic = sns.Topic.from_topic_arn(self, "Topic", topic_arn) if topic_arn else None
+        for model in settings.models:
+            prefix = f"{settings.cluster.name}-{model.name}"
+            for alert in alerts(settings.metrics):
+                self._alarm(
+                    f"{model.name}-{alert.name}",
+                    alarm_name=f"{prefix}-{alert.name}",
+                    alarm_description=f"{alert.signal} of {model.name} above {alert.threshold:g} for "
+                    f"{ALERT_AFTER_MINUTES} minutes (README, 'Dashboard and alarms')",
+                    metric=source.query(for_model(alert.signal, model), alert.name),
+                    threshold=alert.threshold,
+                    comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                    evaluation_periods=ALERT_AFTER_MINUTES,
+                    # No requests, no ratio or quantile: quiet hours are not trouble.
+                    treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                )
+            # Fewer ready replicas than the minimum for longer than a new replica may take to start.
+            minutes = math.ceil(progress_deadline_seconds(settings, model) / 60)
+            self._alarm(
+                f"{model.name}-VllmReplicasMissing",
+                alarm_name=f"{prefix}-VllmReplicasMissing",
+                alarm_description=f"fewer than {model.replicas} ready replicas of {model.name} for {minutes} "
+                "minutes, longer than a replica's start may take (README, 'Dashboard and alarms')",
+                metric=replicas(settings, model, "replicas_ready"),
+                threshold=model.replicas,
+                comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+                evaluation_periods=minutes,
+                # Container Insights reports nothing for a Deployment it cannot see: that is trouble too.
+                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            )
+            # No replica scraped: the scraper, the data source or every replica is down.
+            self._alarm(
+                f"{model.name}-VllmMetricsMissing",
+                alarm_name=f"{prefix}-VllmMetricsMissing",
+                alarm_description=f"no replica of {model.name} scraped for {ALERT_AFTER_MINUTES} minutes: the "
+                "other alarms of the model cannot fire (README, 'Dashboard and alarms')",
+                metric=source.query(
+                    f"sum(up{{job='vllm', namespace='{names.namespace(model.name)}'}})", "replicas scraped"
+                ),
+                threshold=1,
+                comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+                evaluation_periods=ALERT_AFTER_MINUTES,
+                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            )
+
+    def _alarm(self, id: str, **props: object) -> None:
+        alarm = cloudwatch.Alarm(self, id, **props)  # type: ignore[arg-type]
+        if self.topic is not None:
+            alarm.add_alarm_action(actions.SnsAction(self.topic))
+            alarm.add_ok_action(actions.SnsAction(self.topic))
+        self.alarms.append(alarm)
+
+
+def stage_dashboard(
+    scope: Construct, settings: StageSettings, source: PrometheusDataSource, alarms: StageAlarms
+) -> cloudwatch.Dashboard:
+    """One dashboard per stage: replicas and GPUs, then vLLM's signals per model, then the alarms."""
+
+    def graph(title: str, *metrics: cloudwatch.IMetric, unit: str | None = None) -> cloudwatch.GraphWidget:
+        return cloudwatch.GraphWidget(
+            title=title, left=list(metrics), width=8, height=6, left_y_axis=cloudwatch.YAxisProps(label=unit, min=0)
+        )
+
+    def per_model(signal: str) -> list[cloudwatch.IMetric]:
+        return [source.query(for_model(signal, model), model.name) for model in settings.models]
+
+    return cloudwatch.Dashboard(
+        scope,
+        "Dashboard",
+        dashboard_name=f"{settings.cluster.name}-serving",
+        default_interval=Duration.hours(3),
+        widgets=[
+            [
+                graph(
+                    "Replicas: ready and desired",
+                    *(
+                        replicas(settings, model, name)
+                        for model in settings.models
+                        for name in ("replicas_ready", "replicas_desired")
+                    ),
+                ),
+                graph(
+                    "GPUs: in the cluster, held by pods",
+                    gpus(settings, "node_gpu_limit", "GPUs in the cluster"),
+                    gpus(settings, "node_gpu_usage_total", "GPUs held by pods"),
+                ),
+                graph(
+                    "GPU memory: KV cache in use (fullest replica)",
+                    *per_model(KV_CACHE_USAGE),
+                    unit="fraction",
+                ),
+            ],
+            [
+                graph("Requests waiting", *per_model(QUEUE)),
+                graph("Time to first token, p95", *per_model(TTFT_P95), unit="seconds"),
+                graph("Tokens generated per second", *per_model(TOKENS_PER_SECOND), unit="tokens/s"),
+            ],
+            [
+                graph("Share of responses that are 5xx", *per_model(SERVER_ERROR_RATIO), unit="fraction"),
+                cloudwatch.AlarmStatusWidget(title="Alarms", alarms=alarms.alarms, width=16, height=6),
+            ],
+        ],
+    )

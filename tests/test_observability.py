@@ -1,0 +1,345 @@
+"""CloudWatch for a stage: the Observability add-on, the Prometheus data source, the dashboard and the alarms."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk.assertions import Template
+
+from app import cdk_json_context
+from settings import SettingsError, parse_stage_settings
+from settings.model import StageSettings
+from stacks.metrics import recorded
+from stacks.observability import PrometheusDataSource, StageAlarms
+from stacks.prometheus_data_source import handler as data_source
+from tests.conftest import Assembly, stage_data
+from tests.scanners import cloudformation_problems
+from tests.test_autoscaling import metric_names
+
+TOPIC = "arn:aws:sns:us-west-2:123456789012:gpu-inference-alerts"
+START, PERIOD = 1_764_300_000, 60
+
+
+class FakeWorkspace(ThreadingHTTPServer):
+    """AMP's query API: answers /workspaces/ws-1/api/v1/query_range with `answer`, and records each request."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), WorkspaceHandler)
+        self.status, self.answer = 200, {"status": "success", "data": {"resultType": "matrix", "result": []}}
+        self.requests: list[tuple[str, dict[str, str], dict[str, list[str]]]] = []
+
+
+class WorkspaceHandler(BaseHTTPRequestHandler):
+    server: FakeWorkspace
+
+    def do_POST(self) -> None:
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        self.server.requests.append((self.path, dict(self.headers), form))
+        body = json.dumps(self.server.answer).encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorkspace]:
+    server = FakeWorkspace()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PROMETHEUS_QUERY_URL", f"http://127.0.0.1:{server.server_port}/workspaces/ws-1")
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def get_metric_data(*arguments: Any, period: int = PERIOD) -> dict[str, Any]:
+    request = {"StartTime": START, "EndTime": START + 5 * period, "Period": period, "Arguments": list(arguments)}
+    return data_source.handler({"EventType": "GetMetricData", "GetMetricDataRequest": request}, None)
+
+
+def matrix(*series: tuple[dict[str, str], list[tuple[int, str]]]) -> dict[str, Any]:
+    result = [{"metric": labels, "values": [[stamp, value] for stamp, value in values]} for labels, values in series]
+    return {"status": "success", "data": {"resultType": "matrix", "result": result}}
+
+
+# --- the data source function, against a stand-in workspace ---
+
+
+def test_a_query_is_a_signed_range_query_on_cloudwatchs_grid(workspace: FakeWorkspace) -> None:
+    workspace.answer = matrix(
+        ({"namespace": "gpt-oss-20b"}, [(START, "1.5"), (START + 60, "NaN"), (START + 120, "2")]),
+        ({"namespace": "llama"}, [(START, "0")]),
+    )
+    answer = get_metric_data("namespace:vllm_num_requests_waiting:sum", period=300)
+    (path, headers, form) = workspace.requests[0]
+    assert path == "/workspaces/ws-1/api/v1/query_range"
+    # Evaluated at StartTime + k * Period, where CloudWatch keeps points.
+    assert form == {
+        "query": ["namespace:vllm_num_requests_waiting:sum"],
+        "start": [str(START)],
+        "end": [str(START + 1500)],
+        "step": ["300"],
+    }
+    assert re.match(
+        r"AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/\d{8}/us-west-2/aps/aws4_request", headers["Authorization"]
+    )
+    assert headers["X-Amz-Security-Token"] == "session"
+    # One series per result, labelled by its model; NaN (a ratio over no requests) left out.
+    assert answer == {
+        "MetricDataResults": [
+            {
+                "StatusCode": "Complete",
+                "Label": "gpt-oss-20b",
+                "Timestamps": [START, START + 120],
+                "Values": [1.5, 2.0],
+            },
+            {"StatusCode": "Complete", "Label": "llama", "Timestamps": [START], "Values": [0.0]},
+        ]
+    }
+
+
+def test_nothing_matched_is_one_empty_series_which_an_alarm_reads_as_missing(workspace: FakeWorkspace) -> None:
+    assert get_metric_data("sum(up)") == {
+        "MetricDataResults": [{"StatusCode": "Complete", "Label": "", "Timestamps": [], "Values": []}]
+    }
+
+
+def test_a_series_without_a_namespace_is_labelled_by_its_labels(workspace: FakeWorkspace) -> None:
+    workspace.answer = matrix(({"__name__": "up", "job": "vllm", "pod": "p-1"}, [(START, "1")]))
+    assert get_metric_data("up")["MetricDataResults"][0]["Label"] == "job=vllm,pod=p-1"
+
+
+def test_a_query_prometheus_refuses_is_a_validation_error_with_its_reason(workspace: FakeWorkspace) -> None:
+    workspace.status = 400
+    workspace.answer = {"status": "error", "errorType": "bad_data", "error": "parse error: unclosed left parenthesis"}
+    answer = get_metric_data("sum(up")
+    assert answer["Error"]["Code"] == "Validation"
+    assert "unclosed left parenthesis" in answer["Error"]["Value"]
+
+
+@pytest.mark.parametrize("arguments", [(), ("",), (3,), ("up", "up")])
+def test_anything_but_one_query_is_refused_before_asking(workspace: FakeWorkspace, arguments: tuple[Any, ...]) -> None:
+    assert get_metric_data(*arguments)["Error"]["Code"] == "Validation"
+    assert workspace.requests == []
+
+
+def test_an_unreachable_workspace_is_an_error_not_a_crash(
+    workspace: FakeWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_QUERY_URL", "http://127.0.0.1:1/workspaces/ws-1")
+    assert get_metric_data("up")["Error"]["Code"] == "PrometheusUnreachable"
+
+
+def test_the_console_learns_what_to_ask() -> None:
+    described = data_source.handler({"EventType": "DescribeGetMetricData"}, None)
+    assert described["ArgumentDefaults"] == [{"Value": data_source.EXAMPLE_QUERY}]
+    assert data_source.EXAMPLE_QUERY in recorded(StageSettings.model_fields["metrics"].default)
+
+
+# --- what the stages get ---
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {key: value for key, value in template["Resources"].items() if value["Type"] == kind}
+
+
+def test_the_add_on_collects_container_metrics_without_a_dcgm_exporter_or_logs(prod: Assembly) -> None:
+    template = prod.template("Cluster")
+    (addon,) = [a for a in resources(template, "AWS::EKS::Addon").values() if "cloudwatch" in json.dumps(a)]
+    properties = addon["Properties"]
+    assert properties["AddonName"] == "amazon-cloudwatch-observability"
+    assert json.loads(properties["ConfigurationValues"]) == {
+        "containerLogs": {"enabled": False},
+        "dcgmExporter": {"enabled": False},
+        "neuronMonitor": {"enabled": False},
+    }
+    (association,) = properties["PodIdentityAssociations"]
+    assert association["ServiceAccount"] == "cloudwatch-agent"
+    role_id = association["RoleArn"]["Fn::GetAtt"][0]
+    role = template["Resources"][role_id]["Properties"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    (policy,) = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in resources(template, "AWS::IAM::Policy").values()
+        if p["Properties"]["Roles"] == [{"Ref": role_id}]
+    ]
+    assert [statement["Action"] for statement in policy] == [
+        ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+        ["ec2:DescribeTags", "ec2:DescribeVolumes"],
+    ]
+    assert "/aws/containerinsights/gpu-inference-prod/performance" in json.dumps(policy[0]["Resource"])
+    # Its log group exists first, with the cluster's retention, instead of one that never expires.
+    (retention,) = [
+        key
+        for key, r in resources(template, "Custom::LogRetention").items()
+        if r["Properties"]["LogGroupName"] == "/aws/containerinsights/gpu-inference-prod/performance"
+    ]
+    assert template["Resources"][retention]["Properties"]["RetentionInDays"] == 365  # prod's cluster.log_retention_days
+    assert retention in addon["DependsOn"]
+
+
+def test_dev_has_no_cloudwatch_observability_unless_it_asks(dev: Assembly) -> None:
+    assert "amazon-cloudwatch-observability" not in json.dumps(dev.template("Cluster"))
+    serving = dev.template("Serving")
+    assert not resources(serving, "AWS::CloudWatch::Dashboard")
+    assert not resources(serving, "AWS::CloudWatch::Alarm")
+
+
+def test_the_data_source_reads_one_workspace_and_answers_cloudwatch_of_its_account(prod: Assembly) -> None:
+    template = prod.template("Serving")
+    (function,) = [
+        f["Properties"]
+        for f in resources(template, "AWS::Lambda::Function").values()
+        if f["Properties"].get("FunctionName") == "gpu-inference-prod-prometheus"
+    ]
+    assert function["Runtime"] == "python3.14"
+    assert function["Handler"] == "handler.handler"
+    assert function["Timeout"] == 10
+    assert "PROMETHEUS_QUERY_URL" in function["Environment"]["Variables"]
+    assert {"Key": "cloudwatch:datasource", "Value": "custom"} in function["Tags"]
+    (permission,) = resources(template, "AWS::Lambda::Permission").values()
+    assert permission["Properties"]["Principal"] == "lambda.datasource.cloudwatch.amazonaws.com"
+    assert permission["Properties"]["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    role_id = function["Role"]["Fn::GetAtt"][0]
+    statements = [
+        statement
+        for p in resources(template, "AWS::IAM::Policy").values()
+        if p["Properties"]["Roles"] == [{"Ref": role_id}]
+        for statement in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    actions = {
+        action for s in statements for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    assert actions == {"aps:QueryMetrics", "logs:CreateLogStream", "logs:PutLogEvents"}
+
+
+def lambda_queries(expression: str) -> list[str]:
+    """The PromQL of each LAMBDA() call in a metric math expression."""
+    return re.findall(r'LAMBDA\(\\?"gpu-inference-prod-prometheus\\?", \\?"(.*?)\\?"\)', expression)
+
+
+def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(prod: Assembly) -> None:
+    alarms = {
+        a["Properties"]["AlarmName"]: a["Properties"]
+        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm").values()
+    }
+    prefix = "gpu-inference-prod-gpt-oss-20b-"
+    assert set(alarms) == {
+        prefix + name
+        for name in (
+            "VllmTimeToFirstTokenSlow",
+            "VllmQueueBacklog",
+            "VllmServerErrors",
+            "VllmKvCacheFull",
+            "VllmReplicasMissing",
+            "VllmMetricsMissing",
+        )
+    }
+    ttft = alarms[prefix + "VllmTimeToFirstTokenSlow"]
+    (query,) = lambda_queries(ttft["Metrics"][0]["Expression"])
+    assert query == "namespace:vllm_time_to_first_token_seconds:p95{namespace='gpt-oss-20b'}"
+    assert (ttft["Threshold"], ttft["ComparisonOperator"], ttft["EvaluationPeriods"]) == (5, "GreaterThanThreshold", 5)
+    assert ttft["TreatMissingData"] == "notBreaching"
+    replicas = alarms[prefix + "VllmReplicasMissing"]
+    (ready,) = replicas["Metrics"]
+    assert ready["MetricStat"]["Metric"]["MetricName"] == "replicas_ready"
+    assert ready["MetricStat"]["Stat"] == "Minimum"
+    assert replicas["Threshold"] == 2  # prod's minimum
+    assert replicas["ComparisonOperator"] == "LessThanThreshold"
+    assert replicas["EvaluationPeriods"] == 16  # the rollout's progress deadline, 960 s
+    assert replicas["TreatMissingData"] == "breaching"
+    assert {d["Name"]: d["Value"] for d in ready["MetricStat"]["Metric"]["Dimensions"]} == {
+        "ClusterName": "gpu-inference-prod",
+        "Namespace": "gpt-oss-20b",
+        "PodName": "gpt-oss-20b",
+    }
+    # prod names no topic: the alarms show in the console and send nothing.
+    assert all("AlarmActions" not in alarm for alarm in alarms.values())
+    for alarm in alarms.values():
+        assert cloudformation_problems("AWS::CloudWatch::Alarm", alarm) == []
+
+
+def test_every_query_parses_and_reads_recorded_signals_or_the_scrape_itself(prod: Assembly) -> None:
+    template = prod.template("Serving")
+    expressions = [
+        metric["Expression"]
+        for alarm in resources(template, "AWS::CloudWatch::Alarm").values()
+        for metric in alarm["Properties"]["Metrics"]
+        if "Expression" in metric
+    ]
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
+    body = "".join(
+        part if isinstance(part, str) else "<region>"
+        for part in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
+    )
+    queries = [query for expression in [*expressions, body] for query in lambda_queries(expression)]
+    assert len(queries) == 5 + 5  # five alarms read the workspace, five widgets do
+    read = set()
+    for query in queries:
+        read |= metric_names(query.replace("\\\\", ""))
+    assert read <= set(recorded(StageSettings.model_fields["metrics"].default)) | {"up"}
+
+
+def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod: Assembly) -> None:
+    (dashboard,) = resources(prod.template("Serving"), "AWS::CloudWatch::Dashboard").values()
+    assert dashboard["Properties"]["DashboardName"] == "gpu-inference-prod-serving"
+    parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
+    body = json.loads("".join(part if isinstance(part, str) else "us-west-2" for part in parts))
+    titles = [widget["properties"]["title"] for widget in body["widgets"]]
+    assert titles == [
+        "Replicas: ready and desired",
+        "GPUs: in the cluster, held by pods",
+        "GPU memory: KV cache in use (fullest replica)",
+        "Requests waiting",
+        "Time to first token, p95",
+        "Tokens generated per second",
+        "Share of responses that are 5xx",
+        "Alarms",
+    ]
+    assert len(body["widgets"][-1]["properties"]["alarms"]) == 6
+
+
+@pytest.fixture(scope="module")
+def alarms_with_a_topic() -> dict[str, Any]:
+    """The alarms of a stage that names a topic (a scenario no stage file has)."""
+    data = stage_data("prod")
+    data["metrics"]["alert_topic_arn"] = TOPIC
+    settings = parse_stage_settings("prod", data)
+    stack = cdk.Stack(cdk.App(context=cdk_json_context()), "Alarms", env=cdk.Environment(region=settings.region))
+    source = PrometheusDataSource(
+        stack,
+        "Source",
+        settings=settings,
+        workspace_arn="arn:aws:aps:us-west-2:123456789012:workspace/ws-1",
+        query_url="https://aps-workspaces.us-west-2.amazonaws.com/workspaces/ws-1",
+    )
+    StageAlarms(stack, "Alarms", settings=settings, source=source)
+    return Template.from_stack(stack).to_json()
+
+
+def test_alarms_and_their_recovery_go_to_the_stages_topic(alarms_with_a_topic: dict[str, Any]) -> None:
+    alarms = resources(alarms_with_a_topic, "AWS::CloudWatch::Alarm").values()
+    assert len(alarms) == 6
+    assert all(a["Properties"]["AlarmActions"] == [TOPIC] == a["Properties"]["OKActions"] for a in alarms)
+
+
+def test_observability_without_metrics_is_refused() -> None:
+    data = stage_data("dev")
+    data["observability"] = {"enabled": True}
+    with pytest.raises(SettingsError, match=r"observability\.enabled: .* set metrics\.enabled: true"):
+        parse_stage_settings("dev", data)
