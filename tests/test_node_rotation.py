@@ -89,7 +89,7 @@ def run_rotation(
     """The rendered job's own command and environment, against a stand-in API server."""
     container = rotation_job()["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     server = FakeKubernetes(claims, status)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     env = {variable["name"]: variable["value"] for variable in container["env"]}
     env |= {"KUBERNETES_API": f"http://127.0.0.1:{server.server_port}", "SERVICE_ACCOUNT_DIR": str(service_account)}
     try:

@@ -14,7 +14,6 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
 
-from app import cdk_json_context
 from settings import SettingsError, parse_stage_settings
 from settings.model import StageSettings
 from stacks.metrics import recorded
@@ -56,7 +55,7 @@ class WorkspaceHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorkspace]:
     server = FakeWorkspace()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     monkeypatch.setenv("PROMETHEUS_QUERY_URL", f"http://127.0.0.1:{server.server_port}/workspaces/ws-1")
     monkeypatch.setenv("AWS_REGION", "us-west-2")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
@@ -320,7 +319,7 @@ def alarms_with_a_topic() -> dict[str, Any]:
     data = stage_data("prod")
     data["metrics"]["alert_topic_arn"] = TOPIC
     settings = parse_stage_settings("prod", data)
-    stack = cdk.Stack(cdk.App(context=cdk_json_context()), "Alarms", env=cdk.Environment(region=settings.region))
+    stack = cdk.Stack(cdk.App(), "Alarms", env=cdk.Environment(region=settings.region))
     source = PrometheusDataSource(
         stack,
         "Source",
