@@ -24,7 +24,12 @@ from typing import Any
 import cdk8s
 from constructs import Construct
 
-from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS, checkov_skip_annotations
+from charts.vllm_server import (
+    CHECKOV_EXCEPTIONS,
+    POD_SECURITY_LABELS,
+    checkov_skip_annotations,
+    container_security_context,
+)
 from settings.model import GpuNodePoolSettings
 
 NAMESPACE = "gpu-node-rotation"
@@ -142,16 +147,6 @@ class NodeRotationChart(cdk8s.Chart):
 
 def cron_job_spec(schedule: str, pools: list[str], image: str) -> dict[str, Any]:
     """At the window's start in UTC, once; a run that cannot start within the first half hour is skipped."""
-    security = {
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS_USER,
-        "runAsGroup": RUN_AS_USER,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
     return {
         "schedule": schedule,
         "timeZone": "Etc/UTC",
@@ -182,7 +177,7 @@ def cron_job_spec(schedule: str, pools: list[str], image: str) -> dict[str, Any]
                                     "requests": {"cpu": "50m", "memory": "64Mi"},
                                     "limits": {"cpu": "200m", "memory": "128Mi"},
                                 },
-                                "securityContext": security,
+                                "securityContext": container_security_context(RUN_AS_USER),
                             }
                         ],
                     }

@@ -10,6 +10,7 @@ PodDisruptionBudget and a rollout that never drops the last serving replica.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cdk8s
 import cdk8s_plus_30 as kplus
@@ -69,16 +70,23 @@ POD_SECURITY_CONTEXT = {
     "fsGroup": RUN_AS_USER,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-CONTAINER_SECURITY_CONTEXT = {
-    "allowPrivilegeEscalation": False,
-    "privileged": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "runAsUser": RUN_AS_USER,
-    "runAsGroup": RUN_AS_USER,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+
+
+def container_security_context(user: int) -> dict[str, Any]:
+    """The restricted standard's container settings, with a read-only root filesystem, as `user`."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": user,
+        "runAsGroup": user,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+CONTAINER_SECURITY_CONTEXT = container_security_context(RUN_AS_USER)
 
 
 # The Kubernetes group of the post-deploy smoke test's role (an EKS access entry maps it here):

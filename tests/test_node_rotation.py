@@ -6,9 +6,8 @@ import datetime
 import json
 import subprocess
 import sys
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from charts.node_rotation import ROTATE_WITHIN_HOURS, ROTATION_ANNOTATION
 from settings import parse_stage_settings
 from tests.conftest import find, find_all, render_charts, stage_data
 from tests.scanners import karpenter_problems, kubernetes_problems
+from tests.stand_ins import QuietHandler, serving
 
 TOKEN = "a-service-account-token"
 
@@ -45,16 +45,11 @@ class FakeKubernetes(ThreadingHTTPServer):
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
 
 
-class KubernetesHandler(BaseHTTPRequestHandler):
+class KubernetesHandler(QuietHandler):
     server: FakeKubernetes
 
     def _answer(self, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(self.server.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.answer(self.server.status, json.dumps(body).encode())
 
     def do_GET(self) -> None:
         self.server.requests.append(("GET", self.path, dict(self.headers), None))
@@ -68,9 +63,6 @@ class KubernetesHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(("PATCH", self.path, dict(self.headers), body))
         self._answer({})
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -88,16 +80,11 @@ def run_rotation(
 ) -> tuple[subprocess.CompletedProcess[str], FakeKubernetes]:
     """The rendered job's own command and environment, against a stand-in API server."""
     container = rotation_job()["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    server = FakeKubernetes(claims, status)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     env = {variable["name"]: variable["value"] for variable in container["env"]}
-    env |= {"KUBERNETES_API": f"http://127.0.0.1:{server.server_port}", "SERVICE_ACCOUNT_DIR": str(service_account)}
-    try:
+    with serving(FakeKubernetes(claims, status)) as server:
+        env |= {"KUBERNETES_API": f"http://127.0.0.1:{server.server_port}", "SERVICE_ACCOUNT_DIR": str(service_account)}
         command = [sys.executable, *container["command"][1:]]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30), server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_pool_with_a_node_about_to_expire_is_drifted_in_the_window(service_account: Path) -> None:

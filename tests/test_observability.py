@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import aws_cdk as cdk
@@ -21,6 +20,7 @@ from stacks.observability import PrometheusDataSource, StageAlarms
 from stacks.prometheus_data_source import handler as data_source
 from tests.conftest import Assembly, stage_data
 from tests.scanners import cloudformation_problems
+from tests.stand_ins import QuietHandler, serving
 from tests.test_autoscaling import metric_names
 
 TOPIC = "arn:aws:sns:us-west-2:123456789012:gpu-inference-alerts"
@@ -36,34 +36,24 @@ class FakeWorkspace(ThreadingHTTPServer):
         self.requests: list[tuple[str, dict[str, str], dict[str, list[str]]]] = []
 
 
-class WorkspaceHandler(BaseHTTPRequestHandler):
+class WorkspaceHandler(QuietHandler):
     server: FakeWorkspace
 
     def do_POST(self) -> None:
         form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
         self.server.requests.append((self.path, dict(self.headers), form))
-        body = json.dumps(self.server.answer).encode()
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(self.server.status, json.dumps(self.server.answer).encode())
 
 
 @pytest.fixture
 def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorkspace]:
-    server = FakeWorkspace()
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    monkeypatch.setenv("PROMETHEUS_QUERY_URL", f"http://127.0.0.1:{server.server_port}/workspaces/ws-1")
-    monkeypatch.setenv("AWS_REGION", "us-west-2")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "session")
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(FakeWorkspace()) as server:
+        monkeypatch.setenv("PROMETHEUS_QUERY_URL", f"http://127.0.0.1:{server.server_port}/workspaces/ws-1")
+        monkeypatch.setenv("AWS_REGION", "us-west-2")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "session")
+        yield server
 
 
 def get_metric_data(*arguments: Any, period: int = PERIOD) -> dict[str, Any]:
