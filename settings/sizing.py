@@ -75,6 +75,37 @@ KUBE_RESERVED_CPU_STEPS = ((1000, 0.06), (1000, 0.01), (2000, 0.005), (math.inf,
 MAX_PODS = 110
 
 
+# The DaemonSet pods on every GPU node, by their charts' requests, as (CPU millicores, memory MiB). They
+# take from what the node leaves to pods before a replica does, and Karpenter launches only an instance
+# that holds the replica and them together (karpenter.sh docs, "Scheduling": DaemonSets are counted).
+# The FSx CSI driver's node pod: fsx-plugin 10m/40Mi, node-driver-registrar and liveness-probe 10m/32Mi
+# each (kubernetes-sigs/aws-fsx-csi-driver, charts/aws-fsx-csi-driver/values.yaml, node and sidecars).
+FSX_CSI_NODE = (30, 104)
+# With API keys: the Secrets Store CSI driver's node pod, 50m/100Mi plus two sidecars of 10m/20Mi
+# (kubernetes-sigs/secrets-store-csi-driver, charts/secrets-store-csi-driver/values.yaml, linux), and
+# the AWS provider's, 50m/100Mi (aws/secrets-store-csi-driver-provider-aws, its chart's values.yaml).
+SECRETS_STORE_NODE = (120, 240)
+# With observability: the CloudWatch agent, 250m/128Mi (aws-observability/helm-charts,
+# charts/amazon-cloudwatch-observability/values.yaml, agent.resources.requests).
+CLOUDWATCH_AGENT = (250, 128)
+
+
+@dataclass(frozen=True)
+class NodeDaemons:
+    cpu_millis: int
+    memory_mib: int
+
+
+def node_daemons(settings: StageSettings) -> NodeDaemons:
+    """What the stage's DaemonSets request on each GPU node."""
+    parts = [FSX_CSI_NODE]
+    if any(model.api_keys_secret for model in settings.models):
+        parts.append(SECRETS_STORE_NODE)
+    if settings.observability.enabled:
+        parts.append(CLOUDWATCH_AGENT)
+    return NodeDaemons(sum(cpu for cpu, _ in parts), sum(memory for _, memory in parts))
+
+
 def allocatable_memory_mib(capacity_mib: int, max_pods: int = MAX_PODS) -> int:
     """The memory (MiB) Karpenter counts as allocatable to pods on an instance with `capacity_mib` of memory.
 
@@ -209,8 +240,14 @@ def requests(settings: StageSettings, model: ModelSettings) -> Requests:
         for pool in settings.gpu_node_pools
     ]
     smallest = [found[0] for found in holders if found]
-    cpu_cap = min((allocatable_cpu_millis(i.vcpus) // 1000 * 1000 for i in smallest), default=math.inf)
-    memory_cap = min((allocatable_memory_mib(i.memory_mib) // 1024 * 1024 for i in smallest), default=math.inf)
+    daemons = node_daemons(settings)
+    cpu_cap = min(
+        ((allocatable_cpu_millis(i.vcpus) - daemons.cpu_millis) // 1000 * 1000 for i in smallest), default=math.inf
+    )
+    memory_cap = min(
+        ((allocatable_memory_mib(i.memory_mib) - daemons.memory_mib) // 1024 * 1024 for i in smallest),
+        default=math.inf,
+    )
     cpu = round(given.cpu * 1000) if given.cpu is not None else int(min(CPU_PER_GPU * 1000 * model.gpus, cpu_cap))
     memory = (
         size_bytes(given.memory) // MIB
@@ -240,12 +277,13 @@ def fit(
         return [] if not all(reasons) else reasons[0]
     reasons = gpu_fit(settings, model, instance, pool)
     wanted = wanted or requests(settings, model)
-    cpu = allocatable_cpu_millis(instance.vcpus)
+    daemons = node_daemons(settings)
+    cpu = allocatable_cpu_millis(instance.vcpus) - daemons.cpu_millis
     if wanted.cpu_millis > cpu:
-        reasons.append(f"{cpu}m CPU left to pods, {wanted.cpu_millis}m requested")
-    memory = allocatable_memory_mib(instance.memory_mib)
+        reasons.append(f"{cpu}m CPU left to pods besides the DaemonSets, {wanted.cpu_millis}m requested")
+    memory = allocatable_memory_mib(instance.memory_mib) - daemons.memory_mib
     if wanted.memory_mib > memory:
-        reasons.append(f"{memory} MiB of memory left to pods, {wanted.memory_mib} MiB requested")
+        reasons.append(f"{memory} MiB of memory left to pods besides the DaemonSets, {wanted.memory_mib} MiB requested")
     disk = allocatable_disk_mib(size_bytes(pool.disk.size) // MIB)
     if wanted.ephemeral_storage_mib > disk:
         reasons.append(f"{disk} MiB of node disk left to pods, {wanted.ephemeral_storage_mib} MiB requested")

@@ -13,6 +13,7 @@ from scripts.sizing import main as sizing_command
 from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import file_system_throughput_mb_s, startup_probe_seconds
 from settings.sizing import (
+    FSX_CSI_NODE,
     GIB,
     allocatable_cpu_millis,
     allocatable_disk_mib,
@@ -23,6 +24,7 @@ from settings.sizing import (
     gpu_fit,
     gpu_memory_needed_mib,
     kv_cache_bytes,
+    node_daemons,
     pool_limits,
     pool_needs,
     requests,
@@ -154,7 +156,7 @@ def test_explicit_requests_win_and_are_checked() -> None:
     # 24 GiB does not fit what a 16 GiB instance leaves to pods: the cheapest becomes a 32 GiB one.
     assert candidates(settings, settings.models[0])[0].memory_mib == 32768
     data["models"][0]["resources"] = {"memory": "600Gi"}
-    assert "of memory left to pods, 614400 MiB requested" in rejected(data)
+    assert "of memory left to pods besides the DaemonSets, 614400 MiB requested" in rejected(data)
 
 
 def test_a_one_gpu_model_lands_on_the_cheapest_instance_whose_gpu_holds_it() -> None:
@@ -331,7 +333,8 @@ def test_gpu_memory_boundary(gpu_memory_delta: int, fits: bool) -> None:
 @pytest.mark.parametrize(("memory_delta", "fits"), [(0, True), (1, False)])
 def test_memory_request_boundary(memory_delta: int, fits: bool) -> None:
     data = stage_data()
-    memory = allocatable_memory_mib(16384) + memory_delta
+    # dev's GPU nodes run one DaemonSet pod, the FSx CSI driver's (104 MiB).
+    memory = allocatable_memory_mib(16384) - FSX_CSI_NODE[1] + memory_delta
     data["models"][0]["resources"] = {"memory": f"{memory}Mi", "shared_memory": "1Gi"}
     settings = parse_stage_settings("dev", data)
     assert (fit(settings, settings.models[0], instance("g6.xlarge")) == []) is fits
@@ -340,9 +343,23 @@ def test_memory_request_boundary(memory_delta: int, fits: bool) -> None:
 @pytest.mark.parametrize(("cpu_delta", "fits"), [(0, True), (0.001, False)])
 def test_cpu_request_boundary(cpu_delta: float, fits: bool) -> None:
     data = stage_data()
-    data["models"][0]["resources"] = {"cpu": allocatable_cpu_millis(4) / 1000 + cpu_delta}
+    data["models"][0]["resources"] = {"cpu": (allocatable_cpu_millis(4) - FSX_CSI_NODE[0]) / 1000 + cpu_delta}
     settings = parse_stage_settings("dev", data)
     assert (fit(settings, settings.models[0], instance("g6.xlarge")) == []) is fits
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_a_replica_and_the_nodes_daemonsets_fit_the_cheapest_instance_together(stage: str) -> None:
+    """A pool of that one instance type (a capacity reservation, say) must still place the replica."""
+    settings = load_stage_settings(stage)
+    model = settings.models[0]
+    wanted, daemons = requests(settings, model), node_daemons(settings)
+    cheapest = candidates(settings, model)[0]
+    assert wanted.memory_mib + daemons.memory_mib <= allocatable_memory_mib(cheapest.memory_mib)
+    assert wanted.cpu_millis + daemons.cpu_millis <= allocatable_cpu_millis(cheapest.vcpus)
+    # prod's nodes also run the Secrets Store CSI driver and provider and the CloudWatch agent.
+    expected = (30, 104) if stage == "dev" else (400, 472)
+    assert (daemons.cpu_millis, daemons.memory_mib) == expected
 
 
 @pytest.mark.parametrize(("limit_delta", "accepted"), [(0, True), (-1, False)])
