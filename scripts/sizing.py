@@ -16,6 +16,7 @@ from settings.cold_start import cold_start_seconds
 from settings.sizing import (
     candidates,
     gpu_memory_needed_mib,
+    node_daemons,
     on_demand_prices,
     pool_limits,
     pools_for,
@@ -31,6 +32,7 @@ def main() -> None:
         if priced_region == settings.region
         else f"{priced_region} prices: the table has no {settings.region}"
     )
+    daemons = node_daemons(settings)
     for model in settings.models:
         needed = gpu_memory_needed_mib(model)
         wanted = requests(settings, model)
@@ -39,7 +41,8 @@ def main() -> None:
         print(
             f"requests: {wanted.cpu_millis}m CPU, {wanted.memory_mib} MiB memory ({wanted.shared_memory_mib} MiB "
             f"of it /dev/shm), {wanted.ephemeral_storage_mib} MiB node disk; {model.replicas} replica(s)"
-            f"{f', scaled up to {model.peak_replicas}' if model.autoscaling else ''}\n"
+            f"{f', scaled up to {model.peak_replicas}' if model.autoscaling else ''}; beside it on each node, the "
+            f"DaemonSets ask {daemons.cpu_millis}m CPU, {daemons.memory_mib} MiB memory\n"
         )
         by_pool = {pool.name: candidates(settings, model, pool) for pool in settings.gpu_node_pools}
         print(f"| instance | pools | on-demand $/h ({where}) | spot | GPUs | GPU memory headroom | vCPUs | memory |")

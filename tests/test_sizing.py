@@ -296,6 +296,8 @@ def test_sizing_command_names_the_pool_of_each_candidate_and_each_pools_limits(
     assert pools["g5.xlarge"] == "gpu-fallback-g5"
     assert "Karpenter's likely pick: g6.xlarge in pool gpu-node-pool" in out
     assert "2 replica(s), scaled up to 4" in out
+    assert "12288 MiB memory" in out
+    assert "beside it on each node, the DaemonSets ask 400m CPU, 472 MiB memory" in out
     # Autoscaling's 4 replicas and a surge, on g6e.16xlarge and g5.16xlarge (64 vCPUs; 512 and 256 GiB).
     assert "pool 1, gpu-node-pool (weight 100; on-demand): limits cpu 320, memory 2560Gi, nvidia.com/gpu 5" in out
     assert "pool 2, gpu-fallback-g5 (weight 90; on-demand): limits cpu 320, memory 1280Gi, nvidia.com/gpu 5" in out
