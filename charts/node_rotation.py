@@ -6,10 +6,11 @@ pkg/controllers/nodeclaim/expiration/controller.go), and Auto Mode allows no `ex
 21 days (EKS User Guide, "Create a Node Pool for EKS Auto Mode"). Drift, though, waits for the
 window (charts/gpu_node_pool.py, disruption_budgets) and replaces a node gracefully: the new node
 first, then the old one drained. So when a window opens, a CronJob looks for GPU nodes that would
-expire before two more windows have passed, and if a pool has any, it writes the time into the
-pool's template annotations. The template, annotations included, is what Karpenter hashes for
-drift (kubernetes-sigs/karpenter pkg/apis/v1/nodepool.go, NodePool.Hash), so the pool's nodes
-drift and are replaced within the window, the disruption budget's number at a time.
+expire before two more windows have passed, and if a pool has any (and none still drifting from an
+earlier rotation), it writes the time into the pool's template annotations. The template,
+annotations included, is what Karpenter hashes for drift (kubernetes-sigs/karpenter
+pkg/apis/v1/nodepool.go, NodePool.Hash), so the pool's nodes drift and are replaced within the
+window, the disruption budget's number at a time.
 
 The annotation survives the stack's later deploys: the CDK kubectl handler creates objects with
 `kubectl create --save-config` and updates them with a client-side `kubectl apply`, which leaves
@@ -75,12 +76,20 @@ def expiry(claim):  # spec.expireAfter is a Go duration such as 336h or 1h30m0s,
     created = datetime.datetime.fromisoformat(claim["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
     return created + datetime.timedelta(seconds=lifetime)
 
+def drifted(claim):  # Karpenter's Drifted condition: the claim waits to be replaced
+    conditions = claim.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Drifted" and c["status"] == "True" for c in conditions)
+
 for pool in os.environ["POOLS"].split(","):
     selector = urllib.parse.quote("karpenter.sh/nodepool=" + pool)
     claims = call("GET", "/apis/karpenter.sh/v1/nodeclaims?labelSelector=" + selector)["items"]
     due = sorted(claim["metadata"]["name"] for claim in claims if (expiry(claim) or horizon) < horizon)
     if not due:
         print(pool + ": no node expires before " + horizon.isoformat())
+        continue
+    drifting = [claim["metadata"]["name"] for claim in claims if drifted(claim)]
+    if drifting:  # a rotation not finished yesterday goes on; a new one would replace the new nodes again
+        print(pool + ": still replacing " + ", ".join(sorted(drifting)) + "; nodes due: " + ", ".join(due))
         continue
     patch = {"spec": {"template": {"metadata": {"annotations": {os.environ["ANNOTATION"]: now.isoformat()}}}}}
     call("PATCH", "/apis/karpenter.sh/v1/nodepools/" + pool, patch)

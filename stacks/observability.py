@@ -122,11 +122,13 @@ def replicas(settings: StageSettings, model: ModelSettings, metric_name: str) ->
 
 
 def gpus(settings: StageSettings, metric_name: str, label: str) -> cloudwatch.Metric:
+    """GPUs over the cluster: each node reports its own once a minute under the ClusterName dimension too,
+    so their sum over a minute is the cluster's."""
     return cloudwatch.Metric(
         namespace=CONTAINER_INSIGHTS,
         metric_name=metric_name,
         dimensions_map={"ClusterName": settings.cluster.name},
-        statistic="Maximum",
+        statistic="Sum",
         period=PERIOD,
         label=label,
     )

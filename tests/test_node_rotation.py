@@ -118,6 +118,17 @@ def test_young_nodes_and_nodes_that_never_expire_are_left_alone(service_account:
     assert [request[0] for request in server.requests] == ["GET", "GET"]  # one list per pool, no patch
 
 
+def test_a_rotation_still_under_way_is_not_started_again(service_account: Path) -> None:
+    """Yesterday's window ended before the pool was replaced: the drifted claims wait for this one."""
+    due = claim("gpu-a", "gpu-node-pool", datetime.timedelta(hours=336 - 20), "336h")
+    replaced = claim("gpu-b", "gpu-node-pool", datetime.timedelta(hours=20), "336h")
+    due["status"] = {"conditions": [{"type": "Drifted", "status": "True"}]}
+    run, server = run_rotation([due, replaced], service_account)
+    assert run.returncode == 0, run.stderr
+    assert [request[0] for request in server.requests] == ["GET", "GET"]
+    assert "gpu-node-pool: still replacing gpu-a" in run.stdout
+
+
 def test_lifetimes_are_read_as_go_durations(service_account: Path) -> None:
     # 1h30m0s from an hour ago: due within the next 48 hours.
     run, server = run_rotation(

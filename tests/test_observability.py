@@ -113,12 +113,22 @@ def test_a_series_without_a_namespace_is_labelled_by_its_labels(workspace: FakeW
     assert get_metric_data("up")["MetricDataResults"][0]["Label"] == "job=vllm,pod=p-1"
 
 
-def test_a_query_prometheus_refuses_is_a_validation_error_with_its_reason(workspace: FakeWorkspace) -> None:
-    workspace.status = 400
-    workspace.answer = {"status": "error", "errorType": "bad_data", "error": "parse error: unclosed left parenthesis"}
+@pytest.mark.parametrize(
+    ("status", "reason", "code"),
+    [
+        (400, "parse error: unclosed left parenthesis", "Validation"),
+        (422, "execution: query processing would load too many samples", "Validation"),
+        (503, "service unavailable", "PrometheusError"),
+    ],
+)
+def test_a_query_prometheus_refuses_is_an_error_with_its_reason(
+    workspace: FakeWorkspace, status: int, reason: str, code: str
+) -> None:
+    workspace.status = status
+    workspace.answer = {"status": "error", "errorType": "bad_data", "error": reason}
     answer = get_metric_data("sum(up")
-    assert answer["Error"]["Code"] == "Validation"
-    assert "unclosed left parenthesis" in answer["Error"]["Value"]
+    assert answer["Error"]["Code"] == code
+    assert reason in answer["Error"]["Value"]
 
 
 @pytest.mark.parametrize("arguments", [(), ("",), (3,), ("up", "up")])
@@ -301,6 +311,12 @@ def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod
         "Alarms",
     ]
     assert len(body["widgets"][-1]["properties"]["alarms"]) == 6
+    # Each node reports its GPUs under the ClusterName dimension too: the cluster's count is their sum.
+    gpu_metrics = body["widgets"][1]["properties"]["metrics"]
+    assert [(metric[1], metric[-1]["stat"]) for metric in gpu_metrics] == [
+        ("node_gpu_limit", "Sum"),
+        ("node_gpu_usage_total", "Sum"),
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,16 @@ The contract (CloudWatch User Guide, "Create a custom connector to a data source
   "Arguments"}}, times in epoch seconds, answered with {"MetricDataResults": [{"StatusCode", "Label",
   "Timestamps", "Values"}]} or {"Error": {"Code", "Value"}};
 - points must fall on StartTime + k * Period: a Prometheus range query with start StartTime and step
-  Period evaluates exactly there (Prometheus HTTP API, /api/v1/query_range);
+  Period evaluates exactly there (Prometheus HTTP API, /api/v1/query_range). Each point is the
+  signal's value at that instant; over the periods of a long time range a brief spike between two
+  points does not show (the recorded signals are already rates and quantiles over minutes);
 - an alarm gives the function 4.5 s, a dashboard 10 s.
 The query is signed with SigV4 for the `aps` service (AMP User Guide, "Prometheus-compatible APIs").
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -43,9 +46,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         answer = query_range(arguments[0], request["StartTime"], request["EndTime"], request["Period"])
     except urllib.error.HTTPError as refused:
-        # Prometheus explains a bad query in its body: {"status": "error", "error": "..."}.
-        return error("Validation" if refused.code == 400 else "PrometheusError", refused.read().decode()[:500])
-    except (OSError, ValueError) as failure:
+        # Prometheus explains a query it cannot parse (400) or run (422) in its body (HTTP API, "Format overview").
+        return error("Validation" if refused.code in (400, 422) else "PrometheusError", refused.read().decode()[:500])
+    except (OSError, ValueError, http.client.HTTPException) as failure:
         return error("PrometheusUnreachable", str(failure))
     series = [time_series(result) for result in answer["data"]["result"]]
     # An alarm needs one series even when nothing matched: an empty one reads as missing data.
