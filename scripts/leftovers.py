@@ -199,17 +199,21 @@ def load_balancers(elbv2: Client, stage: str, *, cluster_name: str) -> list[Left
 
 
 def log_groups(logs: Client, stage: str, *, cluster_name: str, tagged_names: Iterable[str] = ()) -> list[Leftover]:
-    """The cluster's log groups (`/aws/eks/<cluster>/...`), and those of `tagged_names` that still exist.
+    """The groups AWS services name after the cluster (EKS's `/aws/eks/<cluster>/...`, Container Insights'
+    `/aws/containerinsights/<cluster>/...`), and those of `tagged_names` that still exist.
 
     `tagged_names`: the log groups tagged stage=<stage>, from the tagging API. A group under the
-    cluster's prefix that carries another stage's tag belongs to that stage and is left out.
+    cluster's prefixes that carries another stage's tag belongs to that stage and is left out.
     """
     found = []
-    for page in _pages(logs, "describe_log_groups", logGroupNamePrefix=f"/aws/eks/{cluster_name}/"):
-        for group in page.get("logGroups", []):
-            owner = logs.list_tags_for_resource(resourceArn=group["logGroupArn"]).get("tags", {}).get(STAGE_TAG)
-            if owner in (None, stage):
-                found.append(Leftover("logs:log-group", group["logGroupName"], f"named after cluster {cluster_name}"))
+    for prefix in (f"/aws/eks/{cluster_name}/", f"/aws/containerinsights/{cluster_name}/"):
+        for page in _pages(logs, "describe_log_groups", logGroupNamePrefix=prefix):
+            for group in page.get("logGroups", []):
+                owner = logs.list_tags_for_resource(resourceArn=group["logGroupArn"]).get("tags", {}).get(STAGE_TAG)
+                if owner in (None, stage):
+                    found.append(
+                        Leftover("logs:log-group", group["logGroupName"], f"named after cluster {cluster_name}")
+                    )
     for name in tagged_names:
         for page in _pages(logs, "describe_log_groups", logGroupNamePrefix=name):
             if any(group["logGroupName"] == name for group in page.get("logGroups", [])):

@@ -105,6 +105,9 @@ def queue_clean_account(stubs: Stubs, *, tagged_arns: Sequence[str] = (), key_ar
     stubs.add("fsx", "describe_file_systems", {"FileSystems": []}, {})
     stubs.add("ecr", "describe_repositories", {"repositories": []}, {})
     stubs.add("logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/eks/{CLUSTER}/"})
+    stubs.add(
+        "logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/containerinsights/{CLUSTER}/"}
+    )
 
 
 def pending_key(key_id: str, state: str, deletion: datetime | None) -> dict[str, Any]:
@@ -200,6 +203,9 @@ def test_auto_mode_leftovers_through_find_leftovers_once_each(stubs: Stubs) -> N
     stubs.add("fsx", "describe_file_systems", {"FileSystems": []}, {})
     stubs.add("ecr", "describe_repositories", {"repositories": []}, {})
     stubs.add("logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/eks/{CLUSTER}/"})
+    stubs.add(
+        "logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/containerinsights/{CLUSTER}/"}
+    )
     found = find_leftovers(stubs.client, STAGE, cluster_name=CLUSTER, now=NOW)
     assert [(leftover.kind, leftover.id) for leftover in found] == [
         ("elasticloadbalancing:loadbalancer", LB_ARN),
@@ -310,11 +316,20 @@ def test_log_groups_of_the_cluster_and_tagged_ones_still_there(stubs: Stubs) -> 
     stubs.add(
         "logs", "list_tags_for_resource", {"tags": {"stage": "prod"}}, {"resourceArn": group(reused)["logGroupArn"]}
     )
+    # Container Insights' group, which the CloudWatch agent writes and a stage with observability keeps.
+    insights = f"/aws/containerinsights/{CLUSTER}/performance"
+    stubs.add(
+        "logs",
+        "describe_log_groups",
+        {"logGroups": [group(insights)]},
+        {"logGroupNamePrefix": f"/aws/containerinsights/{CLUSTER}/"},
+    )
+    stubs.add("logs", "list_tags_for_resource", {"tags": {}}, {"resourceArn": group(insights)["logGroupArn"]})
     flow_logs, deleted = "throwaway-Network-FlowLogs", "throwaway-Gone"
     stubs.add("logs", "describe_log_groups", {"logGroups": [group(flow_logs)]}, {"logGroupNamePrefix": flow_logs})
     stubs.add("logs", "describe_log_groups", {"logGroups": [group(deleted + "-x")]}, {"logGroupNamePrefix": deleted})
     found = log_groups(stubs.clients["logs"], STAGE, cluster_name=CLUSTER, tagged_names=[flow_logs, deleted])
-    assert [leftover.id for leftover in found] == [control_plane, flow_logs]
+    assert [leftover.id for leftover in found] == [control_plane, insights, flow_logs]
 
 
 def test_a_retained_metrics_workspace_is_listed_with_how_to_delete_it() -> None:
