@@ -21,6 +21,8 @@ import cdk8s_plus_30 as kplus
 import yaml
 from constructs import Construct
 
+from charts.api_object import api_object
+
 # The replica's service account: the Pod Identity association that may read the secret names it.
 SERVICE_ACCOUNT = "vllm-server"
 PROVIDER_CLASS = "api-keys"
@@ -78,27 +80,23 @@ class ApiKeys(Construct):
             metadata=cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT),
             automount_token=False,
         )
-        cdk8s.ApiObject(
+        api_object(
             self,
             "SecretProviderClass",
-            api_version="secrets-store.csi.x-k8s.io/v1",
-            kind="SecretProviderClass",
-            metadata=cdk8s.ApiObjectMetadata(name=PROVIDER_CLASS),
-        ).add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "provider": "aws",
-                    "parameters": {
-                        "region": region,
-                        "usePodIdentity": "true",
-                        # A YAML list in a string, as the provider reads it.
-                        "objects": yaml.safe_dump(
-                            [{"objectName": secret_name, "objectType": "secretsmanager", "objectAlias": FILE}]
-                        ),
-                    },
+            "secrets-store.csi.x-k8s.io/v1",
+            "SecretProviderClass",
+            cdk8s.ApiObjectMetadata(name=PROVIDER_CLASS),
+            spec={
+                "provider": "aws",
+                "parameters": {
+                    "region": region,
+                    "usePodIdentity": "true",
+                    # A YAML list in a string, as the provider reads it.
+                    "objects": yaml.safe_dump(
+                        [{"objectName": secret_name, "objectType": "secretsmanager", "objectAlias": FILE}]
+                    ),
                 },
-            )
+            },
         )
         logging_config = kplus.ConfigMap(
             self,

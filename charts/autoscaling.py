@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import cdk8s
 from constructs import Construct
 
+from charts.api_object import api_object
 from settings.model import ModelSettings
 
 TRIGGER_AUTHENTICATION = "amp-queries"
@@ -52,51 +53,48 @@ class QueueAutoscaler(Construct):
     ) -> None:
         super().__init__(scope, id)
         assert model.autoscaling is not None
-        cdk8s.ApiObject(
+        api_object(
             self,
             "TriggerAuthentication",
-            api_version="keda.sh/v1alpha1",
-            kind="TriggerAuthentication",
-            metadata=cdk8s.ApiObjectMetadata(name=TRIGGER_AUTHENTICATION),
-        ).add_json_patch(cdk8s.JsonPatch.add("/spec", {"podIdentity": {"provider": "aws"}}))
-        cdk8s.ApiObject(
+            "keda.sh/v1alpha1",
+            "TriggerAuthentication",
+            cdk8s.ApiObjectMetadata(name=TRIGGER_AUTHENTICATION),
+            spec={"podIdentity": {"provider": "aws"}},
+        )
+        api_object(
             self,
             "ScaledObject",
-            api_version="keda.sh/v1alpha1",
-            kind="ScaledObject",
-            metadata=cdk8s.ApiObjectMetadata(name=deployment_name),
-        ).add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "scaleTargetRef": {"name": deployment_name},
-                    "minReplicaCount": model.replicas,
-                    "maxReplicaCount": model.autoscaling.max_replicas,
-                    "pollingInterval": plan.polling_seconds,
-                    "cooldownPeriod": plan.scale_down_seconds,
-                    "advanced": {
-                        "horizontalPodAutoscalerConfig": {
-                            "behavior": {
-                                # A replica goes only after the queue has stayed low this long, one at a time.
-                                "scaleDown": {
-                                    "stabilizationWindowSeconds": plan.scale_down_seconds,
-                                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
-                                }
+            "keda.sh/v1alpha1",
+            "ScaledObject",
+            cdk8s.ApiObjectMetadata(name=deployment_name),
+            spec={
+                "scaleTargetRef": {"name": deployment_name},
+                "minReplicaCount": model.replicas,
+                "maxReplicaCount": model.autoscaling.max_replicas,
+                "pollingInterval": plan.polling_seconds,
+                "cooldownPeriod": plan.scale_down_seconds,
+                "advanced": {
+                    "horizontalPodAutoscalerConfig": {
+                        "behavior": {
+                            # A replica goes only after the queue has stayed low this long, one at a time.
+                            "scaleDown": {
+                                "stabilizationWindowSeconds": plan.scale_down_seconds,
+                                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
                             }
                         }
-                    },
-                    "triggers": [
-                        {
-                            "type": "prometheus",
-                            "authenticationRef": {"name": TRIGGER_AUTHENTICATION},
-                            "metadata": {
-                                "serverAddress": plan.workspace_url,
-                                "awsRegion": plan.region,
-                                "query": queue_query(model.name),
-                                "threshold": f"{model.autoscaling.target_queue_per_replica:g}",
-                            },
-                        }
-                    ],
+                    }
                 },
-            )
+                "triggers": [
+                    {
+                        "type": "prometheus",
+                        "authenticationRef": {"name": TRIGGER_AUTHENTICATION},
+                        "metadata": {
+                            "serverAddress": plan.workspace_url,
+                            "awsRegion": plan.region,
+                            "query": queue_query(model.name),
+                            "threshold": f"{model.autoscaling.target_queue_per_replica:g}",
+                        },
+                    }
+                ],
+            },
         )

@@ -28,6 +28,7 @@ import json
 import cdk8s
 from constructs import Construct
 
+from charts.api_object import api_object
 from settings.drain import max_request_seconds
 from settings.model import ExposureSettings, ModelSettings
 
@@ -72,102 +73,81 @@ class InternalEndpoint(Construct):
         pod_labels: dict[str, str],
     ) -> None:
         super().__init__(scope, id)
-        params = cdk8s.ApiObject(
+        api_object(
             self,
             "IngressClassParams",
-            api_version="eks.amazonaws.com/v1",
-            kind="IngressClassParams",
-            metadata=cdk8s.ApiObjectMetadata(name=model.name),
+            "eks.amazonaws.com/v1",
+            "IngressClassParams",
+            cdk8s.ApiObjectMetadata(name=model.name),
+            cluster_scoped=True,
+            spec={
+                "scheme": "internal",
+                "certificateARNs": [exposure.certificate_arn],
+                # The subnets no pod lives in, which the NetworkPolicy below admits.
+                "subnets": {"ids": list(inbound_subnet_ids)},
+                # A request that streams nothing sends no byte until it ends: the idle timeout (60 s by
+                # default, 4000 at most) covers the longest request the model allows (settings/drain.py).
+                "loadBalancerAttributes": [
+                    {"key": "idle_timeout.timeout_seconds", "value": str(idle_timeout_seconds(model))}
+                ],
+            },
         )
-        params.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "scheme": "internal",
-                    "certificateARNs": [exposure.certificate_arn],
-                    # The subnets no pod lives in, which the NetworkPolicy below admits.
-                    "subnets": {"ids": list(inbound_subnet_ids)},
-                    # A request that streams nothing sends no byte until it ends: the idle timeout (60 s by
-                    # default, 4000 at most) covers the longest request the model allows (settings/drain.py).
-                    "loadBalancerAttributes": [
-                        {"key": "idle_timeout.timeout_seconds", "value": str(idle_timeout_seconds(model))}
-                    ],
-                },
-            )
-        )
-        ingress_class = cdk8s.ApiObject(
+        api_object(
             self,
             "IngressClass",
-            api_version="networking.k8s.io/v1",
-            kind="IngressClass",
-            metadata=cdk8s.ApiObjectMetadata(name=model.name),
+            "networking.k8s.io/v1",
+            "IngressClass",
+            cdk8s.ApiObjectMetadata(name=model.name),
+            cluster_scoped=True,
+            spec={
+                "controller": CONTROLLER,
+                "parameters": {"apiGroup": "eks.amazonaws.com", "kind": "IngressClassParams", "name": model.name},
+            },
         )
-        ingress_class.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "controller": CONTROLLER,
-                    "parameters": {"apiGroup": "eks.amazonaws.com", "kind": "IngressClassParams", "name": model.name},
-                },
-            )
-        )
-        # Both are cluster-scoped: the chart's namespace would otherwise be stamped on them.
-        for cluster_scoped in (params, ingress_class):
-            cluster_scoped.add_json_patch(cdk8s.JsonPatch.remove("/metadata/namespace"))
-        ingress = cdk8s.ApiObject(
+        api_object(
             self,
             "Ingress",
-            api_version="networking.k8s.io/v1",
-            kind="Ingress",
-            metadata=cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(web_acl_arn)),
-        )
-        ingress.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "ingressClassName": model.name,
-                    "rules": [
-                        {
-                            "http": {
-                                "paths": [
-                                    {
-                                        "path": ROUTED_PATH,
-                                        "pathType": "Prefix",
-                                        "backend": {"service": {"name": model.service_name, "port": {"number": port}}},
-                                    }
-                                ]
-                            }
+            "networking.k8s.io/v1",
+            "Ingress",
+            cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(web_acl_arn)),
+            spec={
+                "ingressClassName": model.name,
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": ROUTED_PATH,
+                                    "pathType": "Prefix",
+                                    "backend": {"service": {"name": model.service_name, "port": {"number": port}}},
+                                }
+                            ]
                         }
-                    ],
-                },
-            )
+                    }
+                ],
+            },
         )
         # Only the load balancer (and the metrics scraper) reach the replicas, from the inbound
         # subnets; other pods of the cluster do not. The kubelet's probes, `kubectl port-forward`
         # and the preStop drain are unaffected: the network policy agent always admits the node's
         # own address (aws/aws-network-policy-agent, pkg/fwruleprocessor/fw_rule_processor.go),
         # and a port-forward or the drain reach vLLM from inside the pod.
-        policy = cdk8s.ApiObject(
+        api_object(
             self,
             "NetworkPolicy",
-            api_version="networking.k8s.io/v1",
-            kind="NetworkPolicy",
-            metadata=cdk8s.ApiObjectMetadata(name=f"{model.name}-inbound"),
-        )
-        policy.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "podSelector": {"matchLabels": pod_labels},
-                    "policyTypes": ["Ingress"],
-                    "ingress": [
-                        {
-                            "from": [{"ipBlock": {"cidr": cidr}} for cidr in inbound_cidrs],
-                            "ports": [{"protocol": "TCP", "port": port}],
-                        }
-                    ],
-                },
-            )
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            cdk8s.ApiObjectMetadata(name=f"{model.name}-inbound"),
+            spec={
+                "podSelector": {"matchLabels": pod_labels},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"ipBlock": {"cidr": cidr}} for cidr in inbound_cidrs],
+                        "ports": [{"protocol": "TCP", "port": port}],
+                    }
+                ],
+            },
         )
 
 
@@ -180,10 +160,11 @@ class NetworkPolicyController(cdk8s.Chart):
 
     def __init__(self, scope: Construct, id: str) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
-        cdk8s.ApiObject(
+        api_object(
             self,
             "ConfigMap",
-            api_version="v1",
-            kind="ConfigMap",
-            metadata=cdk8s.ApiObjectMetadata(name="amazon-vpc-cni", namespace="kube-system"),
-        ).add_json_patch(cdk8s.JsonPatch.add("/data", {"enable-network-policy-controller": "true"}))
+            "v1",
+            "ConfigMap",
+            cdk8s.ApiObjectMetadata(name="amazon-vpc-cni", namespace="kube-system"),
+            data={"enable-network-policy-controller": "true"},
+        )

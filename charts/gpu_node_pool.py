@@ -22,6 +22,7 @@ from typing import Any
 import cdk8s
 from constructs import Construct
 
+from charts.api_object import api_object
 from settings.model import GpuNodePoolSettings
 from settings.sizing import GPU_MEMORY_LABEL
 
@@ -171,53 +172,47 @@ class GpuNodePoolChart(cdk8s.Chart):
             spec["capacityReservationSelectorTerms"] = [
                 {"id": reservation} for reservation in pool.capacity_reservations
             ]
-        node_class = cdk8s.ApiObject(
+        api_object(
             self,
             f"NodeClass-{pool.name}",
-            api_version="eks.amazonaws.com/v1",
-            kind="NodeClass",
-            metadata=cdk8s.ApiObjectMetadata(name=pool.name),
+            "eks.amazonaws.com/v1",
+            "NodeClass",
+            cdk8s.ApiObjectMetadata(name=pool.name),
+            spec=spec,
         )
-        node_class.add_json_patch(cdk8s.JsonPatch.add("/spec", spec))
 
     def _node_pool(self, plan: PoolPlan, drain_seconds: int) -> None:
         pool = plan.pool
-        node_pool = cdk8s.ApiObject(
+        api_object(
             self,
             f"NodePool-{pool.name}",
-            api_version="karpenter.sh/v1",
-            kind="NodePool",
-            metadata=cdk8s.ApiObjectMetadata(name=pool.name),
-        )
-        # ApiObject has no typed `spec` in Python: the whole spec goes in as one patch.
-        node_pool.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "weight": plan.weight,
-                    "template": {
-                        "metadata": {"labels": {"type": "karpenter", "NodeGroupType": pool.name}},
-                        "spec": {
-                            "nodeClassRef": {"group": "eks.amazonaws.com", "kind": "NodeClass", "name": pool.name},
-                            "taints": [GPU_TAINT],
-                            "requirements": node_requirements(pool, plan.zones, plan.min_gpu_memory_mib),
-                            # A node that expires or is replaced waits this long for its pods, then
-                            # Karpenter deletes them anyway, PodDisruptionBudget or not, early enough
-                            # for each pod's own grace period to fit (karpenter.sh docs, "Disruption",
-                            # TerminationGracePeriod). Long enough, then, for a replacement replica
-                            # to start (the budget holds the old one until it serves) and the old one
-                            # to drain.
-                            "terminationGracePeriod": f"{drain_seconds}s",
-                        },
-                    },
-                    "limits": plan.limits,
-                    "disruption": {
-                        # WhenEmpty: a node running a replica is never drained to pack pods tighter;
-                        # Node expiry (14 days by default on Auto Mode) and auto repair still replace nodes.
-                        "consolidationPolicy": "WhenEmpty",
-                        "consolidateAfter": pool.consolidate_after,
-                        "budgets": disruption_budgets(pool),
+            "karpenter.sh/v1",
+            "NodePool",
+            cdk8s.ApiObjectMetadata(name=pool.name),
+            spec={
+                "weight": plan.weight,
+                "template": {
+                    "metadata": {"labels": {"type": "karpenter", "NodeGroupType": pool.name}},
+                    "spec": {
+                        "nodeClassRef": {"group": "eks.amazonaws.com", "kind": "NodeClass", "name": pool.name},
+                        "taints": [GPU_TAINT],
+                        "requirements": node_requirements(pool, plan.zones, plan.min_gpu_memory_mib),
+                        # A node that expires or is replaced waits this long for its pods, then
+                        # Karpenter deletes them anyway, PodDisruptionBudget or not, early enough
+                        # for each pod's own grace period to fit (karpenter.sh docs, "Disruption",
+                        # TerminationGracePeriod). Long enough, then, for a replacement replica
+                        # to start (the budget holds the old one until it serves) and the old one
+                        # to drain.
+                        "terminationGracePeriod": f"{drain_seconds}s",
                     },
                 },
-            )
+                "limits": plan.limits,
+                "disruption": {
+                    # WhenEmpty: a node running a replica is never drained to pack pods tighter;
+                    # Node expiry (14 days by default on Auto Mode) and auto repair still replace nodes.
+                    "consolidationPolicy": "WhenEmpty",
+                    "consolidateAfter": pool.consolidate_after,
+                    "budgets": disruption_budgets(pool),
+                },
+            },
         )

@@ -23,6 +23,7 @@ from typing import Any
 import cdk8s
 from constructs import Construct
 
+from charts.api_object import api_object
 from settings import names
 from settings.model import ModelSettings
 
@@ -134,101 +135,94 @@ class WeightsImport(Construct):
     ) -> None:
         super().__init__(scope, id)
         self.job_name = import_job_name(model, region=region, zone=zone)
-        cdk8s.ApiObject(
+        api_object(self, "ServiceAccount", "v1", "ServiceAccount", cdk8s.ApiObjectMetadata(name=IMPORT_SERVICE_ACCOUNT))
+        api_object(
             self,
-            "ServiceAccount",
-            api_version="v1",
-            kind="ServiceAccount",
-            metadata=cdk8s.ApiObjectMetadata(name=IMPORT_SERVICE_ACCOUNT),
+            "Script",
+            "v1",
+            "ConfigMap",
+            cdk8s.ApiObjectMetadata(name="weights-import"),
+            data={"import_weights.py": IMPORT_SCRIPT.read_text()},
         )
-        script = cdk8s.ApiObject(
-            self, "Script", api_version="v1", kind="ConfigMap", metadata=cdk8s.ApiObjectMetadata(name="weights-import")
-        )
-        script.add_json_patch(cdk8s.JsonPatch.add("/data", {"import_weights.py": IMPORT_SCRIPT.read_text()}))
-        job = cdk8s.ApiObject(
+        api_object(
             self,
             "Job",
-            api_version="batch/v1",
-            kind="Job",
-            metadata=cdk8s.ApiObjectMetadata(name=self.job_name, annotations=annotations),
-        )
-        job.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    # Retries resume where the last attempt stopped: finished files are skipped.
-                    "backoffLimit": 3,
-                    "activeDeadlineSeconds": deadline_seconds,
-                    "template": {
-                        "metadata": {"labels": {"app": f"import-{model.name}"}},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "serviceAccountName": IMPORT_SERVICE_ACCOUNT,
-                            # EKS Pod Identity mounts its own token; the Kubernetes API is not called.
-                            "automountServiceAccountToken": False,
-                            "securityContext": pod_security_context,
-                            # No GPU toleration: the general-purpose pool, in the file system's zone.
-                            "affinity": {
-                                "nodeAffinity": {
-                                    "requiredDuringSchedulingIgnoredDuringExecution": {
-                                        "nodeSelectorTerms": [
-                                            {
-                                                "matchExpressions": [
-                                                    {
-                                                        "key": "topology.kubernetes.io/zone",
-                                                        "operator": "In",
-                                                        "values": [zone],
-                                                    }
-                                                ]
-                                            }
-                                        ]
-                                    }
-                                }
-                            },
-                            "containers": [
-                                {
-                                    "name": "import",
-                                    "image": image,
-                                    "imagePullPolicy": "IfNotPresent",
-                                    "command": import_command(model, bucket=bucket, region=region, mount=mount),
-                                    "env": [
-                                        {"name": "HOME", "value": "/scratch/home"},
-                                        {"name": "HF_HOME", "value": "/scratch/hf"},
-                                        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
-                                    ],
-                                    "resources": {
-                                        "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
-                                        "limits": {"memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
-                                    },
-                                    "securityContext": container_security_context,
-                                    # The cause of a failure, for `kubectl describe` and the smoke test: the
-                                    # termination log, or the log's tail when there is none (Kubernetes
-                                    # docs, "Determine the Reason for Pod Failure"; at most 4096 bytes).
-                                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                                    "volumeMounts": [
-                                        {"name": "script", "mountPath": "/import", "readOnly": True},
-                                        {"name": "scratch", "mountPath": "/scratch"},
-                                        {"name": "tmp", "mountPath": "/tmp"},
+            "batch/v1",
+            "Job",
+            cdk8s.ApiObjectMetadata(name=self.job_name, annotations=annotations),
+            spec={
+                # Retries resume where the last attempt stopped: finished files are skipped.
+                "backoffLimit": 3,
+                "activeDeadlineSeconds": deadline_seconds,
+                "template": {
+                    "metadata": {"labels": {"app": f"import-{model.name}"}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "serviceAccountName": IMPORT_SERVICE_ACCOUNT,
+                        # EKS Pod Identity mounts its own token; the Kubernetes API is not called.
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context,
+                        # No GPU toleration: the general-purpose pool, in the file system's zone.
+                        "affinity": {
+                            "nodeAffinity": {
+                                "requiredDuringSchedulingIgnoredDuringExecution": {
+                                    "nodeSelectorTerms": [
                                         {
-                                            "name": "weights",
-                                            "mountPath": mount,
-                                            "subPath": "models",
-                                            "readOnly": True,
-                                        },
-                                    ],
+                                            "matchExpressions": [
+                                                {
+                                                    "key": "topology.kubernetes.io/zone",
+                                                    "operator": "In",
+                                                    "values": [zone],
+                                                }
+                                            ]
+                                        }
+                                    ]
                                 }
-                            ],
-                            "volumes": [
-                                {"name": "script", "configMap": {"name": "weights-import"}},
-                                {"name": "scratch", "emptyDir": {"sizeLimit": IMPORT_SCRATCH}},
-                                {"name": "tmp", "emptyDir": {}},
-                                {
-                                    "name": "weights",
-                                    "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True},
-                                },
-                            ],
+                            }
                         },
+                        "containers": [
+                            {
+                                "name": "import",
+                                "image": image,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": import_command(model, bucket=bucket, region=region, mount=mount),
+                                "env": [
+                                    {"name": "HOME", "value": "/scratch/home"},
+                                    {"name": "HF_HOME", "value": "/scratch/hf"},
+                                    {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+                                ],
+                                "resources": {
+                                    "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
+                                    "limits": {"memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
+                                },
+                                "securityContext": container_security_context,
+                                # The cause of a failure, for `kubectl describe` and the smoke test: the
+                                # termination log, or the log's tail when there is none (Kubernetes
+                                # docs, "Determine the Reason for Pod Failure"; at most 4096 bytes).
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                                "volumeMounts": [
+                                    {"name": "script", "mountPath": "/import", "readOnly": True},
+                                    {"name": "scratch", "mountPath": "/scratch"},
+                                    {"name": "tmp", "mountPath": "/tmp"},
+                                    {
+                                        "name": "weights",
+                                        "mountPath": mount,
+                                        "subPath": "models",
+                                        "readOnly": True,
+                                    },
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "script", "configMap": {"name": "weights-import"}},
+                            {"name": "scratch", "emptyDir": {"sizeLimit": IMPORT_SCRATCH}},
+                            {"name": "tmp", "emptyDir": {}},
+                            {
+                                "name": "weights",
+                                "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True},
+                            },
+                        ],
                     },
                 },
-            )
+            },
         )

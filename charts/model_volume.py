@@ -5,6 +5,7 @@ from __future__ import annotations
 import cdk8s
 from constructs import Construct
 
+from charts.api_object import api_object
 from settings import names
 
 STORAGE_CLASS = ""  # static provisioning: no class, the claim binds to the volume by name
@@ -42,49 +43,39 @@ class ModelVolume(Construct):
         self.claim_name = CLAIM_NAME
         volume_name = names.weights_volume_name(namespace)
         capacity = {"storage": f"{capacity_gib}Gi"}
-        volume = cdk8s.ApiObject(
+        api_object(
             self,
             "Volume",
-            api_version="v1",
-            kind="PersistentVolume",
-            metadata=cdk8s.ApiObjectMetadata(name=volume_name),
-        )
-        volume.add_json_patch(
-            # Cluster-scoped: the chart's namespace must not be stamped on it.
-            cdk8s.JsonPatch.remove("/metadata/namespace"),
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "capacity": capacity,
-                    # The weights import and every vLLM replica mount it at once.
-                    "accessModes": ACCESS_MODES,
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": STORAGE_CLASS,
-                    "claimRef": {"namespace": namespace, "name": self.claim_name},
-                    "csi": {
-                        "driver": CSI_DRIVER,
-                        "volumeHandle": file_system_id,
-                        "readOnly": True,
-                        "volumeAttributes": {"dnsname": dns_name, "mountname": mount_name},
-                    },
+            "v1",
+            "PersistentVolume",
+            cdk8s.ApiObjectMetadata(name=volume_name),
+            # The chart's namespace must not be stamped on it.
+            cluster_scoped=True,
+            spec={
+                "capacity": capacity,
+                # The weights import and every vLLM replica mount it at once.
+                "accessModes": ACCESS_MODES,
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": STORAGE_CLASS,
+                "claimRef": {"namespace": namespace, "name": self.claim_name},
+                "csi": {
+                    "driver": CSI_DRIVER,
+                    "volumeHandle": file_system_id,
+                    "readOnly": True,
+                    "volumeAttributes": {"dnsname": dns_name, "mountname": mount_name},
                 },
-            ),
+            },
         )
-        claim = cdk8s.ApiObject(
+        api_object(
             self,
             "Claim",
-            api_version="v1",
-            kind="PersistentVolumeClaim",
-            metadata=cdk8s.ApiObjectMetadata(name=self.claim_name, namespace=namespace),
-        )
-        claim.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec",
-                {
-                    "accessModes": ACCESS_MODES,
-                    "storageClassName": STORAGE_CLASS,
-                    "volumeName": volume_name,
-                    "resources": {"requests": capacity},
-                },
-            )
+            "v1",
+            "PersistentVolumeClaim",
+            cdk8s.ApiObjectMetadata(name=self.claim_name, namespace=namespace),
+            spec={
+                "accessModes": ACCESS_MODES,
+                "storageClassName": STORAGE_CLASS,
+                "volumeName": volume_name,
+                "resources": {"requests": capacity},
+            },
         )

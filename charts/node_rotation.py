@@ -25,6 +25,7 @@ from typing import Any
 import cdk8s
 from constructs import Construct
 
+from charts.api_object import api_object
 from charts.vllm_server import (
     CHECKOV_EXCEPTIONS,
     POD_SECURITY_LABELS,
@@ -112,8 +113,16 @@ class NodeRotationChart(cdk8s.Chart):
     def __init__(self, scope: Construct, id: str, *, pools: list[GpuNodePoolSettings], image: str) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         schedules = rotation_schedules(pools)
-        self._object("Namespace", "v1", "Namespace", {"name": NAMESPACE, "labels": POD_SECURITY_LABELS})
-        self._object("ServiceAccount", "v1", "ServiceAccount", {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE})
+        api_object(
+            self, "Namespace", "v1", "Namespace", cdk8s.ApiObjectMetadata(name=NAMESPACE, labels=POD_SECURITY_LABELS)
+        )
+        api_object(
+            self,
+            "ServiceAccount",
+            "v1",
+            "ServiceAccount",
+            cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT, namespace=NAMESPACE),
+        )
         rules = [
             {"apiGroups": ["karpenter.sh"], "resources": ["nodeclaims"], "verbs": ["list"]},
             {
@@ -123,35 +132,37 @@ class NodeRotationChart(cdk8s.Chart):
                 "resourceNames": sorted(name for names in schedules.values() for name in names),
             },
         ]
-        self._object("ClusterRole", "rbac.authorization.k8s.io/v1", "ClusterRole", {"name": NAMESPACE}, rules=rules)
-        self._object(
+        api_object(
+            self,
+            "ClusterRole",
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            cdk8s.ApiObjectMetadata(name=NAMESPACE),
+            rules=rules,
+        )
+        api_object(
+            self,
             "ClusterRoleBinding",
             "rbac.authorization.k8s.io/v1",
             "ClusterRoleBinding",
-            {"name": NAMESPACE},
+            cdk8s.ApiObjectMetadata(name=NAMESPACE),
             roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAMESPACE},
             subjects=[{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
         )
         for start, names in schedules.items():
             hour, minute = (int(part) for part in start.split(":"))
-            self._object(
+            api_object(
+                self,
                 f"CronJob-{hour:02d}{minute:02d}",
                 "batch/v1",
                 "CronJob",
-                {
-                    "name": f"rotate-at-{hour:02d}{minute:02d}",
-                    "namespace": NAMESPACE,
-                    "annotations": checkov_skip_annotations(ROTATION_CHECKOV_EXCEPTIONS),
-                },
+                cdk8s.ApiObjectMetadata(
+                    name=f"rotate-at-{hour:02d}{minute:02d}",
+                    namespace=NAMESPACE,
+                    annotations=checkov_skip_annotations(ROTATION_CHECKOV_EXCEPTIONS),
+                ),
                 spec=cron_job_spec(f"{minute} {hour} * * *", names, image),
             )
-
-    def _object(self, id: str, api_version: str, kind: str, metadata: dict[str, Any], **fields: Any) -> None:
-        obj = cdk8s.ApiObject(
-            self, id, api_version=api_version, kind=kind, metadata=cdk8s.ApiObjectMetadata(**metadata)
-        )
-        for key, value in fields.items():
-            obj.add_json_patch(cdk8s.JsonPatch.add(f"/{key}", value))
 
 
 def cron_job_spec(schedule: str, pools: list[str], image: str) -> dict[str, Any]:

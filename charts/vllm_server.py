@@ -19,6 +19,7 @@ from constructs import Construct
 
 from charts.api_keys import LOGGING_MOUNT, ApiKeys, config_args, logging_env
 from charts.api_keys import MOUNT as API_KEYS_MOUNT
+from charts.api_object import api_object
 from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
 from charts.exposure import InternalEndpoint
@@ -398,35 +399,30 @@ class VllmServerChart(cdk8s.Chart):
         for key, value in labels.items():
             service.select_label(key, value)
 
-        smoke_test_role = cdk8s.ApiObject(
+        api_object(
             self,
             "SmokeTestRole",
-            api_version="rbac.authorization.k8s.io/v1",
-            kind="Role",
-            metadata=cdk8s.ApiObjectMetadata(name="smoke-test"),
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            cdk8s.ApiObjectMetadata(name="smoke-test"),
+            rules=SMOKE_TEST_RULES,
         )
-        smoke_test_role.add_json_patch(cdk8s.JsonPatch.add("/rules", SMOKE_TEST_RULES))
-        smoke_test_binding = cdk8s.ApiObject(
+        api_object(
             self,
             "SmokeTestBinding",
-            api_version="rbac.authorization.k8s.io/v1",
-            kind="RoleBinding",
-            metadata=cdk8s.ApiObjectMetadata(name="smoke-test"),
-        )
-        smoke_test_binding.add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/roleRef", {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"}
-            ),
-            cdk8s.JsonPatch.add(
-                "/subjects", [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SMOKE_TEST_GROUP}]
-            ),
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            cdk8s.ApiObjectMetadata(name="smoke-test"),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"},
+            subjects=[{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SMOKE_TEST_GROUP}],
         )
 
         # Voluntary evictions (node repair, expiry, drains) take one replica at a time.
-        cdk8s.ApiObject(
+        api_object(
             self,
             "DisruptionBudget",
-            api_version="policy/v1",
-            kind="PodDisruptionBudget",
-            metadata=cdk8s.ApiObjectMetadata(name=model.name, labels=labels),
-        ).add_json_patch(cdk8s.JsonPatch.add("/spec", {"maxUnavailable": 1, "selector": {"matchLabels": labels}}))
+            "policy/v1",
+            "PodDisruptionBudget",
+            cdk8s.ApiObjectMetadata(name=model.name, labels=labels),
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+        )

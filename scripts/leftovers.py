@@ -198,6 +198,11 @@ def load_balancers(elbv2: Client, stage: str, *, cluster_name: str) -> list[Left
 # --- Log groups, ECR, S3, FSx, KMS ---------------------------------------------------------------------
 
 
+def cluster_log_group_prefixes(cluster_name: str) -> tuple[str, ...]:
+    """Where AWS services put the log groups they name after a cluster: EKS and Container Insights."""
+    return (f"/aws/eks/{cluster_name}/", f"/aws/containerinsights/{cluster_name}/")
+
+
 def log_groups(logs: Client, stage: str, *, cluster_name: str, tagged_names: Iterable[str] = ()) -> list[Leftover]:
     """The groups AWS services name after the cluster (EKS's `/aws/eks/<cluster>/...`, Container Insights'
     `/aws/containerinsights/<cluster>/...`), and those of `tagged_names` that still exist.
@@ -206,7 +211,7 @@ def log_groups(logs: Client, stage: str, *, cluster_name: str, tagged_names: Ite
     cluster's prefixes that carries another stage's tag belongs to that stage and is left out.
     """
     found = []
-    for prefix in (f"/aws/eks/{cluster_name}/", f"/aws/containerinsights/{cluster_name}/"):
+    for prefix in cluster_log_group_prefixes(cluster_name):
         for page in _pages(logs, "describe_log_groups", logGroupNamePrefix=prefix):
             for group in page.get("logGroups", []):
                 owner = logs.list_tags_for_resource(resourceArn=group["logGroupArn"]).get("tags", {}).get(STAGE_TAG)

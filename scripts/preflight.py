@@ -39,7 +39,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_stage_settings
+from scripts import stage_settings_or_exit
+from settings import DEFAULT_STAGE, StageSettings
 from settings.model import RESERVATION_ID_PATTERN
 from settings.sizing import GpuInstance, candidates
 
@@ -541,11 +542,7 @@ def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None
         help="capacity reservations to check besides those the GPU pools select (repeatable)",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = load_stage_settings(args.stage)
-    except SettingsError as error:
-        print(error, file=sys.stderr)
-        return 2
+    settings = stage_settings_or_exit(args.stage)
     if client_factory is None:
         client_factory = boto3.session.Session(region_name=settings.region).client
     try:

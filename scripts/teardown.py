@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from settings import SettingsError, load_stage_settings
+from scripts import stage_settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 # Object kinds whose deletion makes Auto Mode delete AWS resources, in the order they go.
@@ -127,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", required=True)
     parser.add_argument("--assembly", type=Path, help="the stage's synthesized cloud assembly (default: synth it)")
     args = parser.parse_args(argv)
-    try:
-        settings = load_stage_settings(args.stage)
-    except SettingsError as error:
-        print(error, file=sys.stderr)
-        return 2
+    settings = stage_settings_or_exit(args.stage)
     cdk = ["cdk", "--no-notices"]
     assembly = args.assembly
     try:

@@ -14,6 +14,7 @@ import pytest
 from scripts.leftovers import (
     Leftover,
     arn_parts,
+    cluster_log_group_prefixes,
     ecr_repositories,
     find_leftovers,
     kms_keys,
@@ -104,10 +105,12 @@ def queue_clean_account(stubs: Stubs, *, tagged_arns: Sequence[str] = (), key_ar
     queue_ec2(stubs, "describe_security_groups", "SecurityGroups")
     stubs.add("fsx", "describe_file_systems", {"FileSystems": []}, {})
     stubs.add("ecr", "describe_repositories", {"repositories": []}, {})
-    stubs.add("logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/eks/{CLUSTER}/"})
-    stubs.add(
-        "logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/containerinsights/{CLUSTER}/"}
-    )
+    no_cluster_log_groups(stubs)
+
+
+def no_cluster_log_groups(stubs: Stubs) -> None:
+    for prefix in cluster_log_group_prefixes(CLUSTER):
+        stubs.add("logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": prefix})
 
 
 def pending_key(key_id: str, state: str, deletion: datetime | None) -> dict[str, Any]:
@@ -202,10 +205,7 @@ def test_auto_mode_leftovers_through_find_leftovers_once_each(stubs: Stubs) -> N
     queue_ec2(stubs, "describe_security_groups", "SecurityGroups")
     stubs.add("fsx", "describe_file_systems", {"FileSystems": []}, {})
     stubs.add("ecr", "describe_repositories", {"repositories": []}, {})
-    stubs.add("logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/eks/{CLUSTER}/"})
-    stubs.add(
-        "logs", "describe_log_groups", {"logGroups": []}, {"logGroupNamePrefix": f"/aws/containerinsights/{CLUSTER}/"}
-    )
+    no_cluster_log_groups(stubs)
     found = find_leftovers(stubs.client, STAGE, cluster_name=CLUSTER, now=NOW)
     assert [(leftover.kind, leftover.id) for leftover in found] == [
         ("elasticloadbalancing:loadbalancer", LB_ARN),

@@ -356,3 +356,14 @@ def test_a_missing_api_keys_secret_blocks_naming_it(stubs: Stubs) -> None:
         "gpt-oss-20b: its API keys secret gpt-oss-20b/api-keys does not exist in us-west-2; create it "
         '(README, "API keys") or the replicas wait for it'
     ]
+
+
+def test_a_stage_that_does_not_load_ends_the_command_before_any_aws_call(capsys: pytest.CaptureFixture[str]) -> None:
+    def no_aws(service: str) -> Any:
+        raise AssertionError(f"AWS was called ({service})")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--stage", "no-such-stage"], client_factory=no_aws)
+
+    assert exit_info.value.code == 2
+    assert "no-such-stage" in capsys.readouterr().err
