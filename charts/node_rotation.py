@@ -169,6 +169,8 @@ def cron_job_spec(schedule: str, pools: list[str], image: str) -> dict[str, Any]
     """At the window's start in UTC, once; a run that cannot start within the first half hour is skipped."""
     return {
         "schedule": schedule,
+        # The window is in UTC, as the Drifted budget's schedule (Karpenter has no time zones). timeZone is
+        # stable since Kubernetes 1.27 (Kubernetes docs, "CronJob", "Time zones").
         "timeZone": "Etc/UTC",
         "concurrencyPolicy": "Forbid",
         "startingDeadlineSeconds": 1800,

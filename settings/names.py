@@ -117,7 +117,29 @@ def smoke_test_trigger_role_name(cluster_name: str) -> str:
     return f"{cluster_name}-smoke-test-trigger"
 
 
+# Lambda function names: 1 to 64 of [a-zA-Z0-9_-] (Lambda API Reference, CreateFunction: FunctionName;
+# the AWS::Lambda::Function resource schema's pattern).
+LAMBDA_FUNCTION_NAME_MAX = 64
+
+
+def prometheus_data_source_name(cluster_name: str) -> str:
+    """The CloudWatch data source function that reads the stage's Prometheus workspace: metric math calls
+    it by this name, LAMBDA("<name>", "<PromQL>") (stacks/observability.py)."""
+    return f"{cluster_name}-prometheus"
+
+
+# CloudWatch dashboard names: at most 255 of [A-Za-z0-9_-] (CloudWatch API Reference, PutDashboard).
+DASHBOARD_NAME_MAX = 255
+
+
+def dashboard_name(cluster_name: str) -> str:
+    """The stage's CloudWatch dashboard."""
+    return f"{cluster_name}-serving"
+
+
 CLUSTER_NAME_LIMITS = (
     NameLimit("CodeBuild project name", smoke_test_project_name, CODEBUILD_PROJECT_NAME_MAX),
     NameLimit("IAM role name", smoke_test_trigger_role_name, IAM_ROLE_NAME_MAX),
+    NameLimit("Lambda function name", prometheus_data_source_name, LAMBDA_FUNCTION_NAME_MAX),
+    NameLimit("CloudWatch dashboard name", dashboard_name, DASHBOARD_NAME_MAX),
 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from aws_cdk import Aws, Duration, Tags
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -51,11 +52,6 @@ CONTAINER_INSIGHTS = "ContainerInsights"
 PERIOD = Duration.minutes(1)
 
 
-def data_source_name(settings: StageSettings) -> str:
-    """The data source function's name, which LAMBDA() expressions, the stage's and a user's own, call."""
-    return f"{settings.cluster.name}-prometheus"
-
-
 def for_model(signal: str, model: ModelSettings) -> str:
     """A recorded signal of one model. Single quotes: the query sits inside metric math's double-quoted string."""
     return f"{signal}{{namespace='{names.namespace(model.name)}'}}"
@@ -68,7 +64,7 @@ class PrometheusDataSource(Construct):
         self, scope: Construct, id: str, *, settings: StageSettings, workspace_arn: str, query_url: str
     ) -> None:
         super().__init__(scope, id)
-        self.name = data_source_name(settings)
+        self.name = names.prometheus_data_source_name(settings.cluster.name)
         role = iam.Role(
             self,
             "Role",
@@ -187,8 +183,8 @@ class StageAlarms(Construct):
                 treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
             )
 
-    def _alarm(self, id: str, **props: object) -> None:
-        alarm = cloudwatch.Alarm(self, id, **props)  # type: ignore[arg-type]
+    def _alarm(self, id: str, **props: Any) -> None:
+        alarm = cloudwatch.Alarm(self, id, **props)
         if self.topic is not None:
             alarm.add_alarm_action(actions.SnsAction(self.topic))
             alarm.add_ok_action(actions.SnsAction(self.topic))
@@ -211,7 +207,7 @@ def stage_dashboard(
     return cloudwatch.Dashboard(
         scope,
         "Dashboard",
-        dashboard_name=f"{settings.cluster.name}-serving",
+        dashboard_name=names.dashboard_name(settings.cluster.name),
         default_interval=Duration.hours(3),
         widgets=[
             [

@@ -318,6 +318,11 @@ def prod(assemblies: dict[str, Assembly]) -> Assembly:
     return assemblies["prod"]
 
 
+def chart_values(chart: str) -> dict[str, Any]:
+    """A chart's values.yaml, as tests/fixtures/charts/ keeps it (its README says from where)."""
+    return yaml.safe_load((ROOT / "tests" / "fixtures" / "charts" / f"{chart}.values.yaml").read_text())
+
+
 def stage_data(stage: str = DEFAULT_STAGE) -> dict[str, Any]:
     """A stage's settings as read from its YAML file, free to modify."""
     return copy.deepcopy(yaml.safe_load((STAGES_DIR / f"{stage}.yaml").read_text()))

@@ -197,6 +197,11 @@ def _resource_schema(resource_type: str) -> dict[str, Any]:
     }
 
 
+def resource_property_schema(resource_type: str, name: str) -> dict[str, Any]:
+    """One property's schema in a resource type's CloudFormation schema."""
+    return _resource_schema(resource_type)["properties"][name]
+
+
 def cloudformation_problems(resource_type: str, properties: dict[str, Any]) -> list[str]:
     """A resource's properties against its CloudFormation resource schema (what cfn-lint's E30xx rules
     check), in this process: `path: message` lines."""

@@ -8,6 +8,7 @@ import pytest
 
 from settings import names
 from settings.model import MAX_CLUSTER_NAME_LENGTH, MAX_MODEL_NAME_LENGTH
+from tests.scanners import resource_property_schema
 
 
 def test_names_derived_from_a_model_name() -> None:
@@ -21,6 +22,14 @@ def test_names_derived_from_a_model_name() -> None:
 def test_names_derived_from_a_cluster_name() -> None:
     assert names.smoke_test_project_name("gpu-inference-dev") == "gpu-inference-dev-smoke-test"
     assert names.smoke_test_trigger_role_name("gpu-inference-dev") == "gpu-inference-dev-smoke-test-trigger"
+    assert names.prometheus_data_source_name("gpu-inference-dev") == "gpu-inference-dev-prometheus"
+    assert names.dashboard_name("gpu-inference-dev") == "gpu-inference-dev-serving"
+
+
+def test_the_longest_data_source_name_matches_the_lambda_schemas_pattern() -> None:
+    pattern = resource_property_schema("AWS::Lambda::Function", "FunctionName")["pattern"]
+    assert re.fullmatch(pattern, names.prometheus_data_source_name("a" * MAX_CLUSTER_NAME_LENGTH))
+    assert not re.fullmatch(pattern, names.prometheus_data_source_name("a" * (MAX_CLUSTER_NAME_LENGTH + 9)))
 
 
 def test_longest_names_allowed() -> None:

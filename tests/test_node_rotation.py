@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
+import zoneinfo
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -166,6 +168,22 @@ def test_one_job_per_window_start_in_utc_for_the_pools_with_a_window() -> None:
         },
     ]
     assert [problem for obj in objects for problem in kubernetes_problems(obj, "1.36")] == []
+
+
+def test_the_names_the_job_hands_kubernetes_are_ones_it_takes() -> None:
+    # An annotation key is a qualified name: an optional DNS-1123 subdomain prefix and "/", then at most
+    # 63 of [A-Za-z0-9_.-], starting and ending alphanumeric (k8s.io/apimachinery pkg/util/validation,
+    # IsQualifiedName).
+    prefix, name = ROTATION_ANNOTATION.split("/")
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", prefix)
+    assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", name)
+    assert len(prefix) <= 253
+    assert len(name) <= 63
+    job = rotation_job()
+    # A CronJob's name leaves room for the 11 characters its Jobs add: at most 52 (Kubernetes docs, "CronJob").
+    assert len(job["metadata"]["name"]) <= 52
+    # The API server loads the zone as Go's time.LoadLocation does: a name of the IANA database.
+    assert zoneinfo.ZoneInfo(job["spec"]["timeZone"]).utcoffset(datetime.datetime(2026, 1, 1)) == datetime.timedelta(0)
 
 
 def test_pools_without_a_window_get_no_job() -> None:

@@ -18,7 +18,7 @@ from settings.model import StageSettings
 from stacks.metrics import recorded
 from stacks.observability import PrometheusDataSource, StageAlarms
 from stacks.prometheus_data_source import handler as data_source
-from tests.conftest import Assembly, stage_data
+from tests.conftest import Assembly, chart_values, stage_data
 from tests.scanners import cloudformation_problems
 from tests.stand_ins import QuietHandler, serving
 from tests.test_autoscaling import metric_names
@@ -190,6 +190,22 @@ def test_the_add_on_collects_container_metrics_without_a_dcgm_exporter_or_logs(p
     ]
     assert template["Resources"][retention]["Properties"]["RetentionInDays"] == 365  # prod's cluster.log_retention_days
     assert retention in addon["DependsOn"]
+
+
+def test_the_add_on_configuration_is_in_terms_its_chart_takes(prod: Assembly) -> None:
+    """Each key the configuration sets is the chart's, of the same type; and the agent runs on the GPU nodes."""
+    values = chart_values("amazon-cloudwatch-observability")
+    (addon,) = [
+        a["Properties"]
+        for a in resources(prod.template("Cluster"), "AWS::EKS::Addon").values()
+        if a["Properties"]["AddonName"] == "amazon-cloudwatch-observability"
+    ]
+    for component, settings in json.loads(addon["ConfigurationValues"]).items():
+        for key, value in settings.items():
+            assert type(values[component][key]) is type(value), (component, key)
+    # Every component but the operator tolerates every taint, the GPU nodes' among them.
+    assert values["tolerations"] == [{"operator": "Exists"}]
+    assert "tolerations" not in values["agent"]
 
 
 def test_dev_has_no_cloudwatch_observability_unless_it_asks(dev: Assembly) -> None:

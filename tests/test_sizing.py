@@ -12,9 +12,13 @@ import pytest
 from scripts.sizing import main as sizing_command
 from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import file_system_throughput_mb_s, startup_probe_seconds
+from settings.model import size_bytes
 from settings.sizing import (
+    CLOUDWATCH_AGENT,
     FSX_CSI_NODE,
     GIB,
+    MIB,
+    SECRETS_STORE_NODE,
     allocatable_cpu_millis,
     allocatable_disk_mib,
     allocatable_memory_mib,
@@ -29,7 +33,7 @@ from settings.sizing import (
     pool_needs,
     requests,
 )
-from tests.conftest import ROOT, stage_data
+from tests.conftest import ROOT, chart_values, stage_data
 
 LLAMA_70B = {
     "name": "llama-70b",
@@ -348,6 +352,33 @@ def test_cpu_request_boundary(cpu_delta: float, fits: bool) -> None:
     data["models"][0]["resources"] = {"cpu": (allocatable_cpu_millis(4) - FSX_CSI_NODE[0]) / 1000 + cpu_delta}
     settings = parse_stage_settings("dev", data)
     assert (fit(settings, settings.models[0], instance("g6.xlarge")) == []) is fits
+
+
+def requested(*resources: dict[str, Any]) -> tuple[int, int]:
+    """CPU millicores and memory MiB that containers' `resources` request, summed."""
+    cpu = [r["requests"]["cpu"] for r in resources]
+    memory = [r["requests"]["memory"] for r in resources]
+    return (
+        sum(int(c[:-1]) if c.endswith("m") else round(float(c) * 1000) for c in cpu),
+        sum(size_bytes(m) // MIB for m in memory),
+    )
+
+
+def test_the_node_daemonsets_requests_are_their_charts() -> None:
+    fsx = chart_values("aws-fsx-csi-driver")
+    # The node pod: the plugin, and the registrar and liveness probe with their own requests.
+    sidecars = fsx["sidecars"]
+    node = (
+        fsx["node"]["resources"],
+        sidecars["nodeDriverRegistrar"]["resources"],
+        sidecars["livenessProbe"]["resources"],
+    )
+    assert requested(*node) == FSX_CSI_NODE
+    driver = chart_values("secrets-store-csi-driver")["linux"]
+    provider = chart_values("secrets-store-csi-driver-provider-aws")
+    secrets_store = (driver["driver"], driver["registrar"], driver["livenessProbe"], provider)
+    assert requested(*(part["resources"] for part in secrets_store)) == SECRETS_STORE_NODE
+    assert requested(chart_values("amazon-cloudwatch-observability")["agent"]["resources"]) == CLOUDWATCH_AGENT
 
 
 @pytest.mark.parametrize("stage", ["dev", "prod"])
