@@ -106,6 +106,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             web_acl_arn=deployed.web_acl_arns.get(model.name),
             inbound_subnet_ids=deployed.inbound_subnet_ids,
             inbound_cidrs=deployed.inbound_cidrs,
+            gpu_metrics=settings.metrics.enabled,
         )
     if any(pool.maintenance_window for pool in settings.gpu_node_pools):
         # Old GPU nodes are replaced in the window rather than expiring outside it (charts/node_rotation.py).

@@ -71,7 +71,9 @@ class InternalEndpoint(Construct):
         inbound_subnet_ids: tuple[str, ...],
         inbound_cidrs: tuple[str, ...],
         pod_labels: dict[str, str],
+        scraped_ports: tuple[int, ...] = (),
     ) -> None:
+        """`scraped_ports`: the replicas' other ports the metrics scraper reads (charts/gpu_metrics.py)."""
         super().__init__(scope, id)
         api_object(
             self,
@@ -144,7 +146,7 @@ class InternalEndpoint(Construct):
                 "ingress": [
                     {
                         "from": [{"ipBlock": {"cidr": cidr}} for cidr in inbound_cidrs],
-                        "ports": [{"protocol": "TCP", "port": port}],
+                        "ports": [{"protocol": "TCP", "port": number} for number in (port, *scraped_ports)],
                     }
                 ],
             },

@@ -23,6 +23,8 @@ from charts.api_object import api_object
 from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
 from charts.exposure import InternalEndpoint
+from charts.gpu_metrics import GPU_METRICS_PORT, GPU_METRICS_PORT_NAME, GpuMetrics, with_gpu_metrics
+from charts.gpu_metrics import MOUNT as GPU_METRICS_MOUNT
 from charts.gpu_node_pool import GPU_TAINT
 from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
 from charts.model_volume import ModelVolume
@@ -162,7 +164,8 @@ class VllmServerChart(cdk8s.Chart):
 
     `image` and `helper_image` (a small shell image for the replicas' wait) are the references
     nodes pull (see charts.images); `startup_budget`, `progress_deadline` and `import_deadline`
-    (seconds) come from the cold-start budget.
+    (seconds) come from the cold-start budget. With `gpu_metrics`, each replica also serves its GPUs'
+    utilization and memory for the stage's scraper (charts/gpu_metrics.py).
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class VllmServerChart(cdk8s.Chart):
         web_acl_arn: str | None = None,
         inbound_subnet_ids: tuple[str, ...] = (),
         inbound_cidrs: tuple[str, ...] = (),
+        gpu_metrics: bool = False,
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
@@ -262,6 +266,7 @@ class VllmServerChart(cdk8s.Chart):
                 inbound_subnet_ids=inbound_subnet_ids,
                 inbound_cidrs=inbound_cidrs,
                 pod_labels=labels,
+                scraped_ports=(GPU_METRICS_PORT,) if gpu_metrics else (),
             )
         if autoscaling is not None:
             # The HorizontalPodAutoscaler owns the count: an applied one would reset it on every deploy.
@@ -295,7 +300,7 @@ class VllmServerChart(cdk8s.Chart):
             name="inference-server",
             image=image,
             image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
-            command=["vllm", "serve"],
+            command=with_gpu_metrics(["vllm", "serve"]) if gpu_metrics else ["vllm", "serve"],
             args=vllm_args(model),
             port_number=PORT,
             env_variables={name: kplus.EnvValue.from_value(value) for name, value in vllm_env(model).items()},
@@ -350,6 +355,9 @@ class VllmServerChart(cdk8s.Chart):
             ),
         )
         container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
+        if gpu_metrics:
+            container.add_port(number=GPU_METRICS_PORT, name=GPU_METRICS_PORT_NAME)
+            container.mount(GPU_METRICS_MOUNT, GpuMetrics(self, "GpuMetrics").volume, read_only=True)
         if api_keys is not None:
             container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
             container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)

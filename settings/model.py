@@ -321,6 +321,10 @@ class ObservabilitySettings(_Strict):
     the Prometheus workspace, so it needs `metrics.enabled`."""
 
     enabled: bool = False
+    # VllmGpusIdle: an autoscaled model keeps more than its minimum replicas on GPUs less busy than this.
+    alarm_gpu_idle_utilization: float = Field(
+        default=0.1, gt=0, le=1, description="a fraction of 1, such as 0.1 for 10 % busy"
+    )
 
 
 class ClusterSettings(_Strict):

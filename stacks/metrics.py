@@ -11,7 +11,9 @@ cluster's private endpoint, so metrics need one (settings: cluster.endpoint_acce
 Metric names are vLLM 0.11.2's (vllm/v1/metrics/loggers.py): the gauges vllm:num_requests_waiting
 and vllm:kv_cache_usage_perc (which replaced vllm:gpu_cache_usage_perc), the histogram
 vllm:time_to_first_token_seconds and the counter vllm:generation_tokens (exposed with _total),
-and the HTTP server's http_requests_total.
+and the HTTP server's http_requests_total. Each replica's GPUs are scraped too (job "gpu", from
+charts/gpu_metrics.py): the counter gpu_busy_seconds_total and the gauges gpu_memory_used_bytes and
+gpu_memory_total_bytes, per GPU.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from aws_cdk import aws_aps as aps
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
+from charts.gpu_metrics import GPU_METRICS_PORT
 from settings.model import MetricsSettings
 from settings.names import app_label
 
-# The pods scraped: every model's vLLM replicas (their `app` label), on vLLM's port.
+# The pods scraped: every model's vLLM replicas (their `app` label), on vLLM's port and, as job "gpu",
+# on their GPU reader's.
 VLLM_APP_PATTERN = app_label(".+")
 VLLM_PORT = 8000
+SCRAPE_JOBS = {"vllm": VLLM_PORT, "gpu": GPU_METRICS_PORT}
 RULES_NAMESPACE = "vllm"
 # The recorded signals' names, one series per model (its namespace).
 TTFT_P95 = "namespace:vllm_time_to_first_token_seconds:p95"
@@ -39,6 +44,8 @@ QUEUE_PER_REPLICA = "namespace:vllm_num_requests_waiting:avg"
 KV_CACHE_USAGE = "namespace:vllm_kv_cache_usage_perc:max"
 TOKENS_PER_SECOND = "namespace:vllm_generation_tokens:rate"
 SERVER_ERROR_RATIO = "namespace:vllm_http_server_errors:ratio"
+GPU_UTILIZATION = "namespace:gpu_utilization:avg"
+GPU_MEMORY_USED = "namespace:gpu_memory_used:max_ratio"
 # How long a signal stays past its threshold before its alert fires.
 ALERT_AFTER_MINUTES = 5
 ALERT_AFTER = f"{ALERT_AFTER_MINUTES}m"
@@ -54,7 +61,7 @@ def scrape_configuration(metrics: MetricsSettings) -> dict[str, Any]:
         "global": {"scrape_interval": f"{metrics.scrape_interval_seconds}s"},
         "scrape_configs": [
             {
-                "job_name": "vllm",
+                "job_name": job,
                 "kubernetes_sd_configs": [{"role": "pod"}],
                 "relabel_configs": [
                     {
@@ -62,13 +69,14 @@ def scrape_configuration(metrics: MetricsSettings) -> dict[str, Any]:
                             "__meta_kubernetes_pod_label_app",
                             "__meta_kubernetes_pod_container_port_number",
                         ],
-                        "regex": f"{VLLM_APP_PATTERN};{VLLM_PORT}",
+                        "regex": f"{VLLM_APP_PATTERN};{port}",
                         "action": "keep",
                     },
                     {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                     {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
                 ],
             }
+            for job, port in SCRAPE_JOBS.items()
         ],
     }
 
@@ -97,6 +105,9 @@ def recorded(metrics: MetricsSettings) -> dict[str, str]:
             f'sum by (namespace) (rate(http_requests_total{{job="vllm", status="5xx"}}[{tokens}])) '
             f'/ sum by (namespace) (rate(http_requests_total{{job="vllm"}}[{tokens}]))'
         ),
+        # The mean share of time the model's GPUs ran a kernel (charts/gpu_metrics.py), and its fullest GPU's memory.
+        GPU_UTILIZATION: f"avg by (namespace) (rate(gpu_busy_seconds_total[{tokens}]))",
+        GPU_MEMORY_USED: "max by (namespace) (gpu_memory_used_bytes / gpu_memory_total_bytes)",
     }
 
 

@@ -9,9 +9,11 @@ CloudWatch Observability add-on's Container Insights (stacks/cluster.py): `repli
 ClusterName), and `node_gpu_limit` and `node_gpu_usage_total` per cluster (aws/amazon-cloudwatch-agent,
 translator/translate/otel/exporter/awsemf/kubernetes.go).
 
-GPU utilization is not there: on Auto Mode only a DCGM exporter of our own could read it, and that
-conflicts with Auto Mode's node monitoring agent (aws/containers-roadmap#2555, #2763). The GPU memory
-vLLM works in, its KV cache, is.
+GPU utilization and memory come from the workspace too: each replica reads its own GPUs through NVML
+(charts/gpu_metrics.py), since on Auto Mode a DCGM exporter of our own would conflict with the node
+monitoring agent (aws/containers-roadmap#2555, #2763). Memory in use is flat at vLLM's
+--gpu-memory-utilization once a replica has started (vLLM reserves it), so the KV cache in use, the share
+of that memory requests fill, is drawn beside it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from settings import names
+from settings.autoscaling import scale_down_cooldown_seconds
 from settings.cold_start import progress_deadline_seconds
 from settings.model import ModelSettings, StageSettings
 from stacks.log_group import log_group
 from stacks.metrics import (
     ALERT_AFTER_MINUTES,
+    GPU_MEMORY_USED,
+    GPU_UTILIZATION,
     KV_CACHE_USAGE,
     QUEUE,
     SERVER_ERROR_RATIO,
@@ -48,6 +53,8 @@ DATA_SOURCE_CODE = Path(__file__).resolve().parent / "prometheus_data_source"
 DATA_SOURCE_PRINCIPAL = "lambda.datasource.cloudwatch.amazonaws.com"
 DATA_SOURCE_TAG = ("cloudwatch:datasource", "custom")
 CONTAINER_INSIGHTS = "ContainerInsights"
+# After the scale-down cooldown, how long more a model's idle GPUs may stay above its minimum replicas.
+GPUS_IDLE_GRACE_MINUTES = 15
 # Alarms are evaluated every minute; so are the data source's points.
 PERIOD = Duration.minutes(1)
 
@@ -131,8 +138,9 @@ def gpus(settings: StageSettings, metric_name: str, label: str) -> cloudwatch.Me
 
 
 class StageAlarms(Construct):
-    """Per model: an alarm on each of vLLM's alerts (stacks/metrics.py, alerts), on too few ready replicas, and
-    on its metrics going missing, to the stage's topic (`metrics.alert_topic_arn`) when it has one."""
+    """Per model: an alarm on each of vLLM's alerts (stacks/metrics.py, alerts), on too few ready replicas, on
+    its metrics going missing and, when it autoscales, on idle GPUs above its minimum replicas; to the stage's
+    topic (`metrics.alert_topic_arn`) when it has one."""
 
     def __init__(self, scope: Construct, id: str, *, settings: StageSettings, source: PrometheusDataSource) -> None:
         super().__init__(scope, id)
@@ -168,20 +176,49 @@ class StageAlarms(Construct):
                 # Container Insights reports nothing for a Deployment it cannot see: that is trouble too.
                 treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
             )
-            # No replica scraped: the scraper, the data source or every replica is down.
+            # No replica scraped, of vLLM's metrics or of its GPUs': the scraper, the data source, every
+            # replica or every GPU reader is down.
             self._alarm(
                 f"{model.name}-VllmMetricsMissing",
                 alarm_name=f"{prefix}-VllmMetricsMissing",
-                alarm_description=f"no replica of {model.name} scraped for {ALERT_AFTER_MINUTES} minutes: the "
-                "other alarms of the model cannot fire (README, 'Dashboard and alarms')",
+                alarm_description=f"no replica of {model.name} scraped (vLLM's or its GPUs' metrics) for "
+                f"{ALERT_AFTER_MINUTES} minutes: the other alarms of the model cannot fire (README, 'Dashboard "
+                "and alarms')",
                 metric=source.query(
-                    f"sum(up{{job='vllm', namespace='{names.namespace(model.name)}'}})", "replicas scraped"
+                    f"min(sum by (job) (up{{namespace='{names.namespace(model.name)}'}}))", "replicas scraped"
                 ),
                 threshold=1,
                 comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
                 evaluation_periods=ALERT_AFTER_MINUTES,
                 treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
             )
+            if model.autoscaling is not None:
+                self._gpus_idle_alarm(settings, model, source, prefix)
+
+    def _gpus_idle_alarm(
+        self, settings: StageSettings, model: ModelSettings, source: PrometheusDataSource, prefix: str
+    ) -> None:
+        """More replicas than the minimum, on GPUs that stay idle past the scale-down cooldown: KEDA should have
+        removed one by then. The query answers only while more than the minimum are scraped; no answer is quiet."""
+        namespace = names.namespace(model.name)
+        threshold = settings.observability.alarm_gpu_idle_utilization
+        minutes = math.ceil(scale_down_cooldown_seconds(settings, model) / 60) + GPUS_IDLE_GRACE_MINUTES
+        self._alarm(
+            f"{model.name}-VllmGpusIdle",
+            alarm_name=f"{prefix}-VllmGpusIdle",
+            alarm_description=f"more than {model.replicas} replicas of {model.name} whose GPUs were below "
+            f"{threshold:.0%} busy for {minutes} minutes, past the scale-down cooldown (README, 'Dashboard and "
+            "alarms')",
+            metric=source.query(
+                f"{for_model(GPU_UTILIZATION, model)} and on (namespace) "
+                f"(count by (namespace) (up{{job='vllm', namespace='{namespace}'}} == 1) > {model.replicas})",
+                "GPU utilization above the minimum replicas",
+            ),
+            threshold=threshold,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluation_periods=minutes,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
 
     def _alarm(self, id: str, **props: Any) -> None:
         alarm = cloudwatch.Alarm(self, id, **props)
@@ -201,8 +238,8 @@ def stage_dashboard(
             title=title, left=list(metrics), width=8, height=6, left_y_axis=cloudwatch.YAxisProps(label=unit, min=0)
         )
 
-    def per_model(signal: str) -> list[cloudwatch.IMetric]:
-        return [source.query(for_model(signal, model), model.name) for model in settings.models]
+    def per_model(signal: str, what: str = "") -> list[cloudwatch.IMetric]:
+        return [source.query(for_model(signal, model), f"{model.name} {what}".strip()) for model in settings.models]
 
     return cloudwatch.Dashboard(
         scope,
@@ -224,20 +261,22 @@ def stage_dashboard(
                     gpus(settings, "node_gpu_limit", "GPUs in the cluster"),
                     gpus(settings, "node_gpu_usage_total", "GPUs held by pods"),
                 ),
+                graph("GPU utilization: mean of the model's GPUs", *per_model(GPU_UTILIZATION), unit="fraction"),
+            ],
+            [
                 graph(
-                    "GPU memory: KV cache in use (fullest replica)",
-                    *per_model(KV_CACHE_USAGE),
+                    "GPU memory: in use, and KV cache in use (fullest GPU, fullest replica)",
+                    *per_model(GPU_MEMORY_USED, "memory in use"),
+                    *per_model(KV_CACHE_USAGE, "KV cache in use"),
                     unit="fraction",
                 ),
-            ],
-            [
                 graph("Requests waiting", *per_model(QUEUE)),
                 graph("Time to first token, p95", *per_model(TTFT_P95), unit="seconds"),
-                graph("Tokens generated per second", *per_model(TOKENS_PER_SECOND), unit="tokens/s"),
             ],
             [
+                graph("Tokens generated per second", *per_model(TOKENS_PER_SECOND), unit="tokens/s"),
                 graph("Share of responses that are 5xx", *per_model(SERVER_ERROR_RATIO), unit="fraction"),
-                cloudwatch.AlarmStatusWidget(title="Alarms", alarms=alarms.alarms, width=16, height=6),
+                cloudwatch.AlarmStatusWidget(title="Alarms", alarms=alarms.alarms, width=8, height=6),
             ],
         ],
     )

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import promql_parser
 import pytest
@@ -37,6 +38,8 @@ VLLM_0_11_2_HISTOGRAMS = {
     "vllm:request_queue_time_seconds",
 }
 VLLM_0_11_2_COUNTERS = {"vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success"}
+# What each replica's GPU reader exports (tests/test_gpu_metrics.py reads them from its page).
+GPU_READER_SERIES = {"gpu_busy_seconds_total", "gpu_memory_used_bytes", "gpu_memory_total_bytes"}
 VLLM_0_11_2_SERIES = (
     # prometheus-fastapi-instrumentator's default counter, which vLLM's api_server.py mount_metrics adds.
     {"http_requests_total"}
@@ -172,7 +175,7 @@ def test_every_rule_parses_and_reads_only_what_vllm_0_11_2_exports_or_what_the_r
     read = set()
     for rule in group["rules"]:
         read |= metric_names(rule["expr"])
-    assert read <= VLLM_0_11_2_SERIES | set(recorded(MetricsSettings(enabled=True)))
+    assert read <= VLLM_0_11_2_SERIES | GPU_READER_SERIES | set(recorded(MetricsSettings(enabled=True)))
     # vLLM 0.11 hides the names it replaced (vllm:gpu_cache_usage_perc), so rules must not read them.
     assert "vllm:gpu_cache_usage_perc" not in read
     alerts = {rule["alert"]: rule for rule in group["rules"] if "alert" in rule}
@@ -195,17 +198,19 @@ def test_the_parser_rejects_a_broken_expression() -> None:
     assert metric_names("rate(vllm:generation_tokens_total[1m])") == {"vllm:generation_tokens_total"}
 
 
-def test_the_scraper_keeps_only_vllm_pods_on_vllms_port_at_the_settings_interval() -> None:
+def test_the_scraper_keeps_only_vllm_pods_on_vllms_and_the_gpu_readers_ports_at_the_settings_interval() -> None:
     config = scrape_configuration(MetricsSettings(enabled=True, scrape_interval_seconds=60))
     assert config["global"] == {"scrape_interval": "60s"}
-    (job,) = config["scrape_configs"]
-    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]  # the only discovery AMP's collectors take
-    keep = job["relabel_configs"][0]
-    assert keep["action"] == "keep"
-    assert keep["regex"] == "vllm-.+;8000"
+    keeps = {job["job_name"]: job["relabel_configs"][0] for job in config["scrape_configs"]}
+    assert keeps == {
+        "vllm": {"source_labels": ANY, "regex": "vllm-.+;8000", "action": "keep"},
+        "gpu": {"source_labels": ANY, "regex": "vllm-.+;9400", "action": "keep"},  # charts/gpu_metrics.py
+    }
     # Only sections AMP's managed collector accepts (AMP User Guide, "Scraper configuration").
     assert set(config) == {"global", "scrape_configs"}
-    assert set(job) <= {"job_name", "kubernetes_sd_configs", "relabel_configs", "metric_relabel_configs"}
+    for job in config["scrape_configs"]:
+        assert job["kubernetes_sd_configs"] == [{"role": "pod"}]  # the only discovery AMP's collectors take
+        assert set(job) <= {"job_name", "kubernetes_sd_configs", "relabel_configs", "metric_relabel_configs"}
 
 
 # --- the stacks ---

@@ -205,7 +205,8 @@ def test_only_the_inbound_subnets_reach_the_replicas_port() -> None:
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == [{"ipBlock": {"cidr": f"<inbound subnet range in us-west-2{zone}>"}} for zone in "abc"]
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    # vLLM's port, and the GPU reader's for the scraper (prod has metrics: charts/gpu_metrics.py).
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 9400}]
     assert kubernetes_problems(policy, "1.36") == []
 
 

@@ -10,6 +10,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 import aws_cdk as cdk
+import promql_parser
 import pytest
 from aws_cdk.assertions import Template
 
@@ -263,6 +264,7 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
             "VllmKvCacheFull",
             "VllmReplicasMissing",
             "VllmMetricsMissing",
+            "VllmGpusIdle",  # prod autoscales gpt-oss-20b
         )
     }
     ttft = alarms[prefix + "VllmTimeToFirstTokenSlow"]
@@ -283,6 +285,13 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
         "Namespace": "gpt-oss-20b",
         "PodName": "gpt-oss-20b",
     }
+    # Every replica scraped by both jobs, vLLM's and the GPU reader's: the fewer of the two counts.
+    (watchdog,) = lambda_queries(alarms[prefix + "VllmMetricsMissing"]["Metrics"][0]["Expression"])
+    assert watchdog == "min(sum by (job) (up{namespace='gpt-oss-20b'}))"
+    idle = alarms[prefix + "VllmGpusIdle"]
+    assert (idle["Threshold"], idle["ComparisonOperator"]) == (0.1, "LessThanThreshold")
+    assert idle["EvaluationPeriods"] == 9 + 15  # prod's 9-minute scale-down cooldown, then 15 minutes more
+    assert idle["TreatMissingData"] == "notBreaching"  # no answer: no more than the minimum replicas
     # prod names no topic: the alarms show in the console and send nothing.
     assert all("AlarmActions" not in alarm for alarm in alarms.values())
     for alarm in alarms.values():
@@ -303,7 +312,7 @@ def test_every_query_parses_and_reads_recorded_signals_or_the_scrape_itself(prod
         for part in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
     )
     queries = [query for expression in [*expressions, body] for query in lambda_queries(expression)]
-    assert len(queries) == 5 + 5  # five alarms read the workspace, five widgets do
+    assert len(queries) == 6 + 7  # six alarms read the workspace, and seven of the widgets' lines
     read = set()
     for query in queries:
         read |= metric_names(query.replace("\\\\", ""))
@@ -319,14 +328,21 @@ def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod
     assert titles == [
         "Replicas: ready and desired",
         "GPUs: in the cluster, held by pods",
-        "GPU memory: KV cache in use (fullest replica)",
+        "GPU utilization: mean of the model's GPUs",
+        "GPU memory: in use, and KV cache in use (fullest GPU, fullest replica)",
         "Requests waiting",
         "Time to first token, p95",
         "Tokens generated per second",
         "Share of responses that are 5xx",
         "Alarms",
     ]
-    assert len(body["widgets"][-1]["properties"]["alarms"]) == 6
+    assert len(body["widgets"][-1]["properties"]["alarms"]) == 7
+    memory = body["widgets"][3]["properties"]["metrics"]
+    assert [line[0]["label"] for line in memory] == ["gpt-oss-20b memory in use", "gpt-oss-20b KV cache in use"]
+    assert [lambda_queries(line[0]["expression"]) for line in memory] == [
+        ["namespace:gpu_memory_used:max_ratio{namespace='gpt-oss-20b'}"],
+        ["namespace:vllm_kv_cache_usage_perc:max{namespace='gpt-oss-20b'}"],
+    ]
     # Each node reports its GPUs under the ClusterName dimension too: the cluster's count is their sum.
     gpu_metrics = body["widgets"][1]["properties"]["metrics"]
     assert [(metric[1], metric[-1]["stat"]) for metric in gpu_metrics] == [
@@ -335,11 +351,8 @@ def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod
     ]
 
 
-@pytest.fixture(scope="module")
-def alarms_with_a_topic() -> dict[str, Any]:
-    """The alarms of a stage that names a topic (a scenario no stage file has)."""
-    data = stage_data("prod")
-    data["metrics"]["alert_topic_arn"] = TOPIC
+def stage_alarms(data: dict[str, Any]) -> dict[str, Any]:
+    """A template of the alarms of prod changed to `data`, built in this process."""
     settings = parse_stage_settings("prod", data)
     stack = cdk.Stack(cdk.App(), "Alarms", env=cdk.Environment(region=settings.region))
     source = PrometheusDataSource(
@@ -353,10 +366,53 @@ def alarms_with_a_topic() -> dict[str, Any]:
     return Template.from_stack(stack).to_json()
 
 
+@pytest.fixture(scope="module")
+def alarms_with_a_topic() -> dict[str, Any]:
+    """The alarms of a stage that names a topic (a scenario no stage file has)."""
+    data = stage_data("prod")
+    data["metrics"]["alert_topic_arn"] = TOPIC
+    return stage_alarms(data)
+
+
 def test_alarms_and_their_recovery_go_to_the_stages_topic(alarms_with_a_topic: dict[str, Any]) -> None:
     alarms = resources(alarms_with_a_topic, "AWS::CloudWatch::Alarm").values()
-    assert len(alarms) == 6
+    assert len(alarms) == 7
     assert all(a["Properties"]["AlarmActions"] == [TOPIC] == a["Properties"]["OKActions"] for a in alarms)
+
+
+def test_the_idle_gpus_alarm_answers_only_above_the_minimum_replicas(prod: Assembly) -> None:
+    (alarm,) = [
+        a["Properties"]
+        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["AlarmName"].endswith("-VllmGpusIdle")
+    ]
+    (query,) = lambda_queries(alarm["Metrics"][0]["Expression"])
+    # As Prometheus parses it: the model's GPU utilization, kept only while more than its 2 replicas answer.
+    parsed = promql_parser.parse(query)
+    assert (str(parsed.op), parsed.modifier.matching.labels) == ("and", ["namespace"])
+    assert metric_names(str(parsed.lhs)) == {"namespace:gpu_utilization:avg"}
+    more_than_minimum = parsed.rhs.expr
+    assert (str(more_than_minimum.op), str(more_than_minimum.rhs)) == (">", "2")
+    assert str(more_than_minimum.lhs) == 'count by (namespace)(up{job="vllm",namespace="gpt-oss-20b"} == 1)'
+
+
+def test_a_model_of_fixed_size_has_no_idle_gpus_alarm() -> None:
+    data = stage_data("prod")
+    del data["models"][0]["autoscaling"]
+    names = [a["Properties"]["AlarmName"] for a in resources(stage_alarms(data), "AWS::CloudWatch::Alarm").values()]
+    assert len(names) == 6
+    assert not [name for name in names if name.endswith("-VllmGpusIdle")]
+
+
+@pytest.mark.parametrize(
+    ("utilization", "allowed"), [(0, "greater than 0 (got 0)"), (1.5, "less than or equal to 1 (got 1.5)")]
+)
+def test_an_idle_threshold_outside_a_fraction_is_refused(utilization: float, allowed: str) -> None:
+    data = stage_data("prod")
+    data["observability"]["alarm_gpu_idle_utilization"] = utilization
+    expected = f"observability.alarm_gpu_idle_utilization: Input should be {allowed}"
+    with pytest.raises(SettingsError, match=re.escape(expected)):
+        parse_stage_settings("prod", data)
 
 
 def test_observability_without_metrics_is_refused() -> None:

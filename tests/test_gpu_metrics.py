@@ -1,0 +1,208 @@
+"""Each replica's GPU reader (scripts/gpu_metrics.py): run with NVIDIA's real binding over a stand-in NVML
+library (tests/fixtures/fake_nvml), started the way the rendered container starts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pynvml
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from charts.gpu_metrics import GPU_METRICS_PORT, SCRIPT
+from scripts import gpu_metrics
+from tests.conftest import find, render_charts
+from tests.test_autoscaling import GPU_READER_SERIES
+
+FAKE_NVML = Path(__file__).resolve().parent / "fixtures" / "fake_nvml"
+GIB = 1024**3
+# Two GPUs of 24 GiB: one 40 % busy, one fully; vLLM has reserved 90 % of each.
+GPUS = [
+    {"utilization": 40, "used": int(21.6 * GIB), "total": 24 * GIB},
+    {"utilization": 100, "used": int(21.6 * GIB), "total": 24 * GIB},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def vllm_package(folder: Path) -> Path:
+    """A vLLM package as the reader finds it in the image: NVIDIA's binding in vllm/third_party/pynvml.py (the
+    same release vLLM copies), and an __init__ that fails, as importing vLLM must not happen."""
+    package = folder / "vllm"
+    (package / "third_party").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('vLLM, and torch with it, must not be imported')\n")
+    (package / "third_party" / "pynvml.py").write_text(Path(pynvml.__file__).read_text())
+    return package / "third_party" / "pynvml.py"
+
+
+def start_reader(port: int, site: Path, **fake: str) -> subprocess.Popen[str]:
+    """The reader as the container runs it, with `site` (holding a vLLM package) on its path."""
+    env = {**os.environ, "PYTHONPATH": f"{FAKE_NVML}:{site}", **fake}
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), f"--port={port}", "--sample-seconds=0.05"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def scrape(port: int, wait_seconds: float = 10) -> dict[str, dict[tuple[str, str], float]]:
+    """The page's samples: {sample name: {(gpu, uuid): value}}, once the reader answers."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                page = response.read().decode()
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    samples: dict[str, dict[tuple[str, str], float]] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[(sample.labels["gpu"], sample.labels["uuid"])] = sample.value
+    return samples
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    vllm_package(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def reader(site: Path) -> Iterator[int]:
+    port = free_port()
+    process = start_reader(port, site, FAKE_NVML_GPUS=json.dumps(GPUS))
+    try:
+        yield port
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_the_page_has_each_gpus_busy_seconds_and_memory_and_nothing_else(reader: int) -> None:
+    first = scrape(reader)
+    assert set(first) == GPU_READER_SERIES  # what the rules may read (tests/test_autoscaling.py)
+    gpus = [("0", "GPU-00000000-fake"), ("1", "GPU-00000001-fake")]
+    assert first["gpu_memory_used_bytes"] == {gpus[0]: GPUS[0]["used"], gpus[1]: GPUS[1]["used"]}
+    assert first["gpu_memory_total_bytes"] == dict.fromkeys(gpus, 24 * GIB)
+    started = time.monotonic()
+    before = scrape(reader)["gpu_busy_seconds_total"]
+    time.sleep(0.6)
+    after = scrape(reader)["gpu_busy_seconds_total"]
+    elapsed = time.monotonic() - started
+    # Both GPUs are sampled at the same moments, so their busy seconds keep the ratio of their utilizations,
+    # and rate() of the fully busy one is about one second per second.
+    assert after[gpus[1]] / after[gpus[0]] == pytest.approx(100 / 40)
+    busy_rate = (after[gpus[1]] - before[gpus[1]]) / elapsed
+    assert 0.6 < busy_rate <= 1.1
+
+
+def test_a_lost_gpu_stops_the_reader_so_its_target_goes_down(site: Path) -> None:
+    port = free_port()
+    process = start_reader(port, site, FAKE_NVML_GPUS=json.dumps(GPUS), FAKE_NVML_LOST_AFTER="6")
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode != 0
+    assert "GPU is lost" in stderr
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+
+
+def test_without_nvml_the_reader_stops_at_once_and_says_why(site: Path) -> None:
+    process = start_reader(free_port(), site)  # no FAKE_NVML_GPUS: no libnvidia-ml.so.1
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode != 0
+    assert "NVML Shared Library Not Found" in stderr
+
+
+def test_vllms_copy_of_the_binding_is_loaded_without_importing_vllm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = vllm_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pynvml")  # as in the image, where nothing imported it
+    monkeypatch.delitem(sys.modules, gpu_metrics.VENDORED_BINDING, raising=False)
+    loaded = gpu_metrics.load_nvml()
+    assert loaded.__file__ == str(copy)
+    assert "vllm" not in sys.modules
+    assert "pynvml" not in sys.modules
+    # Its error classes are its own, made as it loaded (it looks itself up in sys.modules for that).
+    assert issubclass(loaded.NVMLError_GpuIsLost, loaded.NVMLError)
+
+
+def test_without_vllm_the_binding_is_nvidia_ml_pys() -> None:
+    assert "vllm" not in sys.modules
+    assert gpu_metrics.load_nvml() is pynvml
+
+
+# --- how the replica runs it ---
+
+
+@pytest.fixture(scope="module")
+def prod_container() -> dict[str, Any]:
+    """prod's vLLM container (prod has metrics), with the pod's volumes."""
+    pod = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return {**container, "volumes": pod["volumes"]}
+
+
+def test_the_container_starts_the_reader_then_becomes_vllm_with_its_args(
+    prod_container: dict[str, Any], tmp_path: Path
+) -> None:
+    """The rendered command, run by sh with stand-ins for python3 and vllm: vLLM takes the shell's process
+    (the one SIGTERM reaches) and exactly the container's args; the reader gets the scraped port."""
+    for name, script in {
+        "python3": 'echo "$@" > "$RECORD/reader"',
+        "vllm": 'echo $$ > "$RECORD/vllm.pid"; printf "%s\\n" "$@" > "$RECORD/vllm.args"',
+    }.items():
+        stand_in = tmp_path / name
+        stand_in.write_text(f"#!/bin/sh\n{script}\n")
+        stand_in.chmod(0o755)
+    command = [*prod_container["command"], *prod_container["args"]]
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "RECORD": str(tmp_path)}
+    shell = subprocess.Popen(command, env=env)
+    assert shell.wait(timeout=10) == 0
+    assert int((tmp_path / "vllm.pid").read_text()) == shell.pid
+    assert (tmp_path / "vllm.args").read_text().splitlines() == ["serve", *prod_container["args"]]
+    for _ in range(100):  # the reader ran in the background
+        if (tmp_path / "reader").exists():
+            break
+        time.sleep(0.02)
+    mount = next(m["mountPath"] for m in prod_container["volumeMounts"] if m["name"] == "gpu-metrics")
+    assert (tmp_path / "reader").read_text().split() == [f"{mount}/{SCRIPT.name}", f"--port={GPU_METRICS_PORT}"]
+
+
+def test_the_reader_is_mounted_from_its_configmap_and_its_port_is_declared(prod_container: dict[str, Any]) -> None:
+    objects = render_charts("prod")["Model-gpt-oss-20b"]
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "gpu-metrics")
+    assert config_map["data"] == {SCRIPT.name: SCRIPT.read_text()}
+    volume = next(v for v in prod_container["volumes"] if v["name"] == "gpu-metrics")
+    assert volume["configMap"]["name"] == "gpu-metrics"
+    mount = next(m for m in prod_container["volumeMounts"] if m["name"] == "gpu-metrics")
+    assert mount["readOnly"] is True
+    assert {"containerPort": GPU_METRICS_PORT, "name": "gpu-metrics"} in prod_container["ports"]
+
+
+def test_without_metrics_vllm_runs_alone() -> None:
+    objects = render_charts("dev")["Model-gpt-oss-20b"]  # dev has no metrics
+    (container,) = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["vllm", "serve"]
+    assert container["ports"] == [{"containerPort": 8000}]
+    assert not [o for o in objects if o["metadata"]["name"] == "gpu-metrics"]
