@@ -9,12 +9,18 @@ vLLM in the same container, the only one the device plugin gives the GPUs to. It
 which the scraper reads (stacks/metrics.py, job "gpu"). It uses a few tens of MiB of the container's
 memory, next to vLLM's gigabytes.
 
-`sh` starts the reader in the background, then becomes vLLM (`exec`): vLLM stays the container's
-main process, the one that receives SIGTERM after the preStop drain, and the reader ends with it.
+`sh` starts the reader in the background, in a loop that starts it again a minute after it stops
+(NVML failing, say), then becomes vLLM (`exec`): vLLM stays the container's main process, the one
+that receives SIGTERM after the preStop drain, and the loop and the reader end with it. The loop's
+shell, not vLLM, reaps each reader that stops.
+
+The pod template carries the script's hash, so a changed script rolls the replicas like any other
+change to the pod: a ConfigMap's new contents alone would reach only new pods.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cdk8s
@@ -25,11 +31,18 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_metrics.py"
 GPU_METRICS_PORT = 9400
 GPU_METRICS_PORT_NAME = "gpu-metrics"
 MOUNT = "/opt/gpu-metrics"
+RESTART_SECONDS = 60
+SCRIPT_HASH_ANNOTATION = "gpu-metrics/script-sha256"
 
 
 def with_gpu_metrics(command: list[str]) -> list[str]:
     """`command`, with the GPU reader started beside it. The pod's args follow `command`, so they reach it too."""
-    return ["sh", "-c", f'python3 {MOUNT}/{SCRIPT.name} --port={GPU_METRICS_PORT} & exec "$@"', "sh", *command]
+    reader = f"python3 {MOUNT}/{SCRIPT.name} --port={GPU_METRICS_PORT}"
+    return ["sh", "-c", f'while :; do {reader}; sleep {RESTART_SECONDS}; done & exec "$@"', "sh", *command]
+
+
+def script_hash() -> str:
+    return hashlib.sha256(SCRIPT.read_bytes()).hexdigest()
 
 
 class GpuMetrics(Construct):

@@ -23,7 +23,14 @@ from charts.api_object import api_object
 from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
 from charts.exposure import InternalEndpoint
-from charts.gpu_metrics import GPU_METRICS_PORT, GPU_METRICS_PORT_NAME, GpuMetrics, with_gpu_metrics
+from charts.gpu_metrics import (
+    GPU_METRICS_PORT,
+    GPU_METRICS_PORT_NAME,
+    SCRIPT_HASH_ANNOTATION,
+    GpuMetrics,
+    script_hash,
+    with_gpu_metrics,
+)
 from charts.gpu_metrics import MOUNT as GPU_METRICS_MOUNT
 from charts.gpu_node_pool import GPU_TAINT
 from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
@@ -356,6 +363,7 @@ class VllmServerChart(cdk8s.Chart):
         )
         container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
         if gpu_metrics:
+            deployment.pod_metadata.add_annotation(SCRIPT_HASH_ANNOTATION, script_hash())
             container.add_port(number=GPU_METRICS_PORT, name=GPU_METRICS_PORT_NAME)
             container.mount(GPU_METRICS_MOUNT, GpuMetrics(self, "GpuMetrics").volume, read_only=True)
         if api_keys is not None:

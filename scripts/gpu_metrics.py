@@ -10,10 +10,12 @@ it, are not imported; or `pynvml` where an image has that instead. prometheus_cl
 metrics use, serves the page. Both are in the vLLM image; the script needs nothing else.
 
 Utilization is a counter of busy seconds per GPU. NVML's figure is the share of its last sample period
-(1/6 s to 1 s, by GPU) in which a kernel ran (nvml.h, nvmlDeviceGetUtilizationRates), so the script
-samples it every second and adds it up: rate() over any range is then the GPU's mean utilization over
-that range, whatever the scrape interval. Memory is read when scraped. When NVML fails, the script stops
-(or a scrape answers 500), so Prometheus records the target as down rather than as idle.
+(1/6 s to 1 s, by GPU) in which a kernel ran (nvml.h, nvmlDeviceGetUtilizationRates). The script reads
+it every second and adds it, weighted by the time since the last read: rate() over a range is then the
+mean of those readings over the range, whatever the scrape interval, as nvidia-smi would show them read
+once a second. Memory is read when scraped. When NVML fails, the script stops (or a scrape answers
+500), so Prometheus records the target as down rather than as idle; the container starts it again
+(charts/gpu_metrics.py).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from stacks.metrics import (
     GPU_UTILIZATION,
     KV_CACHE_USAGE,
     QUEUE,
+    SCRAPE_JOBS,
     SERVER_ERROR_RATIO,
     TOKENS_PER_SECOND,
     TTFT_P95,
@@ -62,6 +63,17 @@ PERIOD = Duration.minutes(1)
 def for_model(signal: str, model: ModelSettings) -> str:
     """A recorded signal of one model. Single quotes: the query sits inside metric math's double-quoted string."""
     return f"{signal}{{namespace='{names.namespace(model.name)}'}}"
+
+
+def fewest_scraped(model: ModelSettings) -> str:
+    """The fewer of the model's replicas scraped by each job (stacks/metrics.py, SCRAPE_JOBS). A job with no
+    target at all counts 0: each job's count is its own series, labelled by job, or 0 when it has none."""
+    namespace = names.namespace(model.name)
+    counts = (
+        f"label_replace(sum(up{{job='{job}', namespace='{namespace}'}}) or vector(0), 'job', '{job}', '', '')"
+        for job in SCRAPE_JOBS
+    )
+    return f"min({' or '.join(counts)})"
 
 
 class PrometheusDataSource(Construct):
@@ -184,9 +196,7 @@ class StageAlarms(Construct):
                 alarm_description=f"no replica of {model.name} scraped (vLLM's or its GPUs' metrics) for "
                 f"{ALERT_AFTER_MINUTES} minutes: the other alarms of the model cannot fire (README, 'Dashboard "
                 "and alarms')",
-                metric=source.query(
-                    f"min(sum by (job) (up{{namespace='{names.namespace(model.name)}'}}))", "replicas scraped"
-                ),
+                metric=source.query(fewest_scraped(model), "replicas scraped"),
                 threshold=1,
                 comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
                 evaluation_periods=ALERT_AFTER_MINUTES,

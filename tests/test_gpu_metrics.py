@@ -3,8 +3,11 @@ library (tests/fixtures/fake_nvml), started the way the rendered container start
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +22,7 @@ import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from charts.gpu_metrics import GPU_METRICS_PORT, SCRIPT
+from charts.gpu_metrics import GPU_METRICS_PORT, RESTART_SECONDS, SCRIPT, SCRIPT_HASH_ANNOTATION
 from scripts import gpu_metrics
 from tests.conftest import find, render_charts
 from tests.test_autoscaling import GPU_READER_SERIES
@@ -49,11 +52,11 @@ def vllm_package(folder: Path) -> Path:
     return package / "third_party" / "pynvml.py"
 
 
-def start_reader(port: int, site: Path, **fake: str) -> subprocess.Popen[str]:
+def start_reader(port: int, site: Path, sample_seconds: float = 0.05, **fake: str) -> subprocess.Popen[str]:
     """The reader as the container runs it, with `site` (holding a vLLM package) on its path."""
     env = {**os.environ, "PYTHONPATH": f"{FAKE_NVML}:{site}", **fake}
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), f"--port={port}", "--sample-seconds=0.05"],
+        [sys.executable, str(SCRIPT), f"--port={port}", f"--sample-seconds={sample_seconds}"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -62,7 +65,8 @@ def start_reader(port: int, site: Path, **fake: str) -> subprocess.Popen[str]:
 
 
 def scrape(port: int, wait_seconds: float = 10) -> dict[str, dict[tuple[str, str], float]]:
-    """The page's samples: {sample name: {(gpu, uuid): value}}, once the reader answers."""
+    """The page's samples, {sample name: {(gpu, uuid): value}}, once the reader answers; each family's type is
+    under "<family>:type"."""
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -75,6 +79,7 @@ def scrape(port: int, wait_seconds: float = 10) -> dict[str, dict[tuple[str, str
             time.sleep(0.05)
     samples: dict[str, dict[tuple[str, str], float]] = {}
     for family in text_string_to_metric_families(page):
+        samples[f"{family.name}:type"] = family.type  # type: ignore[assignment]
         for sample in family.samples:
             samples.setdefault(sample.name, {})[(sample.labels["gpu"], sample.labels["uuid"])] = sample.value
     return samples
@@ -99,7 +104,12 @@ def reader(site: Path) -> Iterator[int]:
 
 def test_the_page_has_each_gpus_busy_seconds_and_memory_and_nothing_else(reader: int) -> None:
     first = scrape(reader)
+    types = {name: first.pop(name) for name in list(first) if name.endswith(":type")}
     assert set(first) == GPU_READER_SERIES  # what the rules may read (tests/test_autoscaling.py)
+    assert types == {
+        "gpu_busy_seconds:type": "counter",
+        **dict.fromkeys(["gpu_memory_used_bytes:type", "gpu_memory_total_bytes:type"], "gauge"),
+    }
     gpus = [("0", "GPU-00000000-fake"), ("1", "GPU-00000001-fake")]
     assert first["gpu_memory_used_bytes"] == {gpus[0]: GPUS[0]["used"], gpus[1]: GPUS[1]["used"]}
     assert first["gpu_memory_total_bytes"] == dict.fromkeys(gpus, 24 * GIB)
@@ -123,6 +133,21 @@ def test_a_lost_gpu_stops_the_reader_so_its_target_goes_down(site: Path) -> None
     assert "GPU is lost" in stderr
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+
+
+def test_a_scrape_that_nvml_fails_answers_500_and_the_reader_stays(site: Path) -> None:
+    port = free_port()
+    # No sampling within the test: the two GPUs' memory reads of the first scrape are all NVML answers.
+    process = start_reader(port, site, sample_seconds=60, FAKE_NVML_GPUS=json.dumps(GPUS), FAKE_NVML_LOST_AFTER="2")
+    try:
+        scrape(port)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+        assert refused.value.code == 500
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def test_without_nvml_the_reader_stops_at_once_and_says_why(site: Path) -> None:
@@ -166,27 +191,45 @@ def prod_container() -> dict[str, Any]:
 def test_the_container_starts_the_reader_then_becomes_vllm_with_its_args(
     prod_container: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The rendered command, run by sh with stand-ins for python3 and vllm: vLLM takes the shell's process
-    (the one SIGTERM reaches) and exactly the container's args; the reader gets the scraped port."""
+    """The rendered command, run by sh with stand-ins for python3, sleep and vllm: vLLM takes the shell's
+    process (the one SIGTERM reaches) and exactly the container's args; the reader gets the scraped port,
+    and is started again after the pause when it stops."""
+    real_sleep = shutil.which("sleep")
     for name, script in {
-        "python3": 'echo "$@" > "$RECORD/reader"',
-        "vllm": 'echo $$ > "$RECORD/vllm.pid"; printf "%s\\n" "$@" > "$RECORD/vllm.args"',
+        "python3": 'echo "$@" >> "$RECORD/reader"; exit 1',
+        # The second pause lasts: two starts of the reader are enough to see.
+        "sleep": f'echo "$@" >> "$RECORD/pauses"; [ "$(wc -l < "$RECORD/pauses")" -lt 2 ] || exec {real_sleep} 30',
+        "vllm": 'echo $$ > "$RECORD/vllm.pid"; printf "%s\\n" "$@" > "$RECORD/vllm.args"; '
+        f'while [ ! -e "$RECORD/stop" ]; do {real_sleep} 0.02; done',
     }.items():
         stand_in = tmp_path / name
         stand_in.write_text(f"#!/bin/sh\n{script}\n")
         stand_in.chmod(0o755)
     command = [*prod_container["command"], *prod_container["args"]]
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "RECORD": str(tmp_path)}
-    shell = subprocess.Popen(command, env=env)
-    assert shell.wait(timeout=10) == 0
-    assert int((tmp_path / "vllm.pid").read_text()) == shell.pid
-    assert (tmp_path / "vllm.args").read_text().splitlines() == ["serve", *prod_container["args"]]
-    for _ in range(100):  # the reader ran in the background
-        if (tmp_path / "reader").exists():
-            break
-        time.sleep(0.02)
-    mount = next(m["mountPath"] for m in prod_container["volumeMounts"] if m["name"] == "gpu-metrics")
-    assert (tmp_path / "reader").read_text().split() == [f"{mount}/{SCRIPT.name}", f"--port={GPU_METRICS_PORT}"]
+    shell = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "pauses").exists() or len((tmp_path / "pauses").read_text().split()) < 2:
+            assert time.monotonic() < deadline, "the reader was not started twice"
+            time.sleep(0.02)
+        assert int((tmp_path / "vllm.pid").read_text()) == shell.pid
+        assert (tmp_path / "vllm.args").read_text().splitlines() == ["serve", *prod_container["args"]]
+        mount = next(m["mountPath"] for m in prod_container["volumeMounts"] if m["name"] == "gpu-metrics")
+        reader = [f"{mount}/{SCRIPT.name}", f"--port={GPU_METRICS_PORT}"]
+        assert [line.split() for line in (tmp_path / "reader").read_text().splitlines()] == [reader, reader]
+        assert (tmp_path / "pauses").read_text().split() == [str(RESTART_SECONDS)] * 2
+        (tmp_path / "stop").touch()
+        assert shell.wait(timeout=10) == 0
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)  # the loop, which the container's end would take with it
+        shell.wait()
+
+
+def test_the_pod_rolls_when_the_reader_changes(prod_container: dict[str, Any]) -> None:
+    deployment = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[SCRIPT_HASH_ANNOTATION] == hashlib.sha256(SCRIPT.read_bytes()).hexdigest()
 
 
 def test_the_reader_is_mounted_from_its_configmap_and_its_port_is_declared(prod_container: dict[str, Any]) -> None:

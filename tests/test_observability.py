@@ -16,7 +16,7 @@ from aws_cdk.assertions import Template
 
 from settings import SettingsError, parse_stage_settings
 from settings.model import StageSettings
-from stacks.metrics import recorded
+from stacks.metrics import SCRAPE_JOBS, recorded
 from stacks.observability import PrometheusDataSource, StageAlarms
 from stacks.prometheus_data_source import handler as data_source
 from tests.conftest import Assembly, chart_values, stage_data
@@ -285,9 +285,18 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
         "Namespace": "gpt-oss-20b",
         "PodName": "gpt-oss-20b",
     }
-    # Every replica scraped by both jobs, vLLM's and the GPU reader's: the fewer of the two counts.
+    # The fewer of the replicas scraped by vLLM's job and by the GPU reader's, a job with no target counting 0.
     (watchdog,) = lambda_queries(alarms[prefix + "VllmMetricsMissing"]["Metrics"][0]["Expression"])
-    assert watchdog == "min(sum by (job) (up{namespace='gpt-oss-20b'}))"
+    parsed = promql_parser.parse(watchdog)
+    assert (type(parsed).__name__, str(parsed.op), str(parsed.expr.op)) == ("AggregateExpr", "min", "or")
+    counts = [parsed.expr.lhs, parsed.expr.rhs]
+    assert [(call.func.name, [str(a) for a in call.args]) for call in counts] == [
+        (
+            "label_replace",
+            [f'sum(up{{job="{job}",namespace="gpt-oss-20b"}}) or  vector(0)', '"job"', f'"{job}"', '""', '""'],
+        )
+        for job in SCRAPE_JOBS
+    ]
     idle = alarms[prefix + "VllmGpusIdle"]
     assert (idle["Threshold"], idle["ComparisonOperator"]) == (0.1, "LessThanThreshold")
     assert idle["EvaluationPeriods"] == 9 + 15  # prod's 9-minute scale-down cooldown, then 15 minutes more
