@@ -44,6 +44,7 @@ QUEUE_PER_REPLICA = "namespace:vllm_num_requests_waiting:avg"
 KV_CACHE_USAGE = "namespace:vllm_kv_cache_usage_perc:max"
 TOKENS_PER_SECOND = "namespace:vllm_generation_tokens:rate"
 SERVER_ERROR_RATIO = "namespace:vllm_http_server_errors:ratio"
+STALLED_REPLICAS = "namespace:vllm_stalled_replicas:count"
 GPU_UTILIZATION = "namespace:gpu_utilization:avg"
 GPU_MEMORY_USED = "namespace:gpu_memory_used:max_ratio"
 # How long a signal stays past its threshold before its alert fires.
@@ -105,6 +106,13 @@ def recorded(metrics: MetricsSettings) -> dict[str, str]:
             f'sum by (namespace) (rate(http_requests_total{{job="vllm", status="5xx"}}[{tokens}])) '
             f'/ sum by (namespace) (rate(http_requests_total{{job="vllm"}}[{tokens}]))'
         ),
+        # Replicas that hold requests yet generated no token over the range: an engine stuck while /health still
+        # answers, which asks only whether the engine process has died (vLLM 0.11.2 vllm/v1/engine/async_llm.py,
+        # check_health). No such replica, no series.
+        STALLED_REPLICAS: (
+            f"count by (namespace) ((sum by (namespace, pod) (rate(vllm:generation_tokens_total[{tokens}])) == 0) "
+            "and on (namespace, pod) (sum by (namespace, pod) (vllm:num_requests_running) > 0))"
+        ),
         # The mean share of time the model's GPUs ran a kernel (charts/gpu_metrics.py), and its fullest GPU's memory.
         GPU_UTILIZATION: f"avg by (namespace) (rate(gpu_busy_seconds_total[{tokens}]))",
         GPU_MEMORY_USED: "max by (namespace) (gpu_memory_used_bytes / gpu_memory_total_bytes)",
@@ -142,6 +150,12 @@ def alerts(metrics: MetricsSettings) -> list[Alert]:
             SERVER_ERROR_RATIO,
             metrics.alert_server_error_ratio,
             "{{ $labels.namespace }} answers {{ $value | humanizePercentage }} of its requests with a 5xx",
+        ),
+        Alert(
+            "VllmReplicaStalled",
+            STALLED_REPLICAS,
+            0,
+            "{{ $value }} replica(s) of {{ $labels.namespace }} hold requests but generate no token",
         ),
         Alert(
             "VllmKvCacheFull",

@@ -179,10 +179,30 @@ def test_every_rule_parses_and_reads_only_what_vllm_0_11_2_exports_or_what_the_r
     # vLLM 0.11 hides the names it replaced (vllm:gpu_cache_usage_perc), so rules must not read them.
     assert "vllm:gpu_cache_usage_perc" not in read
     alerts = {rule["alert"]: rule for rule in group["rules"] if "alert" in rule}
-    assert set(alerts) == {"VllmTimeToFirstTokenSlow", "VllmQueueBacklog", "VllmKvCacheFull", "VllmServerErrors"}
+    assert set(alerts) == {
+        "VllmTimeToFirstTokenSlow",
+        "VllmQueueBacklog",
+        "VllmKvCacheFull",
+        "VllmServerErrors",
+        "VllmReplicaStalled",
+    }
+    assert alerts["VllmReplicaStalled"]["expr"] == "namespace:vllm_stalled_replicas:count > 0"
     assert alerts["VllmServerErrors"]["expr"] == "namespace:vllm_http_server_errors:ratio > 0.05"
     assert alerts["VllmKvCacheFull"]["expr"] == "namespace:vllm_kv_cache_usage_perc:max > 0.95"
     assert all(rule["for"] == "5m" for rule in alerts.values())
+
+
+def test_a_stalled_replica_is_one_that_holds_requests_and_generated_no_token() -> None:
+    """Per replica (pod), as Prometheus parses the recorded expression: no token over the range, and requests
+    running; counted per model."""
+    parsed = promql_parser.parse(recorded(MetricsSettings(enabled=True))["namespace:vllm_stalled_replicas:count"])
+    assert (str(parsed.op), parsed.modifier.labels) == ("count", ["namespace"])
+    both = parsed.expr
+    assert (str(both.op), both.modifier.matching.labels) == ("and", ["namespace", "pod"])
+    silent, busy = both.lhs.expr, both.rhs.expr
+    assert (str(silent.op), str(silent.rhs), str(busy.op), str(busy.rhs)) == ("==", "0", ">", "0")
+    assert str(silent.lhs) == "sum by (namespace, pod)(rate(vllm:generation_tokens_total{}[2m]))"
+    assert str(busy.lhs) == "sum by (namespace, pod)(vllm:num_requests_running{})"
 
 
 @pytest.mark.parametrize(("interval", "ttft_window", "tokens_window"), [(30, "300s", "120s"), (150, "600s", "600s")])

@@ -262,6 +262,7 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
             "VllmQueueBacklog",
             "VllmServerErrors",
             "VllmKvCacheFull",
+            "VllmReplicaStalled",
             "VllmReplicasMissing",
             "VllmMetricsMissing",
             "VllmGpusIdle",  # prod autoscales gpt-oss-20b
@@ -321,7 +322,7 @@ def test_every_query_parses_and_reads_recorded_signals_or_the_scrape_itself(prod
         for part in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
     )
     queries = [query for expression in [*expressions, body] for query in lambda_queries(expression)]
-    assert len(queries) == 6 + 7  # six alarms read the workspace, and seven of the widgets' lines
+    assert len(queries) == 7 + 7  # seven alarms read the workspace, and seven of the widgets' lines
     read = set()
     for query in queries:
         read |= metric_names(query.replace("\\\\", ""))
@@ -345,7 +346,7 @@ def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod
         "Share of responses that are 5xx",
         "Alarms",
     ]
-    assert len(body["widgets"][-1]["properties"]["alarms"]) == 7
+    assert len(body["widgets"][-1]["properties"]["alarms"]) == 8
     memory = body["widgets"][3]["properties"]["metrics"]
     assert [line[0]["label"] for line in memory] == ["gpt-oss-20b memory in use", "gpt-oss-20b KV cache in use"]
     assert [lambda_queries(line[0]["expression"]) for line in memory] == [
@@ -385,7 +386,7 @@ def alarms_with_a_topic() -> dict[str, Any]:
 
 def test_alarms_and_their_recovery_go_to_the_stages_topic(alarms_with_a_topic: dict[str, Any]) -> None:
     alarms = resources(alarms_with_a_topic, "AWS::CloudWatch::Alarm").values()
-    assert len(alarms) == 7
+    assert len(alarms) == 8
     assert all(a["Properties"]["AlarmActions"] == [TOPIC] == a["Properties"]["OKActions"] for a in alarms)
 
 
@@ -409,7 +410,7 @@ def test_a_model_of_fixed_size_has_no_idle_gpus_alarm() -> None:
     data = stage_data("prod")
     del data["models"][0]["autoscaling"]
     names = [a["Properties"]["AlarmName"] for a in resources(stage_alarms(data), "AWS::CloudWatch::Alarm").values()]
-    assert len(names) == 6
+    assert len(names) == 7
     assert not [name for name in names if name.endswith("-VllmGpusIdle")]
 
 
