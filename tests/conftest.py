@@ -38,9 +38,14 @@ def synth_env() -> dict[str, str]:
     return env
 
 
+# The session's background processes (synths and scanners) yield the CPU to the tests in this process, which
+# are the suite's longest path: they take the cores whenever a test waits, and the rest of the time only.
+BACKGROUND_PRIORITY = ["nice", "-n", "10"]
+
+
 def cdk_synth(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """`cdk synth` as a user runs it (node_modules/.bin first on PATH, see the Makefile)."""
-    command = ["cdk", "--no-notices", "synth", "--quiet", *args]
+    """`cdk synth` as a user runs it (node_modules/.bin first on PATH, see the Makefile), in the background."""
+    command = [*BACKGROUND_PRIORITY, "cdk", "--no-notices", "synth", "--quiet", *args]
     return subprocess.run(command, cwd=cwd, env=synth_env(), capture_output=True, text=True, timeout=600)
 
 
