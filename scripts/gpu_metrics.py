@@ -33,7 +33,6 @@ from typing import Any
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
-PORT = 9400
 SAMPLE_SECONDS = 1.0
 # The name vLLM's copy is loaded under: not vLLM's own (its package would be imported) nor `pynvml`.
 VENDORED_BINDING = "vllm_pynvml"
@@ -107,7 +106,7 @@ class GpuCollector:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("--port", type=int, required=True, help="charts/gpu_metrics.py gives the scraped one")
     parser.add_argument("--sample-seconds", type=float, default=SAMPLE_SECONDS)
     args = parser.parse_args()
     collector = GpuCollector(load_nvml())
