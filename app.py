@@ -60,10 +60,15 @@ def cdk_cli_version() -> str:
     return json.loads((Path(__file__).parent / "package.json").read_text())["devDependencies"]["aws-cdk"]
 
 
+def project_app(**props: Any) -> cdk.App:
+    """An app as this project builds them (the tests' in-process apps too). The built-in CloudFormation
+    validation is off: it duplicates cfn-lint, which the test suite (and so the pipeline's synth step) runs
+    on every template, and costs seconds on every synth."""
+    return cdk.App(builtin_cloud_formation_validation=False, **props)
+
+
 def main() -> None:
-    # The built-in CloudFormation validation duplicates cfn-lint, which the test suite (and so the
-    # pipeline's synth step) runs on every template, and costs seconds on every synth.
-    app = cdk.App(builtin_cloud_formation_validation=False)
+    app = project_app()
     for key, value in FAIL_ON_FINDINGS.items():
         app.node.set_context(key, value)
     pipeline = str(app.node.try_get_context("pipeline")).lower() == "true"

@@ -11,7 +11,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
 
-from app import cdk_json_context
+from app import cdk_json_context, project_app
 from settings import parse_stage_settings
 from stacks.cluster import ClusterStack
 from stacks.network import NetworkStack
@@ -31,7 +31,7 @@ def admins_cluster() -> dict[str, Any]:
         kubernetes_version="1.35",
     )
     settings = parse_stage_settings("scenario", data)
-    app = cdk.App(context=cdk_json_context())
+    app = project_app(context=cdk_json_context())
     env = cdk.Environment(region=settings.region)
     network = NetworkStack(
         app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network

@@ -13,6 +13,7 @@ import cdk8s
 import pytest
 from aws_cdk.assertions import Template
 
+from app import project_app
 from charts import NETWORK_POLICY_CONTROLLER, DeployedResources, build_charts
 from settings import parse_stage_settings
 from settings.model import StageSettings
@@ -116,7 +117,7 @@ def test_a_model_not_exposed_has_no_ingress() -> None:
 @functools.cache
 def web_acl(**exposure: Any) -> dict[str, Any]:
     """The properties of the model's web ACL, synthesized by the real construct in a stack of its own."""
-    app = cdk.App()
+    app = project_app()
     stack = cdk.Stack(app, "WebAcl", env=cdk.Environment(region="us-west-2"))
     rate_limited_web_acl(stack, exposed_settings(**exposure).models[0])
     (acl,) = [r for r in Template.from_stack(stack).to_json()["Resources"].values() if r["Type"] == WEB_ACL_TYPE]

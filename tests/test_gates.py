@@ -18,6 +18,7 @@ import pytest
 from aws_cdk import aws_ec2 as ec2
 from cdk_nag import AwsSolutionsChecks
 
+from app import project_app
 from charts.node_rotation import ROTATION_CHECKOV_EXCEPTIONS
 from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS
 from settings import load_stage_settings, stage_names
@@ -66,7 +67,7 @@ def test_every_stage_passes_cdk_nag_with_no_unacknowledged_finding(assemblies: d
 
 
 def test_cdk_nag_stops_a_synth_on_an_unacknowledged_finding(tmp_path: Path) -> None:
-    app = cdk.App(outdir=str(tmp_path))
+    app = project_app(outdir=str(tmp_path))
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     stack = cdk.Stack(app, "Broken")
     vpc = ec2.Vpc.from_vpc_attributes(stack, "Vpc", vpc_id="vpc-0123456789abcdef0", availability_zones=["us-west-2a"])

@@ -14,6 +14,7 @@ import promql_parser
 import pytest
 from aws_cdk.assertions import Template
 
+from app import project_app
 from settings import SettingsError, parse_stage_settings
 from settings.model import StageSettings
 from stacks.metrics import SCRAPE_JOBS, recorded
@@ -364,7 +365,7 @@ def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod
 def stage_alarms(data: dict[str, Any]) -> dict[str, Any]:
     """A template of the alarms of prod changed to `data`, built in this process."""
     settings = parse_stage_settings("prod", data)
-    stack = cdk.Stack(cdk.App(), "Alarms", env=cdk.Environment(region=settings.region))
+    stack = cdk.Stack(project_app(), "Alarms", env=cdk.Environment(region=settings.region))
     source = PrometheusDataSource(
         stack,
         "Source",

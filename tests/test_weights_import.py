@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aws_cdk as cdk
 import cdk8s
 import pytest
 from aws_cdk.assertions import Template
 
-from app import cdk_json_context
+from app import cdk_json_context, project_app
 from charts import DeployedResources, build_charts
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SCRIPT, WAIT_SCRIPT
 from scripts import import_weights
@@ -247,7 +246,7 @@ def test_a_gated_models_import_may_read_its_token_secret_and_nothing_else() -> N
     data = stage_data()
     data["models"][0]["hf_token_secret"] = "hf-token"
     settings = parse_stage_settings("scenario", data)
-    app = cdk.App(context=cdk_json_context())
+    app = project_app(context=cdk_json_context())
     stage = InferencePlatformStage(app, "scenario", settings=settings)
     statements = [
         statement
