@@ -25,10 +25,12 @@ import yaml
 
 from charts import DeployedResources, build_charts
 from charts.__main__ import write_manifests
-from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, stage_names
+from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, parse_stage_settings, stage_names
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = "pipeline"
+# TemplateScans.linted's key for the templates of the scenarios built in this process.
+SCENARIOS = "scenarios"
 
 
 def synth_env() -> dict[str, str]:
@@ -196,20 +198,24 @@ class TemplateScans:
 
     folder: Path
     checkov: dict[str, list[dict[str, Any]]]
-    linted: dict[str, list[Path]] = field(repr=False)  # by stage, and the pipeline's
+    linted: dict[str, list[Path]] = field(repr=False)  # by stage, the pipeline's, and the scenarios'
     cfn_lint: list[str]  # on the synthesized templates
     cfn_lint_broken: list[str]  # on the broken one
 
 
 @pytest.fixture(scope="session")
 def template_scans(
-    _synths: dict[str, Future[Assembly]], tmp_path_factory: pytest.TempPathFactory
+    _synths: dict[str, Future[Assembly]],
+    admins_cluster: Scenario,
+    gated_model_serving: Scenario,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Future[TemplateScans]:
     """The scans, started in the background as soon as the synths end."""
-    return BACKGROUND.submit(_scan_templates, _synths, tmp_path_factory.mktemp("templates"))
+    scenarios = [admins_cluster.path, gated_model_serving.path]
+    return BACKGROUND.submit(_scan_templates, _synths, scenarios, tmp_path_factory.mktemp("templates"))
 
 
-def _scan_templates(synths: dict[str, Future[Assembly]], folder: Path) -> TemplateScans:
+def _scan_templates(synths: dict[str, Future[Assembly]], scenarios: list[Path], folder: Path) -> TemplateScans:
     from tests.scanners import cfn_lint, checkov_results, run_checkov  # tests.scanners imports this module
 
     synthesized = {name: synth.result() for name, synth in synths.items()}
@@ -226,6 +232,7 @@ def _scan_templates(synths: dict[str, Future[Assembly]], folder: Path) -> Templa
         name: sorted(assembly.directory.glob("**/*.template.json" if name == PIPELINE else "*.template.json"))
         for name, assembly in synthesized.items()
     }
+    linted[SCENARIOS] = scenarios
     broken = folder / "broken" / "broken.template.json"
     findings = cfn_lint([*(path for paths in linted.values() for path in paths), broken])
     of_broken = [finding for finding in findings if f" in {broken.name}: " in finding]
@@ -287,6 +294,77 @@ def _stopped(project: Path) -> StoppedSynth:
 @pytest.fixture(scope="session")
 def unacknowledged_synth(_unacknowledged_synth: Future[StoppedSynth]) -> StoppedSynth:
     return _unacknowledged_synth.result()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A stack built in this process for a scenario no stage file has, and its template written to `path`,
+    which cfn-lint reads with the stages' (template_scans): in-process apps leave aws-cdk-lib's own
+    validation off, as the app does (app.project_app)."""
+
+    template: dict[str, Any] = field(repr=False)
+    path: Path
+
+
+def _scenario(name: str, template: dict[str, Any], folder: Path) -> Scenario:
+    path = folder / f"{name}.template.json"
+    path.write_text(json.dumps(template))
+    return Scenario(template, path)
+
+
+ADMIN_ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
+ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
+
+
+@pytest.fixture(scope="session")
+def admins_cluster(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """A cluster with admins, a narrowed public endpoint and Kubernetes 1.35."""
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    from app import cdk_json_context, project_app
+    from stacks.cluster import ClusterStack
+    from stacks.network import NetworkStack
+
+    data = stage_data()
+    data["cluster"].update(
+        admin_principal_arns=[ADMIN_ROLE, ADMIN_USER], public_access_cidrs=["203.0.113.0/24"], kubernetes_version="1.35"
+    )
+    settings = parse_stage_settings("scenario", data)
+    app = project_app(context=cdk_json_context())
+    env = cdk.Environment(region=settings.region)
+    network = NetworkStack(
+        app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network
+    )
+    cluster = ClusterStack(
+        app,
+        "Cluster",
+        env=env,
+        vpc=network.vpc,
+        inbound_subnets=network.inbound_subnets,
+        cluster=settings.cluster,
+        metrics=settings.metrics,
+        observability=settings.observability,
+        image_cache_prefix="ecr-public/scenario",
+    )
+    return _scenario("admins-cluster", Template.from_stack(cluster).to_json(), tmp_path_factory.mktemp("scenario"))
+
+
+@pytest.fixture(scope="session")
+def gated_model_serving(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """The Serving stack of a stage whose model is gated, with a token secret."""
+    from aws_cdk.assertions import Template
+
+    from app import cdk_json_context, project_app
+    from stacks.stage import InferencePlatformStage
+
+    data = stage_data()
+    data["models"][0]["hf_token_secret"] = "hf-token"
+    settings = parse_stage_settings("scenario", data)
+    stage = InferencePlatformStage(project_app(context=cdk_json_context()), "scenario", settings=settings)
+    return _scenario(
+        "gated-model-serving", Template.from_stack(stage.serving).to_json(), tmp_path_factory.mktemp("scenario")
+    )
 
 
 # What runs in the background, started with the session when a collected test needs it.

@@ -7,47 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
 
-from app import cdk_json_context, project_app
-from settings import parse_stage_settings
-from stacks.cluster import ClusterStack
-from stacks.network import NetworkStack
-from tests.conftest import Assembly, stage_data
-
-ADMIN_ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
-ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
-
-
-@pytest.fixture(scope="module")
-def admins_cluster() -> dict[str, Any]:
-    """A cluster with admins, a narrowed public endpoint and Kubernetes 1.35 (a scenario no stage file has)."""
-    data = stage_data()
-    data["cluster"].update(
-        admin_principal_arns=[ADMIN_ROLE, ADMIN_USER],
-        public_access_cidrs=["203.0.113.0/24"],
-        kubernetes_version="1.35",
-    )
-    settings = parse_stage_settings("scenario", data)
-    app = project_app(context=cdk_json_context())
-    env = cdk.Environment(region=settings.region)
-    network = NetworkStack(
-        app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network
-    )
-    cluster = ClusterStack(
-        app,
-        "Cluster",
-        env=env,
-        vpc=network.vpc,
-        inbound_subnets=network.inbound_subnets,
-        cluster=settings.cluster,
-        metrics=settings.metrics,
-        observability=settings.observability,
-        image_cache_prefix="ecr-public/scenario",
-    )
-    return Template.from_stack(cluster).to_json()
+from tests.conftest import ADMIN_ROLE, ADMIN_USER, Assembly, Scenario
 
 
 def cluster_properties(template: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +27,9 @@ def test_cluster_runs_auto_mode_with_the_built_in_pools(dev: Assembly) -> None:
     assert cluster["KubernetesNetworkConfig"]["ElasticLoadBalancing"] == {"Enabled": True}
 
 
-def test_cluster_runs_the_configured_kubernetes_version(dev: Assembly, admins_cluster: dict[str, Any]) -> None:
+def test_cluster_runs_the_configured_kubernetes_version(dev: Assembly, admins_cluster: Scenario) -> None:
     assert cluster_properties(dev.template("Cluster"))["Version"] == "1.36"
-    assert cluster_properties(admins_cluster)["Version"] == "1.35"
+    assert cluster_properties(admins_cluster.template)["Version"] == "1.35"
 
 
 def test_cluster_nodes_live_in_private_subnets(dev: Assembly) -> None:
@@ -110,15 +73,13 @@ def test_prod_endpoint_is_private_only(prod: Assembly) -> None:
     assert (vpc_config["EndpointPublicAccess"], vpc_config["EndpointPrivateAccess"]) == (False, True)
 
 
-def test_public_endpoint_can_be_narrowed_to_cidrs(admins_cluster: dict[str, Any]) -> None:
-    assert cluster_properties(admins_cluster)["ResourcesVpcConfig"]["PublicAccessCidrs"] == ["203.0.113.0/24"]
+def test_public_endpoint_can_be_narrowed_to_cidrs(admins_cluster: Scenario) -> None:
+    assert cluster_properties(admins_cluster.template)["ResourcesVpcConfig"]["PublicAccessCidrs"] == ["203.0.113.0/24"]
 
 
 @pytest.mark.parametrize("principal", [ADMIN_ROLE, ADMIN_USER])
-def test_configured_admins_get_cluster_admin_through_access_entries(
-    admins_cluster: dict[str, Any], principal: str
-) -> None:
-    Template.from_json(admins_cluster).has_resource_properties(
+def test_configured_admins_get_cluster_admin_through_access_entries(admins_cluster: Scenario, principal: str) -> None:
+    Template.from_json(admins_cluster.template).has_resource_properties(
         "AWS::EKS::AccessEntry",
         {
             "PrincipalArn": principal,
@@ -163,9 +124,9 @@ def kubectl_layer_description(template: dict[str, Any]) -> str:
     return kubectl
 
 
-def test_kubectl_layer_matches_the_cluster_version(dev: Assembly, admins_cluster: dict[str, Any]) -> None:
+def test_kubectl_layer_matches_the_cluster_version(dev: Assembly, admins_cluster: Scenario) -> None:
     assert kubectl_layer_description(dev.template("Cluster")).startswith("/opt/kubectl/kubectl 1.36.")
-    assert kubectl_layer_description(admins_cluster).startswith("/opt/kubectl/kubectl 1.35.")
+    assert kubectl_layer_description(admins_cluster.template).startswith("/opt/kubectl/kubectl 1.35.")
 
 
 def test_stage_prints_the_update_kubeconfig_command(dev: Assembly, prod: Assembly) -> None:

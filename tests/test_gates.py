@@ -28,7 +28,7 @@ from stacks.reviewed_findings import (
     PIPELINE_CHECKOV_FINDINGS,
     nag_findings,
 )
-from tests.conftest import PIPELINE, Assembly, TemplateScans, find, find_all, render_charts
+from tests.conftest import PIPELINE, SCENARIOS, Assembly, TemplateScans, find, find_all, render_charts
 from tests.scanners import (
     checkov_failures,
     checkov_results,
@@ -99,6 +99,7 @@ def test_every_template_passes_cfn_lint(template_scans: Future[TemplateScans]) -
     scans = template_scans.result()
     assert {stage: len(scans.linted[stage]) for stage in stage_names()} == {stage: 5 for stage in stage_names()}
     assert len(scans.linted[PIPELINE]) == 1 + 5 * len(stage_names())
+    assert len(scans.linted[SCENARIOS]) == 2  # the admins cluster and the gated model's Serving stack
     assert scans.cfn_lint == []
 
 

@@ -12,14 +12,12 @@ import cdk8s
 import pytest
 from aws_cdk.assertions import Template
 
-from app import cdk_json_context, project_app
 from charts import DeployedResources, build_charts
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SCRIPT, WAIT_SCRIPT
 from scripts import import_weights
 from settings import SettingsError, parse_stage_settings
 from settings.model import DEFAULT_WEIGHT_FILES
-from stacks.stage import InferencePlatformStage
-from tests.conftest import Assembly, find, render_charts, stage_data
+from tests.conftest import Assembly, Scenario, find, render_charts, stage_data
 
 CHART = "Model-gpt-oss-20b"
 
@@ -241,16 +239,11 @@ def test_the_smoke_test_waits_for_the_import_first(dev: Assembly) -> None:
     assert commands[1].endswith(f" --import-job {job}")
 
 
-def test_a_gated_models_import_may_read_its_token_secret_and_nothing_else() -> None:
-    # A scenario no stage file has: a gated model with a token secret (synthesized once, here).
-    data = stage_data()
-    data["models"][0]["hf_token_secret"] = "hf-token"
-    settings = parse_stage_settings("scenario", data)
-    app = project_app(context=cdk_json_context())
-    stage = InferencePlatformStage(app, "scenario", settings=settings)
+def test_a_gated_models_import_may_read_its_token_secret_and_nothing_else(gated_model_serving: Scenario) -> None:
+    serving = Template.from_json(gated_model_serving.template)
     statements = [
         statement
-        for resource in Template.from_stack(stage.serving).find_resources("AWS::IAM::Policy").values()
+        for resource in serving.find_resources("AWS::IAM::Policy").values()
         if resource["Properties"]["Roles"][0]["Ref"].startswith("GptOss20bImportRole")
         for statement in resource["Properties"]["PolicyDocument"]["Statement"]
     ]
