@@ -35,6 +35,7 @@ from scripts import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings, names
 from settings.cold_start import smoke_test_wait_seconds
 from settings.model import StageSettings
+from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "e2e-report"
@@ -45,7 +46,7 @@ LOAD_TEST_PROMPTS, LOAD_TEST_CONCURRENCY = 64, 8
 
 def throwaway_stage_data(name: str, admin_role_arn: str) -> dict[str, Any]:
     """The dev stage's settings, made the throwaway stage's own: names, prefixes, admin."""
-    data = yaml.safe_load((STAGES_DIR / "dev.yaml").read_text())
+    data = load_yaml((STAGES_DIR / "dev.yaml").read_text())
     data["cluster"]["name"] = f"gpu-inference-{name}"
     data["cluster"]["admin_principal_arns"] = [admin_role_arn]
     data.setdefault("registry", {})["scan_on_push"] = False  # the account's own stages own scanning

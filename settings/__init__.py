@@ -15,6 +15,7 @@ from settings.autoscaling import autoscaling_problems
 from settings.drain import drain_problems
 from settings.model import PipelineSettings, StageName, StageSettings
 from settings.sizing import sizing_problems
+from settings.yaml_files import load_yaml
 
 STAGES_DIR = Path(__file__).parent / "stages"
 PIPELINE_FILE = Path(__file__).parent / "pipeline.yaml"
@@ -145,7 +146,7 @@ def _check_stage_name(stage: str) -> None:
 
 def _read_yaml(path: Path, what: str) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise SettingsError(f"{what}: {path} is not valid YAML: {error}") from None
 

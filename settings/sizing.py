@@ -21,9 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes
+from settings.yaml_files import load_yaml
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 MIB = 2**20
@@ -151,7 +150,7 @@ class GpuInstance:
 
 @cache
 def catalog() -> tuple[GpuInstance, ...]:
-    data = yaml.safe_load((CATALOG_DIR / "gpu_instances.yaml").read_text())
+    data = load_yaml((CATALOG_DIR / "gpu_instances.yaml").read_text())
     return tuple(GpuInstance(**entry) for entry in data["instances"])
 
 
@@ -163,7 +162,7 @@ PRICE_REFERENCE_REGION = "us-east-1"
 @cache
 def on_demand_prices(region: str) -> tuple[str, dict[str, float]]:
     """USD per hour, Linux on-demand: the region whose prices the table has for `region`, and those prices."""
-    prices = yaml.safe_load((CATALOG_DIR / "on_demand_prices.yaml").read_text())["prices"]
+    prices = load_yaml((CATALOG_DIR / "on_demand_prices.yaml").read_text())["prices"]
     priced = region if region in prices else PRICE_REFERENCE_REGION
     return priced, dict(prices[priced])
 

@@ -26,6 +26,7 @@ import yaml
 from charts import DeployedResources, build_charts
 from charts.__main__ import write_manifests
 from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, parse_stage_settings, stage_names
+from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = "pipeline"
@@ -403,12 +404,17 @@ def prod(assemblies: dict[str, Assembly]) -> Assembly:
 
 def chart_values(chart: str) -> dict[str, Any]:
     """A chart's values.yaml, as tests/fixtures/charts/ keeps it (its README says from where)."""
-    return yaml.safe_load((ROOT / "tests" / "fixtures" / "charts" / f"{chart}.values.yaml").read_text())
+    return load_yaml((ROOT / "tests" / "fixtures" / "charts" / f"{chart}.values.yaml").read_text())
 
 
 def stage_data(stage: str = DEFAULT_STAGE) -> dict[str, Any]:
     """A stage's settings as read from its YAML file, free to modify."""
-    return copy.deepcopy(yaml.safe_load((STAGES_DIR / f"{stage}.yaml").read_text()))
+    return copy.deepcopy(_stage_file(stage))
+
+
+@functools.cache
+def _stage_file(stage: str) -> dict[str, Any]:
+    return load_yaml((STAGES_DIR / f"{stage}.yaml").read_text())
 
 
 def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:

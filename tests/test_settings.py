@@ -24,6 +24,7 @@ from settings import (
     stage_names,
 )
 from settings.model import SUPPORTED_KUBERNETES_VERSIONS, PipelineSettings, StageSettings
+from settings.yaml_files import FAST_LOADER, load_yaml
 from stacks.cluster import KUBECTL_LAYERS
 from tests.conftest import ROOT, stage_data
 
@@ -676,3 +677,18 @@ def test_a_pool_named_like_auto_modes_own_is_refused(name: str) -> None:
     data = stage_data()
     data["gpu_node_pools"][0]["name"] = name
     assert f"gpu_node_pools[0].name: {name!r} is a NodeClass or NodePool of EKS Auto Mode itself" in rejected(data)
+
+
+def test_yaml_is_read_by_libyaml_as_pyyaml_reads_it() -> None:
+    """The fast loader is libyaml's, and reads every stage and catalog file as yaml.safe_load does."""
+    assert FAST_LOADER is yaml.CSafeLoader
+    files = [*STAGES_DIR.glob("*.yaml"), *(ROOT / "settings" / "catalog").glob("*.yaml")]
+    assert len(files) >= 4
+    for path in files:
+        assert load_yaml(path.read_text()) == yaml.safe_load(path.read_text()), path
+
+
+def test_yaml_that_libyaml_refuses_is_explained_with_the_line_and_a_caret() -> None:
+    with pytest.raises(yaml.YAMLError) as refused:
+        load_yaml("models: [unclosed\n")
+    assert "line 1, column 9:\n    models: [unclosed\n            ^" in str(refused.value)
