@@ -32,7 +32,8 @@ from settings.model import MetricsSettings
 from settings.names import app_label
 
 # The pods scraped: every model's vLLM replicas (their `app` label), on vLLM's port and, as job "gpu",
-# on their GPU reader's.
+# on their GPU reader's. Prometheus's pod discovery makes one target per declared container port
+# (Prometheus docs, configuration.md, kubernetes_sd_config "pod" role), so each job keeps its own port.
 VLLM_APP_PATTERN = app_label(".+")
 VLLM_PORT = 8000
 SCRAPE_JOBS = {"vllm": VLLM_PORT, "gpu": GPU_METRICS_PORT}

@@ -67,7 +67,9 @@ def for_model(signal: str, model: ModelSettings) -> str:
 
 def fewest_scraped(model: ModelSettings) -> str:
     """The fewer of the model's replicas scraped by each job (stacks/metrics.py, SCRAPE_JOBS). A job with no
-    target at all counts 0: each job's count is its own series, labelled by job, or 0 when it has none."""
+    target at all counts 0: each job's count is its own series, labelled by job, or 0 when it has none
+    (`sum(...) or vector(0)`; label_replace with an empty source label sets `job`, so `or` keeps both
+    series: Prometheus docs, querying/functions.md and operators.md)."""
     namespace = names.namespace(model.name)
     counts = (
         f"label_replace(sum(up{{job='{job}', namespace='{namespace}'}}) or vector(0), 'job', '{job}', '', '')"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,48 @@ def cfn_lint(templates: list[Path]) -> list[str]:
             for m in json.loads(stdout)
         ]
     return findings
+
+
+# Kubernetes' own name rules, which its OpenAPI schemas do not carry (k8s.io/apimachinery
+# pkg/util/validation/validation.go).
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+def is_dns1123_label(name: str) -> bool:
+    """IsDNS1123Label: volume names, namespaces."""
+    return len(name) <= 63 and re.fullmatch(_DNS1123_LABEL, name) is not None
+
+
+def is_dns1123_subdomain(name: str) -> bool:
+    """IsDNS1123Subdomain: most object names (a ConfigMap's, say), and a qualified name's prefix."""
+    return len(name) <= 253 and re.fullmatch(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*", name) is not None
+
+
+def is_qualified_name(key: str) -> bool:
+    """IsQualifiedName: label and annotation keys, an optional subdomain prefix and "/", then at most 63 of
+    [A-Za-z0-9_.-], starting and ending alphanumeric."""
+    parts = key.split("/")
+    if len(parts) > 2 or (len(parts) == 2 and not is_dns1123_subdomain(parts[0])):
+        return False
+    return len(parts[-1]) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", parts[-1]) is not None
+
+
+def is_port_name(name: str) -> bool:
+    """IsValidPortName (an IANA service name): at most 15 of [a-z0-9-], a letter among them, no hyphen at
+    either end or next to another."""
+    return (
+        len(name) <= 15
+        and re.fullmatch(r"[-a-z0-9]+", name) is not None
+        and re.search("[a-z]", name) is not None
+        and not name.startswith("-")
+        and not name.endswith("-")
+        and "--" not in name
+    )
+
+
+def is_config_map_key(key: str) -> bool:
+    """IsConfigMapKey: at most 253 of [-._a-zA-Z0-9], and not "." or ".."."""
+    return len(key) <= 253 and re.fullmatch(r"[-._a-zA-Z0-9]+", key) is not None and key not in (".", "..")
 
 
 def run_checkov(framework: str, directories: list[Path]) -> subprocess.Popen[str]:

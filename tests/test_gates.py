@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ from tests.scanners import (
     checkov_results,
     checkov_share,
     checkov_skips,
+    is_config_map_key,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_port_name,
+    is_qualified_name,
     karpenter_problems,
     kubernetes_problems,
 )
@@ -109,6 +115,27 @@ def test_cfn_lint_rejects_a_broken_template(template_scans: Future[TemplateScans
 
 
 # --- Kubernetes and Karpenter schemas ---
+
+
+@pytest.mark.parametrize(
+    ("check", "good", "bad"),
+    [
+        (is_dns1123_label, ["gpu-metrics", "a1"], ["GPU", "-a", "a-", "a.b", "a" * 64]),
+        (is_dns1123_subdomain, ["gpu-metrics", "a.b-c"], ["a..b", "A.b", "a_b", "a" * 254]),
+        (
+            is_qualified_name,
+            ["gpu-metrics/script-sha256", "app", "a.io/B_c.d"],
+            ["/a", "a/-b", "a/b/c", "a/" + "b" * 64],
+        ),
+        (is_port_name, ["gpu-metrics", "http"], ["gpu-metrics-port", "9400", "a--b", "-ab", "Gpu"]),
+        (is_config_map_key, ["gpu_metrics.py", "a-b.c"], [".", "..", "a/b", "a b"]),
+    ],
+)
+def test_kubernetes_name_rules_admit_and_refuse_as_apimachinery_does(
+    check: Callable[[str], bool], good: list[str], bad: list[str]
+) -> None:
+    assert all(check(name) for name in good)
+    assert not any(check(name) for name in bad)
 
 
 @pytest.mark.parametrize("stage", stage_names())

@@ -25,6 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from charts.gpu_metrics import GPU_METRICS_PORT, RESTART_SECONDS, SCRIPT, SCRIPT_HASH_ANNOTATION
 from scripts import gpu_metrics
 from tests.conftest import find, render_charts
+from tests.scanners import (
+    is_config_map_key,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_port_name,
+    is_qualified_name,
+)
 from tests.test_autoscaling import GPU_READER_SERIES
 
 FAKE_NVML = Path(__file__).resolve().parent / "fixtures" / "fake_nvml"
@@ -241,6 +248,19 @@ def test_the_reader_is_mounted_from_its_configmap_and_its_port_is_declared(prod_
     mount = next(m for m in prod_container["volumeMounts"] if m["name"] == "gpu-metrics")
     assert mount["readOnly"] is True
     assert {"containerPort": GPU_METRICS_PORT, "name": "gpu-metrics"} in prod_container["ports"]
+
+
+def test_the_names_the_reader_hands_kubernetes_are_ones_it_takes(prod_container: dict[str, Any]) -> None:
+    objects = render_charts("prod")["Model-gpt-oss-20b"]
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "gpu-metrics")
+    assert is_dns1123_subdomain(config_map["metadata"]["name"])
+    assert all(is_config_map_key(key) for key in config_map["data"])
+    volume = next(v for v in prod_container["volumes"] if v.get("configMap", {}).get("name") == "gpu-metrics")
+    assert is_dns1123_label(volume["name"])
+    assert is_port_name(next(p["name"] for p in prod_container["ports"] if p["containerPort"] == GPU_METRICS_PORT))
+    assert is_qualified_name(SCRIPT_HASH_ANNOTATION)
+    annotations = find(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations[SCRIPT_HASH_ANNOTATION]) == 64  # a value has no rule but the annotations' total size
 
 
 def test_without_metrics_vllm_runs_alone() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import subprocess
 import sys
 import urllib.parse
@@ -20,7 +19,7 @@ from charts import DeployedResources, build_charts
 from charts.node_rotation import ROTATE_WITHIN_HOURS, ROTATION_ANNOTATION
 from settings import parse_stage_settings
 from tests.conftest import find, find_all, render_charts, stage_data
-from tests.scanners import karpenter_problems, kubernetes_problems
+from tests.scanners import is_qualified_name, karpenter_problems, kubernetes_problems
 from tests.stand_ins import QuietHandler, serving
 
 TOKEN = "a-service-account-token"
@@ -171,14 +170,7 @@ def test_one_job_per_window_start_in_utc_for_the_pools_with_a_window() -> None:
 
 
 def test_the_names_the_job_hands_kubernetes_are_ones_it_takes() -> None:
-    # An annotation key is a qualified name: an optional DNS-1123 subdomain prefix and "/", then at most
-    # 63 of [A-Za-z0-9_.-], starting and ending alphanumeric (k8s.io/apimachinery pkg/util/validation,
-    # IsQualifiedName).
-    prefix, name = ROTATION_ANNOTATION.split("/")
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", prefix)
-    assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", name)
-    assert len(prefix) <= 253
-    assert len(name) <= 63
+    assert is_qualified_name(ROTATION_ANNOTATION)  # an annotation key
     job = rotation_job()
     # A CronJob's name leaves room for the 11 characters its Jobs add: at most 52 (Kubernetes docs, "CronJob").
     assert len(job["metadata"]["name"]) <= 52
