@@ -71,7 +71,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             "gpu-node-pool",
             pools=[pool_plan(settings, index, pool) for index, pool in enumerate(settings.gpu_node_pools)],
             # Where a model is exposed, its NetworkPolicy is enforced on the GPU nodes (charts/exposure.py).
-            network_policies=any(model.exposure for model in settings.models),
+            network_policies=settings.exposed,
             node_role_name=deployed.node_role_name,
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,
@@ -116,7 +116,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             pools=list(settings.gpu_node_pools),
             image=_pulled(ROTATION_IMAGE, settings, deployed),
         )
-    if any(model.exposure for model in settings.models):
+    if settings.exposed:
         charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")
     return charts
 

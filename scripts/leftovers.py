@@ -26,6 +26,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from settings import names
+
 STAGE_TAG = "stage"
 # The tag EKS Auto Mode puts on the instances, volumes, network interfaces and load balancers it
 # creates: the cluster role's AmazonEKSComputePolicy (and its load balancing and block storage
@@ -200,7 +202,7 @@ def load_balancers(elbv2: Client, stage: str, *, cluster_name: str) -> list[Left
 
 def cluster_log_group_prefixes(cluster_name: str) -> tuple[str, ...]:
     """Where AWS services put the log groups they name after a cluster: EKS and Container Insights."""
-    return (f"/aws/eks/{cluster_name}/", f"/aws/containerinsights/{cluster_name}/")
+    return (f"/aws/eks/{cluster_name}/", names.container_insights_log_groups(cluster_name))
 
 
 def log_groups(logs: Client, stage: str, *, cluster_name: str, tagged_names: Iterable[str] = ()) -> list[Leftover]:

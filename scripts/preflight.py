@@ -485,7 +485,7 @@ def preflight(
             )
 
     # 4: the models' API keys secrets exist (a replica cannot start without its keys).
-    secrets = client_factory("secretsmanager") if any(m.api_keys_secret for m in settings.models) else None
+    secrets = client_factory("secretsmanager") if settings.secrets_store else None
     for model in settings.models:
         if model.api_keys_secret and secrets is not None and not secret_exists(secrets, model.api_keys_secret):
             blockers.append(

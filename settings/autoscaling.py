@@ -31,8 +31,11 @@ def autoscaling_problems(settings: StageSettings) -> list[str]:
     for index, model in enumerate(settings.models):
         given = model.autoscaling.scale_down_cooldown_seconds if model.autoscaling else None
         cold_start = math.ceil(cold_start_seconds(settings, model))
-        derived = cold_start + COOLDOWN_MARGIN_SECONDS
-        if model.autoscaling is not None and given is None and derived > MAX_STABILIZATION_SECONDS:
+        if (
+            model.autoscaling is not None
+            and given is None
+            and scale_down_cooldown_seconds(settings, model) > MAX_STABILIZATION_SECONDS
+        ):
             problems.append(
                 f"models[{index}].autoscaling: a replica's cold start ({cold_start} s) plus a minute is longer than "
                 f"the {MAX_STABILIZATION_SECONDS} s the autoscaler can wait before removing a replica; speed the "

@@ -844,6 +844,16 @@ class StageSettings(_Strict):
         return self
 
     @property
+    def secrets_store(self) -> bool:
+        """A model reads API keys: the Secrets Store CSI driver's AWS provider runs on every node."""
+        return any(model.api_keys_secret for model in self.models)
+
+    @property
+    def exposed(self) -> bool:
+        """A model is behind a load balancer: NetworkPolicies are enforced (charts/exposure.py)."""
+        return any(model.exposure for model in self.models)
+
+    @property
     def model_store_zone(self) -> str:
         """The zone of the FSx for Lustre file system (and, unless spread, of the GPU nodes)."""
         return self.model_store.availability_zone or self.availability_zones[0]

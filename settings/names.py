@@ -137,6 +137,18 @@ def dashboard_name(cluster_name: str) -> str:
     return f"{cluster_name}-serving"
 
 
+def container_insights_log_groups(cluster_name: str) -> str:
+    """The prefix of the log groups Container Insights names after a cluster (CloudWatch User Guide,
+    "Container Insights performance log events")."""
+    return f"/aws/containerinsights/{cluster_name}/"
+
+
+def container_insights_log_group(cluster_name: str) -> str:
+    """Where the CloudWatch agent writes Container Insights' records: the agent names it, so the stacks
+    create it first."""
+    return f"{container_insights_log_groups(cluster_name)}performance"
+
+
 CLUSTER_NAME_LIMITS = (
     NameLimit("CodeBuild project name", smoke_test_project_name, CODEBUILD_PROJECT_NAME_MAX),
     NameLimit("IAM role name", smoke_test_trigger_role_name, IAM_ROLE_NAME_MAX),

@@ -98,7 +98,7 @@ class NodeDaemons:
 def node_daemons(settings: StageSettings) -> NodeDaemons:
     """What the stage's DaemonSets request on each GPU node."""
     parts = [FSX_CSI_NODE]
-    if any(model.api_keys_secret for model in settings.models):
+    if settings.secrets_store:
         parts.append(SECRETS_STORE_NODE)
     if settings.observability.enabled:
         parts.append(CLOUDWATCH_AGENT)

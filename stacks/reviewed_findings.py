@@ -128,7 +128,7 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
                     _account_resource(
                         "logs",
                         settings.region,
-                        f"log-group:/aws/containerinsights/{settings.cluster.name}/performance:log-stream:*",
+                        f"log-group:{names.container_insights_log_group(settings.cluster.name)}:log-stream:*",
                     ),
                     "The CloudWatch agent names its log streams after the nodes it runs on: any stream of the one "
                     "Container Insights log group.",

@@ -53,7 +53,7 @@ class InferencePlatformStage(Stage):
             availability_zone=settings.model_store_zone,
             store=settings.model_store,
         )
-        cluster = ClusterStack(
+        self.cluster = cluster = ClusterStack(
             self,
             "Cluster",
             description="EKS Auto Mode cluster for GPU inference",
@@ -64,7 +64,7 @@ class InferencePlatformStage(Stage):
             metrics=settings.metrics,
             observability=settings.observability,
             image_cache_prefix=settings.image_cache_prefix,
-            secrets_store=any(model.api_keys_secret for model in settings.models),
+            secrets_store=settings.secrets_store,
         )
         self.serving = ServingStack(
             self,
