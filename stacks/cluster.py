@@ -17,9 +17,11 @@ from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
 from charts.gpu_node_pool import GPU_TAINT
+from settings import names
 from settings.model import ClusterSettings, MetricsSettings, ObservabilitySettings
 from stacks.log_group import service_log_group
 from stacks.metrics import ManagedPrometheus
+from stacks.pod_identity import pod_identity_role
 
 # kubectl must match the cluster's minor version; one layer per settings.model.SUPPORTED_KUBERNETES_VERSIONS.
 KUBECTL_LAYERS = {"1.34": KubectlV34Layer, "1.35": KubectlV35Layer, "1.36": KubectlV36Layer}
@@ -129,12 +131,11 @@ class ClusterStack(Stack):
         if secrets_store:
             # The AWS provider for the Secrets Store CSI driver, with the driver (charts/api_keys.py). It
             # needs no role of its own: each pod reads its secrets as its own service account.
-            addon = eks.Addon(self, "SecretsStoreCsiProvider", cluster=self.cluster, addon_name=SECRETS_STORE_ADDON)
             # The provider's DaemonSet tolerates nothing by default (its chart's values.yaml: tolerations: []),
             # so without this it never runs on the GPU nodes, and a replica's mount fails there. The driver's
             # own DaemonSet tolerates every taint already.
-            cast(eks.CfnAddon, addon.node.default_child).configuration_values = json.dumps(
-                {"tolerations": [GPU_TAINT_TOLERATION]}
+            self._addon(
+                "SecretsStoreCsiProvider", SECRETS_STORE_ADDON, configuration={"tolerations": [GPU_TAINT_TOLERATION]}
             )
 
         # vLLM's metrics in Amazon Managed Service for Prometheus (stacks/metrics.py), when the stage asks.
@@ -188,24 +189,40 @@ class ClusterStack(Stack):
 
     def _fsx_csi_driver(self) -> None:
         """The FSx for Lustre CSI driver, authenticated with EKS Pod Identity (Auto Mode runs its agent)."""
-        role = iam.Role(
+        role = pod_identity_role(
             self,
             "FsxCsiDriverRole",
             description="FSx for Lustre CSI driver controller (static volumes only)",
-            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+            # Static volumes need no create or delete: the controller only looks file systems up.
+            statements=[
+                iam.PolicyStatement(
+                    actions=["fsx:DescribeFileSystems"],
+                    resources=[f"arn:{Aws.PARTITION}:fsx:{self.region}:{Aws.ACCOUNT_ID}:file-system/*"],
+                )
+            ],
         )
-        # Static volumes need no create or delete: the controller only looks file systems up.
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["fsx:DescribeFileSystems"],
-                resources=[f"arn:{Aws.PARTITION}:fsx:{self.region}:{Aws.ACCOUNT_ID}:file-system/*"],
-            )
-        )
-        addon = eks.Addon(self, "FsxCsiDriver", cluster=self.cluster, addon_name="aws-fsx-csi-driver")
-        # The L2 add-on has no Pod Identity property; the L1 does.
-        cast(eks.CfnAddon, addon.node.default_child).pod_identity_associations = [
-            eks.CfnAddon.PodIdentityAssociationProperty(role_arn=role.role_arn, service_account=FSX_CSI_SERVICE_ACCOUNT)
-        ]
+        self._addon("FsxCsiDriver", "aws-fsx-csi-driver", identity=(role, FSX_CSI_SERVICE_ACCOUNT))
+
+    def _addon(
+        self,
+        id: str,
+        name: str,
+        *,
+        configuration: dict[str, Any] | None = None,
+        identity: tuple[iam.Role, str] | None = None,
+    ) -> eks.Addon:
+        """An EKS add-on, with its configuration values and the role its service account gets through Pod
+        Identity: the L2 add-on has no property for either; the L1 does."""
+        addon = eks.Addon(self, id, cluster=self.cluster, addon_name=name)
+        cfn_addon = cast(eks.CfnAddon, addon.node.default_child)
+        if configuration is not None:
+            cfn_addon.configuration_values = json.dumps(configuration)
+        if identity is not None:
+            role, service_account = identity
+            cfn_addon.pod_identity_associations = [
+                eks.CfnAddon.PodIdentityAssociationProperty(role_arn=role.role_arn, service_account=service_account)
+            ]
+        return addon
 
     def _cloudwatch_observability(self, cluster: ClusterSettings) -> None:
         """The Amazon CloudWatch Observability add-on's Container Insights: pod, node and Deployment metrics
@@ -217,47 +234,40 @@ class ClusterStack(Stack):
         (aws-observability/helm-charts, charts/amazon-cloudwatch-observability/values.yaml). Its agent
         tolerates every taint by default (the same file's `tolerations`), so it runs on the GPU nodes.
         """
-        prefix = f"/aws/containerinsights/{cluster.name}"
+        log_group_name = names.container_insights_log_group(cluster.name)
         # The agent writes Container Insights' records here; created first, with a retention.
         performance_logs = service_log_group(
             self,
             "ContainerInsightsLogRetention",
-            name=f"{prefix}/performance",
+            name=log_group_name,
             retention_days=cluster.log_retention_days,
         )
-        role = iam.Role(
+        log_group_arn = f"arn:{Aws.PARTITION}:logs:{self.region}:{Aws.ACCOUNT_ID}:log-group:{log_group_name}"
+        role = pod_identity_role(
             self,
             "CloudWatchAgentRole",
             description="The CloudWatch agent's Container Insights records (service account "
             f"{CLOUDWATCH_AGENT_SERVICE_ACCOUNT} in namespace amazon-cloudwatch)",
-            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+            statements=[
+                # The part of CloudWatchAgentServerPolicy that Container Insights uses, narrowed to its log group.
+                iam.PolicyStatement(
+                    actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                    resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
+                ),
+                # Node volumes and instance tags; the EC2 API lets no policy narrow these to a resource.
+                iam.PolicyStatement(actions=["ec2:DescribeVolumes", "ec2:DescribeTags"], resources=["*"]),
+            ],
         )
-        # The part of CloudWatchAgentServerPolicy that Container Insights uses, narrowed to its log group.
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                resources=[
-                    f"arn:{Aws.PARTITION}:logs:{self.region}:{Aws.ACCOUNT_ID}:log-group:{prefix}/performance",
-                    f"arn:{Aws.PARTITION}:logs:{self.region}:{Aws.ACCOUNT_ID}:log-group:{prefix}/performance:log-stream:*",
-                ],
-            )
-        )
-        # Node volumes and instance tags; the EC2 API lets no policy narrow these to a resource.
-        role.add_to_policy(iam.PolicyStatement(actions=["ec2:DescribeVolumes", "ec2:DescribeTags"], resources=["*"]))
-        addon = eks.Addon(self, "CloudWatchObservability", cluster=self.cluster, addon_name=CLOUDWATCH_ADDON)
-        cfn_addon = cast(eks.CfnAddon, addon.node.default_child)
-        cfn_addon.configuration_values = json.dumps(
-            {
+        addon = self._addon(
+            "CloudWatchObservability",
+            CLOUDWATCH_ADDON,
+            configuration={
                 "containerLogs": {"enabled": False},
                 "dcgmExporter": {"enabled": False},
                 "neuronMonitor": {"enabled": False},
-            }
+            },
+            identity=(role, CLOUDWATCH_AGENT_SERVICE_ACCOUNT),
         )
-        cfn_addon.pod_identity_associations = [
-            eks.CfnAddon.PodIdentityAssociationProperty(
-                role_arn=role.role_arn, service_account=CLOUDWATCH_AGENT_SERVICE_ACCOUNT
-            )
-        ]
         addon.node.add_dependency(performance_logs)
 
 

@@ -30,6 +30,7 @@ from settings.model import ModelSettings, StageSettings
 from stacks.metrics import ManagedPrometheus
 from stacks.model_store import LUSTRE_PORTS
 from stacks.observability import PrometheusDataSource, StageAlarms, stage_dashboard
+from stacks.pod_identity import pod_identity_role
 from stacks.web_acl import rate_limited_web_acl
 
 # KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
@@ -223,14 +224,12 @@ class ServingStack(Stack):
         An association (CfnPodIdentityAssociation) rather than the aws_eks_v2 ServiceAccount, which
         would also install the Pod Identity agent add-on that Auto Mode already runs (aws-cdk#32580).
         """
-        role = iam.Role(
+        role = pod_identity_role(
             self,
             f"{id_prefix}Role",
             description=f"{description} (service account {service_account} in namespace {namespace})",
-            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+            statements=statements,
         )
-        for statement in statements:
-            role.add_to_policy(statement)
         return eks.CfnPodIdentityAssociation(
             self,
             f"{id_prefix}Identity",
