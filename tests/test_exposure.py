@@ -11,15 +11,16 @@ from typing import Any
 import aws_cdk as cdk
 import cdk8s
 import pytest
+import yaml
 from aws_cdk.assertions import Template
 
 from app import project_app
 from charts import NETWORK_POLICY_CONTROLLER, DeployedResources, build_charts
-from settings import parse_stage_settings
+from settings import STAGES_DIR, parse_stage_settings
 from settings.model import StageSettings
 from stacks.serving import smoke_test_command, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
-from tests.conftest import find, stage_data
+from tests.conftest import find, render_charts, stage_data
 from tests.scanners import cloudformation_problems, kubernetes_problems
 from tests.test_settings import rejected
 
@@ -41,13 +42,15 @@ def exposed_settings(**exposure: Any) -> StageSettings:
 
 
 @functools.cache
-def exposed_objects() -> list[dict[str, Any]]:
-    return model_objects(exposed_settings())
-
-
-def model_objects(settings: StageSettings) -> list[dict[str, Any]]:
+def exposed_charts() -> dict[str, Any]:
+    """prod's charts with its model exposed, built once: by chart id."""
+    settings = exposed_settings()
     deployed = dataclasses.replace(DeployedResources.placeholders(settings), web_acl_arns={"gpt-oss-20b": WEB_ACL})
-    return build_charts(cdk8s.App(), settings, deployed)["Model-gpt-oss-20b"].to_json()
+    return build_charts(cdk8s.App(), settings, deployed)
+
+
+def exposed_objects() -> list[dict[str, Any]]:
+    return exposed_charts()["Model-gpt-oss-20b"].to_json()
 
 
 def test_an_internal_https_load_balancer_routes_only_v1_to_the_service() -> None:
@@ -110,8 +113,12 @@ def test_only_v1_reaches_vllm_through_the_load_balancer(path: str, routed: bool)
 
 
 def test_a_model_not_exposed_has_no_ingress() -> None:
-    objects = model_objects(parse_stage_settings("prod", stage_data("prod")))
+    objects = render_charts("prod")["Model-gpt-oss-20b"]
     assert not [obj for obj in objects if obj["kind"] in ("Ingress", "IngressClass", "IngressClassParams")]
+
+
+# Limits other than the defaults, so the test can tell they are the settings'.
+LIMITS = {"rate_limit_per_key": 600, "rate_limit_total": 6000}
 
 
 @functools.cache
@@ -125,7 +132,7 @@ def web_acl(**exposure: Any) -> dict[str, Any]:
 
 
 def test_the_web_acl_limits_each_key_and_all_requests_and_cloudformation_accepts_it() -> None:
-    acl = web_acl(rate_limit_per_key=600, rate_limit_total=6000)
+    acl = web_acl(**LIMITS)
     assert cloudformation_problems(WEB_ACL_TYPE, acl) == []
     assert acl["Scope"] == "REGIONAL"
     assert acl["DefaultAction"] == {"Allow": {}}
@@ -143,7 +150,7 @@ def test_the_web_acl_limits_each_key_and_all_requests_and_cloudformation_accepts
 
 
 def test_the_cloudformation_schema_rejects_a_broken_web_acl() -> None:
-    broken = copy.deepcopy(web_acl())
+    broken = copy.deepcopy(web_acl(**LIMITS))
     broken["Rules"][1]["Statement"]["RateBasedStatement"]["Limit"] = 5
     broken["Description"] = "the model's ACL"
     problems = cloudformation_problems(WEB_ACL_TYPE, broken)
@@ -212,8 +219,7 @@ def test_only_the_inbound_subnets_reach_the_replicas_port() -> None:
 
 
 def test_exposure_turns_on_network_policies_on_the_gpu_nodes_and_in_the_cluster() -> None:
-    settings = exposed_settings()
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    charts = exposed_charts()
     for node_class in [o for o in charts["GpuNodePool"].to_json() if o["kind"] == "NodeClass"]:
         assert node_class["spec"]["networkPolicy"] == "DefaultAllow"  # pods no policy selects stay open
     controller = charts[NETWORK_POLICY_CONTROLLER]
@@ -221,14 +227,23 @@ def test_exposure_turns_on_network_policies_on_the_gpu_nodes_and_in_the_cluster(
     (config_map,) = controller.to_json()
     assert config_map["metadata"] == {"name": "amazon-vpc-cni", "namespace": "kube-system"}
     assert config_map["data"] == {"enable-network-policy-controller": "true"}
-    unexposed = parse_stage_settings("prod", stage_data("prod"))
-    plain = build_charts(cdk8s.App(), unexposed, DeployedResources.placeholders(unexposed))
+    plain = render_charts("prod")
     assert NETWORK_POLICY_CONTROLLER not in plain
-    assert all("networkPolicy" not in o["spec"] for o in plain["GpuNodePool"].to_json() if o["kind"] == "NodeClass")
+    assert all("networkPolicy" not in o["spec"] for o in plain["GpuNodePool"] if o["kind"] == "NodeClass")
 
 
 def test_the_web_acl_keeps_no_sample_of_requests() -> None:
     # A sampled request holds its headers, the API key among them.
-    acl = web_acl()
+    acl = web_acl(**LIMITS)
     assert acl["VisibilityConfig"]["SampledRequestsEnabled"] is False
     assert all(rule["VisibilityConfig"]["SampledRequestsEnabled"] is False for rule in acl["Rules"])
+
+
+def test_the_exposure_example_in_prod_yaml_is_valid_once_filled_in() -> None:
+    lines = (STAGES_DIR / "prod.yaml").read_text().splitlines()
+    start = lines.index("    # exposure:")
+    example = "\n".join(line.replace("    # ", "", 1) for line in lines[start : start + 3])
+    filled = example.replace("<account>", "123456789012").replace("<id>", CERTIFICATE.rsplit("/", 1)[1])
+    data = stage_data("prod")
+    data["models"][0].update(yaml.safe_load(filled))
+    assert parse_stage_settings("prod", data).models[0].exposure is not None
