@@ -136,7 +136,8 @@ _EARLY: dict[str, Any] = {}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if session.config.args_source is pytest.Config.ArgsSource.ARGS:
+    chosen = session.config.option.keyword or session.config.option.markexpr
+    if session.config.args_source is pytest.Config.ArgsSource.ARGS or chosen:
         return  # chosen tests: the fixtures start what they need
     scratch = Path(tempfile.mkdtemp(prefix="gpu-inference-tests-"))
     _EARLY["scratch"] = scratch
@@ -318,54 +319,38 @@ ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
 
 
 @pytest.fixture(scope="session")
-def admins_cluster(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    """A cluster with admins, a narrowed public endpoint and Kubernetes 1.35."""
-    import aws_cdk as cdk
-    from aws_cdk.assertions import Template
-
-    from app import cdk_json_context, project_app
-    from stacks.cluster import ClusterStack
-    from stacks.network import NetworkStack
-
-    data = stage_data()
-    data["cluster"].update(
-        admin_principal_arns=[ADMIN_ROLE, ADMIN_USER], public_access_cidrs=["203.0.113.0/24"], kubernetes_version="1.35"
-    )
-    settings = parse_stage_settings("scenario", data)
-    app = project_app(context=cdk_json_context())
-    env = cdk.Environment(region=settings.region)
-    network = NetworkStack(
-        app, "Network", env=env, availability_zones=settings.availability_zones, network=settings.network
-    )
-    cluster = ClusterStack(
-        app,
-        "Cluster",
-        env=env,
-        vpc=network.vpc,
-        inbound_subnets=network.inbound_subnets,
-        cluster=settings.cluster,
-        metrics=settings.metrics,
-        observability=settings.observability,
-        image_cache_prefix="ecr-public/scenario",
-    )
-    return _scenario("admins-cluster", Template.from_stack(cluster).to_json(), tmp_path_factory.mktemp("scenario"))
-
-
-@pytest.fixture(scope="session")
-def gated_model_serving(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    """The Serving stack of a stage whose model is gated, with a token secret."""
+def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
+    """One stage that no stage file has, built in this process: admins, a narrowed public endpoint and
+    Kubernetes 1.35 on its cluster, and a gated model with a token secret. Its Cluster and Serving templates."""
     from aws_cdk.assertions import Template
 
     from app import cdk_json_context, project_app
     from stacks.stage import InferencePlatformStage
 
     data = stage_data()
+    data["cluster"].update(
+        admin_principal_arns=[ADMIN_ROLE, ADMIN_USER], public_access_cidrs=["203.0.113.0/24"], kubernetes_version="1.35"
+    )
     data["models"][0]["hf_token_secret"] = "hf-token"
     settings = parse_stage_settings("scenario", data)
     stage = InferencePlatformStage(project_app(context=cdk_json_context()), "scenario", settings=settings)
-    return _scenario(
-        "gated-model-serving", Template.from_stack(stage.serving).to_json(), tmp_path_factory.mktemp("scenario")
-    )
+    folder = tmp_path_factory.mktemp("scenario")
+    return {
+        name: _scenario(name, Template.from_stack(stack).to_json(), folder)
+        for name, stack in (("admins-cluster", stage.cluster), ("gated-model-serving", stage.serving))
+    }
+
+
+@pytest.fixture(scope="session")
+def admins_cluster(scenario_stage: dict[str, Scenario]) -> Scenario:
+    """The scenario's cluster: with admins, a narrowed public endpoint and Kubernetes 1.35."""
+    return scenario_stage["admins-cluster"]
+
+
+@pytest.fixture(scope="session")
+def gated_model_serving(scenario_stage: dict[str, Scenario]) -> Scenario:
+    """The scenario's Serving stack, whose model is gated, with a token secret."""
+    return scenario_stage["gated-model-serving"]
 
 
 # What runs in the background, started with the session when a collected test needs it.
@@ -448,6 +433,11 @@ def _reference(intrinsic: dict[str, Any]) -> str:
     if "Ref" in intrinsic:
         return "${" + intrinsic["Ref"] + "}"
     return "${" + json.dumps(intrinsic, sort_keys=True).replace('"', "'") + "}"
+
+
+def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """Every resource of a CloudFormation type in a template."""
+    return [resource for resource in template["Resources"].values() if resource["Type"] == kind]
 
 
 def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:

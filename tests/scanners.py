@@ -19,6 +19,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from settings.yaml_files import FAST_LOADER
 from tests.conftest import BACKGROUND_PRIORITY, ROOT
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
@@ -211,7 +212,7 @@ def _crd_schema(path: Path, version: str) -> dict[str, Any]:
     an unknown field is an error, where the API server would silently drop it."""
     text = "\n".join(line for line in path.read_text().splitlines() if "{{" not in line)
     # libyaml's loader: KEDA's ScaledObject definition alone is 300 KB.
-    crd = next(doc for doc in yaml.load_all(text, Loader=yaml.CSafeLoader) if doc)
+    crd = next(doc for doc in yaml.load_all(text, Loader=FAST_LOADER) if doc)
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return _strict(served["schema"]["openAPIV3Schema"])
 

@@ -12,8 +12,10 @@ Server = TypeVar("Server", bound=ThreadingHTTPServer)
 
 
 class QuietHandler(BaseHTTPRequestHandler):
-    def answer(self, status: int, body: bytes) -> None:
+    def answer(self, status: int, body: bytes, content_type: str | None = None) -> None:
         self.send_response(status)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -12,7 +12,7 @@ import yaml
 
 from charts.api_keys import FILE, LOGGING_CONFIG, LOGGING_FILE, LOGGING_MOUNT, MOUNT, PROVIDER_CLASS, SERVICE_ACCOUNT
 from stacks.cluster import SECRETS_STORE_ADDON
-from tests.conftest import ROOT, Assembly, find, render_charts, stage_data
+from tests.conftest import ROOT, Assembly, find, render_charts, resources, stage_data
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
 
@@ -79,10 +79,6 @@ def test_keys_never_come_from_the_templates() -> None:
         data = stage_data()
         data["models"][0]["extra_args"] = [flag]
         assert f"models[0].extra_args: {flag!r} is set by the project" in rejected(data)
-
-
-def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [resource for resource in template["Resources"].values() if resource["Type"] == kind]
 
 
 def test_the_replicas_and_the_smoke_test_may_read_the_secret_and_nothing_else(prod: Assembly) -> None:

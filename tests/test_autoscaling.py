@@ -24,7 +24,7 @@ from settings.cold_start import cold_start_seconds
 from settings.model import MetricsSettings
 from stacks.metrics import alert_manager, recorded, rules, scrape_configuration
 from stacks.serving import KEDA_CHART, KEDA_NAMESPACE, KEDA_SERVICE_ACCOUNT
-from tests.conftest import Assembly, find, render_charts, stage_data
+from tests.conftest import Assembly, find, render_charts, resources, stage_data
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
 
@@ -234,10 +234,6 @@ def test_the_scraper_keeps_only_vllm_pods_on_vllms_and_the_gpu_readers_ports_at_
 
 
 # --- the stacks ---
-
-
-def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [resource for resource in template["Resources"].values() if resource["Type"] == kind]
 
 
 def test_production_has_a_retained_workspace_its_rules_and_a_scraper_of_the_cluster(prod: Assembly) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +32,15 @@ from scripts.smoke_test import (
     wait_for_load_balancer,
     wait_for_rollout,
 )
+from tests import stand_ins
 from tests.conftest import ROOT
+from tests.stand_ins import QuietHandler
 
 MODEL = "openai/gpt-oss-20b"
 REASONING = "The user asks what machine learning is. I should explain briefly."
+
+
+JSON = "application/json"
 
 
 def completion(content: str | None, finish_reason: str | None = "stop", **reasoning: str | None) -> bytes:
@@ -56,7 +60,7 @@ BEHAVIOURS: dict[str, tuple[int, bytes]] = {
 }
 
 
-class FakeVllm(BaseHTTPRequestHandler):
+class FakeVllm(QuietHandler):
     """Answers /v1/chat/completions the way the server's `behaviour` says; records what it was asked."""
 
     behaviour = "good"
@@ -68,30 +72,16 @@ class FakeVllm(BaseHTTPRequestHandler):
         if self.behaviour == "silent":
             time.sleep(5)  # longer than the client waits
             return
-        status, body = BEHAVIOURS[self.behaviour]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(*BEHAVIOURS[self.behaviour], content_type=JSON)
 
 
 @contextmanager
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A local HTTP server with this handler, in a thread; yields its base URL."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    # A short poll interval: shutdown() waits for the next poll (0.5 s by default) in every test.
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    httpd.daemon_threads = True  # a silent server's request must not hold up its shutdown
+    with stand_ins.serving(httpd):
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture
@@ -410,7 +400,7 @@ def test_an_import_that_outlasts_the_wait_fails_saying_so(kubectl: FakeKubectl, 
 KEYS = ["key-one", "key-two"]
 
 
-class KeyedVllm(BaseHTTPRequestHandler):
+class KeyedVllm(QuietHandler):
     """/v1 answers only with `Authorization: Bearer <one of KEYS>` when `requires_key`, as vLLM's middleware does."""
 
     requires_key = True
@@ -420,28 +410,18 @@ class KeyedVllm(BaseHTTPRequestHandler):
         KeyedVllm.seen.append((self.command, self.path, self.headers.get("Authorization")))
         keyed = self.requires_key and self.path.startswith("/v1")  # vLLM's middleware guards /v1 only
         if keyed and self.headers.get("Authorization") not in [f"Bearer {key}" for key in KEYS]:
-            self._send(401, b'{"error": "Unauthorized"}')
+            self.answer(401, b'{"error": "Unauthorized"}', content_type=JSON)
             return True
         return False
 
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_GET(self) -> None:
         if not self._refused():
-            self._send(200, b'{"data": []}')
+            self.answer(200, b'{"data": []}', content_type=JSON)
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         if not self._refused():
-            self._send(*BEHAVIOURS["good"])
-
-    def log_message(self, *args: object) -> None:
-        pass
+            self.answer(*BEHAVIOURS["good"], content_type=JSON)
 
 
 @pytest.fixture
@@ -507,7 +487,7 @@ class LoadBalancedVllm(KeyedVllm):
     def do_GET(self) -> None:
         if not self.path.startswith("/v1") and not self.routes_everything:
             KeyedVllm.seen.append((self.command, self.path, None))
-            self._send(404, b"")
+            self.answer(404, b"", content_type=JSON)
             return
         super().do_GET()
 
@@ -551,7 +531,7 @@ def test_ingress_and_hostname_come_together(capsys: pytest.CaptureFixture[str]) 
     assert "give --ingress and --hostname together" in capsys.readouterr().err
 
 
-class ComingUp(KeyedVllm):
+class ComingUp(LoadBalancedVllm):
     """A load balancer whose targets are still registering: 503 for the first `warming` requests."""
 
     warming = 2
@@ -560,11 +540,7 @@ class ComingUp(KeyedVllm):
         if ComingUp.warming > 0:
             ComingUp.warming -= 1
             KeyedVllm.seen.append((self.command, self.path, None))
-            self._send(503, b"")
-            return
-        if not self.path.startswith("/v1"):
-            KeyedVllm.seen.append((self.command, self.path, None))
-            self._send(404, b"")
+            self.answer(503, b"", content_type=JSON)
             return
         super().do_GET()
 
