@@ -93,23 +93,14 @@ BROKEN_DEPLOYMENT = {
 }
 
 
-def start_kubernetes_scan(new_dir: Callable[[str], Path]) -> tuple[Path, subprocess.Popen[str]]:
-    """checkov on every stage's manifests (<folder>/<stage>/) and on a broken Deployment (<folder>/broken/),
-    in one run: it needs the charts only, so it runs while the stages synthesize. tests/test_gates.py
-    reads each folder's share of the results."""
-    from tests.scanners import run_checkov  # here: tests.scanners imports this module
-
-    outdir = new_dir("manifests")
+def write_manifests_to_scan(outdir: Path) -> Path:
+    """Every stage's manifests as `python -m charts` writes them (<outdir>/<stage>/), and a broken Deployment
+    (<outdir>/broken/), for checkov's Kubernetes checks (template_scans)."""
     for stage in stage_names():
         write_manifests(stage, outdir)
     (outdir / "broken").mkdir()
     (outdir / "broken" / "deployment.yaml").write_text(yaml.safe_dump(BROKEN_DEPLOYMENT))
-    return outdir, run_checkov("kubernetes", [outdir])
-
-
-@pytest.fixture(scope="session")
-def kubernetes_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Popen[str]]:
-    return _EARLY.get("kubernetes_scan") or start_kubernetes_scan(tmp_path_factory.mktemp)
+    return outdir
 
 
 def start_synths(new_dir: Callable[[str], Path]) -> dict[str, Future[Assembly]]:
@@ -147,7 +138,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     _EARLY["synths"] = start_synths(new_dir)
     _EARLY["unacknowledged_synth"] = start_unacknowledged_synth(new_dir)
-    _EARLY["kubernetes_scan"] = start_kubernetes_scan(new_dir)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -190,12 +180,12 @@ BROKEN_TEMPLATE = {
 
 
 @dataclass(frozen=True)
-class TemplateScans:
-    """checkov's and cfn-lint's findings on every synthesized template.
+class Scans:
+    """checkov's and cfn-lint's findings on every synthesized template and every stage's manifests.
 
-    checkov read <folder>/<stage>/, <folder>/pipeline/ (the pipeline's stack and each stage as it
-    deploys them) and <folder>/broken/ in one run: its start-up is most of its time, and given
-    several folders it attributes results to the wrong ones.
+    checkov read <folder>/cloudformation/ (<stage>/, pipeline/ with the pipeline's stack and each stage
+    as it deploys them, and broken/) and <folder>/kubernetes/ (<stage>/ and broken/) in one run: its
+    start-up is most of its time, and given several folders it attributes results to the wrong ones.
     """
 
     folder: Path
@@ -204,41 +194,51 @@ class TemplateScans:
     cfn_lint: list[str]  # on the synthesized templates
     cfn_lint_broken: list[str]  # on the broken one
 
+    def checkov_on(self, framework: str, *names: str) -> dict[str, list[dict[str, Any]]]:
+        """checkov's results on some of a framework's folders (stages, "pipeline", "broken")."""
+        from tests.scanners import checkov_share  # tests.scanners imports this module
+
+        return checkov_share(self.checkov, [self.folder / framework / name for name in names])
+
 
 @pytest.fixture(scope="session")
-def template_scans(
+def scans(
     _synths: dict[str, Future[Assembly]],
     admins_cluster: Scenario,
     gated_model_serving: Scenario,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Future[TemplateScans]:
-    """The scans, started in the background as soon as the synths end."""
+) -> Future[Scans]:
+    """The scans, started in the background as soon as the synths end. The manifests are written here, in
+    this thread: cdk8s runs in this process's jsii kernel, which the tests use meanwhile."""
+    folder = tmp_path_factory.mktemp("scans")
+    write_manifests_to_scan(folder / "kubernetes")
     scenarios = [admins_cluster.path, gated_model_serving.path]
-    return BACKGROUND.submit(_scan_templates, _synths, scenarios, tmp_path_factory.mktemp("templates"))
+    return BACKGROUND.submit(_scan, _synths, scenarios, folder)
 
 
-def _scan_templates(synths: dict[str, Future[Assembly]], scenarios: list[Path], folder: Path) -> TemplateScans:
+def _scan(synths: dict[str, Future[Assembly]], scenarios: list[Path], folder: Path) -> Scans:
     from tests.scanners import cfn_lint, checkov_results, run_checkov  # tests.scanners imports this module
 
     synthesized = {name: synth.result() for name, synth in synths.items()}
+    templates = folder / "cloudformation"
     for name, assembly in synthesized.items():
         for template in assembly.directory.rglob("*.template.json"):
-            target = folder / name / template.relative_to(assembly.directory)
+            target = templates / name / template.relative_to(assembly.directory)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(template, target)
-    (folder / "broken").mkdir()
-    (folder / "broken" / "broken.template.json").write_text(json.dumps(BROKEN_TEMPLATE))
-    checkov = run_checkov("cloudformation", [folder])
+    broken = templates / "broken" / "broken.template.json"
+    broken.parent.mkdir()
+    broken.write_text(json.dumps(BROKEN_TEMPLATE))
+    checkov = run_checkov(["cloudformation", "kubernetes"], folder)
     # The pipeline's stack, and each stage's stacks as it deploys them, in nested assemblies.
     linted = {
         name: sorted(assembly.directory.glob("**/*.template.json" if name == PIPELINE else "*.template.json"))
         for name, assembly in synthesized.items()
     }
     linted[SCENARIOS] = scenarios
-    broken = folder / "broken" / "broken.template.json"
     findings = cfn_lint([*(path for paths in linted.values() for path in paths), broken])
     of_broken = [finding for finding in findings if f" in {broken.name}: " in finding]
-    return TemplateScans(
+    return Scans(
         folder=folder,
         checkov=checkov_results(checkov),
         linted=linted,
@@ -354,7 +354,7 @@ def gated_model_serving(scenario_stage: dict[str, Scenario]) -> Scenario:
 
 
 # What runs in the background, started with the session when a collected test needs it.
-BACKGROUND_RUNS = ("_synths", "template_scans", "_unacknowledged_synth", "kubernetes_scan")
+BACKGROUND_RUNS = ("_synths", "scans", "_unacknowledged_synth")
 
 
 @pytest.fixture(scope="session", autouse=True)

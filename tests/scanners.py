@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -29,32 +28,23 @@ CFN_LINT = ROOT / ".venv" / "bin" / "cfn-lint"
 def cfn_lint(templates: list[Path]) -> list[str]:
     """cfn-lint with the project's .cfnlintrc.yaml: errors, warnings and informational findings.
 
-    The templates are split over one cfn-lint process per core: its rules are CPU-bound.
-    """
-    shares = [templates[index :: os.cpu_count() or 1] for index in range(os.cpu_count() or 1)]
-    processes = [
-        subprocess.Popen(
-            [*BACKGROUND_PRIORITY, str(CFN_LINT), "--format", "json", *map(str, share)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for share in shares
-        if share
+    One process for every template: its start-up (the resource schemas) would cost each process as much
+    again, and it runs beside checkov, which takes the other core."""
+    run = subprocess.run(
+        [*BACKGROUND_PRIORITY, str(CFN_LINT), "--format", "json", *map(str, templates)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if run.returncode and not run.stdout.strip().startswith("["):
+        raise RuntimeError(f"cfn-lint did not run: {run.stderr}")
+    return [
+        f"{m['Level']} {m['Rule']['Id']} at {'/'.join(map(str, m['Location']['Path']))} in "
+        f"{Path(m['Filename']).name}: {m['Message']} (fix the construct, or ignore the rule in .cfnlintrc.yaml "
+        "with the reason)"
+        for m in json.loads(run.stdout)
     ]
-    findings = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=300)
-        if process.returncode and not stdout.strip().startswith("["):
-            raise RuntimeError(f"cfn-lint did not run: {stderr}")
-        findings += [
-            f"{m['Level']} {m['Rule']['Id']} at {'/'.join(map(str, m['Location']['Path']))} in "
-            f"{Path(m['Filename']).name}: {m['Message']} (fix the construct, or ignore the rule in .cfnlintrc.yaml "
-            "with the reason)"
-            for m in json.loads(stdout)
-        ]
-    return findings
 
 
 # Kubernetes' own name rules, which its OpenAPI schemas do not carry (k8s.io/apimachinery
@@ -99,18 +89,18 @@ def is_config_map_key(key: str) -> bool:
     return len(key) <= 253 and re.fullmatch(r"[-._a-zA-Z0-9]+", key) is not None and key not in (".", "..")
 
 
-def run_checkov(framework: str, directories: list[Path]) -> subprocess.Popen[str]:
-    """Start checkov (its own virtual environment: it pins an old `packaging`) on some folders."""
+def run_checkov(frameworks: list[str], directory: Path) -> subprocess.Popen[str]:
+    """Start checkov (its own virtual environment: it pins an old `packaging`) on a folder."""
     if not CHECKOV.exists():
         raise FileNotFoundError(f"{CHECKOV} is missing: `make setup` installs it")
-    directory_args = [arg for directory in directories for arg in ("-d", str(directory))]
     return subprocess.Popen(
         [
             *BACKGROUND_PRIORITY,
             str(CHECKOV),
-            *directory_args,
+            "-d",
+            str(directory),
             "--framework",
-            framework,
+            *frameworks,
             "--skip-download",
             "--output",
             "json",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,11 +28,9 @@ from stacks.reviewed_findings import (
     PIPELINE_CHECKOV_FINDINGS,
     nag_findings,
 )
-from tests.conftest import PIPELINE, SCENARIOS, Assembly, TemplateScans, find, find_all, render_charts
+from tests.conftest import PIPELINE, SCENARIOS, Assembly, Scans, find, find_all, render_charts
 from tests.scanners import (
     checkov_failures,
-    checkov_results,
-    checkov_share,
     checkov_skips,
     is_config_map_key,
     is_dns1123_label,
@@ -46,20 +43,16 @@ from tests.scanners import (
 
 
 @pytest.fixture(scope="session")
-def checkov_reports(
-    template_scans: Future[TemplateScans], kubernetes_scan: tuple[Path, subprocess.Popen[str]]
-) -> dict[str, dict[str, list[dict[str, Any]]]]:
+def checkov_reports(scans: Future[Scans]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """checkov's reports on each input: the manifests, the templates of the stages and of the
-    pipeline, and a broken one of each (tests/conftest.py runs both scans in the background)."""
-    scans = template_scans.result()
-    manifests_dir, manifests_run = kubernetes_scan
-    manifests = checkov_results(manifests_run)
+    pipeline, and a broken one of each (tests/conftest.py runs the scan in the background)."""
+    done = scans.result()
     return {
-        "kubernetes": checkov_share(manifests, [manifests_dir / stage for stage in stage_names()]),
-        "broken-kubernetes": checkov_share(manifests, [manifests_dir / "broken"]),
-        "cloudformation": checkov_share(scans.checkov, [scans.folder / stage for stage in stage_names()]),
-        "pipeline": checkov_share(scans.checkov, [scans.folder / PIPELINE]),
-        "broken-cloudformation": checkov_share(scans.checkov, [scans.folder / "broken"]),
+        "kubernetes": done.checkov_on("kubernetes", *stage_names()),
+        "broken-kubernetes": done.checkov_on("kubernetes", "broken"),
+        "cloudformation": done.checkov_on("cloudformation", *stage_names()),
+        "pipeline": done.checkov_on("cloudformation", PIPELINE),
+        "broken-cloudformation": done.checkov_on("cloudformation", "broken"),
     }
 
 
@@ -101,16 +94,16 @@ def test_every_acknowledgment_gives_a_reason(stage: str) -> None:
 # --- cfn-lint ---
 
 
-def test_every_template_passes_cfn_lint(template_scans: Future[TemplateScans]) -> None:
-    scans = template_scans.result()
-    assert {stage: len(scans.linted[stage]) for stage in stage_names()} == {stage: 5 for stage in stage_names()}
-    assert len(scans.linted[PIPELINE]) == 1 + 5 * len(stage_names())
-    assert len(scans.linted[SCENARIOS]) == 2  # the admins cluster and the gated model's Serving stack
-    assert scans.cfn_lint == []
+def test_every_template_passes_cfn_lint(scans: Future[Scans]) -> None:
+    done = scans.result()
+    assert {stage: len(done.linted[stage]) for stage in stage_names()} == {stage: 5 for stage in stage_names()}
+    assert len(done.linted[PIPELINE]) == 1 + 5 * len(stage_names())
+    assert len(done.linted[SCENARIOS]) == 2  # the admins cluster and the gated model's Serving stack
+    assert done.cfn_lint == []
 
 
-def test_cfn_lint_rejects_a_broken_template(template_scans: Future[TemplateScans]) -> None:
-    (finding,) = template_scans.result().cfn_lint_broken
+def test_cfn_lint_rejects_a_broken_template(scans: Future[Scans]) -> None:
+    (finding,) = scans.result().cfn_lint_broken
     assert finding.startswith("Error E3002 at Resources/Bucket/Properties/BucketNam in broken.template.json")
 
 
