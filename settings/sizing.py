@@ -196,17 +196,20 @@ def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePool
     if pool is None:
         reasons = [meets_pool(settings, instance, each) for each in settings.gpu_node_pools]
         return [] if not all(reasons) else reasons[0]
-    where = f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}]"
+
+    def where() -> str:  # only once a reason needs it: finding the index compares whole pools
+        return f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}]"
+
     reasons = []
     if pool.instance_categories and instance.category not in pool.instance_categories:
-        reasons.append(f"category {instance.category} is not in {where}.instance_categories")
+        reasons.append(f"category {instance.category} is not in {where()}.instance_categories")
     if pool.instance_families and instance.family not in pool.instance_families:
-        reasons.append(f"family {instance.family} is not in {where}.instance_families")
+        reasons.append(f"family {instance.family} is not in {where()}.instance_families")
     floor = pool.instance_generation_greater_than
     if floor is not None and instance.generation <= floor:
         reasons.append(f"generation {instance.generation} is not above {floor}")
     if instance.architecture not in pool.architectures:
-        reasons.append(f"{instance.architecture} is not in {where}.architectures")
+        reasons.append(f"{instance.architecture} is not in {where()}.architectures")
     return reasons
 
 
@@ -223,6 +226,12 @@ def gpu_fit(
     return reasons
 
 
+def with_gpu_count(model: ModelSettings) -> list[GpuInstance]:
+    """The catalog's instances with as many GPUs as the model uses: gpu_fit refuses every other one, and
+    leaving those out first spares settings validation most of its work."""
+    return [instance for instance in catalog() if instance.gpus == model.gpus]
+
+
 def cheapest_first(settings: StageSettings, instances: list[GpuInstance]) -> list[GpuInstance]:
     """By on-demand price (see on_demand_prices); unpriced ones after, smallest first."""
     _, prices = on_demand_prices(settings.region)
@@ -235,7 +244,7 @@ def requests(settings: StageSettings, model: ModelSettings) -> Requests:
     land on that instance whichever pool launches it."""
     given = model.resources
     holders = [
-        cheapest_first(settings, [i for i in catalog() if not gpu_fit(settings, model, i, pool)])
+        cheapest_first(settings, [i for i in with_gpu_count(model) if not gpu_fit(settings, model, i, pool)])
         for pool in settings.gpu_node_pools
     ]
     smallest = [found[0] for found in holders if found]
@@ -294,7 +303,7 @@ def candidates(
 ) -> list[GpuInstance]:
     """The catalog's instances that can run one replica in a pool, or in any pool, cheapest first."""
     wanted = requests(settings, model)
-    return cheapest_first(settings, [i for i in catalog() if not fit(settings, model, i, wanted, pool)])
+    return cheapest_first(settings, [i for i in with_gpu_count(model) if not fit(settings, model, i, wanted, pool)])
 
 
 def pools_for(settings: StageSettings, model: ModelSettings) -> list[GpuNodePoolSettings]:

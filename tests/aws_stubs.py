@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 import boto3
 from botocore.stub import Stubber
@@ -18,14 +18,30 @@ def session() -> boto3.session.Session:
     return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
 
 
+@functools.cache
+def client(service: str) -> Any:
+    """One client per service for the test run: creating one costs tens of milliseconds, and a Stubber
+    leaves it as it found it once deactivated."""
+    return session().client(service)
+
+
 class StubbedClients:
-    """One real client per service, each with its Stubber activated; `client` is a client factory."""
+    """One real client per service, each with its Stubber activated while in a `with` block; `client` is a
+    client factory."""
 
     def __init__(self, services: Iterable[str]) -> None:
-        self.clients = {service: session().client(service) for service in services}
+        self.clients = {service: client(service) for service in services}
         self.stubbers = {service: Stubber(client) for service, client in self.clients.items()}
+
+    def __enter__(self) -> Self:
         for stubber in self.stubbers.values():
             stubber.activate()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # The clients are shared: a Stubber left active would answer the next test's calls, from its own queue.
+        for stubber in self.stubbers.values():
+            stubber.deactivate()
 
     def client(self, service: str) -> Any:
         return self.clients[service]

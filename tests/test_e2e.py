@@ -72,39 +72,39 @@ def test_what_a_normal_stage_keeps_is_removed_for_a_throwaway_one() -> None:
         Leftover("aps:workspace", workspace, "tagged stage=e2e-abc123"),
         Leftover("ec2:network-interface", "eni-0123456789abcdef0", "in-use"),  # not ours to remove: reported
     ]
-    aws = StubbedClients(("s3", "kms", "logs", "ecr", "amp"))
-    aws.add(
-        "s3",
-        "list_object_versions",
-        {"Versions": [{"Key": "gpt-oss-20b/main/config.json", "VersionId": "v1"}], "DeleteMarkers": []},
-        {"Bucket": "e2e-bucket"},
-    )
-    aws.add(
-        "s3",
-        "delete_objects",
-        {},
-        {
-            "Bucket": "e2e-bucket",
-            "Delete": {"Objects": [{"Key": "gpt-oss-20b/main/config.json", "VersionId": "v1"}], "Quiet": True},
-        },
-    )
-    aws.add("s3", "delete_bucket", {}, {"Bucket": "e2e-bucket"})
-    aws.add(
-        "kms",
-        "schedule_key_deletion",
-        {"KeyId": key, "DeletionDate": datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC)},
-        {"KeyId": key, "PendingWindowInDays": 7},
-    )
-    aws.add("logs", "delete_log_group", {}, {"logGroupName": control_plane})
-    aws.add("ecr", "delete_repository", {}, {"repositoryName": repository, "force": True})
-    aws.add(
-        "amp",
-        "delete_workspace",
-        {},
-        {"workspaceId": "ws-0123abcd-4567-89ef-0123-456789abcdef"},
-    )
-    removed = e2e.purge_retained(kept, aws.client)
-    aws.assert_no_pending_responses()
+    with StubbedClients(("s3", "kms", "logs", "ecr", "amp")) as aws:
+        aws.add(
+            "s3",
+            "list_object_versions",
+            {"Versions": [{"Key": "gpt-oss-20b/main/config.json", "VersionId": "v1"}], "DeleteMarkers": []},
+            {"Bucket": "e2e-bucket"},
+        )
+        aws.add(
+            "s3",
+            "delete_objects",
+            {},
+            {
+                "Bucket": "e2e-bucket",
+                "Delete": {"Objects": [{"Key": "gpt-oss-20b/main/config.json", "VersionId": "v1"}], "Quiet": True},
+            },
+        )
+        aws.add("s3", "delete_bucket", {}, {"Bucket": "e2e-bucket"})
+        aws.add(
+            "kms",
+            "schedule_key_deletion",
+            {"KeyId": key, "DeletionDate": datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC)},
+            {"KeyId": key, "PendingWindowInDays": 7},
+        )
+        aws.add("logs", "delete_log_group", {}, {"logGroupName": control_plane})
+        aws.add("ecr", "delete_repository", {}, {"repositoryName": repository, "force": True})
+        aws.add(
+            "amp",
+            "delete_workspace",
+            {},
+            {"workspaceId": "ws-0123abcd-4567-89ef-0123-456789abcdef"},
+        )
+        removed = e2e.purge_retained(kept, aws.client)
+        aws.assert_no_pending_responses()
     assert [leftover.kind for leftover in removed] == [
         "s3:bucket",
         "kms:key",

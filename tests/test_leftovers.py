@@ -52,9 +52,9 @@ class Stubs(StubbedClients):
 
 @pytest.fixture
 def stubs() -> Iterator[Stubs]:
-    stubs = Stubs()
-    yield stubs
-    stubs.assert_no_pending_responses()
+    with Stubs() as stubs:
+        yield stubs
+        stubs.assert_no_pending_responses()
 
 
 def tag_filter(key: str, value: str) -> dict[str, Any]:

@@ -101,9 +101,9 @@ class Stubs(StubbedClients):
 
 @pytest.fixture
 def stubs() -> Iterator[Stubs]:
-    stubs = Stubs()
-    yield stubs
-    stubs.assert_no_pending_responses()
+    with Stubs() as stubs:
+        yield stubs
+        stubs.assert_no_pending_responses()
 
 
 def needed_vcpus(settings: StageSettings, category: str) -> int:
