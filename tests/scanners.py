@@ -142,10 +142,10 @@ def _json_documents(text: str) -> list[Any]:
 def checkov_share(results: dict[str, list[dict[str, Any]]], folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
     """The part of a checkov run's results that concerns files under some folders."""
     roots = tuple(f"{folder.resolve()}/" for folder in folders)
-    share = {
-        key: [check for check in checks if str(Path(check["file_abs_path"]).resolve()).startswith(roots)]
-        for key, checks in results.items()
-    }
+    # Each file has hundreds of checks: its path is resolved once.
+    files = {check["file_abs_path"] for checks in results.values() for check in checks}
+    inside = {file for file in files if str(Path(file).resolve()).startswith(roots)}
+    share = {key: [check for check in checks if check["file_abs_path"] in inside] for key, checks in results.items()}
     if not any(share.values()):
         raise RuntimeError(f"checkov checked nothing under {', '.join(roots)}")
     return share
