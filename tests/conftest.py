@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import json
 import os
 import shutil
@@ -29,6 +30,12 @@ from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, parse_stage
 from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# This process keeps most of what it builds to the end (modules, jsii proxies, charts, settings), so a full
+# garbage collection frees little and costs about 0.2 s. At Python's default, one after every 100 collections
+# of young objects, some 20 of them took a fifth of its CPU; they are made a hundred times rarer (none in a
+# run of the suite). Young objects are collected as before, and the peak memory (about 0.4 GiB) is unchanged.
+gc.set_threshold(700, 10, 1000)
 PIPELINE = "pipeline"
 # TemplateScans.linted's key for the templates of the scenarios built in this process.
 SCENARIOS = "scenarios"
