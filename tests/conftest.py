@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import tempfile
@@ -31,19 +31,26 @@ from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# This process keeps most of what it builds to the end (modules, jsii proxies, charts, settings), so a full
-# garbage collection frees little and costs about 0.2 s. At Python's default, one after every 100 collections
-# of young objects, some 20 of them took a fifth of its CPU; they are made a hundred times rarer (none in a
-# run of the suite). Young objects are collected as before, and the peak memory (about 0.4 GiB) is unchanged.
-gc.set_threshold(700, 10, 1000)
+# Python processes whose PYTHONPATH starts here make full garbage collections rarely; so does this one.
+RARE_FULL_COLLECTIONS = ROOT / "tests" / "rare_full_collections"
+runpy.run_path(str(RARE_FULL_COLLECTIONS / "sitecustomize.py"))
 PIPELINE = "pipeline"
 # TemplateScans.linted's key for the templates of the scenarios built in this process.
 SCENARIOS = "scenarios"
 
 
+def background_env() -> dict[str, str]:
+    """The caller's environment, for a process started in the background: its Python processes make full
+    garbage collections rarely (tests/rare_full_collections)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(RARE_FULL_COLLECTIONS), os.environ.get("PYTHONPATH")])),
+    }
+
+
 def synth_env() -> dict[str, str]:
     """The caller's environment without any AWS credentials, profile or region."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "CDK_DEFAULT_"))}
+    env = {name: value for name, value in background_env().items() if not name.startswith(("AWS_", "CDK_DEFAULT_"))}
     env["CDK_DISABLE_CLI_TELEMETRY"] = "true"
     return env
 

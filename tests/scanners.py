@@ -19,7 +19,7 @@ import kubernetes_validate
 import yaml
 
 from settings.yaml_files import FAST_LOADER
-from tests.conftest import BACKGROUND_PRIORITY, ROOT
+from tests.conftest import BACKGROUND_PRIORITY, ROOT, background_env
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 CFN_LINT = ROOT / ".venv" / "bin" / "cfn-lint"
@@ -33,6 +33,7 @@ def cfn_lint(templates: list[Path]) -> list[str]:
     run = subprocess.run(
         [*BACKGROUND_PRIORITY, str(CFN_LINT), "--format", "json", *map(str, templates)],
         cwd=ROOT,
+        env=background_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -107,6 +108,7 @@ def run_checkov(frameworks: list[str], directory: Path) -> subprocess.Popen[str]
             "--compact",  # no code blocks: a tenth of the output to parse, the same results
         ],
         cwd=ROOT,
+        env=background_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -28,8 +30,10 @@ from stacks.reviewed_findings import (
     PIPELINE_CHECKOV_FINDINGS,
     nag_findings,
 )
-from tests.conftest import PIPELINE, SCENARIOS, Assembly, Scans, find, find_all, render_charts
+from tests.conftest import PIPELINE, SCENARIOS, Assembly, Scans, background_env, find, find_all, render_charts
 from tests.scanners import (
+    CFN_LINT,
+    CHECKOV,
     checkov_failures,
     checkov_skips,
     is_config_map_key,
@@ -54,6 +58,21 @@ def checkov_reports(scans: Future[Scans]) -> dict[str, dict[str, list[dict[str, 
         "pipeline": done.checkov_on("cloudformation", PIPELINE),
         "broken-cloudformation": done.checkov_on("cloudformation", "broken"),
     }
+
+
+# --- the scanners' processes ---
+
+
+@pytest.mark.parametrize("scanner", [CHECKOV, CFN_LINT], ids=["checkov", "cfn-lint"])
+def test_the_scanners_python_makes_full_collections_rarely_in_the_background_only(scanner: Path) -> None:
+    python = scanner.parent / "python"  # the interpreter of the scanner's own environment
+    thresholds = "import gc; print(gc.get_threshold())"
+
+    def thresholds_in(env: dict[str, str]) -> str:
+        return subprocess.run([python, "-c", thresholds], env=env, capture_output=True, text=True, check=True).stdout
+
+    assert thresholds_in(background_env()) == "(700, 10, 1000)\n"
+    assert thresholds_in(dict(os.environ)) == "(700, 10, 10)\n"  # Python's default, where a user runs them
 
 
 # --- cdk-nag (AwsSolutions) ---
