@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -107,17 +108,26 @@ def bench_setup() -> None:
 
 
 def bench_tests() -> None:
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _children_cpu_seconds()
     process = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT)
     peak = 0
     while process.poll() is None:
         peak = max(peak, _tree_rss_bytes(process.pid))
         time.sleep(0.1)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _children_cpu_seconds() - cpu_before
     if process.returncode:
         sys.exit(f"the test suite failed (exit {process.returncode}); its timing would mean nothing")
     print("\n## Test suite\n")
-    print(f"wall time {elapsed:.1f} s, peak memory {peak / 2**20:.0f} MiB (all its processes together)\n")
+    print(
+        f"wall time {elapsed:.1f} s, CPU time {cpu:.1f} s on {os.cpu_count()} cores, peak memory "
+        f"{peak / 2**20:.0f} MiB (all its processes together)\n"
+    )
+
+
+def _children_cpu_seconds() -> float:
+    """The user and system CPU time of this process's ended children and all they waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _tree_rss_bytes(pid: int) -> int:
