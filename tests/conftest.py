@@ -1,7 +1,7 @@
 """Shared fixtures. Each stage is synthesized once per session, by the real CLI, in parallel.
 
-The CLI runs and the scanners start with the session and work in the background; the tests that
-wait for them run last (pytest_collection_modifyitems), so the others run meanwhile.
+The CLI runs start with the session and the scanners as soon as they end, in the background; the tests
+that wait for them run last (pytest_collection_modifyitems), so the others run meanwhile.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ BROKEN_DEPLOYMENT = {
 
 def write_manifests_to_scan(outdir: Path) -> Path:
     """Every stage's manifests as `python -m charts` writes them (<outdir>/<stage>/), and a broken Deployment
-    (<outdir>/broken/), for checkov's Kubernetes checks (template_scans)."""
+    (<outdir>/broken/), for checkov's Kubernetes checks (scans)."""
     for stage in stage_names():
         write_manifests(stage, outdir)
     (outdir / "broken").mkdir()
