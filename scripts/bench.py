@@ -4,7 +4,7 @@ synth  The full app (the pipeline with every stage it deploys) against a floor a
        Auto Mode cluster with a kubectl provider, nothing else), each synthesized by the cdk CLI,
        alternately, several times; medians of each and
        of their ratio. Target: ratio at most 1.5.
-tests  The test suite's wall time and peak memory (the summed RSS of its process tree).
+tests  The test suite's wall time, CPU time and peak memory (the summed RSS of its process tree).
 setup  A fresh clone (of the committed HEAD) to a synthesized default stage with `make synth`, then
        to a green `make test`, with empty download caches as on a new machine. Targets: 60 s and
        150 s; and the suite alone, 45 s.

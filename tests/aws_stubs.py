@@ -25,6 +25,11 @@ def client(service: str) -> Any:
     return session().client(service)
 
 
+# The services whose shared client has a Stubber active: botocore's Stubber registers its handlers under fixed
+# ids, so a second one on a client would answer from the first one's queue and remove its handlers on leaving.
+_STUBBED: set[str] = set()
+
+
 class StubbedClients:
     """One real client per service, each with its Stubber activated while in a `with` block; `client` is a
     client factory."""
@@ -32,18 +37,27 @@ class StubbedClients:
     def __init__(self, services: Iterable[str]) -> None:
         self.clients = {service: client(service) for service in services}
         self.stubbers = {service: Stubber(client) for service, client in self.clients.items()}
+        self.active = False
 
     def __enter__(self) -> Self:
+        if already := _STUBBED & self.clients.keys():
+            raise RuntimeError(f"{', '.join(sorted(already))} already stubbed: one StubbedClients at a time")
         for stubber in self.stubbers.values():
             stubber.activate()
+        _STUBBED.update(self.clients)
+        self.active = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         # The clients are shared: a Stubber left active would answer the next test's calls, from its own queue.
         for stubber in self.stubbers.values():
             stubber.deactivate()
+        _STUBBED.difference_update(self.clients)
+        self.active = False
 
     def client(self, service: str) -> Any:
+        if not self.active:  # outside its block, the call would go to AWS
+            raise RuntimeError("StubbedClients answers only within its with block")
         return self.clients[service]
 
     def add(self, service: str, method: str, response: dict[str, Any], params: dict[str, Any] | None = None) -> None:

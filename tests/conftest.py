@@ -35,22 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RARE_FULL_COLLECTIONS = ROOT / "tests" / "rare_full_collections"
 runpy.run_path(str(RARE_FULL_COLLECTIONS / "sitecustomize.py"))
 PIPELINE = "pipeline"
-# TemplateScans.linted's key for the templates of the scenarios built in this process.
+# Scans.linted's key for the templates of the scenarios built in this process.
 SCENARIOS = "scenarios"
-
-
-def background_env() -> dict[str, str]:
-    """The caller's environment, for a process started in the background: its Python processes make full
-    garbage collections rarely (tests/rare_full_collections)."""
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(RARE_FULL_COLLECTIONS), os.environ.get("PYTHONPATH")])),
-    }
 
 
 def synth_env() -> dict[str, str]:
     """The caller's environment without any AWS credentials, profile or region."""
-    env = {name: value for name, value in background_env().items() if not name.startswith(("AWS_", "CDK_DEFAULT_"))}
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "CDK_DEFAULT_"))}
     env["CDK_DISABLE_CLI_TELEMETRY"] = "true"
     return env
 
@@ -60,10 +51,23 @@ def synth_env() -> dict[str, str]:
 BACKGROUND_PRIORITY = ["nice", "-n", "10"]
 
 
+def start_in_background(
+    command: list[str], *, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start one of the session's background processes (a synth, a scanner) on `env` (the caller's by default):
+    at a lower CPU priority, its Python processes making full garbage collections rarely, its output kept."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(RARE_FULL_COLLECTIONS), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [*BACKGROUND_PRIORITY, *command], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def cdk_synth(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """`cdk synth` as a user runs it (node_modules/.bin first on PATH, see the Makefile), in the background."""
-    command = [*BACKGROUND_PRIORITY, "cdk", "--no-notices", "synth", "--quiet", *args]
-    return subprocess.run(command, cwd=cwd, env=synth_env(), capture_output=True, text=True, timeout=600)
+    process = start_in_background(["cdk", "--no-notices", "synth", "--quiet", *args], cwd=cwd, env=synth_env())
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 # The CLI runs and scanners of the session: threads that wait for processes, so the tests go on meanwhile.
@@ -107,14 +111,13 @@ BROKEN_DEPLOYMENT = {
 }
 
 
-def write_manifests_to_scan(outdir: Path) -> Path:
+def write_manifests_to_scan(outdir: Path) -> None:
     """Every stage's manifests as `python -m charts` writes them (<outdir>/<stage>/), and a broken Deployment
     (<outdir>/broken/), for checkov's Kubernetes checks (scans)."""
     for stage in stage_names():
         write_manifests(stage, outdir)
     (outdir / "broken").mkdir()
     (outdir / "broken" / "deployment.yaml").write_text(yaml.safe_dump(BROKEN_DEPLOYMENT))
-    return outdir
 
 
 def start_synths(new_dir: Callable[[str], Path]) -> dict[str, Future[Assembly]]:
@@ -315,7 +318,7 @@ def unacknowledged_synth(_unacknowledged_synth: Future[StoppedSynth]) -> Stopped
 @dataclass(frozen=True)
 class Scenario:
     """A stack built in this process for a scenario no stage file has, and its template written to `path`,
-    which cfn-lint reads with the stages' (template_scans): in-process apps leave aws-cdk-lib's own
+    which cfn-lint reads with the stages' (scans): in-process apps leave aws-cdk-lib's own
     validation off, as the app does (app.project_app)."""
 
     template: dict[str, Any] = field(repr=False)

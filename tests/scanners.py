@@ -19,7 +19,7 @@ import kubernetes_validate
 import yaml
 
 from settings.yaml_files import FAST_LOADER
-from tests.conftest import BACKGROUND_PRIORITY, ROOT, background_env
+from tests.conftest import ROOT, start_in_background
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 CFN_LINT = ROOT / ".venv" / "bin" / "cfn-lint"
@@ -28,23 +28,17 @@ CFN_LINT = ROOT / ".venv" / "bin" / "cfn-lint"
 def cfn_lint(templates: list[Path]) -> list[str]:
     """cfn-lint with the project's .cfnlintrc.yaml: errors, warnings and informational findings.
 
-    One process for every template: its start-up (the resource schemas) would cost each process as much
+    One process for all the templates: its start-up (the resource schemas) would cost each process as much
     again, and it runs beside checkov, which takes the other core."""
-    run = subprocess.run(
-        [*BACKGROUND_PRIORITY, str(CFN_LINT), "--format", "json", *map(str, templates)],
-        cwd=ROOT,
-        env=background_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if run.returncode and not run.stdout.strip().startswith("["):
-        raise RuntimeError(f"cfn-lint did not run: {run.stderr}")
+    process = start_in_background([str(CFN_LINT), "--format", "json", *map(str, templates)])
+    stdout, stderr = process.communicate(timeout=300)
+    if process.returncode and not stdout.strip().startswith("["):
+        raise RuntimeError(f"cfn-lint did not run: {stderr}")
     return [
         f"{m['Level']} {m['Rule']['Id']} at {'/'.join(map(str, m['Location']['Path']))} in "
         f"{Path(m['Filename']).name}: {m['Message']} (fix the construct, or ignore the rule in .cfnlintrc.yaml "
         "with the reason)"
-        for m in json.loads(run.stdout)
+        for m in json.loads(stdout)
     ]
 
 
@@ -94,9 +88,8 @@ def run_checkov(frameworks: list[str], directory: Path) -> subprocess.Popen[str]
     """Start checkov (its own virtual environment: it pins an old `packaging`) on a folder."""
     if not CHECKOV.exists():
         raise FileNotFoundError(f"{CHECKOV} is missing: `make setup` installs it")
-    return subprocess.Popen(
+    return start_in_background(
         [
-            *BACKGROUND_PRIORITY,
             str(CHECKOV),
             "-d",
             str(directory),
@@ -106,12 +99,7 @@ def run_checkov(frameworks: list[str], directory: Path) -> subprocess.Popen[str]
             "--output",
             "json",
             "--compact",  # no code blocks: a tenth of the output to parse, the same results
-        ],
-        cwd=ROOT,
-        env=background_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ]
     )
 
 

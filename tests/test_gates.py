@@ -30,7 +30,7 @@ from stacks.reviewed_findings import (
     PIPELINE_CHECKOV_FINDINGS,
     nag_findings,
 )
-from tests.conftest import PIPELINE, SCENARIOS, Assembly, Scans, background_env, find, find_all, render_charts
+from tests.conftest import PIPELINE, SCENARIOS, Assembly, Scans, find, find_all, render_charts, start_in_background
 from tests.scanners import (
     CFN_LINT,
     CHECKOV,
@@ -64,15 +64,21 @@ def checkov_reports(scans: Future[Scans]) -> dict[str, dict[str, list[dict[str, 
 
 
 @pytest.mark.parametrize("scanner", [CHECKOV, CFN_LINT], ids=["checkov", "cfn-lint"])
-def test_the_scanners_python_makes_full_collections_rarely_in_the_background_only(scanner: Path) -> None:
-    python = scanner.parent / "python"  # the interpreter of the scanner's own environment
-    thresholds = "import gc; print(gc.get_threshold())"
-
-    def thresholds_in(env: dict[str, str]) -> str:
-        return subprocess.run([python, "-c", thresholds], env=env, capture_output=True, text=True, check=True).stdout
-
-    assert thresholds_in(background_env()) == "(700, 10, 1000)\n"
-    assert thresholds_in(dict(os.environ)) == "(700, 10, 10)\n"  # Python's default, where a user runs them
+def test_the_scanners_python_makes_full_collections_rarely_in_the_background_only(
+    scanner: Path, tmp_path: Path
+) -> None:
+    python = str(scanner.parent / "python")  # the interpreter of the scanner's own environment
+    # A sitecustomize of the machine's, which the suite's comes before on the path: it still runs.
+    (tmp_path / "sitecustomize.py").write_text('print("the machine sitecustomize ran")\n')
+    thresholds = ["-c", "import gc; print(gc.get_threshold())"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    assert start_in_background([python, *thresholds], env=env).communicate(timeout=60) == (
+        "the machine sitecustomize ran\n(700, 10, 1000)\n",
+        "",
+    )
+    as_a_user_runs_it = subprocess.run([python, *thresholds], env=env, capture_output=True, text=True, check=True)
+    assert as_a_user_runs_it.stdout.startswith("the machine sitecustomize ran\n")
+    assert "(700, 10, 1000)" not in as_a_user_runs_it.stdout
 
 
 # --- cdk-nag (AwsSolutions) ---
