@@ -33,8 +33,9 @@ from charts.vllm_server import (
     container_security_context,
 )
 from settings.model import GpuNodePoolSettings
+from settings.names import NODE_ROTATION_NAMESPACE
 
-NAMESPACE = "gpu-node-rotation"
+NAMESPACE = NODE_ROTATION_NAMESPACE
 SERVICE_ACCOUNT = "gpu-node-rotation"
 ROTATION_ANNOTATION = "gpu-node-rotation/rotated-at"
 # A small image with Python's standard library, which is all the job needs (pulled through the cache).

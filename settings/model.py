@@ -72,10 +72,57 @@ MANAGED_VLLM_FLAGS = (
     # enable_default_loggers=log_stats): the preStop drain (charts/drain.py) and the smoke test's
     # view of a replica's queue read them.
     "--disable-log-stats",
+    # A replica's GPUs (`gpus`) all serve tensor parallelism: pipeline or data parallelism would have
+    # vLLM ask for a multiple of them, which the pod does not have.
+    "--pipeline-parallel-size",
+    "--data-parallel-size",
+    "--data-parallel-size-local",
 )
+# The short forms vLLM gives the parallel sizes (vllm/engine/arg_utils.py, EngineArgs.add_cli_args).
+SHORT_VLLM_FLAGS = {
+    "-tp": "--tensor-parallel-size",
+    "-pp": "--pipeline-parallel-size",
+    "-dp": "--data-parallel-size",
+    "-dpl": "--data-parallel-size-local",
+}
+
+
+def vllm_flag(arg: str) -> str | None:
+    """The flag an argument of `vllm serve` names, as vLLM reads it; None for a value.
+
+    vLLM's parser reads underscores in a flag's name as dashes (FlexibleArgumentParser.parse_args,
+    vllm/utils/argparse_utils.py: `--max_model_len` is `--max-model-len`), up to a `.` that addresses
+    a field of a JSON flag, and takes the short forms above (`-tp2` and `-tp=2` too, as argparse does).
+    """
+    if arg.startswith("--") and arg != "--":
+        return arg.split("=", 1)[0].split(".", 1)[0].replace("_", "-")
+    short = re.fullmatch(r"(-[a-z]+)(=.*|\d+)?", arg)
+    return SHORT_VLLM_FLAGS.get(short.group(1), short.group(1)) if short else None
+
+
+def managed_vllm_flag(arg: str) -> str | None:
+    """The managed flag (MANAGED_VLLM_FLAGS) an argument would set, if any. argparse also takes a
+    flag's unambiguous prefix for the whole flag (allow_abbrev, which vLLM's parser leaves on), so a
+    prefix counts."""
+    flag = vllm_flag(arg)
+    if flag is None or not flag.startswith("--"):
+        return None
+    return next((managed for managed in MANAGED_VLLM_FLAGS if managed.startswith(flag)), None)
+
 
 # Lower-case letters, digits and '-', starting and ending with a letter or digit.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A Service's name is a DNS-1035 label: it starts with a letter (Kubernetes pkg/apis/core/validation,
+# ValidateServiceName = NameIsDNS1035Label; apimachinery IsDNS1035Label).
+DNS_1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+ServiceName = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=DNS_1035_LABEL_PATTERN),
+    Field(
+        description="a DNS-1035 label: lower-case letters, digits and '-', starting with a letter, "
+        "at most 63 characters"
+    ),
+]
 # EC2's capacity reservation ids (On-Demand Capacity Reservations and Capacity Blocks alike); the
 # NodeClass accepts ^cr-[0-9a-z]+$ (karpenter-provider-aws, karpenter.k8s.aws_ec2nodeclasses.yaml).
 RESERVATION_ID_PATTERN = r"^cr-[0-9a-f]{17}$"
@@ -156,6 +203,12 @@ def _own_namespace(name: str) -> str:
         raise ValueError(
             f"{name!r} is a namespace Kubernetes reserves; the model gets a namespace of its own, named after it, "
             "so its name may be neither 'default' nor start with 'kube-'"
+        )
+    if name in names.PROJECT_NAMESPACES:
+        # The model's namespace is created, not adopted: the deploy would stop on one that exists.
+        raise ValueError(
+            f"{name!r} is a namespace the stage makes for its own parts; the model gets a namespace of its own, "
+            f"named after it, so its name may not be any of: {', '.join(names.PROJECT_NAMESPACES)}"
         )
     return name
 
@@ -595,7 +648,7 @@ class ModelSettings(_Strict):
     # Names the Deployment and the namespace it runs in (and the names in settings.names).
     name: ModelName
     model: str = Field(min_length=1, description="Hugging Face model id that vLLM serves, e.g. openai/gpt-oss-20b")
-    service_name: DnsLabel
+    service_name: ServiceName
     image: PinnedImage
     gpus: int = 1
     # With autoscaling: the minimum, and the count a rollout starts from.
@@ -721,10 +774,12 @@ class ModelSettings(_Strict):
     @classmethod
     def _no_managed_flags(cls, args: tuple[str, ...]) -> tuple[str, ...]:
         for arg in args:
-            if arg.split("=", 1)[0] in MANAGED_VLLM_FLAGS:
+            if managed := managed_vllm_flag(arg):
+                named = "" if arg.split("=", 1)[0] == managed else f" (vLLM reads it as {managed})"
                 raise ValueError(
-                    f"{arg!r} is set by the project (by its own field, or kept on for the drain); flags kept out "
-                    f"of extra_args: {', '.join(MANAGED_VLLM_FLAGS)}"
+                    f"{arg!r}{named} is set by the project (by its own field, or kept as the drain and the GPUs "
+                    f"need it); flags kept out of extra_args, in any spelling vLLM reads: "
+                    f"{', '.join(MANAGED_VLLM_FLAGS)}"
                 )
         return args
 

@@ -36,6 +36,15 @@ def namespace(model_name: str) -> str:
     return model_name
 
 
+# The namespaces a stage makes for its own parts: KEDA's release (stacks/serving.py), the node rotation
+# (charts/node_rotation.py), and the CloudWatch add-on's, which the add-on names itself (Amazon CloudWatch
+# User Guide, "Install the CloudWatch agent with the Amazon CloudWatch Observability EKS add-on").
+KEDA_NAMESPACE = "keda"
+NODE_ROTATION_NAMESPACE = "gpu-node-rotation"
+CLOUDWATCH_NAMESPACE = "amazon-cloudwatch"
+PROJECT_NAMESPACES = (KEDA_NAMESPACE, NODE_ROTATION_NAMESPACE, CLOUDWATCH_NAMESPACE)
+
+
 def is_reserved_namespace(name: str) -> bool:
     """`default` exists in every cluster, and `kube-` is reserved for Kubernetes' own namespaces
     (kube-system, kube-public, kube-node-lease; Kubernetes docs, "Namespaces")."""

@@ -247,7 +247,7 @@ class ClusterStack(Stack):
             self,
             "CloudWatchAgentRole",
             description="The CloudWatch agent's Container Insights records (service account "
-            f"{CLOUDWATCH_AGENT_SERVICE_ACCOUNT} in namespace amazon-cloudwatch)",
+            f"{CLOUDWATCH_AGENT_SERVICE_ACCOUNT} in namespace {names.CLOUDWATCH_NAMESPACE})",
             statements=[
                 # The part of CloudWatchAgentServerPolicy that Container Insights uses, narrowed to its log group.
                 iam.PolicyStatement(

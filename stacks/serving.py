@@ -36,7 +36,7 @@ from stacks.web_acl import rate_limited_web_acl
 # KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
 # operator's service account, which the chart names keda-operator in the release's namespace.
 KEDA_CHART = Path(__file__).resolve().parent.parent / "charts" / "vendor" / "keda"
-KEDA_NAMESPACE = "keda"
+KEDA_NAMESPACE = names.KEDA_NAMESPACE
 KEDA_SERVICE_ACCOUNT = "keda-operator"
 # scripts/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"

@@ -203,6 +203,38 @@ def test_extra_args_may_not_repeat_a_managed_flag() -> None:
     assert "models[0].extra_args: '--max-model-len=8192' is set by the project (by its own field" in rejected(data)
 
 
+@pytest.mark.parametrize(
+    ("arg", "read_as"),
+    [
+        # vLLM reads underscores as dashes, and argparse a prefix as the whole flag.
+        ("--disable_log_stats", "--disable-log-stats"),
+        ("--api_key=sk-in-the-template", "--api-key"),
+        ("--max_model_len=200000", "--max-model-len"),
+        ("--gpu_memory_utilization=0.99", "--gpu-memory-utilization"),
+        ("--max-model=8192", "--max-model-len"),
+        # The short forms, and the parallel sizes that would ask for more GPUs than the pod has.
+        ("-tp", "--tensor-parallel-size"),
+        ("-tp2", "--tensor-parallel-size"),
+        ("-pp=2", "--pipeline-parallel-size"),
+        ("--pipeline-parallel-size=2", None),
+        ("-dp", "--data-parallel-size"),
+        ("--data_parallel_size_local=2", "--data-parallel-size-local"),
+    ],
+)
+def test_extra_args_refuse_a_managed_flag_in_any_spelling_vllm_reads(arg: str, read_as: str | None) -> None:
+    data = stage_data()
+    data["models"][0]["extra_args"] = [arg, "2"]
+    named = f" (vLLM reads it as {read_as})" if read_as else ""
+    assert f"models[0].extra_args: {arg!r}{named} is set by the project" in rejected(data)
+
+
+def test_extra_args_take_flags_the_project_does_not_set() -> None:
+    data = stage_data()
+    args = ["--max-num-seqs=64", "--enable-prefix-caching", "--compilation-config.level=3", "-O3", "--dtype", "auto"]
+    data["models"][0]["extra_args"] = args
+    assert parse_stage_settings("dev", data).models[0].extra_args == tuple(args)
+
+
 def test_gpu_limit_below_what_the_replicas_need_is_refused() -> None:
     data = stage_data("prod")
     data["gpu_node_pools"][0]["limits"] = {"gpu": 2}
@@ -336,6 +368,26 @@ def test_model_named_after_a_reserved_namespace_is_refused(name: str) -> None:
     assert (
         f"models[0].name: {name!r} is a namespace Kubernetes reserves; the model gets a namespace of its own, "
         "named after it, so its name may be neither 'default' nor start with 'kube-'"
+    ) in rejected(data)
+
+
+@pytest.mark.parametrize("name", ["keda", "gpu-node-rotation", "amazon-cloudwatch"])
+def test_model_named_after_a_namespace_the_stage_makes_is_refused(name: str) -> None:
+    data = stage_data()
+    data["models"][0]["name"] = name
+    assert (
+        f"models[0].name: {name!r} is a namespace the stage makes for its own parts; the model gets a namespace of "
+        "its own, named after it, so its name may not be any of: keda, gpu-node-rotation, amazon-cloudwatch"
+    ) in rejected(data)
+
+
+@pytest.mark.parametrize("service_name", ["20b-gptoss", "9service"])
+def test_service_name_must_start_with_a_letter(service_name: str) -> None:
+    data = stage_data()
+    data["models"][0]["service_name"] = service_name
+    assert (
+        f"models[0].service_name: {service_name!r} is not a DNS-1035 label: lower-case letters, digits and '-', "
+        "starting with a letter, at most 63 characters"
     ) in rejected(data)
 
 
