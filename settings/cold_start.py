@@ -12,16 +12,11 @@ import math
 from dataclasses import dataclass
 
 from settings.model import ModelSettings, StageSettings
-from settings.sizing import pools_for
+from settings.sizing import IMAGE_COMPRESSED_BYTES, IMAGE_UNPACKED_BYTES, pools_for
 
 # Measured in the walkthrough: Karpenter had the GPU instance running and the pod scheduled "in
 # under a minute".
 NODE_LAUNCH_SECONDS = 60
-# The vLLM image (Deep Learning Containers vllm:0.11.2-gpu-py312-ec2): 14,221,606,791 bytes
-# compressed (the walkthrough's kubelet event) and about 26 GB unpacked (the image_size_baseline
-# of its buildspec in aws/deep-learning-containers).
-IMAGE_COMPRESSED_BYTES = 14_221_606_791
-IMAGE_UNPACKED_BYTES = 26_000_000_000
 # The walkthrough's kubelet pulled and unpacked it from ECR Public in 1 min 27.666 s. Unpacking
 # gzip layers is CPU-bound, so a faster disk or a closer registry does not make a pull much
 # shorter than that: it is the floor of the pull step.

@@ -89,6 +89,17 @@ SECRETS_STORE_NODE = (120, 240)
 CLOUDWATCH_AGENT = (250, 128)
 
 
+# The vLLM image (Deep Learning Containers vllm:0.11.2-gpu-py312-ec2): 14,221,606,791 bytes
+# compressed (the walkthrough's kubelet event) and about 26 GB unpacked (the image_size_baseline
+# of its buildspec in aws/deep-learning-containers).
+IMAGE_COMPRESSED_BYTES = 14_221_606_791
+IMAGE_UNPACKED_BYTES = 26_000_000_000
+# What it takes of a node's disk, where Auto Mode keeps images and pods' ephemeral storage alike (the
+# NodeClass's ephemeralStorage): containerd keeps the pulled layers beside the unpacked ones (its CRI
+# plugin's discard_unpacked_layers is off by default), and the kubelet counts neither against a pod.
+IMAGE_DISK_MIB = math.ceil((IMAGE_COMPRESSED_BYTES + IMAGE_UNPACKED_BYTES) / MIB)
+
+
 @dataclass(frozen=True)
 class NodeDaemons:
     cpu_millis: int
@@ -293,8 +304,11 @@ def fit(
     if wanted.memory_mib > memory:
         reasons.append(f"{memory} MiB of memory left to pods besides the DaemonSets, {wanted.memory_mib} MiB requested")
     disk = allocatable_disk_mib(size_bytes(pool.disk.size) // MIB)
-    if wanted.ephemeral_storage_mib > disk:
-        reasons.append(f"{disk} MiB of node disk left to pods, {wanted.ephemeral_storage_mib} MiB requested")
+    if wanted.ephemeral_storage_mib + IMAGE_DISK_MIB > disk:
+        reasons.append(
+            f"{disk} MiB of node disk left to pods, {wanted.ephemeral_storage_mib} MiB requested and "
+            f"{IMAGE_DISK_MIB} MiB for the vLLM image (pulled and unpacked)"
+        )
     return reasons
 
 

@@ -17,6 +17,7 @@ from settings.sizing import (
     CLOUDWATCH_AGENT,
     FSX_CSI_NODE,
     GIB,
+    IMAGE_DISK_MIB,
     MIB,
     SECRETS_STORE_NODE,
     allocatable_cpu_millis,
@@ -352,6 +353,26 @@ def test_cpu_request_boundary(cpu_delta: float, fits: bool) -> None:
     data["models"][0]["resources"] = {"cpu": (allocatable_cpu_millis(4) - FSX_CSI_NODE[0]) / 1000 + cpu_delta}
     settings = parse_stage_settings("dev", data)
     assert (fit(settings, settings.models[0], instance("g6.xlarge")) == []) is fits
+
+
+@pytest.mark.parametrize(("disk_delta", "fits"), [(0, True), (1, False)])
+def test_node_disk_boundary_holds_the_image_pulled_and_unpacked_and_the_request(disk_delta: int, fits: bool) -> None:
+    data = stage_data()
+    disk = load_stage_settings("dev").gpu_node_pools[0].disk.size
+    left = allocatable_disk_mib(size_bytes(disk) // MIB) - IMAGE_DISK_MIB + disk_delta
+    data["models"][0]["resources"] = {"ephemeral_storage": f"{left}Mi"}
+    if fits:
+        assert parse_stage_settings("dev", data).models[0].resources.ephemeral_storage == f"{left}Mi"
+    else:
+        assert f"MiB of node disk left to pods, {left} MiB requested and {IMAGE_DISK_MIB} MiB for the vLLM image" in (
+            rejected(data)
+        )
+
+
+def test_a_node_disk_too_small_for_the_image_is_refused() -> None:
+    # 24Gi leaves 21,094 MiB to pods: enough for the 20Gi request alone, not with the 38 GB image beside it.
+    data = stage_with(disk={"size": "24Gi", "iops": 4000, "throughput_mib": 1000})
+    assert "21094 MiB of node disk left to pods, 20480 MiB requested and" in rejected(data)
 
 
 def requested(*resources: dict[str, Any]) -> tuple[int, int]:
