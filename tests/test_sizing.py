@@ -373,6 +373,7 @@ def test_a_node_disk_too_small_for_the_image_is_refused() -> None:
     # 24Gi leaves 21,094 MiB to pods: enough for the 20Gi request alone, not with the 38 GB image beside it.
     data = stage_with(disk={"size": "24Gi", "iops": 4000, "throughput_mib": 1000})
     assert "21094 MiB of node disk left to pods, 20480 MiB requested and" in rejected(data)
+    assert f"the vLLM image, pulled and unpacked ({IMAGE_DISK_MIB:,} MiB)" in (ROOT / "README.md").read_text()
 
 
 def requested(*resources: dict[str, Any]) -> tuple[int, int]:
