@@ -388,6 +388,15 @@ def sizing_problems(settings: StageSettings) -> list[str]:
     one line each."""
     problems = []
     for index, model in enumerate(settings.models):
+        given = model.resources
+        if given.shared_memory is not None and given.memory is None:
+            memory = requests(settings, model).memory_mib
+            if size_bytes(given.shared_memory) // MIB > memory:
+                problems.append(
+                    f"models[{index}] ({model.name}): resources.shared_memory ({given.shared_memory}) is more than the "
+                    f"{memory} MiB of memory the replica requests (derived, as memory is not given): the memory-backed "
+                    "/dev/shm counts against it; give shared_memory at most that, or give memory too"
+                )
         if candidates(settings, model):
             continue
         wanted = requests(settings, model)

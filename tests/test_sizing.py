@@ -376,6 +376,18 @@ def test_a_node_disk_too_small_for_the_image_is_refused() -> None:
     assert f"the vLLM image, pulled and unpacked ({IMAGE_DISK_MIB:,} MiB)" in (ROOT / "README.md").read_text()
 
 
+def test_shared_memory_beyond_the_derived_memory_is_refused() -> None:
+    data = stage_data()
+    memory = requests(load_stage_settings("dev"), load_stage_settings("dev").models[0]).memory_mib
+    data["models"][0]["resources"] = {"shared_memory": f"{memory}Mi"}
+    assert parse_stage_settings("dev", data).models[0].resources.shared_memory == f"{memory}Mi"
+    data["models"][0]["resources"] = {"shared_memory": f"{memory + 1}Mi"}
+    assert (
+        f"models[0] (gpt-oss-20b): resources.shared_memory ({memory + 1}Mi) is more than the {memory} MiB of memory "
+        "the replica requests (derived, as memory is not given)"
+    ) in rejected(data)
+
+
 def requested(*resources: dict[str, Any]) -> tuple[int, int]:
     """CPU millicores and memory MiB that containers' `resources` request, summed."""
     cpu = [r["requests"]["cpu"] for r in resources]
