@@ -13,6 +13,7 @@ from jsii.errors import JavaScriptError
 from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_pipeline_settings, load_stage_settings
 from stacks.pipeline import PipelineStack
 from stacks.stage import InferencePlatformStage
+from stacks.template_size import TemplateSizeLimit
 
 PIPELINE_STACK = "GpuInferencePipeline"
 
@@ -24,8 +25,9 @@ def cdk_json_context() -> dict[str, Any]:
 
 def add_checks(app: cdk.App) -> None:
     """Every stack is checked at synth against the AWS Solutions rules; a finding not acknowledged
-    in stacks/reviewed_findings.py stops the synth with the resource, the rule and how to acknowledge it."""
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    in stacks/reviewed_findings.py stops the synth with the resource, the rule and how to acknowledge it.
+    So does a template larger than CloudFormation takes (stacks/template_size.py)."""
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), TemplateSizeLimit())
 
 
 def build_app(app: cdk.App, stages: dict[str, StageSettings]) -> cdk.App:

@@ -1,0 +1,50 @@
+"""CloudFormation's template size limit, checked at synth (stacks/template_size.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import aws_cdk as cdk
+import pytest
+
+from app import project_app
+from stacks.template_size import TEMPLATE_MAX_BYTES, TemplateSizeLimit, oversized_templates
+from tests.conftest import Assembly, nested_stage
+
+
+def template_of_size(path: Path, size: int) -> Path:
+    """A template of exactly `size` bytes: a small resource and a large one, padded."""
+    template = {"Resources": {"Small": {"Type": "AWS::SNS::Topic"}, "Large": {"Type": "AWS::SSM::Parameter"}}}
+    padding = size - len(json.dumps(template)) - len(', "Properties": {"Value": ""}')
+    template["Resources"]["Large"]["Properties"] = {"Value": "x" * padding}
+    path.write_text(json.dumps(template))
+    assert path.stat().st_size == size
+    return path
+
+
+@pytest.mark.parametrize(("size", "refused"), [(TEMPLATE_MAX_BYTES, False), (TEMPLATE_MAX_BYTES + 1, True)])
+def test_the_limit_is_a_million_bytes(tmp_path: Path, size: int, refused: bool) -> None:
+    found = oversized_templates([str(template_of_size(tmp_path / "t.template.json", size))])
+    assert [(f.size, f.largest_resource) for f in found] == ([(size, "Large")] if refused else [])
+
+
+def test_a_template_over_the_limit_stops_the_synth(tmp_path: Path) -> None:
+    app = project_app(outdir=str(tmp_path))
+    cdk.Validations.of(app).add_plugins(TemplateSizeLimit())
+    stack = cdk.Stack(app, "Big")
+    cdk.CfnResource(stack, "Manifest", type="AWS::SSM::Parameter", properties={"Value": "x" * TEMPLATE_MAX_BYTES})
+    with pytest.raises(RuntimeError, match="ValidationFailed") as stopped:
+        app.synth()
+    message = str(stopped.value)
+    assert re.search(r"Big.template.json is 1,000,[0-9]{3} bytes;", message)
+    assert "CloudFormation takes at most 1,000,000. Its largest resource is Manifest" in message
+    assert "serve fewer models in the stage" in message
+
+
+def test_every_synthesized_template_is_within_the_limit(assemblies: dict[str, Assembly], pipeline: Assembly) -> None:
+    stages = [*assemblies.values(), *(nested_stage(pipeline, stage) for stage in assemblies)]
+    paths = [str(path) for assembly in [*stages, pipeline] for path in assembly.directory.glob("*.template.json")]
+    assert len(paths) == 1 + 2 * 5 * len(assemblies)
+    assert oversized_templates(paths) == []
