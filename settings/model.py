@@ -606,6 +606,10 @@ S3Prefix = Annotated[
 # Weights the project knows the size of (GB, the files vLLM reads): openai/gpt-oss-20b's root
 # *.safetensors are about 13.8 GB (shared/FACTS.md, from the Hub's file listing).
 KNOWN_WEIGHTS_GB = {"openai/gpt-oss-20b": 13.8}
+# The context the project knows a model has (tokens): openai/gpt-oss-20b's is 131,072 (its model card and
+# config.json, max_position_embeddings). vLLM refuses a longer max_model_len at start, unless the
+# environment sets VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (vllm/config/model.py, _get_and_verify_max_len).
+KNOWN_CONTEXT_TOKENS = {"openai/gpt-oss-20b": 131_072}
 
 
 class AutoscalingSettings(_Strict):
@@ -717,6 +721,17 @@ class ModelSettings(_Strict):
             raise ValueError(
                 f"autoscaling.max_replicas: {self.autoscaling.max_replicas} is below replicas ({self.replicas}), "
                 "the minimum it scales from; give a maximum of at least that"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _within_the_context(self) -> ModelSettings:
+        context = KNOWN_CONTEXT_TOKENS.get(self.model)
+        if context is not None and self.max_model_len > context and "VLLM_ALLOW_LONG_MAX_MODEL_LEN" not in self.env:
+            raise ValueError(
+                f"max_model_len: {self.max_model_len} is more than {self.model}'s context of {context} tokens, and "
+                f"vLLM refuses to start with it; give at most {context} (or set env VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 "
+                "to have vLLM take it anyway)"
             )
         return self
 

@@ -235,6 +235,22 @@ def test_extra_args_take_flags_the_project_does_not_set() -> None:
     assert parse_stage_settings("dev", data).models[0].extra_args == tuple(args)
 
 
+@pytest.mark.parametrize(
+    ("max_model_len", "env", "accepted"),
+    [(131_072, {}, True), (131_073, {}, False), (131_073, {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}, True)],
+)
+def test_max_model_len_within_a_known_models_context(max_model_len: int, env: dict[str, str], accepted: bool) -> None:
+    data = stage_data()
+    data["models"][0] |= {"max_model_len": max_model_len, "env": {**data["models"][0].get("env", {}), **env}}
+    if accepted:
+        assert parse_stage_settings("dev", data).models[0].max_model_len == max_model_len
+    else:
+        assert (
+            "models[0]: max_model_len: 131073 is more than openai/gpt-oss-20b's context of 131072 tokens, and vLLM "
+            "refuses to start with it"
+        ) in rejected(data)
+
+
 def test_gpu_limit_below_what_the_replicas_need_is_refused() -> None:
     data = stage_data("prod")
     data["gpu_node_pools"][0]["limits"] = {"gpu": 2}
