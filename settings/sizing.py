@@ -326,13 +326,15 @@ def pools_for(settings: StageSettings, model: ModelSettings) -> list[GpuNodePool
 
 
 def closest(settings: StageSettings, model: ModelSettings, count: int = 3) -> list[tuple[GpuInstance, list[str]]]:
-    """The instances that miss by the fewest reasons, those a pool admits and with the model's GPU count
-    first: what to say when none fits."""
+    """The instances that miss by the fewest reasons, those of a family a pool names, those a pool admits and
+    those with the model's GPU count first: what to say when none fits."""
     wanted = requests(settings, model)
+    named = {family for pool in settings.gpu_node_pools for family in pool.instance_families}
     ranked = sorted(
         ((instance, fit(settings, model, instance, wanted)) for instance in catalog()),
         key=lambda pair: (
             len(pair[1]),
+            pair[0].family not in named,
             bool(meets_pool(settings, pair[0])),
             pair[0].gpus != model.gpus,
             -pair[0].gpu_memory_mib,
@@ -387,6 +389,14 @@ def sizing_problems(settings: StageSettings) -> list[str]:
     """Every model no pool can run, every pool that can run no model, and every pool limit too small:
     one line each."""
     problems = []
+    families = sorted({instance.family for instance in catalog()})
+    for pool in settings.gpu_node_pools:
+        for family in pool.instance_families:
+            if family not in families:
+                problems.append(
+                    f"{pool_label(settings, pool)}: instance family {family} is not one of the GPU instance families "
+                    f"sizing knows (settings/catalog/gpu_instances.yaml): {', '.join(families)}"
+                )
     for index, model in enumerate(settings.models):
         given = model.resources
         if given.shared_memory is not None and given.memory is None:

@@ -388,6 +388,24 @@ def test_shared_memory_beyond_the_derived_memory_is_refused() -> None:
     ) in rejected(data)
 
 
+def test_a_pool_of_one_family_hears_first_why_that_family_does_not_fit() -> None:
+    # p4d is generation 4, which the default instance_generation_greater_than (4) leaves out.
+    data = stage_with(
+        LLAMA_70B | {"gpus": 8, "tensor_parallel_size": 8}, instance_categories=[], instance_families=["p4d"]
+    )
+    assert "Closest: p4d.24xlarge: generation 4 is not above 4;" in rejected(data)
+    data["gpu_node_pools"][0]["instance_generation_greater_than"] = 3
+    assert parse_stage_settings("dev", data).models[0].gpus == 8
+
+
+def test_an_instance_family_sizing_does_not_know_is_refused() -> None:
+    data = stage_with(instance_families=["g6x", "g6e"])
+    assert (
+        "gpu_node_pools[0] (gpu-node-pool): instance family g6x is not one of the GPU instance families sizing knows "
+        "(settings/catalog/gpu_instances.yaml): "
+    ) in rejected(data)
+
+
 def requested(*resources: dict[str, Any]) -> tuple[int, int]:
     """CPU millicores and memory MiB that containers' `resources` request, summed."""
     cpu = [r["requests"]["cpu"] for r in resources]
