@@ -377,24 +377,28 @@ def test_longest_model_name_is_allowed() -> None:
     assert parse_stage_settings("dev", data).models[0].name == "m" * 47
 
 
-@pytest.mark.parametrize("name", ["default", "kube-system", "kube-public", "kube-node-lease", "kube-models"])
-def test_model_named_after_a_reserved_namespace_is_refused(name: str) -> None:
-    data = stage_data()
-    data["models"][0]["name"] = name
-    assert (
-        f"models[0].name: {name!r} is a namespace Kubernetes reserves; the model gets a namespace of its own, "
-        "named after it, so its name may be neither 'default' nor start with 'kube-'"
-    ) in rejected(data)
+KUBERNETES_RESERVES = (
+    "is a namespace Kubernetes reserves; the model gets a namespace of its own, named after it, so its name may be "
+    "neither 'default' nor start with 'kube-'"
+)
+THE_STAGE_MAKES = (
+    "is a namespace the stage makes for its own parts; the model gets a namespace of its own, named after it, so "
+    "its name may not be any of: keda, gpu-node-rotation, amazon-cloudwatch"
+)
 
 
-@pytest.mark.parametrize("name", ["keda", "gpu-node-rotation", "amazon-cloudwatch"])
-def test_model_named_after_a_namespace_the_stage_makes_is_refused(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        *((name, KUBERNETES_RESERVES) for name in ("default", "kube-system", "kube-public", "kube-node-lease")),
+        ("kube-models", KUBERNETES_RESERVES),
+        *((name, THE_STAGE_MAKES) for name in ("keda", "gpu-node-rotation", "amazon-cloudwatch")),
+    ],
+)
+def test_model_named_after_a_namespace_taken_is_refused(name: str, why: str) -> None:
     data = stage_data()
     data["models"][0]["name"] = name
-    assert (
-        f"models[0].name: {name!r} is a namespace the stage makes for its own parts; the model gets a namespace of "
-        "its own, named after it, so its name may not be any of: keda, gpu-node-rotation, amazon-cloudwatch"
-    ) in rejected(data)
+    assert f"models[0].name: {name!r} {why}" in rejected(data)
 
 
 @pytest.mark.parametrize("service_name", ["20b-gptoss", "9service"])
