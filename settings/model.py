@@ -88,26 +88,30 @@ SHORT_VLLM_FLAGS = {
 
 
 def vllm_flag(arg: str) -> str | None:
-    """The flag an argument of `vllm serve` names, as vLLM reads it; None for a value.
+    """The option an argument of `vllm serve` names, as vLLM's parser sees it; None for a value.
 
-    vLLM's parser reads underscores in a flag's name as dashes (FlexibleArgumentParser.parse_args,
-    vllm/utils/argparse_utils.py: `--max_model_len` is `--max-model-len`), up to a `.` that addresses
-    a field of a JSON flag, and takes the short forms above (`-tp2` and `-tp=2` too, as argparse does).
+    vLLM's parser reads underscores in a long option's name as dashes (FlexibleArgumentParser.parse_args,
+    vllm/utils/argparse_utils.py: `--max_model_len` is `--max-model-len`), up to a `.` that addresses a
+    field of a JSON option; `=` ends the name, for long and short options alike.
     """
     if arg.startswith("--") and arg != "--":
         return arg.split("=", 1)[0].split(".", 1)[0].replace("_", "-")
-    short = re.fullmatch(r"(-[a-z]+)(=.*|\d+)?", arg)
-    return SHORT_VLLM_FLAGS.get(short.group(1), short.group(1)) if short else None
+    if re.match(r"-[A-Za-z]", arg):
+        return arg.split("=", 1)[0]
+    return None
 
 
 def managed_vllm_flag(arg: str) -> str | None:
-    """The managed flag (MANAGED_VLLM_FLAGS) an argument would set, if any. argparse also takes a
-    flag's unambiguous prefix for the whole flag (allow_abbrev, which vLLM's parser leaves on), so a
-    prefix counts."""
+    """The managed flag (MANAGED_VLLM_FLAGS) an argument may set, if any. argparse takes an option's
+    unambiguous prefix for the whole option, long (`--max-model`) or short (`-t` for `-tp`): vLLM's parser
+    leaves allow_abbrev on. A prefix of several options is refused too, as vLLM would refuse it."""
     flag = vllm_flag(arg)
-    if flag is None or not flag.startswith("--"):
+    if flag is None:
         return None
-    return next((managed for managed in MANAGED_VLLM_FLAGS if managed.startswith(flag)), None)
+    if flag.startswith("--"):
+        return next((managed for managed in MANAGED_VLLM_FLAGS if managed.startswith(flag)), None)
+    short = next((alias for alias in SHORT_VLLM_FLAGS if alias.startswith(flag)), None)
+    return SHORT_VLLM_FLAGS[short] if short else None
 
 
 # Lower-case letters, digits and '-', starting and ending with a letter or digit.
@@ -727,7 +731,9 @@ class ModelSettings(_Strict):
     @model_validator(mode="after")
     def _within_the_context(self) -> ModelSettings:
         context = KNOWN_CONTEXT_TOKENS.get(self.model)
-        if context is not None and self.max_model_len > context and "VLLM_ALLOW_LONG_MAX_MODEL_LEN" not in self.env:
+        # vLLM takes the variable as on for 1 or true only (vllm/envs.py, VLLM_ALLOW_LONG_MAX_MODEL_LEN).
+        allowed = self.env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0").strip().lower() in ("1", "true")
+        if context is not None and self.max_model_len > context and not allowed:
             raise ValueError(
                 f"max_model_len: {self.max_model_len} is more than {self.model}'s context of {context} tokens, and "
                 f"vLLM refuses to start with it; give at most {context} (or set env VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 "
@@ -790,7 +796,7 @@ class ModelSettings(_Strict):
     def _no_managed_flags(cls, args: tuple[str, ...]) -> tuple[str, ...]:
         for arg in args:
             if managed := managed_vllm_flag(arg):
-                named = "" if arg.split("=", 1)[0] == managed else f" (vLLM reads it as {managed})"
+                named = "" if arg.split("=", 1)[0] == managed else f" (a spelling of {managed} to vLLM)"
                 raise ValueError(
                     f"{arg!r}{named} is set by the project (by its own field, or kept as the drain and the GPUs "
                     f"need it); flags kept out of extra_args, in any spelling vLLM reads: "

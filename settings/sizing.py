@@ -326,15 +326,15 @@ def pools_for(settings: StageSettings, model: ModelSettings) -> list[GpuNodePool
 
 
 def closest(settings: StageSettings, model: ModelSettings, count: int = 3) -> list[tuple[GpuInstance, list[str]]]:
-    """The instances that miss by the fewest reasons, those of a family a pool names, those a pool admits and
-    those with the model's GPU count first: what to say when none fits."""
+    """What to say when none fits: the instances of the families the pools name first (why the chosen ones
+    fail), then those that miss by the fewest reasons, those a pool admits and those with the model's GPU count."""
     wanted = requests(settings, model)
     named = {family for pool in settings.gpu_node_pools for family in pool.instance_families}
     ranked = sorted(
         ((instance, fit(settings, model, instance, wanted)) for instance in catalog()),
         key=lambda pair: (
-            len(pair[1]),
             pair[0].family not in named,
+            len(pair[1]),
             bool(meets_pool(settings, pair[0])),
             pair[0].gpus != model.gpus,
             -pair[0].gpu_memory_mib,
@@ -415,7 +415,7 @@ def sizing_problems(settings: StageSettings) -> list[str]:
             f"models[{index}] ({model.name}): no GPU instance can run one replica. It needs {model.gpus} GPU(s) "
             f"with {gpu_memory_needed_mib(model)} MiB each, {wanted.cpu_millis}m CPU and {wanted.memory_mib} MiB of "
             f"memory. Closest: {near}. Change gpus, gpu_memory_utilization, max_model_len, resources or the "
-            "gpu_node_pools' instance settings"
+            "gpu_node_pools' instance or disk settings"
         )
     if problems:
         return problems

@@ -214,7 +214,8 @@ def test_extra_args_may_not_repeat_a_managed_flag() -> None:
         ("--max-model=8192", "--max-model-len"),
         # The short forms, and the parallel sizes that would ask for more GPUs than the pod has.
         ("-tp", "--tensor-parallel-size"),
-        ("-tp2", "--tensor-parallel-size"),
+        ("-t", "--tensor-parallel-size"),
+        ("-p", "--pipeline-parallel-size"),
         ("-pp=2", "--pipeline-parallel-size"),
         ("--pipeline-parallel-size=2", None),
         ("-dp", "--data-parallel-size"),
@@ -224,20 +225,27 @@ def test_extra_args_may_not_repeat_a_managed_flag() -> None:
 def test_extra_args_refuse_a_managed_flag_in_any_spelling_vllm_reads(arg: str, read_as: str | None) -> None:
     data = stage_data()
     data["models"][0]["extra_args"] = [arg, "2"]
-    named = f" (vLLM reads it as {read_as})" if read_as else ""
+    named = f" (a spelling of {read_as} to vLLM)" if read_as else ""
     assert f"models[0].extra_args: {arg!r}{named} is set by the project" in rejected(data)
 
 
 def test_extra_args_take_flags_the_project_does_not_set() -> None:
     data = stage_data()
-    args = ["--max-num-seqs=64", "--enable-prefix-caching", "--compilation-config.level=3", "-O3", "--dtype", "auto"]
+    args = ["--max-num-seqs=64", "--enable-prefix-caching", "--compilation-config.level=3", "-O3", "-q", "fp8"]
+    args += ["--model-impl=vllm", "--config-format=auto", "--api-server-count=2", "-dcp", "1", "--dtype", "auto"]
     data["models"][0]["extra_args"] = args
     assert parse_stage_settings("dev", data).models[0].extra_args == tuple(args)
 
 
 @pytest.mark.parametrize(
     ("max_model_len", "env", "accepted"),
-    [(131_072, {}, True), (131_073, {}, False), (131_073, {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}, True)],
+    [
+        (131_072, {}, True),
+        (131_073, {}, False),
+        (131_073, {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}, True),
+        (131_073, {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "True"}, True),
+        (131_073, {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "0"}, False),  # vLLM takes only 1 or true as on
+    ],
 )
 def test_max_model_len_within_a_known_models_context(max_model_len: int, env: dict[str, str], accepted: bool) -> None:
     data = stage_data()

@@ -396,6 +396,9 @@ def test_a_pool_of_one_family_hears_first_why_that_family_does_not_fit() -> None
     assert "Closest: p4d.24xlarge: generation 4 is not above 4;" in rejected(data)
     data["gpu_node_pools"][0]["instance_generation_greater_than"] = 3
     assert parse_stage_settings("dev", data).models[0].gpus == 8
+    # g4dn misses in more ways (generation, GPU memory) than other families miss by family alone: still first.
+    data = stage_with(instance_categories=[], instance_families=["g4dn"])
+    assert re.search(r"Closest: g4dn\.\w+: generation 4 is not above 4, ", rejected(data))
 
 
 def test_an_instance_family_sizing_does_not_know_is_refused() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import aws_cdk as cdk
 import pytest
 
-from app import project_app
+from app import add_checks, project_app
 from stacks.template_size import TEMPLATE_MAX_BYTES, TemplateSizeLimit, oversized_templates
 from tests.conftest import Assembly, nested_stage
 
@@ -41,6 +41,15 @@ def test_a_template_over_the_limit_stops_the_synth(tmp_path: Path) -> None:
     assert re.search(r"Big.template.json is 1,000,[0-9]{3} bytes;", message)
     assert "CloudFormation takes at most 1,000,000. Its largest resource is Manifest" in message
     assert "serve fewer models in the stage" in message
+
+
+def test_the_app_checks_the_size_at_every_synth(tmp_path: Path) -> None:
+    app = project_app(outdir=str(tmp_path))
+    add_checks(app)
+    stack = cdk.Stack(app, "Big")
+    cdk.CfnResource(stack, "Manifest", type="AWS::SSM::Parameter", properties={"Value": "x" * TEMPLATE_MAX_BYTES})
+    with pytest.raises(RuntimeError, match=r"Big.template.json is 1,000,[0-9]{3} bytes; CloudFormation takes"):
+        app.synth()
 
 
 def test_every_synthesized_template_is_within_the_limit(assemblies: dict[str, Assembly], pipeline: Assembly) -> None:
