@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import cdk8s
@@ -21,6 +21,7 @@ from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import progress_deadline_seconds
 from settings.drain import max_request_seconds, termination_grace_seconds
 from tests.conftest import find, find_all, render_charts, stage_data
+from tests.stand_ins import QuietHandler, serving
 
 
 class FakeVllm(ThreadingHTTPServer):
@@ -31,7 +32,7 @@ class FakeVllm(ThreadingHTTPServer):
         self.hold, self.in_flight, self.finished_at = hold, 0, 0.0
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: FakeVllm
 
     def do_GET(self) -> None:
@@ -46,22 +47,13 @@ class Handler(BaseHTTPRequestHandler):
                 f'vllm:num_requests_running{{engine="0",model_name="m"}} {self.server.in_flight}.0\n'
                 'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
             ).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(200, body)
 
 
 @pytest.fixture
 def vllm(request: pytest.FixtureRequest) -> Iterator[FakeVllm]:
-    server = FakeVllm(hold=getattr(request, "param", 0.8))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with serving(FakeVllm(hold=getattr(request, "param", 0.8))) as server:
+        yield server
 
 
 def drain(port: int, seconds: float) -> float:
