@@ -96,7 +96,9 @@ IMAGE_COMPRESSED_BYTES = 14_221_606_791
 IMAGE_UNPACKED_BYTES = 26_000_000_000
 # What it takes of a node's disk, where Auto Mode keeps images and pods' ephemeral storage alike (the
 # NodeClass's ephemeralStorage): containerd keeps the pulled layers beside the unpacked ones (its CRI
-# plugin's discard_unpacked_layers is off by default), and the kubelet counts neither against a pod.
+# plugin's discard_unpacked_layers, a bool left false unless set: pkg/cri/config/config.go, "whether to allow
+# GC to remove layers from the content store after successfully unpacking"), and the kubelet counts neither
+# against a pod.
 IMAGE_DISK_MIB = math.ceil((IMAGE_COMPRESSED_BYTES + IMAGE_UNPACKED_BYTES) / MIB)
 
 

@@ -5,7 +5,7 @@ CloudFormation takes a template of at most 1,000,000 bytes from S3, where the CD
 may not exceed 1000000 bytes in size"; AWS CloudFormation User Guide, "Quotas": template body size in an
 Amazon S3 object, 1 MB). Each model adds its manifests and, with metrics, its alarms to the Serving stack:
 about 55 KB in dev, 80 KB in prod. (aws-cdk-lib only warns, from 80 % of the limit; cfn-lint's E1002 checks
-it too, but only where the test suite runs cfn-lint.)
+the same figure, cfnlint/helpers.py LIMITS["template"]["body"] = 1000000, but only where the test suite runs.)
 """
 
 from __future__ import annotations

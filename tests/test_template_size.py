@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import aws_cdk as cdk
+import cfnlint.helpers
 import pytest
 
 from app import add_checks, project_app
@@ -22,6 +23,10 @@ def template_of_size(path: Path, size: int) -> Path:
     path.write_text(json.dumps(template))
     assert path.stat().st_size == size
     return path
+
+
+def test_the_limit_is_the_one_cfn_lint_holds_templates_to() -> None:
+    assert cfnlint.helpers.LIMITS["template"]["body"] == TEMPLATE_MAX_BYTES
 
 
 @pytest.mark.parametrize(("size", "refused"), [(TEMPLATE_MAX_BYTES, False), (TEMPLATE_MAX_BYTES + 1, True)])
