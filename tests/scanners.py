@@ -52,6 +52,11 @@ def is_dns1123_label(name: str) -> bool:
     return len(name) <= 63 and re.fullmatch(_DNS1123_LABEL, name) is not None
 
 
+def is_dns1035_label(name: str) -> bool:
+    """IsDNS1035Label: Service names (ValidateServiceName); a DNS-1123 label that starts with a letter."""
+    return len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) is not None
+
+
 def is_dns1123_subdomain(name: str) -> bool:
     """IsDNS1123Subdomain: most object names (a ConfigMap's, say), and a qualified name's prefix."""
     return len(name) <= 253 and re.fullmatch(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*", name) is not None

@@ -37,6 +37,7 @@ from tests.scanners import (
     checkov_failures,
     checkov_skips,
     is_config_map_key,
+    is_dns1035_label,
     is_dns1123_label,
     is_dns1123_subdomain,
     is_port_name,
@@ -139,6 +140,7 @@ def test_cfn_lint_rejects_a_broken_template(scans: Future[Scans]) -> None:
     ("check", "good", "bad"),
     [
         (is_dns1123_label, ["gpu-metrics", "a1"], ["GPU", "-a", "a-", "a.b", "a" * 64]),
+        (is_dns1035_label, ["gptoss-service", "a", "a" * 63], ["20b-gptoss", "-a", "a-", "a.b", "a" * 64]),
         (is_dns1123_subdomain, ["gpu-metrics", "a.b-c"], ["a..b", "A.b", "a_b", "a" * 254]),
         (
             is_qualified_name,
@@ -172,6 +174,10 @@ def test_every_object_matches_the_clusters_kubernetes_schema(stage: str) -> None
     customs = 2 * len(settings.gpu_node_pools) + 2 * len(scaled) + len(keyed)
     assert len(objects) == sum(len(objs) for objs in render_charts(stage).values()) - customs
     assert [problem for obj in objects for problem in kubernetes_problems(obj, version)] == []
+    # The schema does not carry the name rules; a Service's name is a DNS-1035 label (ValidateServiceName).
+    services = [obj["metadata"]["name"] for obj in objects if obj["kind"] == "Service"]
+    assert services
+    assert all(map(is_dns1035_label, services))
 
 
 def broken_deployment(change: str) -> dict[str, Any]:
