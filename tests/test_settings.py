@@ -416,6 +416,10 @@ def test_service_name_is_what_kubernetes_takes_for_a_service(service_name: str) 
     data["models"][0]["service_name"] = service_name
     if is_dns1035_label(service_name):
         assert parse_stage_settings("dev", data).models[0].service_name == service_name
+    elif len(service_name) > 63:
+        assert f"models[0].service_name: String should have at most 63 characters (got {service_name!r})" in (
+            rejected(data)
+        )
     else:
         assert (
             f"models[0].service_name: {service_name!r} is not a DNS-1035 label: lower-case letters, digits and '-', "
