@@ -17,25 +17,28 @@ POLLING_SECONDS = 15
 COOLDOWN_MARGIN_SECONDS = 60
 
 
+def derived_cooldown_seconds(cold_start: int) -> int:
+    """The scale-down cooldown when the settings give none: a cold start and a minute."""
+    return cold_start + COOLDOWN_MARGIN_SECONDS
+
+
 def scale_down_cooldown_seconds(settings: StageSettings, model: ModelSettings) -> int:
-    """How long the queue stays below the target before a replica goes: the setting, or a cold start and a minute."""
+    """How long the queue stays below the target before a replica goes: the setting, or the derived one."""
     assert model.autoscaling is not None
     if model.autoscaling.scale_down_cooldown_seconds is not None:
         return model.autoscaling.scale_down_cooldown_seconds
-    return math.ceil(cold_start_seconds(settings, model)) + COOLDOWN_MARGIN_SECONDS
+    return derived_cooldown_seconds(math.ceil(cold_start_seconds(settings, model)))
 
 
 def autoscaling_problems(settings: StageSettings) -> list[str]:
     """Every model whose scale-down cooldown is shorter than its cold start: one line each."""
     problems = []
     for index, model in enumerate(settings.models):
-        given = model.autoscaling.scale_down_cooldown_seconds if model.autoscaling else None
+        if model.autoscaling is None:
+            continue
+        given = model.autoscaling.scale_down_cooldown_seconds
         cold_start = math.ceil(cold_start_seconds(settings, model))
-        if (
-            model.autoscaling is not None
-            and given is None
-            and scale_down_cooldown_seconds(settings, model) > MAX_STABILIZATION_SECONDS
-        ):
+        if given is None and derived_cooldown_seconds(cold_start) > MAX_STABILIZATION_SECONDS:
             problems.append(
                 f"models[{index}].autoscaling: a replica's cold start ({cold_start} s) plus a minute is longer than "
                 f"the {MAX_STABILIZATION_SECONDS} s the autoscaler can wait before removing a replica; speed the "
@@ -45,6 +48,6 @@ def autoscaling_problems(settings: StageSettings) -> list[str]:
             problems.append(
                 f"models[{index}].autoscaling.scale_down_cooldown_seconds: {given} is not longer than a cold start "
                 f"({cold_start} s, `make cold-start`): a replica removed then would take longer than that to come "
-                f"back; give more than {cold_start}, or leave it unset ({cold_start + COOLDOWN_MARGIN_SECONDS})"
+                f"back; give more than {cold_start}, or leave it unset ({derived_cooldown_seconds(cold_start)})"
             )
     return problems

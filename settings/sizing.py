@@ -198,9 +198,16 @@ class Requests:
     ephemeral_storage_mib: int
 
 
+def pool_path(settings: StageSettings, pool: GpuNodePoolSettings) -> str:
+    """Where a pool is in the settings, as messages name it: gpu_node_pools[1]. Found by its name, which is
+    unique (the settings refuse a repeated one), not by comparing whole pools."""
+    index = next(index for index, each in enumerate(settings.gpu_node_pools) if each.name == pool.name)
+    return f"gpu_node_pools[{index}]"
+
+
 def pool_label(settings: StageSettings, pool: GpuNodePoolSettings) -> str:
     """How messages name a pool: gpu_node_pools[1] (on-demand-g5)."""
-    return f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}] ({pool.name})"
+    return f"{pool_path(settings, pool)} ({pool.name})"
 
 
 def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePoolSettings | None = None) -> list[str]:
@@ -209,20 +216,17 @@ def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePool
     if pool is None:
         reasons = [meets_pool(settings, instance, each) for each in settings.gpu_node_pools]
         return [] if not all(reasons) else reasons[0]
-
-    def where() -> str:  # only once a reason needs it: finding the index compares whole pools
-        return f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}]"
-
+    where = pool_path(settings, pool)
     reasons = []
     if pool.instance_categories and instance.category not in pool.instance_categories:
-        reasons.append(f"category {instance.category} is not in {where()}.instance_categories")
+        reasons.append(f"category {instance.category} is not in {where}.instance_categories")
     if pool.instance_families and instance.family not in pool.instance_families:
-        reasons.append(f"family {instance.family} is not in {where()}.instance_families")
+        reasons.append(f"family {instance.family} is not in {where}.instance_families")
     floor = pool.instance_generation_greater_than
     if floor is not None and instance.generation <= floor:
         reasons.append(f"generation {instance.generation} is not above {floor}")
     if instance.architecture not in pool.architectures:
-        reasons.append(f"{instance.architecture} is not in {where()}.architectures")
+        reasons.append(f"{instance.architecture} is not in {where}.architectures")
     return reasons
 
 
@@ -400,18 +404,16 @@ def sizing_problems(settings: StageSettings) -> list[str]:
                     f"sizing knows (settings/catalog/gpu_instances.yaml): {', '.join(families)}"
                 )
     for index, model in enumerate(settings.models):
-        given = model.resources
-        if given.shared_memory is not None and given.memory is None:
-            memory = requests(settings, model).memory_mib
-            if size_bytes(given.shared_memory) // MIB > memory:
-                problems.append(
-                    f"models[{index}] ({model.name}): resources.shared_memory ({given.shared_memory}) is more than the "
-                    f"{memory} MiB of memory the replica requests (derived, as memory is not given): the memory-backed "
-                    "/dev/shm counts against it; give shared_memory at most that, or give memory too"
-                )
+        wanted = requests(settings, model)
+        # Given both, ModelResources has compared them already; here the memory is the derived one.
+        if wanted.shared_memory_mib > wanted.memory_mib:
+            problems.append(
+                f"models[{index}] ({model.name}): resources.shared_memory ({model.resources.shared_memory}) is more "
+                f"than the {wanted.memory_mib} MiB of memory the replica requests (derived, as memory is not given): "
+                "the memory-backed /dev/shm counts against it; give shared_memory at most that, or give memory too"
+            )
         if candidates(settings, model):
             continue
-        wanted = requests(settings, model)
         near = "; ".join(f"{instance.type}: {', '.join(reasons)}" for instance, reasons in closest(settings, model))
         problems.append(
             f"models[{index}] ({model.name}): no GPU instance can run one replica. It needs {model.gpus} GPU(s) "
@@ -438,7 +440,7 @@ def sizing_problems(settings: StageSettings) -> list[str]:
 
 def _limit_problems(settings: StageSettings, pool: GpuNodePoolSettings) -> list[str]:
     needs, limits = pool_needs(settings, pool, "cheapest"), pool.limits
-    where = f"gpu_node_pools[{settings.gpu_node_pools.index(pool)}].limits"
+    where = f"{pool_path(settings, pool)}.limits"
     surge = "every replica it can run plus one rollout surge per model, each on the cheapest instance that fits"
     problems = []
     if limits.cpu is not None and limits.cpu < needs.cpu:

@@ -457,6 +457,11 @@ def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [resource for resource in template["Resources"].values() if resource["Type"] == kind]
 
 
+def properties(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The properties of every resource of a CloudFormation type in a template."""
+    return [resource["Properties"] for resource in resources(template, kind)]
+
+
 def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     """The one object of a kind in a chart's output."""
     (found,) = find_all(objects, kind)

@@ -7,11 +7,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from tests.conftest import Assembly
-
-
-def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [r["Properties"] for r in template["Resources"].values() if r["Type"] == kind]
+from tests.conftest import Assembly, properties
 
 
 def tag(properties: dict[str, Any], key: str) -> str | None:
@@ -19,7 +15,7 @@ def tag(properties: dict[str, Any], key: str) -> str | None:
 
 
 def subnets(template: dict[str, Any], subnet_type: str) -> list[dict[str, Any]]:
-    return [s for s in resources(template, "AWS::EC2::Subnet") if tag(s, "aws-cdk:subnet-type") == subnet_type]
+    return [s for s in properties(template, "AWS::EC2::Subnet") if tag(s, "aws-cdk:subnet-type") == subnet_type]
 
 
 def test_vpc_spans_exactly_the_configured_zones(dev: Assembly) -> None:
@@ -38,7 +34,7 @@ def test_public_subnets_are_tagged_for_internet_facing_load_balancers(dev: Assem
 
 
 def test_private_subnets_have_egress_through_nat(dev: Assembly) -> None:
-    routes = resources(dev.template("Network"), "AWS::EC2::Route")
+    routes = properties(dev.template("Network"), "AWS::EC2::Route")
     assert sum("NatGatewayId" in route for route in routes) == 3
 
 

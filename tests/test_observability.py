@@ -20,7 +20,7 @@ from settings.model import StageSettings
 from stacks.metrics import SCRAPE_JOBS, recorded
 from stacks.observability import PrometheusDataSource, StageAlarms
 from stacks.prometheus_data_source import handler as data_source
-from tests.conftest import Assembly, chart_values, stage_data
+from tests.conftest import Assembly, chart_values, resources, stage_data
 from tests.scanners import cloudformation_problems
 from tests.stand_ins import QuietHandler, serving
 from tests.test_autoscaling import metric_names
@@ -155,13 +155,9 @@ def test_the_console_learns_what_to_ask() -> None:
 # --- what the stages get ---
 
 
-def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {key: value for key, value in template["Resources"].items() if value["Type"] == kind}
-
-
 def test_the_add_on_collects_container_metrics_without_a_dcgm_exporter_or_logs(prod: Assembly) -> None:
     template = prod.template("Cluster")
-    (addon,) = [a for a in resources(template, "AWS::EKS::Addon").values() if "cloudwatch" in json.dumps(a)]
+    (addon,) = [a for a in resources(template, "AWS::EKS::Addon") if "cloudwatch" in json.dumps(a)]
     properties = addon["Properties"]
     assert properties["AddonName"] == "amazon-cloudwatch-observability"
     assert json.loads(properties["ConfigurationValues"]) == {
@@ -176,7 +172,7 @@ def test_the_add_on_collects_container_metrics_without_a_dcgm_exporter_or_logs(p
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "pods.eks.amazonaws.com"}
     (policy,) = [
         p["Properties"]["PolicyDocument"]["Statement"]
-        for p in resources(template, "AWS::IAM::Policy").values()
+        for p in resources(template, "AWS::IAM::Policy")
         if p["Properties"]["Roles"] == [{"Ref": role_id}]
     ]
     assert [statement["Action"] for statement in policy] == [
@@ -187,8 +183,9 @@ def test_the_add_on_collects_container_metrics_without_a_dcgm_exporter_or_logs(p
     # Its log group exists first, with the cluster's retention, instead of one that never expires.
     (retention,) = [
         key
-        for key, r in resources(template, "Custom::LogRetention").items()
-        if r["Properties"]["LogGroupName"] == "/aws/containerinsights/gpu-inference-prod/performance"
+        for key, r in template["Resources"].items()
+        if r["Type"] == "Custom::LogRetention"
+        and r["Properties"]["LogGroupName"] == "/aws/containerinsights/gpu-inference-prod/performance"
     ]
     assert template["Resources"][retention]["Properties"]["RetentionInDays"] == 365  # prod's cluster.log_retention_days
     assert retention in addon["DependsOn"]
@@ -199,7 +196,7 @@ def test_the_add_on_configuration_is_in_terms_its_chart_takes(prod: Assembly) ->
     values = chart_values("amazon-cloudwatch-observability")
     (addon,) = [
         a["Properties"]
-        for a in resources(prod.template("Cluster"), "AWS::EKS::Addon").values()
+        for a in resources(prod.template("Cluster"), "AWS::EKS::Addon")
         if a["Properties"]["AddonName"] == "amazon-cloudwatch-observability"
     ]
     for component, settings in json.loads(addon["ConfigurationValues"]).items():
@@ -221,7 +218,7 @@ def test_the_data_source_reads_one_workspace_and_answers_cloudwatch_of_its_accou
     template = prod.template("Serving")
     (function,) = [
         f["Properties"]
-        for f in resources(template, "AWS::Lambda::Function").values()
+        for f in resources(template, "AWS::Lambda::Function")
         if f["Properties"].get("FunctionName") == "gpu-inference-prod-prometheus"
     ]
     assert function["Runtime"] == "python3.14"
@@ -229,13 +226,13 @@ def test_the_data_source_reads_one_workspace_and_answers_cloudwatch_of_its_accou
     assert function["Timeout"] == 10
     assert "PROMETHEUS_QUERY_URL" in function["Environment"]["Variables"]
     assert {"Key": "cloudwatch:datasource", "Value": "custom"} in function["Tags"]
-    (permission,) = resources(template, "AWS::Lambda::Permission").values()
+    (permission,) = resources(template, "AWS::Lambda::Permission")
     assert permission["Properties"]["Principal"] == "lambda.datasource.cloudwatch.amazonaws.com"
     assert permission["Properties"]["SourceAccount"] == {"Ref": "AWS::AccountId"}
     role_id = function["Role"]["Fn::GetAtt"][0]
     statements = [
         statement
-        for p in resources(template, "AWS::IAM::Policy").values()
+        for p in resources(template, "AWS::IAM::Policy")
         if p["Properties"]["Roles"] == [{"Ref": role_id}]
         for statement in p["Properties"]["PolicyDocument"]["Statement"]
     ]
@@ -253,7 +250,7 @@ def lambda_queries(expression: str) -> list[str]:
 def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(prod: Assembly) -> None:
     alarms = {
         a["Properties"]["AlarmName"]: a["Properties"]
-        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm").values()
+        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm")
     }
     prefix = "gpu-inference-prod-gpt-oss-20b-"
     assert set(alarms) == {
@@ -313,11 +310,11 @@ def test_every_query_parses_and_reads_recorded_signals_or_the_scrape_itself(prod
     template = prod.template("Serving")
     expressions = [
         metric["Expression"]
-        for alarm in resources(template, "AWS::CloudWatch::Alarm").values()
+        for alarm in resources(template, "AWS::CloudWatch::Alarm")
         for metric in alarm["Properties"]["Metrics"]
         if "Expression" in metric
     ]
-    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard")
     body = "".join(
         part if isinstance(part, str) else "<region>"
         for part in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
@@ -331,7 +328,7 @@ def test_every_query_parses_and_reads_recorded_signals_or_the_scrape_itself(prod
 
 
 def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod: Assembly) -> None:
-    (dashboard,) = resources(prod.template("Serving"), "AWS::CloudWatch::Dashboard").values()
+    (dashboard,) = resources(prod.template("Serving"), "AWS::CloudWatch::Dashboard")
     assert dashboard["Properties"]["DashboardName"] == "gpu-inference-prod-serving"
     parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
     body = json.loads("".join(part if isinstance(part, str) else "us-west-2" for part in parts))
@@ -386,7 +383,7 @@ def alarms_with_a_topic() -> dict[str, Any]:
 
 
 def test_alarms_and_their_recovery_go_to_the_stages_topic(alarms_with_a_topic: dict[str, Any]) -> None:
-    alarms = resources(alarms_with_a_topic, "AWS::CloudWatch::Alarm").values()
+    alarms = resources(alarms_with_a_topic, "AWS::CloudWatch::Alarm")
     assert len(alarms) == 8
     assert all(a["Properties"]["AlarmActions"] == [TOPIC] == a["Properties"]["OKActions"] for a in alarms)
 
@@ -394,7 +391,7 @@ def test_alarms_and_their_recovery_go_to_the_stages_topic(alarms_with_a_topic: d
 def test_the_idle_gpus_alarm_answers_only_above_the_minimum_replicas(prod: Assembly) -> None:
     (alarm,) = [
         a["Properties"]
-        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm").values()
+        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm")
         if a["Properties"]["AlarmName"].endswith("-VllmGpusIdle")
     ]
     (query,) = lambda_queries(alarm["Metrics"][0]["Expression"])
@@ -410,7 +407,7 @@ def test_the_idle_gpus_alarm_answers_only_above_the_minimum_replicas(prod: Assem
 def test_a_model_of_fixed_size_has_no_idle_gpus_alarm() -> None:
     data = stage_data("prod")
     del data["models"][0]["autoscaling"]
-    names = [a["Properties"]["AlarmName"] for a in resources(stage_alarms(data), "AWS::CloudWatch::Alarm").values()]
+    names = [a["Properties"]["AlarmName"] for a in resources(stage_alarms(data), "AWS::CloudWatch::Alarm")]
     assert len(names) == 7
     assert not [name for name in names if name.endswith("-VllmGpusIdle")]
 

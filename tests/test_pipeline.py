@@ -13,13 +13,9 @@ import pytest
 from settings import SettingsError, load_pipeline_settings, parse_pipeline_settings
 from stacks.pipeline import smoke_test_commands, trigger_role_arn
 from stacks.serving import smoke_test_timeout
-from tests.conftest import Assembly, nested_stage
+from tests.conftest import Assembly, nested_stage, properties
 
 PIPELINE_ACCOUNT, DEV_ACCOUNT, PROD_ACCOUNT = "111111111111", "222222222222", "333333333333"
-
-
-def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [r["Properties"] for r in template["Resources"].values() if r["Type"] == kind]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +25,7 @@ def template(pipeline: Assembly) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stages(template: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    (code_pipeline,) = resources(template, "AWS::CodePipeline::Pipeline")
+    (code_pipeline,) = properties(template, "AWS::CodePipeline::Pipeline")
     return {stage["Name"]: stage["Actions"] for stage in code_pipeline["Stages"]}
 
 
@@ -125,7 +121,7 @@ def test_smoke_test_starts_the_stages_project_as_the_role_the_stage_grants(
     role_id = template["Resources"][project_id]["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
     statements = [
         statement
-        for policy in resources(template, "AWS::IAM::Policy")
+        for policy in properties(template, "AWS::IAM::Policy")
         if policy["Roles"] == [{"Ref": role_id}]
         for statement in policy["PolicyDocument"]["Statement"]
     ]
@@ -133,7 +129,7 @@ def test_smoke_test_starts_the_stages_project_as_the_role_the_stage_grants(
 
 
 def test_artifacts_are_encrypted_with_a_rotating_key_the_stage_accounts_may_use(template: dict[str, Any]) -> None:
-    (key,) = resources(template, "AWS::KMS::Key")
+    (key,) = properties(template, "AWS::KMS::Key")
     assert key["EnableKeyRotation"] is True
     (bucket,) = [
         r["Properties"]
@@ -205,10 +201,10 @@ def test_pipeline_stages_keep_their_order_and_get_their_accounts() -> None:
 @pytest.mark.parametrize("stage", ["dev", "prod"])
 def test_stage_smoke_test_runs_in_that_stages_vpc_as_a_role_its_cluster_admits(pipeline: Assembly, stage: str) -> None:
     serving = nested_stage(pipeline, stage).template("Serving")
-    (project,) = resources(serving, "AWS::CodeBuild::Project")
+    (project,) = properties(serving, "AWS::CodeBuild::Project")
     assert project["Name"] == f"gpu-inference-{stage}-smoke-test"
     assert all(f"{stage}-Network" in json.dumps(subnet) for subnet in project["VpcConfig"]["Subnets"])
-    (entry,) = resources(serving, "AWS::EKS::AccessEntry")
+    (entry,) = properties(serving, "AWS::EKS::AccessEntry")
     assert entry["PrincipalArn"] == project["ServiceRole"]
     assert entry["KubernetesGroups"] == ["smoke-testers"]
 
