@@ -35,7 +35,6 @@ from charts.vllm_server import (
 from settings.model import GpuNodePoolSettings
 from settings.names import NODE_ROTATION_NAMESPACE
 
-NAMESPACE = NODE_ROTATION_NAMESPACE
 SERVICE_ACCOUNT = "gpu-node-rotation"
 ROTATION_ANNOTATION = "gpu-node-rotation/rotated-at"
 # A small image with Python's standard library, which is all the job needs (pulled through the cache).
@@ -114,15 +113,14 @@ class NodeRotationChart(cdk8s.Chart):
     def __init__(self, scope: Construct, id: str, *, pools: list[GpuNodePoolSettings], image: str) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         schedules = rotation_schedules(pools)
-        api_object(
-            self, "Namespace", "v1", "Namespace", cdk8s.ApiObjectMetadata(name=NAMESPACE, labels=POD_SECURITY_LABELS)
-        )
+        namespace = cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE, labels=POD_SECURITY_LABELS)
+        api_object(self, "Namespace", "v1", "Namespace", namespace)
         api_object(
             self,
             "ServiceAccount",
             "v1",
             "ServiceAccount",
-            cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT, namespace=NAMESPACE),
+            cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT, namespace=NODE_ROTATION_NAMESPACE),
         )
         rules = [
             {"apiGroups": ["karpenter.sh"], "resources": ["nodeclaims"], "verbs": ["list"]},
@@ -138,7 +136,7 @@ class NodeRotationChart(cdk8s.Chart):
             "ClusterRole",
             "rbac.authorization.k8s.io/v1",
             "ClusterRole",
-            cdk8s.ApiObjectMetadata(name=NAMESPACE),
+            cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE),
             rules=rules,
         )
         api_object(
@@ -146,9 +144,9 @@ class NodeRotationChart(cdk8s.Chart):
             "ClusterRoleBinding",
             "rbac.authorization.k8s.io/v1",
             "ClusterRoleBinding",
-            cdk8s.ApiObjectMetadata(name=NAMESPACE),
-            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAMESPACE},
-            subjects=[{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
+            cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_ROTATION_NAMESPACE},
+            subjects=[{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NODE_ROTATION_NAMESPACE}],
         )
         for start, names in schedules.items():
             hour, minute = (int(part) for part in start.split(":"))
@@ -159,7 +157,7 @@ class NodeRotationChart(cdk8s.Chart):
                 "CronJob",
                 cdk8s.ApiObjectMetadata(
                     name=f"rotate-at-{hour:02d}{minute:02d}",
-                    namespace=NAMESPACE,
+                    namespace=NODE_ROTATION_NAMESPACE,
                     annotations=checkov_skip_annotations(ROTATION_CHECKOV_EXCEPTIONS),
                 ),
                 spec=cron_job_spec(f"{minute} {hour} * * *", names, image),

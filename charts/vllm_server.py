@@ -197,11 +197,8 @@ class VllmServerChart(cdk8s.Chart):
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
 
-        namespace = kplus.Namespace(
-            self, "Namespace", metadata=cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
-        )
-        # A Namespace is cluster-scoped; the chart's namespace would otherwise be stamped on it too.
-        cdk8s.ApiObject.of(namespace).add_json_patch(cdk8s.JsonPatch.remove("/metadata/namespace"))
+        metadata = cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
+        api_object(self, "Namespace", "v1", "Namespace", metadata, cluster_scoped=True)
         volume = ModelVolume(
             self,
             "Weights",

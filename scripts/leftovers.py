@@ -202,7 +202,7 @@ def load_balancers(elbv2: Client, stage: str, *, cluster_name: str) -> list[Left
 
 def cluster_log_group_prefixes(cluster_name: str) -> tuple[str, ...]:
     """Where AWS services put the log groups they name after a cluster: EKS and Container Insights."""
-    return (f"/aws/eks/{cluster_name}/", names.container_insights_log_groups(cluster_name))
+    return (names.eks_log_group_prefix(cluster_name), names.container_insights_log_group_prefix(cluster_name))
 
 
 def log_groups(logs: Client, stage: str, *, cluster_name: str, tagged_names: Iterable[str] = ()) -> list[Leftover]:

@@ -146,7 +146,18 @@ def dashboard_name(cluster_name: str) -> str:
     return f"{cluster_name}-serving"
 
 
-def container_insights_log_groups(cluster_name: str) -> str:
+def eks_log_group_prefix(cluster_name: str) -> str:
+    """The prefix of the log groups EKS names after a cluster (EKS User Guide, "Send control plane logs to
+    CloudWatch Logs": /aws/eks/<cluster>/cluster)."""
+    return f"/aws/eks/{cluster_name}/"
+
+
+def control_plane_log_group(cluster_name: str) -> str:
+    """Where EKS writes the control plane's logs: EKS names it, so the stacks create it first."""
+    return f"{eks_log_group_prefix(cluster_name)}cluster"
+
+
+def container_insights_log_group_prefix(cluster_name: str) -> str:
     """The prefix of the log groups Container Insights names after a cluster (CloudWatch User Guide,
     "Container Insights performance log events")."""
     return f"/aws/containerinsights/{cluster_name}/"
@@ -155,7 +166,7 @@ def container_insights_log_groups(cluster_name: str) -> str:
 def container_insights_log_group(cluster_name: str) -> str:
     """Where the CloudWatch agent writes Container Insights' records: the agent names it, so the stacks
     create it first."""
-    return f"{container_insights_log_groups(cluster_name)}performance"
+    return f"{container_insights_log_group_prefix(cluster_name)}performance"
 
 
 CLUSTER_NAME_LIMITS = (

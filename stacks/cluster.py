@@ -79,7 +79,7 @@ class ClusterStack(Stack):
         control_plane_logs = service_log_group(
             self,
             "ControlPlaneLogRetention",
-            name=f"/aws/eks/{cluster.name}/cluster",
+            name=names.control_plane_log_group(cluster.name),
             retention_days=cluster.log_retention_days,
         )
         secrets_key = kms.Key(

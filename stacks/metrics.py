@@ -28,6 +28,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from charts.gpu_metrics import GPU_METRICS_PORT
+from charts.vllm_server import PORT as VLLM_PORT
 from settings.model import MetricsSettings
 from settings.names import app_label
 
@@ -35,8 +36,8 @@ from settings.names import app_label
 # on their GPU reader's. Prometheus's pod discovery makes one target per declared container port
 # (Prometheus docs, configuration.md, kubernetes_sd_config "pod" role), so each job keeps its own port.
 VLLM_APP_PATTERN = app_label(".+")
-VLLM_PORT = 8000
-SCRAPE_JOBS = {"vllm": VLLM_PORT, "gpu": GPU_METRICS_PORT}
+VLLM_JOB = "vllm"
+SCRAPE_JOBS = {VLLM_JOB: VLLM_PORT, "gpu": GPU_METRICS_PORT}
 RULES_NAMESPACE = "vllm"
 # The recorded signals' names, one series per model (its namespace).
 TTFT_P95 = "namespace:vllm_time_to_first_token_seconds:p95"
@@ -104,8 +105,8 @@ def recorded(metrics: MetricsSettings) -> dict[str, str]:
         # vLLM's HTTP server counts its responses by class, 5xx among them (prometheus-fastapi-instrumentator's
         # default http_requests_total{handler, method, status}, which api_server.py mount_metrics adds).
         SERVER_ERROR_RATIO: (
-            f'sum by (namespace) (rate(http_requests_total{{job="vllm", status="5xx"}}[{tokens}])) '
-            f'/ sum by (namespace) (rate(http_requests_total{{job="vllm"}}[{tokens}]))'
+            f'sum by (namespace) (rate(http_requests_total{{job="{VLLM_JOB}", status="5xx"}}[{tokens}])) '
+            f'/ sum by (namespace) (rate(http_requests_total{{job="{VLLM_JOB}"}}[{tokens}]))'
         ),
         # Replicas that hold requests yet generated no token over the range: an engine stuck while /health still
         # answers, which asks only whether the engine process has died (vLLM 0.11.2 vllm/v1/engine/async_llm.py,

@@ -45,6 +45,7 @@ from stacks.metrics import (
     SERVER_ERROR_RATIO,
     TOKENS_PER_SECOND,
     TTFT_P95,
+    VLLM_JOB,
     alerts,
 )
 
@@ -223,7 +224,7 @@ class StageAlarms(Construct):
             "alarms')",
             metric=source.query(
                 f"{for_model(GPU_UTILIZATION, model)} and on (namespace) "
-                f"(count by (namespace) (up{{job='vllm', namespace='{namespace}'}} == 1) > {model.replicas})",
+                f"(count by (namespace) (up{{job='{VLLM_JOB}', namespace='{namespace}'}} == 1) > {model.replicas})",
                 "GPU utilization above the minimum replicas",
             ),
             threshold=threshold,

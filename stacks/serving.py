@@ -36,7 +36,6 @@ from stacks.web_acl import rate_limited_web_acl
 # KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
 # operator's service account, which the chart names keda-operator in the release's namespace.
 KEDA_CHART = Path(__file__).resolve().parent.parent / "charts" / "vendor" / "keda"
-KEDA_NAMESPACE = names.KEDA_NAMESPACE
 KEDA_SERVICE_ACCOUNT = "keda-operator"
 # scripts/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
@@ -168,7 +167,7 @@ class ServingStack(Stack):
         identity = self._pod_identity(
             "KedaOperator",
             cluster,
-            namespace=KEDA_NAMESPACE,
+            namespace=names.KEDA_NAMESPACE,
             service_account=KEDA_SERVICE_ACCOUNT,
             description="KEDA's operator reads vLLM's queue from Amazon Managed Service for Prometheus",
             statements=[
@@ -184,7 +183,7 @@ class ServingStack(Stack):
             cluster=target,
             chart_asset=s3_assets.Asset(self, "KedaChart", path=str(KEDA_CHART)),
             release="keda",
-            namespace=KEDA_NAMESPACE,
+            namespace=names.KEDA_NAMESPACE,
             create_namespace=True,
             wait=True,
             timeout=Duration.minutes(10),

@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from charts.autoscaling import TRIGGER_AUTHENTICATION, queue_query
-from settings import parse_stage_settings
+from settings import names, parse_stage_settings
 from settings.autoscaling import scale_down_cooldown_seconds
 from settings.cold_start import cold_start_seconds
 from settings.model import MetricsSettings
 from stacks.metrics import alert_manager, recorded, rules, scrape_configuration
-from stacks.serving import KEDA_CHART, KEDA_NAMESPACE, KEDA_SERVICE_ACCOUNT
+from stacks.serving import KEDA_CHART, KEDA_SERVICE_ACCOUNT
 from tests.conftest import Assembly, find, render_charts, resources, stage_data
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
@@ -260,7 +260,7 @@ def test_dev_has_no_metrics_unless_it_asks(dev: Assembly) -> None:
 def test_keda_is_installed_from_the_repository_with_read_access_to_the_workspace_only(prod: Assembly) -> None:
     serving = prod.template("Serving")
     (helm,) = resources(serving, "Custom::AWSCDK-EKS-HelmChart")
-    assert (helm["Properties"]["Release"], helm["Properties"]["Namespace"]) == ("keda", KEDA_NAMESPACE)
+    assert (helm["Properties"]["Release"], helm["Properties"]["Namespace"]) == ("keda", names.KEDA_NAMESPACE)
     assert "Repository" not in helm["Properties"]  # no download at deploy: the chart is an asset
     assert helm["Properties"]["ChartAssetURL"]["Fn::Sub"].endswith(".zip")
     (association,) = [
