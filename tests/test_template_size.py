@@ -11,8 +11,7 @@ import cfnlint.helpers
 import pytest
 
 from app import add_checks, project_app
-from stacks.template_size import TEMPLATE_MAX_BYTES, TemplateSizeLimit, oversized_templates
-from tests.conftest import Assembly, nested_stage
+from stacks.template_size import TEMPLATE_MAX_BYTES, oversized_templates
 
 
 def template_of_size(path: Path, size: int) -> Path:
@@ -35,9 +34,11 @@ def test_the_limit_is_a_million_bytes(tmp_path: Path, size: int, refused: bool) 
     assert [(f.size, f.largest_resource) for f in found] == ([(size, "Large")] if refused else [])
 
 
-def test_a_template_over_the_limit_stops_the_synth(tmp_path: Path) -> None:
+def test_the_app_stops_a_synth_whose_template_is_over_the_limit(tmp_path: Path) -> None:
+    # The checks every synth runs (app.add_checks), the pipeline's nested stages included: the session's
+    # synths of every stage and of the pipeline pass them.
     app = project_app(outdir=str(tmp_path))
-    cdk.Validations.of(app).add_plugins(TemplateSizeLimit())
+    add_checks(app)
     stack = cdk.Stack(app, "Big")
     cdk.CfnResource(stack, "Manifest", type="AWS::SSM::Parameter", properties={"Value": "x" * TEMPLATE_MAX_BYTES})
     with pytest.raises(RuntimeError, match="ValidationFailed") as stopped:
@@ -46,19 +47,3 @@ def test_a_template_over_the_limit_stops_the_synth(tmp_path: Path) -> None:
     assert re.search(r"Big.template.json is 1,000,[0-9]{3} bytes;", message)
     assert "CloudFormation takes at most 1,000,000. Its largest resource is Manifest" in message
     assert "serve fewer models in the stage" in message
-
-
-def test_the_app_checks_the_size_at_every_synth(tmp_path: Path) -> None:
-    app = project_app(outdir=str(tmp_path))
-    add_checks(app)
-    stack = cdk.Stack(app, "Big")
-    cdk.CfnResource(stack, "Manifest", type="AWS::SSM::Parameter", properties={"Value": "x" * TEMPLATE_MAX_BYTES})
-    with pytest.raises(RuntimeError, match=r"Big.template.json is 1,000,[0-9]{3} bytes; CloudFormation takes"):
-        app.synth()
-
-
-def test_every_synthesized_template_is_within_the_limit(assemblies: dict[str, Assembly], pipeline: Assembly) -> None:
-    stages = [*assemblies.values(), *(nested_stage(pipeline, stage) for stage in assemblies)]
-    paths = [str(path) for assembly in [*stages, pipeline] for path in assembly.directory.glob("*.template.json")]
-    assert len(paths) == 1 + 2 * 5 * len(assemblies)
-    assert oversized_templates(paths) == []
