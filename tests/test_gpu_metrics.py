@@ -188,11 +188,21 @@ def test_without_vllm_the_binding_is_nvidia_ml_pys() -> None:
 
 
 @pytest.fixture(scope="module")
-def prod_container() -> dict[str, Any]:
-    """prod's vLLM container (prod has metrics), with the pod's volumes."""
-    pod = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+def prod_objects() -> list[dict[str, Any]]:
+    """prod's model chart (prod has metrics)."""
+    return render_charts("prod")["Model-gpt-oss-20b"]
+
+
+@pytest.fixture(scope="module")
+def prod_container(prod_objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """prod's vLLM container, with the pod's volumes."""
+    pod = find(prod_objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     return {**container, "volumes": pod["volumes"]}
+
+
+def readers_config_map(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "gpu-metrics")
 
 
 def test_the_container_starts_the_reader_then_becomes_vllm_with_its_args(
@@ -233,15 +243,16 @@ def test_the_container_starts_the_reader_then_becomes_vllm_with_its_args(
         shell.wait()
 
 
-def test_the_pod_rolls_when_the_reader_changes(prod_container: dict[str, Any]) -> None:
-    deployment = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")
+def test_the_pod_rolls_when_the_reader_changes(prod_objects: list[dict[str, Any]]) -> None:
+    deployment = find(prod_objects, "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations[SCRIPT_HASH_ANNOTATION] == hashlib.sha256(SCRIPT.read_bytes()).hexdigest()
 
 
-def test_the_reader_is_mounted_from_its_configmap_and_its_port_is_declared(prod_container: dict[str, Any]) -> None:
-    objects = render_charts("prod")["Model-gpt-oss-20b"]
-    config_map = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "gpu-metrics")
+def test_the_reader_is_mounted_from_its_configmap_and_its_port_is_declared(
+    prod_objects: list[dict[str, Any]], prod_container: dict[str, Any]
+) -> None:
+    config_map = readers_config_map(prod_objects)
     assert config_map["data"] == {SCRIPT.name: SCRIPT.read_text()}
     volume = next(v for v in prod_container["volumes"] if v["name"] == "gpu-metrics")
     assert volume["configMap"]["name"] == "gpu-metrics"
@@ -250,16 +261,17 @@ def test_the_reader_is_mounted_from_its_configmap_and_its_port_is_declared(prod_
     assert {"containerPort": GPU_METRICS_PORT, "name": "gpu-metrics"} in prod_container["ports"]
 
 
-def test_the_names_the_reader_hands_kubernetes_are_ones_it_takes(prod_container: dict[str, Any]) -> None:
-    objects = render_charts("prod")["Model-gpt-oss-20b"]
-    config_map = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "gpu-metrics")
+def test_the_names_the_reader_hands_kubernetes_are_ones_it_takes(
+    prod_objects: list[dict[str, Any]], prod_container: dict[str, Any]
+) -> None:
+    config_map = readers_config_map(prod_objects)
     assert is_dns1123_subdomain(config_map["metadata"]["name"])
     assert all(is_config_map_key(key) for key in config_map["data"])
     volume = next(v for v in prod_container["volumes"] if v.get("configMap", {}).get("name") == "gpu-metrics")
     assert is_dns1123_label(volume["name"])
     assert is_port_name(next(p["name"] for p in prod_container["ports"] if p["containerPort"] == GPU_METRICS_PORT))
     assert is_qualified_name(SCRIPT_HASH_ANNOTATION)
-    annotations = find(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = find(prod_objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert len(annotations[SCRIPT_HASH_ANNOTATION]) == 64  # a value has no rule but the annotations' total size
 
 
