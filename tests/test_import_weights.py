@@ -34,6 +34,7 @@ from moto.server import ThreadedMotoServer
 from scripts import import_weights
 from scripts.import_weights import MARKER, main, matches, select_files
 from tests.conftest import ROOT
+from tests.stand_ins import serving
 
 SCRIPT = ROOT / "scripts" / "import_weights.py"
 REPO = "test-org/tiny-model"
@@ -292,11 +293,8 @@ def hub_server() -> Iterator[tuple[ThreadingHTTPServer, type[HubHandler]]]:
     handler = type("Handler", (HubHandler,), {"hub": FakeHub()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server, handler
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield server, handler
 
 
 @pytest.fixture
