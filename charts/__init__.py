@@ -15,7 +15,6 @@ from charts.node_rotation import ROTATION_IMAGE, NodeRotationChart
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
 from settings.autoscaling import POLLING_SECONDS, scale_down_cooldown_seconds
 from settings.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
-from settings.drain import termination_grace_seconds
 from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings
 from settings.sizing import candidates, gpu_memory_needed_mib, pool_limits, requests
 
@@ -75,10 +74,6 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             node_role_name=deployed.node_role_name,
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,
-            drain_seconds=max(
-                progress_deadline_seconds(settings, model) + termination_grace_seconds(model)
-                for model in settings.models
-            ),
         )
     }
     weights = WeightsFileSystem(

@@ -119,8 +119,7 @@ class GpuNodePoolChart(cdk8s.Chart):
     each named after its pool.
 
     `node_role_name`, `subnet_ids` and `security_group_id` come from the cluster (CDK tokens when
-    applied by the serving stack); `drain_seconds` is how long a node going away waits for its
-    replicas: their replacements' start and their own drain.
+    applied by the serving stack).
     """
 
     def __init__(
@@ -132,13 +131,12 @@ class GpuNodePoolChart(cdk8s.Chart):
         node_role_name: str,
         subnet_ids: tuple[str, ...],
         security_group_id: str,
-        drain_seconds: int,
         network_policies: bool = False,
     ) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         for plan in pools:
             self._node_class(plan.pool, node_role_name, subnet_ids, security_group_id, network_policies)
-            self._node_pool(plan, drain_seconds)
+            self._node_pool(plan)
 
     def _node_class(
         self,
@@ -181,7 +179,7 @@ class GpuNodePoolChart(cdk8s.Chart):
             spec=spec,
         )
 
-    def _node_pool(self, plan: PoolPlan, drain_seconds: int) -> None:
+    def _node_pool(self, plan: PoolPlan) -> None:
         pool = plan.pool
         api_object(
             self,
@@ -202,8 +200,8 @@ class GpuNodePoolChart(cdk8s.Chart):
                         # for each pod's own grace period to fit (karpenter.sh docs, "Disruption",
                         # TerminationGracePeriod). Long enough, then, for a replacement replica
                         # to start (the budget holds the old one until it serves) and the old one
-                        # to drain.
-                        "terminationGracePeriod": f"{drain_seconds}s",
+                        # to drain: settings/drain.py checks it against every model the pool runs.
+                        "terminationGracePeriod": pool.termination_grace_period,
                     },
                 },
                 "limits": plan.limits,

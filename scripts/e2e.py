@@ -49,7 +49,7 @@ def throwaway_stage_data(name: str, admin_role_arn: str) -> dict[str, Any]:
     data = load_yaml((STAGES_DIR / "dev.yaml").read_text())
     data["cluster"]["name"] = f"gpu-inference-{name}"
     data["cluster"]["admin_principal_arns"] = [admin_role_arn]
-    data.setdefault("registry", {})["scan_on_push"] = False  # the account's own stages own scanning
+    data.setdefault("registry", {})["owns_scanning_configuration"] = False  # the account's scanning stays as it is
     return data
 
 

@@ -6,15 +6,27 @@ NodeClaims. Deleting the cluster stack first would leave them running, outside C
 and their network interfaces would then stop the VPC's deletion. So, in this order, while the
 cluster still runs its controllers:
 
-1. Services of type LoadBalancer and Ingresses, in every namespace (their load balancers go);
-2. PersistentVolumeClaims (their volumes go; the weights volume only lets go of the file system),
+1. Stop serving, per model: its KEDA objects first (KEDA's operator removes their finalizers,
+   finalizer.keda.sh, only while it runs: kedacore/keda controllers/keda/scaledobject_finalizer.go),
+   then its PodDisruptionBudget, then its Deployment scaled to zero, waiting for the replicas to drain
+   within their grace period. Otherwise the budget (maxUnavailable 1) blocks a second replica's
+   eviction once the GPU pools go, since its replacement can never be scheduled, and Karpenter deletes
+   it only at the pool's terminationGracePeriod minus the pod's grace (kubernetes-sigs/karpenter
+   pkg/controllers/node/termination/terminator).
+2. Services of type LoadBalancer and Ingresses, in every namespace (their load balancers go);
+3. PersistentVolumeClaims (their volumes go; the weights volume only lets go of the file system),
    marked for deletion: Kubernetes keeps a claim while a running pod mounts it ("Storage Object
    in Use Protection"), so they go once their pods do;
-3. NodePools, then NodeClaims (Auto Mode terminates the nodes, and their pods go), waiting until
-   none is left, then until the claims are gone too;
-4. `cdk destroy` of the stage's stacks;
-5. a list of what the stage keeps on purpose (its retained resources), with the command that
+4. the stage's GPU NodePools, by name, then their NodeClaims (Auto Mode terminates the nodes),
+   waiting until none is left, then the pools' NodeClasses, then the claims. Auto Mode's own pools
+   (system, general-purpose) stay: KEDA and the other controllers run there until `cdk destroy`
+   deletes their objects;
+5. `cdk destroy` of the stage's stacks;
+6. a list of what the stage keeps on purpose (its retained resources), with the command that
    removes each.
+
+Every wait is bounded by the settings that bound what it waits for (TeardownPlan); kubectl's own
+default is a week.
 
 Needs AWS credentials, the AWS CLI, kubectl and the project's CDK CLI (node_modules/.bin).
 """
@@ -31,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts import stage_settings_or_exit
+from settings import StageSettings, names
+from settings.drain import termination_grace_seconds
+from settings.model import duration_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 # Object kinds whose deletion makes Auto Mode delete AWS resources, in the order they go.
@@ -39,14 +54,73 @@ KUBERNETES_CLEANUP = (
     ("ingresses", "load balancers", lambda item: True),
     ("persistentvolumeclaims", "volumes", lambda item: True),
 )
-# Kinds whose deletion waits for the AWS resources to go; a claim waits for its pods instead (step 2).
+# Kinds whose deletion waits for the AWS resources to go; a claim waits for its pods instead (step 3).
 WAIT_FOR_DELETION = {"services": True, "ingresses": True, "persistentvolumeclaims": False}
-# Bounds on the waits; kubectl's own default is a week.
-LOAD_BALANCER_WAIT, NODE_WAIT, CLAIM_WAIT = "10m", "15m", "10m"
+KEDA_KINDS = ("scaledobjects.keda.sh", "triggerauthentications.keda.sh")
+NODE_POOLS, NODE_CLAIMS, NODE_CLASSES = (
+    "nodepools.karpenter.sh",
+    "nodeclaims.karpenter.sh",
+    "nodeclasses.eks.amazonaws.com",
+)
+NODE_POOL_LABEL = "karpenter.sh/nodepool"
+# KEDA's operator removes its finalizer on its next reconcile of a deleted object: seconds, given a minute here.
+FINALIZER_SECONDS = 60
+# After a pod's grace period the kubelet kills its containers, and the pod object goes once it reports that.
+POD_GONE_MARGIN_SECONDS = 60
+# Once a node holds no pod to wait for, Auto Mode terminates its instance and Karpenter then removes the
+# NodeClaim's finalizer: an EC2 instance's shutdown, given ten minutes here (to measure: `make e2e`).
+INSTANCE_TERMINATION_SECONDS = 600
+# Elastic Load Balancing's deletion of a load balancer, and of a claim's volume once its pods are gone.
+LOAD_BALANCER_SECONDS = 600
+CLAIM_SECONDS = 600
 
 
 class TeardownError(Exception):
     """A step failed; the message says which and how to go on by hand."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model's objects that stop its serving, and how long its replicas may take to drain."""
+
+    namespace: str
+    deployment: str
+    app_label: str
+    autoscaled: bool
+    drain_seconds: int
+
+
+@dataclass(frozen=True)
+class TeardownPlan:
+    """What the stage made in its cluster and the bounds of each wait, from its settings."""
+
+    cluster: str
+    region: str
+    models: tuple[ServedModel, ...]
+    gpu_pools: tuple[str, ...]
+    # Karpenter's bound on a node going away (the longest terminationGracePeriod of the pools), and the
+    # instance's termination after it.
+    node_seconds: int
+
+    @classmethod
+    def of(cls, settings: StageSettings) -> TeardownPlan:
+        return cls(
+            cluster=settings.cluster.name,
+            region=settings.region,
+            models=tuple(
+                ServedModel(
+                    namespace=names.namespace(model.name),
+                    deployment=model.name,
+                    app_label=names.app_label(model.name),
+                    autoscaled=model.autoscaling is not None,
+                    drain_seconds=termination_grace_seconds(model) + POD_GONE_MARGIN_SECONDS,
+                )
+                for model in settings.models
+            ),
+            gpu_pools=tuple(pool.name for pool in settings.gpu_node_pools),
+            node_seconds=max(duration_seconds(pool.termination_grace_period) for pool in settings.gpu_node_pools)
+            + INSTANCE_TERMINATION_SECONDS,
+        )
 
 
 def run(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -57,18 +131,57 @@ def run(command: list[str], *, check: bool = True) -> subprocess.CompletedProces
     return result
 
 
-def kubernetes_cleanup(cluster: str, region: str) -> None:
-    """Steps 1-3, against the stage's cluster; nothing to do when the cluster is already gone."""
+def stop_serving(kubectl: list[str], plan: TeardownPlan) -> None:
+    """Step 1: every model's autoscaler, budget and replicas go, while KEDA and the GPU pools still run."""
+    for model in plan.models:
+        where = ["--namespace", model.namespace]
+        if model.autoscaled:
+            for kind in KEDA_KINDS:
+                run([*kubectl, "delete", kind, "--all", *where, "--wait=true", f"--timeout={FINALIZER_SECONDS}s"])
+        run([*kubectl, "delete", "poddisruptionbudgets", model.deployment, *where, "--ignore-not-found"])
+        found = run([*kubectl, "get", "deployments", model.deployment, *where, "--ignore-not-found", "-o", "name"])
+        if found.stdout.strip():
+            print(f"stopping {model.namespace}/{model.deployment}: its replicas drain within {model.drain_seconds} s")
+            run([*kubectl, "scale", "deployments", model.deployment, *where, "--replicas=0"])
+    for model in plan.models:
+        run(
+            [
+                *kubectl,
+                *("wait", "--for=delete", "pods", "-l", f"app={model.app_label}", "--namespace", model.namespace),
+                f"--timeout={model.drain_seconds}s",
+            ]
+        )
+
+
+def remove_gpu_nodes(kubectl: list[str], plan: TeardownPlan) -> None:
+    """Step 4: the stage's GPU NodePools by name (their NodeClaims follow, by owner reference), then the nodes
+    are waited for, then the NodeClasses. Auto Mode's built-in pools are left alone."""
+    pools = list(plan.gpu_pools)
+    run([*kubectl, "delete", NODE_POOLS, *pools, "--ignore-not-found", "--wait=true", "--timeout=60s"])
+    selector = f"{NODE_POOL_LABEL} in ({','.join(pools)})"
+    run([*kubectl, "delete", NODE_CLAIMS, "-l", selector, "--wait=false"])
+    run([*kubectl, "wait", "--for=delete", NODE_CLAIMS, "-l", selector, f"--timeout={plan.node_seconds}s"])
+    run([*kubectl, "delete", NODE_CLASSES, *pools, "--ignore-not-found", "--wait=true", "--timeout=120s"])
+
+
+def kubernetes_cleanup(plan: TeardownPlan) -> None:
+    """Steps 1-4, against the stage's cluster; nothing to do when the cluster is already gone."""
     with tempfile.TemporaryDirectory() as scratch:
         kubeconfig = str(Path(scratch) / "kubeconfig")
         found = run(
-            ["aws", "eks", "update-kubeconfig", "--region", region, "--name", cluster, "--kubeconfig", kubeconfig],
+            [
+                *("aws", "eks", "update-kubeconfig", "--region", plan.region, "--name", plan.cluster),
+                *("--kubeconfig", kubeconfig),
+            ],
             check=False,
         )
         if found.returncode:
-            print(f"cluster {cluster} not reachable ({found.stderr.strip()}): no Kubernetes objects to delete first")
+            print(
+                f"cluster {plan.cluster} not reachable ({found.stderr.strip()}): no Kubernetes objects to delete first"
+            )
             return
         kubectl = ["kubectl", "--kubeconfig", kubeconfig]
+        stop_serving(kubectl, plan)
         for kind, what, selected in KUBERNETES_CLEANUP:
             items = json.loads(run([*kubectl, "get", kind, "--all-namespaces", "-o", "json"]).stdout)["items"]
             for item in filter(selected, items):
@@ -76,16 +189,14 @@ def kubernetes_cleanup(cluster: str, region: str) -> None:
                 print(f"deleting {kind} {namespace}/{name} (and its {what})")
                 # kubectl waits for the finalizers, that is until Auto Mode has deleted the AWS resources.
                 wait = WAIT_FOR_DELETION[kind]
-                bound = ["--wait=true", f"--timeout={LOAD_BALANCER_WAIT}"] if wait else ["--wait=false"]
+                bound = ["--wait=true", f"--timeout={LOAD_BALANCER_SECONDS}s"] if wait else ["--wait=false"]
                 run([*kubectl, "delete", kind, name, "--namespace", namespace, *bound])
-        run([*kubectl, "delete", "nodepools.karpenter.sh", "--all", "--wait=true", f"--timeout={NODE_WAIT}"])
-        run([*kubectl, "delete", "nodeclaims.karpenter.sh", "--all", "--wait=false"])
-        run([*kubectl, "wait", "--for=delete", "nodeclaims.karpenter.sh", "--all", f"--timeout={NODE_WAIT}"])
+        remove_gpu_nodes(kubectl, plan)
         run(
             [
                 *kubectl,
                 *("wait", "--for=delete", "persistentvolumeclaims", "--all", "--all-namespaces"),
-                f"--timeout={CLAIM_WAIT}",
+                f"--timeout={CLAIM_SECONDS}s",
             ]
         )
 
@@ -134,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if assembly is None:
             run([*cdk, "synth", "--quiet", "-c", f"stage={args.stage}"])
             assembly = ROOT / "cdk.out" / f"assembly-{args.stage}"
-        kubernetes_cleanup(settings.cluster.name, settings.region)
+        kubernetes_cleanup(TeardownPlan.of(settings))
         run([*cdk, "destroy", "--force", "-c", f"stage={args.stage}", f"{args.stage}/*"])
     except TeardownError as error:
         print(f"teardown of stage {args.stage} stopped: {error}", file=sys.stderr)

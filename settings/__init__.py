@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
+from settings import names
 from settings.autoscaling import autoscaling_problems
 from settings.drain import drain_problems
 from settings.model import PipelineSettings, StageName, StageSettings
@@ -28,7 +29,9 @@ __all__ = [
     "PipelineSettings",
     "SettingsError",
     "StageSettings",
+    "check_shared_names",
     "check_shared_registries",
+    "check_stages_together",
     "load_pipeline_settings",
     "load_stage_settings",
     "stage_names",
@@ -48,7 +51,7 @@ def stage_names(stages_dir: Path = STAGES_DIR) -> list[str]:
 def load_stage_settings(stage: str, stages_dir: Path = STAGES_DIR) -> StageSettings:
     """Read and check settings/stages/<stage>.yaml, and that it can share an account with the other stages."""
     settings = _load_stage_file(stage, stages_dir)
-    check_shared_registries([settings, *_other_stages(stage, stages_dir)])
+    check_stages_together([settings, *_other_stages(stage, stages_dir)])
     return settings
 
 
@@ -95,8 +98,44 @@ def parse_pipeline_settings(data: Any) -> tuple[PipelineSettings, dict[str, Stag
                 f"says account {stage.account}; give it in one place"
             )
         stages[target.name] = stage.model_copy(update={"account": target.account})
-    check_shared_registries(list(stages.values()))
+    check_stages_together(list(stages.values()))
     return pipeline, stages
+
+
+def check_stages_together(stages: list[StageSettings]) -> None:
+    """Stages that may deploy into one account (and region) must not collide there; the first is the one
+    being loaded, which the message names."""
+    check_shared_registries(stages)
+    check_shared_names(stages)
+
+
+def _may_share(first: StageSettings, second: StageSettings) -> tuple[bool, bool]:
+    """Whether two stages may deploy into one account, and into one account and region. Stages whose account
+    is unset deploy wherever their credentials point, so they may meet any stage."""
+    same_account = None in (first.account, second.account) or first.account == second.account
+    return same_account, same_account and first.region == second.region
+
+
+def check_shared_names(stages: list[StageSettings]) -> None:
+    """Two stages that may share an account must not give AWS the same physical name (settings.names.
+    CLUSTER_FIXED_NAMES): the second deploy would fail on a name the first one holds, or take it over."""
+    for index, first in enumerate(stages):
+        for second in stages[index + 1 :]:
+            same_account, same_region = _may_share(first, second)
+            clashes = [
+                f"{fixed.what} {fixed.derive(first.cluster.name)}"
+                for fixed in names.CLUSTER_FIXED_NAMES
+                if fixed.derive(first.cluster.name) == fixed.derive(second.cluster.name)
+                and (same_region if fixed.unique_in == "region" else same_account)
+            ]
+            if clashes:
+                where = f"{first.region}" if same_region else f"{first.region} and {second.region}"
+                account = first.account or second.account or "unset"
+                raise SettingsError(
+                    f"stage {first.name!r} has invalid settings:\n  cluster.name: stages {first.name} and "
+                    f"{second.name} may deploy into one account ({account}; {where}) and would both create "
+                    f"{'; '.join(clashes)}; give one of them another cluster.name"
+                )
 
 
 def check_shared_registries(stages: list[StageSettings]) -> None:
@@ -104,20 +143,21 @@ def check_shared_registries(stages: list[StageSettings]) -> None:
 
     Each stage's pull-through cache lives under a prefix of its own (StageSettings.image_cache_prefix),
     but the registry scanning configuration is one per registry (AWS::ECR::RegistryScanningConfiguration
-    is identified by the registry id): one of those stages scans, for all of them. Stages whose
-    account is unset deploy wherever their credentials point, so they may meet any stage of their region.
+    is identified by the registry id): one of those stages at most owns it. Stages whose account is unset
+    deploy wherever their credentials point, so they may meet any stage of their region.
     """
     for index, first in enumerate(stages):
         for second in stages[index + 1 :]:
-            same_account = None in (first.account, second.account) or first.account == second.account
-            shared = first.region == second.region and same_account
-            if shared and first.registry.scan_on_push and second.registry.scan_on_push:
+            _, shared = _may_share(first, second)
+            owners = first.registry.owns_scanning_configuration and second.registry.owns_scanning_configuration
+            if shared and owners:
                 account = first.account or second.account or "unset"
                 raise SettingsError(
-                    f"stage {first.name!r} has invalid settings:\n  registry.scan_on_push: stages {first.name} and "
-                    f"{second.name} may deploy into one account and region ({first.region}, account {account}), "
-                    "where ECR keeps one registry scanning configuration; set scan_on_push: false in all but "
-                    f"one of them (its rule scans every repository under {first.registry.cache_prefix}/)"
+                    f"stage {first.name!r} has invalid settings:\n  registry.owns_scanning_configuration: stages "
+                    f"{first.name} and {second.name} may deploy into one account and region ({first.region}, account "
+                    f"{account}), where ECR keeps one registry scanning configuration; set "
+                    "owns_scanning_configuration: false in all but one of them (its rule scans every repository under "
+                    f"{first.registry.cache_prefix}/)"
                 )
 
 

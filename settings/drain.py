@@ -1,14 +1,16 @@
 """How long a replica going away may take: the longest request it must finish, and the pod's grace period.
 
-charts/drain.py drains a replica within these bounds; the GPU pools' node grace period adds a
-replacement's start to them (charts/__init__.py).
+charts/drain.py drains a replica within these bounds. A GPU node going away waits for a replacement to start
+and the old replica to drain: each pool's termination_grace_period must cover that for every model it runs.
 """
 
 from __future__ import annotations
 
 import math
 
-from settings.model import ModelSettings, StageSettings
+from settings.cold_start import progress_deadline_seconds
+from settings.model import ModelSettings, StageSettings, as_duration, duration_seconds
+from settings.sizing import pool_path, pools_for
 
 # The slowest generation a replica is expected to keep up per request under load (tokens/s): a
 # floor, well below what one L4 serves gpt-oss-20b a single user at. A request of max_model_len
@@ -39,9 +41,16 @@ def termination_grace_seconds(model: ModelSettings) -> int:
     return minimum_grace_seconds(model)
 
 
+def node_drain_seconds(settings: StageSettings, model: ModelSettings) -> int:
+    """How long a GPU node going away must wait for a replica of this model: its replacement's start (the
+    rollout's progress deadline, since the disruption budget holds the old one until then) and its drain."""
+    return progress_deadline_seconds(settings, model) + termination_grace_seconds(model)
+
+
 def drain_problems(settings: StageSettings) -> list[str]:
-    """Every model whose grace period cannot cover its longest request: one line each."""
-    return [
+    """Every model whose grace period cannot cover its longest request, and every pool whose nodes would not wait
+    for a model's replica to be replaced and drained: one line each."""
+    problems = [
         f"models[{index}].termination_grace_seconds: {model.termination_grace_seconds} is shorter than draining "
         f"the replica takes: {ENDPOINT_PROPAGATION_SECONDS} s for the proxies, {max_request_seconds(model)} s for "
         f"the longest request (max_request_seconds, or max_model_len at {GENERATION_FLOOR_TOKENS_PER_SECOND} "
@@ -51,3 +60,16 @@ def drain_problems(settings: StageSettings) -> list[str]:
         if model.termination_grace_seconds is not None
         and model.termination_grace_seconds < minimum_grace_seconds(model)
     ]
+    for index, model in enumerate(settings.models):
+        needed = node_drain_seconds(settings, model)
+        for pool in pools_for(settings, model):
+            given, grace = pool.termination_grace_period, duration_seconds(pool.termination_grace_period)
+            if grace < needed:
+                problems.append(
+                    f"{pool_path(settings, pool)}.termination_grace_period: {given} ({grace} s) "
+                    f"is shorter than a node must wait for a replica of models[{index}] ({model.name}): its "
+                    f"replacement's start ({progress_deadline_seconds(settings, model)} s, the rollout's progress "
+                    f"deadline) and its drain ({termination_grace_seconds(model)} s); give at least "
+                    f"{as_duration(needed)} (a change replaces the pool's nodes)"
+                )
+    return problems

@@ -9,6 +9,7 @@ openai/gpt-oss-20b); a stage's YAML file only says where it differs.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -155,6 +156,26 @@ KarpenterDuration = Annotated[
     StringConstraints(pattern=r"^(([0-9]+(s|m|h))+|Never)$"),
     Field(description="a duration such as 10m or 1h30m (units s, m, h), or Never"),
 ]
+# A NodePool's terminationGracePeriod: a duration, never "Never" (karpenter.sh_nodepools.yaml, the field's pattern).
+GracePeriod = Annotated[
+    str,
+    StringConstraints(pattern=r"^([0-9]+(s|m|h))+$"),
+    Field(description="a duration such as 1h or 45m (units s, m, h)"),
+]
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def as_duration(seconds: int) -> str:
+    """A duration Karpenter takes, in whole minutes at least `seconds` long: "2h6m" for 7554."""
+    hours, minutes = divmod(math.ceil(seconds / 60), 60)
+    return (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes or not hours else "")
+
+
+def duration_seconds(duration: str) -> int:
+    """The seconds of a KarpenterDuration or GracePeriod other than Never: 5400 for "1h30m"."""
+    return sum(int(number) * DURATION_UNITS[unit] for number, unit in re.findall(r"([0-9]+)([smh])", duration))
+
+
 Region = Annotated[
     str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$"), Field(description="a region such as us-west-2")
 ]
@@ -162,18 +183,6 @@ AccountId = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9]{12}$"),
     Field(description='a 12-digit AWS account id, in quotes: "123456789012"'),
-]
-
-# Stage names are file names (settings/stages/<stage>.yaml) and prefix the stack names
-# (`<stage>-ModelStore`, stacks/stage.py) and the pipeline's stage ids. Stricter than both limits
-# on purpose: CDK stage ids may hold letters, digits, '-', '_' and '.', starting with a letter
-# (aws-cdk-lib core/lib/stage.ts), but stack names only letters, digits and '-', starting with a
-# letter, at most 128 characters (CloudFormation User Guide); one lower-case spelling fits both,
-# and 20 characters keep the stack names short.
-StageName = Annotated[
-    str,
-    StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=20),
-    Field(description="a name of lower-case letters, digits and '-', starting with a letter, at most 20 characters"),
 ]
 
 
@@ -184,6 +193,7 @@ def _longest(limits: tuple[names.NameLimit, ...]) -> tuple[int, names.NameLimit]
 
 
 MAX_MODEL_NAME_LENGTH = _longest(names.MODEL_NAME_LIMITS)[0]
+MAX_STAGE_NAME_LENGTH, _STAGE_NAME_BOUND = _longest(names.STAGE_NAME_LIMITS)
 MAX_CLUSTER_NAME_LENGTH = _longest(names.CLUSTER_NAME_LIMITS)[0]
 
 
@@ -215,6 +225,23 @@ def _own_namespace(name: str) -> str:
             f"named after it, so its name may not be any of: {', '.join(names.PROJECT_NAMESPACES)}"
         )
     return name
+
+
+# Stage names are file names (settings/stages/<stage>.yaml) and prefix the stack names
+# (`<stage>-ModelStore`, stacks/stage.py), the stage's ECR cache prefix (`ecr-public/<stage>`) and the
+# pipeline's stage ids. Stricter than CDK's stage ids on purpose: those may hold letters, digits, '-', '_'
+# and '.', starting with a letter (aws-cdk-lib core/lib/stage.ts), but stack names only letters, digits and
+# '-', starting with a letter (CloudFormation User Guide); one lower-case spelling fits both. The length
+# leaves every name derived from the stage room (settings.names.STAGE_NAME_LIMITS).
+StageName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=MAX_STAGE_NAME_LENGTH),
+    Field(
+        description="a name of lower-case letters, digits and '-', starting with a letter, at most "
+        f"{MAX_STAGE_NAME_LENGTH} characters (so that the {_STAGE_NAME_BOUND.what} "
+        f"{_STAGE_NAME_BOUND.derive('<stage>')} fits its {_STAGE_NAME_BOUND.limit})"
+    ),
+]
 
 
 ModelName = Annotated[
@@ -267,7 +294,6 @@ class NetworkSettings(_Strict):
     flow_log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
 
 
-ECR_PREFIX_MAX = 30
 # The least requests per evaluation window an AWS WAF rate-based rule takes.
 WAF_MIN_RATE_LIMIT = 10
 # The longest HorizontalPodAutoscaler stabilization window Kubernetes accepts (autoscaling/v2).
@@ -289,12 +315,25 @@ class RegistrySettings(_Strict):
             description="a prefix of lower-case letters and digits, in words joined by single '.', '_' or '-', "
             "at most 30 characters"
         ),
-    ] = "ecr-public"
+    ] = names.DEFAULT_CACHE_PREFIX
     keep_images: int = Field(default=10, ge=1, description="per cached repository; older images expire")
-    # Scan-on-push is a registry-wide setting (one ECR scanning configuration per account and
-    # region): of the stages that may share a registry, one scans, for all of them
-    # (settings.check_shared_registries).
-    scan_on_push: bool = True
+    # ECR keeps one registry scanning configuration per account and region, and setting it replaces whatever the
+    # account has (PutRegistryScanningConfiguration "creates or updates"): an account on Amazon Inspector's
+    # enhanced scanning would silently go back to basic scanning. So a stage sets it only when it takes ownership
+    # here: basic scan-on-push of every repository under cache_prefix. Of the stages that may share a registry,
+    # one at most (settings.check_shared_registries); `make preflight` says what the account has now.
+    owns_scanning_configuration: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scan_on_push_is_now_ownership(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scan_on_push" in data:
+            raise ValueError(
+                "registry.scan_on_push: now owns_scanning_configuration, false unless given: true replaces the "
+                "account's registry scanning configuration in the stage's region (an account on Amazon Inspector's "
+                "enhanced scanning would go back to basic); give it only where the stage owns that configuration"
+            )
+        return data
 
 
 # FSx for Lustre PERSISTENT_2: the per-unit throughputs offered (MB/s per TiB of storage), and
@@ -398,6 +437,10 @@ class ClusterSettings(_Strict):
         ],
         ...,
     ] = ()
+    # true: no person gets access to the cluster (admin_principal_arns stays empty); only the CDK's kubectl
+    # handler, the pipeline's smoke test and an exposed model's load balancer reach it. Without admins a stage
+    # says so here, as a production stage must (StageSettings._someone_can_reach_it).
+    operated_by_pipeline_only: bool = False
     log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
     # Once any NodeClass in the cluster selects capacity reservations, Auto Mode stops launching
     # into open On-Demand Capacity Reservations for every NodeClass, the built-in pools' included
@@ -414,6 +457,15 @@ class ClusterSettings(_Strict):
                 f"allowed: {', '.join(SUPPORTED_KUBERNETES_VERSIONS)}"
             )
         return version
+
+    @model_validator(mode="after")
+    def _admins_or_none(self) -> ClusterSettings:
+        if self.operated_by_pipeline_only and self.admin_principal_arns:
+            raise ValueError(
+                "cluster.operated_by_pipeline_only: true says no person gets access, yet admin_principal_arns names "
+                "some; remove one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cidrs_fit_endpoint_access(self) -> ClusterSettings:
@@ -505,6 +557,11 @@ class GpuNodePoolSettings(_Strict):
         Field(description="a number of nodes such as 1, or a percentage from 0% to 100%"),
     ] = "1"
     disk: NodeDiskSettings = NodeDiskSettings()
+    # How long a node going away (expiry, drift, repair) waits for its pods before Karpenter deletes them, budget
+    # or not: long enough for a replacement replica to start and the old one to drain, for every model the pool
+    # can run (settings/drain.py checks it). A setting of the pool, not derived from the models: Karpenter hashes
+    # it for drift (kubernetes-sigs/karpenter pkg/apis/v1/nodepool.go, Hash), so a change replaces every node.
+    termination_grace_period: GracePeriod = "1h"
     # When Karpenter may replace drifted nodes (a new AMI, changed settings): a daily window in UTC.
     # Outside it, no drifted node is disrupted; unset, at any time (a production stage sets one).
     maintenance_window: MaintenanceWindow | None = None
@@ -905,17 +962,17 @@ class StageSettings(_Strict):
         registry (one per account and region), so each stage has a prefix of its own and two
         stages can share an account.
         """
-        return f"{self.registry.cache_prefix}/{self.name}"
+        return names.image_cache_prefix(self.registry.cache_prefix, self.name)
 
     @model_validator(mode="after")
     def _image_cache_prefix_fits(self) -> StageSettings:
-        # A pull-through cache rule's prefix is 2-30 characters (AWS::ECR::PullThroughCacheRule
-        # EcrRepositoryPrefix, in the CloudFormation resource schema).
-        if len(self.image_cache_prefix) > ECR_PREFIX_MAX:
+        # Only a cache_prefix longer than the default can overflow: the stage's name leaves the default room.
+        if len(self.image_cache_prefix) > names.ECR_PREFIX_MAX:
+            room = names.ECR_PREFIX_MAX - len(self.name) - 1
             raise ValueError(
                 f"registry.cache_prefix: the stage's cache prefix {self.image_cache_prefix!r} "
                 f"(<cache_prefix>/<stage>) is {len(self.image_cache_prefix)} characters; ECR allows at most "
-                f"{ECR_PREFIX_MAX}: shorten cache_prefix to at most {ECR_PREFIX_MAX - len(self.name) - 1}"
+                f"{names.ECR_PREFIX_MAX}: shorten cache_prefix to at most {room} (or the stage's name)"
             )
         return self
 
@@ -1062,6 +1119,30 @@ class StageSettings(_Strict):
                 "cluster.public_access_cidrs: a production stage's Kubernetes API is not open to 0.0.0.0/0; make "
                 "endpoint_access private, or narrow public_access_cidrs to your networks"
             )
+        return self
+
+    @property
+    def unreachable(self) -> str | None:
+        """Why no person could reach the cluster or its models, and what to add; None when someone can.
+
+        Access entries are the only way into the cluster's API (the creator gets no admin access,
+        stacks/cluster.py), so without admin_principal_arns nobody runs kubectl, and a model no load balancer
+        exposes is reached only through kubectl's port-forward.
+        """
+        if self.cluster.admin_principal_arns or self.exposed or self.cluster.operated_by_pipeline_only:
+            return None
+        return (
+            "cluster.admin_principal_arns: no person could reach the cluster (its API admits only the principals "
+            "listed there) nor its models (none is exposed, so they answer only through kubectl port-forward); "
+            "add your IAM role, for example arn:aws:iam::<account>:role/<role>, or expose a model, or set "
+            "cluster.operated_by_pipeline_only: true if only the pipeline and its smoke test should reach it"
+        )
+
+    @model_validator(mode="after")
+    def _someone_can_reach_it(self) -> StageSettings:
+        # Other stages get a warning at synth (stacks/stage.py): a first deploy often comes before the admin role.
+        if self.production and self.unreachable:
+            raise ValueError(self.unreachable)
         return self
 
     @model_validator(mode="after")

@@ -66,9 +66,9 @@ class RegistryStack(Stack):
                 }
             ),
         )
-        # One per registry: of the stages sharing an account and region, one scans every stage's
-        # repositories (settings.check_shared_registries).
-        if registry.scan_on_push:
+        # One per registry, and it replaces the account's: only a stage that owns it sets it (RegistrySettings), and of
+        # the stages sharing an account and region one at most (settings.check_shared_registries).
+        if registry.owns_scanning_configuration:
             ecr.CfnRegistryScanningConfiguration(
                 self,
                 "ScanOnPush",

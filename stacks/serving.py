@@ -128,10 +128,16 @@ class ServingStack(Stack):
 
         self._lustre_between(file_system_security_group.security_group_id, cluster.cluster_security_group_id)
         for model in settings.models:
+            identities = []
             if model.imported:
-                self._weights_import_identity(settings, model, cluster, bucket_arn)
+                identities.append(self._weights_import_identity(settings, model, cluster, bucket_arn))
             if model.api_keys_secret:
-                self._api_keys_identity(settings, model, cluster)
+                identities.append(self._api_keys_identity(settings, model, cluster))
+            # EKS Pod Identity gives credentials only to pods created after their association (EKS User
+            # Guide, "Assign an IAM role to a Kubernetes service account"): the import Job's pod and the
+            # replicas, which the model's chart creates, come after their associations.
+            for identity in identities:
+                manifests[f"Model-{model.name}"].node.add_dependency(identity)
 
         self.smoke_test = self._smoke_test_project(settings, cluster, vpc)
         self._smoke_test_trigger(settings, pipeline_account)
@@ -191,9 +197,11 @@ class ServingStack(Stack):
         keda.node.add_dependency(identity)
         return keda
 
-    def _api_keys_identity(self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster) -> None:
+    def _api_keys_identity(
+        self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster
+    ) -> eks.CfnPodIdentityAssociation:
         """The replicas' read access to their API keys secret (charts/api_keys.py)."""
-        self._pod_identity(
+        return self._pod_identity(
             f"{names.output_id(model.name)}ApiKeys",
             cluster,
             namespace=model.name,
@@ -240,7 +248,7 @@ class ServingStack(Stack):
 
     def _weights_import_identity(
         self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster, bucket_arn: str
-    ) -> None:
+    ) -> eks.CfnPodIdentityAssociation:
         """AWS access for a model's import Job: its folders of the bucket, its token."""
         folders = import_folders(model)
         statements = [
@@ -258,7 +266,7 @@ class ServingStack(Stack):
                     actions=["secretsmanager:GetSecretValue"], resources=[secret_arn(settings, model.hf_token_secret)]
                 )
             )
-        self._pod_identity(
+        return self._pod_identity(
             f"{names.output_id(model.name)}Import",
             cluster,
             namespace=model.name,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Environment, Stage, Tags
+from aws_cdk import Annotations, Environment, Stage, Tags
 from constructs import Construct
 
 from settings.model import StageSettings
@@ -83,6 +83,8 @@ class InferencePlatformStage(Stage):
             prometheus=cluster.prometheus,
             pipeline_account=pipeline_account,
         )
+        if settings.unreachable:
+            Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
         acknowledge_reviewed_findings(self, settings)
         Tags.of(self).add("project", "eks-gpu-inference")
         Tags.of(self).add("stage", id)

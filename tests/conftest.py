@@ -27,6 +27,7 @@ import yaml
 from charts import DeployedResources, build_charts
 from charts.__main__ import write_manifests
 from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, parse_stage_settings, stage_names
+from settings.model import MAX_STAGE_NAME_LENGTH
 from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,8 +338,9 @@ ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
 
 @pytest.fixture(scope="session")
 def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
-    """One stage that no stage file has, built in this process: admins, a narrowed public endpoint and
-    Kubernetes 1.35 on its cluster, and a gated model with a token secret. Its Cluster and Serving templates."""
+    """One stage that no stage file has, built in this process: the longest stage name, admins, a narrowed public
+    endpoint and Kubernetes 1.35 on its cluster, and a gated model with a token secret. Its Cluster and Serving
+    templates."""
     from aws_cdk.assertions import Template
 
     from app import cdk_json_context, project_app
@@ -349,8 +351,10 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
         admin_principal_arns=[ADMIN_ROLE, ADMIN_USER], public_access_cidrs=["203.0.113.0/24"], kubernetes_version="1.35"
     )
     data["models"][0]["hf_token_secret"] = "hf-token"
-    settings = parse_stage_settings("scenario", data)
-    stage = InferencePlatformStage(project_app(context=cdk_json_context()), "scenario", settings=settings)
+    # The longest stage name the settings take: every name derived from it must fit (settings.names).
+    name = "scenario-" + "x" * (MAX_STAGE_NAME_LENGTH - len("scenario-"))
+    settings = parse_stage_settings(name, data)
+    stage = InferencePlatformStage(project_app(context=cdk_json_context()), name, settings=settings)
     folder = tmp_path_factory.mktemp("scenario")
     return {
         name: _scenario(name, Template.from_stack(stack).to_json(), folder)
@@ -460,6 +464,23 @@ def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 def properties(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     """The properties of every resource of a CloudFormation type in a template."""
     return [resource["Properties"] for resource in resources(template, kind)]
+
+
+# The settings' own warnings (stacks/stage.py) reach the CLI's validation report as construct annotations.
+SETTINGS_WARNING = "Annotation::gpu-inference:"
+
+
+def validation_findings(report_file: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """A synth's validation report: the plugins' findings (cdk-nag's, the template size check's), and the settings'
+    warnings by rule name."""
+    report = json.loads(report_file.read_text())
+    findings, warnings = [], []
+    for plugin in report["pluginReports"]:
+        own = [v for v in plugin["violations"] if v["ruleName"].startswith(SETTINGS_WARNING)]
+        warnings += [v["ruleName"].removeprefix(SETTINGS_WARNING) for v in own]
+        if len(own) < len(plugin["violations"]):
+            findings.append({**plugin, "violations": [v for v in plugin["violations"] if v not in own]})
+    return findings, warnings
 
 
 def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:

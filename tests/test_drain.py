@@ -20,6 +20,7 @@ from charts.gpu_node_pool import disruption_budgets
 from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import progress_deadline_seconds
 from settings.drain import max_request_seconds, termination_grace_seconds
+from settings.model import duration_seconds
 from tests.conftest import find, find_all, render_charts, stage_data
 from tests.stand_ins import QuietHandler, serving
 
@@ -126,14 +127,42 @@ def test_a_node_going_away_waits_for_a_replacement_to_serve_and_its_replicas_to_
     settings = load_stage_settings("prod")
     model = settings.models[0]
     pools = find_all(render_charts("prod")["GpuNodePool"], "NodePool")
-    (node_grace,) = {
-        int(pool["spec"]["template"]["spec"]["terminationGracePeriod"].removesuffix("s")) for pool in pools
-    }
+    (node_grace,) = {pool["spec"]["template"]["spec"]["terminationGracePeriod"] for pool in pools}
     pod_grace = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"
     ]
-    assert node_grace - pod_grace >= progress_deadline_seconds(settings, model)
-    assert node_grace == 960 + 1040
+    assert node_grace == "1h"  # the pools' setting
+    assert duration_seconds(node_grace) - pod_grace >= progress_deadline_seconds(settings, model) == 960
+
+
+def test_a_pool_whose_nodes_would_not_wait_for_a_replica_is_refused() -> None:
+    data = stage_data()
+    data["gpu_node_pools"][0]["termination_grace_period"] = "33m"
+    assert (
+        "gpu_node_pools[0].termination_grace_period: 33m (1980 s) is shorter than a node must wait for a replica of "
+        "models[0] (gpt-oss-20b): its replacement's start (960 s, the rollout's progress deadline) and its drain "
+        "(1040 s); give at least 34m (a change replaces the pool's nodes)"
+    ) in rejected(data, "dev")
+    data["gpu_node_pools"][0]["termination_grace_period"] = "2000s"  # exactly enough
+    parse_stage_settings("dev", data)
+
+
+def test_model_changes_leave_the_pools_hashed_template_alone() -> None:
+    # Karpenter hashes a NodePool's template (terminationGracePeriod included) for drift: a model's settings must not
+    # reach it, or every GPU node would be replaced (kubernetes-sigs/karpenter pkg/apis/v1/nodepool.go, Hash).
+    def templates(data: dict[str, Any]) -> list[dict[str, Any]]:
+        settings = parse_stage_settings("dev", data)
+        charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+        templates = [pool["spec"]["template"] for pool in find_all(charts["GpuNodePool"].to_json(), "NodePool")]
+        for template in templates:
+            # Hash ignores the requirements: they drift on their own, only when an instance no longer matches.
+            template["spec"].pop("requirements")
+        return templates
+
+    data = stage_data()
+    before = templates(data)
+    data["models"][0].update(max_model_len=16000, max_request_seconds=1200, load_seconds=240)
+    assert templates(data) == before
 
 
 def test_a_flag_that_would_hide_vllms_request_gauges_is_refused() -> None:
@@ -208,6 +237,3 @@ def test_a_longer_grace_period_is_rendered() -> None:
     charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     pod = find(charts["Model-gpt-oss-20b"].to_json(), "Deployment")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 1800
-    # The nodes wait for the longer drain too.
-    node_grace = find(charts["GpuNodePool"].to_json(), "NodePool")["spec"]["template"]["spec"]["terminationGracePeriod"]
-    assert node_grace == f"{progress_deadline_seconds(settings, settings.models[0]) + 1800}s"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aws_cdk as cdk
 import pytest
 import yaml
 from aws_cdk.assertions import Template
@@ -20,6 +21,7 @@ from settings import (
     load_stage_settings,
     parse_stage_settings,
 )
+from stacks.registry import RegistryStack
 from tests.conftest import Assembly, stage_data
 
 
@@ -59,8 +61,27 @@ def test_repository_template_needs_no_role_that_ecr_would_assume(assemblies: dic
         assert not needs_role or template.get("CustomRoleArn")
 
 
+def test_only_a_stage_that_owns_it_sets_the_accounts_scanning_configuration() -> None:
+    # Setting it replaces the account's (an account on Amazon Inspector's enhanced scanning would go back to basic):
+    # a stage's template holds one only when its settings take ownership.
+    data = stage_data()
+    data.pop("registry", None)
+    assert parse_stage_settings("dev", data).registry.owns_scanning_configuration is False
+    template = Template.from_stack(RegistryStack(cdk.App(), "Registry", settings=parse_stage_settings("dev", data)))
+    template.resource_count_is("AWS::ECR::RegistryScanningConfiguration", 0)
+
+
+def test_the_old_scan_on_push_says_what_it_became() -> None:
+    data = stage_data()
+    data["registry"] = {"scan_on_push": True}
+    with pytest.raises(SettingsError, match=r"registry\.scan_on_push: now owns_scanning_configuration, false unless"):
+        parse_stage_settings("dev", data)
+
+
 def test_cached_images_of_every_stage_are_scanned_on_push_by_one_stage(dev: Assembly, prod: Assembly) -> None:
-    # One scanning configuration per registry: prod's, whose filter covers dev's prefix too.
+    # One scanning configuration per registry: prod's, which prod.yaml owns explicitly, whose filter covers dev's
+    # prefix too.
+    assert load_stage_settings("prod").registry.owns_scanning_configuration is True
     assert registry_resources(dev, "AWS::ECR::RegistryScanningConfiguration") == []
     (scanning,) = registry_resources(prod, "AWS::ECR::RegistryScanningConfiguration")
     assert scanning["ScanType"] == "BASIC"
@@ -91,7 +112,7 @@ def test_two_stages_in_one_account_claim_nothing_twice(dev: Assembly, prod: Asse
 def stage_in(account: str | None, *, name: str, scan: bool, region: str = "us-west-2") -> StageSettings:
     data = stage_data()
     data["region"], data["availability_zones"] = region, [f"{region}a", f"{region}b"]
-    data["registry"] = {"scan_on_push": scan}
+    data["registry"] = {"owns_scanning_configuration": scan}
     if account:
         data["account"] = account
     return parse_stage_settings(name, data)
@@ -105,10 +126,10 @@ def test_two_stages_that_may_share_a_registry_may_not_both_scan(first: str | Non
     with pytest.raises(SettingsError) as caught:
         check_shared_registries([stage_in(first, name="qa", scan=True), stage_in(second, name="staging", scan=True)])
     assert str(caught.value).startswith(
-        "stage 'qa' has invalid settings:\n  registry.scan_on_push: stages qa and staging may deploy into one "
-        "account and region (us-west-2"
+        "stage 'qa' has invalid settings:\n  registry.owns_scanning_configuration: stages qa and staging may deploy "
+        "into one account and region (us-west-2"
     )
-    assert "set scan_on_push: false in all but one of them" in str(caught.value)
+    assert "set owns_scanning_configuration: false in all but one of them" in str(caught.value)
 
 
 def test_stages_in_other_accounts_or_regions_each_scan_their_own_registry() -> None:
@@ -125,9 +146,9 @@ def test_a_stage_file_that_would_collide_with_another_stops_its_synth(tmp_path: 
     for name in ("dev", "prod"):
         (tmp_path / f"{name}.yaml").write_text((STAGES_DIR / f"{name}.yaml").read_text())
     data = yaml.safe_load((tmp_path / "dev.yaml").read_text())
-    data["registry"]["scan_on_push"] = True
+    data["registry"] = {"owns_scanning_configuration": True}
     (tmp_path / "dev.yaml").write_text(yaml.safe_dump(data))
-    with pytest.raises(SettingsError, match=r"registry\.scan_on_push: stages dev and prod may deploy"):
+    with pytest.raises(SettingsError, match=r"registry\.owns_scanning_configuration: stages dev and prod may"):
         load_stage_settings("dev", tmp_path)
 
 

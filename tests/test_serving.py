@@ -223,3 +223,22 @@ def test_smoke_test_role_is_admitted_to_the_cluster_with_no_access_policy(dev: A
     role_id = entry["PrincipalArn"]["Fn::GetAtt"][0]
     trust = serving["Resources"][role_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust[0]["Principal"] == {"Service": "codebuild.amazonaws.com"}
+
+
+def test_a_models_pods_are_created_after_their_pod_identity_associations(prod: Assembly) -> None:
+    # EKS Pod Identity gives credentials only to pods created after the association: the import Job's
+    # pod and the replicas (which read their API keys as their service account) come after theirs.
+    serving = prod.template("Serving")["Resources"]
+    associations = {
+        logical_id: resource["Properties"]["ServiceAccount"]
+        for logical_id, resource in serving.items()
+        if resource["Type"] == "AWS::EKS::PodIdentityAssociation"
+        and resource["Properties"]["Namespace"] == "gpt-oss-20b"
+    }
+    assert sorted(associations.values()) == ["vllm-server", "weights-import"]
+    (model_manifest,) = [
+        resource
+        for logical_id, resource in serving.items()
+        if resource["Type"] == MANIFEST_TYPE and "Modelgptoss20b" in logical_id
+    ]
+    assert set(associations) <= set(model_manifest["DependsOn"])

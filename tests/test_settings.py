@@ -251,6 +251,7 @@ def test_extra_args_take_flags_the_project_does_not_set() -> None:
 def test_max_model_len_within_a_known_models_context(max_model_len: int, env: dict[str, str], accepted: bool) -> None:
     data = stage_data()
     data["models"][0] |= {"max_model_len": max_model_len, "env": {**data["models"][0].get("env", {}), **env}}
+    data["models"][0]["max_request_seconds"] = 600  # the drain of a full-context request is not what is tested
     if accepted:
         assert parse_stage_settings("dev", data).models[0].max_model_len == max_model_len
     else:
@@ -454,15 +455,23 @@ def test_longest_cluster_name_is_allowed() -> None:
 
 # --- the stage's name: checked before its file is read, and kept on its settings ---
 
-INVALID_STAGE_NAMES = ["Dev", "dev_1", "my stage", "1dev", "-dev", "d" * 21, "../dev", ""]
+INVALID_STAGE_NAMES = ["Dev", "dev_1", "my stage", "1dev", "-dev", "d" * 20, "../dev", ""]
 
 
 @pytest.mark.parametrize("stage", INVALID_STAGE_NAMES)
 def test_invalid_stage_name_is_refused(stage: str) -> None:
     assert (
         f"stage {stage!r} is not a valid stage name: expected a name of lower-case letters, digits and '-', "
-        "starting with a letter, at most 20 characters (it prefixes the stack names, as in <stage>-ModelStore)"
+        "starting with a letter, at most 19 characters (so that the ECR cache prefix (with the default "
+        "registry.cache_prefix) ecr-public/<stage> fits its 30) (it prefixes the stack names, as in <stage>-ModelStore)"
     ) in rejected(stage_data(), stage)
+
+
+def test_the_longest_stage_name_leaves_the_default_cache_prefix_room() -> None:
+    # 19 characters: ecr-public/<stage> is then exactly ECR's 30 (the scenario stage in conftest, which is
+    # synthesized, has such a name).
+    settings = parse_stage_settings("s" * 19, stage_data())
+    assert len(settings.image_cache_prefix) == 30
 
 
 @pytest.mark.parametrize("stage", INVALID_STAGE_NAMES)
