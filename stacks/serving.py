@@ -31,6 +31,7 @@ from stacks.metrics import ManagedPrometheus
 from stacks.model_store import LUSTRE_PORTS
 from stacks.observability import PrometheusDataSource, StageAlarms, stage_dashboard
 from stacks.pod_identity import pod_identity_role
+from stacks.replica_count import ReplicaCountHandover
 from stacks.web_acl import rate_limited_web_acl
 
 # KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
@@ -98,6 +99,7 @@ class ServingStack(Stack):
                 model.name: rate_limited_web_acl(self, model).attr_arn for model in settings.models if model.exposure
             },
         )
+        charts = build_charts(cdk8s.App(), settings, deployed)
         manifests = {
             chart_id: (
                 # A chart whose objects may already exist is applied (`kubectl apply`), not created.
@@ -105,8 +107,19 @@ class ServingStack(Stack):
                 if getattr(chart, "applies_over_existing", False)
                 else target.add_cdk8s_chart(chart_id, chart)
             )
-            for chart_id, chart in build_charts(cdk8s.App(), settings, deployed).items()
+            for chart_id, chart in charts.items()
         }
+        for model in settings.models:
+            # The replica count passes to the autoscaler (and back) without a reset (stacks/replica_count.py).
+            ReplicaCountHandover(
+                self,
+                f"{names.output_id(model.name)}ReplicaCount",
+                cluster=target,
+                manifest=manifests[f"Model-{model.name}"],
+                objects=charts[f"Model-{model.name}"].to_json(),
+                deployment_name=model.name,
+                namespace=model.name,
+            )
         scaled = [model for model in settings.models if model.autoscaling is not None]
         if scaled:
             assert prometheus is not None  # settings: autoscaling needs metrics
