@@ -69,8 +69,6 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             app,
             "gpu-node-pool",
             pools=[pool_plan(settings, index, pool) for index, pool in enumerate(settings.gpu_node_pools)],
-            # Where a model is exposed, its NetworkPolicy is enforced on the GPU nodes (charts/exposure.py).
-            network_policies=settings.exposed,
             node_role_name=deployed.node_role_name,
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,

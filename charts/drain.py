@@ -6,8 +6,9 @@ request still being generated is cut off. Kubernetes runs a container's preStop 
 sends SIGTERM, so the replica drains there:
 
 1. When the pod starts terminating, the EndpointSlice controller marks it not ready at once, so
-   the Service (and any load balancer) stops sending it new requests; the hook first waits a few
-   seconds for every proxy to catch up.
+   the Service (and any load balancer) stops sending it new requests; the hook first keeps serving
+   until every proxy has caught up: a few seconds, or for an exposed model until its load balancer
+   has deregistered the replica (settings/drain.py, endpoint_removal_seconds).
 2. It then polls vLLM's own gauges of requests in progress, vllm:num_requests_running and
    vllm:num_requests_waiting (vllm/v1/metrics/loggers.py), on /metrics, until both are 0.
 3. Only then does Kubernetes send SIGTERM. The pod's grace period, which also bounds the hook,
@@ -17,7 +18,7 @@ sends SIGTERM, so the replica drains there:
 
 from __future__ import annotations
 
-from settings.drain import ENDPOINT_PROPAGATION_SECONDS, max_request_seconds
+from settings.drain import endpoint_removal_seconds, max_request_seconds
 from settings.model import ModelSettings
 
 # The preStop hook (python3 is in the vLLM image): wait for the proxies, then for vLLM's requests.
@@ -43,7 +44,7 @@ def drain_command(model: ModelSettings, port: int) -> list[str]:
     """The preStop hook's command, its bounds spelled out on it."""
     return [
         "env",
-        f"DRAIN_DELAY={ENDPOINT_PROPAGATION_SECONDS}",
+        f"DRAIN_DELAY={endpoint_removal_seconds(model)}",
         f"DRAIN_SECONDS={max_request_seconds(model)}",
         f"DRAIN_PORT={port}",
         "python3",

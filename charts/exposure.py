@@ -39,6 +39,9 @@ HTTPS_PORT = 443
 
 # Elastic Load Balancing's longest idle timeout (Application Load Balancers, "Connection idle timeout").
 MAX_IDLE_TIMEOUT_SECONDS = 4000
+# A target group's longest deregistration delay (Application Load Balancers, "Target groups", Deregistration
+# delay: 0-3600 seconds; 300 by default, after which a draining target's requests are cut off).
+MAX_DEREGISTRATION_DELAY_SECONDS = 3600
 
 
 def idle_timeout_seconds(model: ModelSettings) -> int:
@@ -46,12 +49,24 @@ def idle_timeout_seconds(model: ModelSettings) -> int:
     return min(max_request_seconds(model), MAX_IDLE_TIMEOUT_SECONDS)
 
 
-def internal_endpoint_annotations(web_acl_arn: str) -> dict[str, str]:
-    """The Ingress's annotations: HTTPS only, health from vLLM's /health, and the web ACL."""
+def deregistration_delay_seconds(model: ModelSettings) -> int:
+    """How long the load balancer lets a deregistered replica finish its requests: the longest the model allows,
+    within what ELB takes (its 300 s default would cut longer ones off while the replica drains)."""
+    return min(max_request_seconds(model), MAX_DEREGISTRATION_DELAY_SECONDS)
+
+
+def internal_endpoint_annotations(model: ModelSettings, web_acl_arn: str) -> dict[str, str]:
+    """The Ingress's annotations: HTTPS only, health from vLLM's /health, draining as long as a request, the web
+    ACL. Auto Mode configures load balancers from Ingress annotations, except those its guide lists as unsupported
+    (EKS User Guide, "Create an IngressClass to configure an Application Load Balancer"); target group attributes
+    are not among them."""
     return {
         "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTPS": HTTPS_PORT}]),
         "alb.ingress.kubernetes.io/target-type": "ip",
         "alb.ingress.kubernetes.io/healthcheck-path": "/health",
+        "alb.ingress.kubernetes.io/target-group-attributes": (
+            f"deregistration_delay.timeout_seconds={deregistration_delay_seconds(model)}"
+        ),
         "alb.ingress.kubernetes.io/wafv2-acl-arn": web_acl_arn,
     }
 
@@ -111,7 +126,7 @@ class InternalEndpoint(Construct):
             "Ingress",
             "networking.k8s.io/v1",
             "Ingress",
-            cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(web_acl_arn)),
+            cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(model, web_acl_arn)),
             spec={
                 "ingressClassName": model.name,
                 "rules": [

@@ -131,11 +131,10 @@ class GpuNodePoolChart(cdk8s.Chart):
         node_role_name: str,
         subnet_ids: tuple[str, ...],
         security_group_id: str,
-        network_policies: bool = False,
     ) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         for plan in pools:
-            self._node_class(plan.pool, node_role_name, subnet_ids, security_group_id, network_policies)
+            self._node_class(plan.pool, node_role_name, subnet_ids, security_group_id)
             self._node_pool(plan)
 
     def _node_class(
@@ -144,7 +143,6 @@ class GpuNodePoolChart(cdk8s.Chart):
         node_role_name: str,
         subnet_ids: tuple[str, ...],
         security_group_id: str,
-        network_policies: bool,
     ) -> None:
         spec: dict[str, Any] = {
             # The cluster's Auto Mode node role: EKS created its access entry with the cluster.
@@ -158,11 +156,13 @@ class GpuNodePoolChart(cdk8s.Chart):
                 "iops": pool.disk.iops,
                 "throughput": pool.disk.throughput_mib,
             },
+            # Network policies on these nodes, from the first deploy: the EKS User Guide's steps for them set the
+            # NodeClass's networkPolicy ("Use Network Policies with EKS Auto Mode", step 2), DefaultAllow being its
+            # default for pods no policy selects ("Create a Node Class"). Set whether or not a model is exposed,
+            # so that exposing one (which turns the network policy controller on, charts/exposure.py) changes no
+            # NodeClass: a changed NodeClass drifts, and so replaces, every node of its pools.
+            "networkPolicy": "DefaultAllow",
         }
-        if network_policies:
-            # Enforce NetworkPolicies on these nodes; pods no policy selects stay open (EKS User Guide,
-            # "Use Network Policies with EKS Auto Mode").
-            spec["networkPolicy"] = "DefaultAllow"
         if pool.capacity_reservations:
             # EKS User Guide, auto-odcr.html: On-Demand Capacity Reservations and Capacity Blocks for ML
             # alike, by id. Selecting any turns off Auto Mode's use of open reservations cluster-wide

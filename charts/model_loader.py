@@ -26,6 +26,7 @@ from constructs import Construct
 from charts.api_object import api_object
 from settings import names
 from settings.model import ModelSettings
+from settings.sizing import IMPORT_CPU_MILLIS
 
 # gpt-oss's harmony tokenizer reads these from $TIKTOKEN_ENCODINGS_BASE instead of downloading
 # them at every start (openai/harmony, tiktoken_ext/public_encodings.rs). They live beside the
@@ -192,7 +193,11 @@ class WeightsImport(Construct):
                                     {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
                                 ],
                                 "resources": {
-                                    "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
+                                    "requests": {
+                                        "cpu": f"{IMPORT_CPU_MILLIS}m",
+                                        "memory": "4Gi",
+                                        "ephemeral-storage": IMPORT_SCRATCH,
+                                    },
                                     "limits": {"memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
                                 },
                                 "securityContext": container_security_context,

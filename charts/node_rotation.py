@@ -37,6 +37,7 @@ from settings.names import NODE_ROTATION_NAMESPACE
 
 SERVICE_ACCOUNT = "gpu-node-rotation"
 ROTATION_ANNOTATION = "gpu-node-rotation/rotated-at"
+ROTATION_CPU_MILLIS = 50
 # A small image with Python's standard library, which is all the job needs (pulled through the cache).
 ROTATION_IMAGE = "public.ecr.aws/docker/library/python:3.12.12-slim"
 # A node is replaced when it would expire within this: the day until the window opens again, and
@@ -195,7 +196,7 @@ def cron_job_spec(schedule: str, pools: list[str], image: str) -> dict[str, Any]
                                     {"name": "ANNOTATION", "value": ROTATION_ANNOTATION},
                                 ],
                                 "resources": {
-                                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                                    "requests": {"cpu": f"{ROTATION_CPU_MILLIS}m", "memory": "64Mi"},
                                     "limits": {"cpu": "200m", "memory": "128Mi"},
                                 },
                                 "securityContext": container_security_context(RUN_AS_USER),

@@ -20,6 +20,13 @@ Run it with credentials for the stage's account; it only reads (Service Quotas a
    of a type some model can run on, and have instances available.
 4. The Secrets Manager secret of each model's API keys (models[].api_keys_secret) exists: a
    replica cannot start without it.
+5. The Standard on-demand vCPU quota (A, C, D, H, I, M, R, T, Z instances): Auto Mode's built-in
+   pools run on C, M and R instances, and the stage's own pods on them (the weights imports, KEDA,
+   the node rotation) need at least the instance that holds their CPU requests at once.
+6. With registry.owns_scanning_configuration: the account's current ECR registry scanning
+   configuration, which the stage's deploy replaces; Amazon Inspector's enhanced scanning there blocks.
+7. With an exposed model: the Known Bad Inputs managed rule group's current rules; one that inspects
+   the body and that the web ACL does not set to count would block prompts that quote it.
 
 It prints a Markdown table per check, then one summary line. Exit status: 0 when the stage can
 start, 1 when something blocks it (the summary names what), 2 when it could not check (bad
@@ -39,10 +46,14 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from charts.node_rotation import ROTATION_CPU_MILLIS
 from scripts import stage_settings_or_exit
 from settings import DEFAULT_STAGE, StageSettings
 from settings.model import RESERVATION_ID_PATTERN
-from settings.sizing import GpuInstance, candidates
+from settings.sizing import IMPORT_CPU_MILLIS, GpuInstance, allocatable_cpu_millis, candidates
+from settings.yaml_files import load_yaml
+from stacks.serving import KEDA_CHART
+from stacks.web_acl import KNOWN_BAD_INPUTS, KNOWN_BAD_INPUTS_BODY_RULES
 
 Client = Any  # a boto3 client (botocore.client.BaseClient); the generated types are not installed
 ClientFactory = Callable[[str], Client]
@@ -75,6 +86,13 @@ QUOTAS = (
     Quota("L-7212CCBC", "All P Spot Instance Requests", "p", SPOT),
 )
 FAMILIES = {"g": "G and VT", "p": "P"}
+# The Standard instances' on-demand vCPU quota (AWS CLI User Guide, Service Quotas examples: L-1216C47A, "Running
+# On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", in vCPUs).
+STANDARD_QUOTA = Quota(
+    "L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", "standard", ON_DEMAND
+)
+# KEDA's parts and their requests in its chart's values (charts/vendor/keda/values.yaml, resources.<part>).
+KEDA_PARTS = {"operator": "operator", "metricServer": "metricsServer", "webhooks": "webhooks"}
 
 
 def request_url(region: str, code: str) -> str:
@@ -266,6 +284,60 @@ class Report:
 
 
 # --- the checks ---
+
+
+def cpu_millis(quantity: str | int | float) -> int:
+    """A Kubernetes CPU quantity in millicores: 100 for "100m", 1000 for 1."""
+    text = str(quantity)
+    return int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
+
+
+def general_purpose_requests(settings: StageSettings) -> dict[str, int]:
+    """The CPU (millicores) the stage's own pods may ask of Auto Mode's built-in pools at once, by what asks it:
+    every imported model's weights import (a new revision each), KEDA's parts, the node rotation."""
+    asked = {f"weights import of {m.name}": IMPORT_CPU_MILLIS for m in settings.models if m.imported}
+    if any(model.autoscaling for model in settings.models):
+        values = load_yaml((KEDA_CHART / "values.yaml").read_text())
+        for part, replicas in KEDA_PARTS.items():
+            count = int(values[replicas]["replicaCount"])
+            asked[f"KEDA {part}"] = count * cpu_millis(values["resources"][part]["requests"]["cpu"])
+    if any(pool.maintenance_window for pool in settings.gpu_node_pools):
+        asked["GPU node rotation"] = ROTATION_CPU_MILLIS
+    return asked
+
+
+def standard_vcpus_needed(settings: StageSettings) -> int:
+    """The least vCPUs of a Standard instance that leaves to pods (Karpenter's kube-reserved) what they ask."""
+    millis = sum(general_purpose_requests(settings).values())
+    return next(v for v in (2, 4, 8, 16, 32, 48, 64, 96, 192) if allocatable_cpu_millis(v) >= millis)
+
+
+def scanning_problem(ecr: Client) -> tuple[str | None, str]:
+    """What replacing the account's registry scanning configuration would lose (a blocker), and what it is now."""
+    configuration = ecr.get_registry_scanning_configuration()["scanningConfiguration"]
+    scan_type = configuration.get("scanType", "BASIC")
+    rules = [
+        f"{rule['scanFrequency']} of {', '.join(f['filter'] for f in rule.get('repositoryFilters', []))}"
+        for rule in configuration.get("rules", [])
+    ]
+    now = f"{scan_type} scanning" + (f" ({'; '.join(rules)})" if rules else ", no rules")
+    if scan_type == "ENHANCED":
+        return (
+            "the account's ECR registry scanning is ENHANCED (Amazon Inspector): the stage's deploy would replace it "
+            "with basic scanning; set registry.owns_scanning_configuration: false",
+            now,
+        )
+    return None, now
+
+
+def unhandled_body_rules(wafv2: Client) -> list[str]:
+    """The Known Bad Inputs rule group's rules that inspect the body and that the web ACL does not set to count."""
+    group = wafv2.describe_managed_rule_group(VendorName="AWS", Name=KNOWN_BAD_INPUTS, Scope="REGIONAL")
+    return [
+        rule["Name"]
+        for rule in group.get("Rules", [])
+        if rule["Name"].upper().endswith("_BODY") and rule["Name"] not in KNOWN_BAD_INPUTS_BODY_RULES
+    ]
 
 
 def check_reservation_ids(reservations: Sequence[str]) -> None:
@@ -491,6 +563,38 @@ def preflight(
             blockers.append(
                 f"{model.name}: its API keys secret {model.api_keys_secret} does not exist in {settings.region}; "
                 'create it (README, "API keys") or the replicas wait for it'
+            )
+
+    # 5: the Standard quota, for what runs on Auto Mode's built-in pools.
+    standard_value, standard_source, _ = quota_value(quotas_client, STANDARD_QUOTA)
+    standard_needed = standard_vcpus_needed(settings)
+    asked = ", ".join(f"{what} {millis}m" for what, millis in general_purpose_requests(settings).items())
+    notes.append(
+        f"{STANDARD_QUOTA.name} ({STANDARD_QUOTA.code}): {standard_value:g} ({standard_source}); at least "
+        f"{standard_needed} vCPUs needed for the stage's own pods on Auto Mode's built-in pools ({asked or 'none'})"
+    )
+    if standard_value < standard_needed:
+        blockers.append(
+            f"{STANDARD_QUOTA.name} ({STANDARD_QUOTA.code}) is {standard_value:g}, {standard_needed} vCPUs needed "
+            f"at least; request more at {request_url(settings.region, STANDARD_QUOTA.code)}"
+        )
+
+    # 6: the registry scanning configuration the stage would replace.
+    if settings.registry.owns_scanning_configuration:
+        problem, now_configured = scanning_problem(client_factory("ecr"))
+        notes.append(
+            f"ECR registry scanning in {settings.region} now: {now_configured}; the stage's deploy replaces it"
+        )
+        if problem:
+            blockers.append(problem)
+
+    # 7: body rules that would block prompts.
+    if settings.exposed:
+        new_rules = unhandled_body_rules(client_factory("wafv2"))
+        if new_rules:
+            blockers.append(
+                f"{KNOWN_BAD_INPUTS} has rules that inspect the request body and would block prompts quoting "
+                f"their patterns: {', '.join(new_rules)}; add them to KNOWN_BAD_INPUTS_BODY_RULES (stacks/web_acl.py)"
             )
 
     # 3: the reservations.

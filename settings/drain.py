@@ -16,8 +16,14 @@ from settings.sizing import pool_path, pools_for
 # floor, well below what one L4 serves gpt-oss-20b a single user at. A request of max_model_len
 # tokens then takes at most max_model_len / this; a setting overrides it per model.
 GENERATION_FLOOR_TOKENS_PER_SECOND = 20
-# For every kube-proxy and load balancer to stop sending new requests to a terminating pod.
+# For every kube-proxy to stop sending new requests to a terminating pod.
 ENDPOINT_PROPAGATION_SECONDS = 10
+# For an exposed model's load balancer to stop sending them: Auto Mode's load balancing has no pod readiness
+# gates (not in the EKS User Guide's Auto Mode pages; aws/containers-roadmap#2511 asks for them), so a terminating
+# replica keeps serving until its target has been deregistered, which follows the endpoint's removal by up to
+# about two minutes (kubernetes-sigs/aws-load-balancer-controller#3270; the EKS Best Practices Guide, "Avoiding
+# Errors & Timeouts with Kubernetes Applications and AWS Load Balancers", delays SIGTERM with a preStop for this).
+LOAD_BALANCER_DEREGISTRATION_SECONDS = 120
 # What vLLM itself takes to stop once SIGTERM comes (freeing the GPU and its workers).
 SHUTDOWN_SECONDS = 30
 
@@ -29,9 +35,16 @@ def max_request_seconds(model: ModelSettings) -> int:
     return math.ceil(model.max_model_len / GENERATION_FLOOR_TOKENS_PER_SECOND)
 
 
+def endpoint_removal_seconds(model: ModelSettings) -> int:
+    """How long a terminating replica keeps serving new requests: until the proxies, and for an exposed model the
+    load balancer, stop sending them."""
+    return LOAD_BALANCER_DEREGISTRATION_SECONDS if model.exposure is not None else ENDPOINT_PROPAGATION_SECONDS
+
+
 def minimum_grace_seconds(model: ModelSettings) -> int:
-    """The shortest grace period that drains a replica: the proxies, the longest request, then vLLM's own stop."""
-    return ENDPOINT_PROPAGATION_SECONDS + max_request_seconds(model) + SHUTDOWN_SECONDS
+    """The shortest grace period that drains a replica: the endpoint's removal, the longest request, then vLLM's
+    own stop."""
+    return endpoint_removal_seconds(model) + max_request_seconds(model) + SHUTDOWN_SECONDS
 
 
 def termination_grace_seconds(model: ModelSettings) -> int:
@@ -47,12 +60,17 @@ def node_drain_seconds(settings: StageSettings, model: ModelSettings) -> int:
     return progress_deadline_seconds(settings, model) + termination_grace_seconds(model)
 
 
+def _stopping_senders(model: ModelSettings) -> str:
+    return "proxies and the load balancer" if model.exposure is not None else "proxies"
+
+
 def drain_problems(settings: StageSettings) -> list[str]:
     """Every model whose grace period cannot cover its longest request, and every pool whose nodes would not wait
     for a model's replica to be replaced and drained: one line each."""
     problems = [
         f"models[{index}].termination_grace_seconds: {model.termination_grace_seconds} is shorter than draining "
-        f"the replica takes: {ENDPOINT_PROPAGATION_SECONDS} s for the proxies, {max_request_seconds(model)} s for "
+        f"the replica takes: {endpoint_removal_seconds(model)} s for the {_stopping_senders(model)}, "
+        f"{max_request_seconds(model)} s for "
         f"the longest request (max_request_seconds, or max_model_len at {GENERATION_FLOOR_TOKENS_PER_SECOND} "
         f"tokens/s) and {SHUTDOWN_SECONDS} s for vLLM to stop; at least {minimum_grace_seconds(model)}, or leave it "
         "unset"

@@ -180,6 +180,12 @@ def on_demand_prices(region: str) -> tuple[str, dict[str, float]]:
     return priced, dict(prices[priced])
 
 
+# --- the weights import's requests (charts/model_loader.py) ---
+
+# Two CPUs: the download (TLS, hashing) and the upload (multipart, 8 parts at once) of one file at a time.
+IMPORT_CPU_MILLIS = 2000
+
+
 # --- a replica's requests ---
 
 # Per GPU, where the settings give no value: vLLM's CPU-side processes (API server, tokenizer,

@@ -4,7 +4,9 @@ Rate-based rules count requests over a 5-minute window (EvaluationWindowSec: 60,
 and block the excess until the rate falls back below the limit. The per-key rule aggregates on the
 Authorization header, which carries the API key; a request without that header is not counted by
 it (AWS WAF API Reference, RateBasedStatementCustomKey) but vLLM refuses it with a 401, and the
-overall rule counts every request. AWS's Known Bad Inputs rule group goes first.
+overall rule counts every request. AWS's Known Bad Inputs rule group goes first, with its rules that inspect the
+request body set to count: an LLM API carries arbitrary text in its bodies, and a prompt that quotes a Log4j or
+Java deserialization string would otherwise be blocked.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from settings import names
 from settings.model import ExposureSettings, ModelSettings
 
 WINDOW_SECONDS = 300
+KNOWN_BAD_INPUTS = "AWSManagedRulesKnownBadInputsRuleSet"
+# The group's rules that inspect the body (AWS WAF Developer Guide, "Baseline rule groups", Known bad inputs managed
+# rule group: JavaDeserializationRCE_BODY and Log4JRCE_BODY; the others inspect headers, the URI path, the query
+# string or the method). They count instead of blocking; `make preflight` checks the group's current rules for a
+# new *_BODY one.
+KNOWN_BAD_INPUTS_BODY_RULES = ("JavaDeserializationRCE_BODY", "Log4JRCE_BODY")
 
 
 def _visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
@@ -64,7 +72,14 @@ def rate_rules(exposure: ExposureSettings, prefix: str) -> list[wafv2.CfnWebACL.
             priority=0,
             statement=wafv2.CfnWebACL.StatementProperty(
                 managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
-                    vendor_name="AWS", name="AWSManagedRulesKnownBadInputsRuleSet"
+                    vendor_name="AWS",
+                    name=KNOWN_BAD_INPUTS,
+                    rule_action_overrides=[
+                        wafv2.CfnWebACL.RuleActionOverrideProperty(
+                            name=rule, action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={})
+                        )
+                        for rule in KNOWN_BAD_INPUTS_BODY_RULES
+                    ],
                 )
             ),
             override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),

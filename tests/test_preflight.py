@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from scripts.preflight import QUOTAS, main, preflight, request_url
+from scripts.preflight import QUOTAS, STANDARD_QUOTA, main, preflight, request_url
 from settings import StageSettings, load_stage_settings, parse_stage_settings
 from settings.sizing import candidates
 from tests.aws_stubs import StubbedClients
@@ -22,7 +22,7 @@ REGION = "us-west-2"
 ACTIVE = "cr-0123456789abcdef0"
 EXPIRED = "cr-0fedcba9876543210"
 MISSING = "cr-00000000000000000"
-SERVICES = ("ec2", "service-quotas", "secretsmanager")
+SERVICES = ("ec2", "service-quotas", "secretsmanager", "ecr", "wafv2")
 G_ON_DEMAND, G_SPOT, P_ON_DEMAND, P_SPOT = (quota.code for quota in QUOTAS)
 
 
@@ -61,7 +61,7 @@ class Stubs(StubbedClients):
     def quotas(self, values: dict[str, float | None]) -> None:
         """GetServiceQuota of each quota in turn; None: no applied value, so the AWS default (5) is asked."""
         stubber = self.stubbers["service-quotas"]
-        for quota in QUOTAS:
+        for quota in (*QUOTAS, STANDARD_QUOTA):
             params = {"ServiceCode": "ec2", "QuotaCode": quota.code}
             answer = {"Quota": {"QuotaCode": quota.code, "QuotaName": quota.name, "ServiceCode": "ec2"}}
             value = values[quota.code]
@@ -87,6 +87,22 @@ class Stubs(StubbedClients):
                 )
             else:
                 self.stubbers["secretsmanager"].add_response("describe_secret", {"Name": model.api_keys_secret}, params)
+
+    def scanning(self, scan_type: str = "BASIC", rules: Sequence[dict[str, Any]] = ()) -> None:
+        """GetRegistryScanningConfiguration: the account's current one."""
+        configuration = {"scanType": scan_type, "rules": list(rules)}
+        self.stubbers["ecr"].add_response(
+            "get_registry_scanning_configuration",
+            {"registryId": "123456789012", "scanningConfiguration": configuration},
+        )
+
+    def known_bad_inputs(self, rules: Sequence[str]) -> None:
+        """DescribeManagedRuleGroup of AWS's Known Bad Inputs rule group, with these rules."""
+        self.stubbers["wafv2"].add_response(
+            "describe_managed_rule_group",
+            {"Rules": [{"Name": name, "Action": {"Block": {}}} for name in rules]},
+            {"VendorName": "AWS", "Name": "AWSManagedRulesKnownBadInputsRuleSet", "Scope": "REGIONAL"},
+        )
 
     def reservation(self, reservation: str, described: dict[str, Any] | None) -> None:
         params = {"CapacityReservationIds": [reservation]}
@@ -121,7 +137,7 @@ def offered_everywhere(settings: StageSettings) -> dict[str, list[str]]:
     return {zone: types for zone in settings.availability_zones}
 
 
-ENOUGH = {G_ON_DEMAND: 64.0, G_SPOT: 64.0, P_ON_DEMAND: 0.0, P_SPOT: None}
+ENOUGH = {G_ON_DEMAND: 64.0, G_SPOT: 64.0, P_ON_DEMAND: 0.0, P_SPOT: None, STANDARD_QUOTA.code: 32.0}
 
 
 def test_enough_quota_and_offered_everywhere_can_start(stubs: Stubs, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,6 +204,7 @@ def test_spot_quota_does_not_count_where_the_pool_allows_on_demand_only(stubs: S
     stubs.secrets(settings)
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas({**ENOUGH, G_ON_DEMAND: 4.0, G_SPOT: 1000.0})
+    stubs.scanning()
 
     report = preflight(settings, [], stubs.client)
 
@@ -211,6 +228,7 @@ def test_candidates_not_offered_in_the_model_store_zone_block_naming_the_zone(
     cheapest = candidates(settings, settings.models[0])[0].type
     stubs.offerings(settings, {other_zone: [cheapest]})
     stubs.quotas(ENOUGH)
+    stubs.scanning()
 
     assert main(["--stage", "prod"], client_factory=stubs.client) == 1
 
@@ -348,6 +366,7 @@ def test_a_missing_api_keys_secret_blocks_naming_it(stubs: Stubs) -> None:
     settings = stage("prod")
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas(ENOUGH)
+    stubs.scanning()
     stubs.secrets(settings, missing=["gpt-oss-20b/api-keys"])
 
     report = preflight(settings, [], stubs.client)
@@ -367,3 +386,78 @@ def test_a_stage_that_does_not_load_ends_the_command_before_any_aws_call(capsys:
 
     assert exit_info.value.code == 2
     assert "no-such-stage" in capsys.readouterr().err
+
+
+def test_too_little_standard_quota_for_the_stages_own_pods_blocks(stubs: Stubs) -> None:
+    # prod's weights import (2 CPUs), KEDA's three parts (100m each) and the node rotation (50m) need a 4-vCPU
+    # instance on Auto Mode's built-in pools: 2 vCPUs leave 1930m to pods (Karpenter's kube-reserved).
+    settings = stage("prod")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas({**ENOUGH, STANDARD_QUOTA.code: 2.0})
+    stubs.secrets(settings)
+    stubs.scanning()
+
+    report = preflight(settings, [], stubs.client)
+
+    assert report.blockers == [
+        f"Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances ({STANDARD_QUOTA.code}) is 2, 4 vCPUs "
+        f"needed at least; request more at {request_url(REGION, STANDARD_QUOTA.code)}"
+    ]
+    (note,) = [note for note in report.notes if STANDARD_QUOTA.code in note]
+    assert "weights import of gpt-oss-20b 2000m, KEDA operator 100m, KEDA metricServer 100m" in note
+
+
+def test_enhanced_scanning_in_the_account_blocks_a_stage_that_would_replace_it(stubs: Stubs) -> None:
+    settings = stage("prod")
+    assert settings.registry.owns_scanning_configuration
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    stubs.secrets(settings)
+    stubs.scanning(
+        "ENHANCED",
+        [{"scanFrequency": "CONTINUOUS_SCAN", "repositoryFilters": [{"filter": "*", "filterType": "WILDCARD"}]}],
+    )
+
+    report = preflight(settings, [], stubs.client)
+
+    assert report.blockers == [
+        "the account's ECR registry scanning is ENHANCED (Amazon Inspector): the stage's deploy would replace it "
+        "with basic scanning; set registry.owns_scanning_configuration: false"
+    ]
+    assert "ECR registry scanning in us-west-2 now: ENHANCED scanning (CONTINUOUS_SCAN of *)" in report.markdown()
+
+
+def test_a_stage_that_does_not_own_scanning_never_asks_ecr(stubs: Stubs) -> None:
+    settings = stage("dev")
+    assert not settings.registry.owns_scanning_configuration
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    assert preflight(settings, [], stubs.client).ok  # no ECR stub: a call would fail the test
+
+
+@pytest.mark.parametrize(("rules", "blocked"), [((), False), (("SQLi_BODY",), True)])
+def test_a_new_body_rule_of_known_bad_inputs_blocks_an_exposed_stage(
+    stubs: Stubs, rules: tuple[str, ...], blocked: bool
+) -> None:
+    data = stage_data("prod")
+    data["models"][0]["exposure"] = {
+        "hostname": "llm.internal.example.com",
+        "certificate_arn": "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000",
+    }
+    settings = parse_stage_settings("prod", data)
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    stubs.secrets(settings)
+    stubs.scanning()
+    stubs.known_bad_inputs(["JavaDeserializationRCE_BODY", "Log4JRCE_BODY", "Log4JRCE_HEADER", *rules])
+
+    report = preflight(settings, [], stubs.client)
+
+    assert report.blockers == (
+        [
+            "AWSManagedRulesKnownBadInputsRuleSet has rules that inspect the request body and would block prompts "
+            "quoting their patterns: SQLi_BODY; add them to KNOWN_BAD_INPUTS_BODY_RULES (stacks/web_acl.py)"
+        ]
+        if blocked
+        else []
+    )
