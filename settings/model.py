@@ -417,6 +417,9 @@ class ObservabilitySettings(_Strict):
     the Prometheus workspace, so it needs `metrics.enabled`."""
 
     enabled: bool = False
+    # The containers' logs (vLLM's start-up, an OOM, a traceback) in CloudWatch Logs, kept after the pod is gone, in
+    # log groups the stack creates with cluster.log_retention_days; unset: on in a production stage, off elsewhere.
+    container_logs: bool | None = None
     # VllmGpusIdle: an autoscaled model keeps more than its minimum replicas on GPUs less busy than this.
     alarm_gpu_idle_utilization: float = Field(
         default=0.1, gt=0, le=1, description="a fraction of 1, such as 0.1 for 10 % busy"
@@ -985,6 +988,20 @@ class StageSettings(_Strict):
     def exposed(self) -> bool:
         """A model is behind a load balancer: NetworkPolicies are enforced (charts/exposure.py)."""
         return any(model.exposure for model in self.models)
+
+    @property
+    def container_logs(self) -> bool:
+        """The containers' logs go to CloudWatch Logs: as the settings say, else in production only."""
+        given = self.observability.container_logs
+        return self.production if given is None else given
+
+    @property
+    def cloudwatch_log_groups(self) -> tuple[str, ...]:
+        """The log groups the CloudWatch add-on writes, which the Cluster stack creates with the cluster's retention
+        (empty: no add-on)."""
+        return names.cloudwatch_log_groups(
+            self.cluster.name, insights=self.observability.enabled, container_logs=self.container_logs
+        )
 
     @property
     def model_store_zone(self) -> str:

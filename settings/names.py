@@ -169,6 +169,25 @@ def container_insights_log_group(cluster_name: str) -> str:
     return f"{container_insights_log_group_prefix(cluster_name)}performance"
 
 
+# The log groups the CloudWatch add-on's Fluent Bit writes containers' logs (application), the nodes' kubelet and
+# container runtime logs (dataplane) and their system logs (host) to (aws-observability/helm-charts,
+# charts/amazon-cloudwatch-observability/values.yaml, containerLogs.fluentBit.config: log_group_name).
+CONTAINER_LOG_GROUPS = ("application", "dataplane", "host")
+
+
+def container_log_groups(cluster_name: str) -> tuple[str, ...]:
+    """The container log groups of a cluster: Fluent Bit names them, so the stacks create them first."""
+    return tuple(f"{container_insights_log_group_prefix(cluster_name)}{group}" for group in CONTAINER_LOG_GROUPS)
+
+
+def cloudwatch_log_groups(cluster_name: str, *, insights: bool, container_logs: bool) -> tuple[str, ...]:
+    """The log groups the CloudWatch add-on writes: Container Insights' records, and the containers' logs."""
+    return (
+        *((container_insights_log_group(cluster_name),) if insights else ()),
+        *(container_log_groups(cluster_name) if container_logs else ()),
+    )
+
+
 CLUSTER_NAME_LIMITS = (
     NameLimit("CodeBuild project name", smoke_test_project_name, CODEBUILD_PROJECT_NAME_MAX),
     NameLimit("IAM role name", smoke_test_trigger_role_name, IAM_ROLE_NAME_MAX),
@@ -230,6 +249,14 @@ CLUSTER_FIXED_NAMES = (
     FixedName("EKS cluster", lambda cluster: cluster, "region"),
     FixedName("control plane log group", control_plane_log_group, "region"),
     FixedName("Container Insights log group", container_insights_log_group, "region"),
+    *(
+        FixedName(
+            f"container log group ({group})",
+            lambda c, g=group: f"{container_insights_log_group_prefix(c)}{g}",
+            "region",
+        )
+        for group in CONTAINER_LOG_GROUPS
+    ),
     FixedName("smoke test CodeBuild project", smoke_test_project_name, "region"),
     FixedName("smoke test trigger IAM role", smoke_test_trigger_role_name, "account"),
     FixedName("Prometheus data source Lambda function", prometheus_data_source_name, "region"),

@@ -69,6 +69,7 @@ class ClusterStack(Stack):
         metrics: MetricsSettings,
         observability: ObservabilitySettings,
         image_cache_prefix: str,
+        container_logs: bool = False,
         secrets_store: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -156,8 +157,8 @@ class ClusterStack(Stack):
             else None
         )
 
-        if observability.enabled:
-            self._cloudwatch_observability(cluster)
+        if observability.enabled or container_logs:
+            self._cloudwatch_observability(cluster, insights=observability.enabled, container_logs=container_logs)
 
         CfnOutput(
             self,
@@ -224,35 +225,49 @@ class ClusterStack(Stack):
             ]
         return addon
 
-    def _cloudwatch_observability(self, cluster: ClusterSettings) -> None:
-        """The Amazon CloudWatch Observability add-on's Container Insights: pod, node and Deployment metrics
-        (stacks/observability.py reads them), through EKS Pod Identity.
+    def _cloudwatch_observability(self, cluster: ClusterSettings, *, insights: bool, container_logs: bool) -> None:
+        """The Amazon CloudWatch Observability add-on, through EKS Pod Identity: with `insights`, Container Insights'
+        pod, node and Deployment metrics (stacks/observability.py reads them); with `container_logs`, its Fluent
+        Bit's copy of every container's log.
 
-        Container logs stay off (the add-on's Fluent Bit would create log groups that never expire), and
-        so do its DCGM exporter, which conflicts with Auto Mode's node monitoring agent
-        (aws/containers-roadmap#2555, #2763), and its Neuron monitor; the keys are the add-on chart's
-        (aws-observability/helm-charts, charts/amazon-cloudwatch-observability/values.yaml). Its agent
-        tolerates every taint by default (the same file's `tolerations`), so it runs on the GPU nodes.
+        Each log group it writes is created first, with the cluster's retention: Fluent Bit's own would never
+        expire (its outputs set auto_create_group and no log_retention_days). Application Signals stays off: on by
+        default, it would inject its auto-instrumentation into every workload behind a Service, vLLM's included
+        (CloudWatch User Guide, "Enabling APM through Application Signals"; the chart's applicationSignals.enabled,
+        and manager.applicationSignals.autoMonitor.monitorAllServices for add-on versions before it). So do its
+        DCGM exporter, which conflicts with Auto Mode's node monitoring agent (aws/containers-roadmap#2555, #2763),
+        and its Neuron monitor. The keys are the add-on chart's (aws-observability/helm-charts,
+        charts/amazon-cloudwatch-observability/values.yaml). Its agent and Fluent Bit tolerate every taint by default
+        (the same file's `tolerations`), so they run on the GPU nodes, as the cloudwatch-agent service account.
         """
-        log_group_name = names.container_insights_log_group(cluster.name)
-        # The agent writes Container Insights' records here; created first, with a retention.
-        performance_logs = service_log_group(
-            self,
-            "ContainerInsightsLogRetention",
-            name=log_group_name,
-            retention_days=cluster.log_retention_days,
-        )
-        log_group_arn = f"arn:{Aws.PARTITION}:logs:{self.region}:{Aws.ACCOUNT_ID}:log-group:{log_group_name}"
+        groups = names.cloudwatch_log_groups(cluster.name, insights=insights, container_logs=container_logs)
+        retentions = [
+            service_log_group(
+                self,
+                f"ContainerInsights{name.rsplit('/', 1)[-1].capitalize()}LogRetention",
+                name=name,
+                retention_days=cluster.log_retention_days,
+            )
+            for name in groups
+        ]
+        arns = [f"arn:{Aws.PARTITION}:logs:{self.region}:{Aws.ACCOUNT_ID}:log-group:{name}" for name in groups]
         role = pod_identity_role(
             self,
             "CloudWatchAgentRole",
-            description="The CloudWatch agent's Container Insights records (service account "
+            description="The CloudWatch agent's and Fluent Bit's records (service account "
             f"{CLOUDWATCH_AGENT_SERVICE_ACCOUNT} in namespace {names.CLOUDWATCH_NAMESPACE})",
             statements=[
-                # The part of CloudWatchAgentServerPolicy that Container Insights uses, narrowed to its log group.
+                # The part of CloudWatchAgentServerPolicy that Container Insights and Fluent Bit use, narrowed to
+                # their log groups; CreateLogGroup as Fluent Bit's auto_create_group asks for it on a group that
+                # exists already.
                 iam.PolicyStatement(
-                    actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                    resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
+                    actions=[
+                        "logs:CreateLogGroup",
+                        "logs:CreateLogStream",
+                        "logs:PutLogEvents",
+                        "logs:DescribeLogStreams",
+                    ],
+                    resources=[*arns, *(f"{arn}:log-stream:*" for arn in arns)],
                 ),
                 # Node volumes and instance tags; the EC2 API lets no policy narrow these to a resource.
                 iam.PolicyStatement(actions=["ec2:DescribeVolumes", "ec2:DescribeTags"], resources=["*"]),
@@ -262,13 +277,17 @@ class ClusterStack(Stack):
             "CloudWatchObservability",
             CLOUDWATCH_ADDON,
             configuration={
-                "containerLogs": {"enabled": False},
+                "containerInsights": {"enabled": insights},
+                "containerLogs": {"enabled": container_logs},
+                "applicationSignals": {"enabled": False},
+                "manager": {"applicationSignals": {"autoMonitor": {"monitorAllServices": False}}},
                 "dcgmExporter": {"enabled": False},
                 "neuronMonitor": {"enabled": False},
             },
             identity=(role, CLOUDWATCH_AGENT_SERVICE_ACCOUNT),
         )
-        addon.node.add_dependency(performance_logs)
+        for retention in retentions:
+            addon.node.add_dependency(retention)
 
 
 def _endpoint_access(cluster: ClusterSettings) -> eks.EndpointAccess:

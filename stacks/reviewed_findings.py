@@ -122,24 +122,25 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
             )
         ),
         *(
-            Finding(f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy", f"AwsSolutions-IAM5[{resource}]", reason)
-            for resource, reason in (
-                (
-                    _account_resource(
-                        "logs",
-                        settings.region,
-                        f"log-group:{names.container_insights_log_group(settings.cluster.name)}:log-stream:*",
-                    ),
-                    "The CloudWatch agent names its log streams after the nodes it runs on: any stream of the one "
-                    "Container Insights log group.",
-                ),
-                (
-                    "Resource::*",
+            Finding(
+                f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy",
+                f"AwsSolutions-IAM5[{_account_resource('logs', settings.region, f'log-group:{group}:log-stream:*')}]",
+                "The CloudWatch agent and Fluent Bit name their log streams after the nodes and containers they "
+                "read: any stream of one log group the stack created.",
+            )
+            for group in settings.cloudwatch_log_groups
+        ),
+        *(
+            [
+                Finding(
+                    f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy",
+                    "AwsSolutions-IAM5[Resource::*]",
                     "The CloudWatch agent reads node volumes and instance tags (ec2:DescribeVolumes, "
                     "ec2:DescribeTags), which the EC2 API does not let a policy narrow to a resource.",
-                ),
-            )
-            if settings.observability.enabled
+                )
+            ]
+            if settings.cloudwatch_log_groups
+            else []
         ),
         Finding(
             f"{FSX_CSI_ROLE}/DefaultPolicy",

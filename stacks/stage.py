@@ -63,6 +63,7 @@ class InferencePlatformStage(Stage):
             cluster=settings.cluster,
             metrics=settings.metrics,
             observability=settings.observability,
+            container_logs=settings.container_logs,
             image_cache_prefix=settings.image_cache_prefix,
             secrets_store=settings.secrets_store,
         )

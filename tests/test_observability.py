@@ -155,13 +155,17 @@ def test_the_console_learns_what_to_ask() -> None:
 # --- what the stages get ---
 
 
-def test_the_add_on_collects_container_metrics_without_a_dcgm_exporter_or_logs(prod: Assembly) -> None:
+def test_the_add_on_collects_container_metrics_and_logs_without_application_signals(prod: Assembly) -> None:
     template = prod.template("Cluster")
     (addon,) = [a for a in resources(template, "AWS::EKS::Addon") if "cloudwatch" in json.dumps(a)]
     properties = addon["Properties"]
     assert properties["AddonName"] == "amazon-cloudwatch-observability"
     assert json.loads(properties["ConfigurationValues"]) == {
-        "containerLogs": {"enabled": False},
+        "containerInsights": {"enabled": True},
+        "containerLogs": {"enabled": True},  # prod: production, container_logs unset
+        # Off: it would inject its auto-instrumentation into vLLM's pods (every workload behind a Service).
+        "applicationSignals": {"enabled": False},
+        "manager": {"applicationSignals": {"autoMonitor": {"monitorAllServices": False}}},
         "dcgmExporter": {"enabled": False},
         "neuronMonitor": {"enabled": False},
     }
@@ -176,19 +180,36 @@ def test_the_add_on_collects_container_metrics_without_a_dcgm_exporter_or_logs(p
         if p["Properties"]["Roles"] == [{"Ref": role_id}]
     ]
     assert [statement["Action"] for statement in policy] == [
-        ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+        ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
         ["ec2:DescribeTags", "ec2:DescribeVolumes"],
     ]
-    assert "/aws/containerinsights/gpu-inference-prod/performance" in json.dumps(policy[0]["Resource"])
-    # Its log group exists first, with the cluster's retention, instead of one that never expires.
-    (retention,) = [
-        key
-        for key, r in template["Resources"].items()
-        if r["Type"] == "Custom::LogRetention"
-        and r["Properties"]["LogGroupName"] == "/aws/containerinsights/gpu-inference-prod/performance"
+    groups = [
+        f"/aws/containerinsights/gpu-inference-prod/{g}" for g in ("performance", "application", "dataplane", "host")
     ]
-    assert template["Resources"][retention]["Properties"]["RetentionInDays"] == 365  # prod's cluster.log_retention_days
-    assert retention in addon["DependsOn"]
+    for group in groups:
+        assert group in json.dumps(policy[0]["Resource"])
+        # Each log group exists first, with the cluster's retention, instead of one that never expires.
+        (retention,) = [
+            key
+            for key, r in template["Resources"].items()
+            if r["Type"] == "Custom::LogRetention" and r["Properties"]["LogGroupName"] == group
+        ]
+        assert template["Resources"][retention]["Properties"]["RetentionInDays"] == 365  # prod's log_retention_days
+        assert retention in addon["DependsOn"]
+
+
+@pytest.mark.parametrize(
+    ("observability", "container_logs", "groups"),
+    [(False, None, []), (False, True, ["application", "dataplane", "host"])],
+)
+def test_container_logs_are_off_in_dev_unless_asked_and_need_no_dashboard(
+    observability: bool, container_logs: bool | None, groups: list[str]
+) -> None:
+    data = stage_data("dev")
+    data["observability"] = {"enabled": observability, **({"container_logs": container_logs} if container_logs else {})}
+    settings = parse_stage_settings("dev", data)
+    assert settings.container_logs is bool(container_logs)
+    assert settings.cloudwatch_log_groups == tuple(f"/aws/containerinsights/gpu-inference-dev/{g}" for g in groups)
 
 
 def test_the_add_on_configuration_is_in_terms_its_chart_takes(prod: Assembly) -> None:
