@@ -26,13 +26,18 @@ from constructs import Construct
 from charts.api_object import api_object
 from settings import names
 from settings.model import ModelSettings
-from settings.sizing import IMPORT_CPU_MILLIS
+from settings.sizing import IMPORT_CPU_MILLIS, IMPORT_MEMORY_MIB
 
-# gpt-oss's harmony tokenizer reads these from $TIKTOKEN_ENCODINGS_BASE instead of downloading
-# them at every start (openai/harmony, tiktoken_ext/public_encodings.rs). They live beside the
-# models in the bucket, under a name no model can have (model names are DNS labels: no '_').
+# gpt-oss's harmony tokenizer reads its encoding from $TIKTOKEN_ENCODINGS_BASE, and once that is set never
+# downloads it: a missing file stops vLLM at start ("invalid tiktoken vocab file"). gpt-oss reads o200k_base only
+# (openai/harmony, src/tiktoken_ext/public_encodings.rs: O200kHarmony). It lives beside the models in the bucket,
+# under a name no model can have (model names are DNS labels: no '_').
 ENCODINGS_DIR = "tiktoken_encodings"
-HARMONY_ENCODINGS = ("o200k_base.tiktoken", "cl100k_base.tiktoken")
+HARMONY_ENCODINGS = ("o200k_base.tiktoken",)
+# vLLM serves a model with harmony when its config.json's model_type is gpt_oss
+# (vllm/entrypoints/openai/serving_chat.py at v0.11.2: `self.use_harmony = model_config.hf_config.model_type ==
+# "gpt_oss"`): so do the encodings follow, whatever the model is called.
+HARMONY_MODEL_TYPE = "gpt_oss"
 # Written by the import last, in the revision's folder: its presence means every file is there.
 COMPLETION_MARKER = ".import-complete"
 IMPORT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "import_weights.py"
@@ -41,24 +46,36 @@ IMPORT_SERVICE_ACCOUNT = "weights-import"
 IMPORT_SCRATCH = "30Gi"
 WAIT_POLL_SECONDS = 15
 
-# The replica's init container: wait, saying what for, until the import's marker is on the file system.
+# The replica's init container: wait, saying what for, until the import's marker (and any encoding the model
+# reads) is on the file system.
 WAIT_SCRIPT = """set -eu
-while [ ! -f "$WEIGHTS/$MARKER" ]; do
-  echo "waiting for $REPO at $REVISION: $WEIGHTS/$MARKER is not on the file system yet ($IMPORT)"
-  sleep "$POLL_SECONDS"
+for file in "$WEIGHTS/$MARKER" $ENCODINGS; do
+  while [ ! -f "$file" ]; do
+    echo "waiting for $REPO at $REVISION: $file is not on the file system yet ($IMPORT)"
+    sleep "$POLL_SECONDS"
+  done
 done
 echo "weights of $REPO at $REVISION are ready in $WEIGHTS"
 """
 
 
 def harmony_encodings(model: ModelSettings) -> tuple[str, ...]:
-    """The tokenizer encodings a model's replicas read from the model store: gpt-oss models use harmony's."""
-    return HARMONY_ENCODINGS if "gpt-oss" in model.model.lower() else ()
+    """The tokenizer encodings a model's replicas read from the model store: those of harmony, for gpt-oss."""
+    return HARMONY_ENCODINGS if model.architecture.model_type == HARMONY_MODEL_TYPE else ()
+
+
+def has_import_job(model: ModelSettings) -> bool:
+    """A Job brings something into the model store for the model: its weights from the Hub, or, for weights you
+    upload, the encodings it reads."""
+    return model.imported or bool(harmony_encodings(model))
 
 
 def import_folders(model: ModelSettings) -> list[str]:
     """The bucket folders a model's import writes (as IAM resource patterns): its own, and the encodings'."""
-    return [f"{model.name}/*", *([f"{ENCODINGS_DIR}/*"] if harmony_encodings(model) else [])]
+    return [
+        *([f"{model.name}/*"] if model.imported else []),
+        *([f"{ENCODINGS_DIR}/*"] if harmony_encodings(model) else []),
+    ]
 
 
 def import_key(model: ModelSettings, *context: str) -> str:
@@ -67,7 +84,10 @@ def import_key(model: ModelSettings, *context: str) -> str:
     A Job's pod template cannot change once created, so anything that would change it names a
     new Job instead; running again for the same revision costs little, as it finds the marker.
     """
-    what = (model.model, model.revision, *model.files, *harmony_encodings(model), str(model.hf_token_secret))
+    what = (
+        *((model.model, model.revision, *model.files, str(model.hf_token_secret)) if model.imported else ()),
+        *harmony_encodings(model),
+    )
     return hashlib.sha256("\n".join((*what, *context)).encode()).hexdigest()[:8]
 
 
@@ -77,20 +97,14 @@ def import_job_name(model: ModelSettings, *, region: str, zone: str) -> str:
 
 
 def import_command(model: ModelSettings, *, bucket: str, region: str, mount: str) -> list[str]:
-    """The import's command line (scripts/import_weights.py), as the Job runs it."""
-    command = [
-        "python3",
-        "/import/import_weights.py",
-        f"--repo={model.model}",
-        f"--revision={model.revision}",
-        f"--bucket={bucket}",
-        f"--prefix={model.weights_path}",
-        f"--region={region}",
-        "--workdir=/scratch",
-        f"--mount={mount}",
-        "--include",
-        *model.files,
-    ]
+    """The import's command line (scripts/import_weights.py), as the Job runs it: the weights from the Hub and the
+    encodings the model reads, or the encodings alone for weights you upload."""
+    command = ["python3", "/import/import_weights.py"]
+    if model.imported:
+        command += [f"--repo={model.model}", f"--revision={model.revision}", f"--prefix={model.weights_path}"]
+    command += [f"--bucket={bucket}", f"--region={region}", "--workdir=/scratch", f"--mount={mount}"]
+    if model.imported:
+        command += ["--include", *model.files]
     if model.hf_token_secret:
         command.append(f"--token-secret={model.hf_token_secret}")
     if harmony_encodings(model):
@@ -103,12 +117,20 @@ def wait_for_weights_env(model: ModelSettings, *, mount: str, job: str | None) -
 
     `job`: the import Job that brings the weights, or None for weights you upload yourself.
     """
+    encodings = " ".join(f"{mount}/{ENCODINGS_DIR}/{name}" for name in harmony_encodings(model))
+    if model.imported:
+        source = f"imported by job {job}"
+    else:
+        source = f"upload the weights to the bucket, then {COMPLETION_MARKER}" + (
+            f"; the encodings come by job {job}" if job else ""
+        )
     return {
         "WEIGHTS": f"{mount}/{model.weights_path}",
         "MARKER": COMPLETION_MARKER,
+        "ENCODINGS": encodings,
         "REPO": model.model,
         "REVISION": model.revision if model.imported else model.weights_path,
-        "IMPORT": f"imported by job {job}" if job else f"upload them to the bucket, then {COMPLETION_MARKER}",
+        "IMPORT": source,
         "POLL_SECONDS": str(WAIT_POLL_SECONDS),
     }
 
@@ -191,14 +213,20 @@ class WeightsImport(Construct):
                                     {"name": "HOME", "value": "/scratch/home"},
                                     {"name": "HF_HOME", "value": "/scratch/hf"},
                                     {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+                                    # hf_xet up to 1.2 fetches 48 ranges at once, up to 64 MiB each
+                                    # (huggingface/xet-core, HF_XET_NUM_CONCURRENT_RANGE_GETS), and
+                                    # was OOM-killed near 4 GB in pods (huggingface/huggingface_hub#3300):
+                                    # 8, as KServe sets it (kserve/kserve#4726). From 1.3 a download
+                                    # buffer bounds it instead (settings/sizing.py, IMPORT_MEMORY_MIB).
+                                    {"name": "HF_XET_NUM_CONCURRENT_RANGE_GETS", "value": "8"},
                                 ],
                                 "resources": {
                                     "requests": {
                                         "cpu": f"{IMPORT_CPU_MILLIS}m",
-                                        "memory": "4Gi",
+                                        "memory": f"{IMPORT_MEMORY_MIB}Mi",
                                         "ephemeral-storage": IMPORT_SCRATCH,
                                     },
-                                    "limits": {"memory": "4Gi", "ephemeral-storage": IMPORT_SCRATCH},
+                                    "limits": {"memory": f"{IMPORT_MEMORY_MIB}Mi", "ephemeral-storage": IMPORT_SCRATCH},
                                 },
                                 "securityContext": container_security_context,
                                 # The cause of a failure, for `kubectl describe` and the smoke test: the

@@ -33,7 +33,14 @@ from charts.gpu_metrics import (
 )
 from charts.gpu_metrics import MOUNT as GPU_METRICS_MOUNT
 from charts.gpu_node_pool import GPU_TAINT
-from charts.model_loader import ENCODINGS_DIR, WAIT_SCRIPT, WeightsImport, harmony_encodings, wait_for_weights_env
+from charts.model_loader import (
+    ENCODINGS_DIR,
+    WAIT_SCRIPT,
+    WeightsImport,
+    harmony_encodings,
+    has_import_job,
+    wait_for_weights_env,
+)
 from charts.model_volume import ModelVolume
 from settings import names
 from settings.drain import termination_grace_seconds
@@ -209,7 +216,7 @@ class VllmServerChart(cdk8s.Chart):
             capacity_gib=weights.capacity_gib,
         )
         import_job = None
-        if model.imported:
+        if has_import_job(model):
             import_job = WeightsImport(
                 self,
                 "Import",

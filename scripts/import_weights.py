@@ -86,10 +86,21 @@ DEFAULT_POLL_SECONDS = 5.0
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 CHUNK_BYTES = 16 * 1024 * 1024
-# huggingface_hub already backs off when it cannot connect; what reaches us is a transfer cut off mid-body.
-# The retry resumes from the partial file it left in the workdir (an HTTP Range request), so try again at once,
-# then once more after a pause.
-RETRY_DELAYS_SECONDS = (0.0, 10.0)
+# A file whose download fails is tried again at once, then after a pause, then after a longer one: whatever failed
+# (a connection, hf_xet's RuntimeError or, from hf_xet 1.5, its builtin ConnectionError or TimeoutError, which
+# huggingface_hub passes on unchanged: file_download.py, xet_get). Plain HTTP resumes from the partial file in the
+# workdir (a Range request); hf_xet rewrites a file from its start (huggingface/xet-core), so after an hf_xet failure
+# the retries go over plain HTTP (HF_HUB_DISABLE_XET), which resumes.
+RETRY_DELAYS_SECONDS = (0.0, 10.0, 30.0)
+# Failures another try cannot mend: the repository, revision or file is not there, or not for this token.
+PERMANENT = (
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 # 64 MiB parts (s3transfer grows them when a file would need more than 10,000), 8 at a time: ~512 MiB of buffers.
 TRANSFER_CONFIG = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=8)
 # Kubernetes keeps at most 4096 bytes of a termination message.
@@ -136,10 +147,10 @@ class Source:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="import_weights.py", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repo", required=True, help="Hub repo id, e.g. openai/gpt-oss-20b")
-    parser.add_argument("--revision", required=True, help="branch, tag or 40-hex commit")
+    parser.add_argument("--repo", help="Hub repo id, e.g. openai/gpt-oss-20b; without it, only the --encodings")
+    parser.add_argument("--revision", help="branch, tag or 40-hex commit (with --repo)")
     parser.add_argument("--bucket", required=True, help="the model store's S3 bucket")
-    parser.add_argument("--prefix", required=True, type=_prefix, help="S3 key prefix, e.g. gpt-oss-20b/main")
+    parser.add_argument("--prefix", type=_prefix, help="S3 key prefix, e.g. gpt-oss-20b/main (with --repo)")
     parser.add_argument(
         "--include",
         nargs="+",
@@ -165,7 +176,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--termination-log", default=DEFAULT_TERMINATION_LOG, help="where a failure is also written, if it exists"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    given = [name for name in ("repo", "revision", "prefix") if getattr(args, name) is not None]
+    if given and len(given) < 3:
+        parser.error("--repo, --revision and --prefix go together")
+    if not given and not args.encodings:
+        parser.error("give --repo, --revision and --prefix, or --encodings, or both")
+    return args
 
 
 def _prefix(value: str) -> str:
@@ -334,19 +351,34 @@ def check_free_space(workdir: Path, file: RepoFile) -> None:
 
 
 def download(repo: str, commit: str, file: RepoFile, workdir: Path, token: str | None, sleep: SleepFn) -> Path:
-    """Download one file into the workdir with huggingface_hub, resuming a cut-off transfer a couple of times."""
-    transient = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError, requests.Timeout)
+    """Download one file into the workdir with huggingface_hub, trying again after any failure that is not permanent,
+    over plain HTTP (which resumes) once hf_xet has failed."""
     for delay in (*RETRY_DELAYS_SECONDS, None):
         try:
             return Path(
                 hf_hub_download(repo_id=repo, filename=file.path, revision=commit, local_dir=workdir, token=token)
             )
-        except transient as error:
+        except PERMANENT:
+            raise
+        except Exception as error:
             if delay is None:
                 raise
-            say(f"    {file.path}: the transfer broke off ({one_line(str(error), 120)}); resuming")
+            if not isinstance(error, requests.RequestException) and not use_plain_http():
+                say(f"    {file.path}: {type(error).__name__} ({one_line(str(error), 120)}); again over plain HTTP")
+            else:
+                say(f"    {file.path}: the transfer broke off ({one_line(str(error), 120)}); resuming")
             sleep(delay)
     raise AssertionError("unreachable")
+
+
+def use_plain_http() -> bool:
+    """Have huggingface_hub download without hf_xet from now on; whether it already did. huggingface_hub reads
+    HF_HUB_DISABLE_XET into constants at import from 0.34 (utils/_runtime.py, is_xet_available), from the
+    environment before that."""
+    already = bool(constants.HF_HUB_DISABLE_XET) if hasattr(constants, "HF_HUB_DISABLE_XET") else False
+    constants.HF_HUB_DISABLE_XET = True
+    os.environ["HF_HUB_DISABLE_XET"] = "1"
+    return already
 
 
 def local_leftovers(workdir: Path, path: str) -> list[Path]:
@@ -522,6 +554,20 @@ def import_revision(args: argparse.Namespace, sleep: SleepFn) -> None:
 
     # First: shared by every gpt-oss model, cheap when present, and a blocked download shows before the weights.
     encodings = [ensure_encoding(s3, args.bucket, args.encodings_prefix, name, args.workdir) for name in args.encodings]
+    if args.repo is None:
+        # Weights from the bucket, not the Hub (models[].weights_s3_prefix): the encodings are all there is to bring.
+        if args.mount:
+            expected = {args.mount / args.encodings_prefix / e.path: e.size for e in encodings}
+            wait_until_shown(
+                lambda: not_yet_shown(expected),
+                "the encodings",
+                wait_seconds=args.wait_seconds,
+                poll_seconds=args.poll_seconds,
+                sleep=sleep,
+            )
+            hydrate(list(expected))
+            say(f"encodings ready on the file system: {args.mount / args.encodings_prefix}")
+        return
 
     # The marker pins what this prefix holds: a complete import of the same revision name is not redone even if
     # the branch has moved since, so replicas never see files change under them.
@@ -706,7 +752,8 @@ def main(argv: Sequence[str] | None = None, *, sleep: SleepFn = time.sleep) -> i
     except Exception as error:
         cause = describe_failure(error, args)
         notes = [note for note in getattr(error, "__notes__", []) if note not in cause]
-        message = f"import of {args.repo}@{args.revision} failed: {cause}" + "".join(f" ({n})" for n in notes)
+        what = f"{args.repo}@{args.revision}" if args.repo else "the encodings"
+        message = f"import of {what} failed: {cause}" + "".join(f" ({n})" for n in notes)
         print(message, file=sys.stderr, flush=True)
         write_termination_log(args.termination_log, message)
         return 1

@@ -13,8 +13,11 @@ from __future__ import annotations
 from charts.gpu_node_pool import pool_weight
 from scripts import stage_from_command_line
 from settings.cold_start import cold_start_seconds
+from settings.model_facts import kv_bytes_per_token
 from settings.sizing import (
+    MIB,
     candidates,
+    gpu_memory,
     gpu_memory_needed_mib,
     node_daemons,
     on_demand_prices,
@@ -37,7 +40,23 @@ def main() -> None:
         needed = gpu_memory_needed_mib(model)
         wanted = requests(settings, model)
         options = candidates(settings, model)
+        memory, facts = gpu_memory(model), model.architecture
+        per_token = kv_bytes_per_token(facts, model.tensor_parallel_size, model.kv_cache_dtype_bytes)
         print(f"## {model.model} ({model.name}): {model.gpus} GPU(s) with at least {needed} MiB each\n")
+        print(
+            f"per GPU: {memory.weights / MIB:,.0f} MiB of weights, {memory.kv_cache / MIB:,.0f} MiB of KV cache for "
+            f"one sequence of {model.max_model_len:,} tokens ({per_token:,} bytes per token in "
+            f"{facts.full_attention_layers} full-attention layers"
+            + (
+                f", {facts.sliding_window_layers} sliding-window layers of {facts.sliding_window} tokens"
+                if facts.sliding_window_layers
+                else ""
+            )
+            + f"), {memory.reserve / MIB:,.0f} MiB of vLLM's reserve, within gpu_memory_utilization "
+            f"{memory.utilization:.2f}. The model's facts: {facts.source}"
+            + (f" (Hub commit {facts.hub_commit})" if facts.hub_commit else "")
+            + "\n"
+        )
         print(
             f"requests: {wanted.cpu_millis}m CPU, {wanted.memory_mib} MiB memory ({wanted.shared_memory_mib} MiB "
             f"of it /dev/shm), {wanted.ephemeral_storage_mib} MiB node disk; {model.replicas} replica(s)"

@@ -95,9 +95,9 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings) -> list[Step
         Step(
             "weight read",
             model.weights_gb * 1000 / throughput,
-            f"{model.weights_gb} GB at {throughput:.0f} MB/s "
+            f"{model.weights_gb:.1f} GB at {throughput:.0f} MB/s "
             f"({settings.model_store.storage_capacity_gib} GiB x {settings.model_store.throughput_per_tib} MB/s/TiB)",
-            "models[].weights_gb; FSx for Lustre baseline throughput = capacity x per-unit throughput",
+            "the model's weight bytes (its facts); FSx for Lustre baseline throughput = capacity x per-unit throughput",
         ),
         Step(
             "model load",
@@ -127,19 +127,19 @@ def import_steps(settings: StageSettings, model: ModelSettings) -> list[Step]:
         Step(
             "import: download from the Hub",
             model.weights_gb * 1000 / HUB_DOWNLOAD_MB_S,
-            f"{model.weights_gb} GB, one file at a time, at {HUB_DOWNLOAD_MB_S} MB/s",
+            f"{model.weights_gb:.1f} GB, one file at a time, at {HUB_DOWNLOAD_MB_S} MB/s",
             "an assumption to measure: one stream through the NAT gateway (5 Gbps to start with)",
         ),
         Step(
             "import: upload to the bucket",
             model.weights_gb * 1000 / S3_UPLOAD_MB_S,
-            f"{model.weights_gb} GB at {S3_UPLOAD_MB_S} MB/s",
+            f"{model.weights_gb:.1f} GB at {S3_UPLOAD_MB_S} MB/s",
             "an assumption to measure: boto3's managed multipart upload",
         ),
         Step(
             "import: read into the file system",
             model.weights_gb * 1000 / file_system_throughput_mb_s(settings),
-            f"{model.weights_gb} GB at {file_system_throughput_mb_s(settings):.0f} MB/s",
+            f"{model.weights_gb:.1f} GB at {file_system_throughput_mb_s(settings):.0f} MB/s",
             "FSx for Lustre baseline throughput = capacity x per-unit throughput",
         ),
     ]

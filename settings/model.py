@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from settings import names
+from settings.model_facts import KV_DTYPE_BYTES, ModelFacts, catalog
 
 # Each version needs its kubectl layer package in requirements.txt and an entry in
 # stacks.cluster.KUBECTL_LAYERS. 1.36 is the newest aws-cdk-lib 2.275 knows; EKS ends
@@ -113,6 +114,17 @@ def managed_vllm_flag(arg: str) -> str | None:
         return next((managed for managed in MANAGED_VLLM_FLAGS if managed.startswith(flag)), None)
     short = next((alias for alias in SHORT_VLLM_FLAGS if alias.startswith(flag)), None)
     return SHORT_VLLM_FLAGS[short] if short else None
+
+
+def vllm_option(args: tuple[str, ...] | list[str], flag: str) -> str | None:
+    """The value extra_args give a long option of `vllm serve` (`--flag=value` or `--flag value`, in any spelling
+    vLLM reads), or None."""
+    for index, arg in enumerate(args):
+        if vllm_flag(arg) == flag:
+            if "=" in arg:
+                return arg.split("=", 1)[1]
+            return args[index + 1] if index + 1 < len(args) else None
+    return None
 
 
 # Lower-case letters, digits and '-', starting and ending with a letter or digit.
@@ -667,15 +679,6 @@ S3Prefix = Annotated[
 ]
 
 
-# Weights the project knows the size of (GB, the files vLLM reads): openai/gpt-oss-20b's root
-# *.safetensors are about 13.8 GB (shared/FACTS.md, from the Hub's file listing).
-KNOWN_WEIGHTS_GB = {"openai/gpt-oss-20b": 13.8}
-# The context the project knows a model has (tokens): openai/gpt-oss-20b's is 131,072 (its model card and
-# config.json, max_position_embeddings). vLLM refuses a longer max_model_len at start, unless the
-# environment sets VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (vllm/config/model.py, _get_and_verify_max_len).
-KNOWN_CONTEXT_TOKENS = {"openai/gpt-oss-20b": 131_072}
-
-
 class AutoscalingSettings(_Strict):
     """KEDA scales the model's Deployment between `replicas` (the minimum) and `max_replicas` on vLLM's
     queue, read from Amazon Managed Service for Prometheus (charts/autoscaling.py)."""
@@ -735,10 +738,11 @@ class ModelSettings(_Strict):
         str,
     ] = {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN"}
     resources: ModelResources = ModelResources()
-    # For the cold-start budget (settings/cold_start.py), from which the startupProbe is derived:
-    # the weights' size on disk (openai/gpt-oss-20b's safetensors files are about 13.8 GB), and
-    # the time from the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
-    weights_gb: float = Field(gt=0, description="GB; known for the models in KNOWN_WEIGHTS_GB")
+    # The model's architecture, which sizes its GPUs, KV cache, file system and cold start (settings/model_facts.py):
+    # from the catalog (settings/catalog/models.yaml) for the models it lists, given here for any other.
+    facts: ModelFacts | None = None
+    # For the cold-start budget (settings/cold_start.py), from which the startupProbe is derived: the time from
+    # the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
     load_seconds: int = Field(default=180, ge=1)
     # Where the weights come from. From the Hub: the deploy imports `model` at `revision` (the
     # files matching `files`) into the model store, once per revision (scripts/import_weights.py);
@@ -759,6 +763,23 @@ class ModelSettings(_Strict):
     max_request_seconds: int | None = Field(default=None, ge=1)
     # The pod's grace period; unset: the shortest that drains it (settings/drain.py). Given, at least that.
     termination_grace_seconds: int | None = Field(default=None, ge=1)
+
+    @property
+    def architecture(self) -> ModelFacts:
+        """The model's facts: the settings' own, or the catalog's (a model with neither is refused)."""
+        facts = self.facts or catalog().get(self.model)
+        assert facts is not None  # _facts_known
+        return facts
+
+    @property
+    def weights_gb(self) -> float:
+        """The size of the weights vLLM reads, in GB: it sizes the GPUs, the file system and the cold start."""
+        return self.architecture.weights_gb
+
+    @property
+    def kv_cache_dtype_bytes(self) -> int:
+        """Bytes per KV cache element: the model's 16-bit dtype unless extra_args ask vLLM for fp8."""
+        return KV_DTYPE_BYTES.get(vllm_option(self.extra_args, "--kv-cache-dtype") or "auto", 2)
 
     @property
     def peak_replicas(self) -> int:
@@ -788,12 +809,43 @@ class ModelSettings(_Strict):
             )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_gb_is_now_a_fact(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "weights_gb" in data:
+            raise ValueError(
+                "weights_gb: now read from the model's facts (weight_bytes, the safetensors index's total_size): "
+                "remove it; a model the catalog (settings/catalog/models.yaml) lacks gives them in facts"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _facts_known(self) -> ModelSettings:
+        known = catalog().get(self.model)
+        if known is None and self.facts is None:
+            fields = ", ".join(name for name, field in ModelFacts.model_fields.items() if field.is_required())
+            raise ValueError(
+                f"facts: {self.model!r} is not in the catalog of models (settings/catalog/models.yaml), so its "
+                f"architecture must be given: facts with {fields}, read from its config.json and safetensors index "
+                f"(`make model-facts MODEL={self.model} REVISION=<commit>` writes them to the catalog); the catalog "
+                f"knows {', '.join(sorted(catalog()))}"
+            )
+        if known is not None and self.facts is not None:
+            raise ValueError(
+                f"facts: the catalog (settings/catalog/models.yaml) has {self.model}'s already; remove them here, or "
+                "correct the catalog's entry"
+            )
+        return self
+
     @model_validator(mode="after")
     def _within_the_context(self) -> ModelSettings:
-        context = KNOWN_CONTEXT_TOKENS.get(self.model)
-        # vLLM takes the variable as on for 1 or true only (vllm/envs.py, VLLM_ALLOW_LONG_MAX_MODEL_LEN).
+        if self.facts is None and catalog().get(self.model) is None:
+            return self  # _facts_known says what is missing
+        context = self.architecture.context_tokens
+        # vLLM takes the variable as on for 1 or true only (vllm/envs.py, VLLM_ALLOW_LONG_MAX_MODEL_LEN), and refuses a
+        # longer max_model_len at start without it (vllm/config/model.py, _get_and_verify_max_len).
         allowed = self.env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0").strip().lower() in ("1", "true")
-        if context is not None and self.max_model_len > context and not allowed:
+        if self.max_model_len > context and not allowed:
             raise ValueError(
                 f"max_model_len: {self.max_model_len} is more than {self.model}'s context of {context} tokens, and "
                 f"vLLM refuses to start with it; give at most {context} (or set env VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 "
@@ -818,19 +870,6 @@ class ModelSettings(_Strict):
                 "imported: remove one of them"
             )
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_weights(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "weights_gb" not in data and data.get("model") in KNOWN_WEIGHTS_GB:
-            return {**data, "weights_gb": KNOWN_WEIGHTS_GB[data["model"]]}
-        if isinstance(data, dict) and "weights_gb" not in data:
-            known = ", ".join(KNOWN_WEIGHTS_GB)
-            raise ValueError(
-                f"weights_gb is required for {data.get('model')!r}: the total size in GB of the files vLLM reads "
-                f"(it sizes the GPUs, the cold start and the file system); the project knows it for {known} only"
-            )
-        return data
 
     @model_validator(mode="after")
     def _tensor_parallel_uses_every_gpu(self) -> ModelSettings:
@@ -1010,11 +1049,13 @@ class StageSettings(_Strict):
 
     @model_validator(mode="after")
     def _weights_fit_the_file_system(self) -> StageSettings:
+        if any(model.facts is None and model.model not in catalog() for model in self.models):
+            return self  # a model's facts are missing: its own check says so
         total_gb = sum(model.weights_gb for model in self.models)
         capacity_gb = self.model_store.storage_capacity_gib * 2**30 / 1e9
         if total_gb > capacity_gb:
             raise ValueError(
-                f"models: their weights_gb add up to {total_gb:g} GB, more than the {capacity_gb:.0f} GB of "
+                f"models: their weights add up to {total_gb:.1f} GB, more than the {capacity_gb:.0f} GB of "
                 f"model_store.storage_capacity_gib ({self.model_store.storage_capacity_gib}); raise it to "
                 "1200 or a multiple of 2400 that holds them (a new revision needs room beside the old one "
                 "while it rolls out)"

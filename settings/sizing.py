@@ -21,7 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes
+from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_option
+from settings.model_facts import DEFAULT_BATCHED_TOKENS, sequence_kv_bytes
 from settings.yaml_files import load_yaml
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -33,27 +34,66 @@ GIB = 2**30
 # The well-known label EKS Auto Mode puts on GPU nodes: memory per GPU, in MiB (EC2's
 # DescribeInstanceTypes GpuInfo.Gpus[].MemoryInfo.SizeInMiB; Karpenter, types.go).
 GPU_MEMORY_LABEL = "eks.amazonaws.com/instance-gpu-memory"
-# CUDA context, activations and CUDA graphs, per GPU, besides weights and KV cache.
-RUNTIME_RESERVE_BYTES = 2 * GIB
-# KV cache per token, a model-agnostic estimate from the weights' size: 36 KiB x sqrt(weights_gb).
-# Calibrated on dense bf16 models, whose KV cache is 2 (K, V) x layers x KV heads x head size x
-# 2 bytes per token (their config.json): Llama 3.1 8B (16 GB) 128 KiB = 32 x sqrt(16); Qwen3-8B
-# (16.4 GB) 144 KiB = 36 x sqrt(16.4); Llama 3.1 70B (141 GB) 320 KiB = 27 x sqrt(141). It
-# overestimates models with quantized weights or sliding-window layers (gpt-oss-20b: 48 KiB
-# where it gives 134), so it errs towards bigger GPUs, never towards a replica that cannot start.
-KV_BYTES_PER_TOKEN_PER_SQRT_GB = 36 * 1024
+# What vLLM keeps on each GPU besides the weights and the KV cache, within --gpu-memory-utilization: the peak of
+# the activations in its profile run and the memory torch does not allocate (NCCL, the CUDA context); it gives
+# the KV cache what is left (vllm/v1/worker/gpu_worker.py at v0.11.2, determine_available_memory; vllm/utils/
+# mem_utils.py, memory_profiling). vLLM documents no figure: its logs in public issues show 0.15-0.39 GiB of
+# non-torch memory and an activation peak of 0.79-2.53 GiB (vllm-project/vllm#15340, #14452, #11251, the last at a
+# 40k context on a 16 GB GPU); the project takes the largest of each.
+NON_TORCH_RESERVE_BYTES = round(0.4 * GIB)
+ACTIVATION_PEAK_BYTES = round(2.6 * GIB)
 
 
-def kv_cache_bytes(model: ModelSettings) -> float:
-    """The KV cache of one full-length (max_model_len) sequence: vLLM refuses to start without room for it."""
-    return KV_BYTES_PER_TOKEN_PER_SQRT_GB * math.sqrt(model.weights_gb) * model.max_model_len
+@dataclass(frozen=True)
+class GpuMemory:
+    """What one GPU of a replica must hold (bytes), and the GPU memory that takes within gpu_memory_utilization."""
+
+    weights: int
+    kv_cache: int  # one sequence of max_model_len: vLLM refuses to start without room for it
+    reserve: int
+    utilization: float
+
+    @property
+    def needed_mib(self) -> int:
+        return math.ceil((self.weights + self.kv_cache + self.reserve) / self.utilization / MIB)
+
+    def kv_room(self, gpu_memory_mib: int) -> int:
+        """The KV cache vLLM would have on a GPU of that size (bytes; negative: not even the weights fit)."""
+        return math.floor(gpu_memory_mib * MIB * self.utilization) - self.weights - self.reserve
+
+    def explained(self, gpu_memory_mib: int) -> str:
+        """The start-up check vLLM makes, with the numbers, for one GPU."""
+        usable, room = math.floor(gpu_memory_mib * self.utilization), self.kv_room(gpu_memory_mib) // MIB
+        return (
+            f"{self.utilization:.2f} x {gpu_memory_mib:,} MiB = {usable:,} MiB for vLLM, less {self.weights // MIB:,} "
+            f"MiB of weights and {self.reserve // MIB:,} MiB of vLLM's reserve, leaves {room:,} MiB of KV cache, and "
+            f"one sequence of max_model_len needs {math.ceil(self.kv_cache / MIB):,} MiB"
+        )
+
+
+def gpu_memory(model: ModelSettings) -> GpuMemory:
+    """Each of a model's GPUs: its shard of the weights, the KV cache of one full-length sequence (its shard of the
+    KV heads), and vLLM's reserve, within --gpu-memory-utilization (vLLM docs, "Engine arguments")."""
+    facts = model.architecture
+    batched = vllm_option(model.extra_args, "--max-num-batched-tokens")
+    kv_cache = sequence_kv_bytes(
+        facts,
+        model.max_model_len,
+        tensor_parallel_size=model.tensor_parallel_size,
+        kv_dtype_bytes=model.kv_cache_dtype_bytes,
+        batched_tokens=max(DEFAULT_BATCHED_TOKENS, int(batched) if batched and batched.isdigit() else 0),
+    )
+    return GpuMemory(
+        weights=math.ceil(facts.weight_bytes / model.gpus),
+        kv_cache=kv_cache,
+        reserve=NON_TORCH_RESERVE_BYTES + ACTIVATION_PEAK_BYTES,
+        utilization=float(model.gpu_memory_utilization),
+    )
 
 
 def gpu_memory_needed_mib(model: ModelSettings) -> int:
-    """The least memory (MiB) each of a model's GPUs must have: its shard of the weights and of the KV cache,
-    and the runtime, within --gpu-memory-utilization of it (vLLM docs, "Engine arguments")."""
-    per_gpu = (model.weights_gb * 1e9 + kv_cache_bytes(model)) / model.gpus + RUNTIME_RESERVE_BYTES
-    return math.ceil(per_gpu / float(model.gpu_memory_utilization) / MIB)
+    """The least memory (MiB) each of a model's GPUs must have."""
+    return gpu_memory(model).needed_mib
 
 
 # --- what a node leaves to pods (Karpenter) ---
@@ -184,6 +224,15 @@ def on_demand_prices(region: str) -> tuple[str, dict[str, float]]:
 
 # Two CPUs: the download (TLS, hashing) and the upload (multipart, 8 parts at once) of one file at a time.
 IMPORT_CPU_MILLIS = 2000
+# Its memory, request and limit, from what each part holds at most, one file at a time:
+# - hf_xet's download buffer: 2 GB, plus 512 MB per file being downloaded (huggingface/xet-core from 1.3,
+#   xet_runtime/src/config/groups/reconstruction.rs: HF_XET_RECONSTRUCTION_DOWNLOAD_BUFFER_SIZE and _PERFILE_SIZE;
+#   up to 1.2, 8 concurrent range gets of up to 64 MiB each, the Job's HF_XET_NUM_CONCURRENT_RANGE_GETS, less);
+# - the upload's buffers: 8 parts of 64 MiB (scripts/import_weights.py, TRANSFER_CONFIG), after the download;
+# - Python with huggingface_hub, boto3 and the file's hashing: taken at 1 GiB.
+# With a quarter more for what these figures leave out. hf_xet near 4 GB was OOM-killed in pods at its old
+# defaults (huggingface/huggingface_hub#3300), which is why the Job's limit is above both.
+IMPORT_MEMORY_MIB = math.ceil((2_000_000_000 + 512_000_000 + 2**30) * 1.25 / GIB) * 1024
 
 
 # --- a replica's requests ---
@@ -216,6 +265,11 @@ def pool_label(settings: StageSettings, pool: GpuNodePoolSettings) -> str:
     return f"{pool_path(settings, pool)} ({pool.name})"
 
 
+def model_path(settings: StageSettings, model: ModelSettings) -> str:
+    """Where a model is in the settings, as messages name it: models[0]. Found by its unique name."""
+    return f"models[{next(index for index, each in enumerate(settings.models) if each.name == model.name)}]"
+
+
 def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePoolSettings | None = None) -> list[str]:
     """Why a pool's requirements rule an instance out (empty: they admit it). Without a pool: why every
     pool does, as the first pool says it (empty when any pool admits it)."""
@@ -230,7 +284,9 @@ def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePool
         reasons.append(f"family {instance.family} is not in {where}.instance_families")
     floor = pool.instance_generation_greater_than
     if floor is not None and instance.generation <= floor:
-        reasons.append(f"generation {instance.generation} is not above {floor}")
+        reasons.append(
+            f"generation {instance.generation} is not above {where}.instance_generation_greater_than ({floor})"
+        )
     if instance.architecture not in pool.architectures:
         reasons.append(f"{instance.architecture} is not in {where}.architectures")
     return reasons
@@ -241,11 +297,15 @@ def gpu_fit(
 ) -> list[str]:
     """Why an instance cannot hold a model's GPUs in a pool, or in any pool (empty: it can)."""
     reasons = meets_pool(settings, instance, pool)
+    where = model_path(settings, model)
     if instance.gpus != model.gpus:
-        reasons.append(f"{instance.gpus} GPUs, the model uses {model.gpus}")
-    needed = gpu_memory_needed_mib(model)
-    if instance.gpu_memory_mib < needed:
-        reasons.append(f"{instance.gpu_memory_mib} MiB per GPU ({instance.gpu_model}), {needed} needed")
+        reasons.append(f"{instance.gpus} GPUs, {where}.gpus is {model.gpus}")
+    memory = gpu_memory(model)
+    if instance.gpu_memory_mib < memory.needed_mib:
+        reasons.append(
+            f"{instance.gpu_memory_mib} MiB per GPU ({instance.gpu_model}), {memory.needed_mib} needed: "
+            f"{memory.explained(instance.gpu_memory_mib)} ({where}.max_model_len, .gpu_memory_utilization, .gpus)"
+        )
     return reasons
 
 
@@ -309,17 +369,24 @@ def fit(
     reasons = gpu_fit(settings, model, instance, pool)
     wanted = wanted or requests(settings, model)
     daemons = node_daemons(settings)
+    where = model_path(settings, model)
     cpu = allocatable_cpu_millis(instance.vcpus) - daemons.cpu_millis
     if wanted.cpu_millis > cpu:
-        reasons.append(f"{cpu}m CPU left to pods besides the DaemonSets, {wanted.cpu_millis}m requested")
+        reasons.append(
+            f"{cpu}m CPU left to pods besides the DaemonSets, {wanted.cpu_millis}m requested ({where}.resources.cpu)"
+        )
     memory = allocatable_memory_mib(instance.memory_mib) - daemons.memory_mib
     if wanted.memory_mib > memory:
-        reasons.append(f"{memory} MiB of memory left to pods besides the DaemonSets, {wanted.memory_mib} MiB requested")
+        reasons.append(
+            f"{memory} MiB of memory left to pods besides the DaemonSets, {wanted.memory_mib} MiB requested "
+            f"({where}.resources.memory)"
+        )
     disk = allocatable_disk_mib(size_bytes(pool.disk.size) // MIB)
     if wanted.ephemeral_storage_mib + IMAGE_DISK_MIB > disk:
         reasons.append(
             f"{disk} MiB of node disk left to pods, {wanted.ephemeral_storage_mib} MiB requested and "
-            f"{IMAGE_DISK_MIB} MiB for the vLLM image (pulled and unpacked)"
+            f"{IMAGE_DISK_MIB} MiB for the vLLM image (pulled and unpacked) ({pool_path(settings, pool)}.disk.size, "
+            f"{where}.resources.ephemeral_storage)"
         )
     return reasons
 

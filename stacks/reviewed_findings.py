@@ -16,7 +16,7 @@ from typing import cast
 from aws_cdk import Acknowledgment, CfnElement, CfnResource, Stack, Stage, Validations, pipelines
 from constructs import IConstruct
 
-from charts.model_loader import import_folders
+from charts.model_loader import has_import_job, import_folders
 from settings import names
 from settings.model import ModelSettings, StageSettings
 from stacks.model_store import bucket_arn_export
@@ -90,7 +90,7 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
                 "nothing else in the bucket.",
             )
             for model in settings.models
-            if model.imported
+            if has_import_job(model)
             for what, resource in _import_folders(model, bucket_arn_export(model_store_stack))
         ),
         *(

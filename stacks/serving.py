@@ -21,7 +21,13 @@ from constructs import Construct
 
 from charts import DeployedResources, build_charts
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
-from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, import_folders, import_job_name
+from charts.model_loader import (
+    COMPLETION_MARKER,
+    IMPORT_SERVICE_ACCOUNT,
+    has_import_job,
+    import_folders,
+    import_job_name,
+)
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
 from scripts.smoke_test import LOAD_BALANCER_WAIT_SECONDS, chat_request
 from settings import names
@@ -142,7 +148,7 @@ class ServingStack(Stack):
         self._lustre_between(file_system_security_group.security_group_id, cluster.cluster_security_group_id)
         for model in settings.models:
             identities = []
-            if model.imported:
+            if has_import_job(model):
                 identities.append(self._weights_import_identity(settings, model, cluster, bucket_arn))
             if model.api_keys_secret:
                 identities.append(self._api_keys_identity(settings, model, cluster))
@@ -431,7 +437,7 @@ def smoke_test_command(settings: StageSettings, model: ModelSettings) -> str:
         f"--rollout-timeout {smoke_test_wait_seconds(settings, model)}"
         + (
             f" --import-job {import_job_name(model, region=settings.region, zone=settings.model_store_zone)}"
-            if model.imported
+            if has_import_job(model)
             else ""
         )
         + (f" --api-key-secret {model.api_keys_secret}" if model.api_keys_secret else "")

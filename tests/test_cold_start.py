@@ -112,7 +112,7 @@ def test_weights_you_upload_need_no_import_time() -> None:
 
 def test_a_big_model_gets_an_import_deadline_beyond_an_hour() -> None:
     data = stage_data()
-    data["models"][0] |= {"weights_gb": 141, "gpus": 4, "tensor_parallel_size": 4}
+    data["models"][0] |= {"model": "meta-llama/Llama-3.1-70B-Instruct", "gpus": 4, "tensor_parallel_size": 4}
     settings = parse_stage_settings("dev", data)
     # 141 GB down and up at 100 MB/s each, and read at 293 MB/s: about 50 minutes, tripled.
     assert import_deadline_seconds(settings, settings.models[0]) > 2 * 3600

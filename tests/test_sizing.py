@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from typing import Any
@@ -27,8 +28,8 @@ from settings.sizing import (
     catalog,
     fit,
     gpu_fit,
+    gpu_memory,
     gpu_memory_needed_mib,
-    kv_cache_bytes,
     node_daemons,
     pool_limits,
     pool_needs,
@@ -40,17 +41,11 @@ LLAMA_70B = {
     "name": "llama-70b",
     "model": "meta-llama/Llama-3.1-70B-Instruct",
     "service_name": "llama-70b",
-    "weights_gb": 141,
     "gpus": 4,
     "tensor_parallel_size": 4,
     "hf_token_secret": "hf-token",
 }
-GPT_OSS_120B = {
-    "name": "gpt-oss-120b",
-    "model": "openai/gpt-oss-120b",
-    "service_name": "gpt-oss-120b",
-    "weights_gb": 65,
-}
+GPT_OSS_120B = {"name": "gpt-oss-120b", "model": "openai/gpt-oss-120b", "service_name": "gpt-oss-120b"}
 
 
 def stage_with(*models: dict[str, Any], stage: str = "dev", **pool: Any) -> dict[str, Any]:
@@ -96,11 +91,16 @@ def test_karpenter_keeps_a_gib_and_a_tenth_of_the_node_disk() -> None:
 # --- what a model needs ---
 
 
-def test_gpu_memory_covers_the_shard_the_kv_cache_and_the_runtime_within_the_utilization() -> None:
-    model = load_stage_settings("dev").models[0]  # 13.8 GB at 0.90, 20,000 tokens
-    assert kv_cache_bytes(model) == pytest.approx(36 * 1024 * 13.8**0.5 * 20000)
-    assert gpu_memory_needed_mib(model) == 19801
-    assert 11444 < gpu_memory_needed_mib(model) < 22888  # more than a fraction of an L4, less than an L4
+def test_gpu_memory_covers_the_weights_one_sequences_kv_cache_and_vllms_reserve_within_the_utilization() -> None:
+    model = load_stage_settings("dev").models[0]  # gpt-oss-20b at 0.90, 20,000 tokens
+    memory = gpu_memory(model)
+    assert memory.weights == 13_761_264_768  # the safetensors index's total_size
+    # 12 full-attention layers x 1250 blocks + 12 sliding layers x (ceil((128 - 1 + 8192) / 16) + 1) blocks, each
+    # block 2 x 16 x 8 heads x 64 x 2 bytes = 32 KiB.
+    assert memory.kv_cache == (12 * 1250 + 12 * 521) * 32 * 1024
+    assert memory.reserve == round(0.4 * GIB) + round(2.6 * GIB)
+    assert memory.needed_mib == math.ceil((memory.weights + memory.kv_cache + memory.reserve) / 0.9 / MIB) == 18734
+    assert 11444 < memory.needed_mib < 22888  # more than a fraction of an L4, less than an L4
 
 
 def test_a_longer_context_needs_more_gpu_memory() -> None:
@@ -110,10 +110,20 @@ def test_a_longer_context_needs_more_gpu_memory() -> None:
     assert gpu_memory_needed_mib(parse_stage_settings("dev", data).models[0]) > gpu_memory_needed_mib(short)
 
 
-def test_weights_gb_is_required_for_a_model_the_project_does_not_know() -> None:
-    data = stage_with({**GPT_OSS_120B, "weights_gb": None})
-    del data["models"][0]["weights_gb"]
-    assert "weights_gb is required for 'openai/gpt-oss-120b': the total size in GB" in rejected(data)
+def test_a_model_the_catalog_lacks_must_bring_its_facts() -> None:
+    data = stage_with({"name": "mine", "model": "example-org/unknown-7b", "service_name": "mine"})
+    message = rejected(data)
+    assert (
+        "models[0]: facts: 'example-org/unknown-7b' is not in the catalog of models (settings/catalog/models.yaml)"
+        in (message)
+    )
+    assert "`make model-facts MODEL=example-org/unknown-7b REVISION=<commit>`" in message
+
+
+def test_weights_gb_says_where_the_size_comes_from_now() -> None:
+    data = stage_data()
+    data["models"][0]["weights_gb"] = 13.8
+    assert "models[0]: weights_gb: now read from the model's facts (weight_bytes" in rejected(data)
 
 
 # --- the scenarios a new user tries ---
@@ -129,11 +139,52 @@ def test_gpt_oss_120b_on_one_h100_starts_on_the_one_gpu_p5() -> None:
 
 def test_gpt_oss_120b_on_l40s_says_what_it_needs_and_why_the_closest_fail() -> None:
     message = rejected(stage_with(GPT_OSS_120B, instance_families=["g6e"]))
-    assert "models[0] (gpt-oss-120b): no GPU instance can run one replica. It needs 1 GPU(s) with 77451 MiB each" in (
+    assert "models[0] (gpt-oss-120b): no GPU instance can run one replica. It needs 1 GPU(s) with 73661 MiB each" in (
         message
     )
-    assert "Closest: g6e.xlarge: 45776 MiB per GPU (L40S), 77451 needed;" in message
+    # vLLM's start-up check with the numbers, and the settings that change them.
+    assert (
+        "Closest: g6e.xlarge: 45776 MiB per GPU (L40S), 73661 needed: 0.90 x 45,776 MiB = 41,198 MiB for vLLM, less "
+        "62,226 MiB of weights and 3,072 MiB of vLLM's reserve, leaves -24,100 MiB of KV cache, and one sequence of "
+        "max_model_len needs 997 MiB (models[0].max_model_len, .gpu_memory_utilization, .gpus);"
+    ) in message
     assert "Change gpus, gpu_memory_utilization, max_model_len, resources or the gpu_node_pools'" in message
+
+
+def test_gpt_oss_120b_at_its_full_context_starts_on_one_h100() -> None:
+    # OpenAI's and vLLM's reference set-up: one H100, 131,072 tokens. Its sliding-window layers keep 128 tokens.
+    settings = parse_stage_settings(
+        "dev",
+        stage_with(GPT_OSS_120B | {"max_model_len": 131_072, "max_request_seconds": 600}, instance_categories=["p"]),
+    )
+    model = settings.models[0]
+    assert candidates(settings, model)[0].type == "p5.4xlarge"
+    memory = gpu_memory(model)
+    # 18 full layers x 8192 blocks + 18 sliding layers x (ceil((128 - 1 + 8192) / 16) + 1) blocks, of 32 KiB each.
+    assert memory.kv_cache == (18 * 8192 + 18 * 521) * 32 * 1024
+    assert memory.kv_room(instance("p5.4xlarge").gpu_memory_mib) >= memory.kv_cache
+
+
+def test_a_4_bit_8b_model_at_a_long_context_is_refused_on_a_24_gb_gpu() -> None:
+    # Quantized weights leave the KV cache in 16 bits: 128 KiB per token of Llama 3.1 8B's architecture, 16 GiB for
+    # one sequence of 131,072 tokens, more than an L4 or an A10G leaves once the 5.7 GB of weights are in.
+    facts = {
+        "model_type": "llama",
+        "layers": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "weight_bytes": 5_700_000_000,
+        "dtype": "float16",
+        "quantization": "awq",
+        "context_tokens": 131072,
+        "source": "a test model with Llama 3.1 8B's architecture and 4-bit weights",
+    }
+    model = {"name": "awq-8b", "model": "example-org/llama-8b-awq", "service_name": "awq", "facts": facts}
+    long_context = model | {"max_model_len": 131_072, "max_request_seconds": 600}
+    message = rejected(stage_with(long_context, instance_families=["g6", "g5"]))
+    assert "one sequence of max_model_len needs 16,384 MiB" in message
+    short = parse_stage_settings("dev", stage_with(model | {"max_model_len": 20000}, instance_families=["g6", "g5"]))
+    assert candidates(short, short.models[0])[0].gpu_memory_mib == 22888  # at 20,000 tokens an L4 holds it
 
 
 def test_llama_70b_on_four_l40s_gets_a_four_gpu_node_and_requests_that_fit_it() -> None:
@@ -149,8 +200,8 @@ def test_llama_70b_on_four_l40s_gets_a_four_gpu_node_and_requests_that_fit_it() 
 
 def test_llama_70b_on_four_l4_is_refused_with_the_gpu_memory_it_needs() -> None:
     message = rejected(stage_with(LLAMA_70B, instance_families=["g6"]))
-    assert "It needs 4 GPU(s) with 41948 MiB each" in message
-    assert "Closest: g6.12xlarge: 22888 MiB per GPU (L4), 41948 needed;" in message
+    assert "It needs 4 GPU(s) with 42531 MiB each" in message
+    assert "Closest: g6.12xlarge: 22888 MiB per GPU (L4), 42531 needed: 0.90 x 22,888 MiB" in message
 
 
 def test_explicit_requests_win_and_are_checked() -> None:
@@ -275,7 +326,7 @@ def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = sizing_output(monkeypatch, capsys, "dev")
-    assert "## openai/gpt-oss-20b (gpt-oss-20b): 1 GPU(s) with at least 19801 MiB each" in out
+    assert "## openai/gpt-oss-20b (gpt-oss-20b): 1 GPU(s) with at least 18734 MiB each" in out
     rows = re.findall(r"^\| (g[0-9a-z.-]+) \| gpu-node-pool \| \$([0-9.]+) ", out, flags=re.MULTILINE)
     prices = [float(price) for _, price in rows]
     assert rows[0][0] == "g6.xlarge"
@@ -283,7 +334,7 @@ def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_
     assert "Karpenter's likely pick: g6.xlarge in pool gpu-node-pool" in out
     assert "spot: variable" in out
     assert "us-east-1 prices" in out  # the table has no us-west-2 prices; it says whose it shows
-    assert "| 3087 MiB |" in out  # 22888 - 19801: the L4's headroom
+    assert "| 4154 MiB |" in out  # 22888 - 18734: the L4's headroom
     assert "cold start on it: 463 s" in out
     assert re.search(
         r"pool 1, gpu-node-pool \(weight 100; spot, on-demand\): limits cpu 128, memory 1024Gi, "
@@ -393,12 +444,16 @@ def test_a_pool_of_one_family_hears_first_why_that_family_does_not_fit() -> None
     data = stage_with(
         LLAMA_70B | {"gpus": 8, "tensor_parallel_size": 8}, instance_categories=[], instance_families=["p4d"]
     )
-    assert "Closest: p4d.24xlarge: generation 4 is not above 4;" in rejected(data)
+    assert (
+        "Closest: p4d.24xlarge: generation 4 is not above gpu_node_pools[0].instance_generation_greater_than (4);"
+    ) in rejected(data)
     data["gpu_node_pools"][0]["instance_generation_greater_than"] = 3
     assert parse_stage_settings("dev", data).models[0].gpus == 8
     # g4dn misses in more ways (generation, GPU memory) than other families miss by family alone: still first.
     data = stage_with(instance_categories=[], instance_families=["g4dn"])
-    assert re.search(r"Closest: g4dn\.\w+: generation 4 is not above 4, ", rejected(data))
+    assert re.search(
+        r"Closest: g4dn\.\w+: generation 4 is not above gpu_node_pools\[0\]\.instance_generation", rejected(data)
+    )
 
 
 def test_an_instance_family_sizing_does_not_know_is_refused() -> None:

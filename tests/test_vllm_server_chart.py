@@ -93,13 +93,17 @@ def test_a_replica_calls_nothing_outside_the_vpc(container: dict[str, Any]) -> N
     ]
 
 
-def test_only_gpt_oss_models_read_harmony_encodings() -> None:
+def test_harmonys_encoding_follows_the_model_type_as_vllm_decides_it() -> None:
     data = stage_data()
-    data["models"][0] |= {"name": "qwen3-8b", "model": "Qwen/Qwen3-8B", "weights_gb": 16.4}
+    data["models"][0] |= {"name": "qwen3-8b", "model": "Qwen/Qwen3-8B"}
     settings = parse_stage_settings("dev", data)
     assert harmony_encodings(settings.models[0]) == ()
     assert "TIKTOKEN_ENCODINGS_BASE" not in vllm_env(settings.models[0])
-    assert harmony_encodings(load_stage_settings("dev").models[0]) == ("o200k_base.tiktoken", "cl100k_base.tiktoken")
+    assert harmony_encodings(load_stage_settings("dev").models[0]) == ("o200k_base.tiktoken",)
+    # A fine-tune of gpt-oss under another name is still served with harmony (its config.json's model_type).
+    facts = load_stage_settings("dev").models[0].architecture.model_dump()
+    data["models"][0] |= {"name": "tuned", "model": "example-org/my-assistant", "facts": facts}
+    assert harmony_encodings(parse_stage_settings("dev", data).models[0]) == ("o200k_base.tiktoken",)
 
 
 def test_weights_volume_uses_an_access_mode_the_fsx_csi_driver_accepts(objects: list[dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from aws_cdk.assertions import Template
 from charts import DeployedResources, build_charts
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SCRIPT, WAIT_SCRIPT
 from scripts import import_weights
-from settings import SettingsError, parse_stage_settings
+from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.model import DEFAULT_WEIGHT_FILES
 from tests.conftest import Assembly, Scenario, find, render_charts, stage_data
 
@@ -54,8 +54,8 @@ def test_the_import_brings_the_revisions_files_from_the_hub_into_the_bucket(obje
     assert "--mount=/models" in command
     include = command.index("--include")
     assert tuple(command[include + 1 : include + 1 + len(DEFAULT_WEIGHT_FILES)]) == DEFAULT_WEIGHT_FILES
-    # gpt-oss's tokenizer encodings come with it, for TIKTOKEN_ENCODINGS_BASE.
-    assert command[-3:] == ["--encodings", "o200k_base.tiktoken", "cl100k_base.tiktoken"]
+    # gpt-oss's tokenizer encoding comes with it, for TIKTOKEN_ENCODINGS_BASE.
+    assert command[-2:] == ["--encodings", "o200k_base.tiktoken"]
     assert "--encodings-prefix=tiktoken_encodings" in command
 
 
@@ -128,19 +128,50 @@ def test_replicas_wait_for_their_revisions_marker(objects: list[dict[str, Any]])
 
 def test_weights_you_upload_yourself_need_no_import() -> None:
     data = stage_data()
-    data["models"][0]["weights_s3_prefix"] = "my-models/gpt-oss-20b-tuned"
-    objects = charts_of(data)
+    data["models"][0] |= {"name": "qwen3-8b", "model": "Qwen/Qwen3-8B", "weights_s3_prefix": "my-models/qwen3-8b"}
+    objects = build_charts(cdk8s.App(), *_settings_and_placeholders(data))["Model-qwen3-8b"].to_json()
     assert not [obj for obj in objects if obj["kind"] in ("Job", "ServiceAccount", "ConfigMap")]
     pod = find(objects, "Deployment")["spec"]["template"]["spec"]
-    assert pod["containers"][0]["args"][0] == "/models/my-models/gpt-oss-20b-tuned"
+    assert pod["containers"][0]["args"][0] == "/models/my-models/qwen3-8b"
     env = {variable["name"]: variable["value"] for variable in pod["initContainers"][0]["env"]}
-    assert env["WEIGHTS"] == "/models/my-models/gpt-oss-20b-tuned"
+    assert (env["WEIGHTS"], env["ENCODINGS"]) == ("/models/my-models/qwen3-8b", "")
 
 
-def run_wait(weights: Path) -> subprocess.Popen[str]:
+def test_a_gpt_oss_model_from_your_own_upload_still_gets_harmonys_encoding() -> None:
+    # harmony never downloads once TIKTOKEN_ENCODINGS_BASE is set: a Job brings the encoding, and the replicas wait
+    # for it as they wait for the weights, saying so.
+    data = stage_data()
+    data["models"][0]["weights_s3_prefix"] = "my-models/gpt-oss-20b-tuned"
+    objects = charts_of(data)
+    job = find(objects, "Job")
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert not [arg for arg in command if arg.startswith(("--repo", "--revision", "--prefix", "--include"))]
+    assert command[-2:] == ["--encodings", "o200k_base.tiktoken"]
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    env = {variable["name"]: variable["value"] for variable in pod["initContainers"][0]["env"]}
+    assert env["ENCODINGS"] == "/models/tiktoken_encodings/o200k_base.tiktoken"
+    assert env["IMPORT"].endswith(f"the encodings come by job {job['metadata']['name']}")
+    container_env = {variable["name"]: variable["value"] for variable in pod["containers"][0]["env"]}
+    assert container_env["TIKTOKEN_ENCODINGS_BASE"] == "/models/tiktoken_encodings"
+
+
+def test_the_import_script_brings_only_the_encodings_without_a_repo() -> None:
+    args = import_weights.parse_args(["--bucket", "b", "--workdir", "/w", "--encodings", "o200k_base.tiktoken"])
+    assert args.repo is None
+    with pytest.raises(SystemExit):
+        import_weights.parse_args(["--bucket", "b", "--workdir", "/w", "--repo", "a/b"])  # no revision, no prefix
+
+
+def _settings_and_placeholders(data: dict[str, Any]) -> tuple[Any, DeployedResources]:
+    settings = parse_stage_settings("dev", data)
+    return settings, DeployedResources.placeholders(settings)
+
+
+def run_wait(weights: Path, encodings: str = "") -> subprocess.Popen[str]:
     env = {
         "WEIGHTS": str(weights),
         "MARKER": COMPLETION_MARKER,
+        "ENCODINGS": encodings,
         "REPO": "openai/gpt-oss-20b",
         "REVISION": "main",
         "IMPORT": "imported by job import-gpt-oss-20b-0123abcd",
@@ -170,6 +201,19 @@ def test_the_wait_ends_at_once_when_the_weights_are_there(tmp_path: Path) -> Non
     assert "waiting" not in out
 
 
+def test_the_wait_names_a_missing_encoding_until_it_comes(tmp_path: Path) -> None:
+    (tmp_path / COMPLETION_MARKER).write_text("{}")
+    encoding = tmp_path / "tiktoken_encodings" / "o200k_base.tiktoken"
+    process = run_wait(tmp_path, str(encoding))
+    time.sleep(0.3)
+    assert process.poll() is None
+    encoding.parent.mkdir()
+    encoding.write_text("x")
+    out, _ = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert f"waiting for openai/gpt-oss-20b at main: {encoding} is not on the file system yet" in out
+
+
 # --- settings ---
 
 
@@ -189,9 +233,10 @@ def test_production_serves_a_pinned_commit() -> None:
 
 def test_weights_that_outgrow_the_file_system_are_refused() -> None:
     data = stage_data()
-    data["models"][0]["weights_gb"] = 1300
+    facts = {**load_stage_settings("dev").models[0].architecture.model_dump(), "weight_bytes": 1_300_000_000_000}
+    data["models"][0] |= {"model": "example-org/huge", "facts": facts}
     assert (
-        "models: their weights_gb add up to 1300 GB, more than the 1288 GB of model_store.storage_capacity_gib (1200)"
+        "models: their weights add up to 1300.0 GB, more than the 1288 GB of model_store.storage_capacity_gib (1200)"
     ) in rejected(data)
 
 
@@ -226,7 +271,7 @@ def test_the_import_gets_its_folders_of_the_bucket_through_pod_identity(dev: Ass
     ]
     text = json.dumps(statements)
     assert "/gpt-oss-20b/*" in text
-    assert "/tiktoken_encodings/*" in text
+    assert "/tiktoken_encodings/*" in text  # a gpt_oss model: the encoding too
     assert "secretsmanager" not in text  # no token for a model that is not gated
     assert all("s3:DeleteObject" not in json.dumps(statement["Action"]) for statement in statements)
 
