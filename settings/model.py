@@ -8,10 +8,12 @@ openai/gpt-oss-20b); a stage's YAML file only says where it differs.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,6 +28,7 @@ from pydantic import (
 
 from settings import names
 from settings.model_facts import KV_DTYPE_BYTES, ModelFacts, catalog
+from settings.yaml_files import load_yaml
 
 # Each version needs its kubectl layer package in requirements.txt and an entry in
 # stacks.cluster.KUBECTL_LAYERS. 1.36 is the newest aws-cdk-lib 2.275 knows; EKS ends
@@ -275,6 +278,13 @@ ClusterName = Annotated[
         f"at most {MAX_CLUSTER_NAME_LENGTH} characters"
     ),
 ]
+
+
+@functools.cache
+def region_zones(region: str) -> tuple[str, ...] | None:
+    """The zone names of a region (settings/catalog/regions.yaml); None for a region the table lacks."""
+    regions = load_yaml((Path(__file__).parent / "catalog" / "regions.yaml").read_text())["regions"]
+    return tuple(regions[region].get("zones", ())) or None if region in regions else None
 
 
 def _pinned_image(image: str) -> str:
@@ -963,6 +973,13 @@ class StageSettings(_Strict):
             raise ValueError(
                 f"availability_zones: {', '.join(outside)} not in region {self.region} "
                 f"(expected names like {self.region}a)"
+            )
+        known = region_zones(self.region)
+        missing = [zone for zone in self.availability_zones if known is not None and zone not in known]
+        if missing:
+            raise ValueError(
+                f"availability_zones: {', '.join(missing)} is not a zone of {self.region}, whose zones are "
+                f"{', '.join(known or ())} (settings/catalog/regions.yaml)"
             )
         store_zone = self.model_store.availability_zone
         if store_zone is not None and store_zone not in self.availability_zones:

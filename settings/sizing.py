@@ -207,9 +207,24 @@ def catalog() -> tuple[GpuInstance, ...]:
     return tuple(GpuInstance(**entry) for entry in data["instances"])
 
 
-# Karpenter's static table has one region's prices; elsewhere its prices still rank the
-# instances (GPU prices differ between regions by a similar factor), and `make sizing` says so.
+# For a region the price table lacks, another's prices still rank the instances (GPU prices differ
+# between regions by a similar factor), and `make sizing` says so.
 PRICE_REFERENCE_REGION = "us-east-1"
+
+
+@cache
+def image_platforms(image: str) -> tuple[str, ...]:
+    """The architectures an image is published for (settings/catalog/images.yaml); amd64 for one it lacks."""
+    repository = image.split("@", 1)[0] if "@" in image else image.rsplit(":", 1)[0]
+    images = load_yaml((CATALOG_DIR / "images.yaml").read_text())["images"]
+    return tuple(images[repository]["platforms"]) if repository in images else ("amd64",)
+
+
+@cache
+def region_offerings(region: str) -> tuple[str, ...] | None:
+    """The GPU families EC2 offers in a region (settings/catalog/regions.yaml); None for a region it lacks."""
+    regions = load_yaml((CATALOG_DIR / "regions.yaml").read_text())["regions"]
+    return tuple(regions[region]["gpu_families"]) if region in regions else None
 
 
 @cache
@@ -298,6 +313,9 @@ def gpu_fit(
     """Why an instance cannot hold a model's GPUs in a pool, or in any pool (empty: it can)."""
     reasons = meets_pool(settings, instance, pool)
     where = model_path(settings, model)
+    offered = region_offerings(settings.region)
+    if offered is not None and instance.family not in offered:
+        reasons.append(f"{instance.family} is not offered in region {settings.region} (settings/catalog/regions.yaml)")
     if instance.gpus != model.gpus:
         reasons.append(f"{instance.gpus} GPUs, {where}.gpus is {model.gpus}")
     memory = gpu_memory(model)
@@ -469,12 +487,32 @@ def sizing_problems(settings: StageSettings) -> list[str]:
     one line each."""
     problems = []
     families = sorted({instance.family for instance in catalog()})
+    for index, model in enumerate(settings.models):
+        platforms = image_platforms(model.image)
+        for pool in settings.gpu_node_pools:
+            foreign = sorted({i.family for i in candidates(settings, model, pool) if i.architecture not in platforms})
+            if foreign:
+                others = ", ".join(arch for arch in pool.architectures if arch not in platforms)
+                problems.append(
+                    f"{pool_path(settings, pool)}.architectures admits {others} "
+                    f"instances ({', '.join(foreign)}) that could run models[{index}] ({model.name}), but "
+                    f"models[{index}].image ({model.image}) is published for {', '.join(platforms)} only "
+                    "(settings/catalog/images.yaml): remove those architectures from the pool, or serve an image built "
+                    "for them"
+                )
+    offered = region_offerings(settings.region)
     for pool in settings.gpu_node_pools:
         for family in pool.instance_families:
             if family not in families:
                 problems.append(
                     f"{pool_label(settings, pool)}: instance family {family} is not one of the GPU instance families "
                     f"sizing knows (settings/catalog/gpu_instances.yaml): {', '.join(families)}"
+                )
+            elif offered is not None and family not in offered:
+                problems.append(
+                    f"{pool_path(settings, pool)}.instance_families: {family} is not offered in region "
+                    f"{settings.region} (settings/catalog/regions.yaml); the region offers {', '.join(offered)}: "
+                    "choose among those, or another region"
                 )
     for index, model in enumerate(settings.models):
         wanted = requests(settings, model)

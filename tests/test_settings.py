@@ -532,6 +532,8 @@ def test_gpu_count_no_instance_has_is_refused(gpus: int) -> None:
 def test_gpu_counts_of_gpu_instances_are_allowed(gpus: int) -> None:
     data = stage_data()
     data["models"][0]["gpus"] = data["models"][0]["tensor_parallel_size"] = gpus
+    if gpus == 2:  # the 2-GPU family of the catalog, g7e, is offered in us-east-1, not in us-west-2
+        data |= {"region": "us-east-1", "availability_zones": ["us-east-1a", "us-east-1b"]}
     assert parse_stage_settings("dev", data).models[0].gpus == gpus
 
 

@@ -333,7 +333,7 @@ def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_
     assert prices == sorted(prices)
     assert "Karpenter's likely pick: g6.xlarge in pool gpu-node-pool" in out
     assert "spot: variable" in out
-    assert "us-east-1 prices" in out  # the table has no us-west-2 prices; it says whose it shows
+    assert "on-demand $/h (us-west-2)" in out  # the region's own prices
     assert "| 4154 MiB |" in out  # 22888 - 18734: the L4's headroom
     assert "cold start on it: 463 s" in out
     assert re.search(
@@ -513,3 +513,45 @@ def test_gpu_limit_boundary(limit_delta: int, accepted: bool) -> None:
         assert parse_stage_settings("prod", data).gpu_node_pools[0].limits.gpu == 5
     else:
         assert "gpu_node_pools[0].limits.gpu: 4 is less than" in rejected(data, "prod")
+
+
+# --- the image's architecture and the region's offerings ---
+
+LLAMA_3B = {
+    "name": "llama-3b",
+    "model": "meta-llama/Llama-3.2-3B-Instruct",
+    "service_name": "llama-3b",
+    "max_model_len": 8192,
+}
+
+
+def test_a_pool_admitting_arm64_for_an_image_without_an_arm64_build_is_refused() -> None:
+    # A T4g (g5g, arm64) holds a 3B model; the Deep Learning Containers' vLLM image is built for x86_64 only.
+    data = stage_with(LLAMA_3B, architectures=["amd64", "arm64"])
+    assert (
+        "gpu_node_pools[0].architectures admits arm64 instances (g5g) that could run models[0] (llama-3b), but "
+        "models[0].image (public.ecr.aws/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci) is published for "
+        "amd64 only (settings/catalog/images.yaml)"
+    ) in rejected(data)
+    assert parse_stage_settings("dev", stage_with(LLAMA_3B)).models[0].name == "llama-3b"
+
+
+def test_a_zone_the_region_does_not_have_is_refused() -> None:
+    data = stage_data()
+    data["availability_zones"] = ["us-west-2a", "us-west-2e"]
+    assert (
+        "availability_zones: us-west-2e is not a zone of us-west-2, whose zones are us-west-2a, us-west-2b, "
+        "us-west-2c, us-west-2d (settings/catalog/regions.yaml)"
+    ) in rejected(data)
+
+
+def test_a_family_the_region_does_not_offer_is_refused_and_others_are_not_candidates() -> None:
+    data = stage_with(instance_families=["g6"])
+    data |= {"region": "eu-west-1", "availability_zones": ["eu-west-1a", "eu-west-1b"]}
+    assert (
+        "gpu_node_pools[0].instance_families: g6 is not offered in region eu-west-1 (settings/catalog/regions.yaml); "
+        "the region offers g4dn, g5, p3dn, p4d"
+    ) in rejected(data)
+    del data["gpu_node_pools"][0]["instance_families"]
+    settings = parse_stage_settings("dev", data)
+    assert {i.family for i in candidates(settings, settings.models[0])} == {"g5"}
