@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,9 @@ from charts.model_volume import CLAIM_NAME
 from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PORT, WEIGHTS_DIR
 from scripts import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings, names
-from settings.cold_start import smoke_test_wait_seconds
+from settings.cold_start import cold_start_seconds, import_steps, smoke_test_wait_seconds
 from settings.model import StageSettings
+from settings.sizing import candidates, on_demand_prices
 from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +45,55 @@ REPORTS = ROOT / "e2e-report"
 # The load test: enough requests at a few concurrent users to measure TTFT, ITL and throughput.
 LOAD_TEST = ("--dataset-name", "random", "--random-input-len", "512", "--random-output-len", "256")
 LOAD_TEST_PROMPTS, LOAD_TEST_CONCURRENCY = 64, 8
+
+
+# How long the parts of a run take that the settings do not model: assumptions to compare with a run's own report.
+# CloudFormation creates the VPC, the EKS cluster (about 10-15 minutes) and the FSx for Lustre file system (about
+# 10-20 minutes) side by side; deletes them likewise after the teardown's own steps.
+DEPLOY_SECONDS = 30 * 60
+SMOKE_AND_LOAD_TEST_SECONDS = 10 * 60
+DESTROY_SECONDS = 30 * 60
+# What an hour of the stage costs besides its GPU nodes, at us-east-1's list prices: the EKS control plane (Amazon
+# EKS pricing: $0.10 per cluster-hour, standard support) and its NAT gateway (Amazon VPC pricing: $0.045 an hour).
+# The file system, endpoints, logs and a general-purpose node for the import add a few dollars more.
+EKS_CONTROL_PLANE_PER_HOUR = 0.10
+NAT_GATEWAY_PER_HOUR = 0.045
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What one `make e2e` run takes, and costs at on-demand prices."""
+
+    minutes: int
+    gpu_instance: str
+    gpu_hours: float
+    gpu_dollars: float
+    other_dollars: float
+
+    @property
+    def dollars(self) -> float:
+        return self.gpu_dollars + self.other_dollars
+
+
+def estimate(settings: StageSettings) -> Estimate:
+    """A run of the dev stage: deploy, the weights import and a replica's cold start (settings/cold_start.py), the
+    smoke and load tests, the teardown; the GPU node from its launch to its deletion, at the on-demand price of the
+    instance Karpenter would launch (spot, which dev allows, costs less)."""
+    model = settings.models[0]
+    importing = sum(step.seconds for step in import_steps(settings, model))
+    gpu_seconds = importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS + DESTROY_SECONDS / 3
+    total = DEPLOY_SECONDS + importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS
+    total += DESTROY_SECONDS
+    instance = candidates(settings, model)[0]
+    _, prices = on_demand_prices(settings.region)
+    hours = gpu_seconds / 3600
+    return Estimate(
+        minutes=math.ceil(total / 60),
+        gpu_instance=instance.type,
+        gpu_hours=round(hours, 2),
+        gpu_dollars=round(hours * prices[instance.type], 2),
+        other_dollars=round(total / 3600 * (EKS_CONTROL_PLANE_PER_HOUR + NAT_GATEWAY_PER_HOUR), 2),
+    )
 
 
 def throwaway_stage_data(name: str, admin_role_arn: str) -> dict[str, Any]:
@@ -170,7 +222,19 @@ def purge_retained(kept: list[leftovers.Leftover], client: leftovers.ClientFacto
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the stage deployed (then `make destroy STAGE=...`)")
+    parser.add_argument(
+        "--estimate", action="store_true", help="print how long a run takes and what it costs, and stop"
+    )
     args = parser.parse_args(argv)
+    run_estimate = estimate(load_stage_settings("dev"))
+    print(
+        f"a run takes about {run_estimate.minutes} minutes; {run_estimate.gpu_hours} hours of a "
+        f"{run_estimate.gpu_instance} (${run_estimate.gpu_dollars} on demand) and ${run_estimate.other_dollars} of EKS "
+        f"and NAT gateway: about ${run_estimate.dollars:.2f}",
+        flush=True,
+    )
+    if args.estimate:
+        return 0
 
     caller = json.loads(run(["aws", "sts", "get-caller-identity", "--output", "json"], capture_output=True).stdout)
     with throwaway_stage(role_of(caller["Arn"])) as settings:

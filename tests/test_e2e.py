@@ -10,8 +10,9 @@ import pytest
 from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from scripts import e2e
 from scripts.leftovers import Leftover
-from settings import STAGES_DIR, parse_stage_settings
+from settings import STAGES_DIR, load_stage_settings, parse_stage_settings
 from tests.aws_stubs import StubbedClients
+from tests.conftest import ROOT
 from tests.scanners import kubernetes_problems
 
 ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
@@ -112,3 +113,12 @@ def test_what_a_normal_stage_keeps_is_removed_for_a_throwaway_one() -> None:
         "ecr:repository",
         "aps:workspace",
     ]
+
+
+def test_the_readme_gives_a_runs_duration_and_cost_as_the_estimate_computes_them() -> None:
+    run = e2e.estimate(load_stage_settings("dev"))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"A run takes about {run.minutes} minutes and costs about ${run.dollars:.2f}" in readme
+    assert f"{run.gpu_hours} hours of the `{run.gpu_instance}`" in readme
+    assert f"${run.gpu_dollars:.2f} at the catalog's us-west-2 price" in readme
+    assert f"${run.other_dollars:.2f} of EKS control plane and NAT gateway" in readme
