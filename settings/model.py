@@ -300,6 +300,17 @@ def _pinned_image(image: str) -> str:
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
 
 
+def _retired(field: str, now: str) -> Any:
+    """A validator that refuses a field the settings no longer take, saying what took its place."""
+
+    def refuse(cls: type, data: Any) -> Any:
+        if isinstance(data, dict) and field in data:
+            raise ValueError(f"{field}: {now}")
+        return data
+
+    return model_validator(mode="before")(classmethod(refuse))  # type: ignore[arg-type]
+
+
 def _repeated(values: tuple[str, ...] | list[str]) -> list[str]:
     return sorted({value for value in values if values.count(value) > 1})
 
@@ -346,16 +357,12 @@ class RegistrySettings(_Strict):
     # one at most (settings.check_shared_registries); `make preflight` says what the account has now.
     owns_scanning_configuration: bool = False
 
-    @model_validator(mode="before")
-    @classmethod
-    def _scan_on_push_is_now_ownership(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "scan_on_push" in data:
-            raise ValueError(
-                "registry.scan_on_push: now owns_scanning_configuration, false unless given: true replaces the "
-                "account's registry scanning configuration in the stage's region (an account on Amazon Inspector's "
-                "enhanced scanning would go back to basic); give it only where the stage owns that configuration"
-            )
-        return data
+    _scan_on_push_is_now_ownership = _retired(
+        "scan_on_push",
+        "now owns_scanning_configuration, false unless given: true replaces the account's registry scanning "
+        "configuration in the stage's region (an account on Amazon Inspector's enhanced scanning would go back to "
+        "basic); give it only where the stage owns that configuration",
+    )
 
 
 # FSx for Lustre PERSISTENT_2: the per-unit throughputs offered (MB/s per TiB of storage), and
@@ -819,15 +826,11 @@ class ModelSettings(_Strict):
             )
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _weights_gb_is_now_a_fact(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "weights_gb" in data:
-            raise ValueError(
-                "weights_gb: now read from the model's facts (weight_bytes, the safetensors index's total_size): "
-                "remove it; a model the catalog (settings/catalog/models.yaml) lacks gives them in facts"
-            )
-        return data
+    _weights_gb_is_now_a_fact = _retired(
+        "weights_gb",
+        "now read from the model's facts (weight_bytes, the safetensors index's total_size): remove it; a model the "
+        "catalog (settings/catalog/models.yaml) lacks gives them in facts",
+    )
 
     @model_validator(mode="after")
     def _facts_known(self) -> ModelSettings:
@@ -936,15 +939,10 @@ class StageSettings(_Strict):
     )
     models: tuple[ModelSettings, ...] = Field(min_length=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_pool_is_now_a_list(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "gpu_node_pool" in data:
-            raise ValueError(
-                "gpu_node_pool: now gpu_node_pools, a list of pools in order of preference; make this pool its "
-                "first (and maybe only) entry"
-            )
-        return data
+    _one_pool_is_now_a_list = _retired(
+        "gpu_node_pool",
+        "now gpu_node_pools, a list of pools in order of preference; make this pool its first (and maybe only) entry",
+    )
 
     @field_validator("gpu_node_pools")
     @classmethod
