@@ -74,7 +74,7 @@ def test_only_a_stage_that_owns_it_sets_the_accounts_scanning_configuration() ->
 def test_the_old_scan_on_push_says_what_it_became() -> None:
     data = stage_data()
     data["registry"] = {"scan_on_push": True}
-    with pytest.raises(SettingsError, match=r"registry\.scan_on_push: now owns_scanning_configuration, false unless"):
+    with pytest.raises(SettingsError, match=r"registry: scan_on_push: now owns_scanning_configuration, false unless"):
         parse_stage_settings("dev", data)
 
 
