@@ -17,6 +17,8 @@ the bucket stays the durable copy from which a rebuilt file system is filled aga
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,22 +80,26 @@ def import_folders(model: ModelSettings) -> list[str]:
     ]
 
 
-def import_key(model: ModelSettings, *context: str) -> str:
-    """8 hex digits of what an import brings and how it runs (`context`: image, region, zone).
+# What a chart holds only once deployed: a CDK token ("${Token[...]}"), or a placeholder ("<...>") when the charts
+# are written out alone. Neither may decide a name.
+DEPLOYED_VALUE = re.compile(r"\$\{Token\[[^\]]*\]\}|<[^<>]*>")
 
-    A Job's pod template cannot change once created, so anything that would change it names a
-    new Job instead; running again for the same revision costs little, as it finds the marker.
+
+def import_job_name(model_name: str, spec: dict[str, Any]) -> str:
+    """The name of the Job that runs `spec`: the model's, and 8 hex digits of the whole spec.
+
+    A Job's pod template is immutable (kubernetes pkg/apis/batch/validation, ValidateJobSpecUpdate), so a Job whose
+    spec changes must be a new Job: any change to what it runs, now or by a later change to this code, names a new
+    one, and an unchanged spec keeps its name (running again costs little: the import finds its marker). Deployed
+    values are left out, so the name is the same in the stack and in the charts written alone.
     """
-    what = (
-        *((model.model, model.revision, *model.files, str(model.hf_token_secret)) if model.imported else ()),
-        *harmony_encodings(model),
-    )
-    return hashlib.sha256("\n".join((*what, *context)).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(DEPLOYED_VALUE.sub("<deployed>", json.dumps(spec, sort_keys=True)).encode())
+    return names.import_job_name(model_name, digest.hexdigest()[:8])
 
 
-def import_job_name(model: ModelSettings, *, region: str, zone: str) -> str:
-    # From the settings' image, not the pulled reference: that holds the account, a token until deployed.
-    return names.import_job_name(model.name, import_key(model, model.image, region, zone))
+def job_name_in(objects: list[dict[str, Any]]) -> str | None:
+    """The import Job's name in a model's rendered chart, if it has one."""
+    return next((obj["metadata"]["name"] for obj in objects if obj["kind"] == "Job"), None)
 
 
 def import_command(model: ModelSettings, *, bucket: str, region: str, mount: str) -> list[str]:
@@ -135,6 +141,85 @@ def wait_for_weights_env(model: ModelSettings, *, mount: str, job: str | None) -
     }
 
 
+def import_pod_spec(
+    model: ModelSettings,
+    *,
+    image: str,
+    command: list[str],
+    claim_name: str,
+    mount: str,
+    zone: str,
+    pod_security_context: dict[str, Any],
+    container_security_context: dict[str, Any],
+) -> dict[str, Any]:
+    """The import's pod: unprivileged, on the general-purpose pool in the file system's zone, its scratch disk and
+    memory sized for one file at a time."""
+    return {
+        "restartPolicy": "Never",
+        "serviceAccountName": IMPORT_SERVICE_ACCOUNT,
+        # EKS Pod Identity mounts its own token; the Kubernetes API is not called.
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context,
+        # No GPU toleration: the general-purpose pool, in the file system's zone.
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": [zone]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "containers": [
+            {
+                "name": "import",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": command,
+                "env": [
+                    {"name": "HOME", "value": "/scratch/home"},
+                    {"name": "HF_HOME", "value": "/scratch/hf"},
+                    {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+                    # hf_xet up to 1.2 fetches 48 ranges at once, up to 64 MiB each (huggingface/xet-core,
+                    # HF_XET_NUM_CONCURRENT_RANGE_GETS), and was OOM-killed near 4 GB in pods
+                    # (huggingface/huggingface_hub#3300): 8, as KServe sets it (kserve/kserve#4726). From 1.3 a
+                    # download buffer bounds it instead (settings/sizing.py, IMPORT_MEMORY_MIB).
+                    {"name": "HF_XET_NUM_CONCURRENT_RANGE_GETS", "value": "8"},
+                ],
+                "resources": {
+                    "requests": {
+                        "cpu": f"{IMPORT_CPU_MILLIS}m",
+                        "memory": f"{IMPORT_MEMORY_MIB}Mi",
+                        "ephemeral-storage": IMPORT_SCRATCH,
+                    },
+                    "limits": {"memory": f"{IMPORT_MEMORY_MIB}Mi", "ephemeral-storage": IMPORT_SCRATCH},
+                },
+                "securityContext": container_security_context,
+                # The cause of a failure, for `kubectl describe` and the smoke test: the termination log, or the
+                # log's tail when there is none (Kubernetes docs, "Determine the Reason for Pod Failure"; at most
+                # 4096 bytes).
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [
+                    {"name": "script", "mountPath": "/import", "readOnly": True},
+                    {"name": "scratch", "mountPath": "/scratch"},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "weights", "mountPath": mount, "subPath": "models", "readOnly": True},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "script", "configMap": {"name": "weights-import"}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": IMPORT_SCRATCH}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "weights", "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True}},
+        ],
+    }
+
+
 class WeightsImport(Construct):
     """The ConfigMap holding the import script, the service account EKS Pod Identity gives AWS
     credentials to, and the Job that imports one revision of one model."""
@@ -157,7 +242,6 @@ class WeightsImport(Construct):
         deadline_seconds: int,
     ) -> None:
         super().__init__(scope, id)
-        self.job_name = import_job_name(model, region=region, zone=zone)
         api_object(self, "ServiceAccount", "v1", "ServiceAccount", cdk8s.ApiObjectMetadata(name=IMPORT_SERVICE_ACCOUNT))
         api_object(
             self,
@@ -167,95 +251,39 @@ class WeightsImport(Construct):
             cdk8s.ApiObjectMetadata(name="weights-import"),
             data={"import_weights.py": IMPORT_SCRIPT.read_text()},
         )
+        pod = import_pod_spec(
+            model,
+            image=image,
+            command=import_command(model, bucket=bucket, region=region, mount=mount),
+            claim_name=claim_name,
+            mount=mount,
+            zone=zone,
+            pod_security_context=pod_security_context,
+            container_security_context=container_security_context,
+        )
+        spec = {
+            # Retries resume where the last attempt stopped: finished files are skipped.
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": deadline_seconds,
+            "template": {
+                "metadata": {
+                    "labels": {"app": f"import-{model.name}"},
+                    # The script is mounted, not in the spec: a new script names a new Job, which runs it. So does a
+                    # new import_retry, the way to run a failed import again.
+                    "annotations": {
+                        "gpu-inference/script-sha256": hashlib.sha256(IMPORT_SCRIPT.read_bytes()).hexdigest(),
+                        "gpu-inference/import-retry": str(model.import_retry),
+                    },
+                },
+                "spec": pod,
+            },
+        }
+        self.job_name = import_job_name(model.name, spec)
         api_object(
             self,
             "Job",
             "batch/v1",
             "Job",
             cdk8s.ApiObjectMetadata(name=self.job_name, annotations=annotations),
-            spec={
-                # Retries resume where the last attempt stopped: finished files are skipped.
-                "backoffLimit": 3,
-                "activeDeadlineSeconds": deadline_seconds,
-                "template": {
-                    "metadata": {"labels": {"app": f"import-{model.name}"}},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "serviceAccountName": IMPORT_SERVICE_ACCOUNT,
-                        # EKS Pod Identity mounts its own token; the Kubernetes API is not called.
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context,
-                        # No GPU toleration: the general-purpose pool, in the file system's zone.
-                        "affinity": {
-                            "nodeAffinity": {
-                                "requiredDuringSchedulingIgnoredDuringExecution": {
-                                    "nodeSelectorTerms": [
-                                        {
-                                            "matchExpressions": [
-                                                {
-                                                    "key": "topology.kubernetes.io/zone",
-                                                    "operator": "In",
-                                                    "values": [zone],
-                                                }
-                                            ]
-                                        }
-                                    ]
-                                }
-                            }
-                        },
-                        "containers": [
-                            {
-                                "name": "import",
-                                "image": image,
-                                "imagePullPolicy": "IfNotPresent",
-                                "command": import_command(model, bucket=bucket, region=region, mount=mount),
-                                "env": [
-                                    {"name": "HOME", "value": "/scratch/home"},
-                                    {"name": "HF_HOME", "value": "/scratch/hf"},
-                                    {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
-                                    # hf_xet up to 1.2 fetches 48 ranges at once, up to 64 MiB each
-                                    # (huggingface/xet-core, HF_XET_NUM_CONCURRENT_RANGE_GETS), and
-                                    # was OOM-killed near 4 GB in pods (huggingface/huggingface_hub#3300):
-                                    # 8, as KServe sets it (kserve/kserve#4726). From 1.3 a download
-                                    # buffer bounds it instead (settings/sizing.py, IMPORT_MEMORY_MIB).
-                                    {"name": "HF_XET_NUM_CONCURRENT_RANGE_GETS", "value": "8"},
-                                ],
-                                "resources": {
-                                    "requests": {
-                                        "cpu": f"{IMPORT_CPU_MILLIS}m",
-                                        "memory": f"{IMPORT_MEMORY_MIB}Mi",
-                                        "ephemeral-storage": IMPORT_SCRATCH,
-                                    },
-                                    "limits": {"memory": f"{IMPORT_MEMORY_MIB}Mi", "ephemeral-storage": IMPORT_SCRATCH},
-                                },
-                                "securityContext": container_security_context,
-                                # The cause of a failure, for `kubectl describe` and the smoke test: the
-                                # termination log, or the log's tail when there is none (Kubernetes
-                                # docs, "Determine the Reason for Pod Failure"; at most 4096 bytes).
-                                "terminationMessagePolicy": "FallbackToLogsOnError",
-                                "volumeMounts": [
-                                    {"name": "script", "mountPath": "/import", "readOnly": True},
-                                    {"name": "scratch", "mountPath": "/scratch"},
-                                    {"name": "tmp", "mountPath": "/tmp"},
-                                    {
-                                        "name": "weights",
-                                        "mountPath": mount,
-                                        "subPath": "models",
-                                        "readOnly": True,
-                                    },
-                                ],
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "script", "configMap": {"name": "weights-import"}},
-                            {"name": "scratch", "emptyDir": {"sizeLimit": IMPORT_SCRATCH}},
-                            {"name": "tmp", "emptyDir": {}},
-                            {
-                                "name": "weights",
-                                "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True},
-                            },
-                        ],
-                    },
-                },
-            },
+            spec=spec,
         )

@@ -19,6 +19,11 @@ CLAIM_NAME = "model-weights"
 # Many nodes mount it, so ReadWriteMany; read-only comes from the csi `readOnly` flag and the pods'
 # mounts, as in the driver's static provisioning example.
 ACCESS_MODES = ["ReadWriteMany"]
+# What each claim asks for: FSx for Lustre's smallest capacity, whatever the file system's. A statically bound claim
+# (no StorageClass) may not grow (kubernetes plugin/pkg/admission/storage/persistentvolume/resize: "only dynamically
+# provisioned pvc can be resized") nor shrink, so a request that followed model_store.storage_capacity_gib would fail
+# every deploy after the file system grew. The volume's capacity may change, and follows it.
+CLAIM_REQUEST = "1200Gi"
 
 
 class ModelVolume(Construct):
@@ -76,6 +81,6 @@ class ModelVolume(Construct):
                 "accessModes": ACCESS_MODES,
                 "storageClassName": STORAGE_CLASS,
                 "volumeName": volume_name,
-                "resources": {"requests": capacity},
+                "resources": {"requests": {"storage": CLAIM_REQUEST}},
             },
         )

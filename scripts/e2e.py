@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cdk8s
 import yaml
 
-from charts.model_loader import import_job_name
+from charts import DeployedResources, build_charts
+from charts.model_loader import job_name_in
 from charts.model_volume import CLAIM_NAME
 from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PORT, WEIGHTS_DIR
 from scripts import e2e_report, leftovers, teardown
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                         kubeconfig,
                     ]
                 )
-                job = import_job_name(model, region=settings.region, zone=settings.model_store_zone)
+                charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+                job = job_name_in(charts[f"Model-{model.name}"].to_json())
                 run(
                     [
                         sys.executable,

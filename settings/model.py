@@ -767,6 +767,9 @@ class ModelSettings(_Strict):
     revision: Revision = "main"
     files: tuple[FilePattern, ...] = Field(default=DEFAULT_WEIGHT_FILES, min_length=1)
     hf_token_secret: SecretName | None = None
+    # Raise it to run a failed weights import again, once its cause is mended (a token, the Hub's gate): the import
+    # Job gets a new name, and a Job is never run twice under one.
+    import_retry: int = Field(default=0, ge=0, description="0, then 1, 2, ... to run a failed weights import again")
     # Clients must send one of the API keys held in this Secrets Manager secret (as JSON:
     # {"api-key": ["<key>", ...]}); unset, the model answers without a key (README, "API keys").
     api_keys_secret: SecretName | None = None

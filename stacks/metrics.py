@@ -274,4 +274,9 @@ class ManagedPrometheus(Construct):
     @property
     def query_url(self) -> str:
         """The workspace's Prometheus endpoint as KEDA takes it: without /api/v1/, which KEDA appends."""
-        return f"https://aps-workspaces.{self.region}.amazonaws.com/workspaces/{self.workspace.attr_workspace_id}"
+        return workspace_query_url(self.region, self.workspace.attr_workspace_id)
+
+
+def workspace_query_url(region: str, workspace_id: str) -> str:
+    """A workspace's Prometheus endpoint, without the /api/v1/ that KEDA and CloudWatch's data source append."""
+    return f"https://aps-workspaces.{region}.amazonaws.com/workspaces/{workspace_id}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import App, CfnElement, CfnOutput, CfnResource, Names, RemovalPolicy, Stack, Stage
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_fsx as fsx
 from aws_cdk import aws_kms as kms
@@ -17,6 +17,12 @@ from settings.model import ModelStoreSettings
 LUSTRE_PORTS = (ec2.Port.tcp(988), ec2.Port.tcp_range(1018, 1023))
 # The file system shows the bucket's objects under this directory: s3://<bucket>/<model> is /models/<model>.
 FILE_SYSTEM_PATH = "/models"
+
+
+def deployed_alone_path(stack: Stack) -> list[str]:
+    """The construct path of a stage's stack as `make deploy` builds it (<stage>/<stack>), whatever app holds it: the
+    pipeline nests the same stage under its own stack (<pipeline>/<stage>/<stack>)."""
+    return [Stage.of(stack).stage_name, stack.node.id]
 
 
 def bucket_arn_export(stack_name: str) -> str:
@@ -107,6 +113,7 @@ class ModelStoreStack(Stack):
             # while the next deploy builds a new one anyway.
             removal_policy=RemovalPolicy.DESTROY,
         )
+        self._stage_independent_self_rules()
         fsx.CfnDataRepositoryAssociation(
             self,
             "BucketAssociation",
@@ -129,3 +136,19 @@ class ModelStoreStack(Stack):
             description="Upload model weights to s3://<this>/<model name>/",
             value=self.bucket.bucket_name,
         )
+
+    def _stage_independent_self_rules(self) -> None:
+        """The file system's security group admits itself (LustreFileSystem, and the egress above) through rules
+        whose logical ids hold the group's unique id, which hashes its whole construct path: a stage deployed by
+        the pipeline would name them otherwise than one deployed by `make deploy`, and moving a stage between the
+        two would create rules EC2 refuses as duplicates of the ones it replaces. Each keeps the id `make deploy`
+        gives it, in either app."""
+        alone = App()
+        stage = Stage(alone, deployed_alone_path(self)[0])
+        stack = Stack(stage, deployed_alone_path(self)[1])
+        group = Construct(stack, self.security_group.node.id)
+        here, there = Names.unique_id(self.security_group), Names.unique_id(group)
+        for rule in self.security_group.node.children:
+            if isinstance(rule, CfnElement) and here in rule.node.id:
+                twin = CfnResource(group, rule.node.id.replace(here, there), type="AWS::EC2::SecurityGroupIngress")
+                rule.override_logical_id(stack.get_logical_id(twin))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import cdk8s
-from aws_cdk import Aws, CfnOutput, Duration, Stack
+from aws_cdk import Aws, CfnOutput, Duration, ReferenceStrength, Stack, Token
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
@@ -21,19 +21,13 @@ from constructs import Construct
 
 from charts import DeployedResources, build_charts
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
-from charts.model_loader import (
-    COMPLETION_MARKER,
-    IMPORT_SERVICE_ACCOUNT,
-    has_import_job,
-    import_folders,
-    import_job_name,
-)
+from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, has_import_job, import_folders, job_name_in
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
 from scripts.smoke_test import LOAD_BALANCER_WAIT_SECONDS, chat_request
 from settings import names
 from settings.cold_start import smoke_test_wait_seconds
 from settings.model import ModelSettings, StageSettings
-from stacks.metrics import ManagedPrometheus
+from stacks.metrics import ManagedPrometheus, workspace_query_url
 from stacks.model_store import LUSTRE_PORTS
 from stacks.observability import PrometheusDataSource, StageAlarms, stage_dashboard
 from stacks.pod_identity import pod_identity_role
@@ -86,6 +80,17 @@ class ServingStack(Stack):
         # A strong one makes CloudFormation refuse to replace what this stack still uses: the
         # replacement stops with an error naming this stack, before anything is removed.
         self.node.set_context(CROSS_STACK_REFERENCES, "strong")
+        # The values only an optional feature uses (metrics' workspace, exposure's inbound subnets) are read weakly
+        # (Fn::GetStackOutput), their exports kept (ReferenceStrength.BOTH): turning the feature off then drops the
+        # export in the same deploy, which nothing imports, where a strong reference would stop the producer's
+        # update (aws-cdk-lib README, "The deadly embrace").
+        inbound_subnet_ids = tuple(optional_feature(subnet.subnet_id) for subnet in inbound_subnets)
+        inbound_cidrs = tuple(optional_feature(subnet.ipv4_cidr_block) for subnet in inbound_subnets)
+        query_url = (
+            workspace_query_url(self.region, optional_feature(prometheus.workspace.attr_workspace_id))
+            if prometheus is not None
+            else None
+        )
         target = eks.Cluster.from_cluster_attributes(
             self, "Cluster", cluster_name=cluster.cluster_name, kubectl_provider=cluster.kubectl_provider
         )
@@ -93,14 +98,14 @@ class ServingStack(Stack):
             account=settings.account or Aws.ACCOUNT_ID,
             node_role_name=node_role.role_name,
             subnet_ids=tuple(subnet.subnet_id for subnet in vpc.private_subnets),
-            inbound_subnet_ids=tuple(subnet.subnet_id for subnet in inbound_subnets),
-            inbound_cidrs=tuple(subnet.ipv4_cidr_block for subnet in inbound_subnets),
+            inbound_subnet_ids=inbound_subnet_ids,
+            inbound_cidrs=inbound_cidrs,
             cluster_security_group_id=cluster.cluster_security_group_id,
             file_system_id=file_system.file_system_id,
             file_system_dns_name=file_system.dns_name,
             file_system_mount_name=file_system.mount_name,
             bucket_name=bucket.bucket_name,
-            prometheus_query_url=prometheus.query_url if prometheus is not None else None,
+            prometheus_query_url=query_url,
             web_acl_arns={
                 model.name: rate_limited_web_acl(self, model).attr_arn for model in settings.models if model.exposure
             },
@@ -140,8 +145,8 @@ class ServingStack(Stack):
                 self,
                 "PrometheusDataSource",
                 settings=settings,
-                workspace_arn=prometheus.workspace.attr_arn,
-                query_url=prometheus.query_url,
+                workspace_arn=optional_feature(prometheus.workspace.attr_arn),
+                query_url=query_url,
             )
             stage_dashboard(self, settings, source, StageAlarms(self, "Alarms", settings=settings, source=source))
 
@@ -158,7 +163,8 @@ class ServingStack(Stack):
             for identity in identities:
                 manifests[f"Model-{model.name}"].node.add_dependency(identity)
 
-        self.smoke_test = self._smoke_test_project(settings, cluster, vpc)
+        import_jobs = {model.name: job_name_in(charts[f"Model-{model.name}"].to_json()) for model in settings.models}
+        self.smoke_test = self._smoke_test_project(settings, cluster, vpc, import_jobs)
         self._smoke_test_trigger(settings, pipeline_account)
 
         for model in settings.models:
@@ -173,7 +179,7 @@ class ServingStack(Stack):
                 self,
                 f"{output_id}WeightsCommand",
                 description=f"Shows where {model.model}'s weights are: the import's status and log, or what to upload",
-                value=weights_command(settings, model),
+                value=weights_command(model, import_jobs[model.name]),
             )
             CfnOutput(
                 self,
@@ -198,7 +204,7 @@ class ServingStack(Stack):
             statements=[
                 iam.PolicyStatement(
                     actions=["aps:QueryMetrics", "aps:GetSeries", "aps:GetLabels", "aps:GetMetricMetadata"],
-                    resources=[prometheus.workspace.attr_arn],
+                    resources=[optional_feature(prometheus.workspace.attr_arn)],
                 )
             ],
         )
@@ -332,7 +338,9 @@ class ServingStack(Stack):
                     description=f"Lustre to {other}",
                 )
 
-    def _smoke_test_project(self, settings: StageSettings, cluster: eks.Cluster, vpc: ec2.IVpc) -> codebuild.Project:
+    def _smoke_test_project(
+        self, settings: StageSettings, cluster: eks.Cluster, vpc: ec2.IVpc, import_jobs: dict[str, str | None]
+    ) -> codebuild.Project:
         """The post-deploy check: inside the VPC, as a role the cluster admits only to watch and port-forward.
 
         It runs scripts/smoke_test.py (shipped as an asset) for every model: wait for the rollout,
@@ -360,7 +368,7 @@ class ServingStack(Stack):
             type="STANDARD",
         )
         kubectl_version = f"v{settings.cluster.kubernetes_version}.0"
-        checks = [smoke_test_command(settings, model) for model in settings.models]
+        checks = [smoke_test_command(settings, model, import_jobs[model.name]) for model in settings.models]
         scripts = s3_assets.Asset(self, "SmokeTestScript", path=str(SCRIPTS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
         return codebuild.Project(
             self,
@@ -419,6 +427,12 @@ class ServingStack(Stack):
         )
 
 
+def optional_feature(value: str) -> str:
+    """Another stack's value that an optional feature of this one uses, read weakly with its export kept (a value
+    known at synth, such as a subnet's range, is no reference and stays as it is)."""
+    return Stack.consume_reference(value, ReferenceStrength.BOTH) if Token.is_unresolved(value) else value
+
+
 def secret_arn(settings: StageSettings, name: str) -> str:
     """A secret of the stage's account and region, by name.
 
@@ -429,17 +443,13 @@ def secret_arn(settings: StageSettings, name: str) -> str:
     return f"arn:{Aws.PARTITION}:secretsmanager:{settings.region}:{Aws.ACCOUNT_ID}:secret:{name}-??????"
 
 
-def smoke_test_command(settings: StageSettings, model: ModelSettings) -> str:
-    """How the smoke test project checks one model (scripts/smoke_test.py)."""
+def smoke_test_command(settings: StageSettings, model: ModelSettings, import_job: str | None) -> str:
+    """How the smoke test project checks one model (scripts/smoke_test.py); `import_job`: its chart's, if any."""
     return (
         f"python3 {SMOKE_TEST_FILE} --namespace {model.name} --service {model.service_name} "
         f"--deployment {model.name} --model {model.model} "
         f"--rollout-timeout {smoke_test_wait_seconds(settings, model)}"
-        + (
-            f" --import-job {import_job_name(model, region=settings.region, zone=settings.model_store_zone)}"
-            if has_import_job(model)
-            else ""
-        )
+        + (f" --import-job {import_job}" if import_job else "")
         + (f" --api-key-secret {model.api_keys_secret}" if model.api_keys_secret else "")
         + (f" --ingress {model.name} --hostname {model.exposure.hostname}" if model.exposure else "")
     )
@@ -455,14 +465,13 @@ def smoke_test_timeout(settings: StageSettings) -> Duration:
     return Duration.minutes(math.ceil(waits / 60) + 10)
 
 
-def weights_command(settings: StageSettings, model: ModelSettings) -> str:
+def weights_command(model: ModelSettings, job: str | None) -> str:
     """How to watch a model's weights arrive: the import Job's status and log, or where to upload them."""
-    if not model.imported:
+    if not model.imported or job is None:
         return (
             f"aws s3 sync <weights folder> s3://<model bucket>/{model.weights_path}/ && "
             f"echo '{{}}' | aws s3 cp - s3://<model bucket>/{model.weights_path}/{COMPLETION_MARKER}"
         )
-    job = import_job_name(model, region=settings.region, zone=settings.model_store_zone)
     return f"kubectl -n {model.name} get job {job} && kubectl -n {model.name} logs -f job/{job}"
 
 

@@ -223,10 +223,17 @@ CFN_SCHEMAS = Path(cfnlint.__file__).parent / "data" / "schemas"
 
 
 @functools.cache
-def _resource_schema(resource_type: str) -> dict[str, Any]:
-    """A resource type's CloudFormation schema, as cfn-lint bundles it (us-east-1's provider list)."""
+def cfn_resource_schema(resource_type: str) -> dict[str, Any]:
+    """A resource type's whole CloudFormation resource schema, as cfn-lint bundles it (us-east-1's provider list):
+    its properties, and which of them replace the resource when they change (createOnlyProperties)."""
     provider = json.loads((CFN_SCHEMAS / "providers" / "us-east-1.json").read_text())
-    schema = json.loads((CFN_SCHEMAS / "resources" / f"{provider[resource_type]}.json").read_text())
+    return dict(json.loads((CFN_SCHEMAS / "resources" / f"{provider[resource_type]}.json").read_text()))
+
+
+@functools.cache
+def _resource_schema(resource_type: str) -> dict[str, Any]:
+    """A resource type's properties as a JSON schema that refuses unknown ones."""
+    schema = cfn_resource_schema(resource_type)
     return {
         "type": "object",
         "properties": schema["properties"],

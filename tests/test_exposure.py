@@ -258,7 +258,7 @@ def test_a_hostname_that_is_not_a_dns_name_is_refused(hostname: str) -> None:
 
 def test_the_smoke_test_asks_through_the_load_balancer_by_its_name_with_a_key() -> None:
     settings = exposed_settings()
-    command = smoke_test_command(settings, settings.models[0])
+    command = smoke_test_command(settings, settings.models[0], import_job="import-gpt-oss-20b-0123abcd")
     assert command.endswith(f" --api-key-secret gpt-oss-20b/api-keys --ingress gpt-oss-20b --hostname {HOSTNAME}")
     # Its time includes waiting for Auto Mode to provision the load balancer.
     unexposed = parse_stage_settings("prod", stage_data("prod"))

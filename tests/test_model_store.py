@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import cdk8s
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from tests.conftest import Assembly
+from charts import DeployedResources, build_charts
+from settings import parse_stage_settings
+from tests.conftest import Assembly, find, stage_data
+from tests.scanners import cfn_resource_schema
 
 
 def resource(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
@@ -101,3 +105,34 @@ def test_model_store_does_not_wait_for_the_cluster(dev: Assembly) -> None:
 def test_production_protects_its_stacks_from_deletion(prod: Assembly) -> None:
     assert prod.stacks()["ModelStore"]["properties"]["terminationProtection"] is True
     assert prod.stacks()["Registry"]["properties"]["terminationProtection"] is True
+
+
+def test_capacity_and_throughput_changes_update_the_file_system_in_place() -> None:
+    # CloudFormation replaces a resource only for its createOnlyProperties (its resource schema, as cfn-lint bundles
+    # it): a replaced file system would take its data and the serving stack's import of its id with it. Neither the
+    # capacity (FSx grows it in place) nor PERSISTENT_2's per-unit throughput is among them.
+    schema = cfn_resource_schema("AWS::FSx::FileSystem")
+    create_only = set(schema["createOnlyProperties"])
+    assert "/properties/StorageCapacity" not in create_only
+    assert not [path for path in create_only if "LustreConfiguration" in path]
+    assert "PerUnitStorageThroughput" in schema["definitions"]["LustreConfiguration"]["properties"]
+
+
+def test_claims_ask_the_same_whatever_the_capacity() -> None:
+    # A statically bound claim can neither grow nor shrink: its request stays, the volume's capacity follows.
+    def volume_and_claim(capacity: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        data = stage_data()
+        data["model_store"] = {"storage_capacity_gib": capacity}
+        settings = parse_stage_settings("dev", data)
+        objects = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))["Model-gpt-oss-20b"]
+        rendered = objects.to_json()
+        return find(rendered, "PersistentVolume"), find(rendered, "PersistentVolumeClaim")
+
+    small_volume, small_claim = volume_and_claim(1200)
+    large_volume, large_claim = volume_and_claim(4800)
+    assert small_claim == large_claim
+    assert small_claim["spec"]["resources"]["requests"]["storage"] == "1200Gi"
+    assert (small_volume["spec"]["capacity"], large_volume["spec"]["capacity"]) == (
+        {"storage": "1200Gi"},
+        {"storage": "4800Gi"},
+    )

@@ -294,3 +294,14 @@ def test_synth_installs_from_the_lock_and_caches_downloads_between_runs(
 def test_the_trigger_role_is_named_in_its_regions_partition(region: str, expected: str) -> None:
     settings = load_pipeline_settings()[1]["dev"].model_copy(update={"region": region})
     assert trigger_role_arn(settings) == f"arn:{expected}:iam::222222222222:role/gpu-inference-dev-smoke-test-trigger"
+
+
+@pytest.mark.parametrize("stack", ["ModelStore", "Registry"])
+def test_stateful_stacks_have_the_same_logical_ids_deployed_alone_or_by_the_pipeline(
+    dev: Assembly, pipeline: Assembly, stack: str
+) -> None:
+    # Moving a stage between `make deploy` and the pipeline must replace nothing in its stateful stacks: a renamed
+    # security group rule would be created beside its twin, which EC2 refuses as a duplicate.
+    alone = set(dev.template(stack)["Resources"])
+    by_pipeline = set(nested_stage(pipeline, "dev").template(stack)["Resources"])
+    assert alone == by_pipeline

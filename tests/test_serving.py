@@ -242,3 +242,21 @@ def test_a_models_pods_are_created_after_their_pod_identity_associations(prod: A
         if resource["Type"] == MANIFEST_TYPE and "Modelgptoss20b" in logical_id
     ]
     assert set(associations) <= set(model_manifest["DependsOn"])
+
+
+def test_what_only_an_optional_feature_uses_is_read_weakly_with_its_export_kept(prod: Assembly) -> None:
+    # Turning metrics (or exposure) off must deploy at once: an imported export of the Cluster (or Network) stack,
+    # which deploys first, could not be deleted while this stack imports it (aws-cdk-lib README, "The deadly
+    # embrace"). Read with Fn::GetStackOutput, the value leaves the export unimported; kept, the export lets a
+    # stage deployed with the import move over (ReferenceStrength.BOTH).
+    serving = json.dumps(prod.template("Serving"))
+    assert "Prometheus" not in "".join(re.findall(r'"Fn::ImportValue": "([^"]+)"', serving))
+    weak = set(re.findall(r'"OutputName": "([^"]+)"', serving))
+    assert {name for name in weak if "PrometheusWorkspace" in name} == {
+        name for name in weak if name.startswith("PublishOutputFnGetAttPrometheusWorkspace")
+    }
+    assert any("WorkspaceId" in name for name in weak)
+    cluster_exports = [o["Export"]["Name"] for o in prod.template("Cluster")["Outputs"].values() if "Export" in o]
+    assert any("PrometheusWorkspace" in name and "WorkspaceId" in name for name in cluster_exports)
+    # What a replacement would change stays strong.
+    assert "prod-ModelStore:ExportsOutputRefFileSystem" in serving

@@ -12,7 +12,7 @@ import cdk8s
 import pytest
 from aws_cdk.assertions import Template
 
-from charts import DeployedResources, build_charts
+from charts import DeployedResources, build_charts, model_loader
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SCRIPT, WAIT_SCRIPT
 from scripts import import_weights
 from settings import SettingsError, load_stage_settings, parse_stage_settings
@@ -97,15 +97,59 @@ def test_the_import_runs_unprivileged_on_the_general_purpose_pool_in_the_file_sy
     assert job["spec"]["activeDeadlineSeconds"] == 3600
 
 
-def test_each_revision_is_imported_by_a_job_of_its_own() -> None:
+def job_of(data: dict[str, Any]) -> dict[str, Any]:
+    return find(charts_of(data), "Job")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"revision": "a" * 40},
+        {"files": ["*.safetensors", "config.json"]},
+        {"hf_token_secret": "hf-token"},
+        {"import_retry": 1},
+        {"image": "public.ecr.aws/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2"},
+    ],
+)
+def test_whatever_changes_the_jobs_spec_names_a_new_job(change: dict[str, Any]) -> None:
+    # A Job's pod template is immutable: a changed spec under the old name would fail every later deploy.
     data = stage_data()
-    first = find(charts_of(data), "Job")["metadata"]["name"]
-    assert first == find(charts_of(data), "Job")["metadata"]["name"]  # the same revision: the same Job
-    data["models"][0]["revision"] = "a" * 40
-    second = find(charts_of(data), "Job")["metadata"]["name"]
-    assert first != second
-    assert first.startswith("import-gpt-oss-20b-")
-    assert second.startswith("import-gpt-oss-20b-")
+    before = job_of(data)
+    data["models"][0] |= change
+    after = job_of(data)
+    assert after["spec"] != before["spec"]
+    assert after["metadata"]["name"] != before["metadata"]["name"]
+    assert after["metadata"]["name"].startswith("import-gpt-oss-20b-")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"registry": {"cache_prefix": "mirror"}},
+        {"registry": {"image_source": "public"}},
+        {"model_store": {"availability_zone": "us-west-2b"}},
+    ],
+)
+def test_stage_settings_that_change_the_jobs_spec_name_a_new_job(change: dict[str, Any]) -> None:
+    data = stage_data()
+    before = job_of(data)
+    data |= change
+    after = job_of(data)
+    assert (after["spec"] != before["spec"], after["metadata"]["name"] != before["metadata"]["name"]) == (True, True)
+
+
+def test_a_change_to_the_code_that_builds_the_job_names_a_new_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = job_of(stage_data())
+    monkeypatch.setattr(model_loader, "IMPORT_SCRATCH", "31Gi")
+    after = job_of(stage_data())
+    assert after["metadata"]["name"] != before["metadata"]["name"]
+
+
+def test_an_unchanged_job_keeps_its_name_whatever_the_deployed_values() -> None:
+    # The same name in the stack (CDK tokens) as in the charts written alone (placeholders).
+    spec = job_of(stage_data())["spec"]
+    tokens = json.loads(json.dumps(spec).replace("<model bucket name>", "${Token[TOKEN.812]}"))
+    assert model_loader.import_job_name("gpt-oss-20b", spec) == model_loader.import_job_name("gpt-oss-20b", tokens)
 
 
 def test_a_new_revision_rolls_out_under_the_same_served_name() -> None:
