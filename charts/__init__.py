@@ -9,7 +9,7 @@ import cdk8s
 
 from charts.autoscaling import AutoscalingPlan
 from charts.exposure import NetworkPolicyController
-from charts.gpu_node_pool import GpuNodePoolChart, PoolPlan, pool_weight
+from charts.gpu_node_pool import GpuNodePoolChart, GpuPoolList, PoolPlan, pool_weight
 from charts.images import pulled_image
 from charts.node_rotation import ROTATION_IMAGE, NodeRotationChart
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
@@ -64,16 +64,19 @@ class DeployedResources:
 
 def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedResources) -> dict[str, cdk8s.Chart]:
     """Every chart of a stage, by a stable id: the GPU NodePool, then one vLLM server per model."""
-    charts: dict[str, cdk8s.Chart] = {
-        "GpuNodePool": GpuNodePoolChart(
+    # The GPU pools one chart each, so that removing a pool removes its NodePool and NodeClass (custom resources,
+    # which kubectl's prune never deletes). "GpuNodePool", the chart that once held every pool, lists them in a
+    # ConfigMap: kept, its deletion never takes the pools with it.
+    charts: dict[str, cdk8s.Chart] = {"GpuNodePool": GpuPoolList(app, "gpu-node-pools", pools=settings.gpu_node_pools)}
+    for index, pool in enumerate(settings.gpu_node_pools):
+        charts[f"GpuNodePool-{pool.name}"] = GpuNodePoolChart(
             app,
-            "gpu-node-pool",
-            pools=[pool_plan(settings, index, pool) for index, pool in enumerate(settings.gpu_node_pools)],
+            f"gpu-node-pool-{pool.name}",
+            pools=[pool_plan(settings, index, pool)],
             node_role_name=deployed.node_role_name,
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,
         )
-    }
     weights = WeightsFileSystem(
         file_system_id=deployed.file_system_id,
         dns_name=deployed.file_system_dns_name,
@@ -84,7 +87,7 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
         zone=settings.model_store_zone,
     )
     for model in settings.models:
-        charts[f"Model-{model.name}"] = VllmServerChart(
+        chart = charts[f"Model-{model.name}"] = VllmServerChart(
             app,
             f"vllm-{model.name}",
             model=model,
@@ -101,6 +104,8 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             inbound_cidrs=deployed.inbound_cidrs,
             gpu_metrics=settings.metrics.enabled,
         )
+        for feature, feature_chart in chart.feature_charts.items():
+            charts[feature_chart_id(feature, model.name)] = feature_chart
     if any(pool.maintenance_window for pool in settings.gpu_node_pools):
         # Old GPU nodes are replaced in the window rather than expiring outside it (charts/node_rotation.py).
         charts["NodeRotation"] = NodeRotationChart(
@@ -109,9 +114,15 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             pools=list(settings.gpu_node_pools),
             image=_pulled(ROTATION_IMAGE, settings, deployed),
         )
-    if settings.exposed:
-        charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")
+    # In every stage, exposed or not: turned off, its deletion would delete Auto Mode's whole amazon-vpc-cni
+    # ConfigMap; on, it enforces only the policies there are (pods no policy selects stay open).
+    charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")
     return charts
+
+
+def feature_chart_id(feature: str, model_name: str) -> str:
+    """The id of a model's chart for an optional feature: Autoscaler-<model>, ApiKeys-<model>, Exposure-<model>."""
+    return f"{''.join(part.capitalize() for part in feature.split('-'))}-{model_name}"
 
 
 def pool_plan(settings: StageSettings, index: int, pool: GpuNodePoolSettings) -> PoolPlan:

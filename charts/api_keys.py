@@ -69,9 +69,11 @@ def config_args() -> list[str]:
 
 
 class ApiKeys(Construct):
-    """The replica's service account, the SecretProviderClass that mounts the secret, and its volume."""
+    """The replica's service account, the SecretProviderClass that mounts the secret, and its volume; the logging
+    configuration that keeps the keys out of vLLM's log, in `config_scope` (the model's chart, where kubectl's prune
+    deletes a ConfigMap the chart stops declaring)."""
 
-    def __init__(self, scope: Construct, id: str, *, secret_name: str, region: str) -> None:
+    def __init__(self, scope: Construct, id: str, *, config_scope: Construct, secret_name: str, region: str) -> None:
         super().__init__(scope, id)
         # The CSI driver asks the kubelet for the account's token itself: the pod mounts none.
         self.service_account = kplus.ServiceAccount(
@@ -99,7 +101,7 @@ class ApiKeys(Construct):
             },
         )
         logging_config = kplus.ConfigMap(
-            self,
+            config_scope,
             "LoggingConfig",
             metadata=cdk8s.ApiObjectMetadata(name="vllm-logging"),
             data={LOGGING_FILE: json.dumps(LOGGING_CONFIG, indent=2)},

@@ -72,13 +72,15 @@ def internal_endpoint_annotations(model: ModelSettings, web_acl_arn: str) -> dic
 
 
 class InternalEndpoint(Construct):
-    """IngressClassParams and IngressClass (cluster-scoped, named after the model) and the model's Ingress."""
+    """IngressClassParams and IngressClass (cluster-scoped, named after the model), the model's NetworkPolicy, and
+    its Ingress, built in `ingress_scope`."""
 
     def __init__(
         self,
         scope: Construct,
         id: str,
         *,
+        ingress_scope: Construct,
         model: ModelSettings,
         exposure: ExposureSettings,
         port: int,
@@ -122,7 +124,7 @@ class InternalEndpoint(Construct):
             },
         )
         api_object(
-            self,
+            ingress_scope,
             "Ingress",
             "networking.k8s.io/v1",
             "Ingress",

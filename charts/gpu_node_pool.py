@@ -114,13 +114,32 @@ def node_requirements(
     return requirements
 
 
+class GpuPoolList(cdk8s.Chart):
+    """The stage's GPU pools, by name, in a kube-system ConfigMap: what the chart that once held the pools holds
+    now, so that its resource lives on (applied as it was, under the same logical id) and its deletion never
+    deletes a pool."""
+
+    def __init__(self, scope: Construct, id: str, *, pools: tuple[GpuNodePoolSettings, ...]) -> None:
+        super().__init__(scope, id, disable_resource_name_hashes=True)
+        api_object(
+            self,
+            "Pools",
+            "v1",
+            "ConfigMap",
+            cdk8s.ApiObjectMetadata(name="gpu-inference-node-pools", namespace="kube-system"),
+            data={"pools": ",".join(pool.name for pool in pools)},
+        )
+
+
 class GpuNodePoolChart(cdk8s.Chart):
     """A NodeClass and a `karpenter.sh/v1` NodePool per GPU pool (cluster-scoped: the chart has no namespace),
     each named after its pool.
 
     `node_role_name`, `subnet_ids` and `security_group_id` come from the cluster (CDK tokens when
-    applied by the serving stack).
+    applied by the serving stack). Applied over existing objects, as a pool's objects moved into a chart of their own.
     """
+
+    applies_over_existing = True
 
     def __init__(
         self,

@@ -173,6 +173,16 @@ class WeightsFileSystem:
     region: str
 
 
+class FeatureChart(cdk8s.Chart):
+    """A model's objects of one optional feature, in the model's namespace. Applied over existing objects: a stage
+    deployed before the feature had a chart of its own holds them already."""
+
+    applies_over_existing = True
+
+    def __init__(self, scope: Construct, id: str, *, namespace: str) -> None:
+        super().__init__(scope, id, namespace=namespace, disable_resource_name_hashes=True)
+
+
 class VllmServerChart(cdk8s.Chart):
     """Namespace, weights volume, weights import, Deployment, Service, smoke-test access and PodDisruptionBudget.
 
@@ -203,6 +213,16 @@ class VllmServerChart(cdk8s.Chart):
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
+        # What only an optional feature needs, and no `kubectl apply --prune` would delete once the feature is off
+        # (custom resources, and kinds outside its default allow-list: kubernetes/kubectl pkg/util/prune/prune.go),
+        # goes into a chart of its own, which the stack applies as a resource of its own: turning the feature off
+        # removes that resource, whose deletion deletes its objects (stacks/serving.py).
+        self.feature_charts: dict[str, cdk8s.Chart] = {}
+
+        def feature(name: str) -> cdk8s.Chart:
+            chart = FeatureChart(scope, f"{id}-{name}", namespace=model.name)
+            self.feature_charts[name] = chart
+            return chart
 
         metadata = cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
         api_object(self, "Namespace", "v1", "Namespace", metadata, cluster_scoped=True)
@@ -233,7 +253,13 @@ class VllmServerChart(cdk8s.Chart):
                 deadline_seconds=import_deadline,
             ).job_name
         api_keys = (
-            ApiKeys(self, "ApiKeys", secret_name=model.api_keys_secret, region=weights.region)
+            ApiKeys(
+                feature("api-keys"),
+                "ApiKeys",
+                config_scope=self,
+                secret_name=model.api_keys_secret,
+                region=weights.region,
+            )
             if model.api_keys_secret
             else None
         )
@@ -268,8 +294,10 @@ class VllmServerChart(cdk8s.Chart):
         if model.exposure is not None:
             assert web_acl_arn is not None  # the serving stack creates one per exposed model
             InternalEndpoint(
-                self,
+                feature("exposure"),
                 "InternalEndpoint",
+                # The Ingress stays with the model: kubectl's prune deletes an Ingress the chart stops declaring.
+                ingress_scope=self,
                 model=model,
                 exposure=model.exposure,
                 port=PORT,
@@ -282,7 +310,9 @@ class VllmServerChart(cdk8s.Chart):
         if autoscaling is not None:
             # The HorizontalPodAutoscaler owns the count: an applied one would reset it on every deploy.
             cdk8s.ApiObject.of(deployment).add_json_patch(cdk8s.JsonPatch.remove("/spec/replicas"))
-            QueueAutoscaler(self, "Autoscaler", model=model, deployment_name=model.name, plan=autoscaling)
+            QueueAutoscaler(
+                feature("autoscaler"), "Autoscaler", model=model, deployment_name=model.name, plan=autoscaling
+            )
         deployment.select(kplus.LabelSelector.of(labels=labels))
         for key, value in labels.items():
             deployment.pod_metadata.add_label(key, value)

@@ -19,7 +19,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from charts import DeployedResources, build_charts
+from charts import DeployedResources, build_charts, feature_chart_id
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, has_import_job, import_folders, job_name_in
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
@@ -131,13 +131,18 @@ class ServingStack(Stack):
                 deployment_name=model.name,
                 namespace=model.name,
             )
+        for model in settings.models:
+            for feature in ("api-keys", "autoscaler", "exposure"):
+                if (chart_id := feature_chart_id(feature, model.name)) in manifests:
+                    # Into the model's namespace; and removed before it, as CloudFormation deletes in reverse order.
+                    manifests[chart_id].node.add_dependency(manifests[f"Model-{model.name}"])
         scaled = [model for model in settings.models if model.autoscaling is not None]
         if scaled:
             assert prometheus is not None  # settings: autoscaling needs metrics
             keda = self._keda(target, cluster, prometheus)
             for model in scaled:
-                # A ScaledObject needs KEDA's resource definitions.
-                manifests[f"Model-{model.name}"].node.add_dependency(keda)
+                # A ScaledObject needs KEDA's resource definitions, and KEDA to remove its finalizer when it goes.
+                manifests[feature_chart_id("autoscaler", model.name)].node.add_dependency(keda)
 
         if settings.observability.enabled:
             assert prometheus is not None  # settings: observability reads the Prometheus workspace

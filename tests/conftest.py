@@ -483,6 +483,23 @@ def validation_findings(report_file: Path) -> tuple[list[dict[str, Any]], list[s
     return findings, warnings
 
 
+def model_objects(charts: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """A model's objects, from its chart and the charts of its optional features (charts rendered to objects, or
+    cdk8s charts)."""
+    ids = [f"Model-{model}", *(f"{feature}-{model}" for feature in ("ApiKeys", "Autoscaler", "Exposure"))]
+    return [
+        obj
+        for chart_id in ids
+        if chart_id in charts
+        for obj in (charts[chart_id] if isinstance(charts[chart_id], list) else charts[chart_id].to_json())
+    ]
+
+
+def gpu_pool_objects(charts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every GPU pool's NodeClass and NodePool, from the charts of a stage rendered to objects (a chart each)."""
+    return [obj for chart_id, objects in charts.items() if chart_id.startswith("GpuNodePool-") for obj in objects]
+
+
 def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     """The one object of a kind in a chart's output."""
     (found,) = find_all(objects, kind)

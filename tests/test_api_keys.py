@@ -13,6 +13,7 @@ import yaml
 from charts.api_keys import FILE, LOGGING_CONFIG, LOGGING_FILE, LOGGING_MOUNT, MOUNT, PROVIDER_CLASS, SERVICE_ACCOUNT
 from stacks.cluster import SECRETS_STORE_ADDON
 from tests.conftest import ROOT, Assembly, find, render_charts, resources, stage_data
+from tests.conftest import model_objects as objects_of
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
 
@@ -21,7 +22,7 @@ SECRET_PROVIDER_CLASS_CRD = ROOT / "tests" / "fixtures" / "crds" / "secretprovid
 
 
 def model_objects(stage: str = "prod") -> list[dict[str, Any]]:
-    return render_charts(stage)["Model-gpt-oss-20b"]
+    return objects_of(render_charts(stage), "gpt-oss-20b")
 
 
 def test_the_secret_is_mounted_for_vllm_to_read_as_its_config() -> None:

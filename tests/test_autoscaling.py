@@ -24,7 +24,7 @@ from settings.cold_start import cold_start_seconds
 from settings.model import MetricsSettings
 from stacks.metrics import alert_manager, recorded, rules, scrape_configuration
 from stacks.serving import KEDA_CHART, KEDA_SERVICE_ACCOUNT
-from tests.conftest import Assembly, find, render_charts, resources, stage_data
+from tests.conftest import Assembly, find, model_objects, render_charts, resources, stage_data
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
 
@@ -50,7 +50,7 @@ VLLM_0_11_2_SERIES = (
 
 
 def scaled_objects(stage: str = "prod") -> list[dict[str, Any]]:
-    return render_charts(stage)["Model-gpt-oss-20b"]
+    return model_objects(render_charts(stage), "gpt-oss-20b")
 
 
 # --- KEDA's resource definitions ---
@@ -136,7 +136,7 @@ def test_a_replica_goes_only_after_the_queue_stays_low_for_longer_than_a_cold_st
 
 
 def test_a_model_without_autoscaling_keeps_its_count_and_has_no_scaled_object() -> None:
-    objects = render_charts("dev")["Model-gpt-oss-20b"]
+    objects = model_objects(render_charts("dev"), "gpt-oss-20b")
     assert find(objects, "Deployment")["spec"]["replicas"] == 1
     assert not [obj for obj in objects if obj["apiVersion"] == "keda.sh/v1alpha1"]
 
@@ -276,8 +276,8 @@ def test_keda_is_installed_from_the_repository_with_read_access_to_the_workspace
     assert "Workspace" in json.dumps(statement["Resource"])
     # The association exists before the operator starts; the model's manifest after KEDA's definitions.
     assert any("KedaOperatorIdentity" in dependency for dependency in helm.get("DependsOn", []))
-    (model_manifest,) = [k for k in serving["Resources"] if k.startswith("ClusterModelgptoss20b")]
-    assert any(dependency.startswith("Keda") for dependency in serving["Resources"][model_manifest]["DependsOn"])
+    (scaler_manifest,) = [k for k in serving["Resources"] if k.startswith("Autoscalergptoss20b")]
+    assert any(dependency.startswith("Keda") for dependency in serving["Resources"][scaler_manifest]["DependsOn"])
 
 
 def test_the_chart_asset_is_the_vendored_folder() -> None:

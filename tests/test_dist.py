@@ -14,7 +14,12 @@ from tests.conftest import render_charts
 
 def test_every_chart_is_written_as_yaml(tmp_path: Path) -> None:
     written = write_manifests("dev", tmp_path)
-    assert [path.name for path in written] == ["gpu-node-pool.k8s.yaml", "vllm-gpt-oss-20b.k8s.yaml"]
+    assert [path.name for path in written] == [
+        "gpu-node-pool-gpu-node-pool.k8s.yaml",
+        "gpu-node-pools.k8s.yaml",
+        "network-policy-controller.k8s.yaml",
+        "vllm-gpt-oss-20b.k8s.yaml",
+    ]
     on_disk = sorted((list(yaml.safe_load_all(path.read_text())) for path in written), key=len)
     assert on_disk == sorted(render_charts("dev").values(), key=len)
 

@@ -21,7 +21,7 @@ from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import progress_deadline_seconds
 from settings.drain import max_request_seconds, termination_grace_seconds
 from settings.model import duration_seconds
-from tests.conftest import find, find_all, render_charts, stage_data
+from tests.conftest import find, find_all, gpu_pool_objects, render_charts, stage_data
 from tests.stand_ins import QuietHandler, serving
 
 
@@ -126,7 +126,7 @@ def test_a_node_going_away_waits_for_a_replacement_to_serve_and_its_replicas_to_
     # so it covers a replacement's whole start (the rollout's progress deadline) and the drain.
     settings = load_stage_settings("prod")
     model = settings.models[0]
-    pools = find_all(render_charts("prod")["GpuNodePool"], "NodePool")
+    pools = find_all(gpu_pool_objects(render_charts("prod")), "NodePool")
     (node_grace,) = {pool["spec"]["template"]["spec"]["terminationGracePeriod"] for pool in pools}
     pod_grace = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"
@@ -153,7 +153,10 @@ def test_model_changes_leave_the_pools_hashed_template_alone() -> None:
     def templates(data: dict[str, Any]) -> list[dict[str, Any]]:
         settings = parse_stage_settings("dev", data)
         charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-        templates = [pool["spec"]["template"] for pool in find_all(charts["GpuNodePool"].to_json(), "NodePool")]
+        templates = [
+            pool["spec"]["template"]
+            for pool in find_all(gpu_pool_objects({key: chart.to_json() for key, chart in charts.items()}), "NodePool")
+        ]
         for template in templates:
             # Hash ignores the requirements: they drift on their own, only when an instance no longer matches.
             template["spec"].pop("requirements")
@@ -173,12 +176,12 @@ def test_a_flag_that_would_hide_vllms_request_gauges_is_refused() -> None:
 
 def test_production_replaces_drifted_nodes_only_in_its_maintenance_window() -> None:
     # 03:00-06:00 UTC: no drifted node is disrupted from 06:00 for 21 hours, in any pool.
-    for pool in find_all(render_charts("prod")["GpuNodePool"], "NodePool"):
+    for pool in find_all(gpu_pool_objects(render_charts("prod")), "NodePool"):
         assert pool["spec"]["disruption"]["budgets"] == [
             {"nodes": "1"},
             {"nodes": "0", "reasons": ["Drifted"], "schedule": "0 6 * * *", "duration": "21h"},
         ]
-    dev = find(render_charts("dev")["GpuNodePool"], "NodePool")["spec"]["disruption"]["budgets"]
+    dev = find(gpu_pool_objects(render_charts("dev")), "NodePool")["spec"]["disruption"]["budgets"]
     assert dev == [{"nodes": "1"}]  # no window: at any time, one node at a time
 
 

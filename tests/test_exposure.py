@@ -22,7 +22,7 @@ from settings.drain import LOAD_BALANCER_DEREGISTRATION_SECONDS, SHUTDOWN_SECOND
 from settings.model import StageSettings
 from stacks.serving import smoke_test_command, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
-from tests.conftest import find, render_charts, stage_data
+from tests.conftest import find, gpu_pool_objects, model_objects, render_charts, stage_data
 from tests.scanners import cloudformation_problems, kubernetes_problems
 from tests.test_settings import rejected
 
@@ -52,7 +52,7 @@ def exposed_charts() -> dict[str, Any]:
 
 
 def exposed_objects() -> list[dict[str, Any]]:
-    return exposed_charts()["Model-gpt-oss-20b"].to_json()
+    return model_objects(exposed_charts(), "gpt-oss-20b")
 
 
 def test_an_internal_https_load_balancer_routes_only_v1_to_the_service() -> None:
@@ -140,7 +140,7 @@ def test_only_v1_reaches_vllm_through_the_load_balancer(path: str, routed: bool)
 
 
 def test_a_model_not_exposed_has_no_ingress() -> None:
-    objects = render_charts("prod")["Model-gpt-oss-20b"]
+    objects = model_objects(render_charts("prod"), "gpt-oss-20b")
     assert not [obj for obj in objects if obj["kind"] in ("Ingress", "IngressClass", "IngressClassParams")]
 
 
@@ -280,7 +280,9 @@ def test_only_the_inbound_subnets_reach_the_replicas_port() -> None:
 
 def test_exposure_turns_on_network_policies_in_the_cluster_and_changes_no_node_class() -> None:
     charts = exposed_charts()
-    for node_class in [o for o in charts["GpuNodePool"].to_json() if o["kind"] == "NodeClass"]:
+    for node_class in [
+        o for o in gpu_pool_objects({key: chart.to_json() for key, chart in charts.items()}) if o["kind"] == "NodeClass"
+    ]:
         assert node_class["spec"]["networkPolicy"] == "DefaultAllow"  # pods no policy selects stay open
     controller = charts[NETWORK_POLICY_CONTROLLER]
     assert controller.applies_over_existing  # the serving stack applies it, since it may exist already
@@ -288,9 +290,10 @@ def test_exposure_turns_on_network_policies_in_the_cluster_and_changes_no_node_c
     assert config_map["metadata"] == {"name": "amazon-vpc-cni", "namespace": "kube-system"}
     assert config_map["data"] == {"enable-network-policy-controller": "true"}
     plain = render_charts("prod")
-    assert NETWORK_POLICY_CONTROLLER not in plain
+    # The controller's ConfigMap in every stage: turned off, its deletion would delete Auto Mode's whole ConfigMap.
+    assert plain[NETWORK_POLICY_CONTROLLER] == controller.to_json()
     # The NodeClasses are the same without exposure: turning it on replaces no GPU node.
-    assert plain["GpuNodePool"] == charts["GpuNodePool"].to_json()
+    assert gpu_pool_objects(plain) == gpu_pool_objects({key: chart.to_json() for key, chart in charts.items()})
 
 
 def test_the_web_acl_keeps_no_sample_of_requests() -> None:

@@ -37,6 +37,7 @@ from tests.conftest import (
     Scans,
     find,
     find_all,
+    gpu_pool_objects,
     render_charts,
     start_in_background,
     validation_findings,
@@ -221,13 +222,13 @@ def test_kubernetes_schema_rejects_a_broken_deployment(change: str, message: str
 
 
 def test_every_node_pool_matches_the_karpenter_schema() -> None:
-    pools = [pool for stage in stage_names() for pool in find_all(render_charts(stage)["GpuNodePool"], "NodePool")]
+    pools = [pool for stage in stage_names() for pool in find_all(gpu_pool_objects(render_charts(stage)), "NodePool")]
     assert len(pools) == sum(len(load_stage_settings(stage).gpu_node_pools) for stage in stage_names())
     assert karpenter_problems(pools) == []
 
 
 def test_karpenter_schema_rejects_broken_node_pools() -> None:
-    pool = find(render_charts("dev")["GpuNodePool"], "NodePool")
+    pool = find(gpu_pool_objects(render_charts("dev")), "NodePool")
     bad_operator, bad_duration, no_node_class, wrong_type = (copy.deepcopy(pool) for _ in range(4))
     bad_operator["spec"]["template"]["spec"]["requirements"][0]["operator"] = "Within"
     bad_duration["spec"]["disruption"]["consolidateAfter"] = "ten minutes"

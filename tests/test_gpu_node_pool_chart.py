@@ -10,18 +10,23 @@ import pytest
 
 from charts import DeployedResources, build_charts
 from settings import parse_stage_settings
-from tests.conftest import find, find_all, render_charts, stage_data
+from tests.conftest import find, find_all, gpu_pool_objects, render_charts, stage_data
 from tests.scanners import karpenter_problems
 
 
 def node_pool(stage: str = "dev") -> dict[str, Any]:
     """The stage's first (preferred) GPU NodePool."""
-    return find_all(render_charts(stage)["GpuNodePool"], "NodePool")[0]
+    return find_all(gpu_pool_objects(render_charts(stage)), "NodePool")[0]
 
 
 def rendered_pool_chart(data: dict[str, Any], stage: str = "dev") -> list[dict[str, Any]]:
     settings = parse_stage_settings(stage, data)
-    return build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))["GpuNodePool"].to_json()
+    return gpu_pool_objects(
+        {
+            key: chart.to_json()
+            for key, chart in build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings)).items()
+        }
+    )
 
 
 def test_node_pool_is_the_walkthroughs() -> None:
@@ -54,7 +59,7 @@ def test_node_pool_is_the_walkthroughs() -> None:
 
 
 def test_gpu_node_class_gives_nodes_a_big_fast_disk() -> None:
-    node_class = find(render_charts("dev")["GpuNodePool"], "NodeClass")
+    node_class = find(gpu_pool_objects(render_charts("dev")), "NodeClass")
     assert node_class["apiVersion"] == "eks.amazonaws.com/v1"
     assert node_class["metadata"] == {"name": "gpu-node-pool"}
     assert "capacityReservationSelectorTerms" not in node_class["spec"]  # open reservations stay usable
@@ -159,7 +164,7 @@ def candidates(stage: str) -> set[str]:
     """The catalog's instances that both a pool and the model's pod accept."""
     pools = [
         pool["spec"]["template"]["spec"]["requirements"]
-        for pool in find_all(render_charts(stage)["GpuNodePool"], "NodePool")
+        for pool in find_all(gpu_pool_objects(render_charts(stage)), "NodePool")
     ]
     deployment = find(render_charts(stage)["Model-gpt-oss-20b"], "Deployment")
     (term,) = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
@@ -197,7 +202,7 @@ def test_without_the_gpu_memory_requirement_fractional_gpus_would_qualify() -> N
 
 
 def test_production_falls_back_from_l4_and_l40s_to_a10g_on_demand() -> None:
-    rendered = render_charts("prod")["GpuNodePool"]
+    rendered = gpu_pool_objects(render_charts("prod"))
     pools = find_all(rendered, "NodePool")
     assert [(p["metadata"]["name"], p["spec"]["weight"]) for p in pools] == [
         ("gpu-node-pool", 100),

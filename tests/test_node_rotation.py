@@ -18,7 +18,7 @@ import pytest
 from charts import DeployedResources, build_charts
 from charts.node_rotation import ROTATE_WITHIN_HOURS, ROTATION_ANNOTATION
 from settings import parse_stage_settings
-from tests.conftest import find, find_all, render_charts, stage_data
+from tests.conftest import find, find_all, gpu_pool_objects, render_charts, stage_data
 from tests.scanners import is_qualified_name, karpenter_problems, kubernetes_problems
 from tests.stand_ins import QuietHandler, serving
 
@@ -197,6 +197,6 @@ def test_pools_without_a_window_get_no_job() -> None:
 
 
 def test_the_patched_pool_is_still_a_valid_node_pool() -> None:
-    pool = find_all(render_charts("prod")["GpuNodePool"], "NodePool")[0]
+    pool = find_all(gpu_pool_objects(render_charts("prod")), "NodePool")[0]
     pool["spec"]["template"]["metadata"]["annotations"] = {ROTATION_ANNOTATION: "2026-11-28T03:00:00+00:00"}
     assert karpenter_problems([pool]) == []

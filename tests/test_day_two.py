@@ -1,0 +1,103 @@
+"""A running stage's second deploy: whatever the stage stops declaring is removed, by CloudFormation's deletion of a
+resource, where kubectl's prune would leave it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import cdk8s
+import pytest
+
+from charts import DeployedResources, build_charts
+from settings import parse_stage_settings
+from tests.conftest import Assembly, stage_data, unfold_manifest
+
+# What `kubectl apply --prune` deletes when a manifest stops declaring it, with no allow-list given (the CDK kubectl
+# handler gives none): kubernetes/kubectl pkg/util/prune/prune.go, the default GVKs.
+PRUNED_KINDS = {
+    "ConfigMap",
+    "Endpoints",
+    "PersistentVolumeClaim",
+    "Pod",
+    "ReplicationController",
+    "Secret",
+    "Service",
+    "Job",
+    "CronJob",
+    "Ingress",
+    "DaemonSet",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "Namespace",
+    "PersistentVolume",
+}
+CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
+
+
+def charts_of(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    settings = parse_stage_settings("prod", data)
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
+
+
+def identity(obj: dict[str, Any]) -> tuple[str, str, str]:
+    return obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
+def exposed(data: dict[str, Any]) -> dict[str, Any]:
+    data["models"][0]["exposure"] = {"hostname": "llm.internal.example.com", "certificate_arn": CERTIFICATE}
+    return data
+
+
+def without_autoscaling(data: dict[str, Any]) -> dict[str, Any]:
+    del data["models"][0]["autoscaling"]
+    return data
+
+
+def without_api_keys(data: dict[str, Any]) -> dict[str, Any]:
+    del data["models"][0]["api_keys_secret"]
+    return data
+
+
+def without_the_fallback_pool(data: dict[str, Any]) -> dict[str, Any]:
+    data["gpu_node_pools"] = data["gpu_node_pools"][:1]
+    return data
+
+
+TURNED_OFF = {
+    "autoscaling off": (lambda data: data, without_autoscaling),
+    "API keys off": (lambda data: data, without_api_keys),
+    "exposure off": (exposed, lambda data: data),
+    "a pool removed": (lambda data: data, without_the_fallback_pool),
+}
+
+
+@pytest.mark.parametrize("change", sorted(TURNED_OFF))
+def test_what_a_stage_stops_declaring_goes_with_a_resource_of_its_own(change: str) -> None:
+    before_of, after_of = TURNED_OFF[change]
+    before = charts_of(before_of(copy.deepcopy(stage_data("prod"))))
+    after = charts_of(after_of(copy.deepcopy(stage_data("prod"))))
+    remaining = {identity(obj) for objects in after.values() for obj in objects}
+    gone = [
+        (chart_id, obj) for chart_id, objects in before.items() for obj in objects if identity(obj) not in remaining
+    ]
+    assert gone, "the change removes something"
+    for chart_id, obj in gone:
+        # Pruned by the chart's own apply, or deleted with its chart's resource, which the stage no longer has.
+        assert obj["kind"] in PRUNED_KINDS or chart_id not in after, (change, chart_id, identity(obj))
+
+
+def test_the_chart_that_held_every_pool_lives_on_and_holds_none(prod: Assembly) -> None:
+    # Its resource deleted, CloudFormation would have the kubectl handler delete everything it last applied: every
+    # pool, which each pool's own chart now holds. Under its old logical id it is updated instead, to a ConfigMap.
+    serving = prod.template("Serving")["Resources"]
+    (legacy,) = [
+        resource for logical_id, resource in serving.items() if logical_id.startswith("ClusterGpuNodePoolF6E7F62E")
+    ]
+    assert [obj["kind"] for obj in unfold_manifest(legacy["Properties"]["Manifest"])] == ["ConfigMap"]
+    pools = [r for logical_id, r in serving.items() if logical_id.startswith("GpuNodePoolgpu")]
+    assert len(pools) == 2
+    # The pools' own charts are applied over the objects the old one created.
+    assert all(pool["Properties"]["Overwrite"] is True for pool in pools)
