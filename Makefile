@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth lock preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff deploy destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth lock preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -106,8 +106,13 @@ bootstrap: setup-synth ## Prepare the stage's account and region for CDK deploym
 diff: setup-synth ## Compare one stage with what is deployed (needs AWS credentials)
 	$(CDK) diff -c stage=$(STAGE) '$(STAGE)/*'
 
-deploy: setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account)
+plan: setup ## What a deploy of the stage will do to it, in words: replacements, removals, drift, rolls (offline against deployed/<stage>, or FROM_AWS=1)
+	$(CDK) synth --quiet -c stage=$(STAGE)
+	python -m scripts.plan --stage $(STAGE) $(if $(FROM_AWS),--from-aws,)
+
+deploy: setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account); saves its assembly for `make plan`
 	$(CDK) deploy -c stage=$(STAGE) '$(STAGE)/*'
+	python -m scripts.plan --stage $(STAGE) --save cdk.out/assembly-$(STAGE)
 
 destroy: setup-synth ## Delete one stage: load balancers, volumes and nodes first, then its stacks; lists what it keeps (needs AWS credentials)
 	python -m scripts.teardown --stage $(STAGE)

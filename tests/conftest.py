@@ -435,27 +435,6 @@ def _rendered(stage: str) -> dict[str, list[dict[str, Any]]]:
     return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
 
 
-def unfold_manifest(manifest: Any) -> list[dict[str, Any]]:
-    """A KubernetesManifest's objects as JSON, each CloudFormation reference shown as ${...}.
-
-    A manifest that holds deployed values (a file system id, say) is an Fn::Join in the template.
-    """
-    if isinstance(manifest, dict):
-        manifest = "".join(part if isinstance(part, str) else _reference(part) for part in manifest["Fn::Join"][1])
-    return json.loads(manifest)
-
-
-def _reference(intrinsic: dict[str, Any]) -> str:
-    if "Fn::GetStackOutput" in intrinsic:
-        output = intrinsic["Fn::GetStackOutput"]
-        return "${" + f"{output['StackName']}:{output['OutputName']}" + "}"
-    if "Fn::ImportValue" in intrinsic:
-        return "${" + intrinsic["Fn::ImportValue"] + "}"
-    if "Ref" in intrinsic:
-        return "${" + intrinsic["Ref"] + "}"
-    return "${" + json.dumps(intrinsic, sort_keys=True).replace('"', "'") + "}"
-
-
 def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     """Every resource of a CloudFormation type in a template."""
     return [resource for resource in template["Resources"].values() if resource["Type"] == kind]

@@ -10,8 +10,9 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
+from scripts.plan import unfold_manifest
 from settings import parse_stage_settings
-from tests.conftest import Assembly, stage_data, unfold_manifest
+from tests.conftest import Assembly, stage_data
 
 # What `kubectl apply --prune` deletes when a manifest stops declaring it, with no allow-list given (the CDK kubectl
 # handler gives none): kubernetes/kubectl pkg/util/prune/prune.go, the default GVKs.

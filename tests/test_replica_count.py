@@ -11,9 +11,10 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
+from scripts.plan import unfold_manifest
 from settings import parse_stage_settings
 from stacks.replica_count import LAST_APPLIED, MANIFEST_DIGEST, PRUNE_LABEL_PREFIX, last_applied_without_replicas
-from tests.conftest import Assembly, stage_data, unfold_manifest
+from tests.conftest import Assembly, stage_data
 from tests.test_serving import MANIFEST_TYPE
 
 PRUNE_LABEL = f"{PRUNE_LABEL_PREFIX}c8test"

@@ -6,7 +6,8 @@ import json
 import re
 from typing import Any
 
-from tests.conftest import Assembly, find, render_charts, unfold_manifest
+from scripts.plan import unfold_manifest
+from tests.conftest import Assembly, find, render_charts
 
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
 # A JSON string holding a reference (${...}) or a placeholder (<...>): known only once deployed.

@@ -14,8 +14,9 @@ import yaml
 from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
+from scripts.plan import unfold_manifest
 from settings import stage_names
-from tests.conftest import Assembly, render_charts, unfold_manifest
+from tests.conftest import Assembly, render_charts
 
 # Asset hashes change with every library bump that touches a bundled handler, not with our code.
 ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")

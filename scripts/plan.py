@@ -1,0 +1,347 @@
+"""What a deploy of a stage will do to it, in words, before it runs: `make plan STAGE=dev`.
+
+It compares the stage as it is deployed with the stage as its settings now synthesize it. "As deployed" is the
+cloud assembly `make deploy` saved after its last success (deployed/<stage>/), or, with --from-aws and credentials,
+each stack's template as CloudFormation holds it. Then, per change:
+
+- CloudFormation resources replaced (a property of the resource's createOnlyProperties changes, by its resource
+  schema as cfn-lint bundles it), and whether they hold data; resources deleted;
+- Kubernetes objects removed from the cluster, and objects whose immutable fields change (a Job's template, a
+  claim's request), which the kubectl handler's apply would fail on;
+- GPU pools whose nodes drift and are replaced: a NodePool's template other than its requirements, which Karpenter
+  hashes (kubernetes-sigs/karpenter pkg/apis/v1/nodepool.go, Hash), or its NodeClass's spec;
+- models whose replicas roll (the Deployment's pod template changes), and what that interrupts.
+
+Exit status: 0, and the plan; 1 when a change would fail the deploy or lose data (each named); 2 when there is
+nothing to compare with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOYED = ROOT / "deployed"
+MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
+# Resources whose replacement loses what they hold, or everything running on them.
+HOLDS_DATA = {
+    "AWS::S3::Bucket": "the model weights",
+    "AWS::FSx::FileSystem": "the file system (refilled from the bucket, but every replica loses its volume)",
+    "AWS::EKS::Cluster": "the cluster and everything running on it",
+    "AWS::KMS::Key": "the key (what it encrypted stays unreadable without it)",
+    "AWS::APS::Workspace": "the history of vLLM's metrics",
+    "AWS::Logs::LogGroup": "the logs",
+    "AWS::ECR::PullThroughCacheRule": "nothing (the cached images stay)",
+}
+
+
+@dataclass
+class Plan:
+    lines: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    def refuse(self, line: str) -> None:
+        self.refusals.append(line)
+        self.lines.append(f"REFUSED: {line}")
+
+
+# --- CloudFormation ---
+
+
+def create_only(resource_type: str) -> list[str]:
+    """The property paths whose change replaces a resource (its schema's createOnlyProperties)."""
+    import cfnlint  # the linter the project's gates run; its bundled schemas are CloudFormation's own
+
+    schemas = Path(cfnlint.__file__).parent / "data" / "schemas"
+    provider = json.loads((schemas / "providers" / "us-east-1.json").read_text())
+    if resource_type not in provider:
+        return []
+    schema = json.loads((schemas / "resources" / f"{provider[resource_type]}.json").read_text())
+    return [path.removeprefix("/properties/") for path in schema.get("createOnlyProperties", [])]
+
+
+def _at(properties: dict[str, Any], path: str) -> Any:
+    value: Any = properties
+    for part in path.split("/"):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def kubernetes_version_problem(before: str, after: str) -> str | None:
+    """EKS moves a cluster one minor version up at a time, never down (EKS User Guide, "Update existing cluster to
+    new Kubernetes version")."""
+    (major_before, minor_before), (major_after, minor_after) = (tuple(map(int, v.split("."))) for v in (before, after))
+    if (major_after, minor_after) < (major_before, minor_before):
+        return f"Kubernetes {before} would go down to {after}: EKS never downgrades a cluster"
+    if major_after == major_before and minor_after > minor_before + 1:
+        return f"Kubernetes {before} would skip to {after}: EKS upgrades one minor version at a time"
+    return None
+
+
+def compare_stack(plan: Plan, stack: str, before: dict[str, Any], after: dict[str, Any]) -> None:
+    old, new = before.get("Resources", {}), after.get("Resources", {})
+    for logical_id in sorted(old.keys() & new.keys()):
+        if new[logical_id]["Type"] == "AWS::EKS::Cluster":
+            versions = [resource[logical_id]["Properties"].get("Version") for resource in (old, new)]
+            if all(isinstance(version, str) for version in versions) and versions[0] != versions[1]:
+                problem = kubernetes_version_problem(versions[0], versions[1])
+                if problem:
+                    plan.refuse(f"{stack}: {problem}")
+                else:
+                    plan.say(f'{stack}: Kubernetes {versions[0]} to {versions[1]}: see README, "Upgrading Kubernetes"')
+    for logical_id in sorted(old.keys() - new.keys()):
+        kind = old[logical_id]["Type"]
+        if kind == MANIFEST_TYPE:
+            continue  # said with the Kubernetes objects
+        kept = old[logical_id].get("DeletionPolicy") == "Retain"
+        held = HOLDS_DATA.get(kind)
+        what = f"{stack}: {kind} {logical_id} is deleted" + (" (retained: it stays in the account)" if kept else "")
+        if held and not kept:
+            plan.refuse(f"{what}, and with it {held}")
+        else:
+            plan.say(what)
+    for logical_id in sorted(old.keys() & new.keys()):
+        kind = new[logical_id]["Type"]
+        changed = [
+            path
+            for path in create_only(kind)
+            if _at(old[logical_id].get("Properties", {}), path) != _at(new[logical_id].get("Properties", {}), path)
+        ]
+        if changed:
+            held = HOLDS_DATA.get(kind)
+            what = f"{stack}: {kind} {logical_id} is replaced ({', '.join(changed)} changes)"
+            if held:
+                plan.refuse(f"{what}, and with it {held}")
+            else:
+                plan.say(what)
+
+
+# --- Kubernetes ---
+
+
+def unfold_manifest(manifest: Any) -> list[dict[str, Any]]:
+    """A KubernetesManifest's objects as JSON, each CloudFormation reference shown as ${...}.
+
+    A manifest that holds deployed values (a file system id, say) is an Fn::Join in the template.
+    """
+    if isinstance(manifest, dict):
+        manifest = "".join(part if isinstance(part, str) else _reference(part) for part in manifest["Fn::Join"][1])
+    loaded: Any = json.loads(manifest)
+    return loaded
+
+
+def _reference(intrinsic: dict[str, Any]) -> str:
+    if "Fn::GetStackOutput" in intrinsic:
+        output = intrinsic["Fn::GetStackOutput"]
+        return "${" + f"{output['StackName']}:{output['OutputName']}" + "}"
+    if "Fn::ImportValue" in intrinsic:
+        return "${" + intrinsic["Fn::ImportValue"] + "}"
+    if "Ref" in intrinsic:
+        return "${" + intrinsic["Ref"] + "}"
+    return "${" + json.dumps(intrinsic, sort_keys=True).replace('"', "'") + "}"
+
+
+def manifests(template: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The Kubernetes objects of each manifest resource, deployed values shown as references."""
+    return {
+        logical_id: unfold_manifest(resource["Properties"]["Manifest"])
+        for logical_id, resource in template.get("Resources", {}).items()
+        if resource["Type"] == MANIFEST_TYPE
+    }
+
+
+def key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    return obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
+def without_prune_label(obj: dict[str, Any]) -> dict[str, Any]:
+    copy = json.loads(json.dumps(obj))
+    labels = copy["metadata"].get("labels", {})
+    for label in [label for label in labels if label.startswith("aws.cdk.eks/prune-")]:
+        del labels[label]
+    return copy
+
+
+def compare_objects(plan: Plan, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> None:
+    old = {key(obj): without_prune_label(obj) for obj in before}
+    new = {key(obj): without_prune_label(obj) for obj in after}
+    pools = {name for kind, _, name in new if kind == "NodePool"}
+    for kind, namespace, name in sorted(old.keys() - new.keys()):
+        plan.say(f"Kubernetes: {kind} {namespace + '/' if namespace else ''}{name} is removed from the cluster")
+        if kind == "Service" and namespace in {ns for k, ns, _ in new if k == "Namespace" or ns == namespace}:
+            plan.say(f"in-cluster clients of {name}.{namespace}.svc lose it: point them at the model's new Service")
+    _renames(plan, old, new)
+    _repo_changes(plan, old, new)
+    for ident in sorted(old.keys() & new.keys()):
+        kind, namespace, name = ident
+        was, now = old[ident], new[ident]
+        if was == now:
+            continue
+        where = f"{namespace}/{name}" if namespace else name
+        if kind == "Job" and was["spec"] != now["spec"]:
+            plan.refuse(f"Kubernetes: Job {where} changes its spec under the same name; a Job's template is immutable")
+        elif kind == "PersistentVolumeClaim" and was["spec"] != now["spec"]:
+            plan.refuse(f"Kubernetes: PersistentVolumeClaim {where} changes its spec; a bound static claim's is fixed")
+        elif kind == "NodePool" and _hashed(was) != _hashed(now):
+            plan.say(f"GPU pool {name}: its template changes, so every node of it drifts and is replaced")
+        elif kind == "NodeClass" and was["spec"] != now["spec"] and name in pools:
+            plan.say(f"GPU pool {name}: its NodeClass changes, so every node of it drifts and is replaced")
+        elif kind == "Deployment" and was["spec"]["template"] != now["spec"]["template"]:
+            replicas = now["spec"].get("replicas", "the autoscaler's")
+            plan.say(
+                f"model {namespace}: its replicas roll ({replicas}), one new replica serving before an old one goes "
+                "(maxUnavailable 0): no request dropped, a cold start per replica"
+            )
+
+
+def _served(objects: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, str]:
+    """Each model namespace's served model name, from its Deployment's --served-model-name."""
+    served = {}
+    for (kind, namespace, _), obj in objects.items():
+        if kind == "Deployment":
+            args = obj["spec"]["template"]["spec"]["containers"][0].get("args", [])
+            for arg in args:
+                if arg.startswith("--served-model-name="):
+                    served[namespace] = arg.split("=", 1)[1]
+    return served
+
+
+def _renames(plan: Plan, old: dict[Any, Any], new: dict[Any, Any]) -> None:
+    """A model that goes under one name and comes under another: the old namespace goes as the new one comes."""
+    before, after = _served(old), _served(new)
+    for gone in sorted(before.keys() - after.keys()):
+        for came in sorted(after.keys() - before.keys()):
+            if before[gone] == after[came]:
+                plan.say(
+                    f"model {gone} is renamed {came}: {gone} stops serving {before[gone]} as soon as the deploy "
+                    f"applies the change, and {came} serves only after its import and a cold start. Without an outage: "
+                    f'add {came} beside {gone}, deploy, wait until it serves, then remove {gone} (README, "Changing a '
+                    'running stage")'
+                )
+
+
+def _repo_changes(plan: Plan, old: dict[Any, Any], new: dict[Any, Any]) -> None:
+    """An import whose repository changes while its weights folder stays: the import refuses to mix them."""
+
+    def imports(objects: dict[Any, Any]) -> dict[str, tuple[str, str]]:
+        found = {}
+        for (kind, namespace, _), obj in objects.items():
+            if kind == "Job":
+                command = obj["spec"]["template"]["spec"]["containers"][0]["command"]
+                flags = dict(arg[2:].split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+                if "repo" in flags:
+                    found[namespace] = (flags["repo"], flags["prefix"])
+        return found
+
+    before, after = imports(old), imports(new)
+    for namespace in sorted(before.keys() & after.keys()):
+        (was, folder), (now, new_folder) = before[namespace], after[namespace]
+        if was != now and folder == new_folder:
+            plan.refuse(
+                f"model {namespace}: {now} would be imported into {folder}, which holds {was}'s weights; give the "
+                "model a new revision (or name), so that its weights get a folder of their own"
+            )
+
+
+def _hashed(node_pool: dict[str, Any]) -> dict[str, Any]:
+    template = json.loads(json.dumps(node_pool["spec"]["template"]))
+    template.get("spec", {}).pop("requirements", None)  # Hash() ignores them; they drift on their own
+    return template
+
+
+# --- the command ---
+
+
+def assembly_templates(directory: Path) -> dict[str, dict[str, Any]]:
+    """The templates of a cloud assembly's stacks, by their short names (Network, Cluster, ...)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return {
+        artifact["displayName"].split("/")[-1]: json.loads(
+            (directory / artifact["properties"]["templateFile"]).read_text()
+        )
+        for artifact in manifest["artifacts"].values()
+        if artifact["type"] == "aws:cloudformation:stack"
+    }
+
+
+def deployed_templates(stage: str, region: str) -> dict[str, dict[str, Any]]:
+    """Each stack's template as CloudFormation holds it (needs credentials)."""
+    import boto3
+
+    cloudformation = boto3.client("cloudformation", region_name=region)
+    found = {}
+    for stack in ("Network", "Registry", "ModelStore", "Cluster", "Serving"):
+        try:
+            body = cloudformation.get_template(StackName=f"{stage}-{stack}", TemplateStage="Original")["TemplateBody"]
+        except cloudformation.exceptions.ClientError:
+            continue
+        found[stack] = body if isinstance(body, dict) else json.loads(body)
+    return found
+
+
+def plan(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> Plan:
+    result = Plan()
+    for stack in sorted(before.keys() - after.keys()):
+        result.refuse(f"stack {stack} is no longer in the stage")
+    for stack in sorted(after):
+        compare_stack(result, stack, before.get(stack, {}), after[stack])
+    objects_before = [obj for objects in manifests(before.get("Serving", {})).values() for obj in objects]
+    objects_after = [obj for objects in manifests(after.get("Serving", {})).values() for obj in objects]
+    compare_objects(result, objects_before, objects_after)
+    if not result.lines:
+        result.say("nothing changes")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("--save", type=Path, help="keep this cloud assembly as the stage's deployed one, and stop")
+    parser.add_argument("--before", type=Path, help="a saved cloud assembly (default: deployed/<stage>)")
+    parser.add_argument("--after", type=Path, help="the new cloud assembly (default: cdk.out/assembly-<stage>)")
+    parser.add_argument("--from-aws", action="store_true", help="read the deployed templates from CloudFormation")
+    args = parser.parse_args(argv)
+    if args.save:
+        save_deployed(args.stage, args.save)
+        return 0
+    after_dir = args.after or ROOT / "cdk.out" / f"assembly-{args.stage}"
+    after = assembly_templates(after_dir)
+    if args.from_aws:
+        from scripts import stage_settings_or_exit
+
+        before = deployed_templates(args.stage, stage_settings_or_exit(args.stage).region)
+    else:
+        before_dir = args.before or DEPLOYED / args.stage
+        if not (before_dir / "manifest.json").is_file():
+            print(
+                f"nothing to compare with: {before_dir} holds no cloud assembly (`make deploy` saves one after each "
+                "success; or give --from-aws with credentials)",
+                file=sys.stderr,
+            )
+            return 2
+        before = assembly_templates(before_dir)
+    result = plan(before, after)
+    print(f"# Plan of stage {args.stage}\n")
+    print("\n".join(f"- {line}" for line in result.lines))
+    return 1 if result.refusals else 0
+
+
+def save_deployed(stage: str, assembly: Path, root: Path = DEPLOYED) -> None:
+    """After a successful deploy: keep its cloud assembly (templates and manifest) for the next `make plan`."""
+    target = root / stage
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(assembly, target, ignore=shutil.ignore_patterns("asset.*", "*.zip"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

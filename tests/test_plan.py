@@ -1,0 +1,201 @@
+"""`make plan`: what a settings change does to a running stage, said before the deploy. A table of day-2 changes,
+each rendered before and after."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import cdk8s
+import pytest
+
+from charts import DeployedResources, build_charts
+from scripts import plan as make_plan
+from settings import parse_stage_settings
+from tests.conftest import Assembly, stage_data
+
+CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
+
+
+def serving_of(data: dict[str, Any]) -> dict[str, Any]:
+    """A Serving template as the stack would hold prod's charts (each a manifest resource)."""
+    settings = parse_stage_settings("prod", data)
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    return {
+        "Resources": {
+            chart_id: {"Type": make_plan.MANIFEST_TYPE, "Properties": {"Manifest": json.dumps(chart.to_json())}}
+            for chart_id, chart in charts.items()
+        }
+    }
+
+
+def planned(change: Callable[[dict[str, Any]], Any]) -> make_plan.Plan:
+    before = stage_data("prod")
+    after = copy.deepcopy(before)
+    change(after)
+    return make_plan.plan({"Serving": serving_of(before)}, {"Serving": serving_of(after)})
+
+
+def model(data: dict[str, Any]) -> dict[str, Any]:
+    return data["models"][0]
+
+
+def second_model(data: dict[str, Any]) -> None:
+    data["models"].append({**model(data), "name": "gpt-oss-b", "service_name": "gpt-oss-b"})
+
+
+DAY_TWO: dict[str, tuple[Callable[[dict[str, Any]], Any], list[str], list[str]]] = {
+    # change: (what it does, what the plan must say, what it must not say)
+    "a new revision": (
+        lambda data: model(data).update(revision="a" * 40),
+        ["model gpt-oss-20b: its replicas roll", "Job gpt-oss-20b/import-gpt-oss-20b-"],
+        ["drifts", "REFUSED"],
+    ),
+    "a new image": (
+        lambda data: model(data).update(image="public.ecr.aws/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2"),
+        ["model gpt-oss-20b: its replicas roll"],
+        ["drifts", "REFUSED"],
+    ),
+    "a longer context": (
+        lambda data: model(data).update(max_model_len=30000),
+        ["model gpt-oss-20b: its replicas roll"],
+        ["drifts", "REFUSED"],  # a model's settings never reach a pool's hashed template
+    ),
+    "a bigger file system": (
+        lambda data: data.update(model_store={"storage_capacity_gib": 2400}),
+        [],
+        ["REFUSED", "drifts"],  # the claim's request stays: no immutable field changes
+    ),
+    "a pool's disk": (
+        lambda data: data["gpu_node_pools"][0].update(disk={"size": "300Gi", "iops": 10000, "throughput_mib": 1000}),
+        ["GPU pool gpu-node-pool: its NodeClass changes, so every node of it drifts"],
+        ["gpu-fallback-g5: its", "REFUSED"],
+    ),
+    "a new pool": (
+        lambda data: data["gpu_node_pools"].append(
+            {**data["gpu_node_pools"][1], "name": "gpu-g6e", "instance_families": ["g6e"]}
+        ),
+        [],
+        ["drifts", "REFUSED", "removed"],
+    ),
+    "a model added": (second_model, [], ["REFUSED", "removed"]),
+    "autoscaling off": (
+        lambda data: model(data).pop("autoscaling"),
+        ["ScaledObject gpt-oss-20b/gpt-oss-20b is removed", "TriggerAuthentication gpt-oss-20b/amp-queries is removed"],
+        ["REFUSED"],
+    ),
+    "exposure on": (
+        lambda data: model(data).update(
+            exposure={"hostname": "llm.internal.example.com", "certificate_arn": CERTIFICATE}
+        ),
+        ["model gpt-oss-20b: its replicas roll"],  # the preStop waits for the load balancer now
+        ["drifts", "REFUSED"],  # the NodeClasses carry networkPolicy already
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(DAY_TWO))
+def test_the_plan_of_a_day_two_change_says_what_it_does(change: str) -> None:
+    apply, said, unsaid = DAY_TWO[change]
+    lines = "\n".join(planned(apply).lines)
+    for phrase in said:
+        assert phrase in lines, (change, lines)
+    for phrase in unsaid:
+        assert phrase not in lines, (change, lines)
+
+
+def test_a_removed_model_and_its_namespace_are_said() -> None:
+    before = stage_data("prod")
+    second_model(before)
+    result = make_plan.plan({"Serving": serving_of(before)}, {"Serving": serving_of(stage_data("prod"))})
+    assert "Kubernetes: Namespace gpt-oss-b is removed from the cluster" in result.lines
+
+
+def test_a_job_changed_under_its_name_is_refused() -> None:
+    # What a Job named after settings rather than its spec did: the deploy would fail on the immutable template.
+    before = serving_of(stage_data("prod"))
+    after = copy.deepcopy(before)
+    objects = json.loads(after["Resources"]["Model-gpt-oss-20b"]["Properties"]["Manifest"])
+    job = next(obj for obj in objects if obj["kind"] == "Job")
+    job["spec"]["template"]["spec"]["containers"][0]["image"] = "another"
+    after["Resources"]["Model-gpt-oss-20b"]["Properties"]["Manifest"] = json.dumps(objects)
+    result = make_plan.plan({"Serving": before}, {"Serving": after})
+    assert result.refusals == [
+        f"Kubernetes: Job gpt-oss-20b/{job['metadata']['name']} changes its spec under the same name; a Job's template "
+        "is immutable"
+    ]
+
+
+def test_a_stateful_replacement_is_refused_and_a_throughput_change_is_not(dev: Assembly) -> None:
+    before = {"ModelStore": dev.template("ModelStore")}
+    after = copy.deepcopy(before)
+    (file_system,) = [r for r in after["ModelStore"]["Resources"].values() if r["Type"] == "AWS::FSx::FileSystem"]
+    file_system["Properties"]["LustreConfiguration"]["PerUnitStorageThroughput"] = 500
+    assert make_plan.plan(before, after).refusals == []
+    file_system["Properties"]["SubnetIds"] = ["subnet-0123"]
+    (refusal,) = make_plan.plan(before, after).refusals
+    assert "AWS::FSx::FileSystem" in refusal
+    assert "is replaced (SubnetIds changes), and with it the file system" in refusal
+
+
+def test_the_deployed_stage_against_itself_plans_nothing(dev: Assembly) -> None:
+    templates = make_plan.assembly_templates(dev.directory)
+    assert set(templates) == {"Network", "Registry", "ModelStore", "Cluster", "Serving"}
+    assert make_plan.plan(templates, templates).lines == ["nothing changes"]
+
+
+def test_the_command_says_when_there_is_nothing_to_compare_with(
+    dev: Assembly, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert make_plan.main(["--stage", "dev", "--before", str(tmp_path), "--after", str(dev.directory)]) == 2
+    assert "holds no cloud assembly (`make deploy` saves one after each success" in capsys.readouterr().err
+    saved = tmp_path / "deployed"
+    make_plan.save_deployed("dev", dev.directory, root=saved)
+    assert make_plan.main(["--stage", "dev", "--before", str(saved / "dev"), "--after", str(dev.directory)]) == 0
+    assert "- nothing changes" in capsys.readouterr().out
+
+
+def test_a_renamed_model_is_said_with_the_way_to_rename_it_without_an_outage() -> None:
+    lines = "\n".join(planned(lambda data: model(data).update(name="gpt-oss")).lines)
+    assert "model gpt-oss-20b is renamed gpt-oss: gpt-oss-20b stops serving openai/gpt-oss-20b" in lines
+    assert "add gpt-oss beside gpt-oss-20b, deploy, wait until it serves, then remove gpt-oss-20b" in lines
+    assert "Namespace gpt-oss-20b is removed from the cluster" in lines
+
+
+def test_another_repository_into_the_same_weights_folder_is_refused() -> None:
+    # The same name and revision give the same folder: the import would mix two models' files.
+    result = planned(lambda data: model(data).update(model="Qwen/Qwen3-8B", max_model_len=8192))
+    (refusal,) = result.refusals
+    assert refusal.startswith("model gpt-oss-20b: Qwen/Qwen3-8B would be imported into gpt-oss-20b/d666cf3b")
+    assert "which holds openai/gpt-oss-20b's weights" in refusal
+    # With a revision of its own it has a folder of its own.
+    moved = planned(lambda data: model(data).update(model="Qwen/Qwen3-8B", max_model_len=8192, revision="b" * 40))
+    assert moved.refusals == []
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "problem"),
+    [
+        ("1.35", "1.36", None),
+        ("1.35", "1.35", None),
+        ("1.34", "1.36", "Kubernetes 1.34 would skip to 1.36: EKS upgrades one minor version at a time"),
+        ("1.36", "1.35", "Kubernetes 1.36 would go down to 1.35: EKS never downgrades a cluster"),
+    ],
+)
+def test_kubernetes_moves_one_minor_version_up_at_a_time(before: str, after: str, problem: str | None) -> None:
+    assert make_plan.kubernetes_version_problem(before, after) == problem
+
+
+def test_a_kubernetes_upgrade_points_at_its_runbook_and_a_skip_is_refused(dev: Assembly) -> None:
+    before = {"Cluster": dev.template("Cluster")}
+    (cluster,) = [r for r in before["Cluster"]["Resources"].values() if r["Type"] == "AWS::EKS::Cluster"]
+    version = cluster["Properties"]["Version"]
+    major, minor = map(int, version.split("."))
+    for step, expected in ((1, 'see README, "Upgrading Kubernetes"'), (2, "EKS upgrades one minor version")):
+        after = copy.deepcopy(before)
+        (upgraded,) = [r for r in after["Cluster"]["Resources"].values() if r["Type"] == "AWS::EKS::Cluster"]
+        upgraded["Properties"]["Version"] = f"{major}.{minor + step}"
+        assert expected in "\n".join(make_plan.plan(before, after).lines)
+    assert make_plan.plan(before, after).refusals
