@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth lock preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,8 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 setup-synth: $(VENV)/.synth node_modules/.installed
+
+setup-plan: $(VENV)/.dev ## Install what `make plan` needs and no more (the pipeline's Plan step)
 
 setup: setup-synth $(VENV)/.dev .venv-checkov/.installed ## Install everything: Python packages from lock/ (.venv, .venv-checkov), the CDK CLI, Node.js 22 and schemas (node_modules)
 

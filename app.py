@@ -11,11 +11,9 @@ from cdk_nag import AwsSolutionsChecks
 from jsii.errors import JavaScriptError
 
 from settings import DEFAULT_STAGE, SettingsError, StageSettings, load_pipeline_settings, load_stage_settings
-from stacks.pipeline import PipelineStack
+from stacks.pipeline import PIPELINE_STACK, PipelineStack
 from stacks.stage import InferencePlatformStage
 from stacks.template_size import TemplateSizeLimit
-
-PIPELINE_STACK = "GpuInferencePipeline"
 
 
 def cdk_json_context() -> dict[str, Any]:

@@ -27,6 +27,9 @@ from charts.api_object import api_object
 SERVICE_ACCOUNT = "vllm-server"
 PROVIDER_CLASS = "api-keys"
 CSI_DRIVER = "secrets-store.csi.k8s.io"
+# The secret's name on the replicas' pod template: the driver mounts the secret as a pod starts, so a model that
+# reads another secret must start new replicas, which a changed template does.
+SECRET_ANNOTATION = "api-keys/secret"
 # Where the secret is mounted, and its file: vLLM's --config takes only .yaml or .yml files.
 MOUNT = "/etc/vllm/api-keys"
 FILE = "api-keys.yaml"

@@ -19,6 +19,7 @@ from constructs import Construct
 
 from charts.api_keys import LOGGING_MOUNT, ApiKeys, config_args, logging_env
 from charts.api_keys import MOUNT as API_KEYS_MOUNT
+from charts.api_keys import SECRET_ANNOTATION as API_KEYS_SECRET_ANNOTATION
 from charts.api_object import api_object
 from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
 from charts.drain import drain_command
@@ -401,6 +402,7 @@ class VllmServerChart(cdk8s.Chart):
             container.add_port(number=GPU_METRICS_PORT, name=GPU_METRICS_PORT_NAME)
             container.mount(GPU_METRICS_MOUNT, GpuMetrics(self, "GpuMetrics").volume, read_only=True)
         if api_keys is not None:
+            deployment.pod_metadata.add_annotation(API_KEYS_SECRET_ANNOTATION, model.api_keys_secret)
             container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
             container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)
         weights_volume = kplus.Volume.from_persistent_volume_claim(

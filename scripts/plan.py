@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from settings.names import SECRETS_STORE_ADDON
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYED = ROOT / "deployed"
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
@@ -274,30 +276,65 @@ def assembly_templates(directory: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def deployed_templates(stage: str, region: str) -> dict[str, dict[str, Any]]:
-    """Each stack's template as CloudFormation holds it (needs credentials)."""
-    import boto3
+STACKS = ("Network", "Registry", "ModelStore", "Cluster", "Serving")
 
-    cloudformation = boto3.client("cloudformation", region_name=region)
+
+def deployed_templates(stage: str, cloudformation: Any) -> dict[str, dict[str, Any]]:
+    """Each of the stage's stacks as CloudFormation holds it (a boto3 client with credentials); a stack not yet
+    deployed is left out, and any other error (no access, say) ends the plan."""
+    from botocore.exceptions import ClientError
+
     found = {}
-    for stack in ("Network", "Registry", "ModelStore", "Cluster", "Serving"):
+    for stack in STACKS:
         try:
             body = cloudformation.get_template(StackName=f"{stage}-{stack}", TemplateStage="Original")["TemplateBody"]
-        except cloudformation.exceptions.ClientError:
-            continue
+        except ClientError as error:
+            if "does not exist" in error.response["Error"].get("Message", ""):
+                continue
+            raise
+        # boto3 hands a JSON template over already parsed.
         found[stack] = body if isinstance(body, dict) else json.loads(body)
     return found
+
+
+# EKS add-ons of the Cluster stack that run a CSI driver, and the kind of object in Serving whose pods mount it. The
+# Cluster stack deploys before Serving, so an add-on removed there goes while those pods still run: the kubelet
+# cannot unmount their volumes without the driver, and they stay Terminating.
+CSI_ADDONS = {SECRETS_STORE_ADDON: "SecretProviderClass"}
+
+
+def addons(template: dict[str, Any]) -> set[str]:
+    return {
+        resource["Properties"]["AddonName"]
+        for resource in template.get("Resources", {}).values()
+        if resource["Type"] == "AWS::EKS::Addon"
+    }
+
+
+def compare_drivers(plan: Plan, before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> None:
+    """A CSI driver's add-on removed in the deploy that removes the last objects whose pods mount it."""
+    mounted = {obj["kind"] for objects in manifests(before.get("Serving", {})).values() for obj in objects}
+    for addon in sorted(addons(before.get("Cluster", {})) - addons(after.get("Cluster", {}))):
+        if CSI_ADDONS.get(addon) in mounted:
+            plan.refuse(
+                f"Cluster: the {addon} add-on would be removed before the replicas that mount its volumes are gone; "
+                "they would stay Terminating. Deploy with cluster.secrets_store_driver: true first, then unset it "
+                '(README, "API keys")'
+            )
 
 
 def plan(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> Plan:
     result = Plan()
     for stack in sorted(before.keys() - after.keys()):
         result.refuse(f"stack {stack} is no longer in the stage")
+    for stack in sorted(after.keys() - before.keys()):
+        result.say(f"stack {stack} is created")
     for stack in sorted(after):
         compare_stack(result, stack, before.get(stack, {}), after[stack])
     objects_before = [obj for objects in manifests(before.get("Serving", {})).values() for obj in objects]
     objects_after = [obj for objects in manifests(after.get("Serving", {})).values() for obj in objects]
     compare_objects(result, objects_before, objects_after)
+    compare_drivers(result, before, after)
     if not result.lines:
         result.say("nothing changes")
     return result
@@ -317,9 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     after_dir = args.after or ROOT / "cdk.out" / f"assembly-{args.stage}"
     after = assembly_templates(after_dir)
     if args.from_aws:
+        import boto3
+
         from scripts import stage_settings_or_exit
 
-        before = deployed_templates(args.stage, stage_settings_or_exit(args.stage).region)
+        cloudformation = boto3.client("cloudformation", region_name=stage_settings_or_exit(args.stage).region)
+        before = deployed_templates(args.stage, cloudformation)
     else:
         before_dir = args.before or DEPLOYED / args.stage
         if not (before_dir / "manifest.json").is_file():

@@ -474,6 +474,11 @@ class ClusterSettings(_Strict):
     # says so here, as a production stage must (StageSettings._someone_can_reach_it).
     operated_by_pipeline_only: bool = False
     log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
+    # The Secrets Store CSI driver and its AWS provider (an EKS add-on), which mount API keys into the replicas.
+    # Unset: installed while a model reads API keys. The Cluster stack deploys before Serving, so removing the
+    # driver in the deploy that turns the last model's keys off would leave its old pods unable to unmount their
+    # keys, Terminating for good: to turn API keys off, set true for that deploy, then unset it (`make plan` says).
+    secrets_store_driver: bool | None = None
     # Once any NodeClass in the cluster selects capacity reservations, Auto Mode stops launching
     # into open On-Demand Capacity Reservations for every NodeClass, the built-in pools' included
     # (EKS User Guide, auto-odcr.html, the Warning). A stage whose GPU pools select reservations
@@ -1038,8 +1043,21 @@ class StageSettings(_Strict):
 
     @property
     def secrets_store(self) -> bool:
-        """A model reads API keys: the Secrets Store CSI driver's AWS provider runs on every node."""
+        """The Secrets Store CSI driver's AWS provider runs on every node: a model reads API keys, or the driver
+        stays while their last replicas go (cluster.secrets_store_driver)."""
+        if self.cluster.secrets_store_driver is not None:
+            return self.cluster.secrets_store_driver
         return any(model.api_keys_secret for model in self.models)
+
+    @model_validator(mode="after")
+    def _api_keys_have_their_driver(self) -> StageSettings:
+        readers = [f"models[{index}]" for index, model in enumerate(self.models) if model.api_keys_secret]
+        if self.cluster.secrets_store_driver is False and readers:
+            raise ValueError(
+                f"cluster.secrets_store_driver: false, but {', '.join(readers)} read API keys (api_keys_secret), "
+                "which the driver mounts; allowed: true or unset"
+            )
+        return self
 
     @property
     def exposed(self) -> bool:

@@ -19,6 +19,7 @@ from constructs import Construct
 from charts.gpu_node_pool import GPU_TAINT
 from settings import names
 from settings.model import ClusterSettings, MetricsSettings, ObservabilitySettings
+from settings.names import SECRETS_STORE_ADDON
 from stacks.log_group import service_log_group
 from stacks.metrics import ManagedPrometheus
 from stacks.pod_identity import pod_identity_role
@@ -42,9 +43,6 @@ FSX_CSI_SERVICE_ACCOUNT = "fsx-csi-controller-sa"
 
 # The GPU nodes' taint (charts/gpu_node_pool.py), as a toleration.
 GPU_TAINT_TOLERATION = {"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}
-# The AWS Secrets and Configuration Provider add-on, which installs the Secrets Store CSI driver with it
-# (EKS User Guide, "AWS add-ons": available on Auto Mode; its chart's secrets-store-csi-driver.install).
-SECRETS_STORE_ADDON = "aws-secrets-store-csi-driver-provider"
 # The Amazon CloudWatch Observability add-on and its agent's service account (CloudWatch User Guide,
 # "Install the CloudWatch agent with the Amazon CloudWatch Observability EKS add-on").
 CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"

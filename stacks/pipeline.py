@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Stack, pipelines
+from aws_cdk import DefaultStackSynthesizer, Duration, RemovalPolicy, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
@@ -19,13 +19,17 @@ from stacks.stage import InferencePlatformStage
 # The same commands a person runs (README): install, the whole test suite with its gates, synth.
 SYNTH_INSTALL = ["make setup"]
 SYNTH_COMMANDS = ["make test", "npx cdk synth --quiet -c pipeline=true"]
+# `make plan` needs the project's Python packages (cfn-lint's resource schemas, boto3), not Node's.
+PLAN_INSTALL = ["make setup-plan"]
+# The pipeline stack's id (app.py): each stage's nested assembly is cdk.out/assembly-<id>-<stage>.
+PIPELINE_STACK = "GpuInferencePipeline"
 
 
-# The smoke test's role is assumed from the pipeline's CodeBuild role: role chaining, whose
-# sessions last at most one hour (IAM User Guide, "Role chaining"), while the smoke test may run
-# longer. The credentials are taken again before every status call.
-ASSUME_TRIGGER_ROLE = (
-    'assume() { creds=$(aws sts assume-role --role-arn "$1" --role-session-name smoke-test --query Credentials) '
+# A stage account's role, assumed from the pipeline's CodeBuild role: role chaining, whose sessions
+# last at most one hour (IAM User Guide, "Role chaining"), while the smoke test may run longer. The
+# smoke test's credentials are taken again before every status call.
+ASSUME_ROLE = (
+    'assume() { creds=$(aws sts assume-role --role-arn "$1" --role-session-name pipeline --query Credentials) '
     '&& export AWS_ACCESS_KEY_ID=$(echo "$creds" | jq -r .AccessKeyId) '
     'AWS_SECRET_ACCESS_KEY=$(echo "$creds" | jq -r .SecretAccessKey) '
     'AWS_SESSION_TOKEN=$(echo "$creds" | jq -r .SessionToken); }'
@@ -55,7 +59,7 @@ def smoke_test_commands(settings: StageSettings) -> list[str]:
     role_arn = trigger_role_arn(settings)
     region, project = settings.region, names.smoke_test_project_name(settings.cluster.name)
     return [
-        ASSUME_TRIGGER_ROLE,
+        ASSUME_ROLE,
         f"assume {role_arn}",
         f"build=$(aws codebuild start-build --region {region} --project-name {project} --query build.id --output text)",
         f"while sleep {SMOKE_TEST_POLL_SECONDS}; assume {role_arn}; "
@@ -63,6 +67,31 @@ def smoke_test_commands(settings: StageSettings) -> list[str]:
         "--query 'builds[0].buildStatus' --output text); [ \"$status\" = IN_PROGRESS ]; do :; done",
         'echo "smoke test $build: $status"',
         '[ "$status" = SUCCEEDED ]',
+    ]
+
+
+def lookup_role_arn(settings: StageSettings) -> str:
+    """The stage account's CDK lookup role: ReadOnlyAccess, without kms:Decrypt, trusted by the accounts its
+    bootstrap's --trust names (the CDK CLI's bootstrap-template.yaml, LookupRole)."""
+    template = DefaultStackSynthesizer.DEFAULT_LOOKUP_ROLE_ARN
+    for placeholder, value in (
+        ("${AWS::Partition}", partition(settings.region)),
+        ("${Qualifier}", DefaultStackSynthesizer.DEFAULT_QUALIFIER),
+        ("${AWS::AccountId}", str(settings.account)),
+        ("${AWS::Region}", settings.region),
+    ):
+        template = template.replace(placeholder, value)
+    return template
+
+
+def plan_commands(stage: str, settings: StageSettings) -> list[str]:
+    """`make plan` of the stage against the templates CloudFormation holds in its account, read as the lookup
+    role: what the deploy will do, in the step's log before the approval; a change it refuses stops the stage."""
+    return [
+        ASSUME_ROLE,
+        f"assume {lookup_role_arn(settings)}",
+        f".venv/bin/python -m scripts.plan --stage {stage} --from-aws "
+        f"--after cdk.out/assembly-{PIPELINE_STACK}-{stage}",
     ]
 
 
@@ -125,11 +154,27 @@ class PipelineStack(Stack):
         )
         for name, settings in stages.items():
             stage = InferencePlatformStage(self, name, settings=settings, pipeline_account=pipeline.account)
-            before: list[pipelines.Step] = [pipelines.ConfirmPermissionsBroadening("ConfirmIamBroadening", stage=stage)]
+            plan = pipelines.CodeBuildStep(
+                "Plan",
+                input=source,
+                additional_inputs={"cdk.out": self.pipeline.synth},
+                install_commands=PLAN_INSTALL,
+                commands=plan_commands(name, settings),
+                role_policy_statements=[
+                    iam.PolicyStatement(actions=["sts:AssumeRole"], resources=[lookup_role_arn(settings)])
+                ],
+            )
+            confirm = pipelines.ConfirmPermissionsBroadening("ConfirmIamBroadening", stage=stage)
+            before: list[pipelines.Step] = [plan, confirm]
             if settings.production:
-                approval = pipelines.ManualApprovalStep("ApproveProduction", comment=f"Deploy to {name}?")
-                before[0].add_step_dependency(approval)  # approve first, then check what the change does to IAM
-                before.insert(0, approval)
+                approval = pipelines.ManualApprovalStep(
+                    "ApproveProduction", comment=f"Deploy to {name}? The Plan step's log says what it changes."
+                )
+                approval.add_step_dependency(plan)  # the plan first, then approval, then what it does to IAM
+                confirm.add_step_dependency(approval)
+                before.insert(1, approval)
+            else:
+                confirm.add_step_dependency(plan)
             self.pipeline.add_stage(
                 stage,
                 pre=before,

@@ -460,6 +460,10 @@ PIPELINE_CHECKOV_FINDINGS = (
 )
 
 
+# The CodeBuild steps the pipeline runs around each stage (stacks/pipeline.py): the plan before, the smoke test after.
+STAGE_STEPS = ("Plan", "SmokeTest")
+
+
 def acknowledge_pipeline_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_names: list[str]) -> None:
     """Acknowledge the findings on what CDK Pipelines generates (call after pipeline.build_pipeline())."""
     _acknowledge(stack, pipeline_nag_findings(stack, pipeline, stage_names), PIPELINE_CHECKOV_FINDINGS)
@@ -508,8 +512,9 @@ def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_
         "Pipeline/PipelinesSecurityCheck/CDKSecurityCheck/Role/DefaultPolicy": artifact_rules(write=False, key=True),
         "Pipeline/Assets/FileRole/DefaultPolicy": artifact_rules(write=False, key=False),
         **{
-            f"Pipeline/Pipeline/{name}/SmokeTest/SmokeTest/Role/DefaultPolicy": artifact_rules(write=False, key=True)
+            f"Pipeline/Pipeline/{name}/{step}/{step}/Role/DefaultPolicy": artifact_rules(write=False, key=True)
             for name in stage_names
+            for step in STAGE_STEPS
         },
     }
     findings = [Finding(path, rule, artifact_reason) for path, rules in roles_with_artifacts.items() for rule in rules]
@@ -517,7 +522,7 @@ def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_
         "Pipeline/Pipeline/Build/Synth/CdkBuildProject",
         "Pipeline/UpdatePipeline/SelfMutation",
         "Pipeline/PipelinesSecurityCheck/CDKSecurityCheck",
-        *(f"Pipeline/Pipeline/{name}/SmokeTest/SmokeTest" for name in stage_names),
+        *(f"Pipeline/Pipeline/{name}/{step}/{step}" for name in stage_names for step in STAGE_STEPS),
     ):
         findings += project_rules(project)
     self_mutation = "Pipeline/UpdatePipeline/SelfMutation/Role/DefaultPolicy"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from settings import SettingsError, load_pipeline_settings, parse_pipeline_settings
-from stacks.pipeline import smoke_test_commands, trigger_role_arn
+from stacks.pipeline import lookup_role_arn, plan_commands, smoke_test_commands, trigger_role_arn
 from stacks.serving import smoke_test_timeout
 from tests.conftest import Assembly, nested_stage, properties, validation_findings
 
@@ -27,6 +27,18 @@ def template(pipeline: Assembly) -> dict[str, Any]:
 def stages(template: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     (code_pipeline,) = properties(template, "AWS::CodePipeline::Pipeline")
     return {stage["Name"]: stage["Actions"] for stage in code_pipeline["Stages"]}
+
+
+def step_statements(template: dict[str, Any], action: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the role of a pipeline step's CodeBuild project may do."""
+    project_id = action["Configuration"]["ProjectName"]["Ref"]
+    role_id = template["Resources"][project_id]["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
+    return [
+        statement
+        for policy in properties(template, "AWS::IAM::Policy")
+        if policy["Roles"] == [{"Ref": role_id}]
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
 
 
 def buildspec_of(template: dict[str, Any], action: dict[str, Any]) -> dict[str, Any]:
@@ -77,14 +89,16 @@ def action_names(actions: list[dict[str, Any]]) -> list[str]:
     return [action["Name"] for action in sorted(actions, key=lambda action: action["RunOrder"])]
 
 
-def test_production_waits_for_a_manual_approval_first(stages: dict[str, Any]) -> None:
+def test_production_waits_for_a_manual_approval_after_its_plan(stages: dict[str, Any]) -> None:
     prod = sorted(stages["prod"], key=lambda action: action["RunOrder"])
-    assert prod[0]["Name"] == "ApproveProduction"
-    assert prod[0]["ActionTypeId"] == {"Category": "Approval", "Owner": "AWS", "Provider": "Manual", "Version": "1"}
+    assert [action["Name"] for action in prod[:2]] == ["Plan", "ApproveProduction"]
+    approval = prod[1]
+    assert approval["ActionTypeId"] == {"Category": "Approval", "Owner": "AWS", "Provider": "Manual", "Version": "1"}
+    assert "The Plan step's log says what it changes" in approval["Configuration"]["CustomData"]
     deploys = [action for action in prod if action["ActionTypeId"]["Provider"] == "CloudFormation"]
     assert deploys
     check = next(action for action in prod if action["Name"] == "ConfirmIamBroadening.Check")
-    assert prod[0]["RunOrder"] < check["RunOrder"] < min(action["RunOrder"] for action in deploys)
+    assert prod[0]["RunOrder"] < approval["RunOrder"] < check["RunOrder"] < min(a["RunOrder"] for a in deploys)
     assert "ApproveProduction" not in action_names(stages["dev"])
 
 
@@ -104,6 +118,32 @@ def test_every_stage_confirms_broadened_iam_before_deploying_and_smoke_tests_aft
     assert check["RunOrder"] < confirm["RunOrder"] < min(deploy_orders)
     assert names[-1] == "SmokeTest"
     assert actions[-1]["RunOrder"] > max(deploy_orders)
+    # `make plan` against the stage's deployed templates comes first, before any approval.
+    plan = actions[names.index("Plan")]
+    assert plan["RunOrder"] == min(action["RunOrder"] for action in actions) < check["RunOrder"]
+    if "ApproveProduction" in names:
+        assert plan["RunOrder"] < actions[names.index("ApproveProduction")]["RunOrder"] < check["RunOrder"]
+
+
+@pytest.mark.parametrize(("stage", "account"), [("dev", DEV_ACCOUNT), ("prod", PROD_ACCOUNT)])
+def test_plan_reads_the_stages_templates_as_its_lookup_role(
+    template: dict[str, Any], stages: dict[str, Any], stage: str, account: str
+) -> None:
+    plan = next(action for action in stages[stage] if action["Name"] == "Plan")
+    buildspec = buildspec_of(template, plan)
+    settings = load_pipeline_settings()[1][stage]
+    role_arn = f"arn:aws:iam::{account}:role/cdk-hnb659fds-lookup-role-{account}-us-west-2"
+    assert lookup_role_arn(settings) == role_arn
+    # CDK Pipelines links the synth step's output to cdk.out before the install.
+    link, install = buildspec["phases"]["install"]["commands"]
+    assert link.endswith('ln -s -- "$CODEBUILD_SRC_DIR_Synth_Output" "cdk.out"')
+    assert install == "make setup-plan"
+    commands = buildspec["phases"]["build"]["commands"]
+    assert commands == plan_commands(stage, settings)
+    assert commands[-1].endswith(f"--stage {stage} --from-aws --after cdk.out/assembly-GpuInferencePipeline-{stage}")
+    # Its inputs: the repository (the scripts) and the synth step's cloud assembly in cdk.out.
+    assert len(plan["InputArtifacts"]) == 2
+    assert {"Action": "sts:AssumeRole", "Effect": "Allow", "Resource": role_arn} in step_statements(template, plan)
 
 
 @pytest.mark.parametrize(("stage", "account"), [("dev", DEV_ACCOUNT), ("prod", PROD_ACCOUNT)])
@@ -117,15 +157,9 @@ def test_smoke_test_starts_the_stages_project_as_the_role_the_stage_grants(
     assert f"assume {role_arn}" in commands
     assert any(f"--project-name gpu-inference-{stage}-smoke-test" in command for command in commands)
     assert commands[-1] == '[ "$status" = SUCCEEDED ]'
-    project_id = smoke_test["Configuration"]["ProjectName"]["Ref"]
-    role_id = template["Resources"][project_id]["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
-    statements = [
-        statement
-        for policy in properties(template, "AWS::IAM::Policy")
-        if policy["Roles"] == [{"Ref": role_id}]
-        for statement in policy["PolicyDocument"]["Statement"]
-    ]
-    assert {"Action": "sts:AssumeRole", "Effect": "Allow", "Resource": role_arn} in statements
+    assert {"Action": "sts:AssumeRole", "Effect": "Allow", "Resource": role_arn} in step_statements(
+        template, smoke_test
+    )
 
 
 def test_artifacts_are_encrypted_with_a_rotating_key_the_stage_accounts_may_use(template: dict[str, Any]) -> None:

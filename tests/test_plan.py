@@ -10,10 +10,12 @@ from typing import Any
 
 import cdk8s
 import pytest
+from botocore.exceptions import ClientError
 
 from charts import DeployedResources, build_charts
 from scripts import plan as make_plan
-from settings import parse_stage_settings
+from settings import SettingsError, parse_stage_settings
+from settings.names import SECRETS_STORE_ADDON
 from tests.conftest import Assembly, stage_data
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
@@ -81,6 +83,19 @@ DAY_TWO: dict[str, tuple[Callable[[dict[str, Any]], Any], list[str], list[str]]]
         ["drifts", "REFUSED", "removed"],
     ),
     "a model added": (second_model, [], ["REFUSED", "removed"]),
+    "another key secret": (
+        lambda data: model(data).update(api_keys_secret="gpt-oss-20b/keys-2"),
+        ["model gpt-oss-20b: its replicas roll"],  # the secret's name is in the pod template's annotations
+        ["drifts", "REFUSED", "removed"],
+    ),
+    "another service name": (
+        lambda data: model(data).update(service_name="gpt-oss"),
+        [
+            "Service gpt-oss-20b/gptoss-service is removed from the cluster",
+            "in-cluster clients of gptoss-service.gpt-oss-20b.svc lose it",
+        ],
+        ["drifts", "REFUSED", "roll"],
+    ),
     "autoscaling off": (
         lambda data: model(data).pop("autoscaling"),
         ["ScaledObject gpt-oss-20b/gpt-oss-20b is removed", "TriggerAuthentication gpt-oss-20b/amp-queries is removed"],
@@ -142,8 +157,10 @@ def test_a_stateful_replacement_is_refused_and_a_throughput_change_is_not(dev: A
 
 def test_the_deployed_stage_against_itself_plans_nothing(dev: Assembly) -> None:
     templates = make_plan.assembly_templates(dev.directory)
-    assert set(templates) == {"Network", "Registry", "ModelStore", "Cluster", "Serving"}
+    assert set(templates) == set(make_plan.STACKS)
     assert make_plan.plan(templates, templates).lines == ["nothing changes"]
+    first = make_plan.plan({}, templates)
+    assert first.lines == [f"stack {stack} is created" for stack in sorted(make_plan.STACKS)]
 
 
 def test_the_command_says_when_there_is_nothing_to_compare_with(
@@ -199,3 +216,70 @@ def test_a_kubernetes_upgrade_points_at_its_runbook_and_a_skip_is_refused(dev: A
         upgraded["Properties"]["Version"] = f"{major}.{minor + step}"
         assert expected in "\n".join(make_plan.plan(before, after).lines)
     assert make_plan.plan(before, after).refusals
+
+
+def without_keys(data: dict[str, Any]) -> None:
+    del model(data)["api_keys_secret"]
+
+
+def test_the_key_driver_going_before_the_replicas_that_mount_it_is_refused(prod: Assembly) -> None:
+    cluster = prod.template("Cluster")
+    (addon_id,) = [
+        logical_id
+        for logical_id, resource in cluster["Resources"].items()
+        if resource["Type"] == "AWS::EKS::Addon" and resource["Properties"]["AddonName"] == SECRETS_STORE_ADDON
+    ]
+    without_driver = copy.deepcopy(cluster)
+    del without_driver["Resources"][addon_id]
+    keys_off = copy.deepcopy(stage_data("prod"))
+    without_keys(keys_off)
+    before = {"Cluster": cluster, "Serving": serving_of(stage_data("prod"))}
+    # Keys and driver off in one deploy: the old replicas could not unmount their keys.
+    (refusal,) = make_plan.plan(before, {"Cluster": without_driver, "Serving": serving_of(keys_off)}).refusals
+    assert "aws-secrets-store-csi-driver-provider add-on would be removed before the replicas" in refusal
+    assert "cluster.secrets_store_driver: true first" in refusal
+    # The driver kept for that deploy (what cluster.secrets_store_driver: true synthesizes), removed in the next.
+    kept = {"Cluster": cluster, "Serving": serving_of(keys_off)}
+    assert make_plan.plan(before, kept).refusals == []
+    assert make_plan.plan(kept, {"Cluster": without_driver, "Serving": serving_of(keys_off)}).refusals == []
+
+
+@pytest.mark.parametrize(
+    ("driver", "keys", "installed"), [(None, True, True), (None, False, False), (True, False, True)]
+)
+def test_the_key_driver_follows_the_keys_unless_kept(driver: bool | None, keys: bool, installed: bool) -> None:
+    data = stage_data("prod")
+    if not keys:
+        without_keys(data)
+    data["cluster"]["secrets_store_driver"] = driver
+    assert parse_stage_settings("prod", data).secrets_store is installed
+
+
+def test_keys_without_their_driver_are_refused() -> None:
+    data = stage_data("prod")
+    data["cluster"]["secrets_store_driver"] = False
+    with pytest.raises(SettingsError, match=r"(?s)stage 'prod'.*cluster.secrets_store_driver: false, but models\[0\]"):
+        parse_stage_settings("prod", data)
+
+
+def test_the_deployed_templates_are_read_from_cloudformation_and_a_missing_stack_is_new(dev: Assembly) -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    cloudformation = boto3.client(
+        "cloudformation", region_name="us-west-2", aws_access_key_id="a", aws_secret_access_key="s"
+    )
+    network = dev.template("Network")
+    with Stubber(cloudformation) as stub:
+        for stack in make_plan.STACKS:
+            expected = {"StackName": f"dev-{stack}", "TemplateStage": "Original"}
+            if stack == "Network":  # as the API sends it; botocore's json_decode_template_body parses it for boto3
+                stub.add_response("get_template", {"TemplateBody": json.dumps(network)}, expected)
+            else:
+                message = f"Stack with id dev-{stack} does not exist"
+                stub.add_client_error("get_template", "ValidationError", message, expected_params=expected)
+        assert make_plan.deployed_templates("dev", cloudformation) == {"Network": network}
+    with Stubber(cloudformation) as stub:
+        stub.add_client_error("get_template", "AccessDenied", "not authorized to perform: cloudformation:GetTemplate")
+        with pytest.raises(ClientError, match="AccessDenied"):
+            make_plan.deployed_templates("dev", cloudformation)
