@@ -90,8 +90,8 @@ def kubernetes_version_problem(before: str, after: str) -> str | None:
     return None
 
 
-def compare_stack(plan: Plan, stack: str, before: dict[str, Any], after: dict[str, Any]) -> None:
-    old, new = before.get("Resources", {}), after.get("Resources", {})
+def compare_versions(plan: Plan, stack: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """The cluster's Kubernetes version and the add-ons' versions, each moved on purpose."""
     for logical_id in sorted(old.keys() & new.keys()):
         if new[logical_id]["Type"] == "AWS::EKS::Cluster":
             versions = [resource[logical_id]["Properties"].get("Version") for resource in (old, new)]
@@ -101,6 +101,19 @@ def compare_stack(plan: Plan, stack: str, before: dict[str, Any], after: dict[st
                     plan.refuse(f"{stack}: {problem}")
                 else:
                     plan.say(f'{stack}: Kubernetes {versions[0]} to {versions[1]}: see README, "Upgrading Kubernetes"')
+        if new[logical_id]["Type"] == "AWS::EKS::Addon":
+            was, now = (resource[logical_id]["Properties"].get("AddonVersion") for resource in (old, new))
+            if was != now:
+                name = new[logical_id]["Properties"]["AddonName"]
+                plan.say(
+                    f"{stack}: add-on {name} moves from {was or 'the version EKS picked'} to "
+                    f"{now or 'unpinned, where it stays'}"
+                )
+
+
+def compare_stack(plan: Plan, stack: str, before: dict[str, Any], after: dict[str, Any]) -> None:
+    old, new = before.get("Resources", {}), after.get("Resources", {})
+    compare_versions(plan, stack, old, new)
     for logical_id in sorted(old.keys() - new.keys()):
         kind = old[logical_id]["Type"]
         if kind == MANIFEST_TYPE:
@@ -162,6 +175,28 @@ def manifests(template: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+# What `kubectl apply --prune` deletes when a manifest stops declaring it, with no allow-list given (the CDK kubectl
+# handler gives none): kubernetes/kubectl pkg/util/prune/prune.go, the default GVKs. Custom resources stay.
+PRUNED_KINDS = {
+    "ConfigMap",
+    "Endpoints",
+    "PersistentVolumeClaim",
+    "Pod",
+    "ReplicationController",
+    "Secret",
+    "Service",
+    "Job",
+    "CronJob",
+    "Ingress",
+    "DaemonSet",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "Namespace",
+    "PersistentVolume",
+}
+
+
 def key(obj: dict[str, Any]) -> tuple[str, str, str]:
     return obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
 
@@ -174,12 +209,24 @@ def without_prune_label(obj: dict[str, Any]) -> dict[str, Any]:
     return copy
 
 
-def compare_objects(plan: Plan, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> None:
-    old = {key(obj): without_prune_label(obj) for obj in before}
-    new = {key(obj): without_prune_label(obj) for obj in after}
+def compare_objects(
+    plan: Plan, before: dict[str, list[dict[str, Any]]], after: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The objects of the manifest resources before and after (by logical id)."""
+    old = {key(obj): without_prune_label(obj) for objects in before.values() for obj in objects}
+    new = {key(obj): without_prune_label(obj) for objects in after.values() for obj in objects}
+    chart_of = {key(obj): chart for chart, objects in before.items() for obj in objects}
     pools = {name for kind, _, name in new if kind == "NodePool"}
     for kind, namespace, name in sorted(old.keys() - new.keys()):
-        plan.say(f"Kubernetes: {kind} {namespace + '/' if namespace else ''}{name} is removed from the cluster")
+        where = f"{kind} {namespace + '/' if namespace else ''}{name}"
+        if kind not in PRUNED_KINDS and chart_of[kind, namespace, name] in after:
+            # Its manifest is updated, not deleted: kubectl's prune leaves it.
+            plan.say(
+                f"Kubernetes: {where} stays in the cluster (kubectl's prune never deletes a {kind}): "
+                f"`kubectl delete {kind.lower()} {name}{' -n ' + namespace if namespace else ''}` once nothing uses it"
+            )
+            continue
+        plan.say(f"Kubernetes: {where} is removed from the cluster")
         if kind == "Service" and namespace in {ns for k, ns, _ in new if k == "Namespace" or ns == namespace}:
             plan.say(f"in-cluster clients of {name}.{namespace}.svc lose it: point them at the model's new Service")
     _renames(plan, old, new)
@@ -331,9 +378,7 @@ def plan(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) ->
         result.say(f"stack {stack} is created")
     for stack in sorted(after):
         compare_stack(result, stack, before.get(stack, {}), after[stack])
-    objects_before = [obj for objects in manifests(before.get("Serving", {})).values() for obj in objects]
-    objects_after = [obj for objects in manifests(after.get("Serving", {})).values() for obj in objects]
-    compare_objects(result, objects_before, objects_after)
+    compare_objects(result, manifests(before.get("Serving", {})), manifests(after.get("Serving", {})))
     compare_drivers(result, before, after)
     if not result.lines:
         result.say("nothing changes")

@@ -479,6 +479,17 @@ class ClusterSettings(_Strict):
     # driver in the deploy that turns the last model's keys off would leave its old pods unable to unmount their
     # keys, Terminating for good: to turn API keys off, set true for that deploy, then unset it (`make plan` says).
     secrets_store_driver: bool | None = None
+    # Each EKS add-on's version, pinned on purpose (`aws eks describe-addon-versions --kubernetes-version <version>
+    # --addon-name <add-on>` lists those EKS offers); unpinned, EKS installs its default for the cluster's version and
+    # leaves it there, through Kubernetes upgrades too (README, "Upgrading Kubernetes").
+    addon_versions: dict[
+        Literal[names.EKS_ADDONS],
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^v[0-9]+\.[0-9]+\.[0-9]+-eksbuild\.[0-9]+$"),
+            Field(description="an EKS add-on version such as v1.6.0-eksbuild.1"),
+        ],
+    ] = Field(default_factory=dict)
     # Once any NodeClass in the cluster selects capacity reservations, Auto Mode stops launching
     # into open On-Demand Capacity Reservations for every NodeClass, the built-in pools' included
     # (EKS User Guide, auto-odcr.html, the Warning). A stage whose GPU pools select reservations
@@ -1048,6 +1059,25 @@ class StageSettings(_Strict):
         if self.cluster.secrets_store_driver is not None:
             return self.cluster.secrets_store_driver
         return any(model.api_keys_secret for model in self.models)
+
+    @property
+    def eks_addons(self) -> tuple[str, ...]:
+        """The EKS add-ons the Cluster stack installs for this stage (stacks/cluster.py)."""
+        return (
+            names.FSX_CSI_ADDON,
+            *((names.SECRETS_STORE_ADDON,) if self.secrets_store else ()),
+            *((names.CLOUDWATCH_ADDON,) if self.observability.enabled or self.container_logs else ()),
+        )
+
+    @model_validator(mode="after")
+    def _pinned_addons_are_installed(self) -> StageSettings:
+        for addon in self.cluster.addon_versions:
+            if addon not in self.eks_addons:
+                raise ValueError(
+                    f"cluster.addon_versions.{addon}: the stage installs no such add-on; it installs "
+                    f"{', '.join(self.eks_addons)}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _api_keys_have_their_driver(self) -> StageSettings:

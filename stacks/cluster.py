@@ -19,7 +19,7 @@ from constructs import Construct
 from charts.gpu_node_pool import GPU_TAINT
 from settings import names
 from settings.model import ClusterSettings, MetricsSettings, ObservabilitySettings
-from settings.names import SECRETS_STORE_ADDON
+from settings.names import CLOUDWATCH_ADDON, FSX_CSI_ADDON, SECRETS_STORE_ADDON
 from stacks.log_group import service_log_group
 from stacks.metrics import ManagedPrometheus
 from stacks.pod_identity import pod_identity_role
@@ -43,9 +43,8 @@ FSX_CSI_SERVICE_ACCOUNT = "fsx-csi-controller-sa"
 
 # The GPU nodes' taint (charts/gpu_node_pool.py), as a toleration.
 GPU_TAINT_TOLERATION = {"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}
-# The Amazon CloudWatch Observability add-on and its agent's service account (CloudWatch User Guide,
-# "Install the CloudWatch agent with the Amazon CloudWatch Observability EKS add-on").
-CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"
+# The CloudWatch agent's service account (CloudWatch User Guide, "Install the CloudWatch agent with the Amazon
+# CloudWatch Observability EKS add-on").
 CLOUDWATCH_AGENT_SERVICE_ACCOUNT = "cloudwatch-agent"
 
 
@@ -72,6 +71,7 @@ class ClusterStack(Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
+        self._addon_versions = cluster.addon_versions
         self.node_role = self._node_role(image_cache_prefix)
         # Created (or adopted) before the cluster so the control plane logs land in a group with a
         # retention, instead of the never-expiring one EKS would create.
@@ -200,7 +200,7 @@ class ClusterStack(Stack):
                 )
             ],
         )
-        self._addon("FsxCsiDriver", "aws-fsx-csi-driver", identity=(role, FSX_CSI_SERVICE_ACCOUNT))
+        self._addon("FsxCsiDriver", FSX_CSI_ADDON, identity=(role, FSX_CSI_SERVICE_ACCOUNT))
 
     def _addon(
         self,
@@ -211,8 +211,9 @@ class ClusterStack(Stack):
         identity: tuple[iam.Role, str] | None = None,
     ) -> eks.Addon:
         """An EKS add-on, with its configuration values and the role its service account gets through Pod
-        Identity: the L2 add-on has no property for either; the L1 does."""
-        addon = eks.Addon(self, id, cluster=self.cluster, addon_name=name)
+        Identity: the L2 add-on has no property for either; the L1 does. Its version is the one
+        cluster.addon_versions pins, or else the default EKS picks for the cluster's version when it creates it."""
+        addon = eks.Addon(self, id, cluster=self.cluster, addon_name=name, addon_version=self._addon_versions.get(name))
         cfn_addon = cast(eks.CfnAddon, addon.node.default_child)
         if configuration is not None:
             cfn_addon.configuration_values = json.dumps(configuration)

@@ -28,6 +28,7 @@ from charts import DeployedResources, build_charts
 from charts.__main__ import write_manifests
 from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, parse_stage_settings, stage_names
 from settings.model import MAX_STAGE_NAME_LENGTH
+from settings.names import FSX_CSI_ADDON
 from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,14 +334,15 @@ def _scenario(name: str, template: dict[str, Any], folder: Path) -> Scenario:
 
 
 ADMIN_ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
+PINNED_FSX_CSI_VERSION = "v1.6.0-eksbuild.1"
 ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
 
 
 @pytest.fixture(scope="session")
 def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
     """One stage that no stage file has, built in this process: the longest stage name, admins, a narrowed public
-    endpoint and Kubernetes 1.35 on its cluster, and a gated model with a token secret. Its Cluster and Serving
-    templates."""
+    endpoint, Kubernetes 1.35 and a pinned FSx CSI add-on on its cluster, and a gated model with a token secret. Its
+    Cluster and Serving templates."""
     from aws_cdk.assertions import Template
 
     from app import cdk_json_context, project_app
@@ -348,7 +350,10 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
 
     data = stage_data()
     data["cluster"].update(
-        admin_principal_arns=[ADMIN_ROLE, ADMIN_USER], public_access_cidrs=["203.0.113.0/24"], kubernetes_version="1.35"
+        admin_principal_arns=[ADMIN_ROLE, ADMIN_USER],
+        public_access_cidrs=["203.0.113.0/24"],
+        kubernetes_version="1.35",
+        addon_versions={FSX_CSI_ADDON: PINNED_FSX_CSI_VERSION},
     )
     data["models"][0]["hf_token_secret"] = "hf-token"
     # The longest stage name the settings take: every name derived from it must fit (settings.names).

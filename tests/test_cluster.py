@@ -5,12 +5,15 @@ cdk-nag's EKS rules only know the v1 cluster class, so these assertions are the 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from aws_cdk.assertions import Template
 
-from tests.conftest import ADMIN_ROLE, ADMIN_USER, Assembly, Scenario
+from settings import SettingsError, parse_stage_settings
+from settings.names import FSX_CSI_ADDON
+from tests.conftest import ADMIN_ROLE, ADMIN_USER, PINNED_FSX_CSI_VERSION, Assembly, Scenario, properties, stage_data
 
 
 def cluster_properties(template: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +169,34 @@ def test_node_role_has_only_the_auto_mode_policies_and_the_first_pull_through_th
             ],
         ]
     }
+
+
+def test_an_add_on_runs_the_version_pinned_or_else_the_default_eks_picks(
+    dev: Assembly, admins_cluster: Scenario
+) -> None:
+    (unpinned,) = properties(dev.template("Cluster"), "AWS::EKS::Addon")
+    assert "AddonVersion" not in unpinned
+    (pinned,) = properties(admins_cluster.template, "AWS::EKS::Addon")
+    assert (pinned["AddonName"], pinned["AddonVersion"]) == (FSX_CSI_ADDON, PINNED_FSX_CSI_VERSION)
+
+
+@pytest.mark.parametrize(
+    ("pins", "problem"),
+    [
+        ({FSX_CSI_ADDON: "1.6.0"}, "an EKS add-on version such as v1.6.0-eksbuild.1"),
+        ({"vpc-cni": "v1.19.0-eksbuild.1"}, "cluster.addon_versions"),
+        (
+            {"aws-secrets-store-csi-driver-provider": "v1.0.0-eksbuild.1"},
+            "cluster.addon_versions.aws-secrets-store-csi-driver-provider: the stage installs no such add-on; it "
+            "installs aws-fsx-csi-driver",
+        ),
+    ],
+)
+def test_an_add_on_version_is_checked_before_synth(pins: dict[str, str], problem: str) -> None:
+    data = stage_data("dev")
+    data["cluster"]["addon_versions"] = pins
+    with pytest.raises(SettingsError, match=re.escape(problem)):
+        parse_stage_settings("dev", data)
 
 
 def test_fsx_csi_driver_add_on_uses_pod_identity_with_a_read_only_role(dev: Assembly) -> None:

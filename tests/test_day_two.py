@@ -10,30 +10,10 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
-from scripts.plan import unfold_manifest
+from scripts.plan import PRUNED_KINDS, unfold_manifest
 from settings import parse_stage_settings
 from tests.conftest import Assembly, stage_data
 
-# What `kubectl apply --prune` deletes when a manifest stops declaring it, with no allow-list given (the CDK kubectl
-# handler gives none): kubernetes/kubectl pkg/util/prune/prune.go, the default GVKs.
-PRUNED_KINDS = {
-    "ConfigMap",
-    "Endpoints",
-    "PersistentVolumeClaim",
-    "Pod",
-    "ReplicationController",
-    "Secret",
-    "Service",
-    "Job",
-    "CronJob",
-    "Ingress",
-    "DaemonSet",
-    "Deployment",
-    "ReplicaSet",
-    "StatefulSet",
-    "Namespace",
-    "PersistentVolume",
-}
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
 
 

@@ -283,3 +283,33 @@ def test_the_deployed_templates_are_read_from_cloudformation_and_a_missing_stack
         stub.add_client_error("get_template", "AccessDenied", "not authorized to perform: cloudformation:GetTemplate")
         with pytest.raises(ClientError, match="AccessDenied"):
             make_plan.deployed_templates("dev", cloudformation)
+
+
+def test_an_add_on_moved_on_purpose_is_said(dev: Assembly) -> None:
+    before = {"Cluster": dev.template("Cluster")}
+    after = copy.deepcopy(before)
+    (addon,) = [r for r in after["Cluster"]["Resources"].values() if r["Type"] == "AWS::EKS::Addon"]
+    addon["Properties"]["AddonVersion"] = "v1.7.0-eksbuild.1"
+    result = make_plan.plan(before, after)
+    assert result.lines == ["Cluster: add-on aws-fsx-csi-driver moves from the version EKS picked to v1.7.0-eksbuild.1"]
+    assert result.refusals == []  # a new version updates the add-on in place
+
+
+def test_a_custom_resource_its_updated_chart_stops_declaring_is_said_to_stay() -> None:
+    # The chart that once held every pool held NodeClass `gpu`; updated to a ConfigMap, kubectl's prune leaves it.
+    after = serving_of(stage_data("prod"))
+    before = copy.deepcopy(after)
+    legacy = before["Resources"]["GpuNodePool"]["Properties"]
+    objects = json.loads(legacy["Manifest"])
+    objects.append({"apiVersion": "eks.amazonaws.com/v1", "kind": "NodeClass", "metadata": {"name": "gpu"}, "spec": {}})
+    legacy["Manifest"] = json.dumps(objects)
+    assert make_plan.plan({"Serving": before}, {"Serving": after}).lines == [
+        "Kubernetes: NodeClass gpu stays in the cluster (kubectl's prune never deletes a NodeClass): "
+        "`kubectl delete nodeclass gpu` once nothing uses it"
+    ]
+    # A chart deleted with its resource deletes all it held (the kubectl handler's `kubectl delete -f`).
+    del after["Resources"]["GpuNodePool"]
+    assert (
+        "Kubernetes: NodeClass gpu is removed from the cluster"
+        in make_plan.plan({"Serving": before}, {"Serving": after}).lines
+    )
