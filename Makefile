@@ -112,8 +112,10 @@ plan: setup ## What a deploy of the stage will do to it, in words: replacements,
 	$(CDK) synth --quiet -c stage=$(STAGE)
 	python -m scripts.plan --stage $(STAGE) $(if $(FROM_AWS),--from-aws,)
 
-deploy: setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account); saves its assembly for `make plan`
-	$(CDK) deploy -c stage=$(STAGE) '$(STAGE)/*'
+deploy: setup-plan setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account): the assembly it planned, stopping at a change the plan refuses (FORCE=1 deploys anyway); saves it for the next `make plan`
+	$(CDK) synth --quiet -c stage=$(STAGE)
+	$(if $(FORCE),,python -m scripts.plan --stage $(STAGE) --gate)
+	$(CDK) deploy --app cdk.out '$(STAGE)/*'
 	python -m scripts.plan --stage $(STAGE) --save cdk.out/assembly-$(STAGE)
 
 destroy: setup-synth ## Delete one stage: load balancers, volumes and nodes first, then its stacks; lists what it keeps (needs AWS credentials)

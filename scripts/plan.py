@@ -13,7 +13,7 @@ each stack's template as CloudFormation holds it. Then, per change:
 - models whose replicas roll (the Deployment's pod template changes), and what that interrupts.
 
 Exit status: 0, and the plan; 1 when a change would fail the deploy or lose data (each named); 2 when there is
-nothing to compare with.
+nothing to compare with (0 with --gate, which `make deploy` runs before deploying the assembly it planned).
 """
 
 from __future__ import annotations
@@ -392,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, help="a saved cloud assembly (default: deployed/<stage>)")
     parser.add_argument("--after", type=Path, help="the new cloud assembly (default: cdk.out/assembly-<stage>)")
     parser.add_argument("--from-aws", action="store_true", help="read the deployed templates from CloudFormation")
+    parser.add_argument(
+        "--gate", action="store_true", help="before a deploy: nothing to compare with is no reason to stop (status 0)"
+    )
     args = parser.parse_args(argv)
     if args.save:
         save_deployed(args.stage, args.save)
@@ -413,11 +416,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "success; or give --from-aws with credentials)",
                 file=sys.stderr,
             )
-            return 2
+            return 0 if args.gate else 2
         before = assembly_templates(before_dir)
     result = plan(before, after)
     print(f"# Plan of stage {args.stage}\n")
     print("\n".join(f"- {line}" for line in result.lines))
+    if result.refusals and args.gate:
+        print(
+            f"\n{len(result.refusals)} change(s) refused: see the plan above; FORCE=1 deploys anyway", file=sys.stderr
+        )
     return 1 if result.refusals else 0
 
 

@@ -168,6 +168,8 @@ def test_the_command_says_when_there_is_nothing_to_compare_with(
 ) -> None:
     assert make_plan.main(["--stage", "dev", "--before", str(tmp_path), "--after", str(dev.directory)]) == 2
     assert "holds no cloud assembly (`make deploy` saves one after each success" in capsys.readouterr().err
+    # Before a first deploy (`make deploy`'s gate) nothing to compare with is no reason to stop.
+    assert make_plan.main(["--stage", "dev", "--before", str(tmp_path), "--after", str(dev.directory), "--gate"]) == 0
     saved = tmp_path / "deployed"
     make_plan.save_deployed("dev", dev.directory, root=saved)
     assert make_plan.main(["--stage", "dev", "--before", str(saved / "dev"), "--after", str(dev.directory)]) == 0
@@ -313,3 +315,21 @@ def test_a_custom_resource_its_updated_chart_stops_declaring_is_said_to_stay() -
         "Kubernetes: NodeClass gpu is removed from the cluster"
         in make_plan.plan({"Serving": before}, {"Serving": after}).lines
     )
+
+
+def test_the_gate_stops_a_refused_change_and_says_how_to_go_on(
+    dev: Assembly, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployed, planned_dir = tmp_path / "deployed", tmp_path / "planned"
+    make_plan.save_deployed("dev", dev.directory, root=deployed)
+    make_plan.save_deployed("dev", dev.directory, root=planned_dir)
+    (store,) = (planned_dir / "dev").glob("devModelStore*.template.json")
+    template = json.loads(store.read_text())
+    (file_system,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::FSx::FileSystem"]
+    file_system["Properties"]["SubnetIds"] = ["subnet-0123"]
+    store.write_text(json.dumps(template))
+    args = ["--stage", "dev", "--before", str(deployed / "dev"), "--after", str(planned_dir / "dev"), "--gate"]
+    assert make_plan.main(args) == 1
+    out, err = capsys.readouterr()
+    assert "- REFUSED: ModelStore: AWS::FSx::FileSystem" in out
+    assert "1 change(s) refused: see the plan above; FORCE=1 deploys anyway" in err
