@@ -37,7 +37,7 @@ def rejected(data: dict[str, Any], stage: str = "dev") -> str:
 
 
 def test_every_stage_file_is_valid() -> None:
-    assert stage_names() == ["dev", "prod"]
+    assert {"dev", "prod"} <= set(stage_names())  # the stages the project ships, and any added beside them
     for stage in stage_names():
         assert isinstance(load_stage_settings(stage), StageSettings)
 
