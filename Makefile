@@ -74,9 +74,10 @@ test: setup lint ## Lint, then run the whole test suite
 snapshots: setup ## Rewrite the template and manifest snapshots after a deliberate change; review the diff
 	pytest tests/test_snapshots.py --snapshot-update
 
-lint: setup ## Check formatting and lint rules (ruff)
+lint: setup ## Check formatting, lint rules (ruff) and types (mypy)
 	ruff format --check .
 	ruff check .
+	mypy
 
 format: setup ## Format and fix what ruff can
 	ruff format .

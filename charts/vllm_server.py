@@ -401,7 +401,7 @@ class VllmServerChart(cdk8s.Chart):
             deployment.pod_metadata.add_annotation(SCRIPT_HASH_ANNOTATION, script_hash())
             container.add_port(number=GPU_METRICS_PORT, name=GPU_METRICS_PORT_NAME)
             container.mount(GPU_METRICS_MOUNT, GpuMetrics(self, "GpuMetrics").volume, read_only=True)
-        if api_keys is not None:
+        if api_keys is not None and model.api_keys_secret:
             deployment.pod_metadata.add_annotation(API_KEYS_SECRET_ANNOTATION, model.api_keys_secret)
             container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
             container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)

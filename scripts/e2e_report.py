@@ -156,6 +156,14 @@ def _event_time(event: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+def _when(event: Mapping[str, Any]) -> datetime:
+    """The time of one of the pod's events, which keep only those that have one (_pod_events)."""
+    time = _event_time(event)
+    if time is None:
+        raise ValueError(f"event {event.get('reason')} has no time")
+    return time
+
+
 def select_pod(
     pods: Iterable[Mapping[str, Any]], *, app: str | None = None, name: str | None = None
 ) -> Mapping[str, Any]:
@@ -194,7 +202,7 @@ def _pod_events(events: Iterable[Mapping[str, Any]], pod: Mapping[str, Any]) -> 
             continue
         if _event_time(event) is not None:
             mine.append(event)
-    return sorted(mine, key=_event_time)
+    return sorted(mine, key=_when)
 
 
 def _container(pod: Mapping[str, Any], name: str, *, init: bool = False) -> Mapping[str, Any]:
@@ -254,7 +262,7 @@ def _node_launch(
         # NodeClaims were recorded and none is the pod's (an existing node), or nothing says a node came up.
         return None
     event = scale_ups[0]
-    return _event_time(event), f"event {event['reason']} (a node was asked for)", {"message": _message(event)}
+    return _when(event), f"event {event['reason']} (a node was asked for)", {"message": _message(event)}
 
 
 def _scheduled(pod: Mapping[str, Any], events: list[Mapping[str, Any]]) -> Step | None:
@@ -265,7 +273,7 @@ def _scheduled(pod: Mapping[str, Any], events: list[Mapping[str, Any]]) -> Step 
     event = next((e for e in events if e.get("reason") == "Scheduled"), None)
     if event is None:
         return None
-    return _event_time(event), "event Scheduled", {"message": _message(event)}
+    return _when(event), "event Scheduled", {"message": _message(event)}
 
 
 def _weights_ready(pod: Mapping[str, Any]) -> Step | None:
@@ -289,7 +297,7 @@ def _image_pull(pod: Mapping[str, Any], events: list[Mapping[str, Any]]) -> dict
     if pulling is not None:
         match = PULLING_MESSAGE.search(_message(pulling))
         result["image_pull_started"] = (
-            _event_time(pulling),
+            _when(pulling),
             "event Pulling",
             {"image": match["image"]} if match else {},
         )
@@ -301,8 +309,8 @@ def _image_pull(pod: Mapping[str, Any], events: list[Mapping[str, Any]]) -> dict
         ),
         None,
     )
-    if pulled is not None:
-        match = PULLED_MESSAGE.search(_message(pulled))
+    match = None if pulled is None else PULLED_MESSAGE.search(_message(pulled))
+    if pulled is not None and match is not None:
         detail = {
             "image": match["image"],
             "pull_seconds": go_duration_seconds(match["pull"]),
@@ -310,7 +318,7 @@ def _image_pull(pod: Mapping[str, Any], events: list[Mapping[str, Any]]) -> dict
             "image_size_bytes": int(match["size"]) if match["size"] else None,
         }
         result["image_pull_ended"] = (
-            _event_time(pulled),
+            _when(pulled),
             "event Pulled",
             {k: v for k, v in detail.items() if v is not None},
         )
@@ -322,7 +330,7 @@ def _container_started(pod: Mapping[str, Any], events: list[Mapping[str, Any]]) 
     restart, else the running one's."""
     started = _first(events, "Started", pod)
     if started is not None:
-        return _event_time(started), "event Started", {}
+        return _when(started), "event Started", {}
     status = _container_status(pod, SERVER_CONTAINER)
     runs = (
         ("lastState.terminated", (status.get("lastState") or {}).get("terminated")),

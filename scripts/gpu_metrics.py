@@ -32,6 +32,7 @@ from typing import Any
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 SAMPLE_SECONDS = 1.0
 # The name vLLM's copy is loaded under: not vLLM's own (its package would be imported) nor `pynvml`.
@@ -57,7 +58,7 @@ def load_nvml() -> ModuleType:
     return pynvml
 
 
-class GpuCollector:
+class GpuCollector(Collector):
     """The replica's GPUs, as NVML lists them in the container: the ones the device plugin gave it."""
 
     def __init__(self, nvml: Any) -> None:

@@ -453,7 +453,8 @@ def fetch_encoding(url: str, local: Path, expected_sha256: str) -> None:
                     stream.write(chunk)
                     digest.update(chunk)
     except requests.HTTPError as error:
-        raise ImportWeightsError(f"{url} answered HTTP {error.response.status_code}") from error
+        status = "an error" if error.response is None else f"HTTP {error.response.status_code}"
+        raise ImportWeightsError(f"{url} answered {status}") from error
     except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
         raise ImportWeightsError(
             f"{url} could not be reached from the VPC (a NAT gateway?): {one_line(str(error), 120)}"

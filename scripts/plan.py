@@ -144,15 +144,20 @@ def compare_stack(plan: Plan, stack: str, before: dict[str, Any], after: dict[st
 # --- Kubernetes ---
 
 
-def unfold_manifest(manifest: Any) -> list[dict[str, Any]]:
-    """A KubernetesManifest's objects as JSON, each CloudFormation reference shown as ${...}.
+def unfold(value: Any) -> Any:
+    """A JSON property of a template (a manifest, a patch) as JSON, each CloudFormation reference shown as ${...}.
 
-    A manifest that holds deployed values (a file system id, say) is an Fn::Join in the template.
+    A value that holds deployed values (a file system id, say) is an Fn::Join in the template.
     """
-    if isinstance(manifest, dict):
-        manifest = "".join(part if isinstance(part, str) else _reference(part) for part in manifest["Fn::Join"][1])
-    loaded: Any = json.loads(manifest)
-    return loaded
+    if isinstance(value, dict):
+        value = "".join(part if isinstance(part, str) else _reference(part) for part in value["Fn::Join"][1])
+    return json.loads(value)
+
+
+def unfold_manifest(manifest: Any) -> list[dict[str, Any]]:
+    """A KubernetesManifest's objects."""
+    objects: list[dict[str, Any]] = unfold(manifest)
+    return objects
 
 
 def _reference(intrinsic: dict[str, Any]) -> str:

@@ -300,7 +300,8 @@ def port_forward(namespace: str, service: str, *, timeout: float) -> Iterator[st
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise SmokeTestError(f"kubectl port-forward to {namespace}/{service} ended: {process.stderr.read()}")
+                said = process.stderr.read() if process.stderr else ""
+                raise SmokeTestError(f"kubectl port-forward to {namespace}/{service} ended: {said}")
             try:
                 socket.create_connection(("127.0.0.1", local_port), timeout=1).close()
                 break

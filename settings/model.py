@@ -14,7 +14,7 @@ import math
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -36,7 +36,7 @@ from settings.yaml_files import load_yaml
 SUPPORTED_KUBERNETES_VERSIONS = ("1.34", "1.35", "1.36")
 
 # CloudWatch Logs accepts only these retention periods (days).
-LOG_RETENTION_DAYS = (
+LogRetentionDays = Literal[
     1,
     3,
     5,
@@ -59,7 +59,8 @@ LOG_RETENTION_DAYS = (
     2922,
     3288,
     3653,
-)
+]
+LOG_RETENTION_DAYS = get_args(LogRetentionDays)
 
 # vLLM flags that the model settings own; giving them again in extra_args would be ambiguous.
 MANAGED_VLLM_FLAGS = (
@@ -324,7 +325,7 @@ class _Strict(BaseModel):
 class NetworkSettings(_Strict):
     cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.0.0.0/16")
     nat_gateways: int = Field(default=1, ge=1, description="one is cheaper; one per zone survives a zone's loss")
-    flow_log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
+    flow_log_retention_days: LogRetentionDays = 90
 
 
 # The least requests per evaluation window an AWS WAF rate-based rule takes.
@@ -367,14 +368,15 @@ class RegistrySettings(_Strict):
 
 # FSx for Lustre PERSISTENT_2: the per-unit throughputs offered (MB/s per TiB of storage), and
 # capacities of 1.2 TiB or a multiple of 2.4 TiB (both in GiB).
-LUSTRE_THROUGHPUTS_PER_TIB = (125, 250, 500, 1000)
+LustreThroughputPerTib = Literal[125, 250, 500, 1000]
+LUSTRE_THROUGHPUTS_PER_TIB = get_args(LustreThroughputPerTib)
 
 
 class ModelStoreSettings(_Strict):
     """The S3 bucket and FSx for Lustre file system that hold model weights."""
 
     storage_capacity_gib: int = Field(default=1200, description="1200, or a multiple of 2400")
-    throughput_per_tib: Literal[LUSTRE_THROUGHPUTS_PER_TIB] = 250
+    throughput_per_tib: LustreThroughputPerTib = 250
     # Lustre lives in one zone; unset: the stage's first zone.
     availability_zone: str | None = None
     # The bucket (the weights) is retained on stack deletion unless a stage says otherwise (a
@@ -473,7 +475,7 @@ class ClusterSettings(_Strict):
     # handler, the pipeline's smoke test and an exposed model's load balancer reach it. Without admins a stage
     # says so here, as a production stage must (StageSettings._someone_can_reach_it).
     operated_by_pipeline_only: bool = False
-    log_retention_days: Literal[LOG_RETENTION_DAYS] = 90
+    log_retention_days: LogRetentionDays = 90
     # The Secrets Store CSI driver and its AWS provider (an EKS add-on), which mount API keys into the replicas.
     # Unset: installed while a model reads API keys. The Cluster stack deploys before Serving, so removing the
     # driver in the deploy that turns the last model's keys off would leave its old pods unable to unmount their
@@ -483,7 +485,7 @@ class ClusterSettings(_Strict):
     # --addon-name <add-on>` lists those EKS offers); unpinned, EKS installs its default for the cluster's version and
     # leaves it there, through Kubernetes upgrades too (README, "Upgrading Kubernetes").
     addon_versions: dict[
-        Literal[names.EKS_ADDONS],
+        names.EksAddon,
         Annotated[
             str,
             StringConstraints(pattern=r"^v[0-9]+\.[0-9]+\.[0-9]+-eksbuild\.[0-9]+$"),

@@ -171,7 +171,8 @@ def allocatable_memory_mib(capacity_mib: int, max_pods: int = MAX_PODS) -> int:
 
 def allocatable_cpu_millis(vcpus: int) -> int:
     """The CPU (millicores) Karpenter counts as allocatable: 4 vCPUs leave 3920m."""
-    left, reserved = vcpus * 1000, 0.0
+    left: float = vcpus * 1000
+    reserved = 0.0
     for step, fraction in KUBE_RESERVED_CPU_STEPS:
         reserved += min(left, step) * fraction
         left -= min(left, step)
@@ -289,10 +290,10 @@ def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePool
     """Why a pool's requirements rule an instance out (empty: they admit it). Without a pool: why every
     pool does, as the first pool says it (empty when any pool admits it)."""
     if pool is None:
-        reasons = [meets_pool(settings, instance, each) for each in settings.gpu_node_pools]
-        return [] if not all(reasons) else reasons[0]
+        per_pool = [meets_pool(settings, instance, each) for each in settings.gpu_node_pools]
+        return [] if not all(per_pool) else per_pool[0]
     where = pool_path(settings, pool)
-    reasons = []
+    reasons: list[str] = []
     if pool.instance_categories and instance.category not in pool.instance_categories:
         reasons.append(f"category {instance.category} is not in {where}.instance_categories")
     if pool.instance_families and instance.family not in pool.instance_families:
@@ -382,8 +383,8 @@ def fit(
     """Why an instance cannot run one replica of a model in a pool, or in any pool (empty: it can);
     `wanted`: its requests, if known."""
     if pool is None:
-        reasons = [fit(settings, model, instance, wanted, each) for each in settings.gpu_node_pools]
-        return [] if not all(reasons) else reasons[0]
+        per_pool = [fit(settings, model, instance, wanted, each) for each in settings.gpu_node_pools]
+        return [] if not all(per_pool) else per_pool[0]
     reasons = gpu_fit(settings, model, instance, pool)
     wanted = wanted or requests(settings, model)
     daemons = node_daemons(settings)

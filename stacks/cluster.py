@@ -205,7 +205,7 @@ class ClusterStack(Stack):
     def _addon(
         self,
         id: str,
-        name: str,
+        name: names.EksAddon,
         *,
         configuration: dict[str, Any] | None = None,
         identity: tuple[iam.Role, str] | None = None,

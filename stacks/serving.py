@@ -145,7 +145,9 @@ class ServingStack(Stack):
                 manifests[feature_chart_id("autoscaler", model.name)].node.add_dependency(keda)
 
         if settings.observability.enabled:
-            assert prometheus is not None  # settings: observability reads the Prometheus workspace
+            # settings: observability reads the Prometheus workspace
+            assert prometheus is not None
+            assert query_url is not None
             source = PrometheusDataSource(
                 self,
                 "PrometheusDataSource",
@@ -161,7 +163,7 @@ class ServingStack(Stack):
             if has_import_job(model):
                 identities.append(self._weights_import_identity(settings, model, cluster, bucket_arn))
             if model.api_keys_secret:
-                identities.append(self._api_keys_identity(settings, model, cluster))
+                identities.append(self._api_keys_identity(settings, model, model.api_keys_secret, cluster))
             # EKS Pod Identity gives credentials only to pods created after their association (EKS User
             # Guide, "Assign an IAM role to a Kubernetes service account"): the import Job's pod and the
             # replicas, which the model's chart creates, come after their associations.
@@ -228,7 +230,7 @@ class ServingStack(Stack):
         return keda
 
     def _api_keys_identity(
-        self, settings: StageSettings, model: ModelSettings, cluster: eks.Cluster
+        self, settings: StageSettings, model: ModelSettings, secret: str, cluster: eks.Cluster
     ) -> eks.CfnPodIdentityAssociation:
         """The replicas' read access to their API keys secret (charts/api_keys.py)."""
         return self._pod_identity(
@@ -241,7 +243,7 @@ class ServingStack(Stack):
                 iam.PolicyStatement(
                     # DescribeSecret: the provider checks the version before it reads (secrets_manager_provider.go).
                     actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                    resources=[secret_arn(settings, model.api_keys_secret)],
+                    resources=[secret_arn(settings, secret)],
                 )
             ],
         )

@@ -118,7 +118,7 @@ def checkov_results(process: subprocess.Popen[str]) -> dict[str, list[dict[str, 
             for key in merged:
                 merged[key].extend(single.get("results", {}).get(key, []))
     if not any(merged.values()):
-        raise RuntimeError(f"checkov {process.args} checked nothing (exit {process.returncode}): {stderr}")
+        raise RuntimeError(f"checkov {process.args!r} checked nothing (exit {process.returncode}): {stderr}")
     return merged
 
 

@@ -144,7 +144,8 @@ def test_a_model_without_autoscaling_keeps_its_count_and_has_no_scaled_object() 
 def test_the_queue_query_reads_the_label_the_scraper_writes() -> None:
     relabels = scrape_configuration(MetricsSettings(enabled=True))["scrape_configs"][0]["relabel_configs"]
     assert {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"} in relabels
-    selector = promql_parser.parse(queue_query("gpt-oss-20b")).expr
+    parsed: Any = promql_parser.parse(queue_query("gpt-oss-20b"))
+    selector = parsed.expr
     assert selector.name == "vllm:num_requests_waiting"
     assert 'namespace="gpt-oss-20b"' in str(selector.matchers)
 
@@ -195,7 +196,7 @@ def test_every_rule_parses_and_reads_only_what_vllm_0_11_2_exports_or_what_the_r
 def test_a_stalled_replica_is_one_that_holds_requests_and_generated_no_token() -> None:
     """Per replica (pod), as Prometheus parses the recorded expression: no token over the range, and requests
     running; counted per model."""
-    parsed = promql_parser.parse(recorded(MetricsSettings(enabled=True))["namespace:vllm_stalled_replicas:count"])
+    parsed: Any = promql_parser.parse(recorded(MetricsSettings(enabled=True))["namespace:vllm_stalled_replicas:count"])
     assert (str(parsed.op), parsed.modifier.labels) == ("count", ["namespace"])
     both = parsed.expr
     assert (str(both.op), both.modifier.matching.labels) == ("and", ["namespace", "pod"])

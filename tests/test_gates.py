@@ -32,6 +32,7 @@ from stacks.reviewed_findings import (
 )
 from tests.conftest import (
     PIPELINE,
+    ROOT,
     SCENARIOS,
     Assembly,
     Scans,
@@ -333,3 +334,14 @@ def test_our_log_groups_are_encrypted_with_our_keys(assemblies: dict[str, Assemb
     assert len(ours) == 1 * len(assemblies) + 1
     for where, group in ours:
         assert "KmsKeyId" in group["Properties"], where
+
+
+def test_the_type_checker_refuses_a_value_of_the_wrong_type(tmp_path: Path) -> None:
+    # `make lint` runs mypy on the project with pyproject.toml's settings; the same settings on a planted error.
+    from mypy import api
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("from settings import names\n\nlimit: int = names.SECRETS_STORE_ADDON\n")
+    stdout, _, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), "--no-incremental", str(broken)])
+    assert status == 1
+    assert 'Incompatible types in assignment (expression has type "str", variable has type "int")' in stdout

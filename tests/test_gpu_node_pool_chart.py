@@ -134,7 +134,9 @@ FRACTIONAL_GPU_FAMILIES = ("g6f", "gr6f")
 
 def instance_labels(instance_type: str) -> dict[str, str]:
     family = instance_type.split(".")[0]
-    category, generation = re.match(r"([a-z]+)([0-9]+)", family).groups()
+    parts = re.match(r"([a-z]+)([0-9]+)", family)
+    assert parts, family
+    category, generation = parts.groups()
     return {
         "karpenter.sh/capacity-type": "on-demand",
         # Karpenter's instance type scheme: category letters, then the generation's digits.

@@ -221,7 +221,7 @@ def test_model_facts_of_an_unknown_repository_says_so(hub: FakeHub, capsys: pyte
 
 
 def test_a_multimodal_models_architecture_is_its_text_models() -> None:
-    config = {
+    config: dict[str, Any] = {
         "model_type": "mistral3",
         "text_config": {**GPT_OSS_LIKE, "model_type": "mistral", "sliding_window": None},
     }

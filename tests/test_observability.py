@@ -307,7 +307,7 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
     }
     # The fewer of the replicas scraped by vLLM's job and by the GPU reader's, a job with no target counting 0.
     (watchdog,) = lambda_queries(alarms[prefix + "VllmMetricsMissing"]["Metrics"][0]["Expression"])
-    parsed = promql_parser.parse(watchdog)
+    parsed: Any = promql_parser.parse(watchdog)
     assert (type(parsed).__name__, str(parsed.op), str(parsed.expr.op)) == ("AggregateExpr", "min", "or")
     counts = [parsed.expr.lhs, parsed.expr.rhs]
     assert [(call.func.name, [str(a) for a in call.args]) for call in counts] == [
@@ -417,7 +417,7 @@ def test_the_idle_gpus_alarm_answers_only_above_the_minimum_replicas(prod: Assem
     ]
     (query,) = lambda_queries(alarm["Metrics"][0]["Expression"])
     # As Prometheus parses it: the model's GPU utilization, kept only while more than its 2 replicas answer.
-    parsed = promql_parser.parse(query)
+    parsed: Any = promql_parser.parse(query)
     assert (str(parsed.op), parsed.modifier.matching.labels) == ("and", ["namespace"])
     assert metric_names(str(parsed.lhs)) == {"namespace:gpu_utilization:avg"}
     more_than_minimum = parsed.rhs.expr

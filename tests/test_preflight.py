@@ -6,7 +6,7 @@ Stubber checks every request against the expected parameters and both against th
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,7 @@ class Stubs(StubbedClients):
     def __init__(self) -> None:
         super().__init__(SERVICES)
 
-    def offerings(self, settings: StageSettings, offered: dict[str, Sequence[str]]) -> None:
+    def offerings(self, settings: StageSettings, offered: Mapping[str, Sequence[str]]) -> None:
         """DescribeInstanceTypeOfferings for every candidate in the stage's zones, answering `offered` per zone."""
         types = list(dict.fromkeys(i.type for model in settings.models for i in candidates(settings, model)))
         self.stubbers["ec2"].add_response(

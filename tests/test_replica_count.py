@@ -11,7 +11,7 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
-from scripts.plan import unfold_manifest
+from scripts.plan import unfold, unfold_manifest
 from settings import parse_stage_settings
 from stacks.replica_count import LAST_APPLIED, MANIFEST_DIGEST, PRUNE_LABEL_PREFIX, last_applied_without_replicas
 from tests.conftest import Assembly, stage_data
@@ -32,7 +32,7 @@ def three_way_patch(original: dict[str, Any], modified: dict[str, Any], current:
     for key, value in modified.items():
         now = current.get(key)
         if isinstance(value, dict) and isinstance(now, dict):
-            was = original.get(key) if isinstance(original.get(key), dict) else {}
+            was = original[key] if isinstance(original.get(key), dict) else {}
             if nested := three_way_patch(was, value, now):
                 patch[key] = nested
         elif now != value:
@@ -146,7 +146,7 @@ def test_each_models_handover_rewrites_what_its_manifest_applied(prod: Assembly)
     )
     applied = unfold_manifest(serving[manifest_id]["Properties"]["Manifest"])
     (deployment,) = [o for o in applied if o["kind"] == "Deployment"]
-    annotations = unfold_manifest(properties["ApplyPatchJson"])["metadata"]["annotations"]
+    annotations = unfold(properties["ApplyPatchJson"])["metadata"]["annotations"]
     # Exactly what the handler applied (its prune label included), without the count.
     assert json.loads(annotations[LAST_APPLIED]) == last_applied_without_replicas(deployment, prune_label=None)
     assert len(annotations[MANIFEST_DIGEST]) == 16

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 import cfnlint.helpers
@@ -16,7 +17,9 @@ from stacks.template_size import TEMPLATE_MAX_BYTES, oversized_templates
 
 def template_of_size(path: Path, size: int) -> Path:
     """A template of exactly `size` bytes: a small resource and a large one, padded."""
-    template = {"Resources": {"Small": {"Type": "AWS::SNS::Topic"}, "Large": {"Type": "AWS::SSM::Parameter"}}}
+    template: dict[str, Any] = {
+        "Resources": {"Small": {"Type": "AWS::SNS::Topic"}, "Large": {"Type": "AWS::SSM::Parameter"}}
+    }
     padding = size - len(json.dumps(template)) - len(', "Properties": {"Value": ""}')
     template["Resources"]["Large"]["Properties"] = {"Value": "x" * padding}
     path.write_text(json.dumps(template))
