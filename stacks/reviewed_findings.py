@@ -10,6 +10,7 @@ checkov reads them. Paths are construct paths below a stage; a path that no long
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -31,6 +32,8 @@ SMOKE_TEST = "Serving/SmokeTest"
 SMOKE_TEST_ROLE = "Serving/SmokeTestRole"
 KUBECTL_HANDLER = "Cluster/Cluster/KubectlProvider/Handler"
 KUBECTL_FRAMEWORK = "Cluster/Cluster/KubectlProvider/Provider/framework-onEvent"
+# The condition aws-cdk-lib puts on the handler's ECR Public policy (in partitions that have ECR Public).
+ECR_PUBLIC_CONDITION = f"{KUBECTL_HANDLER}/HasEcrPublic"
 RESTRICT_DEFAULT_SG_HANDLER = "Network/Custom::VpcRestrictDefaultSGCustomResourceProvider/Handler"
 # aws-cdk-lib's LogRetention function: one per stack under this fixed id (aws-logs, log-retention.ts).
 LOG_RETENTION = "Cluster/LogRetentionaae0aa3c5b4d4f87b02d85b201efdd8a"
@@ -62,11 +65,14 @@ def _account_resource(service: str, region: str, resource: str) -> str:
     return f"Resource::arn:<AWS::Partition>:{service}:{region}:<AWS::AccountId>:{resource}"
 
 
-def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Finding, ...]:
-    """The stage's accepted cdk-nag findings; some name the stage's region, cache prefix and model store stack."""
+def nag_findings(
+    settings: StageSettings, model_store_stack: str, logical_id: Callable[[str], str]
+) -> tuple[Finding, ...]:
+    """The stage's accepted cdk-nag findings; some name the stage's region, cache prefix and model store stack,
+    and the logical ids of the constructs at some paths (`logical_id(path)`)."""
     prefix = settings.image_cache_prefix
     return (
-        *_LIBRARY_NAG_FINDINGS,
+        *_library_nag_findings(logical_id),
         *(
             Finding(
                 NODE_ROLE,
@@ -156,7 +162,7 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
                 "scopes the grant to this project's prefix.",
             )
             for what, resource in _codebuild_project_resources(
-                settings.region, settings.account or "<AWS::AccountId>", "SmokeTest737D2188"
+                settings.region, settings.account or "<AWS::AccountId>", logical_id(SMOKE_TEST)
             )
         ),
         *(
@@ -208,7 +214,28 @@ def nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Findi
 
 
 # Findings on what aws-cdk-lib generates for the cluster, whatever the settings.
-_LIBRARY_NAG_FINDINGS = (
+def _library_nag_findings(logical_id: Callable[[str], str]) -> tuple[Finding, ...]:
+    """What aws-cdk-lib's own constructs in the stage are found to do."""
+    return (
+        *_CONSTANT_LIBRARY_NAG_FINDINGS,
+        Finding(
+            f"{KUBECTL_HANDLER}/ServiceRole",
+            "AwsSolutions-IAM4[Policy::{"
+            f'"Fn::If":["{logical_id(ECR_PUBLIC_CONDITION)}",{{"Fn::Join":["",["arn:",'
+            '{"Ref":"AWS::Partition"},":iam::aws:policy/AmazonElasticContainerRegistryPublicReadOnly"]]},'
+            '{"Ref":"AWS::NoValue"}]}]',
+            "Read-only pulls from ECR Public, only in partitions that have it (the condition in the policy ARN).",
+        ),
+        Finding(
+            f"{KUBECTL_FRAMEWORK}/ServiceRole/DefaultPolicy",
+            f"AwsSolutions-IAM5[Resource::<{logical_id(KUBECTL_HANDLER)}.Arn>:*]",
+            "The provider framework invokes the kubectl handler's versions and aliases: the wildcard is a "
+            "qualifier of that one function's ARN.",
+        ),
+    )
+
+
+_CONSTANT_LIBRARY_NAG_FINDINGS = (
     *(
         Finding(
             CLUSTER_ROLE,
@@ -228,14 +255,6 @@ _LIBRARY_NAG_FINDINGS = (
         f"AwsSolutions-IAM4[{_managed_policy('AmazonEC2ContainerRegistryReadOnly')}]",
         "Read-only pulls from ECR, which the kubectl handler uses for Helm charts stored there.",
     ),
-    Finding(
-        f"{KUBECTL_HANDLER}/ServiceRole",
-        "AwsSolutions-IAM4[Policy::{"
-        '"Fn::If":["ClusterKubectlProviderHandlerHasEcrPublic69E09706",{"Fn::Join":["",["arn:",'
-        '{"Ref":"AWS::Partition"},":iam::aws:policy/AmazonElasticContainerRegistryPublicReadOnly"]]},'
-        '{"Ref":"AWS::NoValue"}]}]',
-        "Read-only pulls from ECR Public, only in partitions that have it (the condition in the policy ARN).",
-    ),
     *(
         Finding(
             f"{path}/ServiceRole",
@@ -245,12 +264,6 @@ _LIBRARY_NAG_FINDINGS = (
         )
         for path in CDK_PROVIDER_FUNCTIONS
         for policy in ("service-role/AWSLambdaBasicExecutionRole", "service-role/AWSLambdaVPCAccessExecutionRole")
-    ),
-    Finding(
-        f"{KUBECTL_FRAMEWORK}/ServiceRole/DefaultPolicy",
-        "AwsSolutions-IAM5[Resource::<ClusterKubectlProviderHandler2E05C68A.Arn>:*]",
-        "The provider framework invokes the kubectl handler's versions and aliases: the wildcard is a "
-        "qualifier of that one function's ARN.",
     ),
     Finding(
         f"{LOG_RETENTION}/ServiceRole",
@@ -367,7 +380,8 @@ def checkov_findings(settings: StageSettings) -> tuple[Finding, ...]:
 def acknowledge_reviewed_findings(stage: Stage, settings: StageSettings) -> None:
     """Acknowledge the findings above on the stage's constructs."""
     model_store = cast(Stack, _construct_at(stage, "ModelStore"))
-    _acknowledge(stage, nag_findings(settings, model_store.stack_name), checkov_findings(settings))
+    findings = nag_findings(settings, model_store.stack_name, lambda path: _logical_id_at(stage, path))
+    _acknowledge(stage, findings, checkov_findings(settings))
 
 
 def _import_folders(model: ModelSettings, bucket_export: str) -> list[tuple[str, str]]:
@@ -392,6 +406,15 @@ def _acknowledge(scope: Stage | Stack, nag: list[Finding] | tuple[Finding, ...],
         if not isinstance(resource, CfnResource):
             raise TypeError(f"{path} is not a CloudFormation resource; checkov skips go on one")
         resource.add_metadata("checkov", {"skip": checks})
+
+
+def _logical_id_at(scope: Stage | Stack, path: str) -> str:
+    """The logical id of the CloudFormation element at a path (an L2 construct's default child)."""
+    construct = _construct_at(scope, path)
+    element = construct if isinstance(construct, CfnElement) else construct.node.default_child
+    if not isinstance(element, CfnElement):
+        raise TypeError(f"{path} is not a CloudFormation element")
+    return Stack.of(element).get_logical_id(element)
 
 
 def _construct_at(stage: Stage | Stack, path: str) -> IConstruct:
@@ -471,7 +494,7 @@ def acknowledge_pipeline_findings(stack: Stack, pipeline: pipelines.CodePipeline
 
 def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_names: list[str]) -> list[Finding]:
     def logical_id(path: str) -> str:
-        return stack.get_logical_id(cast(CfnElement, _construct_at(stack, path).node.default_child))
+        return _logical_id_at(stack, path)
 
     bucket = logical_id("Pipeline/Pipeline/ArtifactsBucket")
     region, account = stack.region, stack.account
