@@ -87,21 +87,21 @@ dist: setup-synth ## Write every chart of one stage as YAML under dist/ (STAGE=d
 	python -m charts --stage $(STAGE) --outdir dist
 
 cold-start: setup-synth ## The cold-start budget of a new replica of each model (STAGE=dev)
-	python -m scripts.cold_start --stage $(STAGE)
+	python -m commands.cold_start_budget --stage $(STAGE)
 
 sizing: setup-synth ## The GPU instances that can run each model, cheapest first, and the pool's limits (STAGE=dev)
-	python -m scripts.sizing --stage $(STAGE)
+	python -m commands.sizing_table --stage $(STAGE)
 
 model-facts: setup ## Read a model's architecture from the Hub into settings/catalog/models.yaml (MODEL=<repo> REVISION=<commit>; HF_TOKEN for gated ones)
 	@test -n "$(MODEL)" -a -n "$(REVISION)" || { echo "usage: make model-facts MODEL=<hub repo> REVISION=<commit>"; exit 2; }
-	python -m scripts.model_facts --model $(MODEL) --revision $(REVISION)
+	python -m commands.model_facts_from_hub --model $(MODEL) --revision $(REVISION)
 
 bench: setup ## Benchmarks: set-up from a fresh clone, synth time against a floor app, the test suite's time and memory, the deploy plan
-	python -m scripts.bench setup
-	python -m scripts.bench synth --runs 5
-	python -m scripts.bench tests
+	python -m tools.bench setup
+	python -m tools.bench synth --runs 5
+	python -m tools.bench tests
 	$(CDK) synth --quiet -c stage=$(STAGE) > /dev/null
-	python -m scripts.bench plan cdk.out/assembly-$(STAGE)
+	python -m tools.bench plan cdk.out/assembly-$(STAGE)
 
 bootstrap: setup-synth ## Prepare the stage's account and region for CDK deployments, once (needs AWS credentials)
 	$(CDK) bootstrap -c stage=$(STAGE)
@@ -111,22 +111,22 @@ diff: setup-synth ## Compare one stage with what is deployed (needs AWS credenti
 
 plan: setup ## What a deploy of the stage will do to it, in words: replacements, removals, drift, rolls (offline against deployed/<stage>, or FROM_AWS=1)
 	$(CDK) synth --quiet -c stage=$(STAGE)
-	python -m scripts.plan --stage $(STAGE) $(if $(FROM_AWS),--from-aws,)
+	python -m commands.plan --stage $(STAGE) $(if $(FROM_AWS),--from-aws,)
 
 deploy: setup-plan setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account): the assembly it planned, stopping at a change the plan refuses (FORCE=1 deploys anyway); saves it for the next `make plan`
 	$(CDK) synth --quiet -c stage=$(STAGE)
-	$(if $(FORCE),,python -m scripts.plan --stage $(STAGE) --gate)
+	$(if $(FORCE),,python -m commands.plan --stage $(STAGE) --gate)
 	$(CDK) deploy --app cdk.out '$(STAGE)/*'
-	python -m scripts.plan --stage $(STAGE) --save cdk.out/assembly-$(STAGE)
+	python -m commands.plan --stage $(STAGE) --save cdk.out/assembly-$(STAGE)
 
 destroy: setup-synth ## Delete one stage: load balancers, volumes and nodes first, then its stacks; lists what it keeps (needs AWS credentials)
-	python -m scripts.teardown --stage $(STAGE)
+	python -m commands.teardown --stage $(STAGE)
 
 preflight: setup-synth ## Before a deploy: can the stage get its GPUs? Quotas, offerings in its zones, reservations (read-only; AWS credentials)
-	python -m scripts.preflight --stage $(STAGE)
+	python -m commands.preflight --stage $(STAGE)
 
 e2e: setup ## Deploy a throwaway stage, prove it serves, measure cold start and latency, remove it all (AWS credentials; never in CI)
-	python -m scripts.e2e
+	python -m commands.e2e
 
 pipeline-synth: setup-synth ## Synthesize the pipeline stack with every stage it deploys (settings/pipeline.yaml)
 	$(CDK) synth --quiet -c pipeline=true

@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 
 import cdk8s
 
-from charts.autoscaling import AutoscalingPlan
 from charts.exposure import NetworkPolicyController
 from charts.gpu_node_pool import GpuNodePoolChart, GpuPoolList, PoolPlan, pool_weight
 from charts.images import pulled_image
 from charts.node_rotation import ROTATION_IMAGE, NodeRotationChart
+from charts.queue_autoscaler import AutoscalingPlan
 from charts.vllm_server import VllmServerChart, WeightsFileSystem
 from settings.autoscaling import POLLING_SECONDS, scale_down_cooldown_seconds
 from settings.cold_start import import_deadline_seconds, progress_deadline_seconds, startup_probe_seconds
-from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings
+from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings
 from settings.sizing import candidates, gpu_memory_needed_mib, pool_limits, requests
 
 NETWORK_POLICY_CONTROLLER = "NetworkPolicyController"

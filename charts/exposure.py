@@ -30,7 +30,7 @@ from constructs import Construct
 
 from charts.api_object import api_object
 from settings.drain import max_request_seconds
-from settings.model import ExposureSettings, ModelSettings
+from settings.schema import ExposureSettings, ModelSettings
 
 CONTROLLER = "eks.amazonaws.com/alb"
 ROUTED_PATH = "/v1"

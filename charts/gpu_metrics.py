@@ -3,7 +3,7 @@
 On Auto Mode, a DCGM exporter of our own would conflict with the node monitoring agent's DCGM host
 engine (aws/containers-roadmap#2555, #2763), and neither the agent nor the CloudWatch Observability
 add-on (whose DCGM exporter is off for that reason, stacks/cluster.py) publishes GPU utilization. So
-each replica reads its own GPUs: scripts/gpu_metrics.py, shipped in a ConfigMap and started beside
+each replica reads its own GPUs: workloads/gpu_reader.py, shipped in a ConfigMap and started beside
 vLLM in the same container, the only one the device plugin gives the GPUs to. It reads NVML, as
 `nvidia-smi` does, through the binding vLLM already uses, and serves /metrics on GPU_METRICS_PORT,
 which the scraper reads (stacks/metrics.py, job "gpu"). It uses a few tens of MiB of the container's
@@ -27,7 +27,9 @@ import cdk8s
 import cdk8s_plus_30 as kplus
 from constructs import Construct
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_metrics.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "workloads" / "gpu_reader.py"
+# The reader's file name in its ConfigMap, which the replicas run.
+SCRIPT_NAME = "gpu_metrics.py"
 GPU_METRICS_PORT = 9400
 GPU_METRICS_PORT_NAME = "gpu-metrics"
 MOUNT = "/opt/gpu-metrics"
@@ -37,7 +39,7 @@ SCRIPT_HASH_ANNOTATION = "gpu-metrics/script-sha256"
 
 def with_gpu_metrics(command: list[str]) -> list[str]:
     """`command`, with the GPU reader started beside it. The pod's args follow `command`, so they reach it too."""
-    reader = f"python3 {MOUNT}/{SCRIPT.name} --port={GPU_METRICS_PORT}"
+    reader = f"python3 {MOUNT}/{SCRIPT_NAME} --port={GPU_METRICS_PORT}"
     return ["sh", "-c", f'while :; do {reader}; sleep {RESTART_SECONDS}; done & exec "$@"', "sh", *command]
 
 
@@ -54,6 +56,6 @@ class GpuMetrics(Construct):
             self,
             "Script",
             metadata=cdk8s.ApiObjectMetadata(name="gpu-metrics"),
-            data={SCRIPT.name: SCRIPT.read_text()},
+            data={SCRIPT_NAME: SCRIPT.read_text()},
         )
         self.volume = kplus.Volume.from_config_map(self, "Volume", script, name="gpu-metrics")

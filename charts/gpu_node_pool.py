@@ -23,7 +23,7 @@ import cdk8s
 from constructs import Construct
 
 from charts.api_object import api_object
-from settings.model import GpuNodePoolSettings
+from settings.schema import GpuNodePoolSettings
 from settings.sizing import GPU_MEMORY_LABEL
 
 # The taint keeps everything but GPU workloads (which tolerate it) off these expensive nodes.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from settings.model import StageSettings
+from settings.schema import StageSettings
 
 UPSTREAM_REGISTRY = "public.ecr.aws"
 

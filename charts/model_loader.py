@@ -1,6 +1,6 @@
 """How weights get into the model store: a Job per (model, revision) imports them from the Hub.
 
-The Job runs scripts/import_weights.py (shipped in a ConfigMap) in the vLLM image, which has
+The Job runs workloads/import_weights.py (shipped in a ConfigMap) in the vLLM image, which has
 huggingface_hub and boto3. It downloads one file at a time from the Hub, checks its size and
 hash, uploads it to s3://<model bucket>/<name>/<revision>/, waits until the data repository
 association shows it on the file system and reads it there once (so no replica waits on S3),
@@ -27,7 +27,7 @@ from constructs import Construct
 
 from charts.api_object import api_object
 from settings import names
-from settings.model import ModelSettings
+from settings.schema import ModelSettings
 from settings.sizing import IMPORT_CPU_MILLIS, IMPORT_MEMORY_MIB
 
 # gpt-oss's harmony tokenizer reads its encoding from $TIKTOKEN_ENCODINGS_BASE, and once that is set never
@@ -42,7 +42,7 @@ HARMONY_ENCODINGS = ("o200k_base.tiktoken",)
 HARMONY_MODEL_TYPE = "gpt_oss"
 # Written by the import last, in the revision's folder: its presence means every file is there.
 COMPLETION_MARKER = ".import-complete"
-IMPORT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "import_weights.py"
+IMPORT_SCRIPT = Path(__file__).resolve().parent.parent / "workloads" / "import_weights.py"
 IMPORT_SERVICE_ACCOUNT = "weights-import"
 # The import's scratch disk: one file at a time passes through it (shards are a few GB).
 IMPORT_SCRATCH = "30Gi"
@@ -103,7 +103,7 @@ def job_name_in(objects: list[dict[str, Any]]) -> str | None:
 
 
 def import_command(model: ModelSettings, *, bucket: str, region: str, mount: str) -> list[str]:
-    """The import's command line (scripts/import_weights.py), as the Job runs it: the weights from the Hub and the
+    """The import's command line (workloads/import_weights.py), as the Job runs it: the weights from the Hub and the
     encodings the model reads, or the encodings alone for weights you upload."""
     command = ["python3", "/import/import_weights.py"]
     if model.imported:

@@ -32,8 +32,8 @@ from charts.vllm_server import (
     checkov_skip_annotations,
     container_security_context,
 )
-from settings.model import GpuNodePoolSettings
 from settings.names import NODE_ROTATION_NAMESPACE
+from settings.schema import GpuNodePoolSettings
 
 SERVICE_ACCOUNT = "gpu-node-rotation"
 ROTATION_ANNOTATION = "gpu-node-rotation/rotated-at"

@@ -21,8 +21,6 @@ from charts.api_keys import LOGGING_MOUNT, ApiKeys, config_args, logging_env
 from charts.api_keys import MOUNT as API_KEYS_MOUNT
 from charts.api_keys import SECRET_ANNOTATION as API_KEYS_SECRET_ANNOTATION
 from charts.api_object import api_object
-from charts.autoscaling import AutoscalingPlan, QueueAutoscaler
-from charts.drain import drain_command
 from charts.exposure import InternalEndpoint
 from charts.gpu_metrics import (
     GPU_METRICS_PORT,
@@ -43,9 +41,11 @@ from charts.model_loader import (
     wait_for_weights_env,
 )
 from charts.model_volume import ModelVolume
+from charts.pre_stop_drain import drain_command
+from charts.queue_autoscaler import AutoscalingPlan, QueueAutoscaler
 from settings import names
 from settings.drain import termination_grace_seconds
-from settings.model import ModelSettings
+from settings.schema import ModelSettings
 from settings.sizing import GPU_MEMORY_LABEL, Requests, gpu_memory_needed_mib
 
 PORT = 8000
@@ -283,7 +283,7 @@ class VllmServerChart(cdk8s.Chart):
             ),
             # From the cold-start budget (settings/cold_start.py): past it the rollout reports failure.
             progress_deadline=cdk8s.Duration.seconds(progress_deadline),
-            # Long enough for the preStop drain to let the longest request finish (charts/drain.py).
+            # Long enough for the preStop drain to let the longest request finish (charts/pre_stop_drain.py).
             termination_grace_period=cdk8s.Duration.seconds(termination_grace_seconds(model)),
             # The server calls no Kubernetes API; with API keys, the CSI driver reads them as this account.
             service_account=api_keys.service_account if api_keys else None,
@@ -383,7 +383,7 @@ class VllmServerChart(cdk8s.Chart):
                 timeout_seconds=cdk8s.Duration.seconds(10),
             ),
             security_context=hardened,
-            # vLLM cuts requests off on SIGTERM: Kubernetes runs this first (charts/drain.py).
+            # vLLM cuts requests off on SIGTERM: Kubernetes runs this first (charts/pre_stop_drain.py).
             lifecycle=kplus.ContainerLifecycle(pre_stop=kplus.Handler.from_command(drain_command(model, PORT))),
         )
         container.mount(

@@ -1,4 +1,4 @@
-"""Stage settings: one YAML file per stage under settings/stages/, checked by settings.model."""
+"""Stage settings: one YAML file per stage under settings/stages/, checked by settings.schema."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydantic.fields import FieldInfo
 from settings import names
 from settings.autoscaling import autoscaling_problems
 from settings.drain import drain_problems
-from settings.model import PipelineSettings, StageName, StageSettings
+from settings.schema import PipelineSettings, StageName, StageSettings
 from settings.sizing import sizing_problems
 from settings.yaml_files import load_yaml
 
@@ -278,7 +278,7 @@ def _declared_at(root: Any, loc: tuple[Any, ...]) -> tuple[Any, str | None]:
     """The type declared at a location in the settings, and its description in words.
 
     The innermost description wins: a field's own description says what it is for, the one on its
-    constrained type (settings.model.BinarySize, say) what it accepts.
+    constrained type (settings.schema.BinarySize, say) what it accepts.
     """
     if loc[-1:] == ("[key]",):  # pydantic locates a bad key at (..., key, "[key]")
         loc = (*loc[:-2], "[key]")

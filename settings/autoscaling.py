@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from settings.cold_start import cold_start_seconds
-from settings.model import MAX_STABILIZATION_SECONDS, ModelSettings, StageSettings
+from settings.schema import MAX_STABILIZATION_SECONDS, ModelSettings, StageSettings
 
 # How often KEDA queries the queue (its ScaledObject pollingInterval), in seconds.
 POLLING_SECONDS = 15

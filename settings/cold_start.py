@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from settings.model import ModelSettings, StageSettings
+from settings.schema import ModelSettings, StageSettings
 from settings.sizing import IMAGE_COMPRESSED_BYTES, IMAGE_UNPACKED_BYTES, pools_for
 
 # Measured in the walkthrough: Karpenter had the GPU instance running and the pod scheduled "in

@@ -1,6 +1,6 @@
 """How long a replica going away may take: the longest request it must finish, and the pod's grace period.
 
-charts/drain.py drains a replica within these bounds. A GPU node going away waits for a replacement to start
+charts/pre_stop_drain.py drains a replica within these bounds. A GPU node going away waits for a replacement to start
 and the old replica to drain: each pool's termination_grace_period must cover that for every model it runs.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from settings.cold_start import progress_deadline_seconds
-from settings.model import ModelSettings, StageSettings, as_duration, duration_seconds
+from settings.schema import ModelSettings, StageSettings, as_duration, duration_seconds
 from settings.sizing import pool_path, pools_for
 
 # The slowest generation a replica is expected to keep up per request under load (tokens/s): a

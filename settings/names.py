@@ -1,7 +1,7 @@
 """Every name derived from the settings, each built beside the limit of the system that receives it.
 
 A name too long for Kubernetes, IAM or CodeBuild passes `cdk synth` and fails only in the deploy,
-so settings.model refuses a model or cluster name that leaves one of them no room: the largest
+so settings.schema refuses a model or cluster name that leaves one of them no room: the largest
 allowed length follows from MODEL_NAME_LIMITS and CLUSTER_NAME_LIMITS, whatever the names become.
 """
 
@@ -87,7 +87,7 @@ def output_id(model_name: str) -> str:
     CloudFormation logical ids: alphanumeric, at most 255 characters (CloudFormation User Guide,
     "Outputs"); a model name of at most NAMESPACE_MAX characters leaves plenty of room, so this
     is not among MODEL_NAME_LIMITS. Different names may give the same id (qwen3-8b and qwen38b):
-    settings.model refuses that.
+    settings.schema refuses that.
     """
     return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]", model_name))
 

@@ -21,8 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from settings.model import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_option
 from settings.model_facts import DEFAULT_BATCHED_TOKENS, sequence_kv_bytes
+from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_option
 from settings.yaml_files import load_yaml
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -244,7 +244,7 @@ IMPORT_CPU_MILLIS = 2000
 # - hf_xet's download buffer: 2 GB, plus 512 MB per file being downloaded (huggingface/xet-core from 1.3,
 #   xet_runtime/src/config/groups/reconstruction.rs: HF_XET_RECONSTRUCTION_DOWNLOAD_BUFFER_SIZE and _PERFILE_SIZE;
 #   up to 1.2, 8 concurrent range gets of up to 64 MiB each, the Job's HF_XET_NUM_CONCURRENT_RANGE_GETS, less);
-# - the upload's buffers: 8 parts of 64 MiB (scripts/import_weights.py, TRANSFER_CONFIG), after the download;
+# - the upload's buffers: 8 parts of 64 MiB (workloads/import_weights.py, TRANSFER_CONFIG), after the download;
 # - Python with huggingface_hub, boto3 and the file's hashing: taken at 1 GiB.
 # With a quarter more for what these figures leave out. hf_xet near 4 GB was OOM-killed in pods at its old
 # defaults (huggingface/huggingface_hub#3300), which is why the Job's limit is above both.

@@ -18,13 +18,13 @@ from constructs import Construct
 
 from charts.gpu_node_pool import GPU_TAINT
 from settings import names
-from settings.model import ClusterSettings, MetricsSettings, ObservabilitySettings
 from settings.names import CLOUDWATCH_ADDON, FSX_CSI_ADDON, SECRETS_STORE_ADDON
+from settings.schema import ClusterSettings, MetricsSettings, ObservabilitySettings
 from stacks.log_group import service_log_group
 from stacks.metrics import ManagedPrometheus
 from stacks.pod_identity import pod_identity_role
 
-# kubectl must match the cluster's minor version; one layer per settings.model.SUPPORTED_KUBERNETES_VERSIONS.
+# kubectl must match the cluster's minor version; one layer per settings.schema.SUPPORTED_KUBERNETES_VERSIONS.
 KUBECTL_LAYERS = {"1.34": KubectlV34Layer, "1.35": KubectlV35Layer, "1.36": KubectlV36Layer}
 
 ENDPOINT_ACCESS = {

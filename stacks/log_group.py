@@ -23,7 +23,7 @@ LOGS_KEY_ACTIONS = [
 
 
 def log_group(scope: Construct, id: str, *, retention_days: int, name: str | None = None) -> logs.LogGroup:
-    """A log group kept for `retention_days` (one of settings.model.LOG_RETENTION_DAYS).
+    """A log group kept for `retention_days` (one of settings.schema.LOG_RETENTION_DAYS).
 
     The group and its key are retained when the stack is deleted, like every other record of
     what happened. logs.RetentionDays is an enum of names in Python (THREE_MONTHS, ...), so the

@@ -29,8 +29,8 @@ from constructs import Construct
 
 from charts.gpu_metrics import GPU_METRICS_PORT
 from charts.vllm_server import PORT as VLLM_PORT
-from settings.model import MetricsSettings
 from settings.names import app_label
+from settings.schema import MetricsSettings
 
 # The pods scraped: every model's vLLM replicas (their `app` label), on vLLM's port and, as job "gpu",
 # on their GPU reader's. Prometheus's pod discovery makes one target per declared container port

@@ -11,7 +11,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from settings.model import ModelStoreSettings
+from settings.schema import ModelStoreSettings
 
 # Lustre clients and servers talk on these TCP ports (FSx for Lustre user guide, "File system access control").
 LUSTRE_PORTS = (ec2.Port.tcp(988), ec2.Port.tcp_range(1018, 1023))

@@ -8,7 +8,7 @@ from aws_cdk import Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from settings.model import NetworkSettings
+from settings.schema import NetworkSettings
 from stacks.log_group import log_group
 
 # The subnet group of internal load balancers and the metrics scraper (NetworkStack.inbound_subnets).

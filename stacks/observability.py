@@ -33,7 +33,7 @@ from constructs import Construct
 from settings import names
 from settings.autoscaling import scale_down_cooldown_seconds
 from settings.cold_start import progress_deadline_seconds
-from settings.model import ModelSettings, StageSettings
+from settings.schema import ModelSettings, StageSettings
 from stacks.log_group import log_group
 from stacks.metrics import (
     ALERT_AFTER_MINUTES,

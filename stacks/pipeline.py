@@ -11,7 +11,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from settings import names
-from settings.model import PipelineSettings, StageSettings
+from settings.schema import PipelineSettings, StageSettings
 from stacks.reviewed_findings import acknowledge_pipeline_findings
 from stacks.serving import smoke_test_timeout
 from stacks.stage import InferencePlatformStage
@@ -90,7 +90,7 @@ def plan_commands(stage: str, settings: StageSettings) -> list[str]:
     return [
         ASSUME_ROLE,
         f"assume {lookup_role_arn(settings)}",
-        f".venv/bin/python -m scripts.plan --stage {stage} --from-aws "
+        f".venv/bin/python -m commands.plan --stage {stage} --from-aws "
         f"--after cdk.out/assembly-{PIPELINE_STACK}-{stage}",
     ]
 

@@ -10,7 +10,7 @@ from aws_cdk import aws_ecr as ecr
 from constructs import Construct
 
 from charts.images import UPSTREAM_REGISTRY
-from settings.model import StageSettings
+from settings.schema import StageSettings
 
 
 class RegistryStack(Stack):

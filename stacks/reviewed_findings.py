@@ -19,7 +19,7 @@ from constructs import IConstruct
 
 from charts.model_loader import has_import_job, import_folders
 from settings import names
-from settings.model import ModelSettings, StageSettings
+from settings.schema import ModelSettings, StageSettings
 from stacks.model_store import bucket_arn_export
 
 CLUSTER_ROLE = "Cluster/Cluster/Role"

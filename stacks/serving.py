@@ -23,23 +23,23 @@ from charts import DeployedResources, build_charts, feature_chart_id
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, has_import_job, import_folders, job_name_in
 from charts.vllm_server import PORT, SMOKE_TEST_GROUP
-from scripts.smoke_test import LOAD_BALANCER_WAIT_SECONDS, chat_request
 from settings import names
 from settings.cold_start import smoke_test_wait_seconds
-from settings.model import ModelSettings, StageSettings
+from settings.schema import ModelSettings, StageSettings
 from stacks.metrics import ManagedPrometheus, workspace_query_url
 from stacks.model_store import LUSTRE_PORTS
 from stacks.observability import PrometheusDataSource, StageAlarms, stage_dashboard
 from stacks.pod_identity import pod_identity_role
 from stacks.replica_count import ReplicaCountHandover
 from stacks.web_acl import rate_limited_web_acl
+from workloads.smoke_test import LOAD_BALANCER_WAIT_SECONDS, chat_request
 
 # KEDA 2.20.2's Helm chart, vendored from kedacore/charts (charts/vendor/keda/VENDORED.md); its
 # operator's service account, which the chart names keda-operator in the release's namespace.
 KEDA_CHART = Path(__file__).resolve().parent.parent / "charts" / "vendor" / "keda"
 KEDA_SERVICE_ACCOUNT = "keda-operator"
-# scripts/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
-SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+# workloads/smoke_test.py, shipped alone to the smoke test project as a (zipped) asset.
+WORKLOADS_DIR = Path(__file__).resolve().parent.parent / "workloads"
 SMOKE_TEST_FILE = "smoke_test.py"
 # The feature flag that sets how a stack refers to values of other stacks (read from the consumer).
 CROSS_STACK_REFERENCES = "@aws-cdk/core:defaultCrossStackReferences"
@@ -350,7 +350,7 @@ class ServingStack(Stack):
     ) -> codebuild.Project:
         """The post-deploy check: inside the VPC, as a role the cluster admits only to watch and port-forward.
 
-        It runs scripts/smoke_test.py (shipped as an asset) for every model: wait for the rollout,
+        It runs workloads/smoke_test.py (shipped as an asset) for every model: wait for the rollout,
         then send the test prompt through the Service. Start it with
         `aws codebuild start-build --project-name <cluster name>-smoke-test`; the pipeline does after each deploy.
         """
@@ -376,13 +376,13 @@ class ServingStack(Stack):
         )
         kubectl_version = f"v{settings.cluster.kubernetes_version}.0"
         checks = [smoke_test_command(settings, model, import_jobs[model.name]) for model in settings.models]
-        scripts = s3_assets.Asset(self, "SmokeTestScript", path=str(SCRIPTS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
+        script = s3_assets.Asset(self, "SmokeTestScript", path=str(WORKLOADS_DIR), exclude=["*", f"!{SMOKE_TEST_FILE}"])
         return codebuild.Project(
             self,
             "SmokeTest",
             project_name=names.smoke_test_project_name(settings.cluster.name),
             description="Sends the walkthrough's test prompt to every model after a deployment",
-            source=codebuild.Source.s3(bucket=scripts.bucket, path=scripts.s3_object_key),
+            source=codebuild.Source.s3(bucket=script.bucket, path=script.s3_object_key),
             role=role,
             vpc=vpc,
             subnet_selection=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
@@ -451,7 +451,7 @@ def secret_arn(settings: StageSettings, name: str) -> str:
 
 
 def smoke_test_command(settings: StageSettings, model: ModelSettings, import_job: str | None) -> str:
-    """How the smoke test project checks one model (scripts/smoke_test.py); `import_job`: its chart's, if any."""
+    """How the smoke test project checks one model (workloads/smoke_test.py); `import_job`: its chart's, if any."""
     return (
         f"python3 {SMOKE_TEST_FILE} --namespace {model.name} --service {model.service_name} "
         f"--deployment {model.name} --model {model.model} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aws_cdk import Annotations, Environment, Stage, Tags
 from constructs import Construct
 
-from settings.model import StageSettings
+from settings.schema import StageSettings
 from stacks.cluster import ClusterStack
 from stacks.model_store import ModelStoreStack
 from stacks.network import NetworkStack

@@ -15,7 +15,7 @@ from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from settings import names
-from settings.model import ExposureSettings, ModelSettings
+from settings.schema import ExposureSettings, ModelSettings
 
 WINDOW_SECONDS = 300
 KNOWN_BAD_INPUTS = "AWSManagedRulesKnownBadInputsRuleSet"

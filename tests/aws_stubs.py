@@ -1,4 +1,4 @@
-"""Real boto3 clients with botocore's Stubber, for tests of the scripts that call AWS: no network, no account."""
+"""Real boto3 clients with botocore's Stubber, for tests of the commands that call AWS: no network, no account."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from settings import StageSettings, names
 from settings.drain import termination_grace_seconds
-from settings.model import duration_seconds
+from settings.schema import duration_seconds
 
 # How long a replica takes to stop once asked (the preStop drain of an idle replica and vLLM's own stop).
 REPLICA_STOP_SECONDS = 20

@@ -27,8 +27,8 @@ import yaml
 from charts import DeployedResources, build_charts
 from charts.__main__ import write_manifests
 from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, parse_stage_settings, stage_names
-from settings.model import MAX_STAGE_NAME_LENGTH
 from settings.names import FSX_CSI_ADDON
+from settings.schema import MAX_STAGE_NAME_LENGTH
 from settings.yaml_files import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,7 +270,7 @@ def copy_of_the_project(tmp_path: Path) -> Path:
     """The project's sources in a scratch folder, sharing the installed .venv and node_modules."""
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("app.py", "cdk.json", "package.json", "settings", "stacks", "charts", "scripts"):
+    for name in ("app.py", "cdk.json", "package.json", "settings", "stacks", "charts", "workloads"):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -176,7 +176,7 @@ def kubernetes_problems(obj: dict[str, Any], version: str) -> list[str]:
 def karpenter_problems(objects: list[dict[str, Any]]) -> list[str]:
     """Validation against the karpenter.sh/v1 schema published in @kubernetes-models/karpenter."""
     process = subprocess.run(
-        ["node", str(ROOT / "scripts" / "validate_karpenter.mjs")],
+        ["node", str(ROOT / "tools" / "validate_karpenter.mjs")],
         input=json.dumps(objects),
         cwd=ROOT,
         capture_output=True,

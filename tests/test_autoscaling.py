@@ -17,11 +17,11 @@ import promql_parser
 import pytest
 import yaml
 
-from charts.autoscaling import TRIGGER_AUTHENTICATION, queue_query
+from charts.queue_autoscaler import TRIGGER_AUTHENTICATION, queue_query
 from settings import names, parse_stage_settings
 from settings.autoscaling import scale_down_cooldown_seconds
 from settings.cold_start import cold_start_seconds
-from settings.model import MetricsSettings
+from settings.schema import MetricsSettings
 from stacks.metrics import alert_manager, recorded, rules, scrape_configuration
 from stacks.serving import KEDA_CHART, KEDA_SERVICE_ACCOUNT
 from tests.conftest import Assembly, find, model_objects, render_charts, resources, stage_data

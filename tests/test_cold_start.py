@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scripts.cold_start import main as cold_start_command
+from commands.cold_start_budget import main as cold_start_command
 from settings import parse_stage_settings
 from settings.cold_start import (
     IMAGE_UNPACKED_BYTES,
@@ -121,7 +121,7 @@ def test_a_big_model_gets_an_import_deadline_beyond_an_hour() -> None:
 def test_cold_start_command_prints_every_step_and_the_derived_probe_budget(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["python -m scripts.cold_start", "--stage", "dev"])
+    monkeypatch.setattr(sys, "argv", ["python -m commands.cold_start_budget", "--stage", "dev"])
     cold_start_command()
     stdout = capsys.readouterr().out
     for step in ("node launch", "image pull", "weight read", "model load", "**total**"):

@@ -10,7 +10,7 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
-from scripts.plan import PRUNED_KINDS, unfold_manifest
+from commands.plan import PRUNED_KINDS, unfold_manifest
 from settings import parse_stage_settings
 from tests.conftest import Assembly, stage_data
 

@@ -15,12 +15,12 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
-from charts.drain import DRAIN_SCRIPT
 from charts.gpu_node_pool import disruption_budgets
+from charts.pre_stop_drain import DRAIN_SCRIPT
 from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import progress_deadline_seconds
 from settings.drain import max_request_seconds, termination_grace_seconds
-from settings.model import duration_seconds
+from settings.schema import duration_seconds
 from tests.conftest import find, find_all, gpu_pool_objects, render_charts, stage_data
 from tests.stand_ins import QuietHandler, serving
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
-from scripts import e2e
-from scripts.leftovers import Leftover
+from commands import e2e
+from commands.leftovers import Leftover
 from settings import STAGES_DIR, load_stage_settings, parse_stage_settings
 from tests.aws_stubs import StubbedClients
 from tests.conftest import ROOT

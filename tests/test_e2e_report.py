@@ -1,4 +1,4 @@
-"""scripts/e2e_report.py: a replica's cold start from recorded Kubernetes JSON, the load test's figures, the report.
+"""commands/e2e_report.py: a replica's cold start from recorded Kubernetes JSON, the load test's figures, the report.
 
 The fixtures (tests/fixtures/e2e/) are one gpt-oss-20b replica's cold start as kubectl prints it: the pod
 created 10:00:00Z, its NodeClaim launched 10:00:41Z, scheduled 10:00:58Z, the weights wait done 10:01:03Z,
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from scripts import e2e_report
-from scripts.e2e_report import Milestone, go_duration_seconds, load_test_summary, timeline, write_report
+from commands import e2e_report
+from commands.e2e_report import Milestone, go_duration_seconds, load_test_summary, timeline, write_report
 from settings.names import app_label
 from tests.conftest import ROOT
 

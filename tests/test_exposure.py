@@ -19,7 +19,7 @@ from charts import NETWORK_POLICY_CONTROLLER, DeployedResources, build_charts
 from charts.exposure import deregistration_delay_seconds
 from settings import STAGES_DIR, parse_stage_settings
 from settings.drain import LOAD_BALANCER_DEREGISTRATION_SECONDS, SHUTDOWN_SECONDS, max_request_seconds
-from settings.model import StageSettings
+from settings.schema import StageSettings
 from stacks.serving import smoke_test_command, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
 from tests.conftest import find, gpu_pool_objects, model_objects, render_charts, stage_data

@@ -1,4 +1,4 @@
-"""Each replica's GPU reader (scripts/gpu_metrics.py): run with NVIDIA's real binding over a stand-in NVML
+"""Each replica's GPU reader (workloads/gpu_reader.py): run with NVIDIA's real binding over a stand-in NVML
 library (tests/fixtures/fake_nvml), started the way the rendered container starts it."""
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from charts.gpu_metrics import GPU_METRICS_PORT, RESTART_SECONDS, SCRIPT, SCRIPT_HASH_ANNOTATION
-from scripts import gpu_metrics
+from charts.gpu_metrics import GPU_METRICS_PORT, RESTART_SECONDS, SCRIPT, SCRIPT_HASH_ANNOTATION, SCRIPT_NAME
 from tests.conftest import find, render_charts
 from tests.scanners import (
     is_config_map_key,
@@ -33,6 +32,7 @@ from tests.scanners import (
     is_qualified_name,
 )
 from tests.test_autoscaling import GPU_READER_SERIES
+from workloads import gpu_reader as gpu_metrics
 
 FAKE_NVML = Path(__file__).resolve().parent / "fixtures" / "fake_nvml"
 GIB = 1024**3
@@ -233,7 +233,7 @@ def test_the_container_starts_the_reader_then_becomes_vllm_with_its_args(
         assert int((tmp_path / "vllm.pid").read_text()) == shell.pid
         assert (tmp_path / "vllm.args").read_text().splitlines() == ["serve", *prod_container["args"]]
         mount = next(m["mountPath"] for m in prod_container["volumeMounts"] if m["name"] == "gpu-metrics")
-        reader = [f"{mount}/{SCRIPT.name}", f"--port={GPU_METRICS_PORT}"]
+        reader = [f"{mount}/{SCRIPT_NAME}", f"--port={GPU_METRICS_PORT}"]
         assert [line.split() for line in (tmp_path / "reader").read_text().splitlines()] == [reader, reader]
         assert (tmp_path / "pauses").read_text().split() == [str(RESTART_SECONDS)] * 2
         (tmp_path / "stop").touch()
@@ -253,7 +253,7 @@ def test_the_reader_is_mounted_from_its_configmap_and_its_port_is_declared(
     prod_objects: list[dict[str, Any]], prod_container: dict[str, Any]
 ) -> None:
     config_map = readers_config_map(prod_objects)
-    assert config_map["data"] == {SCRIPT.name: SCRIPT.read_text()}
+    assert config_map["data"] == {SCRIPT_NAME: SCRIPT.read_text()}
     volume = next(v for v in prod_container["volumes"] if v["name"] == "gpu-metrics")
     assert volume["configMap"]["name"] == "gpu-metrics"
     mount = next(m for m in prod_container["volumeMounts"] if m["name"] == "gpu-metrics")

@@ -1,4 +1,4 @@
-"""scripts/import_weights.py against a stand-in for the Hugging Face Hub on 127.0.0.1 (the endpoints and headers
+"""workloads/import_weights.py against a stand-in for the Hugging Face Hub on 127.0.0.1 (the endpoints and headers
 huggingface_hub uses) and moto's server for S3 and Secrets Manager. Fully offline.
 
 Most runs call main() in this process, with huggingface_hub's endpoint constants pointed at the stand-in and an
@@ -28,13 +28,13 @@ import huggingface_hub.file_download
 import pytest
 from moto.server import ThreadedMotoServer
 
-from scripts import import_weights
-from scripts.import_weights import MARKER, main, matches, select_files
 from tests.conftest import ROOT
 from tests.hub_stand_in import FakeHub, FakeRepo, HubHandler, Request, point_huggingface_hub_at
 from tests.hub_stand_in import hub_server as stand_in_hub
+from workloads import import_weights
+from workloads.import_weights import MARKER, main, matches, select_files
 
-SCRIPT = ROOT / "scripts" / "import_weights.py"
+SCRIPT = ROOT / "workloads" / "import_weights.py"
 REPO = "test-org/tiny-model"
 PREFIX = "tiny-model/main"
 REGION = "us-east-1"

@@ -1,4 +1,4 @@
-"""scripts/leftovers.py against stubbed AWS: real boto3 clients, botocore's Stubber, no network.
+"""commands/leftovers.py against stubbed AWS: real boto3 clients, botocore's Stubber, no network.
 
 Stubber checks every request against the expected parameters and both against the service models.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from scripts.leftovers import (
+from commands.leftovers import (
     Leftover,
     arn_parts,
     cluster_log_group_prefixes,
@@ -44,7 +44,7 @@ def key_arn(key_id: str) -> str:
 
 
 class Stubs(StubbedClients):
-    """The services scripts/leftovers.py asks."""
+    """The services commands/leftovers.py asks."""
 
     def __init__(self) -> None:
         super().__init__(SERVICES)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from scripts import model_facts
-from scripts.sizing import main as sizing_command
+from commands import model_facts_from_hub as model_facts
+from commands.sizing_table import main as sizing_command
 from settings import SettingsError, parse_stage_settings
 from settings.model_facts import CATALOG_FILE, ModelFacts, catalog, kv_bytes_per_token, sequence_kv_bytes
 from tests.conftest import stage_data
@@ -109,7 +109,7 @@ def test_writing_an_entry_leaves_the_others_as_they_are(tmp_path: Path) -> None:
 def test_sizing_prints_each_models_kv_bytes_per_token_and_its_source(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["python -m scripts.sizing", "--stage", "dev"])
+    monkeypatch.setattr(sys, "argv", ["python -m commands.sizing_table", "--stage", "dev"])
     sizing_command()
     out = capsys.readouterr().out
     assert "(24,576 bytes per token in 12 full-attention layers, 12 sliding-window layers of 128 tokens)" in out

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from settings import names
-from settings.model import MAX_CLUSTER_NAME_LENGTH, MAX_MODEL_NAME_LENGTH
+from settings.schema import MAX_CLUSTER_NAME_LENGTH, MAX_MODEL_NAME_LENGTH
 from tests.scanners import resource_property_schema
 
 

@@ -16,7 +16,7 @@ from aws_cdk.assertions import Template
 
 from app import project_app
 from settings import SettingsError, parse_stage_settings
-from settings.model import StageSettings
+from settings.schema import StageSettings
 from stacks.metrics import SCRAPE_JOBS, recorded
 from stacks.observability import PrometheusDataSource, StageAlarms
 from stacks.prometheus_data_source import handler as data_source

@@ -141,7 +141,7 @@ def test_plan_reads_the_stages_templates_as_its_lookup_role(
     commands = buildspec["phases"]["build"]["commands"]
     assert commands == plan_commands(stage, settings)
     assert commands[-1].endswith(f"--stage {stage} --from-aws --after cdk.out/assembly-GpuInferencePipeline-{stage}")
-    # Its inputs: the repository (the scripts) and the synth step's cloud assembly in cdk.out.
+    # Its inputs: the repository (the commands) and the synth step's cloud assembly in cdk.out.
     assert len(plan["InputArtifacts"]) == 2
     assert {"Action": "sts:AssumeRole", "Effect": "Allow", "Resource": role_arn} in step_statements(template, plan)
 

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from charts import DeployedResources, build_charts
-from scripts import plan as make_plan
+from commands import plan as make_plan
 from settings import SettingsError, parse_stage_settings
 from settings.names import SECRETS_STORE_ADDON
 from tests.conftest import Assembly, stage_data

@@ -1,4 +1,4 @@
-"""scripts/preflight.py against stubbed AWS: real boto3 clients, botocore's Stubber, no network.
+"""commands/preflight.py against stubbed AWS: real boto3 clients, botocore's Stubber, no network.
 
 Stubber checks every request against the expected parameters and both against the service models.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from scripts.preflight import QUOTAS, STANDARD_QUOTA, main, preflight, request_url
+from commands.preflight import QUOTAS, STANDARD_QUOTA, main, preflight, request_url
 from settings import StageSettings, load_stage_settings, parse_stage_settings
 from settings.sizing import candidates
 from tests.aws_stubs import StubbedClients
@@ -32,7 +32,7 @@ def stage(name: str) -> StageSettings:
 
 
 class Stubs(StubbedClients):
-    """The services scripts/preflight.py asks, with their answers for a stage."""
+    """The services commands/preflight.py asks, with their answers for a stage."""
 
     def __init__(self) -> None:
         super().__init__(SERVICES)

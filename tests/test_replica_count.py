@@ -11,7 +11,7 @@ import cdk8s
 import pytest
 
 from charts import DeployedResources, build_charts
-from scripts.plan import unfold, unfold_manifest
+from commands.plan import unfold, unfold_manifest
 from settings import parse_stage_settings
 from stacks.replica_count import LAST_APPLIED, MANIFEST_DIGEST, PRUNE_LABEL_PREFIX, last_applied_without_replicas
 from tests.conftest import Assembly, stage_data

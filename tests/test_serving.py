@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from scripts.plan import unfold_manifest
+from commands.plan import unfold_manifest
 from tests.conftest import Assembly, find, render_charts
 
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
@@ -203,7 +203,7 @@ def test_smoke_test_runs_in_the_vpc_with_the_clusters_security_group(dev: Assemb
     assert len(vpc["Subnets"]) == 3
     (group,) = vpc["SecurityGroupIds"]
     assert "ClusterSecurityGroupId" in json.dumps(group)
-    assert project["Source"]["Type"] == "S3"  # scripts/smoke_test.py, shipped as an asset
+    assert project["Source"]["Type"] == "S3"  # workloads/smoke_test.py, shipped as an asset
     commands = json.loads(project["Source"]["BuildSpec"])["phases"]["build"]["commands"]
     assert commands[0] == "aws eks update-kubeconfig --region us-west-2 --name gpu-inference-dev"
     # It waits twice the import (609 s, in whole minutes) and the rollout's progress deadline (960 s):

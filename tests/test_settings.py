@@ -23,7 +23,7 @@ from settings import (
     parse_stage_settings,
     stage_names,
 )
-from settings.model import SUPPORTED_KUBERNETES_VERSIONS, PipelineSettings, StageSettings
+from settings.schema import SUPPORTED_KUBERNETES_VERSIONS, PipelineSettings, StageSettings
 from settings.yaml_files import FAST_LOADER, load_yaml
 from stacks.cluster import KUBECTL_LAYERS
 from tests.conftest import ROOT, stage_data

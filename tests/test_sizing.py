@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from scripts.sizing import main as sizing_command
+from commands.sizing_table import main as sizing_command
 from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import file_system_throughput_mb_s, startup_probe_seconds
-from settings.model import size_bytes
+from settings.schema import size_bytes
 from settings.sizing import (
     CLOUDWATCH_AGENT,
     FSX_CSI_NODE,
@@ -317,7 +317,7 @@ def test_production_refuses_an_api_open_to_the_internet() -> None:
 
 def sizing_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stage: str) -> str:
     """What `make sizing STAGE=...` prints."""
-    monkeypatch.setattr(sys, "argv", ["python -m scripts.sizing", "--stage", stage])
+    monkeypatch.setattr(sys, "argv", ["python -m commands.sizing_table", "--stage", stage])
     sizing_command()
     return capsys.readouterr().out
 

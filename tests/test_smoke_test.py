@@ -1,4 +1,4 @@
-"""scripts/smoke_test.py against a real HTTP server on 127.0.0.1 that answers like an OpenAI-compatible API,
+"""workloads/smoke_test.py against a real HTTP server on 127.0.0.1 that answers like an OpenAI-compatible API,
 and against a fake kubectl (first on PATH) that prints the Deployment's successive states."""
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from scripts import smoke_test
-from scripts.smoke_test import (
+from tests import stand_ins
+from tests.conftest import ROOT
+from tests.stand_ins import QuietHandler
+from workloads import smoke_test
+from workloads.smoke_test import (
     MAX_TOKENS,
     PROMPT,
     Answer,
@@ -32,9 +35,6 @@ from scripts.smoke_test import (
     wait_for_load_balancer,
     wait_for_rollout,
 )
-from tests import stand_ins
-from tests.conftest import ROOT
-from tests.stand_ins import QuietHandler
 
 MODEL = "openai/gpt-oss-20b"
 REASONING = "The user asks what machine learning is. I should explain briefly."
@@ -158,7 +158,7 @@ def test_nothing_listening_fails_with_a_clear_message() -> None:
 @pytest.mark.parametrize(("server", "exit_code"), [("good", 0), ("error", 1)], indirect=["server"])
 def test_command_exits_zero_only_when_the_model_answers(server: str, exit_code: int) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.smoke_test", "--url", server, "--model", MODEL, "--request-timeout", "5"],
+        [sys.executable, "-m", "workloads.smoke_test", "--url", server, "--model", MODEL, "--request-timeout", "5"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -259,7 +259,7 @@ class FakeKubectl:
 
 
 class FakeClock:
-    """Stands in for the time module in scripts.smoke_test: sleeping only moves the clock on."""
+    """Stands in for the time module in workloads.smoke_test: sleeping only moves the clock on."""
 
     def __init__(self) -> None:
         self.now = 1000.0

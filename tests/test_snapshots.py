@@ -14,7 +14,7 @@ import yaml
 from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from scripts.plan import unfold_manifest
+from commands.plan import unfold_manifest
 from settings import stage_names
 from tests.conftest import Assembly, render_charts
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from scripts import teardown
+from commands import teardown
 from settings import load_stage_settings
 from settings.drain import termination_grace_seconds
-from settings.model import duration_seconds
+from settings.schema import duration_seconds
 from tests.cluster_stand_in import AUTO_MODE_POOLS, Cluster, stage_cluster
 from tests.conftest import Assembly
 

@@ -14,10 +14,10 @@ from aws_cdk.assertions import Template
 
 from charts import DeployedResources, build_charts, model_loader
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SCRIPT, WAIT_SCRIPT
-from scripts import import_weights
 from settings import SettingsError, load_stage_settings, parse_stage_settings
-from settings.model import DEFAULT_WEIGHT_FILES
+from settings.schema import DEFAULT_WEIGHT_FILES
 from tests.conftest import Assembly, Scenario, find, render_charts, stage_data
+from workloads import import_weights
 
 CHART = "Model-gpt-oss-20b"
 

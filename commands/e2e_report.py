@@ -4,7 +4,7 @@
     kubectl get pods -n gpt-oss-20b -o json > pods.json
     kubectl get nodeclaims -o json > nodeclaims.json
     vllm bench serve ... --save-result --result-filename bench.json
-    python -m scripts.e2e_report --events events.json --pods pods.json --nodeclaims nodeclaims.json \\
+    python -m commands.e2e_report --events events.json --pods pods.json --nodeclaims nodeclaims.json \\
         --load-test bench.json --stage e2e --model gpt-oss-20b --outdir e2e-report
 
 From the recorded Kubernetes objects it takes the first replica of the model's Deployment (label
@@ -599,7 +599,7 @@ def _load(path: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.e2e_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m commands.e2e_report", description=__doc__.splitlines()[0])
     parser.add_argument("--events", required=True, help="kubectl get events -n <namespace> -o json")
     parser.add_argument("--pods", required=True, help="kubectl get pods -n <namespace> -o json")
     parser.add_argument("--nodeclaims", help="kubectl get nodeclaims -o json")

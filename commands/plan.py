@@ -391,7 +391,7 @@ def plan(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m commands.plan", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True)
     parser.add_argument("--save", type=Path, help="keep this cloud assembly as the stage's deployed one, and stop")
     parser.add_argument("--before", type=Path, help="a saved cloud assembly (default: deployed/<stage>)")
@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_aws:
         import boto3
 
-        from scripts import stage_settings_or_exit
+        from commands import stage_settings_or_exit
 
         cloudformation = boto3.client("cloudformation", region_name=stage_settings_or_exit(args.stage).region)
         before = deployed_templates(args.stage, cloudformation)

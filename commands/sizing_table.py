@@ -11,7 +11,7 @@ settings/catalog/on_demand_prices.yaml (with its source and date); spot prices v
 from __future__ import annotations
 
 from charts.gpu_node_pool import pool_weight
-from scripts import stage_from_command_line
+from commands import stage_from_command_line
 from settings.cold_start import cold_start_seconds
 from settings.model_facts import kv_bytes_per_token
 from settings.sizing import (
@@ -28,7 +28,7 @@ from settings.sizing import (
 
 
 def main() -> None:
-    settings = stage_from_command_line("python -m scripts.sizing", __doc__)
+    settings = stage_from_command_line("python -m commands.sizing_table", __doc__)
     priced_region, prices = on_demand_prices(settings.region)
     where = (
         settings.region

@@ -75,7 +75,7 @@ MANAGED_VLLM_FLAGS = (
     "--api-key",
     "--config",
     # Without its statistics vLLM registers no metrics (vllm/v1/engine/async_llm.py:
-    # enable_default_loggers=log_stats): the preStop drain (charts/drain.py) and the smoke test's
+    # enable_default_loggers=log_stats): the preStop drain (charts/pre_stop_drain.py) and the smoke test's
     # view of a replica's queue read them.
     "--disable-log-stats",
     # A replica's GPUs (`gpus`) all serve tensor parallelism: pipeline or data parallelism would have
@@ -684,7 +684,7 @@ GPU_COUNTS = (1, 2, 4, 8)
 # What vLLM reads of a Hub repository: the root's weights, configs, tokenizer files and chat
 # templates, not copies such as gpt-oss's original/ and metal/ folders (41 GB where vLLM reads
 # 13.8). A pattern matches a path at its own depth: `*` never crosses a '/'.
-# scripts/import_weights.py has the same list (DEFAULT_INCLUDE), for use by hand; a test keeps them equal.
+# workloads/import_weights.py has the same list (DEFAULT_INCLUDE), for use by hand; a test keeps them equal.
 DEFAULT_WEIGHT_FILES = ("*.safetensors", "*.json", "*.model", "*.tiktoken", "*.jinja", "vocab.txt", "merges.txt")
 Revision = Annotated[
     str,
@@ -716,7 +716,7 @@ S3Prefix = Annotated[
 
 class AutoscalingSettings(_Strict):
     """KEDA scales the model's Deployment between `replicas` (the minimum) and `max_replicas` on vLLM's
-    queue, read from Amazon Managed Service for Prometheus (charts/autoscaling.py)."""
+    queue, read from Amazon Managed Service for Prometheus (charts/queue_autoscaler.py)."""
 
     max_replicas: int = Field(ge=1)
     # Requests waiting per replica (vllm:num_requests_waiting) above which a replica is added.
@@ -780,7 +780,7 @@ class ModelSettings(_Strict):
     # the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
     load_seconds: int = Field(default=180, ge=1)
     # Where the weights come from. From the Hub: the deploy imports `model` at `revision` (the
-    # files matching `files`) into the model store, once per revision (scripts/import_weights.py);
+    # files matching `files`) into the model store, once per revision (workloads/import_weights.py);
     # a gated model needs a Secrets Manager secret holding a Hugging Face token.
     revision: Revision = "main"
     files: tuple[FilePattern, ...] = Field(default=DEFAULT_WEIGHT_FILES, min_length=1)
@@ -797,7 +797,7 @@ class ModelSettings(_Strict):
     # mark it complete; nothing is imported.
     weights_s3_prefix: S3Prefix | None = None
     # The longest a request may take, which the grace period of a replica going away covers
-    # (charts/drain.py); unset: max_model_len tokens at 20 tokens per second.
+    # (charts/pre_stop_drain.py); unset: max_model_len tokens at 20 tokens per second.
     max_request_seconds: int | None = Field(default=None, ge=1)
     # The pod's grace period; unset: the shortest that drains it (settings/drain.py). Given, at least that.
     termination_grace_seconds: int | None = Field(default=None, ge=1)

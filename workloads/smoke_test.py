@@ -1,6 +1,6 @@
 """A real inference request against a deployed model: the walkthrough's port-forward and curl, scripted.
 
-    python -m scripts.smoke_test --namespace gpt-oss-20b --service gptoss-service --model openai/gpt-oss-20b
+    python -m workloads.smoke_test --namespace gpt-oss-20b --service gptoss-service --model openai/gpt-oss-20b
 
 waits for the Job importing the model's weights (--import-job; a failed import fails the test with
 the Job's own reason) and for the model's Deployment to finish rolling out (polling it, past its
@@ -347,7 +347,7 @@ def checked_ask(base_url: str, args: argparse.Namespace, api_key: str | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.smoke_test", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workloads.smoke_test", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the served model name, e.g. openai/gpt-oss-20b")
     parser.add_argument("--url", help="ask this base URL instead of port-forwarding (e.g. http://localhost:8000)")
     parser.add_argument("--namespace", help="the model's namespace (with port-forwarding)")

@@ -1,4 +1,4 @@
-"""Benchmarks of the project's own speed: `make bench` (or `python -m scripts.bench synth|tests|plan`).
+"""Benchmarks of the project's own speed: `make bench` (or `python -m tools.bench synth|tests|plan`).
 
 synth  The full app (the pipeline with every stage it deploys) against a floor app (a VPC and an
        Auto Mode cluster with a kubectl provider, nothing else), each synthesized by the cdk CLI,
@@ -55,7 +55,7 @@ def synth_floor_app() -> None:
 # with every stage it deploys (and the same checks as every synth).
 SYNTH_COMMANDS = {
     "full": ["cdk", "--no-notices", "synth", "--quiet", "-c", "pipeline=true"],
-    "floor": ["cdk", "--no-notices", "synth", "--quiet", "--app", f"{sys.executable} -m scripts.bench _floor"],
+    "floor": ["cdk", "--no-notices", "synth", "--quiet", "--app", f"{sys.executable} -m tools.bench _floor"],
 }
 
 
@@ -186,7 +186,7 @@ def bench_plan(assembly: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("synth").add_argument("--runs", type=int, default=5)
     commands.add_parser("tests")

@@ -1,6 +1,6 @@
 """Before any deploy: can the stage get its GPUs? Read-only checks of quotas, offerings and reservations.
 
-    python -m scripts.preflight --stage dev [--reservation cr-0123456789abcdef0 ...]
+    python -m commands.preflight --stage dev [--reservation cr-0123456789abcdef0 ...]
 
 Run it with credentials for the stage's account; it only reads (Service Quotas and EC2 Describe calls).
 
@@ -47,9 +47,9 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from charts.node_rotation import ROTATION_CPU_MILLIS
-from scripts import stage_settings_or_exit
+from commands import stage_settings_or_exit
 from settings import DEFAULT_STAGE, StageSettings
-from settings.model import RESERVATION_ID_PATTERN
+from settings.schema import RESERVATION_ID_PATTERN
 from settings.sizing import IMPORT_CPU_MILLIS, GpuInstance, allocatable_cpu_millis, candidates
 from settings.yaml_files import load_yaml
 from stacks.serving import KEDA_CHART
@@ -634,7 +634,7 @@ def _reservation_argument(value: str) -> str:
 
 def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None = None) -> int:
     """Print the report; 0 if the stage can start, 1 if something blocks it, 2 if it could not be checked."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.preflight", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m commands.preflight", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default=DEFAULT_STAGE)
     parser.add_argument(
         "--reservation",

@@ -19,7 +19,7 @@ sends SIGTERM, so the replica drains there:
 from __future__ import annotations
 
 from settings.drain import endpoint_removal_seconds, max_request_seconds
-from settings.model import ModelSettings
+from settings.schema import ModelSettings
 
 # The preStop hook (python3 is in the vLLM image): wait for the proxies, then for vLLM's requests.
 DRAIN_SCRIPT = """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scripts import stage_from_command_line
+from commands import stage_from_command_line
 from settings.cold_start import (
     cold_start_steps,
     import_deadline_seconds,
@@ -14,7 +14,7 @@ from settings.cold_start import (
 
 
 def main() -> None:
-    settings = stage_from_command_line("python -m scripts.cold_start", __doc__)
+    settings = stage_from_command_line("python -m commands.cold_start_budget", __doc__)
     for model in settings.models:
         steps = cold_start_steps(settings, model)
         print(f"## Cold start of a new {model.model} replica (stage {settings.name})\n")

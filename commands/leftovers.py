@@ -1,6 +1,6 @@
 """What a destroyed stage left behind: every resource still tagged with it, and fail if there is any.
 
-    python -m scripts.leftovers --stage S --cluster-name C --region R
+    python -m commands.leftovers --stage S --cluster-name C --region R
 
 Run it after `make destroy STAGE=S` of a throwaway stage, with credentials for the stage's account.
 Every stack of a stage tags its resources `stage=<S>` (stacks/stage.py); EKS Auto Mode tags what it
@@ -379,7 +379,7 @@ def boto3_clients(region: str) -> ClientFactory:
 
 def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None = None) -> int:
     """Print the stage's leftovers, one a line; 1 if there is any, 0 if none, 2 if AWS could not be asked."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.leftovers", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m commands.leftovers", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True, help="the destroyed stage: its stacks tagged stage=<name>")
     parser.add_argument("--cluster-name", required=True, help="its EKS cluster's name (Auto Mode's tags)")
     parser.add_argument("--region", required=True, help="the stage's region")

@@ -8,8 +8,8 @@
    tokenizer from the file system.
 4. Records the replica's cold start from Kubernetes events, pod conditions and NodeClaims, and
    writes a report (JSON, Markdown, a picture of the timeline) under e2e-report/<stage>/.
-5. Destroys the stage (scripts.teardown), then removes what a normal stage keeps: it is throwaway.
-6. Checks that nothing tagged with the stage is left (scripts.leftovers); anything left fails the run.
+5. Destroys the stage (commands.teardown), then removes what a normal stage keeps: it is throwaway.
+6. Checks that nothing tagged with the stage is left (commands.leftovers); anything left fails the run.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from charts import DeployedResources, build_charts
 from charts.model_loader import job_name_in
 from charts.model_volume import CLAIM_NAME
 from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PORT, WEIGHTS_DIR
-from scripts import e2e_report, leftovers, teardown
+from commands import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings, names
 from settings.cold_start import cold_start_seconds, import_steps, smoke_test_wait_seconds
-from settings.model import StageSettings
+from settings.schema import StageSettings
 from settings.sizing import candidates, on_demand_prices
 from settings.yaml_files import load_yaml
 
@@ -222,7 +222,7 @@ def purge_retained(kept: list[leftovers.Leftover], client: leftovers.ClientFacto
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.e2e", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m commands.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the stage deployed (then `make destroy STAGE=...`)")
     parser.add_argument(
         "--estimate", action="store_true", help="print how long a run takes and what it costs, and stop"
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     [
                         sys.executable,
                         "-m",
-                        "scripts.smoke_test",
+                        "workloads.smoke_test",
                         "--namespace",
                         model.name,
                         "--service",

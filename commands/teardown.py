@@ -42,10 +42,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts import stage_settings_or_exit
+from commands import stage_settings_or_exit
 from settings import StageSettings, names
 from settings.drain import termination_grace_seconds
-from settings.model import duration_seconds
+from settings.schema import duration_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 # Object kinds whose deletion makes Auto Mode delete AWS resources, in the order they go.
@@ -234,7 +234,7 @@ def kept(assembly: Path) -> Iterator[Kept]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.teardown", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m commands.teardown", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True)
     parser.add_argument("--assembly", type=Path, help="the stage's synthesized cloud assembly (default: synth it)")
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ import cdk8s
 from constructs import Construct
 
 from charts.api_object import api_object
-from settings.model import ModelSettings
+from settings.schema import ModelSettings
 
 TRIGGER_AUTHENTICATION = "amp-queries"
 

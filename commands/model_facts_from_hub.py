@@ -102,7 +102,9 @@ def write_entry(catalog_file: Path, repo: str, facts: ModelFacts) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.model_facts", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m commands.model_facts_from_hub", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", required=True, help="the Hub repository, e.g. Qwen/Qwen3-8B")
     parser.add_argument("--revision", required=True, help="a commit (or branch or tag, resolved to its commit)")
     parser.add_argument("--catalog", type=Path, default=CATALOG_FILE)

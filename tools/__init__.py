@@ -1,0 +1,1 @@
+"""The project's own development tools: the benchmark, the Karpenter schema check."""

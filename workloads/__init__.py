@@ -1,0 +1,1 @@
+"""What runs inside the cluster or CodeBuild: the weights import, the smoke test, the GPU reader."""
