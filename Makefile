@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth setup-plan lock preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -100,6 +100,7 @@ bench: setup ## Benchmarks: set-up from a fresh clone, synth time against a floo
 	python -m tools.bench setup
 	python -m tools.bench synth --runs 5
 	python -m tools.bench tests
+	python -m tools.bench scale --stage prod --models 30
 	$(CDK) synth --quiet -c stage=$(STAGE) > /dev/null
 	python -m tools.bench plan cdk.out/assembly-$(STAGE)
 
@@ -116,8 +117,13 @@ plan: setup ## What a deploy of the stage will do to it, in words: replacements,
 deploy: setup-plan setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account): the assembly it planned, stopping at a change the plan refuses (FORCE=1 deploys anyway); saves it for the next `make plan`
 	$(CDK) synth --quiet -c stage=$(STAGE)
 	$(if $(FORCE),,python -m commands.plan --stage $(STAGE) --gate)
-	$(CDK) deploy --app cdk.out '$(STAGE)/*'
+	$(CDK) deploy --app cdk.out --concurrency 4 '$(STAGE)/*'
+	python -m commands.plan --stage $(STAGE) --delete-removed
 	python -m commands.plan --stage $(STAGE) --save cdk.out/assembly-$(STAGE)
+
+split-serving: setup-plan setup-synth ## Once, before a stage deployed with its models in the serving stack first deploys with a stack per model (needs AWS credentials)
+	$(CDK) synth --quiet -c stage=$(STAGE)
+	python -m commands.split_serving --stage $(STAGE)
 
 destroy: setup-synth ## Delete one stage: load balancers, volumes and nodes first, then its stacks; lists what it keeps (needs AWS credentials)
 	python -m commands.teardown --stage $(STAGE)

@@ -63,7 +63,16 @@ class DeployedResources:
 
 
 def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedResources) -> dict[str, cdk8s.Chart]:
-    """Every chart of a stage, by a stable id: the GPU NodePool, then one vLLM server per model."""
+    """Every chart of a stage, by a stable id: the stage's (GPU pools, rotation, network policies), then each
+    model's."""
+    charts = stage_charts(app, settings, deployed)
+    for model in settings.models:
+        charts.update(model_charts(app, settings, model, deployed))
+    return charts
+
+
+def stage_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedResources) -> dict[str, cdk8s.Chart]:
+    """What every model of the stage shares: its GPU pools, their rotation, the network policy controller."""
     # The GPU pools one chart each, so that removing a pool removes its NodePool and NodeClass (custom resources,
     # which kubectl's prune never deletes). "GpuNodePool", the chart that once held every pool, lists them in a
     # ConfigMap: kept, its deletion never takes the pools with it.
@@ -77,35 +86,6 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
             subnet_ids=deployed.subnet_ids,
             security_group_id=deployed.cluster_security_group_id,
         )
-    weights = WeightsFileSystem(
-        file_system_id=deployed.file_system_id,
-        dns_name=deployed.file_system_dns_name,
-        mount_name=deployed.file_system_mount_name,
-        bucket=deployed.bucket_name,
-        region=settings.region,
-        capacity_gib=settings.model_store.storage_capacity_gib,
-        zone=settings.model_store_zone,
-    )
-    for model in settings.models:
-        chart = charts[f"Model-{model.name}"] = VllmServerChart(
-            app,
-            f"vllm-{model.name}",
-            model=model,
-            image=_pulled(model.image, settings, deployed),
-            helper_image=_pulled(HELPER_IMAGE, settings, deployed),
-            weights=weights,
-            startup_budget=startup_probe_seconds(settings, model),
-            progress_deadline=progress_deadline_seconds(settings, model),
-            import_deadline=import_deadline_seconds(settings, model),
-            requests=requests(settings, model),
-            autoscaling=_autoscaling_plan(settings, model, deployed),
-            web_acl_arn=deployed.web_acl_arns.get(model.name),
-            inbound_subnet_ids=deployed.inbound_subnet_ids,
-            inbound_cidrs=deployed.inbound_cidrs,
-            gpu_metrics=settings.metrics.enabled,
-        )
-        for feature, feature_chart in chart.feature_charts.items():
-            charts[feature_chart_id(feature, model.name)] = feature_chart
     if any(pool.maintenance_window for pool in settings.gpu_node_pools):
         # Old GPU nodes are replaced in the window rather than expiring outside it (charts/node_rotation.py).
         charts["NodeRotation"] = NodeRotationChart(
@@ -118,6 +98,47 @@ def build_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
     # ConfigMap; on, it enforces only the policies there are (pods no policy selects stay open).
     charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")
     return charts
+
+
+def model_charts(
+    app: cdk8s.App, settings: StageSettings, model: ModelSettings, deployed: DeployedResources
+) -> dict[str, cdk8s.Chart]:
+    """One model's charts: its server (Model-<model>), and a chart per optional feature it has."""
+    weights = WeightsFileSystem(
+        file_system_id=deployed.file_system_id,
+        dns_name=deployed.file_system_dns_name,
+        mount_name=deployed.file_system_mount_name,
+        bucket=deployed.bucket_name,
+        region=settings.region,
+        capacity_gib=settings.model_store.storage_capacity_gib,
+        zone=settings.model_store_zone,
+    )
+    chart = VllmServerChart(
+        app,
+        f"vllm-{model.name}",
+        model=model,
+        image=_pulled(model.image, settings, deployed),
+        helper_image=_pulled(HELPER_IMAGE, settings, deployed),
+        weights=weights,
+        startup_budget=startup_probe_seconds(settings, model),
+        progress_deadline=progress_deadline_seconds(settings, model),
+        import_deadline=import_deadline_seconds(settings, model),
+        requests=requests(settings, model),
+        autoscaling=_autoscaling_plan(settings, model, deployed),
+        web_acl_arn=deployed.web_acl_arns.get(model.name),
+        inbound_subnet_ids=deployed.inbound_subnet_ids,
+        inbound_cidrs=deployed.inbound_cidrs,
+        gpu_metrics=settings.metrics.enabled,
+    )
+    return {
+        model_chart_id(model.name): chart,
+        **{feature_chart_id(feature, model.name): each for feature, each in chart.feature_charts.items()},
+    }
+
+
+def model_chart_id(model_name: str) -> str:
+    """The id of a model's own chart (its server, volume and import): Model-<model>."""
+    return f"Model-{model_name}"
 
 
 def feature_chart_id(feature: str, model_name: str) -> str:

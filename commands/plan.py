@@ -22,16 +22,18 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from settings.names import SECRETS_STORE_ADDON
+from settings.names import SECRETS_STORE_ADDON, model_stack_id
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYED = ROOT / "deployed"
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
+# A model's own stack (stacks/model_serving.py): Model-<model>.
+MODEL_STACK_PREFIX = model_stack_id("")
 # Resources whose replacement loses what they hold, or everything running on them.
 HOLDS_DATA = {
     "AWS::S3::Bucket": "the model weights",
@@ -111,10 +113,13 @@ def compare_versions(plan: Plan, stack: str, old: dict[str, Any], new: dict[str,
                 )
 
 
-def compare_stack(plan: Plan, stack: str, before: dict[str, Any], after: dict[str, Any]) -> None:
+def compare_stack(
+    plan: Plan, stack: str, before: dict[str, Any], after: dict[str, Any], moved_out: Collection[str] = ()
+) -> None:
+    """One stack's resources: deleted (but for those `moved_out` to another stack), replaced, versions moved."""
     old, new = before.get("Resources", {}), after.get("Resources", {})
     compare_versions(plan, stack, old, new)
-    for logical_id in sorted(old.keys() - new.keys()):
+    for logical_id in sorted(old.keys() - new.keys() - set(moved_out)):
         kind = old[logical_id]["Type"]
         if kind == MANIFEST_TYPE:
             continue  # said with the Kubernetes objects
@@ -328,16 +333,41 @@ def assembly_templates(directory: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+# The stage's stacks besides one per model.
 STACKS = ("Network", "Registry", "ModelStore", "Cluster", "Serving")
+# A stack that exists, whatever it went through (CloudFormation's StackStatus values but DELETE_COMPLETE).
+LIVE_STATUSES = [
+    "CREATE_COMPLETE",
+    "UPDATE_COMPLETE",
+    "UPDATE_ROLLBACK_COMPLETE",
+    "ROLLBACK_COMPLETE",
+    "CREATE_FAILED",
+    "UPDATE_ROLLBACK_FAILED",
+    "DELETE_FAILED",
+    "IMPORT_COMPLETE",
+    "IMPORT_ROLLBACK_COMPLETE",
+]
 
 
-def deployed_templates(stage: str, cloudformation: Any) -> dict[str, dict[str, Any]]:
-    """Each of the stage's stacks as CloudFormation holds it (a boto3 client with credentials); a stack not yet
+def deployed_model_stacks(stage: str, cloudformation: Any) -> list[str]:
+    """The short names of the model stacks the stage has deployed (Model-<model>), listed by their names."""
+    prefix = f"{stage}-{MODEL_STACK_PREFIX}"
+    pages = cloudformation.get_paginator("list_stacks").paginate(StackStatusFilter=LIVE_STATUSES)
+    return sorted(
+        summary["StackName"].removeprefix(f"{stage}-")
+        for page in pages
+        for summary in page["StackSummaries"]
+        if summary["StackName"].startswith(prefix)
+    )
+
+
+def deployed_templates(stage: str, cloudformation: Any, stacks: Collection[str] = STACKS) -> dict[str, dict[str, Any]]:
+    """Each of the stage's `stacks` as CloudFormation holds it (a boto3 client with credentials); a stack not yet
     deployed is left out, and any other error (no access, say) ends the plan."""
     from botocore.exceptions import ClientError
 
     found = {}
-    for stack in STACKS:
+    for stack in stacks:
         try:
             body = cloudformation.get_template(StackName=f"{stage}-{stack}", TemplateStage="Original")["TemplateBody"]
         except ClientError as error:
@@ -363,9 +393,25 @@ def addons(template: dict[str, Any]) -> set[str]:
     }
 
 
+def helm_releases(template: dict[str, Any]) -> set[str]:
+    return {
+        resource["Properties"]["Release"]
+        for resource in template.get("Resources", {}).values()
+        if resource["Type"] == "Custom::AWSCDK-EKS-HelmChart"
+    }
+
+
 def compare_drivers(plan: Plan, before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> None:
-    """A CSI driver's add-on removed in the deploy that removes the last objects whose pods mount it."""
-    mounted = {obj["kind"] for objects in manifests(before.get("Serving", {})).values() for obj in objects}
+    """A controller removed in the deploy that removes the last objects it serves: the stage's stacks deploy
+    before the models', so it would go first. A CSI driver's add-on (the Cluster stack) before the pods that mount
+    its volumes; KEDA (the serving stack) before the ScaledObjects whose finalizer it removes."""
+    mounted = {obj["kind"] for objects in all_manifests(before).values() for obj in objects}
+    keda_goes = "keda" in helm_releases(before.get("Serving", {})) - helm_releases(after.get("Serving", {}))
+    if keda_goes and "ScaledObject" in mounted:
+        plan.refuse(
+            "Serving: KEDA would be removed before the models' ScaledObjects, whose finalizer only KEDA removes: "
+            'turn autoscaling off in one deploy, metrics in the next (README, "Autoscaling on vLLM\'s queue")'
+        )
     for addon in sorted(addons(before.get("Cluster", {})) - addons(after.get("Cluster", {}))):
         if CSI_ADDONS.get(addon) in mounted:
             plan.refuse(
@@ -375,15 +421,62 @@ def compare_drivers(plan: Plan, before: dict[str, dict[str, Any]], after: dict[s
             )
 
 
+# What a model's stack takes over from the serving stack and must find running: CloudFormation creates it there
+# before it deletes it here, and the deletion (the kubectl handler's `kubectl delete`, the patch's restore, a web
+# ACL still on its load balancer) would undo it. Retained here first (`make split-serving`), it is left alone.
+RETAINED_WHEN_MOVED = {MANIFEST_TYPE, "Custom::AWSCDK-EKS-KubernetesPatch", "AWS::WAFv2::WebACL"}
+
+
+def moves(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Resources that leave one stack for another under the same logical id: (stack, logical id) -> new stack."""
+    found = {}
+    for source, template in before.items():
+        left = template.get("Resources", {}).keys() - after.get(source, {}).get("Resources", {}).keys()
+        for target, new in after.items():
+            for logical_id in left & new.get("Resources", {}).keys():
+                if target != source:
+                    found[source, logical_id] = target
+    return found
+
+
+def compare_moves(plan: Plan, before: dict[str, dict[str, Any]], moved: dict[tuple[str, str], str]) -> None:
+    for (source, logical_id), target in sorted(moved.items()):
+        resource = before[source]["Resources"][logical_id]
+        what = f"{source}: {resource['Type']} {logical_id} moves to stack {target}"
+        if resource["Type"] in RETAINED_WHEN_MOVED and resource.get("DeletionPolicy") != "Retain":
+            plan.refuse(
+                f"{what}, which creates it before {source} deletes it, undoing it: run `make split-serving` once "
+                'first (README, "One stack per model")'
+            )
+        else:
+            plan.say(what)
+
+
+def all_manifests(templates: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The Kubernetes objects of every stack's manifest resources, by logical id (the same in whichever stack)."""
+    return {
+        logical_id: objects for template in templates.values() for logical_id, objects in manifests(template).items()
+    }
+
+
 def plan(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> Plan:
     result = Plan()
     for stack in sorted(before.keys() - after.keys()):
-        result.refuse(f"stack {stack} is no longer in the stage")
+        if stack.startswith(MODEL_STACK_PREFIX):
+            result.say(
+                f"stack {stack} is no longer in the stage: `make deploy` deletes it after the others, and with it the "
+                "model's objects in the cluster; the pipeline leaves it (`aws cloudformation delete-stack`)"
+            )
+        else:
+            result.refuse(f"stack {stack} is no longer in the stage")
     for stack in sorted(after.keys() - before.keys()):
         result.say(f"stack {stack} is created")
+    moved = moves(before, after)
     for stack in sorted(after):
-        compare_stack(result, stack, before.get(stack, {}), after[stack])
-    compare_objects(result, manifests(before.get("Serving", {})), manifests(after.get("Serving", {})))
+        moved_out = [logical_id for source, logical_id in moved if source == stack]
+        compare_stack(result, stack, before.get(stack, {}), after[stack], moved_out)
+    compare_moves(result, before, moved)
+    compare_objects(result, all_manifests(before), all_manifests(after))
     compare_drivers(result, before, after)
     if not result.lines:
         result.say("nothing changes")
@@ -400,19 +493,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--gate", action="store_true", help="before a deploy: nothing to compare with is no reason to stop (status 0)"
     )
+    parser.add_argument(
+        "--delete-removed", action="store_true", help="after a deploy: delete the stacks of models no longer there"
+    )
     args = parser.parse_args(argv)
     if args.save:
         save_deployed(args.stage, args.save)
         return 0
     after_dir = args.after or ROOT / "cdk.out" / f"assembly-{args.stage}"
     after = assembly_templates(after_dir)
+    if args.delete_removed:
+        return _delete_removed(args.stage, args.before or DEPLOYED / args.stage, after)
     if args.from_aws:
         import boto3
 
         from commands import stage_settings_or_exit
 
         cloudformation = boto3.client("cloudformation", region_name=stage_settings_or_exit(args.stage).region)
-        before = deployed_templates(args.stage, cloudformation)
+        stacks = {*STACKS, *after, *deployed_model_stacks(args.stage, cloudformation)}
+        before = deployed_templates(args.stage, cloudformation, sorted(stacks))
     else:
         before_dir = args.before or DEPLOYED / args.stage
         if not (before_dir / "manifest.json").is_file():
@@ -431,6 +530,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\n{len(result.refusals)} change(s) refused: see the plan above; FORCE=1 deploys anyway", file=sys.stderr
         )
     return 1 if result.refusals else 0
+
+
+def delete_removed_models(
+    stage: str, before: Collection[str], after: Collection[str], cloudformation: Any
+) -> list[str]:
+    """After a deploy: delete the stacks of the models the stage no longer has (`cdk deploy` leaves a stack that left
+    the app), each waited for. A stack under termination protection (a production stage's) is left, with the way to
+    delete it said: that is a decision for a person. The stacks deleted."""
+    deleted = []
+    for stack in sorted(set(before) - set(after)):
+        if not stack.startswith(MODEL_STACK_PREFIX):
+            continue
+        name = f"{stage}-{stack}"
+        (described,) = cloudformation.describe_stacks(StackName=name)["Stacks"]
+        if described.get("EnableTerminationProtection"):
+            print(
+                f"{name} is protected from deletion: `aws cloudformation update-termination-protection "
+                f"--no-enable-termination-protection --stack-name {name}`, then `aws cloudformation delete-stack "
+                f"--stack-name {name}`",
+                file=sys.stderr,
+            )
+            continue
+        print(f"deleting {name}: {stack.removeprefix(MODEL_STACK_PREFIX)} is no longer in the stage")
+        cloudformation.delete_stack(StackName=name)
+        cloudformation.get_waiter("stack_delete_complete").wait(StackName=name)
+        deleted.append(name)
+    return deleted
+
+
+def _delete_removed(stage: str, before_dir: Path, after: dict[str, dict[str, Any]]) -> int:
+    if not (before_dir / "manifest.json").is_file():
+        return 0  # a first deploy here: no model stack was deployed from this copy
+    import boto3
+
+    from commands import stage_settings_or_exit
+
+    cloudformation = boto3.client("cloudformation", region_name=stage_settings_or_exit(stage).region)
+    delete_removed_models(stage, assembly_templates(before_dir), after, cloudformation)
+    return 0
 
 
 def save_deployed(stage: str, assembly: Path, root: Path = DEPLOYED) -> None:

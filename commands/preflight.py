@@ -296,7 +296,7 @@ def general_purpose_requests(settings: StageSettings) -> dict[str, int]:
     """The CPU (millicores) the stage's own pods may ask of Auto Mode's built-in pools at once, by what asks it:
     every imported model's weights import (a new revision each), KEDA's parts, the node rotation."""
     asked = {f"weights import of {m.name}": IMPORT_CPU_MILLIS for m in settings.models if m.imported}
-    if any(model.autoscaling for model in settings.models):
+    if settings.keda:
         values = load_yaml((KEDA_CHART / "values.yaml").read_text())
         for part, replicas in KEDA_PARTS.items():
             count = int(values[replicas]["replicaCount"])

@@ -1092,6 +1092,13 @@ class StageSettings(_Strict):
         return self
 
     @property
+    def keda(self) -> bool:
+        """KEDA runs wherever metrics do, autoscaled models or not: the models' stacks deploy after the stage's,
+        so a KEDA removed with the last model's autoscaling would go before its ScaledObject, whose finalizer only
+        KEDA removes. Turning metrics off (which autoscaling needs) goes after turning autoscaling off."""
+        return self.metrics.enabled
+
+    @property
     def exposed(self) -> bool:
         """A model is behind a load balancer: NetworkPolicies are enforced (charts/exposure.py)."""
         return any(model.exposure for model in self.models)

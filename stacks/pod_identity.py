@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
@@ -17,3 +18,34 @@ def pod_identity_role(
     for statement in statements:
         role.add_to_policy(statement)
     return role
+
+
+def pod_identity(
+    scope: Construct,
+    id_prefix: str,
+    *,
+    cluster_name: str,
+    namespace: str,
+    service_account: str,
+    description: str,
+    statements: list[iam.PolicyStatement],
+) -> eks.CfnPodIdentityAssociation:
+    """A role for one service account's pods, through EKS Pod Identity, allowed `statements` only.
+
+    An association (CfnPodIdentityAssociation) rather than the aws_eks_v2 ServiceAccount, which would also install
+    the Pod Identity agent add-on that Auto Mode already runs (aws-cdk#32580).
+    """
+    role = pod_identity_role(
+        scope,
+        f"{id_prefix}Role",
+        description=f"{description} (service account {service_account} in namespace {namespace})",
+        statements=statements,
+    )
+    return eks.CfnPodIdentityAssociation(
+        scope,
+        f"{id_prefix}Identity",
+        cluster_name=cluster_name,
+        namespace=namespace,
+        service_account=service_account,
+        role_arn=role.role_arn,
+    )

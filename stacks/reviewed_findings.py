@@ -90,7 +90,7 @@ def nag_findings(
         ),
         *(
             Finding(
-                f"Serving/{names.output_id(model.name)}ImportRole/DefaultPolicy",
+                f"{names.model_stack_id(model.name)}/{names.output_id(model.name)}ImportRole/DefaultPolicy",
                 f"AwsSolutions-IAM5[{resource}]",
                 f"The weights import of {model.model} writes files it only learns from the Hub, under {what}; "
                 "nothing else in the bucket.",
@@ -101,7 +101,7 @@ def nag_findings(
         ),
         *(
             Finding(
-                f"Serving/{names.output_id(model.name)}ImportRole/DefaultPolicy",
+                f"{names.model_stack_id(model.name)}/{names.output_id(model.name)}ImportRole/DefaultPolicy",
                 "AwsSolutions-IAM5["
                 + _account_resource("secretsmanager", settings.region, f"secret:{model.hf_token_secret}-??????")
                 + "]",
@@ -123,7 +123,7 @@ def nag_findings(
             for model in settings.models
             if model.api_keys_secret
             for path in (
-                f"Serving/{names.output_id(model.name)}ApiKeysRole/DefaultPolicy",
+                f"{names.model_stack_id(model.name)}/{names.output_id(model.name)}ApiKeysRole/DefaultPolicy",
                 f"{SMOKE_TEST_ROLE}/DefaultPolicy",
             )
         ),

@@ -5,17 +5,21 @@ from __future__ import annotations
 from aws_cdk import Annotations, Environment, Stage, Tags
 from constructs import Construct
 
+from settings import names
 from settings.schema import StageSettings
 from stacks.cluster import ClusterStack
+from stacks.model_serving import ModelServingStack
 from stacks.model_store import ModelStoreStack
 from stacks.network import NetworkStack
+from stacks.references import StageResources
 from stacks.registry import RegistryStack
 from stacks.reviewed_findings import acknowledge_reviewed_findings
 from stacks.serving import ServingStack
 
 
 class InferencePlatformStage(Stage):
-    """Network, registry, model store, cluster and serving stacks of one stage, built from its settings alone.
+    """Network, registry, model store, cluster and serving stacks of one stage, and a stack per model, built from
+    its settings alone.
 
     The stateful stacks (registry, model store) depend on the network only, so CloudFormation
     creates them while the cluster comes up, and a cluster rebuild leaves them untouched.
@@ -67,22 +71,42 @@ class InferencePlatformStage(Stage):
             image_cache_prefix=settings.image_cache_prefix,
             secrets_store=settings.secrets_store,
         )
-        self.serving = ServingStack(
-            self,
-            "Serving",
-            description="GPU NodeClass and NodePool, model weights volumes and vLLM servers, applied to the cluster",
-            termination_protection=protect,
-            settings=settings,
+        resources = StageResources(
             cluster=cluster.cluster,
             node_role=cluster.node_role,
             vpc=network.vpc,
             inbound_subnets=network.inbound_subnets,
             file_system=model_store.file_system,
+            file_system_security_group=model_store.security_group,
             bucket=model_store.bucket,
             bucket_arn=model_store.bucket_arn_import,
-            file_system_security_group=model_store.security_group,
             prometheus=cluster.prometheus,
-            pipeline_account=pipeline_account,
+        )
+        self.serving = ServingStack(
+            self,
+            "Serving",
+            description="What the models share on the cluster: GPU NodeClasses and NodePools, KEDA, the smoke test",
+            termination_protection=protect,
+            settings=settings,
+            resources=resources,
+        )
+        self.models = {}
+        for model in settings.models:
+            stack = self.models[model.name] = ModelServingStack(
+                self,
+                names.model_stack_id(model.name),
+                description=f"{model.model} served by vLLM as {model.name}: its weights volume, import and replicas",
+                termination_protection=protect,
+                settings=settings,
+                model=model,
+                resources=resources,
+                keda=self.serving.keda,
+            )
+            # The pools, KEDA and the stage's shared objects first; and a model moved here from the serving stack
+            # leaves it before its stack takes it over.
+            stack.add_stack_dependency(self.serving)
+        self.serving.add_smoke_test(
+            {name: stack.import_job for name, stack in self.models.items()}, pipeline_account=pipeline_account
         )
         if settings.unreachable:
             Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)

@@ -26,7 +26,7 @@ import yaml
 
 from charts import DeployedResources, build_charts
 from charts.__main__ import write_manifests
-from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, parse_stage_settings, stage_names
+from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, names, parse_stage_settings, stage_names
 from settings.names import FSX_CSI_ADDON
 from settings.schema import MAX_STAGE_NAME_LENGTH
 from settings.yaml_files import load_yaml
@@ -96,6 +96,19 @@ class Assembly:
     def template(self, stack: str) -> dict[str, Any]:
         artifact = self.stacks()[stack]
         return json.loads((self.directory / artifact["properties"]["templateFile"]).read_text())
+
+    def model_template(self, model: str = "gpt-oss-20b") -> dict[str, Any]:
+        """A model's own stack (stacks/model_serving.py)."""
+        return self.template(names.model_stack_id(model))
+
+    def depends_on(self, stack: str) -> set[str]:
+        """The short names of the stacks a stack deploys after."""
+        short = {
+            key: artifact["displayName"].split("/")[-1]
+            for key, artifact in self.manifest["artifacts"].items()
+            if "displayName" in artifact
+        }
+        return {short[key] for key in self.stacks()[stack].get("dependencies", []) if key in short}
 
 
 # What checkov's Kubernetes checks must reject, to prove the gate can fail.
@@ -363,7 +376,7 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     folder = tmp_path_factory.mktemp("scenario")
     return {
         name: _scenario(name, Template.from_stack(stack).to_json(), folder)
-        for name, stack in (("admins-cluster", stage.cluster), ("gated-model-serving", stage.serving))
+        for name, stack in (("admins-cluster", stage.cluster), ("gated-model-serving", stage.models["gpt-oss-20b"]))
     }
 
 
@@ -375,7 +388,7 @@ def admins_cluster(scenario_stage: dict[str, Scenario]) -> Scenario:
 
 @pytest.fixture(scope="session")
 def gated_model_serving(scenario_stage: dict[str, Scenario]) -> Scenario:
-    """The scenario's Serving stack, whose model is gated, with a token secret."""
+    """The scenario's model stack, whose model is gated, with a token secret."""
     return scenario_stage["gated-model-serving"]
 
 

@@ -83,21 +83,21 @@ def test_keys_never_come_from_the_templates() -> None:
 
 
 def test_the_replicas_and_the_smoke_test_may_read_the_secret_and_nothing_else(prod: Assembly) -> None:
-    serving = prod.template("Serving")
+    model = prod.model_template()
     (association,) = [
         a["Properties"]
-        for a in resources(serving, "AWS::EKS::PodIdentityAssociation")
+        for a in resources(model, "AWS::EKS::PodIdentityAssociation")
         if a["Properties"]["ServiceAccount"] == SERVICE_ACCOUNT
     ]
     assert association["Namespace"] == "gpt-oss-20b"
     role = association["RoleArn"]["Fn::GetAtt"][0]
-    (policy,) = [p for p in resources(serving, "AWS::IAM::Policy") if p["Properties"]["Roles"] == [{"Ref": role}]]
+    (policy,) = [p for p in resources(model, "AWS::IAM::Policy") if p["Properties"]["Roles"] == [{"Ref": role}]]
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
     assert f":secret:{SECRET}-??????" in json.dumps(statement["Resource"])
     smoke = [
         s
-        for p in resources(serving, "AWS::IAM::Policy")
+        for p in resources(prod.template("Serving"), "AWS::IAM::Policy")
         for s in p["Properties"]["PolicyDocument"]["Statement"]
         if s["Action"] == "secretsmanager:GetSecretValue"
     ]
@@ -119,7 +119,7 @@ def test_the_smoke_test_asks_with_a_key_and_the_test_command_sends_one(prod: Ass
     buildspec = yaml.safe_load(project["Properties"]["Source"]["BuildSpec"])
     (check,) = [c for c in buildspec["phases"]["build"]["commands"] if "smoke_test.py" in c]
     assert f"--api-key-secret {SECRET}" in check
-    command = serving["Outputs"]["GptOss20bTestRequestCommand"]["Value"]
+    command = prod.model_template()["Outputs"]["GptOss20bTestRequestCommand"]["Value"]
     assert f"--secret-id {SECRET}" in command
     assert "Authorization: Bearer" in command
 

@@ -16,7 +16,7 @@ from tests.conftest import Assembly, StoppedSynth, stage_data
 
 def test_default_stage_synthesizes_without_credentials_or_lookups(dev: Assembly) -> None:
     # The fixture ran `cdk synth` with no -c stage and every AWS_* variable removed.
-    assert sorted(dev.stacks()) == ["Cluster", "ModelStore", "Network", "Registry", "Serving"]
+    assert sorted(dev.stacks()) == ["Cluster", "Model-gpt-oss-20b", "ModelStore", "Network", "Registry", "Serving"]
     for artifact in dev.stacks().values():
         assert artifact["environment"] == "aws://unknown-account/us-west-2"
     missing = [a for a in dev.manifest["artifacts"].values() if a["type"] == "aws:cdk:missing-context"]
@@ -32,7 +32,7 @@ def test_synth_prints_no_node_end_of_life_banner(dev: Assembly) -> None:
 def test_stage_stacks_are_named_after_the_stage(dev: Assembly, prod: Assembly) -> None:
     for assembly in (dev, prod):
         names = {artifact["properties"]["stackName"] for artifact in assembly.stacks().values()}
-        stacks = ("Network", "Registry", "ModelStore", "Cluster", "Serving")
+        stacks = ("Network", "Registry", "ModelStore", "Cluster", "Serving", "Model-gpt-oss-20b")
         assert names == {f"{assembly.stage}-{stack}" for stack in stacks}
 
 

@@ -275,10 +275,10 @@ def test_keda_is_installed_from_the_repository_with_read_access_to_the_workspace
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert all(action.startswith("aps:") and "*" not in action for action in statement["Action"])
     assert "Workspace" in json.dumps(statement["Resource"])
-    # The association exists before the operator starts; the model's manifest after KEDA's definitions.
+    # The association exists before the operator starts; the model's stack, with its ScaledObject, after KEDA's.
     assert any("KedaOperatorIdentity" in dependency for dependency in helm.get("DependsOn", []))
-    (scaler_manifest,) = [k for k in serving["Resources"] if k.startswith("Autoscalergptoss20b")]
-    assert any(dependency.startswith("Keda") for dependency in serving["Resources"][scaler_manifest]["DependsOn"])
+    assert [k for k in prod.model_template()["Resources"] if k.startswith("Autoscalergptoss20b")]
+    assert "Serving" in prod.depends_on(names.model_stack_id("gpt-oss-20b"))
 
 
 def test_the_chart_asset_is_the_vendored_folder() -> None:

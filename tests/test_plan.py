@@ -157,10 +157,10 @@ def test_a_stateful_replacement_is_refused_and_a_throughput_change_is_not(dev: A
 
 def test_the_deployed_stage_against_itself_plans_nothing(dev: Assembly) -> None:
     templates = make_plan.assembly_templates(dev.directory)
-    assert set(templates) == set(make_plan.STACKS)
+    assert set(templates) == {*make_plan.STACKS, "Model-gpt-oss-20b"}
     assert make_plan.plan(templates, templates).lines == ["nothing changes"]
     first = make_plan.plan({}, templates)
-    assert first.lines == [f"stack {stack} is created" for stack in sorted(make_plan.STACKS)]
+    assert first.lines == [f"stack {stack} is created" for stack in sorted(templates)]
 
 
 def test_the_command_says_when_there_is_nothing_to_compare_with(
@@ -333,3 +333,125 @@ def test_the_gate_stops_a_refused_change_and_says_how_to_go_on(
     out, err = capsys.readouterr()
     assert "- REFUSED: ModelStore: AWS::FSx::FileSystem" in out
     assert "1 change(s) refused: see the plan above; FORCE=1 deploys anyway" in err
+
+
+def one_serving_stack(assembly: Assembly) -> dict[str, dict[str, Any]]:
+    """The stage as it was deployed before each model had a stack: the model's resources in the serving stack."""
+    serving = copy.deepcopy(assembly.template("Serving"))
+    model = assembly.model_template()
+    serving["Resources"].update(model["Resources"])
+    serving.setdefault("Outputs", {}).update(model.get("Outputs", {}))
+    return {"Serving": serving}
+
+
+def test_a_model_moved_to_its_own_stack_must_be_retained_where_it_was_first(dev: Assembly) -> None:
+    after = {"Serving": dev.template("Serving"), "Model-gpt-oss-20b": dev.model_template()}
+    before = one_serving_stack(dev)
+    result = make_plan.plan(before, after)
+    # CloudFormation would create the manifest in the model's stack, then delete it from Serving: kubectl delete.
+    assert [line.split(" moves")[0] for line in result.refusals] == [
+        "Serving: Custom::AWSCDK-EKS-KubernetesResource ClusterModelgptoss20b021B1A4B",
+        "Serving: Custom::AWSCDK-EKS-KubernetesPatch GptOss20bReplicaCountPatch41FFAA53",
+    ]
+    assert all("run `make split-serving` once first" in line for line in result.refusals)
+    # The import's role moves with no harm: Serving deletes it before the model's stack creates it again.
+    assert "Serving: AWS::EKS::PodIdentityAssociation GptOss20bImportIdentity moves to stack Model-gpt-oss-20b" in (
+        result.lines
+    )
+    assert not [line for line in result.lines if "is removed from the cluster" in line or " is deleted" in line]
+    # Retained in Serving first (what `make split-serving` deploys), the move is planned without a refusal.
+    for logical_id in ("ClusterModelgptoss20b021B1A4B", "GptOss20bReplicaCountPatch41FFAA53"):
+        before["Serving"]["Resources"][logical_id]["DeletionPolicy"] = "Retain"
+    assert make_plan.plan(before, after).refusals == []
+
+
+def test_a_removed_models_stack_is_said_to_go_and_a_removed_stage_stack_is_refused(dev: Assembly) -> None:
+    templates = make_plan.assembly_templates(dev.directory)
+    without_model = {stack: t for stack, t in templates.items() if stack != "Model-gpt-oss-20b"}
+    result = make_plan.plan(templates, without_model)
+    assert result.refusals == []
+    assert any(
+        line.startswith("stack Model-gpt-oss-20b is no longer in the stage: `make deploy` deletes it")
+        for line in result.lines
+    )
+    assert "Kubernetes: Namespace gpt-oss-20b is removed from the cluster" in result.lines
+    without_network = {stack: t for stack, t in templates.items() if stack != "Network"}
+    assert make_plan.plan(templates, without_network).refusals == ["stack Network is no longer in the stage"]
+
+
+def test_the_model_stacks_deployed_are_found_by_their_names() -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    cloudformation = boto3.client(
+        "cloudformation", region_name="us-west-2", aws_access_key_id="a", aws_secret_access_key="s"
+    )
+    summaries = [
+        {"StackName": name, "CreationTime": "2026-12-01T00:00:00Z", "StackStatus": "UPDATE_COMPLETE"}
+        for name in ("dev-Model-gpt-oss-20b", "dev-Model-qwen3-8b", "dev-Serving", "prod-Model-gpt-oss-20b")
+    ]
+    with Stubber(cloudformation) as stub:
+        stub.add_response("list_stacks", {"StackSummaries": summaries}, {"StackStatusFilter": make_plan.LIVE_STATUSES})
+        assert make_plan.deployed_model_stacks("dev", cloudformation) == ["Model-gpt-oss-20b", "Model-qwen3-8b"]
+
+
+def test_after_a_deploy_the_stacks_of_removed_models_are_deleted_unless_protected(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    cloudformation = boto3.client(
+        "cloudformation", region_name="us-west-2", aws_access_key_id="a", aws_secret_access_key="s"
+    )
+    before = ["Serving", "Model-gone", "Model-kept", "Model-protected", "Network"]
+    after = ["Serving", "Model-kept"]
+
+    def described(name: str, protected: bool, status: str = "UPDATE_COMPLETE") -> dict[str, Any]:
+        stack = {"StackName": name, "CreationTime": "2026-12-01T00:00:00Z", "StackStatus": status}
+        return {"Stacks": [{**stack, "EnableTerminationProtection": protected}]}
+
+    with Stubber(cloudformation) as stub:
+        stub.add_response("describe_stacks", described("dev-Model-gone", False), {"StackName": "dev-Model-gone"})
+        stub.add_response("delete_stack", {}, {"StackName": "dev-Model-gone"})
+        stub.add_response(
+            "describe_stacks", described("dev-Model-gone", False, "DELETE_COMPLETE"), {"StackName": "dev-Model-gone"}
+        )
+        stub.add_response(
+            "describe_stacks", described("dev-Model-protected", True), {"StackName": "dev-Model-protected"}
+        )
+        assert make_plan.delete_removed_models("dev", before, after, cloudformation) == ["dev-Model-gone"]
+    assert "`aws cloudformation update-termination-protection --no-enable-termination-protection --stack-name " in (
+        capsys.readouterr().err
+    )
+
+
+def test_keda_going_before_the_scaled_objects_it_finalizes_is_refused(prod: Assembly) -> None:
+    before = make_plan.assembly_templates(prod.directory)
+    after = copy.deepcopy(before)
+    (keda,) = [k for k, r in after["Serving"]["Resources"].items() if r["Type"] == "Custom::AWSCDK-EKS-HelmChart"]
+    del after["Serving"]["Resources"][keda]
+    scaler = next(k for k in after["Model-gpt-oss-20b"]["Resources"] if k.startswith("Autoscalergptoss20b"))
+    del after["Model-gpt-oss-20b"]["Resources"][scaler]
+    # Metrics and autoscaling off at once: the serving stack, first, would remove KEDA.
+    assert any(
+        line.startswith("Serving: KEDA would be removed before") for line in make_plan.plan(before, after).refusals
+    )
+    # Autoscaling off first (KEDA stays, as it does wherever metrics are on), metrics off next: nothing refused.
+    without_scaler = copy.deepcopy(before)
+    del without_scaler["Model-gpt-oss-20b"]["Resources"][scaler]
+    assert make_plan.plan(before, without_scaler).refusals == []
+    assert not [r for r in make_plan.plan(without_scaler, after).refusals if "KEDA" in r]
+
+
+@pytest.mark.parametrize(
+    ("metrics", "autoscaled", "keda"), [(True, True, True), (True, False, True), (False, False, False)]
+)
+def test_keda_runs_wherever_metrics_do(metrics: bool, autoscaled: bool, keda: bool) -> None:
+    data = stage_data("prod")
+    if not autoscaled:
+        model(data).pop("autoscaling")
+    if not metrics:
+        data["metrics"]["enabled"] = False
+        data["observability"]["enabled"] = False
+    assert parse_stage_settings("prod", data).keda is keda

@@ -134,7 +134,7 @@ def test_turning_autoscaling_on_and_off_keeps_the_replica_count(handover: bool) 
 
 
 def test_each_models_handover_rewrites_what_its_manifest_applied(prod: Assembly) -> None:
-    serving = prod.template("Serving")["Resources"]
+    serving = prod.model_template()["Resources"]
     (manifest_id,) = [k for k, v in serving.items() if v["Type"] == MANIFEST_TYPE and "Modelgptoss20b" in k]
     (patch,) = [v for v in serving.values() if v["Type"] == "Custom::AWSCDK-EKS-KubernetesPatch"]
     assert patch["DependsOn"] == [manifest_id]  # after the chart is applied

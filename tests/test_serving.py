@@ -1,4 +1,5 @@
-"""ServingStack: the charts applied to the cluster, wired to what the other stacks created."""
+"""The serving stacks (the stage's, stacks/serving.py, and each model's, stacks/model_serving.py): the charts applied
+to the cluster, wired to what the other stacks created."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from typing import Any
 
 from commands.plan import unfold_manifest
+from settings import names
 from tests.conftest import Assembly, find, render_charts
 
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
@@ -22,10 +24,20 @@ def applied_manifests(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def serving_templates(assembly: Assembly) -> dict[str, dict[str, Any]]:
+    """The stage's serving stack and each model's, by short name."""
+    return {
+        name: assembly.template(name)
+        for name in assembly.stacks()
+        if name == "Serving" or name.startswith(names.model_stack_id(""))
+    }
+
+
 def applied_objects(assembly: Assembly) -> list[dict[str, Any]]:
     return [
         obj
-        for manifest in applied_manifests(assembly.template("Serving")).values()
+        for template in serving_templates(assembly).values()
+        for manifest in applied_manifests(template).values()
         for obj in unfold_manifest(manifest["Manifest"])
     ]
 
@@ -56,7 +68,9 @@ def test_every_chart_is_applied_as_rendered(dev: Assembly) -> None:
 
 
 def test_manifests_go_through_the_cluster_stacks_kubectl_handler(dev: Assembly) -> None:
-    for manifest in applied_manifests(dev.template("Serving")).values():
+    manifests = [m for template in serving_templates(dev).values() for m in applied_manifests(template).values()]
+    assert len(manifests) > len(render_charts("dev")) - 1  # every chart (the ConfigMap-only list included)
+    for manifest in manifests:
         assert manifest["ClusterName"]["Fn::ImportValue"].startswith("dev-Cluster:ExportsOutputRefCluster")
         token = manifest["ServiceToken"]["Fn::ImportValue"]
         assert token.startswith("dev-Cluster:")
@@ -141,10 +155,13 @@ def test_serving_holds_strong_references_to_what_a_replacement_would_change(dev:
     # A weak reference (Fn::GetStackOutput) leaves this template unchanged when the cluster or the
     # file system is replaced, so the next deploy would skip it with stale ids. Imports make
     # CloudFormation refuse the replacement while this stack uses the value.
-    serving = json.dumps(dev.template("Serving"))
+    serving = json.dumps(serving_templates(dev))
     assert "Fn::GetStackOutput" not in serving
     imported = set(re.findall(r'"Fn::ImportValue": "(dev-\w+):', serving))
     assert imported == {"dev-Cluster", "dev-ModelStore", "dev-Network"}
+    # A model's stack holds its own: the file system it mounts, the cluster it is applied to.
+    model = json.dumps(dev.model_template())
+    assert {"dev-Cluster", "dev-ModelStore"} <= set(re.findall(r'"Fn::ImportValue": "(dev-\w+):', model))
     exported = {
         output["Export"]["Name"]
         for stack in ("Cluster", "ModelStore", "Network")
@@ -170,7 +187,7 @@ def test_models_and_node_pools_stay_out_of_the_cluster_template(dev: Assembly) -
 
 
 def test_stage_prints_the_port_forward_weights_and_test_request_for_each_model(dev: Assembly) -> None:
-    outputs = dev.template("Serving")["Outputs"]
+    outputs = dev.model_template()["Outputs"]
     assert outputs["GptOss20bPortForwardCommand"]["Value"] == (
         "kubectl -n gpt-oss-20b port-forward service/gptoss-service 8000:8000"
     )
@@ -229,7 +246,7 @@ def test_smoke_test_role_is_admitted_to_the_cluster_with_no_access_policy(dev: A
 def test_a_models_pods_are_created_after_their_pod_identity_associations(prod: Assembly) -> None:
     # EKS Pod Identity gives credentials only to pods created after the association: the import Job's
     # pod and the replicas (which read their API keys as their service account) come after theirs.
-    serving = prod.template("Serving")["Resources"]
+    serving = prod.model_template()["Resources"]
     associations = {
         logical_id: resource["Properties"]["ServiceAccount"]
         for logical_id, resource in serving.items()
@@ -250,7 +267,7 @@ def test_what_only_an_optional_feature_uses_is_read_weakly_with_its_export_kept(
     # which deploys first, could not be deleted while this stack imports it (aws-cdk-lib README, "The deadly
     # embrace"). Read with Fn::GetStackOutput, the value leaves the export unimported; kept, the export lets a
     # stage deployed with the import move over (ReferenceStrength.BOTH).
-    serving = json.dumps(prod.template("Serving"))
+    serving = json.dumps(serving_templates(prod))
     assert "Prometheus" not in "".join(re.findall(r'"Fn::ImportValue": "([^"]+)"', serving))
     weak = set(re.findall(r'"OutputName": "([^"]+)"', serving))
     assert {name for name in weak if "PrometheusWorkspace" in name} == {

@@ -14,8 +14,8 @@ import yaml
 from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from commands.plan import unfold_manifest
-from settings import stage_names
+from commands.plan import STACKS, unfold_manifest
+from settings import load_stage_settings, names, stage_names
 from tests.conftest import Assembly, render_charts
 
 # Asset hashes change with every library bump that touches a bundled handler, not with our code.
@@ -59,8 +59,18 @@ def _unfold_manifest(resource: dict[str, Any]) -> dict[str, Any]:
     return {**resource, "Properties": {**resource["Properties"], "Manifest": unfold_manifest(manifest)}}
 
 
-@pytest.mark.parametrize("stage", stage_names())
-@pytest.mark.parametrize("stack", ["Network", "Registry", "ModelStore", "Cluster", "Serving"])
+def stage_stacks() -> list[tuple[str, str]]:
+    """Each stage's stacks: the five every stage has, and one per model."""
+    return [
+        (stage, stack)
+        for stage in stage_names()
+        for stack in (*STACKS, *(names.model_stack_id(model.name) for model in load_stage_settings(stage).models))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stage", "stack"), stage_stacks(), ids=[f"{stack}-{stage}" for stage, stack in stage_stacks()]
+)
 def test_template(assemblies: dict[str, Assembly], stage: str, stack: str, snapshot: SnapshotAssertion) -> None:
     assert reviewable(assemblies[stage].template(stack)) == snapshot.use_extension(JsonSnapshot)
 

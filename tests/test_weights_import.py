@@ -301,7 +301,7 @@ def test_a_revision_that_cannot_be_a_folder_is_refused(revision: str) -> None:
 
 
 def test_the_import_gets_its_folders_of_the_bucket_through_pod_identity(dev: Assembly) -> None:
-    resources = dev.template("Serving")["Resources"]
+    resources = dev.model_template()["Resources"]
     (association,) = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EKS::PodIdentityAssociation"]
     assert (association["Namespace"], association["ServiceAccount"]) == ("gpt-oss-20b", "weights-import")
     role = resources[association["RoleArn"]["Fn::GetAtt"][0]]["Properties"]

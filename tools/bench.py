@@ -8,6 +8,9 @@ tests  The test suite's wall time, CPU time and peak memory (the summed RSS of i
 setup  A fresh clone (of the committed HEAD) to a synthesized default stage with `make synth`, then
        to a green `make test`, with empty download caches as on a new machine. Targets: 60 s and
        150 s; and the suite alone, 45 s.
+scale  A stage of many models (the stage's first, copied under new names; 30 in `make bench`), built and synthesized
+       in this process with every check of a synth: its time, its stacks, and its largest template against
+       CloudFormation's 1,000,000 bytes. Target: it synthesizes.
 plan   From a synthesized cloud assembly: the stacks' dependency waves (stacks in one wave can
        be created in parallel) and the longest chain of dependencies.
 """
@@ -185,6 +188,42 @@ def bench_plan(assembly: Path) -> None:
     print(f"\ncritical path ({len(names)} stacks, one after another): {' → '.join(names)}\n")
 
 
+def bench_scale(stage: str, models: int) -> None:
+    import copy
+    import shutil
+
+    from app import add_checks, cdk_json_context, project_app
+    from settings import load_stage_settings, parse_stage_settings
+    from settings.yaml_files import load_yaml
+    from stacks.stage import InferencePlatformStage
+    from stacks.template_size import TEMPLATE_MAX_BYTES
+
+    data = load_yaml((ROOT / "settings" / "stages" / f"{stage}.yaml").read_text())
+    first = data["models"][0]
+    data["models"] = [
+        {**copy.deepcopy(first), "name": f"model-{index:02d}", "service_name": f"model-{index:02d}"}
+        for index in range(models)
+    ]
+    load_stage_settings(stage)  # the stage file as it is must load too
+    started = time.perf_counter()
+    settings = parse_stage_settings(stage, data)
+    with tempfile.TemporaryDirectory() as outdir:
+        app = project_app(context=cdk_json_context(), outdir=outdir)
+        add_checks(app)
+        InferencePlatformStage(app, stage, settings=settings)
+        app.synth()
+        seconds = time.perf_counter() - started
+        sizes = {path.name: path.stat().st_size for path in Path(outdir).glob("**/*.template.json")}
+        shutil.rmtree(outdir, ignore_errors=True)
+    largest = max(sizes, key=lambda name: sizes[name])
+    print(f"## A stage `{stage}` of {models} models\n")
+    print(f"- built and synthesized, with every check, in {seconds:.1f} s: {len(sizes)} stacks")
+    print(
+        f"- largest template: {largest}, {sizes[largest]:,} bytes, {sizes[largest] / TEMPLATE_MAX_BYTES:.0%} of "
+        f"CloudFormation's {TEMPLATE_MAX_BYTES:,}\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +231,9 @@ def main() -> None:
     commands.add_parser("tests")
     commands.add_parser("setup")
     commands.add_parser("plan").add_argument("assembly", type=Path, nargs="+")
+    scale = commands.add_parser("scale")
+    scale.add_argument("--stage", default="prod")
+    scale.add_argument("--models", type=int, default=30)
     commands.add_parser("_floor")
     args = parser.parse_args()
     if args.command == "_floor":
@@ -204,6 +246,8 @@ def main() -> None:
         bench_tests()
     elif args.command == "setup":
         bench_setup()
+    elif args.command == "scale":
+        bench_scale(args.stage, args.models)
     else:
         for assembly in args.assembly:
             bench_plan(assembly)

@@ -1,0 +1,209 @@
+"""One model's stack: its charts applied to the cluster, its pods' AWS identities, its web ACL, its outputs.
+
+Each model has a stack of its own, so a stage's size is no longer capped by one template's 1,000,000 bytes, a
+model's change deploys its stack alone, and the pipeline deploys the models side by side. It depends on the
+stage's serving stack (stacks/serving.py), which holds what the models share: the GPU pools, KEDA, the smoke test.
+Construct ids are those the resources had in the serving stack, so their logical ids are unchanged (README,
+"One stack per model").
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cdk8s
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+from constructs import Construct, IConstruct
+
+from charts import feature_chart_id, model_chart_id, model_charts
+from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
+from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, has_import_job, import_folders, job_name_in
+from charts.vllm_server import PORT
+from settings import names
+from settings.schema import ModelSettings, StageSettings
+from stacks.pod_identity import pod_identity
+from stacks.references import StageResources, refer_strongly, secret_arn
+from stacks.replica_count import ReplicaCountHandover
+from stacks.web_acl import rate_limited_web_acl
+from workloads.smoke_test import chat_request
+
+FEATURES = ("api-keys", "autoscaler", "exposure")
+
+
+class ModelServingStack(Stack):
+    """Applies one model's charts through the cluster's kubectl handler.
+
+    `keda`: the stage's KEDA release, which an autoscaled model's ScaledObject needs first (and last, to remove its
+    finalizer). `import_job`: the name of the model's weights import Job, if it has one (the smoke test waits for it).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: StageSettings,
+        model: ModelSettings,
+        resources: StageResources,
+        keda: IConstruct | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, **kwargs)
+        refer_strongly(self)
+        target = resources.cluster_in(self, "ImportedCluster")
+        acls = {model.name: rate_limited_web_acl(self, model).attr_arn} if model.exposure else {}
+        charts = model_charts(cdk8s.App(), settings, model, resources.deployed(settings, self.region, acls))
+        # Where each was in the serving stack (its own chart under "Cluster", a feature's at the top), so that their
+        # logical ids stay what they were there.
+        cluster_scope = Construct(self, "Cluster")
+        manifests = {
+            # Applied (`kubectl apply`), so a model moved here from the serving stack keeps its running objects.
+            chart_id: eks.KubernetesManifest(
+                self if getattr(chart, "applies_over_existing", False) else cluster_scope,
+                chart_id,
+                cluster=target,
+                manifest=chart.to_json(),
+                overwrite=True,
+            )
+            for chart_id, chart in charts.items()
+        }
+        server = manifests[model_chart_id(model.name)]
+        objects = charts[model_chart_id(model.name)].to_json()
+        # The replica count passes to the autoscaler (and back) without a reset (stacks/replica_count.py).
+        ReplicaCountHandover(
+            self,
+            f"{names.output_id(model.name)}ReplicaCount",
+            cluster=target,
+            manifest=server,
+            objects=objects,
+            deployment_name=model.name,
+            namespace=model.name,
+        )
+        for feature in FEATURES:
+            if (chart_id := feature_chart_id(feature, model.name)) in manifests:
+                # Into the model's namespace; and removed before it, as CloudFormation deletes in reverse order.
+                manifests[chart_id].node.add_dependency(server)
+        if model.autoscaling is not None:
+            assert keda is not None  # the serving stack installs KEDA when a model is autoscaled
+            # A ScaledObject needs KEDA's resource definitions, and KEDA to remove its finalizer when it goes.
+            manifests[feature_chart_id("autoscaler", model.name)].node.add_dependency(keda)
+        # EKS Pod Identity gives credentials only to pods created after their association (EKS User Guide, "Assign an
+        # IAM role to a Kubernetes service account"): the import Job's pod and the replicas come after theirs.
+        for identity in self._identities(settings, model, resources):
+            server.node.add_dependency(identity)
+        self.import_job = job_name_in(objects)
+        self._outputs(model)
+
+    def _identities(
+        self, settings: StageSettings, model: ModelSettings, resources: StageResources
+    ) -> list[eks.CfnPodIdentityAssociation]:
+        """The AWS access of the model's pods: the import Job's to its folders of the bucket (and its Hub token), the
+        replicas' to their API keys."""
+        prefix, cluster_name = names.output_id(model.name), resources.cluster.cluster_name
+        identities = []
+        if has_import_job(model):
+            identities.append(
+                pod_identity(
+                    self,
+                    f"{prefix}Import",
+                    cluster_name=cluster_name,
+                    namespace=model.name,
+                    service_account=IMPORT_SERVICE_ACCOUNT,
+                    description=f"Imports {model.model} into the model store",
+                    statements=import_statements(settings, model, resources.bucket_arn),
+                )
+            )
+        if model.api_keys_secret:
+            identities.append(
+                pod_identity(
+                    self,
+                    f"{prefix}ApiKeys",
+                    cluster_name=cluster_name,
+                    namespace=model.name,
+                    service_account=API_KEYS_SERVICE_ACCOUNT,
+                    description=f"Reads {model.model}'s API keys",
+                    statements=[
+                        iam.PolicyStatement(
+                            # DescribeSecret: the provider checks the version before it reads
+                            # (secrets_manager_provider.go).
+                            actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                            resources=[secret_arn(settings, model.api_keys_secret)],
+                        )
+                    ],
+                )
+            )
+        return identities
+
+    def _outputs(self, model: ModelSettings) -> None:
+        output_id = names.output_id(model.name)
+        CfnOutput(
+            self,
+            f"{output_id}PortForwardCommand",
+            description=f"Forwards localhost:{PORT} to {model.model} (leave it running)",
+            value=port_forward_command(model),
+        )
+        CfnOutput(
+            self,
+            f"{output_id}WeightsCommand",
+            description=f"Shows where {model.model}'s weights are: the import's status and log, or what to upload",
+            value=weights_command(model, self.import_job),
+        )
+        CfnOutput(
+            self,
+            f"{output_id}TestRequestCommand",
+            description=f"Sends the test prompt to {model.model} through the port-forward",
+            value=test_request_command(model),
+        )
+
+
+def import_statements(settings: StageSettings, model: ModelSettings, bucket_arn: str) -> list[iam.PolicyStatement]:
+    """What a model's import Job may do: its folders of the bucket, its Hub token."""
+    folders = import_folders(model)
+    statements = [
+        iam.PolicyStatement(
+            actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+            resources=[f"{bucket_arn}/{folder}" for folder in folders],
+        ),
+        iam.PolicyStatement(
+            actions=["s3:ListBucket"], resources=[bucket_arn], conditions={"StringLike": {"s3:prefix": folders}}
+        ),
+    ]
+    if model.hf_token_secret:
+        statements.append(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue"], resources=[secret_arn(settings, model.hf_token_secret)]
+            )
+        )
+    return statements
+
+
+def weights_command(model: ModelSettings, job: str | None) -> str:
+    """How to watch a model's weights arrive: the import Job's status and log, or where to upload them."""
+    if not model.imported or job is None:
+        return (
+            f"aws s3 sync <weights folder> s3://<model bucket>/{model.weights_path}/ && "
+            f"echo '{{}}' | aws s3 cp - s3://<model bucket>/{model.weights_path}/{COMPLETION_MARKER}"
+        )
+    return f"kubectl -n {model.name} get job {job} && kubectl -n {model.name} logs -f job/{job}"
+
+
+def port_forward_command(model: ModelSettings) -> str:
+    return f"kubectl -n {model.name} port-forward service/{model.service_name} {PORT}:{PORT}"
+
+
+def test_request_command(model: ModelSettings) -> str:
+    key = (
+        '-H "Authorization: Bearer $(aws secretsmanager get-secret-value --secret-id '
+        f'{model.api_keys_secret} --query SecretString --output text | jq -r \'."api-key"[0]\')" '
+        if model.api_keys_secret
+        else ""
+    )
+    return (
+        f"curl -s http://localhost:{PORT}/v1/chat/completions -H 'Content-Type: application/json' {key}"
+        f"-d '{json.dumps(chat_request(model.model))}' "
+        # gpt-oss may answer in its reasoning only when the token budget runs out.
+        "| jq -r '.choices[0] | .finish_reason, (.message | .content // .reasoning_content // .reasoning)'"
+    )
