@@ -92,60 +92,8 @@ class InternalEndpoint(Construct):
     ) -> None:
         """`scraped_ports`: the replicas' other ports the metrics scraper reads (charts/gpu_metrics.py)."""
         super().__init__(scope, id)
-        api_object(
-            self,
-            "IngressClassParams",
-            "eks.amazonaws.com/v1",
-            "IngressClassParams",
-            cdk8s.ApiObjectMetadata(name=model.name),
-            cluster_scoped=True,
-            spec={
-                "scheme": "internal",
-                "certificateARNs": [exposure.certificate_arn],
-                # The subnets no pod lives in, which the NetworkPolicy below admits.
-                "subnets": {"ids": list(inbound_subnet_ids)},
-                # A request that streams nothing sends no byte until it ends: the idle timeout (60 s by
-                # default, 4000 at most) covers the longest request the model allows (settings/drain.py).
-                "loadBalancerAttributes": [
-                    {"key": "idle_timeout.timeout_seconds", "value": str(idle_timeout_seconds(model))}
-                ],
-            },
-        )
-        api_object(
-            self,
-            "IngressClass",
-            "networking.k8s.io/v1",
-            "IngressClass",
-            cdk8s.ApiObjectMetadata(name=model.name),
-            cluster_scoped=True,
-            spec={
-                "controller": CONTROLLER,
-                "parameters": {"apiGroup": "eks.amazonaws.com", "kind": "IngressClassParams", "name": model.name},
-            },
-        )
-        api_object(
-            ingress_scope,
-            "Ingress",
-            "networking.k8s.io/v1",
-            "Ingress",
-            cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(model, web_acl_arn)),
-            spec={
-                "ingressClassName": model.name,
-                "rules": [
-                    {
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": ROUTED_PATH,
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": model.service_name, "port": {"number": port}}},
-                                }
-                            ]
-                        }
-                    }
-                ],
-            },
-        )
+        ingress_class(self, model, exposure, inbound_subnet_ids)
+        ingress(ingress_scope, model, web_acl_arn, port)
         # Only the load balancer (and the metrics scraper) reach the replicas, from the inbound
         # subnets; other pods of the cluster do not. The kubelet's probes, `kubectl port-forward`
         # and the preStop drain are unaffected: the network policy agent always admits the node's
@@ -168,6 +116,60 @@ class InternalEndpoint(Construct):
                 ],
             },
         )
+
+
+def ingress_class(
+    scope: Construct, model: ModelSettings, exposure: ExposureSettings, inbound_subnet_ids: tuple[str, ...]
+) -> None:
+    """The model's IngressClass and its IngressClassParams: an internal load balancer in the inbound subnets."""
+    api_object(
+        scope,
+        "IngressClassParams",
+        "eks.amazonaws.com/v1",
+        "IngressClassParams",
+        cdk8s.ApiObjectMetadata(name=model.name),
+        cluster_scoped=True,
+        spec={
+            "scheme": "internal",
+            "certificateARNs": [exposure.certificate_arn],
+            # The subnets no pod lives in, which the NetworkPolicy admits.
+            "subnets": {"ids": list(inbound_subnet_ids)},
+            # A request that streams nothing sends no byte until it ends: the idle timeout (60 s by
+            # default, 4000 at most) covers the longest request the model allows (settings/drain.py).
+            "loadBalancerAttributes": [
+                {"key": "idle_timeout.timeout_seconds", "value": str(idle_timeout_seconds(model))}
+            ],
+        },
+    )
+    api_object(
+        scope,
+        "IngressClass",
+        "networking.k8s.io/v1",
+        "IngressClass",
+        cdk8s.ApiObjectMetadata(name=model.name),
+        cluster_scoped=True,
+        spec={
+            "controller": CONTROLLER,
+            "parameters": {"apiGroup": "eks.amazonaws.com", "kind": "IngressClassParams", "name": model.name},
+        },
+    )
+
+
+def ingress(scope: Construct, model: ModelSettings, web_acl_arn: str, port: int) -> None:
+    """The model's Ingress: its routed path to the model's Service, behind its web ACL."""
+    path = {
+        "path": ROUTED_PATH,
+        "pathType": "Prefix",
+        "backend": {"service": {"name": model.service_name, "port": {"number": port}}},
+    }
+    api_object(
+        scope,
+        "Ingress",
+        "networking.k8s.io/v1",
+        "Ingress",
+        cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(model, web_acl_arn)),
+        spec={"ingressClassName": model.name, "rules": [{"http": {"paths": [path]}}]},
+    )
 
 
 class NetworkPolicyController(cdk8s.Chart):

@@ -175,8 +175,13 @@ class WeightsFileSystem:
 
 
 class FeatureChart(cdk8s.Chart):
-    """A model's objects of one optional feature, in the model's namespace. Applied over existing objects: a stage
-    deployed before the feature had a chart of its own holds them already."""
+    """A model's objects of one optional feature, in the model's namespace.
+
+    What only an optional feature needs, and no `kubectl apply --prune` would delete once the feature is off (custom
+    resources, and kinds outside its default allow-list: kubernetes/kubectl pkg/util/prune/prune.go), goes into a
+    chart of its own, which the stack applies as a resource of its own: turning the feature off removes that
+    resource, whose deletion deletes its objects. Applied over existing objects: a stage deployed before the feature
+    had a chart of its own holds them already."""
 
     applies_over_existing = True
 
@@ -214,10 +219,8 @@ class VllmServerChart(cdk8s.Chart):
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
-        # What only an optional feature needs, and no `kubectl apply --prune` would delete once the feature is off
-        # (custom resources, and kinds outside its default allow-list: kubernetes/kubectl pkg/util/prune/prune.go),
-        # goes into a chart of its own, which the stack applies as a resource of its own: turning the feature off
-        # removes that resource, whose deletion deletes its objects (stacks/serving.py).
+        # What only an optional feature needs goes into a chart of its own (FeatureChart), which the model's stack
+        # applies as a resource of its own (stacks/model_serving.py).
         self.feature_charts: dict[str, cdk8s.Chart] = {}
 
         def feature(name: str) -> cdk8s.Chart:
@@ -225,34 +228,7 @@ class VllmServerChart(cdk8s.Chart):
             self.feature_charts[name] = chart
             return chart
 
-        metadata = cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
-        api_object(self, "Namespace", "v1", "Namespace", metadata, cluster_scoped=True)
-        volume = ModelVolume(
-            self,
-            "Weights",
-            namespace=model.name,
-            file_system_id=weights.file_system_id,
-            dns_name=weights.dns_name,
-            mount_name=weights.mount_name,
-            capacity_gib=weights.capacity_gib,
-        )
-        import_job = None
-        if has_import_job(model):
-            import_job = WeightsImport(
-                self,
-                "Import",
-                model=model,
-                image=image,
-                bucket=weights.bucket,
-                region=weights.region,
-                claim_name=volume.claim_name,
-                mount=WEIGHTS_DIR,
-                zone=weights.zone,
-                pod_security_context=POD_SECURITY_CONTEXT,
-                container_security_context=CONTAINER_SECURITY_CONTEXT,
-                annotations=CHECKOV_SKIP_ANNOTATIONS,
-                deadline_seconds=import_deadline,
-            ).job_name
+        volume, import_job = namespace_and_weights(self, model, image, weights, import_deadline)
         api_keys = (
             ApiKeys(
                 feature("api-keys"),
@@ -265,35 +241,9 @@ class VllmServerChart(cdk8s.Chart):
             else None
         )
 
-        deployment = kplus.Deployment(
-            self,
-            "Deployment",
-            metadata=cdk8s.ApiObjectMetadata(
-                name=model.name,
-                labels=labels,
-                annotations=CHECKOV_SKIP_ANNOTATIONS,
-            ),
-            replicas=model.replicas,
-            select=False,
-            # A new replica must serve before an old one stops: one extra GPU node during a
-            # rollout, never fewer serving replicas than asked for.
-            strategy=kplus.DeploymentStrategy.rolling_update(
-                max_surge=kplus.PercentOrAbsolute.absolute(1),
-                max_unavailable=kplus.PercentOrAbsolute.absolute(0),
-            ),
-            # From the cold-start budget (settings/cold_start.py): past it the rollout reports failure.
-            progress_deadline=cdk8s.Duration.seconds(progress_deadline),
-            # Long enough for the preStop drain to let the longest request finish (charts/pre_stop_drain.py).
-            termination_grace_period=cdk8s.Duration.seconds(termination_grace_seconds(model)),
-            # The server calls no Kubernetes API; with API keys, the CSI driver reads them as this account.
-            service_account=api_keys.service_account if api_keys else None,
-            automount_service_account_token=False,
-            security_context=kplus.PodSecurityContextProps(
-                ensure_non_root=True, user=RUN_AS_USER, group=RUN_AS_USER, fs_group=RUN_AS_USER
-            ),
-        )
+        deployment = server_deployment(self, model, labels, progress_deadline, api_keys)
         if model.exposure is not None:
-            assert web_acl_arn is not None  # the serving stack creates one per exposed model
+            assert web_acl_arn is not None  # the model's stack creates one per exposed model
             InternalEndpoint(
                 feature("exposure"),
                 "InternalEndpoint",
@@ -309,102 +259,10 @@ class VllmServerChart(cdk8s.Chart):
                 scraped_ports=(GPU_METRICS_PORT,) if gpu_metrics else (),
             )
         if autoscaling is not None:
-            # The HorizontalPodAutoscaler owns the count: an applied one would reset it on every deploy.
-            cdk8s.ApiObject.of(deployment).add_json_patch(cdk8s.JsonPatch.remove("/spec/replicas"))
-            QueueAutoscaler(
-                feature("autoscaler"), "Autoscaler", model=model, deployment_name=model.name, plan=autoscaling
-            )
-        deployment.select(kplus.LabelSelector.of(labels=labels))
-        for key, value in labels.items():
-            deployment.pod_metadata.add_label(key, value)
-        deployment.scheduling.tolerate(
-            kplus.TaintedNode([kplus.NodeTaintQuery.exists(GPU_TAINT["key"], effect=kplus.TaintEffect.NO_SCHEDULE)])
-        )
-        # Only nodes whose GPUs hold this model's shard (the pool admits the smallest model's).
-        deployment.scheduling.attract(
-            kplus.Node.labeled(kplus.NodeLabelQuery.gt(GPU_MEMORY_LABEL, [str(gpu_memory_needed_mib(model) - 1)]))
-        )
-        # Replicas on separate nodes (a node's loss takes one replica), and across zones where possible.
-        deployment.scheduling.spread(topology=kplus.Topology.HOSTNAME)
-        deployment.scheduling.spread(topology=kplus.Topology.ZONE, weight=100)
-
-        hardened = kplus.ContainerSecurityContextProps(
-            ensure_non_root=True,
-            user=RUN_AS_USER,
-            group=RUN_AS_USER,
-            privileged=False,
-            allow_privilege_escalation=False,
-            read_only_root_filesystem=True,
-            capabilities=kplus.ContainerSecutiryContextCapabilities(drop=[kplus.Capability.ALL]),
-            seccomp_profile=kplus.SeccompProfile(type=kplus.SeccompProfileType.RUNTIME_DEFAULT),
-        )
-        container = deployment.add_container(
-            name="inference-server",
-            image=image,
-            image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
-            command=with_gpu_metrics(["vllm", "serve"]) if gpu_metrics else ["vllm", "serve"],
-            args=vllm_args(model),
-            port_number=PORT,
-            env_variables={name: kplus.EnvValue.from_value(value) for name, value in vllm_env(model).items()},
-            resources=kplus.ContainerResources(
-                cpu=kplus.CpuResources(request=kplus.Cpu.millis(requests.cpu_millis)),
-                memory=kplus.MemoryResources(
-                    request=cdk8s.Size.mebibytes(requests.memory_mib), limit=cdk8s.Size.mebibytes(requests.memory_mib)
-                ),
-                ephemeral_storage=kplus.EphemeralStorageResources(
-                    request=cdk8s.Size.mebibytes(requests.ephemeral_storage_mib)
-                ),
-            ),
-            # vLLM 0.11.2 starts its HTTP server only once the engine is ready (api_server.py:
-            # build_async_engine_client, then serve_http), so /health answers as soon as the model
-            # can serve, and answers 503 once the engine is dead; /v1/models would keep answering
-            # 200 for a dead engine. Liveness and readiness start after the startupProbe, so a
-            # server still loading weights is never restarted.
-            startup=kplus.Probe.from_http_get(
-                "/health",
-                port=PORT,
-                period_seconds=cdk8s.Duration.seconds(PROBE_PERIOD_SECONDS),
-                failure_threshold=startup_budget // PROBE_PERIOD_SECONDS,
-                timeout_seconds=cdk8s.Duration.seconds(5),
-            ),
-            readiness=kplus.Probe.from_http_get(
-                "/health",
-                port=PORT,
-                period_seconds=cdk8s.Duration.seconds(PROBE_PERIOD_SECONDS),
-                failure_threshold=3,
-                timeout_seconds=cdk8s.Duration.seconds(5),
-            ),
-            # Restart only a server that stopped answering for 90 s after it had started.
-            liveness=kplus.Probe.from_http_get(
-                "/health",
-                port=PORT,
-                period_seconds=cdk8s.Duration.seconds(30),
-                failure_threshold=3,
-                timeout_seconds=cdk8s.Duration.seconds(10),
-            ),
-            security_context=hardened,
-            # vLLM cuts requests off on SIGTERM: Kubernetes runs this first (charts/pre_stop_drain.py).
-            lifecycle=kplus.ContainerLifecycle(pre_stop=kplus.Handler.from_command(drain_command(model, PORT))),
-        )
-        container.mount(
-            "/dev/shm",
-            kplus.Volume.from_empty_dir(
-                self,
-                "SharedMemory",
-                "dshm",
-                medium=kplus.EmptyDirMedium.MEMORY,
-                size_limit=cdk8s.Size.mebibytes(requests.shared_memory_mib),
-            ),
-        )
-        container.mount(HOME, kplus.Volume.from_empty_dir(self, "Home", "home"))
-        if gpu_metrics:
-            deployment.pod_metadata.add_annotation(SCRIPT_HASH_ANNOTATION, script_hash())
-            container.add_port(number=GPU_METRICS_PORT, name=GPU_METRICS_PORT_NAME)
-            container.mount(GPU_METRICS_MOUNT, GpuMetrics(self, "GpuMetrics").volume, read_only=True)
-        if api_keys is not None and model.api_keys_secret:
-            deployment.pod_metadata.add_annotation(API_KEYS_SECRET_ANNOTATION, model.api_keys_secret)
-            container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
-            container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)
+            autoscale(feature("autoscaler"), deployment, model, autoscaling)
+        schedule(deployment, model, labels)
+        container = server_container(deployment, model, image, requests, startup_budget, gpu_metrics=gpu_metrics)
+        mount_server_volumes(self, deployment, container, model, requests, gpu_metrics=gpu_metrics, api_keys=api_keys)
         weights_volume = kplus.Volume.from_persistent_volume_claim(
             self,
             "WeightsVolume",
@@ -413,68 +271,276 @@ class VllmServerChart(cdk8s.Chart):
             read_only=True,
         )
         container.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
-        # Until the revision's weights are complete, a replica waits here (Init:0/1, with a log
-        # line that says what for) instead of starting vLLM on missing files.
-        wait = deployment.add_init_container(
-            name="wait-for-weights",
-            image=helper_image,
-            image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
-            command=["sh", "-c", WAIT_SCRIPT],
-            env_variables={
-                name: kplus.EnvValue.from_value(value)
-                for name, value in wait_for_weights_env(model, mount=WEIGHTS_DIR, job=import_job).items()
-            },
-            resources=kplus.ContainerResources(
-                cpu=kplus.CpuResources(request=kplus.Cpu.millis(10)),
-                memory=kplus.MemoryResources(request=cdk8s.Size.mebibytes(16), limit=cdk8s.Size.mebibytes(32)),
-            ),
-            security_context=hardened,
-        )
-        wait.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
+        wait_for_weights(deployment, model, helper_image, weights_volume, import_job)
         container.mount("/tmp", kplus.Volume.from_empty_dir(self, "Tmp", "tmp"))
-        # cdk8s-plus has no field for extended resources such as GPUs. The patch runs before the
-        # typed mapper, which renders a plain string as null: the value must be a k8s Quantity.
-        cdk8s.ApiObject.of(deployment).add_json_patch(
-            cdk8s.JsonPatch.add(
-                "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu",
-                k8s.Quantity.from_string(str(model.gpus)),
+        limit_gpus(deployment, model.gpus)
+        service_and_access(self, model, labels)
+
+
+def limit_gpus(deployment: kplus.Deployment, gpus: int) -> None:
+    """The server's GPUs, as a limit. cdk8s-plus has no field for extended resources such as GPUs; the patch runs
+    before the typed mapper, which renders a plain string as null: the value must be a k8s Quantity."""
+    cdk8s.ApiObject.of(deployment).add_json_patch(
+        cdk8s.JsonPatch.add(
+            "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu", k8s.Quantity.from_string(str(gpus))
+        ),
+    )
+
+
+def autoscale(
+    feature: cdk8s.Chart, deployment: kplus.Deployment, model: ModelSettings, autoscaling: AutoscalingPlan
+) -> None:
+    """KEDA's objects in the model's autoscaler chart; the Deployment leaves the count to the autoscaler."""
+    # The HorizontalPodAutoscaler owns the count: an applied one would reset it on every deploy.
+    cdk8s.ApiObject.of(deployment).add_json_patch(cdk8s.JsonPatch.remove("/spec/replicas"))
+    QueueAutoscaler(feature, "Autoscaler", model=model, deployment_name=model.name, plan=autoscaling)
+
+
+def namespace_and_weights(
+    chart: cdk8s.Chart, model: ModelSettings, image: str, weights: WeightsFileSystem, import_deadline: int
+) -> tuple[ModelVolume, str | None]:
+    """The model's namespace, its weights volume, and the Job that imports its weights (its name), if it has one."""
+    metadata = cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
+    api_object(chart, "Namespace", "v1", "Namespace", metadata, cluster_scoped=True)
+    volume = ModelVolume(
+        chart,
+        "Weights",
+        namespace=model.name,
+        file_system_id=weights.file_system_id,
+        dns_name=weights.dns_name,
+        mount_name=weights.mount_name,
+        capacity_gib=weights.capacity_gib,
+    )
+    if not has_import_job(model):
+        return volume, None
+    job = WeightsImport(
+        chart,
+        "Import",
+        model=model,
+        image=image,
+        bucket=weights.bucket,
+        region=weights.region,
+        claim_name=volume.claim_name,
+        mount=WEIGHTS_DIR,
+        zone=weights.zone,
+        pod_security_context=POD_SECURITY_CONTEXT,
+        container_security_context=CONTAINER_SECURITY_CONTEXT,
+        annotations=CHECKOV_SKIP_ANNOTATIONS,
+        deadline_seconds=import_deadline,
+    )
+    return volume, job.job_name
+
+
+# The hardened context of every container of the replicas (what Pod Security's `restricted` level asks, and more).
+HARDENED = kplus.ContainerSecurityContextProps(
+    ensure_non_root=True,
+    user=RUN_AS_USER,
+    group=RUN_AS_USER,
+    privileged=False,
+    allow_privilege_escalation=False,
+    read_only_root_filesystem=True,
+    capabilities=kplus.ContainerSecutiryContextCapabilities(drop=[kplus.Capability.ALL]),
+    seccomp_profile=kplus.SeccompProfile(type=kplus.SeccompProfileType.RUNTIME_DEFAULT),
+)
+
+
+def server_deployment(
+    chart: cdk8s.Chart, model: ModelSettings, labels: dict[str, str], progress_deadline: int, api_keys: ApiKeys | None
+) -> kplus.Deployment:
+    """The replicas' Deployment: its rollout, its grace period, its pods' identity and security context."""
+    return kplus.Deployment(
+        chart,
+        "Deployment",
+        metadata=cdk8s.ApiObjectMetadata(
+            name=model.name,
+            labels=labels,
+            annotations=CHECKOV_SKIP_ANNOTATIONS,
+        ),
+        replicas=model.replicas,
+        select=False,
+        # A new replica must serve before an old one stops: one extra GPU node during a
+        # rollout, never fewer serving replicas than asked for.
+        strategy=kplus.DeploymentStrategy.rolling_update(
+            max_surge=kplus.PercentOrAbsolute.absolute(1),
+            max_unavailable=kplus.PercentOrAbsolute.absolute(0),
+        ),
+        # From the cold-start budget (settings/cold_start.py): past it the rollout reports failure.
+        progress_deadline=cdk8s.Duration.seconds(progress_deadline),
+        # Long enough for the preStop drain to let the longest request finish (charts/pre_stop_drain.py).
+        termination_grace_period=cdk8s.Duration.seconds(termination_grace_seconds(model)),
+        # The server calls no Kubernetes API; with API keys, the CSI driver reads them as this account.
+        service_account=api_keys.service_account if api_keys else None,
+        automount_service_account_token=False,
+        security_context=kplus.PodSecurityContextProps(
+            ensure_non_root=True, user=RUN_AS_USER, group=RUN_AS_USER, fs_group=RUN_AS_USER
+        ),
+    )
+
+
+def schedule(deployment: kplus.Deployment, model: ModelSettings, labels: dict[str, str]) -> None:
+    """Where the replicas run: GPU nodes whose GPUs hold the model, one replica a node, across zones if they can."""
+    deployment.select(kplus.LabelSelector.of(labels=labels))
+    for key, value in labels.items():
+        deployment.pod_metadata.add_label(key, value)
+    deployment.scheduling.tolerate(
+        kplus.TaintedNode([kplus.NodeTaintQuery.exists(GPU_TAINT["key"], effect=kplus.TaintEffect.NO_SCHEDULE)])
+    )
+    # Only nodes whose GPUs hold this model's shard (the pool admits the smallest model's).
+    deployment.scheduling.attract(
+        kplus.Node.labeled(kplus.NodeLabelQuery.gt(GPU_MEMORY_LABEL, [str(gpu_memory_needed_mib(model) - 1)]))
+    )
+    # Replicas on separate nodes (a node's loss takes one replica), and across zones where possible.
+    deployment.scheduling.spread(topology=kplus.Topology.HOSTNAME)
+    deployment.scheduling.spread(topology=kplus.Topology.ZONE, weight=100)
+
+
+def health_probe(*, period: int, failures: int, timeout: int) -> kplus.Probe:
+    return kplus.Probe.from_http_get(
+        "/health",
+        port=PORT,
+        period_seconds=cdk8s.Duration.seconds(period),
+        failure_threshold=failures,
+        timeout_seconds=cdk8s.Duration.seconds(timeout),
+    )
+
+
+def server_container(
+    deployment: kplus.Deployment,
+    model: ModelSettings,
+    image: str,
+    requests: Requests,
+    startup_budget: int,
+    *,
+    gpu_metrics: bool,
+) -> kplus.Container:
+    """vLLM: its command and flags, its requests, its probes, its drain."""
+    return deployment.add_container(
+        name="inference-server",
+        image=image,
+        image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
+        command=with_gpu_metrics(["vllm", "serve"]) if gpu_metrics else ["vllm", "serve"],
+        args=vllm_args(model),
+        port_number=PORT,
+        env_variables={name: kplus.EnvValue.from_value(value) for name, value in vllm_env(model).items()},
+        resources=kplus.ContainerResources(
+            cpu=kplus.CpuResources(request=kplus.Cpu.millis(requests.cpu_millis)),
+            memory=kplus.MemoryResources(
+                request=cdk8s.Size.mebibytes(requests.memory_mib), limit=cdk8s.Size.mebibytes(requests.memory_mib)
             ),
-        )
+            ephemeral_storage=kplus.EphemeralStorageResources(
+                request=cdk8s.Size.mebibytes(requests.ephemeral_storage_mib)
+            ),
+        ),
+        # vLLM 0.11.2 starts its HTTP server only once the engine is ready (api_server.py:
+        # build_async_engine_client, then serve_http), so /health answers as soon as the model
+        # can serve, and answers 503 once the engine is dead; /v1/models would keep answering
+        # 200 for a dead engine. Liveness and readiness start after the startupProbe, so a
+        # server still loading weights is never restarted.
+        startup=health_probe(period=PROBE_PERIOD_SECONDS, failures=startup_budget // PROBE_PERIOD_SECONDS, timeout=5),
+        readiness=health_probe(period=PROBE_PERIOD_SECONDS, failures=3, timeout=5),
+        # Restart only a server that stopped answering for 90 s after it had started.
+        liveness=health_probe(period=30, failures=3, timeout=10),
+        security_context=HARDENED,
+        # vLLM cuts requests off on SIGTERM: Kubernetes runs this first (charts/pre_stop_drain.py).
+        lifecycle=kplus.ContainerLifecycle(pre_stop=kplus.Handler.from_command(drain_command(model, PORT))),
+    )
 
-        service = kplus.Service(
-            self,
-            "Service",
-            metadata=cdk8s.ApiObjectMetadata(name=model.service_name, labels=labels),
-            type=kplus.ServiceType.CLUSTER_IP,
-            ports=[kplus.ServicePort(port=PORT, target_port=PORT)],
-        )
-        for key, value in labels.items():
-            service.select_label(key, value)
 
-        api_object(
-            self,
-            "SmokeTestRole",
-            "rbac.authorization.k8s.io/v1",
-            "Role",
-            cdk8s.ApiObjectMetadata(name="smoke-test"),
-            rules=SMOKE_TEST_RULES,
-        )
-        api_object(
-            self,
-            "SmokeTestBinding",
-            "rbac.authorization.k8s.io/v1",
-            "RoleBinding",
-            cdk8s.ApiObjectMetadata(name="smoke-test"),
-            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"},
-            subjects=[{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SMOKE_TEST_GROUP}],
-        )
+def mount_server_volumes(
+    chart: cdk8s.Chart,
+    deployment: kplus.Deployment,
+    container: kplus.Container,
+    model: ModelSettings,
+    requests: Requests,
+    *,
+    gpu_metrics: bool,
+    api_keys: ApiKeys | None,
+) -> None:
+    """The server's shared memory, home, GPU reader and API keys (the weights come next)."""
+    container.mount(
+        "/dev/shm",
+        kplus.Volume.from_empty_dir(
+            chart,
+            "SharedMemory",
+            "dshm",
+            medium=kplus.EmptyDirMedium.MEMORY,
+            size_limit=cdk8s.Size.mebibytes(requests.shared_memory_mib),
+        ),
+    )
+    container.mount(HOME, kplus.Volume.from_empty_dir(chart, "Home", "home"))
+    if gpu_metrics:
+        deployment.pod_metadata.add_annotation(SCRIPT_HASH_ANNOTATION, script_hash())
+        container.add_port(number=GPU_METRICS_PORT, name=GPU_METRICS_PORT_NAME)
+        container.mount(GPU_METRICS_MOUNT, GpuMetrics(chart, "GpuMetrics").volume, read_only=True)
+    if api_keys is not None and model.api_keys_secret:
+        deployment.pod_metadata.add_annotation(API_KEYS_SECRET_ANNOTATION, model.api_keys_secret)
+        container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
+        container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)
 
-        # Voluntary evictions (node repair, expiry, drains) take one replica at a time.
-        api_object(
-            self,
-            "DisruptionBudget",
-            "policy/v1",
-            "PodDisruptionBudget",
-            cdk8s.ApiObjectMetadata(name=model.name, labels=labels),
-            spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}},
-        )
+
+def wait_for_weights(
+    deployment: kplus.Deployment,
+    model: ModelSettings,
+    helper_image: str,
+    weights_volume: kplus.Volume,
+    import_job: str | None,
+) -> None:
+    """Until the revision's weights are complete, a replica waits here (Init:0/1, with a log line that says what
+    for) instead of starting vLLM on missing files."""
+    wait = deployment.add_init_container(
+        name="wait-for-weights",
+        image=helper_image,
+        image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
+        command=["sh", "-c", WAIT_SCRIPT],
+        env_variables={
+            name: kplus.EnvValue.from_value(value)
+            for name, value in wait_for_weights_env(model, mount=WEIGHTS_DIR, job=import_job).items()
+        },
+        resources=kplus.ContainerResources(
+            cpu=kplus.CpuResources(request=kplus.Cpu.millis(10)),
+            memory=kplus.MemoryResources(request=cdk8s.Size.mebibytes(16), limit=cdk8s.Size.mebibytes(32)),
+        ),
+        security_context=HARDENED,
+    )
+    wait.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
+
+
+def service_and_access(chart: cdk8s.Chart, model: ModelSettings, labels: dict[str, str]) -> None:
+    """The model's Service, the smoke test's access to its namespace, and its disruption budget."""
+    service = kplus.Service(
+        chart,
+        "Service",
+        metadata=cdk8s.ApiObjectMetadata(name=model.service_name, labels=labels),
+        type=kplus.ServiceType.CLUSTER_IP,
+        ports=[kplus.ServicePort(port=PORT, target_port=PORT)],
+    )
+    for key, value in labels.items():
+        service.select_label(key, value)
+
+    api_object(
+        chart,
+        "SmokeTestRole",
+        "rbac.authorization.k8s.io/v1",
+        "Role",
+        cdk8s.ApiObjectMetadata(name="smoke-test"),
+        rules=SMOKE_TEST_RULES,
+    )
+    api_object(
+        chart,
+        "SmokeTestBinding",
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        cdk8s.ApiObjectMetadata(name="smoke-test"),
+        roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"},
+        subjects=[{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SMOKE_TEST_GROUP}],
+    )
+
+    # Voluntary evictions (node repair, expiry, drains) take one replica at a time.
+    api_object(
+        chart,
+        "DisruptionBudget",
+        "policy/v1",
+        "PodDisruptionBudget",
+        cdk8s.ApiObjectMetadata(name=model.name, labels=labels),
+        spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+    )

@@ -38,7 +38,7 @@ from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT,
 from commands import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings, names
 from settings.cold_start import cold_start_seconds, import_steps, smoke_test_wait_seconds
-from settings.schema import StageSettings
+from settings.schema import ModelSettings, StageSettings
 from settings.sizing import candidates, on_demand_prices
 from settings.yaml_files import load_yaml
 
@@ -221,6 +221,94 @@ def purge_retained(kept: list[leftovers.Leftover], client: leftovers.ClientFacto
     return removed
 
 
+def smoke_test(settings: StageSettings, model: ModelSettings, kubeconfig: str) -> None:
+    """The smoke test, from here: the import, the rollout, the prompt."""
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    job = job_name_in(charts[f"Model-{model.name}"].to_json())
+    run(
+        [
+            *(sys.executable, "-m", "workloads.smoke_test", "--namespace", model.name),
+            *("--service", model.service_name, "--deployment", model.name, "--model", model.model),
+            *(["--import-job", job] if job else []),
+            *("--rollout-timeout", str(smoke_test_wait_seconds(settings, model))),
+        ],
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+    )
+
+
+def record(kubeconfig: str, model: ModelSettings, outdir: Path) -> dict[str, Any]:
+    """What the cluster says of the replica's start (events, pods, NodeClaims), kept in `outdir`."""
+    recorded = {
+        "events": kubectl_json(kubeconfig, "get", "events", "--namespace", model.name),
+        "pods": kubectl_json(kubeconfig, "get", "pods", "--namespace", model.name),
+        "nodeclaims": kubectl_json(kubeconfig, "get", "nodeclaims.karpenter.sh"),
+    }
+    for name, document in recorded.items():
+        (outdir / f"{name}.json").write_text(json.dumps(document))
+    return recorded
+
+
+def load_test(settings: StageSettings, model: ModelSettings, kubeconfig: str, outdir: Path) -> str:
+    """vllm bench against the model, as a Job in its namespace; its result (JSON), kept in `outdir`."""
+    kubectl = ["kubectl", "--kubeconfig", kubeconfig]
+    job = f"load-test-{settings.name}"
+    deployment = kubectl_json(kubeconfig, "get", "deployment", model.name, "--namespace", model.name)
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    run([*kubectl, "apply", "-f", "-"], input=json.dumps(load_test_job(settings, job, image)))
+    run([*kubectl, "wait", "--for=condition=complete", "--timeout=30m", "--namespace", model.name, f"job/{job}"])
+    log = run([*kubectl, "logs", "--namespace", model.name, f"job/{job}"], capture_output=True).stdout
+    # The Job's log is vllm bench's own output, then the result file on its last line.
+    result: str = log.strip().splitlines()[-1]
+    (outdir / "vllm_bench.json").write_text(result)
+    return result
+
+
+def clean_up(settings: StageSettings) -> bool:
+    """`make destroy` of the stage, then the check that nothing tagged with it is left; whether all went well."""
+    stage = settings.name
+    # The assembly `cdk deploy` just wrote: no second synth.
+    assembly = ROOT / "cdk.out" / f"assembly-{stage}"
+    ok = teardown.main(["--stage", stage, "--assembly", str(assembly)]) == 0
+    client = leftovers.boto3_clients(settings.region)
+    found = leftovers.find_leftovers(
+        client, stage, cluster_name=settings.cluster.name, cache_prefix=settings.registry.cache_prefix
+    )
+    purge_retained(found, client)
+    checked = leftovers.main(
+        [
+            *("--stage", stage, "--cluster-name", settings.cluster.name),
+            *("--region", settings.region, "--cache-prefix", settings.registry.cache_prefix),
+        ]
+    )
+    return ok and checked == 0
+
+
+def run_stage(settings: StageSettings) -> None:
+    """Deploy the stage, smoke-test and load-test its model, and write the report."""
+    stage, model = settings.name, settings.models[0]
+    outdir = REPORTS / stage
+    outdir.mkdir(parents=True, exist_ok=True)
+    run(["cdk", "--no-notices", "deploy", "--require-approval", "never", "-c", f"stage={stage}", f"{stage}/*"])
+    with tempfile.TemporaryDirectory() as scratch:
+        kubeconfig = str(Path(scratch) / "kubeconfig")
+        update = ["aws", "eks", "update-kubeconfig", "--region", settings.region, "--name", settings.cluster.name]
+        run([*update, "--kubeconfig", kubeconfig])
+        smoke_test(settings, model, kubeconfig)
+        recorded = record(kubeconfig, model, outdir)
+        result = load_test(settings, model, kubeconfig, outdir)
+    milestones = e2e_report.timeline(
+        recorded["events"], recorded["pods"], recorded["nodeclaims"], app=names.app_label(model.name)
+    )
+    written = e2e_report.write_report(
+        outdir,
+        stage=stage,
+        model=model.model,
+        milestones=milestones,
+        load_test=e2e_report.load_test_summary(json.loads(result)),
+    )
+    print("\n".join(str(path) for path in written))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m commands.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the stage deployed (then `make destroy STAGE=...`)")
@@ -239,122 +327,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     caller = json.loads(run(["aws", "sts", "get-caller-identity", "--output", "json"], capture_output=True).stdout)
+    failed = False
     with throwaway_stage(role_of(caller["Arn"])) as settings:
-        stage, model = settings.name, settings.models[0]
-        outdir = REPORTS / stage
-        outdir.mkdir(parents=True, exist_ok=True)
-        cdk = ["cdk", "--no-notices"]
-        failed = False
         try:
-            run([*cdk, "deploy", "--require-approval", "never", "-c", f"stage={stage}", f"{stage}/*"])
-            with tempfile.TemporaryDirectory() as scratch:
-                kubeconfig = str(Path(scratch) / "kubeconfig")
-                run(
-                    [
-                        "aws",
-                        "eks",
-                        "update-kubeconfig",
-                        "--region",
-                        settings.region,
-                        "--name",
-                        settings.cluster.name,
-                        "--kubeconfig",
-                        kubeconfig,
-                    ]
-                )
-                charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-                job = job_name_in(charts[f"Model-{model.name}"].to_json())
-                run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "workloads.smoke_test",
-                        "--namespace",
-                        model.name,
-                        "--service",
-                        model.service_name,
-                        "--deployment",
-                        model.name,
-                        "--model",
-                        model.model,
-                        *(["--import-job", job] if job else []),
-                        "--rollout-timeout",
-                        str(smoke_test_wait_seconds(settings, model)),
-                    ],
-                    env={**os.environ, "KUBECONFIG": kubeconfig},
-                )
-                recorded = {
-                    "events": kubectl_json(kubeconfig, "get", "events", "--namespace", model.name),
-                    "pods": kubectl_json(kubeconfig, "get", "pods", "--namespace", model.name),
-                    "nodeclaims": kubectl_json(kubeconfig, "get", "nodeclaims.karpenter.sh"),
-                }
-                for name, document in recorded.items():
-                    (outdir / f"{name}.json").write_text(json.dumps(document))
-                deployment = kubectl_json(kubeconfig, "get", "deployment", model.name, "--namespace", model.name)
-                image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-                bench = load_test_job(settings, f"load-test-{stage}", image)
-                run(["kubectl", "--kubeconfig", kubeconfig, "apply", "-f", "-"], input=json.dumps(bench))
-                run(
-                    [
-                        "kubectl",
-                        "--kubeconfig",
-                        kubeconfig,
-                        "wait",
-                        "--for=condition=complete",
-                        "--timeout=30m",
-                        "--namespace",
-                        model.name,
-                        f"job/load-test-{stage}",
-                    ]
-                )
-                result = run(
-                    [
-                        "kubectl",
-                        "--kubeconfig",
-                        kubeconfig,
-                        "logs",
-                        "--namespace",
-                        model.name,
-                        f"job/load-test-{stage}",
-                    ],
-                    capture_output=True,
-                ).stdout
-                # The Job's log is vllm bench's own output, then the result file on its last line.
-                result = result.strip().splitlines()[-1]
-                (outdir / "vllm_bench.json").write_text(result)
-            milestones = e2e_report.timeline(
-                recorded["events"], recorded["pods"], recorded["nodeclaims"], app=names.app_label(model.name)
-            )
-            written = e2e_report.write_report(
-                outdir,
-                stage=stage,
-                model=model.model,
-                milestones=milestones,
-                load_test=e2e_report.load_test_summary(json.loads(result)),
-            )
-            print("\n".join(str(path) for path in written))
+            run_stage(settings)
         except subprocess.CalledProcessError as error:
             failed = True
-            print(f"e2e of stage {stage} failed at: {' '.join(error.cmd)}", file=sys.stderr)
+            print(f"e2e of stage {settings.name} failed at: {' '.join(error.cmd)}", file=sys.stderr)
         finally:
             if not args.keep:
-                # The assembly `cdk deploy` just wrote: no second synth.
-                assembly = ROOT / "cdk.out" / f"assembly-{stage}"
-                failed |= teardown.main(["--stage", stage, "--assembly", str(assembly)]) != 0
-                client = leftovers.boto3_clients(settings.region)
-                found = leftovers.find_leftovers(
-                    client, stage, cluster_name=settings.cluster.name, cache_prefix=settings.registry.cache_prefix
-                )
-                purge_retained(found, client)
-                failed |= (
-                    leftovers.main(
-                        [
-                            *("--stage", stage, "--cluster-name", settings.cluster.name),
-                            *("--region", settings.region, "--cache-prefix", settings.registry.cache_prefix),
-                        ]
-                    )
-                    != 0
-                )
+                failed |= not clean_up(settings)
     return 1 if failed else 0
 
 

@@ -476,30 +476,17 @@ def reservation_result(
     )
 
 
-def preflight(
+def check_offerings(
     settings: StageSettings,
-    reservations: Sequence[str],
-    client_factory: ClientFactory,
-    *,
-    now: datetime | None = None,
-) -> Report:
-    """Check that the stage can get its GPU nodes; `client_factory(service)` gives a boto3 client in its region.
-
-    Raises ValueError on a malformed reservation id before any AWS call; AWS errors other than the
-    expected ones (no applied quota value, no such reservation) propagate.
-    """
-    check_reservation_ids(reservations)
-    reservations = list(dict.fromkeys([*selected_reservations(settings), *reservations]))
-    now = now or datetime.now(UTC)
-    zones, zones_reason = usable_zones(settings)
-    allowed = capacity_types(settings)
-    options = {model.name: candidates(settings, model) for model in settings.models}
-    runnable = list(dict.fromkeys(instance.type for found in options.values() for instance in found))
-    blockers: list[str] = []
-    notes: list[str] = []
-
-    # 2 first: the instance Karpenter would launch is the cheapest candidate offered in a usable zone.
-    ec2 = client_factory("ec2")
+    ec2: Client,
+    options: dict[str, list[GpuInstance]],
+    runnable: list[str],
+    zones: tuple[str, ...],
+    zones_reason: str,
+    blockers: list[str],
+    notes: list[str],
+) -> tuple[list[OfferingResult], list[Node]]:
+    """Each model's candidate instances offered where its GPU nodes run; the node each gets, to count quotas on."""
     offered = instance_offerings(ec2, runnable, settings.availability_zones) if runnable else {}
     offerings, nodes = [], []
     for model in settings.models:
@@ -533,9 +520,18 @@ def preflight(
                 f"nodes run; the quotas are counted on {pick.type}"
             )
         nodes.append(Node(model.name, pick, model.peak_replicas + 1))
+    return offerings, nodes
 
-    # 1: the quotas.
-    quotas_client = client_factory("service-quotas")
+
+def check_gpu_quotas(
+    settings: StageSettings,
+    quotas_client: Client,
+    nodes: list[Node],
+    allowed: Sequence[str],
+    blockers: list[str],
+    notes: list[str],
+) -> list[QuotaResult]:
+    """The G and P vCPU quotas against the nodes the models need at their peak, plus a rollout's surge."""
     quotas = []
     for quota in QUOTAS:
         value, source, aws_name = quota_value(quotas_client, quota)
@@ -555,7 +551,17 @@ def preflight(
                 + "; request more at "
                 + " or ".join(row.url for row in counted)
             )
+    return quotas
 
+
+def check_account(
+    settings: StageSettings,
+    client_factory: ClientFactory,
+    quotas_client: Client,
+    blockers: list[str],
+    notes: list[str],
+) -> None:
+    """The API keys secrets, the Standard quota, the registry's scanning and WAF's body rules."""
     # 4: the models' API keys secrets exist (a replica cannot start without its keys).
     secrets = client_factory("secretsmanager") if settings.secrets_store else None
     for model in settings.models:
@@ -596,6 +602,38 @@ def preflight(
                 f"{KNOWN_BAD_INPUTS} has rules that inspect the request body and would block prompts quoting "
                 f"their patterns: {', '.join(new_rules)}; add them to KNOWN_BAD_INPUTS_BODY_RULES (stacks/web_acl.py)"
             )
+
+
+def preflight(
+    settings: StageSettings,
+    reservations: Sequence[str],
+    client_factory: ClientFactory,
+    *,
+    now: datetime | None = None,
+) -> Report:
+    """Check that the stage can get its GPU nodes; `client_factory(service)` gives a boto3 client in its region.
+
+    Raises ValueError on a malformed reservation id before any AWS call; AWS errors other than the
+    expected ones (no applied quota value, no such reservation) propagate.
+    """
+    check_reservation_ids(reservations)
+    reservations = list(dict.fromkeys([*selected_reservations(settings), *reservations]))
+    now = now or datetime.now(UTC)
+    zones, zones_reason = usable_zones(settings)
+    allowed = capacity_types(settings)
+    options = {model.name: candidates(settings, model) for model in settings.models}
+    runnable = list(dict.fromkeys(instance.type for found in options.values() for instance in found))
+    blockers: list[str] = []
+    notes: list[str] = []
+
+    # 2 first: the instance Karpenter would launch is the cheapest candidate offered in a usable zone.
+    ec2 = client_factory("ec2")
+    offerings, nodes = check_offerings(settings, ec2, options, runnable, zones, zones_reason, blockers, notes)
+    # 1: the quotas.
+    quotas_client = client_factory("service-quotas")
+    quotas = check_gpu_quotas(settings, quotas_client, nodes, allowed, blockers, notes)
+    # 4 to 7: the account's other settings the stage relies on.
+    check_account(settings, client_factory, quotas_client, blockers, notes)
 
     # 3: the reservations.
     results = [

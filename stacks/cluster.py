@@ -73,46 +73,7 @@ class ClusterStack(Stack):
         super().__init__(scope, id, **kwargs)
         self._addon_versions = cluster.addon_versions
         self.node_role = self._node_role(image_cache_prefix)
-        # Created (or adopted) before the cluster so the control plane logs land in a group with a
-        # retention, instead of the never-expiring one EKS would create.
-        control_plane_logs = service_log_group(
-            self,
-            "ControlPlaneLogRetention",
-            name=names.control_plane_log_group(cluster.name),
-            retention_days=cluster.log_retention_days,
-        )
-        secrets_key = kms.Key(
-            self,
-            "SecretsKey",
-            description=f"Envelope encryption of Kubernetes secrets in EKS cluster {cluster.name}",
-            enable_key_rotation=True,
-        )
-        self.cluster = eks.Cluster(
-            self,
-            "Cluster",
-            cluster_name=cluster.name,
-            version=eks.KubernetesVersion.of(cluster.kubernetes_version),
-            vpc=vpc,
-            vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
-            default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
-            # Auto Mode creates the node role's access entry; custom NodeClasses reuse this role.
-            compute=eks.ComputeConfig(node_pools=["system", "general-purpose"], node_role=self.node_role),
-            endpoint_access=_endpoint_access(cluster),
-            cluster_logging=[
-                eks.ClusterLoggingTypes.API,
-                eks.ClusterLoggingTypes.AUDIT,
-                eks.ClusterLoggingTypes.AUTHENTICATOR,
-                eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
-                eks.ClusterLoggingTypes.SCHEDULER,
-            ],
-            secrets_encryption_key=secrets_key,
-            # Admins come from settings through access entries, not from whoever ran CloudFormation.
-            bootstrap_cluster_creator_admin_permissions=False,
-            kubectl_provider_options=eks.KubectlProviderOptions(
-                kubectl_layer=KUBECTL_LAYERS[cluster.kubernetes_version](self, "KubectlLayer"),
-            ),
-        )
-        cast(eks.CfnCluster, self.cluster.node.default_child).node.add_dependency(control_plane_logs)
+        self.cluster = self._cluster(vpc, cluster)
 
         for principal_arn in cluster.admin_principal_arns:
             self.cluster.grant_access(
@@ -164,6 +125,51 @@ class ClusterStack(Stack):
             description="Points kubectl at this cluster (as one of the cluster's admin principals)",
             value=f"aws eks update-kubeconfig --region {self.region} --name {cluster.name}",
         )
+
+    def _cluster(self, vpc: ec2.IVpc, cluster: ClusterSettings) -> eks.Cluster:
+        """The Auto Mode cluster: its logs in a group with a retention, its secrets under a key of its own, no admin
+        but those the settings name, and the kubectl handler of its Kubernetes version."""
+        # Created (or adopted) before the cluster so the control plane logs land in a group with a
+        # retention, instead of the never-expiring one EKS would create.
+        control_plane_logs = service_log_group(
+            self,
+            "ControlPlaneLogRetention",
+            name=names.control_plane_log_group(cluster.name),
+            retention_days=cluster.log_retention_days,
+        )
+        secrets_key = kms.Key(
+            self,
+            "SecretsKey",
+            description=f"Envelope encryption of Kubernetes secrets in EKS cluster {cluster.name}",
+            enable_key_rotation=True,
+        )
+        created = eks.Cluster(
+            self,
+            "Cluster",
+            cluster_name=cluster.name,
+            version=eks.KubernetesVersion.of(cluster.kubernetes_version),
+            vpc=vpc,
+            vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
+            default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
+            # Auto Mode creates the node role's access entry; custom NodeClasses reuse this role.
+            compute=eks.ComputeConfig(node_pools=["system", "general-purpose"], node_role=self.node_role),
+            endpoint_access=_endpoint_access(cluster),
+            cluster_logging=[
+                eks.ClusterLoggingTypes.API,
+                eks.ClusterLoggingTypes.AUDIT,
+                eks.ClusterLoggingTypes.AUTHENTICATOR,
+                eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+                eks.ClusterLoggingTypes.SCHEDULER,
+            ],
+            secrets_encryption_key=secrets_key,
+            # Admins come from settings through access entries, not from whoever ran CloudFormation.
+            bootstrap_cluster_creator_admin_permissions=False,
+            kubectl_provider_options=eks.KubectlProviderOptions(
+                kubectl_layer=KUBECTL_LAYERS[cluster.kubernetes_version](self, "KubectlLayer"),
+            ),
+        )
+        cast(eks.CfnCluster, created.node.default_child).node.add_dependency(control_plane_logs)
+        return created
 
     def _node_role(self, image_cache_prefix: str) -> iam.Role:
         """The role of every Auto Mode node, allowed the two extra calls a first pull through the cache makes."""

@@ -52,67 +52,11 @@ class ModelStoreStack(Stack):
     ) -> None:
         super().__init__(scope, id, **kwargs)
         removal = RemovalPolicy.RETAIN if store.retain_on_delete else RemovalPolicy.DESTROY
-
-        def private_bucket(bucket_id: str, **extra: Any) -> s3.Bucket:
-            """Encrypted, versioned, TLS-only, never public."""
-            return s3.Bucket(
-                self,
-                bucket_id,
-                encryption=s3.BucketEncryption.S3_MANAGED,
-                enforce_ssl=True,
-                versioned=True,
-                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-                object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-                removal_policy=removal,
-                **extra,
-            )
-
-        access_logs = private_bucket("AccessLogsBucket")
-        self.bucket = private_bucket(
-            "ModelBucket", server_access_logs_bucket=access_logs, server_access_logs_prefix="model-bucket/"
+        access_logs = self._private_bucket("AccessLogsBucket", removal)
+        self.bucket = self._private_bucket(
+            "ModelBucket", removal, server_access_logs_bucket=access_logs, server_access_logs_prefix="model-bucket/"
         )
-
-        key = kms.Key(
-            self,
-            "FileSystemKey",
-            description="Encrypts the model weights file system",
-            enable_key_rotation=True,
-            removal_policy=removal,
-        )
-        self.security_group = ec2.SecurityGroup(
-            self,
-            "FileSystemSecurityGroup",
-            vpc=vpc,
-            description="Lustre traffic to the model weights file system",
-            allow_all_outbound=False,
-        )
-        # The file system's servers talk to each other (LustreFileSystem admits its own group on
-        # 988-1023); the cluster's nodes are admitted by the serving stack.
-        for port in LUSTRE_PORTS:
-            self.security_group.add_egress_rule(self.security_group, port, "Lustre servers among themselves")
-
-        self.file_system = fsx.LustreFileSystem(
-            self,
-            "FileSystem",
-            vpc=vpc,
-            vpc_subnet=vpc.select_subnets(
-                subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, availability_zones=[availability_zone]
-            ).subnets[0],
-            storage_capacity_gib=store.storage_capacity_gib,
-            lustre_configuration=fsx.LustreConfiguration(
-                deployment_type=fsx.LustreDeploymentType.PERSISTENT_2,
-                per_unit_storage_throughput=store.throughput_per_tib,
-                data_compression_type=fsx.LustreDataCompressionType.LZ4,
-            ),
-            kms_key=key,
-            security_group=self.security_group,
-            # The bucket holds the weights; the file system is a cache of it, filled again by the
-            # association and the weights import. Deleted with the stack, it takes its
-            # security group and network interfaces with it: a retained file system would keep
-            # both (and its subnet, and so the VPC) from being deleted, and cost money every hour
-            # while the next deploy builds a new one anyway.
-            removal_policy=RemovalPolicy.DESTROY,
-        )
+        self.file_system = self._file_system(vpc, availability_zone, store, removal)
         self._stage_independent_self_rules()
         fsx.CfnDataRepositoryAssociation(
             self,
@@ -135,6 +79,65 @@ class ModelStoreStack(Stack):
             "ModelBucketName",
             description="Upload model weights to s3://<this>/<model name>/",
             value=self.bucket.bucket_name,
+        )
+
+    def _private_bucket(self, bucket_id: str, removal: RemovalPolicy, **extra: Any) -> s3.Bucket:
+        """Encrypted, versioned, TLS-only, never public."""
+        return s3.Bucket(
+            self,
+            bucket_id,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            versioned=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=removal,
+            **extra,
+        )
+
+    def _file_system(
+        self, vpc: ec2.IVpc, availability_zone: str, store: ModelStoreSettings, removal: RemovalPolicy
+    ) -> fsx.LustreFileSystem:
+        """The Lustre file system in one zone, encrypted with a key of its own, behind a security group of its own."""
+        key = kms.Key(
+            self,
+            "FileSystemKey",
+            description="Encrypts the model weights file system",
+            enable_key_rotation=True,
+            removal_policy=removal,
+        )
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "FileSystemSecurityGroup",
+            vpc=vpc,
+            description="Lustre traffic to the model weights file system",
+            allow_all_outbound=False,
+        )
+        # The file system's servers talk to each other (LustreFileSystem admits its own group on
+        # 988-1023); the cluster's nodes are admitted by the serving stack.
+        for port in LUSTRE_PORTS:
+            self.security_group.add_egress_rule(self.security_group, port, "Lustre servers among themselves")
+        return fsx.LustreFileSystem(
+            self,
+            "FileSystem",
+            vpc=vpc,
+            vpc_subnet=vpc.select_subnets(
+                subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, availability_zones=[availability_zone]
+            ).subnets[0],
+            storage_capacity_gib=store.storage_capacity_gib,
+            lustre_configuration=fsx.LustreConfiguration(
+                deployment_type=fsx.LustreDeploymentType.PERSISTENT_2,
+                per_unit_storage_throughput=store.throughput_per_tib,
+                data_compression_type=fsx.LustreDataCompressionType.LZ4,
+            ),
+            kms_key=key,
+            security_group=self.security_group,
+            # The bucket holds the weights; the file system is a cache of it, filled again by the
+            # association and the weights import. Deleted with the stack, it takes its
+            # security group and network interfaces with it: a retained file system would keep
+            # both (and its subnet, and so the VPC) from being deleted, and cost money every hour
+            # while the next deploy builds a new one anyway.
+            removal_policy=RemovalPolicy.DESTROY,
         )
 
     def _stage_independent_self_rules(self) -> None:

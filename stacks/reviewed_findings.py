@@ -70,9 +70,17 @@ def nag_findings(
 ) -> tuple[Finding, ...]:
     """The stage's accepted cdk-nag findings; some name the stage's region, cache prefix and model store stack,
     and the logical ids of the constructs at some paths (`logical_id(path)`)."""
-    prefix = settings.image_cache_prefix
     return (
         *_library_nag_findings(logical_id),
+        *_cluster_nag_findings(settings),
+        *_model_nag_findings(settings, model_store_stack),
+        *_smoke_test_nag_findings(settings, logical_id),
+    )
+
+
+def _cluster_nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
+    """What the cluster's roles may do: the nodes', the CloudWatch agent's, the FSx CSI driver's, KEDA's chart."""
+    return (
         *(
             Finding(
                 NODE_ROLE,
@@ -84,10 +92,59 @@ def nag_findings(
         ),
         Finding(
             f"{NODE_ROLE}/DefaultPolicy",
-            f"AwsSolutions-IAM5[{_account_resource('ecr', settings.region, f'repository/{prefix}/*')}]",
+            "AwsSolutions-IAM5["
+            + _account_resource("ecr", settings.region, f"repository/{settings.image_cache_prefix}/*")
+            + "]",
             "A first pull through the cache creates the image's repository under the cache prefix; the "
             "repositories are not known in advance, so the grant covers that prefix and nothing else.",
         ),
+        *(
+            Finding(
+                f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy",
+                f"AwsSolutions-IAM5[{_account_resource('logs', settings.region, f'log-group:{group}:log-stream:*')}]",
+                "The CloudWatch agent and Fluent Bit name their log streams after the nodes and containers they "
+                "read: any stream of one log group the stack created.",
+            )
+            for group in settings.cloudwatch_log_groups
+        ),
+        *(
+            [
+                Finding(
+                    f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy",
+                    "AwsSolutions-IAM5[Resource::*]",
+                    "The CloudWatch agent reads node volumes and instance tags (ec2:DescribeVolumes, "
+                    "ec2:DescribeTags), which the EC2 API does not let a policy narrow to a resource.",
+                )
+            ]
+            if settings.cloudwatch_log_groups
+            else []
+        ),
+        Finding(
+            f"{FSX_CSI_ROLE}/DefaultPolicy",
+            f"AwsSolutions-IAM5[{_account_resource('fsx', settings.region, 'file-system/*')}]",
+            "Read-only lookup of file systems by the CSI driver; naming the one file system would make the "
+            "cluster wait for the model store's creation.",
+        ),
+        *(
+            Finding(
+                f"{KUBECTL_HANDLER}/ServiceRole/DefaultPolicy",
+                f"AwsSolutions-IAM5[{rule}]",
+                "aws-cdk-lib's read grant on the KEDA chart asset the kubectl handler installs, in the CDK assets "
+                "bucket of the stage's account and region.",
+            )
+            for rule in (
+                *(f"Action::{action}" for action in ARTIFACT_ACTIONS),
+                f"Resource::arn:aws:s3:::cdk-hnb659fds-assets-{settings.account or '<AWS::AccountId>'}-"
+                f"{settings.region}/*",
+            )
+            if settings.keda
+        ),
+    )
+
+
+def _model_nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Finding, ...]:
+    """What each model's pods may do: the weights import's folders and token, the replicas' API keys."""
+    return (
         *(
             Finding(
                 f"{names.model_stack_id(model.name)}/{names.output_id(model.name)}ImportRole/DefaultPolicy",
@@ -127,33 +184,12 @@ def nag_findings(
                 f"{SMOKE_TEST_ROLE}/DefaultPolicy",
             )
         ),
-        *(
-            Finding(
-                f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy",
-                f"AwsSolutions-IAM5[{_account_resource('logs', settings.region, f'log-group:{group}:log-stream:*')}]",
-                "The CloudWatch agent and Fluent Bit name their log streams after the nodes and containers they "
-                "read: any stream of one log group the stack created.",
-            )
-            for group in settings.cloudwatch_log_groups
-        ),
-        *(
-            [
-                Finding(
-                    f"{CLOUDWATCH_AGENT_ROLE}/DefaultPolicy",
-                    "AwsSolutions-IAM5[Resource::*]",
-                    "The CloudWatch agent reads node volumes and instance tags (ec2:DescribeVolumes, "
-                    "ec2:DescribeTags), which the EC2 API does not let a policy narrow to a resource.",
-                )
-            ]
-            if settings.cloudwatch_log_groups
-            else []
-        ),
-        Finding(
-            f"{FSX_CSI_ROLE}/DefaultPolicy",
-            f"AwsSolutions-IAM5[{_account_resource('fsx', settings.region, 'file-system/*')}]",
-            "Read-only lookup of file systems by the CSI driver; naming the one file system would make the "
-            "cluster wait for the model store's creation.",
-        ),
+    )
+
+
+def _smoke_test_nag_findings(settings: StageSettings, logical_id: Callable[[str], str]) -> tuple[Finding, ...]:
+    """What the smoke test's project and role may do."""
+    return (
         *(
             Finding(
                 f"{SMOKE_TEST_ROLE}/DefaultPolicy",
@@ -195,20 +231,6 @@ def nag_findings(
                 ),
                 (f"{SMOKE_TEST}/PolicyDocument", "Resource::*"),
             )
-        ),
-        *(
-            Finding(
-                f"{KUBECTL_HANDLER}/ServiceRole/DefaultPolicy",
-                f"AwsSolutions-IAM5[{rule}]",
-                "aws-cdk-lib's read grant on the KEDA chart asset the kubectl handler installs, in the CDK assets "
-                "bucket of the stage's account and region.",
-            )
-            for rule in (
-                *(f"Action::{action}" for action in ARTIFACT_ACTIONS),
-                f"Resource::arn:aws:s3:::cdk-hnb659fds-assets-{settings.account or '<AWS::AccountId>'}-"
-                f"{settings.region}/*",
-            )
-            if any(model.autoscaling is not None for model in settings.models)
         ),
     )
 
@@ -493,6 +515,15 @@ def acknowledge_pipeline_findings(stack: Stack, pipeline: pipelines.CodePipeline
 
 
 def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_names: list[str]) -> list[Finding]:
+    """CDK Pipelines' grants: on the artifact bucket and each project's logs, then its own roles' wildcards."""
+    return [*_pipeline_artifact_findings(stack, pipeline, stage_names), *_pipeline_role_findings(stack)]
+
+
+def _pipeline_artifact_findings(
+    stack: Stack, pipeline: pipelines.CodePipeline, stage_names: list[str]
+) -> list[Finding]:
+    """Each role's grant on the pipeline's artifact bucket (and key), and each CodeBuild project's on its logs."""
+
     def logical_id(path: str) -> str:
         return _logical_id_at(stack, path)
 
@@ -548,11 +579,21 @@ def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_
         *(f"Pipeline/Pipeline/{name}/{step}/{step}" for name in stage_names for step in STAGE_STEPS),
     ):
         findings += project_rules(project)
+    return findings
+
+
+def _pipeline_role_findings(stack: Stack) -> list[Finding]:
+    """The wildcards of CDK Pipelines' own roles: self-mutation, the IAM check, asset publishing, the caches."""
+
+    def logical_id(path: str) -> str:
+        return _logical_id_at(stack, path)
+
+    region, account = stack.region, stack.account
     self_mutation = "Pipeline/UpdatePipeline/SelfMutation/Role/DefaultPolicy"
     security_check = "Pipeline/PipelinesSecurityCheck/CDKSecurityCheck/Role/DefaultPolicy"
     auto_approve = AUTO_APPROVE
     file_role = "Pipeline/Assets/FileRole/DefaultPolicy"
-    findings += [
+    return [
         Finding(
             self_mutation,
             f"AwsSolutions-IAM5[Resource::arn:*:iam::{account}:role/*]",
@@ -619,7 +660,6 @@ def pipeline_nag_findings(stack: Stack, pipeline: pipelines.CodePipeline, stage_
             "CodeBuild reads and writes the synth step's cache under keys it names itself, in that one bucket.",
         ),
     ]
-    return findings
 
 
 def _source_action_id(pipeline: pipelines.CodePipeline) -> str:

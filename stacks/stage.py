@@ -90,9 +90,24 @@ class InferencePlatformStage(Stage):
             settings=settings,
             resources=resources,
         )
-        self.models = {}
+        self.models = self._model_stacks(settings, resources, protect)
+        self.serving.add_smoke_test(
+            {name: stack.import_job for name, stack in self.models.items()}, pipeline_account=pipeline_account
+        )
+        if settings.unreachable:
+            Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
+        acknowledge_reviewed_findings(self, settings)
+        Tags.of(self).add("project", "eks-gpu-inference")
+        Tags.of(self).add("stage", id)
+
+    def _model_stacks(
+        self, settings: StageSettings, resources: StageResources, protect: bool
+    ) -> dict[str, ModelServingStack]:
+        """A stack per model, after the serving stack: the pools, KEDA and the stage's shared objects first; and a
+        model moved here from the serving stack leaves it before its stack takes it over."""
+        stacks = {}
         for model in settings.models:
-            stack = self.models[model.name] = ModelServingStack(
+            stack = stacks[model.name] = ModelServingStack(
                 self,
                 names.model_stack_id(model.name),
                 description=f"{model.model} served by vLLM as {model.name}: its weights volume, import and replicas",
@@ -102,14 +117,5 @@ class InferencePlatformStage(Stage):
                 resources=resources,
                 keda=self.serving.keda,
             )
-            # The pools, KEDA and the stage's shared objects first; and a model moved here from the serving stack
-            # leaves it before its stack takes it over.
             stack.add_stack_dependency(self.serving)
-        self.serving.add_smoke_test(
-            {name: stack.import_job for name, stack in self.models.items()}, pipeline_account=pipeline_account
-        )
-        if settings.unreachable:
-            Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
-        acknowledge_reviewed_findings(self, settings)
-        Tags.of(self).add("project", "eks-gpu-inference")
-        Tags.of(self).add("stage", id)
+        return stacks

@@ -574,41 +574,7 @@ def import_revision(args: argparse.Namespace, sleep: SleepFn) -> None:
     # the branch has moved since, so replicas never see files change under them.
     existing = list_objects(s3, args.bucket, f"{args.prefix}/")
     marker = read_marker(s3, args.bucket, marker_key) if marker_key in existing else None
-    complete = marker_matches(marker, args.repo, args.revision)
-    if not complete:
-        token = None
-        if args.token_secret:
-            token = read_token(boto3.client("secretsmanager", region_name=args.region), args.token_secret)
-        commit, repo_files = resolve_revision(args.repo, args.revision, token)
-        say(f"{args.repo}@{args.revision} is commit {commit}")
-        complete = marker_matches(marker, args.repo, args.revision, commit)
-    if complete and marker is not None:
-        commit = str(marker.get("commit"))
-        stored = [StoredFile(f["path"], int(f["size"]), f.get("sha256")) for f in marker.get("files", [])]
-        say(f"already complete: s3://{args.bucket}/{marker_key} records {args.repo}@{commit}")
-    else:
-        selected = select_files(repo_files, args.include)
-        if not selected:
-            listing = ", ".join(sorted(f.path for f in repo_files)[:20])
-            more = f" and {len(repo_files) - 20} more" if len(repo_files) > 20 else ""
-            raise ImportWeightsError(
-                f"no file matches --include {' '.join(args.include)} (patterns match at their own depth: "
-                f"'*.safetensors' is root files only); the repo has: {listing or 'no files'}{more}"
-            )
-        if marker is not None:
-            # Replicas may be serving what that marker vouches for: never overwrite it with other files.
-            raise ImportWeightsError(
-                f"s3://{args.bucket}/{marker_key} records another import ({marker.get('repo')}@"
-                f"{marker.get('revision')}, commit {marker.get('commit')}): give this revision a prefix of its own"
-            )
-        source = Source(args.repo, commit, token, args.bucket, args.prefix, args.workdir, existing)
-        stored = []
-        for number, file in enumerate(selected, start=1):
-            try:
-                stored.append(import_file(s3, source, file, f"[{number}/{len(selected)}]", sleep))
-            except Exception as error:
-                error.add_note(f"while importing {file.path}")
-                raise
+    commit, stored, complete = settle_revision(s3, args, marker, existing, sleep)
 
     if args.mount:
         expected = {args.mount / args.prefix / f.path: f.size for f in stored}
@@ -636,6 +602,53 @@ def import_revision(args: argparse.Namespace, sleep: SleepFn) -> None:
             sleep=sleep,
         )
         say(f"ready on the file system: {args.mount / args.prefix}")
+
+
+def settle_revision(
+    s3: Any, args: argparse.Namespace, marker: Mapping[str, Any] | None, existing: Mapping[str, int], sleep: SleepFn
+) -> tuple[str, list[StoredFile], bool]:
+    """The revision's commit and files in the bucket, and whether a marker vouched for them already: what the
+    marker records, or else the files imported now."""
+    marker_key = f"{args.prefix}/{MARKER}"
+
+    def recorded() -> tuple[str, list[StoredFile], bool]:
+        assert marker is not None
+        commit = str(marker.get("commit"))
+        say(f"already complete: s3://{args.bucket}/{marker_key} records {args.repo}@{commit}")
+        return commit, [StoredFile(f["path"], int(f["size"]), f.get("sha256")) for f in marker.get("files", [])], True
+
+    if marker_matches(marker, args.repo, args.revision):
+        return recorded()
+    token = None
+    if args.token_secret:
+        token = read_token(boto3.client("secretsmanager", region_name=args.region), args.token_secret)
+    commit, repo_files = resolve_revision(args.repo, args.revision, token)
+    say(f"{args.repo}@{args.revision} is commit {commit}")
+    if marker_matches(marker, args.repo, args.revision, commit):
+        return recorded()
+    selected = select_files(repo_files, args.include)
+    if not selected:
+        listing = ", ".join(sorted(f.path for f in repo_files)[:20])
+        more = f" and {len(repo_files) - 20} more" if len(repo_files) > 20 else ""
+        raise ImportWeightsError(
+            f"no file matches --include {' '.join(args.include)} (patterns match at their own depth: "
+            f"'*.safetensors' is root files only); the repo has: {listing or 'no files'}{more}"
+        )
+    if marker is not None:
+        # Replicas may be serving what that marker vouches for: never overwrite it with other files.
+        raise ImportWeightsError(
+            f"s3://{args.bucket}/{marker_key} records another import ({marker.get('repo')}@"
+            f"{marker.get('revision')}, commit {marker.get('commit')}): give this revision a prefix of its own"
+        )
+    source = Source(args.repo, commit, token, args.bucket, args.prefix, args.workdir, existing)
+    stored = []
+    for number, file in enumerate(selected, start=1):
+        try:
+            stored.append(import_file(s3, source, file, f"[{number}/{len(selected)}]", sleep))
+        except Exception as error:
+            error.add_note(f"while importing {file.path}")
+            raise
+    return commit, stored, False
 
 
 def write_marker(
