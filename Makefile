@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth setup-plan lock preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ test: setup lint ## Lint, then run the whole test suite
 
 snapshots: setup ## Rewrite the template and manifest snapshots after a deliberate change; review the diff
 	pytest tests/test_snapshots.py --snapshot-update
+
+docs: setup ## Write docs/settings.md from the settings schema (a test fails when it is out of date)
+	python -m tools.settings_reference
 
 lint: setup ## Check formatting, lint rules (ruff) and types (mypy)
 	ruff format --check .

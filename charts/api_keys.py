@@ -9,7 +9,7 @@ its flags; JSON is YAML): the secret holds {"api-key": ["<key>", ...]}, and vLLM
 into `--api-key <key> ...` (vllm/utils/argparse_utils.py, load_config_file), accepting any of
 them on /v1 (vllm/entrypoints/openai/api_server.py, AuthenticationMiddleware; /health and
 /metrics stay open to the probes, the drain and the scraper). vLLM reads its flags once, at start:
-a changed secret reaches replicas as they restart (README, "API keys").
+a changed secret reaches replicas as they restart (docs/access.md, "API keys").
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ app=vllm-<model>) and dates its cold start: pod created, node launched, pod sche
 (the `wait-for-weights` init container done), image pull started and ended, container started,
 Ready. What the records do not show is left out, never guessed. It writes report.json (everything,
 machine readable), report.md (the tables) and timeline.png (the steps as a Gantt chart), and prints
-the Markdown and the paths. README.md, "Cold start", has the estimates these measurements check.
+the Markdown and the paths. docs/models.md, "Cold start", has the estimates these measurements check.
 """
 
 from __future__ import annotations

@@ -102,7 +102,10 @@ def compare_versions(plan: Plan, stack: str, old: dict[str, Any], new: dict[str,
                 if problem:
                     plan.refuse(f"{stack}: {problem}")
                 else:
-                    plan.say(f'{stack}: Kubernetes {versions[0]} to {versions[1]}: see README, "Upgrading Kubernetes"')
+                    plan.say(
+                        f"{stack}: Kubernetes {versions[0]} to {versions[1]}: see docs/operations.md, "
+                        '"Upgrading Kubernetes"'
+                    )
         if new[logical_id]["Type"] == "AWS::EKS::Addon":
             was, now = (resource[logical_id]["Properties"].get("AddonVersion") for resource in (old, new))
             if was != now:
@@ -284,8 +287,8 @@ def _renames(plan: Plan, old: dict[Any, Any], new: dict[Any, Any]) -> None:
                 plan.say(
                     f"model {gone} is renamed {came}: {gone} stops serving {before[gone]} as soon as the deploy "
                     f"applies the change, and {came} serves only after its import and a cold start. Without an outage: "
-                    f'add {came} beside {gone}, deploy, wait until it serves, then remove {gone} (README, "Changing a '
-                    'running stage")'
+                    f"add {came} beside {gone}, deploy, wait until it serves, then remove {gone} (docs/operations.md, "
+                    '"Changing a running stage")'
                 )
 
 
@@ -410,14 +413,15 @@ def compare_drivers(plan: Plan, before: dict[str, dict[str, Any]], after: dict[s
     if keda_goes and "ScaledObject" in mounted:
         plan.refuse(
             "Serving: KEDA would be removed before the models' ScaledObjects, whose finalizer only KEDA removes: "
-            'turn autoscaling off in one deploy, metrics in the next (README, "Autoscaling on vLLM\'s queue")'
+            "turn autoscaling off in one deploy, metrics in the next "
+            '(docs/operations.md, "Autoscaling on vLLM\'s queue")'
         )
     for addon in sorted(addons(before.get("Cluster", {})) - addons(after.get("Cluster", {}))):
         if CSI_ADDONS.get(addon) in mounted:
             plan.refuse(
                 f"Cluster: the {addon} add-on would be removed before the replicas that mount its volumes are gone; "
                 "they would stay Terminating. Deploy with cluster.secrets_store_driver: true first, then unset it "
-                '(README, "API keys")'
+                '(docs/access.md, "API keys")'
             )
 
 
@@ -446,7 +450,7 @@ def compare_moves(plan: Plan, before: dict[str, dict[str, Any]], moved: dict[tup
         if resource["Type"] in RETAINED_WHEN_MOVED and resource.get("DeletionPolicy") != "Retain":
             plan.refuse(
                 f"{what}, which creates it before {source} deletes it, undoing it: run `make split-serving` once "
-                'first (README, "One stack per model")'
+                'first (docs/architecture.md, "One stack per model")'
             )
         else:
             plan.say(what)

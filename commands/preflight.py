@@ -568,7 +568,7 @@ def check_account(
         if model.api_keys_secret and secrets is not None and not secret_exists(secrets, model.api_keys_secret):
             blockers.append(
                 f"{model.name}: its API keys secret {model.api_keys_secret} does not exist in {settings.region}; "
-                'create it (README, "API keys") or the replicas wait for it'
+                'create it (docs/access.md, "API keys") or the replicas wait for it'
             )
 
     # 5: the Standard quota, for what runs on Auto Mode's built-in pools.

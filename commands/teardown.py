@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     except TeardownError as error:
         print(f"teardown of stage {args.stage} stopped: {error}", file=sys.stderr)
         if settings.production:
-            print("a production stage's stacks have termination protection: see README, Clean up", file=sys.stderr)
+            print(
+                'a production stage\'s stacks have termination protection: see docs/operations.md, "Clean up"',
+                file=sys.stderr,
+            )
         return 1
     print(f"\nstage {args.stage} is deleted; it keeps, on purpose (find them by the tag stage={args.stage}):")
     for item in kept(assembly):

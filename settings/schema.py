@@ -323,8 +323,12 @@ class _Strict(BaseModel):
 
 
 class NetworkSettings(_Strict):
+    """The stage's VPC: its range, NAT gateways and flow logs (stacks/network.py)."""
+
+    # The VPC's range.
     cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.0.0.0/16")
     nat_gateways: int = Field(default=1, ge=1, description="one is cheaper; one per zone survives a zone's loss")
+    # How long the VPC's flow logs are kept.
     flow_log_retention_days: LogRetentionDays = 90
 
 
@@ -339,6 +343,8 @@ MAX_GPU_POOLS = 10
 class RegistrySettings(_Strict):
     """Where nodes pull images from: an in-region ECR pull-through cache of ECR Public, or ECR Public itself."""
 
+    # pull_through_cache: nodes pull through the account's in-region cache; public: straight from public.ecr.aws, as
+    # in the walkthrough.
     image_source: Literal["pull_through_cache", "public"] = "pull_through_cache"
     # Images of public.ecr.aws/<path> are pulled as
     # <account>.dkr.ecr.<region>.amazonaws.com/<cache_prefix>/<stage>/<path>: StageSettings.image_cache_prefix.
@@ -376,6 +382,7 @@ class ModelStoreSettings(_Strict):
     """The S3 bucket and FSx for Lustre file system that hold model weights."""
 
     storage_capacity_gib: int = Field(default=1200, description="1200, or a multiple of 2400")
+    # MB/s per TiB of storage: 125, 250, 500 or 1000 (updated in place).
     throughput_per_tib: LustreThroughputPerTib = 250
     # Lustre lives in one zone; unset: the stage's first zone.
     availability_zone: str | None = None
@@ -422,16 +429,19 @@ class MetricsSettings(_Strict):
     """Amazon Managed Service for Prometheus: a workspace, a managed scraper of every vLLM replica's
     /metrics, and recording and alerting rules on vLLM's signals (stacks/metrics.py)."""
 
+    # vLLM's metrics in Amazon Managed Service for Prometheus, with recording and alerting rules (docs/operations.md,
+    # "Metrics, alerts and autoscaling"); needs the cluster's private endpoint.
     enabled: bool = False
     # AMP managed collectors scrape no more often than every 30 s (AMP User Guide, "Scrape configuration").
     scrape_interval_seconds: int = Field(default=30, ge=30, le=300)
     # Alerts: p95 time to first token, and requests waiting per replica, held for 5 minutes.
     alert_ttft_p95_seconds: float = Field(default=5.0, gt=0)
+    # Requests waiting per replica.
     alert_queue_per_replica: float = Field(default=20.0, gt=0)
     alert_kv_cache_usage: float = Field(default=0.95, gt=0, le=1, description="a fraction of 1, such as 0.95")
     alert_server_error_ratio: float = Field(default=0.05, gt=0, le=1, description="a fraction of 1, such as 0.05")
     # Where the alerts go: an SNS topic of the stage's account and region, whose policy lets
-    # aps.amazonaws.com publish (README, "Metrics and alerts"); unset, alerts show in AMP only.
+    # aps.amazonaws.com publish (docs/operations.md, "Metrics, alerts and autoscaling"); unset, alerts show in AMP only.
     alert_topic_arn: (
         Annotated[
             str,
@@ -447,6 +457,8 @@ class ObservabilitySettings(_Strict):
     and alarms on it to `metrics.alert_topic_arn` (stacks/observability.py). vLLM's signals are read from
     the Prometheus workspace, so it needs `metrics.enabled`."""
 
+    # The CloudWatch Observability add-on, a dashboard and alarms per model, which send the alerts to
+    # metrics.alert_topic_arn; needs metrics.enabled (docs/operations.md, "Dashboard and alarms").
     enabled: bool = False
     # The containers' logs (vLLM's start-up, an OOM, a traceback) in CloudWatch Logs, kept after the pod is gone, in
     # log groups the stack creates with cluster.log_retention_days; unset: on in a production stage, off elsewhere.
@@ -458,11 +470,19 @@ class ObservabilitySettings(_Strict):
 
 
 class ClusterSettings(_Strict):
+    """The EKS Auto Mode cluster: its name, version, API endpoint, who administers it, its logs and add-ons."""
+
     name: ClusterName
+    # One with a kubectl layer in this project; EKS moves one minor version up at a time (docs/operations.md,
+    # "Upgrading Kubernetes").
     kubernetes_version: str = "1.36"
+    # Where the Kubernetes API answers: a private endpoint reached from the VPC, a public one (narrowed by
+    # public_access_cidrs), or both.
     endpoint_access: Literal["public", "private", "public_and_private"] = "public_and_private"
     # Who may reach the public endpoint; only with public access.
     public_access_cidrs: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("0.0.0.0/0"),)
+    # IAM roles and users given cluster admin through access entries; without one (and no exposed model) no person can
+    # reach the cluster: synth warns, and a production stage is refused unless operated_by_pipeline_only.
     admin_principal_arns: tuple[
         Annotated[
             str,
@@ -475,6 +495,7 @@ class ClusterSettings(_Strict):
     # handler, the pipeline's smoke test and an exposed model's load balancer reach it. Without admins a stage
     # says so here, as a production stage must (StageSettings._someone_can_reach_it).
     operated_by_pipeline_only: bool = False
+    # How long the control plane's logs (and the containers', with observability) are kept.
     log_retention_days: LogRetentionDays = 90
     # The Secrets Store CSI driver and its AWS provider (an EKS add-on), which mount API keys into the replicas.
     # Unset: installed while a model reads API keys. The Cluster stack deploys before Serving, so removing the
@@ -483,7 +504,7 @@ class ClusterSettings(_Strict):
     secrets_store_driver: bool | None = None
     # Each EKS add-on's version, pinned on purpose (`aws eks describe-addon-versions --kubernetes-version <version>
     # --addon-name <add-on>` lists those EKS offers); unpinned, EKS installs its default for the cluster's version and
-    # leaves it there, through Kubernetes upgrades too (README, "Upgrading Kubernetes").
+    # leaves it there, through Kubernetes upgrades too (docs/operations.md, "Upgrading Kubernetes").
     addon_versions: dict[
         names.EksAddon,
         Annotated[
@@ -538,6 +559,7 @@ class NodePoolLimits(_Strict):
     # Unset: derived from the models, so the pool holds every model's replicas plus one rollout
     # surge on the largest instance that can run them (settings.sizing.pool_limits).
     cpu: int | None = Field(default=None, ge=1)
+    # A size such as 1024Gi.
     memory: BinarySize | None = None
     gpu: int | None = Field(default=None, ge=1, description="nvidia.com/gpu")
 
@@ -560,6 +582,8 @@ AUTO_MODE_NAMES = ("default", "general-purpose", "system")
 
 class GpuNodePoolSettings(_Strict):
     name: DnsLabel = "gpu-node-pool"
+    # Which instances: their categories (g, p) and, narrower, families of the catalog
+    # (settings/catalog/gpu_instances.yaml); when no instance fits, the families a pool names are the first said why.
     instance_categories: tuple[
         Annotated[
             str,
@@ -568,6 +592,7 @@ class GpuNodePoolSettings(_Strict):
         ],
         ...,
     ] = ("g",)
+    # Narrower: families of the catalog, such as g6 or g6e; none: every family of the categories.
     instance_families: tuple[
         Annotated[
             str,
@@ -732,7 +757,7 @@ class ExposureSettings(_Strict):
     """An internal Application Load Balancer in front of the model, from Auto Mode's own load balancing:
     HTTPS only, /v1 only, API keys required, and an AWS WAF web ACL with rate limits (charts/exposure.py)."""
 
-    # The name clients use, which the certificate covers, pointed at the load balancer (README,
+    # The name clients use, which the certificate covers, pointed at the load balancer (docs/access.md,
     # "Exposure inside the VPC"); the smoke test asks through it.
     hostname: Annotated[
         str,
@@ -747,23 +772,35 @@ class ExposureSettings(_Strict):
     # Requests per 5 minutes, per API key (the Authorization header) and in all; AWS WAF's rate-based
     # rules take 10 to 2,000,000,000 (AWS WAF Developer Guide, "Rate-based rule high-level settings").
     rate_limit_per_key: int = Field(default=3000, ge=WAF_MIN_RATE_LIMIT, le=2_000_000_000)
+    # The endpoint's limit in all.
     rate_limit_total: int = Field(default=30000, ge=WAF_MIN_RATE_LIMIT, le=2_000_000_000)
 
 
 class ModelSettings(_Strict):
+    """One model vLLM serves: where its weights come from, its GPUs and flags, its replicas, who may call it."""
+
     # Names the Deployment and the namespace it runs in (and the names in settings.names).
     name: ModelName
     model: str = Field(min_length=1, description="Hugging Face model id that vLLM serves, e.g. openai/gpt-oss-20b")
     service_name: ServiceName
+    # The vLLM image, pinned to a tag or digest; nodes pull it through the registry cache.
     image: PinnedImage
+    # GPUs per replica: 1, 2, 4 or 8, as GPU instances come.
     gpus: int = 1
     # With autoscaling: the minimum, and the count a rollout starts from.
     replicas: int = Field(default=1, ge=1)
     autoscaling: AutoscalingSettings | None = None
+    # vLLM's --max-model-len: the longest sequence, at most the model's context (facts.context_tokens) unless env sets
+    # VLLM_ALLOW_LONG_MAX_MODEL_LEN.
     max_model_len: int = Field(default=20000, ge=1)
+    # vLLM's --gpu-memory-utilization: the share of each GPU's memory vLLM takes.
     gpu_memory_utilization: Decimal = Field(default=Decimal("0.90"), gt=0, le=1, decimal_places=2)
+    # vLLM's --tensor-parallel-size: equal to gpus.
     tensor_parallel_size: int = Field(default=1, ge=1)
+    # More vLLM flags; the flags the project sets (the fields above, --api-key, --config, --disable-log-stats) and the
+    # pipeline and data parallel sizes are refused in every spelling vLLM reads.
     extra_args: tuple[str, ...] = ()
+    # The server's environment.
     env: dict[
         Annotated[
             str,
@@ -783,15 +820,17 @@ class ModelSettings(_Strict):
     # files matching `files`) into the model store, once per revision (workloads/import_weights.py);
     # a gated model needs a Secrets Manager secret holding a Hugging Face token.
     revision: Revision = "main"
+    # What the import fetches, by pattern; `*` never crosses a `/`, so original/ and metal/ copies stay out.
     files: tuple[FilePattern, ...] = Field(default=DEFAULT_WEIGHT_FILES, min_length=1)
+    # A Secrets Manager secret (its name) holding a Hugging Face token, for gated models such as Llama.
     hf_token_secret: SecretName | None = None
     # Raise it to run a failed weights import again, once its cause is mended (a token, the Hub's gate): the import
     # Job gets a new name, and a Job is never run twice under one.
     import_retry: int = Field(default=0, ge=0, description="0, then 1, 2, ... to run a failed weights import again")
     # Clients must send one of the API keys held in this Secrets Manager secret (as JSON:
-    # {"api-key": ["<key>", ...]}); unset, the model answers without a key (README, "API keys").
+    # {"api-key": ["<key>", ...]}); unset, the model answers without a key (docs/access.md, "API keys").
     api_keys_secret: SecretName | None = None
-    # Unset: reached through `kubectl port-forward` only (README, "Exposure inside the VPC").
+    # Unset: reached through `kubectl port-forward` only (docs/access.md, "Exposure inside the VPC").
     exposure: ExposureSettings | None = None
     # Or weights that are not on the Hub: you fill s3://<model bucket>/<weights_s3_prefix>/ and
     # mark it complete; nothing is imported.
@@ -943,9 +982,13 @@ class StageSettings(_Strict):
 
     # Filled in from the file's name, settings/stages/<name>.yaml (settings.parse_stage_settings).
     name: StageName
+    # Where the stage deploys.
     region: Region
     account: AccountId | None = Field(default=None, description="unset: the account of the credentials that deploy")
     availability_zones: tuple[str, ...] = Field(min_length=2, description="explicit, so synth needs no lookup")
+    # true: at least 2 replicas per model, commits as revisions, every GPU pool's zones and maintenance window chosen
+    # explicitly, some pool with on-demand or reserved capacity, no Kubernetes API open to 0.0.0.0/0; the stacks get
+    # termination protection.
     production: bool = False
     network: NetworkSettings = NetworkSettings()
     registry: RegistrySettings = RegistrySettings()

@@ -3,8 +3,8 @@
 Each model has a stack of its own, so a stage's size is no longer capped by one template's 1,000,000 bytes, a
 model's change deploys its stack alone, and the pipeline deploys the models side by side. It depends on the
 stage's serving stack (stacks/serving.py), which holds what the models share: the GPU pools, KEDA, the smoke test.
-Construct ids are those the resources had in the serving stack, so their logical ids are unchanged (README,
-"One stack per model").
+Construct ids are those the resources had in the serving stack, so their logical ids are unchanged
+(docs/architecture.md, "One stack per model").
 """
 
 from __future__ import annotations

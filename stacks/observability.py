@@ -169,7 +169,7 @@ class StageAlarms(Construct):
                     f"{model.name}-{alert.name}",
                     alarm_name=f"{prefix}-{alert.name}",
                     alarm_description=f"{alert.signal} of {model.name} above {alert.threshold:g} for "
-                    f"{ALERT_AFTER_MINUTES} minutes (README, 'Dashboard and alarms')",
+                    f"{ALERT_AFTER_MINUTES} minutes (docs/operations.md, 'Dashboard and alarms')",
                     metric=source.query(for_model(alert.signal, model), alert.name),
                     threshold=alert.threshold,
                     comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -183,7 +183,7 @@ class StageAlarms(Construct):
                 f"{model.name}-VllmReplicasMissing",
                 alarm_name=f"{prefix}-VllmReplicasMissing",
                 alarm_description=f"fewer than {model.replicas} ready replicas of {model.name} for {minutes} "
-                "minutes, longer than a replica's start may take (README, 'Dashboard and alarms')",
+                "minutes, longer than a replica's start may take (docs/operations.md, 'Dashboard and alarms')",
                 metric=replicas(settings, model, "replicas_ready"),
                 threshold=model.replicas,
                 comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
@@ -197,8 +197,8 @@ class StageAlarms(Construct):
                 f"{model.name}-VllmMetricsMissing",
                 alarm_name=f"{prefix}-VllmMetricsMissing",
                 alarm_description=f"no replica of {model.name} scraped (vLLM's or its GPUs' metrics) for "
-                f"{ALERT_AFTER_MINUTES} minutes: the other alarms of the model cannot fire (README, 'Dashboard "
-                "and alarms')",
+                f"{ALERT_AFTER_MINUTES} minutes: the other alarms of the model cannot fire (docs/operations.md, "
+                "'Dashboard and alarms')",
                 metric=source.query(fewest_scraped(model), "replicas scraped"),
                 threshold=1,
                 comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
@@ -220,8 +220,8 @@ class StageAlarms(Construct):
             f"{model.name}-VllmGpusIdle",
             alarm_name=f"{prefix}-VllmGpusIdle",
             alarm_description=f"more than {model.replicas} replicas of {model.name} whose GPUs were below "
-            f"{threshold:.0%} busy for {minutes} minutes, past the scale-down cooldown (README, 'Dashboard and "
-            "alarms')",
+            f"{threshold:.0%} busy for {minutes} minutes, past the scale-down cooldown (docs/operations.md, "
+            "'Dashboard and alarms')",
             metric=source.query(
                 f"{for_model(GPU_UTILIZATION, model)} and on (namespace) "
                 f"(count by (namespace) (up{{job='{VLLM_JOB}', namespace='{namespace}'}} == 1) > {model.replicas})",

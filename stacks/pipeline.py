@@ -16,7 +16,7 @@ from stacks.reviewed_findings import acknowledge_pipeline_findings
 from stacks.serving import smoke_test_timeout
 from stacks.stage import InferencePlatformStage
 
-# The same commands a person runs (README): install, the whole test suite with its gates, synth.
+# The same commands a person runs (docs/pipeline.md): install, the whole test suite with its gates, synth.
 SYNTH_INSTALL = ["make setup"]
 SYNTH_COMMANDS = ["make test", "npx cdk synth --quiet -c pipeline=true"]
 # `make plan` needs the project's Python packages (cfn-lint's resource schemas, boto3), not Node's.

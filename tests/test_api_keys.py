@@ -59,8 +59,9 @@ def test_the_secret_provider_class_matches_the_drivers_definition() -> None:
 
 
 def test_the_secret_format_is_what_vllm_reads_as_its_config() -> None:
-    # The README's example secret, read as vLLM reads a --config file: a mapping whose list becomes --api-key k1 k2.
-    readme = (ROOT / "README.md").read_text()
+    # The access guide's example secret, read as vLLM reads a --config file: a mapping whose list becomes
+    # --api-key k1 k2.
+    readme = (ROOT / "docs" / "access.md").read_text()
     example = readme[readme.index("## API keys") :].split("```json\n", 1)[1].split("```", 1)[0]
     config = yaml.safe_load(example)
     assert list(config) == ["api-key"]

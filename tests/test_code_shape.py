@@ -1,5 +1,5 @@
 """The code's shape, as a maintainer needs it: small functions and classes, and packages that import only what
-sits below them (docs/ARCHITECTURE.md)."""
+sits below them (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -115,9 +115,9 @@ def test_what_a_normal_stage_keeps_is_removed_for_a_throwaway_one() -> None:
     ]
 
 
-def test_the_readme_gives_a_runs_duration_and_cost_as_the_estimate_computes_them() -> None:
+def test_the_deploy_guide_gives_a_runs_duration_and_cost_as_the_estimate_computes_them() -> None:
     run = e2e.estimate(load_stage_settings("dev"))
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs" / "deploy.md").read_text().split())
     assert f"A run takes about {run.minutes} minutes and costs about ${run.dollars:.2f}" in readme
     assert f"{run.gpu_hours} hours of the `{run.gpu_instance}`" in readme
     assert f"${run.gpu_dollars:.2f} at the catalog's us-west-2 price" in readme

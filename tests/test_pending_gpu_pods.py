@@ -1,4 +1,5 @@
-"""The README's query for GPU pods waiting for capacity, run by jq on what `kubectl get pods -o json` returns."""
+"""The operations guide's query for GPU pods waiting for capacity, run by jq on what `kubectl get pods -o json`
+returns."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from settings import load_stage_settings
 from settings.cold_start import cold_start_seconds
 from tests.conftest import ROOT
 
-README = (ROOT / "README.md").read_text()
+GUIDE = (ROOT / "docs" / "operations.md").read_text()
 QUERY = re.search(
     r"kubectl get pods --all-namespaces --field-selector=status\.phase=Pending -o json \| "
     r"jq -r --argjson budget (\d+) '\n(.*?)'\n",
-    README,
+    GUIDE,
     flags=re.DOTALL,
 )
 
@@ -39,7 +40,7 @@ def pending_pod(name: str, waited_seconds: int, *, gpu: bool = True) -> dict[str
 
 
 def test_the_budget_in_the_query_is_the_default_stages_cold_start() -> None:
-    assert QUERY is not None, "the README's query for pending GPU pods is gone"
+    assert QUERY is not None, "the operations guide's query for pending GPU pods is gone"
     settings = load_stage_settings("dev")
     cold_start = cold_start_seconds(settings, settings.models[0])
     assert int(QUERY.group(1)) == round(cold_start)

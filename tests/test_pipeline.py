@@ -69,7 +69,7 @@ def test_source_is_the_repository_branch_through_the_connection(stages: dict[str
     assert source["Configuration"]["BranchName"] == "main"
 
 
-def test_synth_installs_tests_and_synthesizes_as_the_readme_says(
+def test_synth_installs_tests_and_synthesizes_as_the_pipeline_guide_says(
     template: dict[str, Any], stages: dict[str, Any]
 ) -> None:
     (synth,) = stages["Build"]

@@ -212,7 +212,10 @@ def test_a_kubernetes_upgrade_points_at_its_runbook_and_a_skip_is_refused(dev: A
     (cluster,) = [r for r in before["Cluster"]["Resources"].values() if r["Type"] == "AWS::EKS::Cluster"]
     version = cluster["Properties"]["Version"]
     major, minor = map(int, version.split("."))
-    for step, expected in ((1, 'see README, "Upgrading Kubernetes"'), (2, "EKS upgrades one minor version")):
+    for step, expected in (
+        (1, 'see docs/operations.md, "Upgrading Kubernetes"'),
+        (2, "EKS upgrades one minor version"),
+    ):
         after = copy.deepcopy(before)
         (upgraded,) = [r for r in after["Cluster"]["Resources"].values() if r["Type"] == "AWS::EKS::Cluster"]
         upgraded["Properties"]["Version"] = f"{major}.{minor + step}"

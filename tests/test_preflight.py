@@ -373,7 +373,7 @@ def test_a_missing_api_keys_secret_blocks_naming_it(stubs: Stubs) -> None:
 
     assert report.blockers == [
         "gpt-oss-20b: its API keys secret gpt-oss-20b/api-keys does not exist in us-west-2; create it "
-        '(README, "API keys") or the replicas wait for it'
+        '(docs/access.md, "API keys") or the replicas wait for it'
     ]
 
 

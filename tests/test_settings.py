@@ -757,8 +757,8 @@ def test_selecting_reservations_must_accept_that_open_ones_go_unused() -> None:
     assert [pool.name for pool in settings.gpu_node_pools] == ["reserved", "gpu-node-pool"]
 
 
-def test_the_readmes_pool_examples_are_valid_settings() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_operations_guides_pool_examples_are_valid_settings() -> None:
+    readme = (ROOT / "docs" / "operations.md").read_text()
     section = readme[
         readme.index("### GPU capacity you can count on") : readme.index("### GPU pods waiting for capacity")
     ]

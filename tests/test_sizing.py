@@ -369,10 +369,10 @@ def test_requests_must_leave_room_for_kube_reserved_not_just_capacity() -> None:
     assert instance("g6.xlarge").memory_mib == 16384
 
 
-def test_the_readme_names_the_instance_a_replica_lands_on_and_its_requests() -> None:
+def test_the_deploy_guide_names_the_instance_a_replica_lands_on_and_its_requests() -> None:
     settings = load_stage_settings("dev")
     model = settings.models[0]
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs" / "deploy.md").read_text().split())
     cheapest = candidates(settings, model)[0]
     wanted = requests(settings, model)
     assert f"the cheapest instance whose GPU holds it, a `{cheapest.type}`" in readme
@@ -424,7 +424,7 @@ def test_a_node_disk_too_small_for_the_image_is_refused() -> None:
     # 24Gi leaves 21,094 MiB to pods: enough for the 20Gi request alone, not with the 38 GB image beside it.
     data = stage_with(disk={"size": "24Gi", "iops": 4000, "throughput_mib": 1000})
     assert "21094 MiB of node disk left to pods, 20480 MiB requested and" in rejected(data)
-    assert f"the vLLM image, pulled and unpacked ({IMAGE_DISK_MIB:,} MiB)" in (ROOT / "README.md").read_text()
+    assert f"the vLLM image, pulled and unpacked ({IMAGE_DISK_MIB:,} MiB)" in (ROOT / "docs" / "models.md").read_text()
 
 
 def test_shared_memory_beyond_the_derived_memory_is_refused() -> None:

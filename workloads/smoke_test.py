@@ -88,7 +88,7 @@ def api_key_from_secret(secret: str) -> str:
             raise ValueError
     except (ValueError, KeyError, TypeError):
         raise SmokeTestError(
-            f'the API keys secret {secret} is not {{"api-key": ["<key>", ...]}} (README, "API keys")'
+            f'the API keys secret {secret} is not {{"api-key": ["<key>", ...]}} (docs/access.md, "API keys")'
         ) from None
     return keys[0]
 
