@@ -117,6 +117,8 @@ plan: setup ## What a deploy of the stage will do to it, in words: replacements,
 	$(CDK) synth --quiet -c stage=$(STAGE)
 	python -m commands.plan --stage $(STAGE) $(if $(FROM_AWS),--from-aws,)
 
+# Deploys the assembly it planned; --concurrency: stacks whose dependencies are met deploy side by side (CDK CLI,
+# cdk deploy).
 deploy: setup-plan setup-synth ## Deploy one stage (needs AWS credentials and a bootstrapped account): the assembly it planned, stopping at a change the plan refuses (FORCE=1 deploys anyway); saves it for the next `make plan`
 	$(CDK) synth --quiet -c stage=$(STAGE)
 	$(if $(FORCE),,python -m commands.plan --stage $(STAGE) --gate)

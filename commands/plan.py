@@ -338,29 +338,19 @@ def assembly_templates(directory: Path) -> dict[str, dict[str, Any]]:
 
 # The stage's stacks besides one per model.
 STACKS = ("Network", "Registry", "ModelStore", "Cluster", "Serving")
-# A stack that exists, whatever it went through (CloudFormation's StackStatus values but DELETE_COMPLETE).
-LIVE_STATUSES = [
-    "CREATE_COMPLETE",
-    "UPDATE_COMPLETE",
-    "UPDATE_ROLLBACK_COMPLETE",
-    "ROLLBACK_COMPLETE",
-    "CREATE_FAILED",
-    "UPDATE_ROLLBACK_FAILED",
-    "DELETE_FAILED",
-    "IMPORT_COMPLETE",
-    "IMPORT_ROLLBACK_COMPLETE",
-]
 
 
 def deployed_model_stacks(stage: str, cloudformation: Any) -> list[str]:
-    """The short names of the model stacks the stage has deployed (Model-<model>), listed by their names."""
+    """The short names of the model stacks the stage has deployed (Model-<model>), listed by their names. ListStacks
+    also lists stacks deleted in the last 90 days, as DELETE_COMPLETE (CloudFormation API Reference, ListStacks):
+    those are left out, whatever state the others are in."""
     prefix = f"{stage}-{MODEL_STACK_PREFIX}"
-    pages = cloudformation.get_paginator("list_stacks").paginate(StackStatusFilter=LIVE_STATUSES)
+    pages = cloudformation.get_paginator("list_stacks").paginate()
     return sorted(
         summary["StackName"].removeprefix(f"{stage}-")
         for page in pages
         for summary in page["StackSummaries"]
-        if summary["StackName"].startswith(prefix)
+        if summary["StackName"].startswith(prefix) and summary["StackStatus"] != "DELETE_COMPLETE"
     )
 
 

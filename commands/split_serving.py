@@ -26,15 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from commands.plan import RETAINED_WHEN_MOVED, ROOT, assembly_templates, moves
+from settings.names import cdk_assets_bucket
 
-# The CDK bootstrap's assets bucket, default qualifier (the CDK CLI's bootstrap-template.yaml, StagingBucket).
-ASSETS_BUCKET = "cdk-hnb659fds-assets-{account}-{region}"
+# The serving stack holds IAM resources, one of them named (the smoke test's trigger role): CloudFormation refuses the
+# update without these acknowledgments (CloudFormation API Reference, UpdateStack, Capabilities).
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 
 
 def retained(deployed: dict[str, Any], after: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """The deployed serving template with what moves to a model's stack, of the kinds whose deletion would undo the
-    move, retained; and their logical ids."""
+    move, retained; and their logical ids. Retain applies to any resource, a custom one included, and to one a
+    stack update removes from the template (CloudFormation Template Reference, DeletionPolicy attribute)."""
     template = copy.deepcopy(deployed)
     ids = sorted(
         logical_id
@@ -58,7 +60,7 @@ def split_serving(
     if not ids:
         return []
     region = cloudformation.meta.region_name
-    bucket = ASSETS_BUCKET.format(account=account, region=region)
+    bucket = cdk_assets_bucket(account, region)
     text = json.dumps(template)
     key = f"split-serving/{stack}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     s3.put_object(Bucket=bucket, Key=key, Body=text.encode())

@@ -242,6 +242,12 @@ class FixedName(NamedTuple):
     unique_in: Literal["account", "region"]
 
 
+def cdk_assets_bucket(account: str, region: str) -> str:
+    """The CDK bootstrap's assets bucket of an account and region, with the default qualifier (the CDK CLI's
+    bootstrap-template.yaml, StagingBucket: cdk-${Qualifier}-assets-${AWS::AccountId}-${AWS::Region})."""
+    return f"cdk-hnb659fds-assets-{account}-{region}"
+
+
 # The EKS add-ons the Cluster stack installs (stacks/cluster.py), named here for the settings (cluster.addon_versions)
 # and `make plan`, which read no CDK. The FSx CSI driver, always; the AWS Secrets and Configuration Provider, which
 # installs the Secrets Store CSI driver with it (EKS User Guide, "AWS add-ons": available on Auto Mode; its chart's
@@ -251,7 +257,6 @@ FSX_CSI_ADDON: Final = "aws-fsx-csi-driver"
 SECRETS_STORE_ADDON: Final = "aws-secrets-store-csi-driver-provider"
 CLOUDWATCH_ADDON: Final = "amazon-cloudwatch-observability"
 EksAddon = Literal["aws-fsx-csi-driver", "aws-secrets-store-csi-driver-provider", "amazon-cloudwatch-observability"]
-EKS_ADDONS: tuple[EksAddon, ...] = (FSX_CSI_ADDON, SECRETS_STORE_ADDON, CLOUDWATCH_ADDON)
 
 
 def container_log_group_of(group: str) -> Callable[[str], str]:

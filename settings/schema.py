@@ -167,6 +167,13 @@ def size_bytes(size: str) -> int:
     return int(size[:-2]) * BINARY_UNITS[size[-2:]]
 
 
+# An EKS add-on version as `aws eks describe-addon-versions` lists them and `--addon-version` takes them, such as
+# v1.19.0-eksbuild.1 (EKS User Guide, "Update an Amazon EKS add-on" and the networking add-ons' create-addon examples).
+AddonVersion = Annotated[
+    str,
+    StringConstraints(pattern=r"^v[0-9]+\.[0-9]+\.[0-9]+-eksbuild\.[0-9]+$"),
+    Field(description="an EKS add-on version such as v1.6.0-eksbuild.1"),
+]
 KarpenterDuration = Annotated[
     str,
     StringConstraints(pattern=r"^(([0-9]+(s|m|h))+|Never)$"),
@@ -505,14 +512,7 @@ class ClusterSettings(_Strict):
     # Each EKS add-on's version, pinned on purpose (`aws eks describe-addon-versions --kubernetes-version <version>
     # --addon-name <add-on>` lists those EKS offers); unpinned, EKS installs its default for the cluster's version and
     # leaves it there, through Kubernetes upgrades too (docs/operations.md, "Upgrading Kubernetes").
-    addon_versions: dict[
-        names.EksAddon,
-        Annotated[
-            str,
-            StringConstraints(pattern=r"^v[0-9]+\.[0-9]+\.[0-9]+-eksbuild\.[0-9]+$"),
-            Field(description="an EKS add-on version such as v1.6.0-eksbuild.1"),
-        ],
-    ] = Field(default_factory=dict)
+    addon_versions: dict[names.EksAddon, AddonVersion] = Field(default_factory=dict)
     # Once any NodeClass in the cluster selects capacity reservations, Auto Mode stops launching
     # into open On-Demand Capacity Reservations for every NodeClass, the built-in pools' included
     # (EKS User Guide, auto-odcr.html, the Warning). A stage whose GPU pools select reservations

@@ -55,7 +55,7 @@ class ModelServingStack(Stack):
         refer_strongly(self)
         target = resources.cluster_in(self, "ImportedCluster")
         acls = {model.name: rate_limited_web_acl(self, model).attr_arn} if model.exposure else {}
-        charts = model_charts(cdk8s.App(), settings, model, resources.deployed(settings, self.region, acls))
+        charts = model_charts(cdk8s.App(), settings, model, resources.deployed(settings, acls))
         # Where each was in the serving stack (its own chart under "Cluster", a feature's at the top), so that their
         # logical ids stay what they were there.
         cluster_scope = Construct(self, "Cluster")

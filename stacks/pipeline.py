@@ -72,7 +72,8 @@ def smoke_test_commands(settings: StageSettings) -> list[str]:
 
 def lookup_role_arn(settings: StageSettings) -> str:
     """The stage account's CDK lookup role: ReadOnlyAccess, without kms:Decrypt, trusted by the accounts its
-    bootstrap's --trust names (the CDK CLI's bootstrap-template.yaml, LookupRole)."""
+    bootstrap's --trust names (the CDK CLI's bootstrap-template.yaml, LookupRole). The CDK CLI reads deployed
+    templates with it too (AWS CDK Developer Guide, "cdk diff": `--method template` uses the lookup role)."""
     template = DefaultStackSynthesizer.DEFAULT_LOOKUP_ROLE_ARN
     for placeholder, value in (
         ("${AWS::Partition}", partition(settings.region)),

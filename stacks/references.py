@@ -71,9 +71,7 @@ class StageResources:
             return None
         return workspace_query_url(region, optional_feature(self.prometheus.workspace.attr_workspace_id))
 
-    def deployed(
-        self, settings: StageSettings, region: str, web_acl_arns: Mapping[str, str] | None = None
-    ) -> DeployedResources:
+    def deployed(self, settings: StageSettings, web_acl_arns: Mapping[str, str] | None = None) -> DeployedResources:
         """The values the charts need, as references from the stack that applies them."""
         return DeployedResources(
             account=settings.account or Aws.ACCOUNT_ID,
@@ -86,7 +84,7 @@ class StageResources:
             file_system_dns_name=self.file_system.dns_name,
             file_system_mount_name=self.file_system.mount_name,
             bucket_name=self.bucket.bucket_name,
-            prometheus_query_url=self.query_url(region),
+            prometheus_query_url=self.query_url(settings.region),
             web_acl_arns=web_acl_arns or {},
         )
 

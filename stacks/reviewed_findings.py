@@ -134,8 +134,9 @@ def _cluster_nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
             )
             for rule in (
                 *(f"Action::{action}" for action in ARTIFACT_ACTIONS),
-                f"Resource::arn:aws:s3:::cdk-hnb659fds-assets-{settings.account or '<AWS::AccountId>'}-"
-                f"{settings.region}/*",
+                "Resource::arn:aws:s3:::"
+                + names.cdk_assets_bucket(settings.account or "<AWS::AccountId>", settings.region)
+                + "/*",
             )
             if settings.keda
         ),

@@ -61,7 +61,7 @@ class ServingStack(Stack):
         refer_strongly(self)
         self._settings, self._resources = settings, resources
         target = resources.cluster_in(self)
-        for chart_id, chart in stage_charts(cdk8s.App(), settings, resources.deployed(settings, self.region)).items():
+        for chart_id, chart in stage_charts(cdk8s.App(), settings, resources.deployed(settings)).items():
             if getattr(chart, "applies_over_existing", False):
                 # A chart whose objects may already exist is applied (`kubectl apply`), not created.
                 eks.KubernetesManifest(self, chart_id, cluster=target, manifest=chart.to_json(), overwrite=True)
@@ -75,7 +75,7 @@ class ServingStack(Stack):
         if settings.observability.enabled:
             # settings: observability reads the Prometheus workspace
             assert prometheus is not None
-            query_url = resources.query_url(self.region)
+            query_url = resources.query_url(settings.region)
             assert query_url is not None
             source = PrometheusDataSource(
                 self,

@@ -347,3 +347,30 @@ def test_the_type_checker_refuses_a_value_of_the_wrong_type(tmp_path: Path) -> N
     stdout, _, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), "--no-incremental", str(broken)])
     assert status == 1
     assert 'Incompatible types in assignment (expression has type "str", variable has type "int")' in stdout
+
+
+def metadata_of(obj: Any) -> Any:
+    """Every metadata mapping in an object: its own, and those of the templates it holds (a pod's, a Job's)."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("metadata"), dict):
+            yield obj["metadata"]
+        for value in obj.values():
+            yield from metadata_of(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from metadata_of(value)
+
+
+@pytest.mark.parametrize("stage", stage_names())
+def test_every_label_and_annotation_key_is_one_the_api_server_takes(stage: str) -> None:
+    # The API server validates label and annotation keys as qualified names (kubernetes apimachinery,
+    # pkg/api/validation/objectmeta.go ValidateAnnotations, and pkg/apis/meta/v1/validation ValidateLabels):
+    # the schema checks above take any string, so a key the server refuses would pass them.
+    keys = {
+        key
+        for objects in render_charts(stage).values()
+        for metadata in metadata_of(objects)
+        for key in (*metadata.get("labels", {}), *metadata.get("annotations", {}))
+    }
+    assert keys, "the charts have labels and annotations"
+    assert sorted(key for key in keys if not is_qualified_name(key)) == []

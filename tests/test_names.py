@@ -57,3 +57,13 @@ def test_import_key_example_has_the_keys_shape() -> None:
 )
 def test_reserved_namespaces(name: str, reserved: bool) -> None:
     assert names.is_reserved_namespace(name) is reserved
+
+
+def test_a_model_stack_name_of_the_longest_stage_and_model_fits_cloudformation() -> None:
+    # CloudFormation: a stack name starts with a letter, holds letters, digits and hyphens, at most 128
+    # characters (AWS::CloudFormation::Stack, StackName; CloudFormation User Guide, "Quotas").
+    from settings.schema import MAX_STAGE_NAME_LENGTH
+
+    name = names.stack_name("s" * MAX_STAGE_NAME_LENGTH, names.model_stack_id("m" * MAX_MODEL_NAME_LENGTH))
+    assert len(name) <= names.STACK_NAME_MAX
+    assert re.fullmatch(r"[A-Za-z][-A-Za-z0-9]*", name)

@@ -392,9 +392,9 @@ def test_the_model_stacks_deployed_are_found_by_their_names() -> None:
     summaries = [
         {"StackName": name, "CreationTime": "2026-12-01T00:00:00Z", "StackStatus": "UPDATE_COMPLETE"}
         for name in ("dev-Model-gpt-oss-20b", "dev-Model-qwen3-8b", "dev-Serving", "prod-Model-gpt-oss-20b")
-    ]
+    ] + [{"StackName": "dev-Model-gone", "CreationTime": "2026-11-01T00:00:00Z", "StackStatus": "DELETE_COMPLETE"}]
     with Stubber(cloudformation) as stub:
-        stub.add_response("list_stacks", {"StackSummaries": summaries}, {"StackStatusFilter": make_plan.LIVE_STATUSES})
+        stub.add_response("list_stacks", {"StackSummaries": summaries}, {})
         assert make_plan.deployed_model_stacks("dev", cloudformation) == ["Model-gpt-oss-20b", "Model-qwen3-8b"]
 
 

@@ -7,11 +7,10 @@ import json
 import re
 from typing import Any
 
-from commands.plan import unfold_manifest
+from commands.plan import MANIFEST_TYPE, unfold_manifest
 from settings import names
 from tests.conftest import Assembly, find, render_charts
 
-MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
 # A JSON string holding a reference (${...}) or a placeholder (<...>): known only once deployed.
 DEPLOYED_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:\$\{|<)(?:[^"\\]|\\.)*"')
 
