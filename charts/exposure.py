@@ -26,9 +26,11 @@ from __future__ import annotations
 import json
 
 import cdk8s
+import cdk8s_plus_30 as kplus
+from cdk8s_plus_30 import k8s
 from constructs import Construct
 
-from charts.api_object import api_object
+from charts.api_object import api_object, without_namespace
 from settings.drain import max_request_seconds
 from settings.schema import ExposureSettings, ModelSettings
 
@@ -81,6 +83,7 @@ class InternalEndpoint(Construct):
         id: str,
         *,
         ingress_scope: Construct,
+        service: kplus.Service,
         model: ModelSettings,
         exposure: ExposureSettings,
         port: int,
@@ -93,28 +96,31 @@ class InternalEndpoint(Construct):
         """`scraped_ports`: the replicas' other ports the metrics scraper reads (charts/gpu_metrics.py)."""
         super().__init__(scope, id)
         ingress_class(self, model, exposure, inbound_subnet_ids)
-        ingress(ingress_scope, model, web_acl_arn, port)
+        ingress(ingress_scope, model, service, web_acl_arn)
         # Only the load balancer (and the metrics scraper) reach the replicas, from the inbound
         # subnets; other pods of the cluster do not. The kubelet's probes, `kubectl port-forward`
         # and the preStop drain are unaffected: the network policy agent always admits the node's
         # own address (aws/aws-network-policy-agent, pkg/fwruleprocessor/fw_rule_processor.go),
         # and a port-forward or the drain reach vLLM from inside the pod.
-        api_object(
+        # cdk8s-plus checks an IP block's text, and the inbound subnets' ranges are deploy-time values
+        # (CDK tokens): the typed object.
+        k8s.KubeNetworkPolicy(
             self,
             "NetworkPolicy",
-            "networking.k8s.io/v1",
-            "NetworkPolicy",
-            cdk8s.ApiObjectMetadata(name=f"{model.name}-inbound"),
-            spec={
-                "podSelector": {"matchLabels": pod_labels},
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    {
-                        "from": [{"ipBlock": {"cidr": cidr}} for cidr in inbound_cidrs],
-                        "ports": [{"protocol": "TCP", "port": number} for number in (port, *scraped_ports)],
-                    }
+            metadata=k8s.ObjectMeta(name=f"{model.name}-inbound"),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels=pod_labels),
+                policy_types=["Ingress"],
+                ingress=[
+                    k8s.NetworkPolicyIngressRule(
+                        from_=[k8s.NetworkPolicyPeer(ip_block=k8s.IpBlock(cidr=cidr)) for cidr in inbound_cidrs],
+                        ports=[
+                            k8s.NetworkPolicyPort(protocol="TCP", port=k8s.IntOrString.from_number(number))
+                            for number in (port, *scraped_ports)
+                        ],
+                    )
                 ],
-            },
+            ),
         )
 
 
@@ -141,34 +147,37 @@ def ingress_class(
             ],
         },
     )
-    api_object(
+    # cdk8s-plus has no IngressClass: the typed object.
+    ingress_class = k8s.KubeIngressClass(
         scope,
         "IngressClass",
-        "networking.k8s.io/v1",
-        "IngressClass",
-        cdk8s.ApiObjectMetadata(name=model.name),
-        cluster_scoped=True,
-        spec={
-            "controller": CONTROLLER,
-            "parameters": {"apiGroup": "eks.amazonaws.com", "kind": "IngressClassParams", "name": model.name},
-        },
+        metadata=k8s.ObjectMeta(name=model.name),
+        spec=k8s.IngressClassSpec(
+            controller=CONTROLLER,
+            parameters=k8s.IngressClassParametersReference(
+                api_group="eks.amazonaws.com", kind="IngressClassParams", name=model.name
+            ),
+        ),
     )
+    without_namespace(ingress_class)
 
 
-def ingress(scope: Construct, model: ModelSettings, web_acl_arn: str, port: int) -> None:
-    """The model's Ingress: its routed path to the model's Service, behind its web ACL."""
-    path = {
-        "path": ROUTED_PATH,
-        "pathType": "Prefix",
-        "backend": {"service": {"name": model.service_name, "port": {"number": port}}},
-    }
-    api_object(
+def ingress(scope: Construct, model: ModelSettings, service: kplus.Service, web_acl_arn: str) -> None:
+    """The model's Ingress: its routed path (ROUTED_PATH and below) to the model's Service, behind its web ACL."""
+    kplus.Ingress(
         scope,
         "Ingress",
-        "networking.k8s.io/v1",
-        "Ingress",
-        cdk8s.ApiObjectMetadata(name=model.name, annotations=internal_endpoint_annotations(model, web_acl_arn)),
-        spec={"ingressClassName": model.name, "rules": [{"http": {"paths": [path]}}]},
+        metadata=cdk8s.ApiObjectMetadata(
+            name=model.name, annotations=internal_endpoint_annotations(model, web_acl_arn)
+        ),
+        class_name=model.name,
+        rules=[
+            kplus.IngressRule(
+                backend=kplus.IngressBackend.from_service(service),
+                path=ROUTED_PATH,
+                path_type=kplus.HttpIngressPathType.PREFIX,
+            )
+        ],
     )
 
 
@@ -181,11 +190,9 @@ class NetworkPolicyController(cdk8s.Chart):
 
     def __init__(self, scope: Construct, id: str) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
-        api_object(
+        kplus.ConfigMap(
             self,
             "ConfigMap",
-            "v1",
-            "ConfigMap",
-            cdk8s.ApiObjectMetadata(name="amazon-vpc-cni", namespace="kube-system"),
+            metadata=cdk8s.ApiObjectMetadata(name="amazon-vpc-cni", namespace="kube-system"),
             data={"enable-network-policy-controller": "true"},
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cdk8s
+import cdk8s_plus_30 as kplus
 from constructs import Construct
 
 from charts.api_object import api_object
@@ -121,12 +122,10 @@ class GpuPoolList(cdk8s.Chart):
 
     def __init__(self, scope: Construct, id: str, *, pools: tuple[GpuNodePoolSettings, ...]) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
-        api_object(
+        kplus.ConfigMap(
             self,
             "Pools",
-            "v1",
-            "ConfigMap",
-            cdk8s.ApiObjectMetadata(name="gpu-inference-node-pools", namespace="kube-system"),
+            metadata=cdk8s.ApiObjectMetadata(name="gpu-inference-node-pools", namespace="kube-system"),
             data={"pools": ",".join(pool.name for pool in pools)},
         )
 

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import cdk8s
+import cdk8s_plus_30 as kplus
 from constructs import Construct
 
-from charts.api_object import api_object
+from charts.pod_security import hardened, non_root_pod
 from settings import names
 from settings.schema import ModelSettings
 from settings.sizing import IMPORT_CPU_MILLIS, IMPORT_MEMORY_MIB
@@ -45,7 +46,7 @@ COMPLETION_MARKER = ".import-complete"
 IMPORT_SCRIPT = Path(__file__).resolve().parent.parent / "workloads" / "import_weights.py"
 IMPORT_SERVICE_ACCOUNT = "weights-import"
 # The import's scratch disk: one file at a time passes through it (shards are a few GB).
-IMPORT_SCRATCH = "30Gi"
+IMPORT_SCRATCH_GIB = 30
 WAIT_POLL_SECONDS = 15
 
 # The replica's init container: wait, saying what for, until the import's marker (and any encoding the model
@@ -141,83 +142,16 @@ def wait_for_weights_env(model: ModelSettings, *, mount: str, job: str | None) -
     }
 
 
-def import_pod_spec(
-    model: ModelSettings,
-    *,
-    image: str,
-    command: list[str],
-    claim_name: str,
-    mount: str,
-    zone: str,
-    pod_security_context: dict[str, Any],
-    container_security_context: dict[str, Any],
-) -> dict[str, Any]:
-    """The import's pod: unprivileged, on the general-purpose pool in the file system's zone, its scratch disk and
-    memory sized for one file at a time."""
-    return {
-        "restartPolicy": "Never",
-        "serviceAccountName": IMPORT_SERVICE_ACCOUNT,
-        # EKS Pod Identity mounts its own token; the Kubernetes API is not called.
-        "automountServiceAccountToken": False,
-        "securityContext": pod_security_context,
-        # No GPU toleration: the general-purpose pool, in the file system's zone.
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": [zone]}
-                            ]
-                        }
-                    ]
-                }
-            }
-        },
-        "containers": [
-            {
-                "name": "import",
-                "image": image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": command,
-                "env": [
-                    {"name": "HOME", "value": "/scratch/home"},
-                    {"name": "HF_HOME", "value": "/scratch/hf"},
-                    {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
-                    # hf_xet up to 1.2 fetches 48 ranges at once, up to 64 MiB each (huggingface/xet-core,
-                    # HF_XET_NUM_CONCURRENT_RANGE_GETS), and was OOM-killed near 4 GB in pods
-                    # (huggingface/huggingface_hub#3300): 8, as KServe sets it (kserve/kserve#4726). From 1.3 a
-                    # download buffer bounds it instead (settings/sizing.py, IMPORT_MEMORY_MIB).
-                    {"name": "HF_XET_NUM_CONCURRENT_RANGE_GETS", "value": "8"},
-                ],
-                "resources": {
-                    "requests": {
-                        "cpu": f"{IMPORT_CPU_MILLIS}m",
-                        "memory": f"{IMPORT_MEMORY_MIB}Mi",
-                        "ephemeral-storage": IMPORT_SCRATCH,
-                    },
-                    "limits": {"memory": f"{IMPORT_MEMORY_MIB}Mi", "ephemeral-storage": IMPORT_SCRATCH},
-                },
-                "securityContext": container_security_context,
-                # The cause of a failure, for `kubectl describe` and the smoke test: the termination log, or the
-                # log's tail when there is none (Kubernetes docs, "Determine the Reason for Pod Failure"; at most
-                # 4096 bytes).
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": [
-                    {"name": "script", "mountPath": "/import", "readOnly": True},
-                    {"name": "scratch", "mountPath": "/scratch"},
-                    {"name": "tmp", "mountPath": "/tmp"},
-                    {"name": "weights", "mountPath": mount, "subPath": "models", "readOnly": True},
-                ],
-            }
-        ],
-        "volumes": [
-            {"name": "script", "configMap": {"name": "weights-import"}},
-            {"name": "scratch", "emptyDir": {"sizeLimit": IMPORT_SCRATCH}},
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "weights", "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True}},
-        ],
-    }
+IMPORT_ENV = {
+    "HOME": "/scratch/home",
+    "HF_HOME": "/scratch/hf",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    # hf_xet up to 1.2 fetches 48 ranges at once, up to 64 MiB each (huggingface/xet-core,
+    # HF_XET_NUM_CONCURRENT_RANGE_GETS), and was OOM-killed near 4 GB in pods (huggingface/huggingface_hub#3300):
+    # 8, as KServe sets it (kserve/kserve#4726). From 1.3 a download buffer bounds it instead (settings/sizing.py,
+    # IMPORT_MEMORY_MIB).
+    "HF_XET_NUM_CONCURRENT_RANGE_GETS": "8",
+}
 
 
 class WeightsImport(Construct):
@@ -236,54 +170,105 @@ class WeightsImport(Construct):
         claim_name: str,
         mount: str,
         zone: str,
-        pod_security_context: dict[str, Any],
-        container_security_context: dict[str, Any],
+        user: int,
         annotations: dict[str, str],
         deadline_seconds: int,
     ) -> None:
         super().__init__(scope, id)
-        api_object(self, "ServiceAccount", "v1", "ServiceAccount", cdk8s.ApiObjectMetadata(name=IMPORT_SERVICE_ACCOUNT))
-        api_object(
+        # EKS Pod Identity mounts its own token; the Kubernetes API is not called.
+        account = kplus.ServiceAccount(
+            self, "ServiceAccount", metadata=cdk8s.ApiObjectMetadata(name=IMPORT_SERVICE_ACCOUNT), automount_token=False
+        )
+        script = kplus.ConfigMap(
             self,
             "Script",
-            "v1",
-            "ConfigMap",
-            cdk8s.ApiObjectMetadata(name="weights-import"),
+            metadata=cdk8s.ApiObjectMetadata(name="weights-import"),
             data={"import_weights.py": IMPORT_SCRIPT.read_text()},
         )
-        pod = import_pod_spec(
-            model,
-            image=image,
-            command=import_command(model, bucket=bucket, region=region, mount=mount),
-            claim_name=claim_name,
-            mount=mount,
-            zone=zone,
-            pod_security_context=pod_security_context,
-            container_security_context=container_security_context,
-        )
-        spec = {
-            # Retries resume where the last attempt stopped: finished files are skipped.
-            "backoffLimit": 3,
-            "activeDeadlineSeconds": deadline_seconds,
-            "template": {
-                "metadata": {
-                    "labels": {"app": f"import-{model.name}"},
-                    # The script is mounted, not in the spec: a new script names a new Job, which runs it. So does a
-                    # new import_retry, the way to run a failed import again.
-                    "annotations": {
-                        "gpu-inference/script-sha256": hashlib.sha256(IMPORT_SCRIPT.read_bytes()).hexdigest(),
-                        "gpu-inference/import-retry": str(model.import_retry),
-                    },
-                },
-                "spec": pod,
-            },
-        }
-        self.job_name = import_job_name(model.name, spec)
-        api_object(
+        job = kplus.Job(
             self,
             "Job",
-            "batch/v1",
-            "Job",
-            cdk8s.ApiObjectMetadata(name=self.job_name, annotations=annotations),
-            spec=spec,
+            metadata=cdk8s.ApiObjectMetadata(annotations=annotations),
+            # Retries resume where the last attempt stopped: finished files are skipped.
+            backoff_limit=3,
+            active_deadline=cdk8s.Duration.seconds(deadline_seconds),
+            pod_metadata=cdk8s.ApiObjectMetadata(
+                labels={"app": f"import-{model.name}"},
+                # The script is mounted, not in the spec: a new script names a new Job, which runs it. So does a
+                # new import_retry, the way to run a failed import again.
+                annotations={
+                    "gpu-inference/script-sha256": hashlib.sha256(IMPORT_SCRIPT.read_bytes()).hexdigest(),
+                    "gpu-inference/import-retry": str(model.import_retry),
+                },
+            ),
+            restart_policy=kplus.RestartPolicy.NEVER,
+            select=False,
+            service_account=account,
+            automount_service_account_token=False,
+            security_context=non_root_pod(user),
         )
+        # No GPU toleration: the general-purpose pool, in the file system's zone.
+        job.scheduling.attract(kplus.Node.labeled(kplus.NodeLabelQuery.is_("topology.kubernetes.io/zone", zone)))
+        import_container(
+            self,
+            job,
+            image=image,
+            command=import_command(model, bucket=bucket, region=region, mount=mount),
+            script=script,
+            claim_name=claim_name,
+            mount=mount,
+            user=user,
+        )
+        resource = cdk8s.ApiObject.of(job)
+        # The cause of a failure, for `kubectl describe` and the smoke test: the termination log, or the log's tail
+        # when there is none (Kubernetes docs, "Determine the Reason for Pod Failure"; at most 4096 bytes).
+        # cdk8s-plus's Container has no terminationMessagePolicy: a patch of the one container.
+        resource.add_json_patch(
+            cdk8s.JsonPatch.add("/spec/template/spec/containers/0/terminationMessagePolicy", "FallbackToLogsOnError")
+        )
+        # The name follows from the whole spec, rendered: a patch names the Job once its spec is complete.
+        self.job_name = import_job_name(model.name, resource.to_json()["spec"])
+        resource.add_json_patch(cdk8s.JsonPatch.replace("/metadata/name", self.job_name))
+
+
+def import_container(
+    scope: Construct,
+    job: kplus.Job,
+    *,
+    image: str,
+    command: list[str],
+    script: kplus.ConfigMap,
+    claim_name: str,
+    mount: str,
+    user: int,
+) -> None:
+    """The import's container: the script, scratch space and /tmp, the file system read-only at `mount`."""
+    container = job.add_container(
+        name="import",
+        image=image,
+        image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
+        command=command,
+        env_variables={name: kplus.EnvValue.from_value(value) for name, value in IMPORT_ENV.items()},
+        # One file at a time: its scratch disk and memory (settings/sizing.py).
+        resources=kplus.ContainerResources(
+            cpu=kplus.CpuResources(request=kplus.Cpu.millis(IMPORT_CPU_MILLIS)),
+            memory=kplus.MemoryResources(
+                request=cdk8s.Size.mebibytes(IMPORT_MEMORY_MIB), limit=cdk8s.Size.mebibytes(IMPORT_MEMORY_MIB)
+            ),
+            ephemeral_storage=kplus.EphemeralStorageResources(
+                request=cdk8s.Size.gibibytes(IMPORT_SCRATCH_GIB), limit=cdk8s.Size.gibibytes(IMPORT_SCRATCH_GIB)
+            ),
+        ),
+        security_context=hardened(user),
+    )
+    container.mount(
+        "/import", kplus.Volume.from_config_map(scope, "ScriptVolume", script, name="script"), read_only=True
+    )
+    scratch = kplus.Volume.from_empty_dir(
+        scope, "Scratch", "scratch", size_limit=cdk8s.Size.gibibytes(IMPORT_SCRATCH_GIB)
+    )
+    container.mount("/scratch", scratch)
+    container.mount("/tmp", kplus.Volume.from_empty_dir(scope, "Tmp", "tmp"))
+    claim = kplus.PersistentVolumeClaim.from_claim_name(scope, "Claim", claim_name)
+    weights = kplus.Volume.from_persistent_volume_claim(scope, "Weights", claim, name="weights", read_only=True)
+    container.mount(mount, weights, sub_path="models", read_only=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import cdk8s
+import cdk8s_plus_30 as kplus
+from cdk8s_plus_30 import k8s
 from constructs import Construct
 
-from charts.api_object import api_object
+from charts.api_object import without_namespace
 from settings import names
 
 STORAGE_CLASS = ""  # static provisioning: no class, the claim binds to the volume by name
@@ -23,7 +25,7 @@ ACCESS_MODES = ["ReadWriteMany"]
 # (no StorageClass) may not grow (kubernetes plugin/pkg/admission/storage/persistentvolume/resize: "only dynamically
 # provisioned pvc can be resized") nor shrink, so a request that followed model_store.storage_capacity_gib would fail
 # every deploy after the file system grew. The volume's capacity may change, and follows it.
-CLAIM_REQUEST = "1200Gi"
+CLAIM_REQUEST = cdk8s.Size.gibibytes(1200)
 
 
 class ModelVolume(Construct):
@@ -47,40 +49,33 @@ class ModelVolume(Construct):
         super().__init__(scope, id)
         self.claim_name = CLAIM_NAME
         volume_name = names.weights_volume_name(namespace)
-        capacity = {"storage": f"{capacity_gib}Gi"}
-        api_object(
+        # cdk8s-plus has no CSI volume source for a PersistentVolume: the typed object.
+        volume = k8s.KubePersistentVolume(
             self,
             "Volume",
-            "v1",
-            "PersistentVolume",
-            cdk8s.ApiObjectMetadata(name=volume_name),
-            # The chart's namespace must not be stamped on it.
-            cluster_scoped=True,
-            spec={
-                "capacity": capacity,
+            metadata=k8s.ObjectMeta(name=volume_name),
+            spec=k8s.PersistentVolumeSpec(
+                capacity={"storage": k8s.Quantity.from_string(f"{capacity_gib}Gi")},
                 # The weights import and every vLLM replica mount it at once.
-                "accessModes": ACCESS_MODES,
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": STORAGE_CLASS,
-                "claimRef": {"namespace": namespace, "name": self.claim_name},
-                "csi": {
-                    "driver": CSI_DRIVER,
-                    "volumeHandle": file_system_id,
-                    "readOnly": True,
-                    "volumeAttributes": {"dnsname": dns_name, "mountname": mount_name},
-                },
-            },
+                access_modes=ACCESS_MODES,
+                persistent_volume_reclaim_policy="Retain",
+                storage_class_name=STORAGE_CLASS,
+                claim_ref=k8s.ObjectReference(namespace=namespace, name=self.claim_name),
+                csi=k8s.CsiPersistentVolumeSource(
+                    driver=CSI_DRIVER,
+                    volume_handle=file_system_id,
+                    read_only=True,
+                    volume_attributes={"dnsname": dns_name, "mountname": mount_name},
+                ),
+            ),
         )
-        api_object(
+        without_namespace(volume)
+        kplus.PersistentVolumeClaim(
             self,
             "Claim",
-            "v1",
-            "PersistentVolumeClaim",
-            cdk8s.ApiObjectMetadata(name=self.claim_name, namespace=namespace),
-            spec={
-                "accessModes": ACCESS_MODES,
-                "storageClassName": STORAGE_CLASS,
-                "volumeName": volume_name,
-                "resources": {"requests": {"storage": CLAIM_REQUEST}},
-            },
+            metadata=cdk8s.ApiObjectMetadata(name=self.claim_name, namespace=namespace),
+            access_modes=[kplus.PersistentVolumeAccessMode.READ_WRITE_MANY],
+            storage_class_name=STORAGE_CLASS,
+            volume=kplus.PersistentVolume.from_persistent_volume_name(self, "BoundVolume", volume_name),
+            storage=CLAIM_REQUEST,
         )

@@ -20,18 +20,13 @@ custom-resource-handlers aws-eks-v2/kubectl-handler/apply).
 
 from __future__ import annotations
 
-from typing import Any
-
 import cdk8s
+import cdk8s_plus_30 as kplus
+from cdk8s_plus_30 import k8s
 from constructs import Construct
 
-from charts.api_object import api_object
-from charts.vllm_server import (
-    CHECKOV_EXCEPTIONS,
-    POD_SECURITY_LABELS,
-    checkov_skip_annotations,
-    container_security_context,
-)
+from charts.pod_security import POD_SECURITY_LABELS, hardened, non_root_pod
+from charts.vllm_server import CHECKOV_EXCEPTIONS, checkov_skip_annotations
 from settings.names import NODE_ROTATION_NAMESPACE
 from settings.schema import GpuNodePoolSettings
 
@@ -48,6 +43,9 @@ RUN_AS_USER = 65534  # nobody
 ROTATION_CHECKOV_EXCEPTIONS = {
     "CKV_K8S_38": "the job's work is Kubernetes API calls, made with its service account's token",
     "CKV_K8S_43": CHECKOV_EXCEPTIONS["CKV_K8S_43"],
+    "CKV_K8S_31": "seccomp is RuntimeDefault on the job's one container, which the restricted Pod Security Standard "
+    "accepts; cdk8s-plus sets no pod-level seccompProfile, the only place checkov reads for a CronJob (checkov "
+    "kubernetes/checks/resource/k8s/Seccomp.py)",
 }
 
 # The job, from the Kubernetes API alone. KUBERNETES_API and SERVICE_ACCOUNT_DIR are there for its test.
@@ -114,96 +112,89 @@ class NodeRotationChart(cdk8s.Chart):
     def __init__(self, scope: Construct, id: str, *, pools: list[GpuNodePoolSettings], image: str) -> None:
         super().__init__(scope, id, disable_resource_name_hashes=True)
         schedules = rotation_schedules(pools)
-        namespace = cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE, labels=POD_SECURITY_LABELS)
-        api_object(self, "Namespace", "v1", "Namespace", namespace)
-        api_object(
+        kplus.Namespace(
+            self,
+            "Namespace",
+            metadata=cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE, labels=POD_SECURITY_LABELS),
+        )
+        # The job's work is Kubernetes API calls, made with this account's token.
+        account = kplus.ServiceAccount(
             self,
             "ServiceAccount",
-            "v1",
-            "ServiceAccount",
-            cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT, namespace=NODE_ROTATION_NAMESPACE),
+            metadata=cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT, namespace=NODE_ROTATION_NAMESPACE),
+            automount_token=True,
         )
-        rules = [
-            {"apiGroups": ["karpenter.sh"], "resources": ["nodeclaims"], "verbs": ["list"]},
-            {
-                "apiGroups": ["karpenter.sh"],
-                "resources": ["nodepools"],
-                "verbs": ["patch"],
-                "resourceNames": sorted(name for names in schedules.values() for name in names),
-            },
-        ]
-        api_object(
-            self,
-            "ClusterRole",
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRole",
-            cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE),
-            rules=rules,
-        )
-        api_object(
-            self,
-            "ClusterRoleBinding",
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRoleBinding",
-            cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE),
-            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_ROTATION_NAMESPACE},
-            subjects=[{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NODE_ROTATION_NAMESPACE}],
-        )
+        rotation_role(self, sorted(name for names in schedules.values() for name in names), account)
         for start, names in schedules.items():
             hour, minute = (int(part) for part in start.split(":"))
-            api_object(
-                self,
-                f"CronJob-{hour:02d}{minute:02d}",
-                "batch/v1",
-                "CronJob",
-                cdk8s.ApiObjectMetadata(
-                    name=f"rotate-at-{hour:02d}{minute:02d}",
-                    namespace=NODE_ROTATION_NAMESPACE,
-                    annotations=checkov_skip_annotations(ROTATION_CHECKOV_EXCEPTIONS),
-                ),
-                spec=cron_job_spec(f"{minute} {hour} * * *", names, image),
-            )
+            rotation_cron_job(self, hour, minute, names, image, account)
 
 
-def cron_job_spec(schedule: str, pools: list[str], image: str) -> dict[str, Any]:
+def rotation_role(scope: Construct, pools: list[str], account: kplus.ServiceAccount) -> None:
+    """May list NodeClaims, and patch the named pools only.
+
+    cdk8s-plus's ClusterRole names a resource only through a construct of the resource's own, and a pool is applied
+    by another chart: the typed objects.
+    """
+    role = k8s.KubeClusterRole(
+        scope,
+        "ClusterRole",
+        metadata=k8s.ObjectMeta(name=NODE_ROTATION_NAMESPACE),
+        rules=[
+            k8s.PolicyRule(api_groups=["karpenter.sh"], resources=["nodeclaims"], verbs=["list"]),
+            k8s.PolicyRule(api_groups=["karpenter.sh"], resources=["nodepools"], verbs=["patch"], resource_names=pools),
+        ],
+    )
+    binding = kplus.ClusterRoleBinding(
+        scope,
+        "ClusterRoleBinding",
+        metadata=cdk8s.ApiObjectMetadata(name=NODE_ROTATION_NAMESPACE),
+        role=kplus.ClusterRole.from_cluster_role_name(scope, "Role", role.name),
+    )
+    binding.add_subjects(account)
+
+
+def rotation_cron_job(
+    scope: Construct, hour: int, minute: int, pools: list[str], image: str, account: kplus.ServiceAccount
+) -> kplus.CronJob:
     """At the window's start in UTC, once; a run that cannot start within the first half hour is skipped."""
-    return {
-        "schedule": schedule,
+    job = kplus.CronJob(
+        scope,
+        f"CronJob-{hour:02d}{minute:02d}",
+        metadata=cdk8s.ApiObjectMetadata(
+            name=f"rotate-at-{hour:02d}{minute:02d}",
+            namespace=NODE_ROTATION_NAMESPACE,
+            annotations=checkov_skip_annotations(ROTATION_CHECKOV_EXCEPTIONS),
+        ),
+        schedule=cdk8s.Cron.schedule(minute=str(minute), hour=str(hour)),
         # The window is in UTC, as the Drifted budget's schedule (Karpenter has no time zones). timeZone is
         # stable since Kubernetes 1.27 (Kubernetes docs, "CronJob", "Time zones").
-        "timeZone": "Etc/UTC",
-        "concurrencyPolicy": "Forbid",
-        "startingDeadlineSeconds": 1800,
-        "jobTemplate": {
-            "spec": {
-                "backoffLimit": 3,
-                "activeDeadlineSeconds": 600,
-                "ttlSecondsAfterFinished": 86400,
-                "template": {
-                    "spec": {
-                        "serviceAccountName": SERVICE_ACCOUNT,
-                        "restartPolicy": "Never",
-                        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                        "containers": [
-                            {
-                                "name": "rotate",
-                                "image": image,
-                                "imagePullPolicy": "Always",  # a small image, once a day
-                                "command": ["python3", "-c", ROTATION_SCRIPT],
-                                "env": [
-                                    {"name": "POOLS", "value": ",".join(pools)},
-                                    {"name": "ROTATE_WITHIN_HOURS", "value": str(ROTATE_WITHIN_HOURS)},
-                                    {"name": "ANNOTATION", "value": ROTATION_ANNOTATION},
-                                ],
-                                "resources": {
-                                    "requests": {"cpu": f"{ROTATION_CPU_MILLIS}m", "memory": "64Mi"},
-                                    "limits": {"cpu": "200m", "memory": "128Mi"},
-                                },
-                                "securityContext": container_security_context(RUN_AS_USER),
-                            }
-                        ],
-                    }
-                },
-            }
+        time_zone="Etc/UTC",
+        concurrency_policy=kplus.ConcurrencyPolicy.FORBID,
+        starting_deadline=cdk8s.Duration.minutes(30),
+        backoff_limit=3,
+        active_deadline=cdk8s.Duration.minutes(10),
+        ttl_after_finished=cdk8s.Duration.days(1),
+        select=False,
+        restart_policy=kplus.RestartPolicy.NEVER,
+        service_account=account,
+        automount_service_account_token=True,
+        security_context=non_root_pod(RUN_AS_USER),
+    )
+    job.add_container(
+        name="rotate",
+        image=image,
+        image_pull_policy=kplus.ImagePullPolicy.ALWAYS,  # a small image, once a day
+        command=["python3", "-c", ROTATION_SCRIPT],
+        env_variables={
+            "POOLS": kplus.EnvValue.from_value(",".join(pools)),
+            "ROTATE_WITHIN_HOURS": kplus.EnvValue.from_value(str(ROTATE_WITHIN_HOURS)),
+            "ANNOTATION": kplus.EnvValue.from_value(ROTATION_ANNOTATION),
         },
-    }
+        resources=kplus.ContainerResources(
+            cpu=kplus.CpuResources(request=kplus.Cpu.millis(ROTATION_CPU_MILLIS), limit=kplus.Cpu.millis(200)),
+            memory=kplus.MemoryResources(request=cdk8s.Size.mebibytes(64), limit=cdk8s.Size.mebibytes(128)),
+        ),
+        security_context=hardened(RUN_AS_USER),
+    )
+    return job

@@ -10,7 +10,7 @@ PodDisruptionBudget and a rollout that never drops the last serving replica.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import cdk8s
 import cdk8s_plus_30 as kplus
@@ -20,7 +20,7 @@ from constructs import Construct
 from charts.api_keys import LOGGING_MOUNT, ApiKeys, config_args, logging_env
 from charts.api_keys import MOUNT as API_KEYS_MOUNT
 from charts.api_keys import SECRET_ANNOTATION as API_KEYS_SECRET_ANNOTATION
-from charts.api_object import api_object
+from charts.api_object import without_namespace
 from charts.exposure import InternalEndpoint
 from charts.gpu_metrics import (
     GPU_METRICS_PORT,
@@ -41,6 +41,7 @@ from charts.model_loader import (
     wait_for_weights_env,
 )
 from charts.model_volume import ModelVolume
+from charts.pod_security import POD_SECURITY_LABELS, hardened, non_root_pod
 from charts.pre_stop_drain import drain_command
 from charts.queue_autoscaler import AutoscalingPlan, QueueAutoscaler
 from settings import names
@@ -57,9 +58,6 @@ RUN_AS_USER = 10001
 HOME = "/home/vllm"
 # The file system's /models directory (the bucket's contents), mounted read-only here.
 WEIGHTS_DIR = "/models"
-# The restricted Pod Security Standard: non-root, no privilege escalation, all capabilities
-# dropped, RuntimeDefault seccomp, only ephemeral volume types. The pod below meets it.
-POD_SECURITY_LABELS = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
 # checkov's Kubernetes checks these pods fail on purpose, with the reasons; rendered as
 # checkov.io/skip annotations on the Deployment and the weights import Job, where checkov reads them.
 CHECKOV_EXCEPTIONS = {
@@ -81,43 +79,18 @@ def checkov_skip_annotations(exceptions: dict[str, str]) -> dict[str, str]:
 
 
 CHECKOV_SKIP_ANNOTATIONS = checkov_skip_annotations(CHECKOV_EXCEPTIONS)
-POD_SECURITY_CONTEXT = {
-    "runAsNonRoot": True,
-    "runAsUser": RUN_AS_USER,
-    "runAsGroup": RUN_AS_USER,
-    "fsGroup": RUN_AS_USER,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
-def container_security_context(user: int) -> dict[str, Any]:
-    """The restricted standard's container settings, with a read-only root filesystem, as `user`."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": user,
-        "runAsGroup": user,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-CONTAINER_SECURITY_CONTEXT = container_security_context(RUN_AS_USER)
 
 
 # The Kubernetes group of the post-deploy smoke test's role (an EKS access entry maps it here):
 # in each model's namespace it may watch the weights import and the rollout, and port-forward to
 # the Service, nothing else.
 SMOKE_TEST_GROUP = "smoke-testers"
-SMOKE_TEST_RULES = [
-    {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
-    {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
+SMOKE_TEST_RULES: list[tuple[list[str], list[kplus.ApiResource]]] = [
+    (["get", "list", "watch"], [kplus.ApiResource.DEPLOYMENTS, kplus.ApiResource.REPLICA_SETS, kplus.ApiResource.JOBS]),
+    (["get", "list"], [kplus.ApiResource.PODS, kplus.ApiResource.SERVICES]),
+    (["create"], [kplus.ApiResource.custom(api_group="", resource_type="pods/portforward")]),
     # The load balancer's address, for a model exposed inside the VPC (charts/exposure.py).
-    {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get"]},
+    (["get"], [kplus.ApiResource.INGRESSES]),
 ]
 
 
@@ -242,6 +215,7 @@ class VllmServerChart(cdk8s.Chart):
         )
 
         deployment = server_deployment(self, model, labels, progress_deadline, api_keys)
+        service = service_and_access(self, model, labels)
         if model.exposure is not None:
             assert web_acl_arn is not None  # the model's stack creates one per exposed model
             InternalEndpoint(
@@ -249,6 +223,7 @@ class VllmServerChart(cdk8s.Chart):
                 "InternalEndpoint",
                 # The Ingress stays with the model: kubectl's prune deletes an Ingress the chart stops declaring.
                 ingress_scope=self,
+                service=service,
                 model=model,
                 exposure=model.exposure,
                 port=PORT,
@@ -274,7 +249,6 @@ class VllmServerChart(cdk8s.Chart):
         wait_for_weights(deployment, model, helper_image, weights_volume, import_job)
         container.mount("/tmp", kplus.Volume.from_empty_dir(self, "Tmp", "tmp"))
         limit_gpus(deployment, model.gpus)
-        service_and_access(self, model, labels)
 
 
 def limit_gpus(deployment: kplus.Deployment, gpus: int) -> None:
@@ -300,8 +274,10 @@ def namespace_and_weights(
     chart: cdk8s.Chart, model: ModelSettings, image: str, weights: WeightsFileSystem, import_deadline: int
 ) -> tuple[ModelVolume, str | None]:
     """The model's namespace, its weights volume, and the Job that imports its weights (its name), if it has one."""
-    metadata = cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
-    api_object(chart, "Namespace", "v1", "Namespace", metadata, cluster_scoped=True)
+    namespace = kplus.Namespace(
+        chart, "Namespace", metadata=cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
+    )
+    without_namespace(cdk8s.ApiObject.of(namespace))
     volume = ModelVolume(
         chart,
         "Weights",
@@ -323,25 +299,14 @@ def namespace_and_weights(
         claim_name=volume.claim_name,
         mount=WEIGHTS_DIR,
         zone=weights.zone,
-        pod_security_context=POD_SECURITY_CONTEXT,
-        container_security_context=CONTAINER_SECURITY_CONTEXT,
+        user=RUN_AS_USER,
         annotations=CHECKOV_SKIP_ANNOTATIONS,
         deadline_seconds=import_deadline,
     )
     return volume, job.job_name
 
 
-# The hardened context of every container of the replicas (what Pod Security's `restricted` level asks, and more).
-HARDENED = kplus.ContainerSecurityContextProps(
-    ensure_non_root=True,
-    user=RUN_AS_USER,
-    group=RUN_AS_USER,
-    privileged=False,
-    allow_privilege_escalation=False,
-    read_only_root_filesystem=True,
-    capabilities=kplus.ContainerSecutiryContextCapabilities(drop=[kplus.Capability.ALL]),
-    seccomp_profile=kplus.SeccompProfile(type=kplus.SeccompProfileType.RUNTIME_DEFAULT),
-)
+HARDENED = hardened(RUN_AS_USER)
 
 
 def server_deployment(
@@ -371,9 +336,7 @@ def server_deployment(
         # The server calls no Kubernetes API; with API keys, the CSI driver reads them as this account.
         service_account=api_keys.service_account if api_keys else None,
         automount_service_account_token=False,
-        security_context=kplus.PodSecurityContextProps(
-            ensure_non_root=True, user=RUN_AS_USER, group=RUN_AS_USER, fs_group=RUN_AS_USER
-        ),
+        security_context=non_root_pod(RUN_AS_USER),
     )
 
 
@@ -505,7 +468,7 @@ def wait_for_weights(
     wait.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
 
 
-def service_and_access(chart: cdk8s.Chart, model: ModelSettings, labels: dict[str, str]) -> None:
+def service_and_access(chart: cdk8s.Chart, model: ModelSettings, labels: dict[str, str]) -> kplus.Service:
     """The model's Service, the smoke test's access to its namespace, and its disruption budget."""
     service = kplus.Service(
         chart,
@@ -517,30 +480,24 @@ def service_and_access(chart: cdk8s.Chart, model: ModelSettings, labels: dict[st
     for key, value in labels.items():
         service.select_label(key, value)
 
-    api_object(
-        chart,
-        "SmokeTestRole",
-        "rbac.authorization.k8s.io/v1",
-        "Role",
-        cdk8s.ApiObjectMetadata(name="smoke-test"),
-        rules=SMOKE_TEST_RULES,
+    role = kplus.Role(chart, "SmokeTestRole", metadata=cdk8s.ApiObjectMetadata(name="smoke-test"))
+    for verbs, resources in SMOKE_TEST_RULES:
+        # jsii's ApiResource implements IApiResource but leaves out its optional resource_name, which mypy's
+        # protocol check asks for.
+        role.allow(verbs, *(cast(kplus.IApiResource, resource) for resource in resources))
+    binding = kplus.RoleBinding(
+        chart, "SmokeTestBinding", metadata=cdk8s.ApiObjectMetadata(name="smoke-test"), role=role
     )
-    api_object(
-        chart,
-        "SmokeTestBinding",
-        "rbac.authorization.k8s.io/v1",
-        "RoleBinding",
-        cdk8s.ApiObjectMetadata(name="smoke-test"),
-        roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"},
-        subjects=[{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SMOKE_TEST_GROUP}],
-    )
+    binding.add_subjects(kplus.Group.from_name(chart, "SmokeTesters", SMOKE_TEST_GROUP))
 
-    # Voluntary evictions (node repair, expiry, drains) take one replica at a time.
-    api_object(
+    # Voluntary evictions (node repair, expiry, drains) take one replica at a time. cdk8s-plus has no
+    # PodDisruptionBudget: the typed object.
+    k8s.KubePodDisruptionBudget(
         chart,
         "DisruptionBudget",
-        "policy/v1",
-        "PodDisruptionBudget",
-        cdk8s.ApiObjectMetadata(name=model.name, labels=labels),
-        spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+        metadata=k8s.ObjectMeta(name=model.name, labels=labels),
+        spec=k8s.PodDisruptionBudgetSpec(
+            max_unavailable=k8s.IntOrString.from_number(1), selector=k8s.LabelSelector(match_labels=labels)
+        ),
     )
+    return service

@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import cdk8s
+import cdk8s_plus_30 as kplus
 import yaml
 
 from charts import DeployedResources, build_charts
 from charts.model_loader import job_name_in
 from charts.model_volume import CLAIM_NAME
-from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PORT, WEIGHTS_DIR
+from charts.pod_security import hardened, non_root_pod
+from charts.vllm_server import PORT, RUN_AS_USER, WEIGHTS_DIR
 from commands import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings, names
 from settings.cold_start import cold_start_seconds, import_steps, smoke_test_wait_seconds
@@ -150,39 +152,34 @@ def load_test_job(settings: StageSettings, job: str, image: str) -> dict[str, An
         f"--max-concurrency {LOAD_TEST_CONCURRENCY} --save-result --result-dir /tmp --result-filename result.json "
         "> /dev/stderr && cat /tmp/result.json"
     )
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": job, "namespace": model.name},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": POD_SECURITY_CONTEXT,
-                    "containers": [
-                        {
-                            "name": "bench",
-                            "image": image,
-                            "command": ["sh", "-c", command],
-                            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
-                            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
-                            "securityContext": CONTAINER_SECURITY_CONTEXT,
-                            "volumeMounts": [
-                                {"name": "tmp", "mountPath": "/tmp"},
-                                {"name": "weights", "mountPath": WEIGHTS_DIR, "subPath": "models", "readOnly": True},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "tmp", "emptyDir": {}},
-                        {"name": "weights", "persistentVolumeClaim": {"claimName": CLAIM_NAME, "readOnly": True}},
-                    ],
-                }
-            },
-        },
-    }
+    chart = cdk8s.Chart(cdk8s.App(), "LoadTest", namespace=model.name, disable_resource_name_hashes=True)
+    bench = kplus.Job(
+        chart,
+        "Job",
+        metadata=cdk8s.ApiObjectMetadata(name=job),
+        backoff_limit=0,
+        select=False,
+        restart_policy=kplus.RestartPolicy.NEVER,
+        automount_service_account_token=False,
+        security_context=non_root_pod(RUN_AS_USER),
+    )
+    container = bench.add_container(
+        name="bench",
+        image=image,
+        command=["sh", "-c", command],
+        env_variables={"HOME": kplus.EnvValue.from_value("/tmp"), "HF_HUB_OFFLINE": kplus.EnvValue.from_value("1")},
+        resources=kplus.ContainerResources(
+            cpu=kplus.CpuResources(request=kplus.Cpu.units(2)),
+            memory=kplus.MemoryResources(request=cdk8s.Size.gibibytes(4), limit=cdk8s.Size.gibibytes(4)),
+        ),
+        security_context=hardened(RUN_AS_USER),
+    )
+    container.mount("/tmp", kplus.Volume.from_empty_dir(chart, "Tmp", "tmp"))
+    claim = kplus.PersistentVolumeClaim.from_claim_name(chart, "Claim", CLAIM_NAME)
+    weights = kplus.Volume.from_persistent_volume_claim(chart, "Weights", claim, name="weights", read_only=True)
+    container.mount(WEIGHTS_DIR, weights, sub_path="models", read_only=True)
+    [manifest] = chart.to_json()
+    return dict(manifest)
 
 
 def _empty_and_delete_bucket(client: leftovers.ClientFactory, bucket: str) -> None:

@@ -71,3 +71,32 @@ def test_each_package_imports_only_what_lies_below_it() -> None:
 def test_no_two_modules_share_a_name() -> None:
     names = [Path(module).name for module in product_modules() if not module.endswith("__init__.py")]
     assert sorted({name for name in names if names.count(name) > 1}) == []
+
+
+def is_custom_resource(api_version: str) -> bool:
+    """An apiVersion outside Kubernetes's own groups: the core group ("v1"), dotless groups (apps, batch, policy,
+    ...) and *.k8s.io are built in; *.x-k8s.io, like every other domain, belongs to an add-on's custom resources."""
+    group = api_version.rpartition("/")[0]
+    built_in = group == "" or "." not in group or (group.endswith(".k8s.io") and not group.endswith(".x-k8s.io"))
+    return not built_in
+
+
+def test_built_in_kinds_are_cdk8s_plus_or_typed_objects_and_raw_ones_only_custom_resources() -> None:
+    raw = []
+    for module, tree in product_modules().items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name == "ApiObject" and module != "charts/api_object.py":
+                raw.append(f"{module}:{node.lineno}: cdk8s.ApiObject outside charts/api_object.py")
+            if name == "api_object":
+                version = node.args[2]
+                if not (isinstance(version, ast.Constant) and is_custom_resource(str(version.value))):
+                    raw.append(f"{module}:{node.lineno}: api_object for {ast.unparse(version)}")
+    assert raw == []
+
+
+def test_the_custom_resource_rule_tells_groups_apart() -> None:
+    assert [is_custom_resource(v) for v in ("v1", "apps/v1", "networking.k8s.io/v1", "policy/v1")] == [False] * 4
+    assert [is_custom_resource(v) for v in ("karpenter.sh/v1", "secrets-store.csi.x-k8s.io/v1")] == [True, True]

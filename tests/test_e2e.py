@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from commands import e2e
 from commands.leftovers import Leftover
 from settings import STAGES_DIR, load_stage_settings, parse_stage_settings
 from tests.aws_stubs import StubbedClients
-from tests.conftest import ROOT
+from tests.conftest import ROOT, find, render_charts
 from tests.scanners import kubernetes_problems
 
 ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
@@ -55,8 +54,10 @@ def test_the_load_test_job_is_valid_kubernetes_and_runs_vllm_bench_against_the_s
     assert "--save-result" in command
     pod = job["spec"]["template"]["spec"]
     # The namespace enforces the restricted Pod Security Standard: the Job is hardened like the replicas.
-    assert pod["securityContext"] == POD_SECURITY_CONTEXT
-    assert pod["containers"][0]["securityContext"] == CONTAINER_SECURITY_CONTEXT
+    replicas = find(render_charts("dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == replicas["securityContext"]
+    assert pod["containers"][0]["securityContext"] == replicas["containers"][0]["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
     assert {"name": "tmp", "mountPath": "/tmp"} in pod["containers"][0]["volumeMounts"]  # --result-dir
 
 

@@ -22,7 +22,8 @@ from cdk_nag import AwsSolutionsChecks
 
 from app import project_app
 from charts.node_rotation import ROTATION_CHECKOV_EXCEPTIONS
-from charts.vllm_server import CHECKOV_EXCEPTIONS, POD_SECURITY_LABELS
+from charts.pod_security import POD_SECURITY_LABELS
+from charts.vllm_server import CHECKOV_EXCEPTIONS
 from settings import load_pipeline_settings, load_stage_settings, stage_names
 from stacks.reviewed_findings import (
     CHECKOV_FINDINGS,

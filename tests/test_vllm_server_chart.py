@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from charts.model_loader import harmony_encodings
-from charts.vllm_server import CONTAINER_SECURITY_CONTEXT, vllm_env
+from charts.vllm_server import vllm_env
 from settings import load_stage_settings, parse_stage_settings
 from settings.cold_start import progress_deadline_seconds, startup_probe_seconds
 from settings.sizing import gpu_memory_needed_mib
@@ -203,7 +203,7 @@ def test_image_is_pinned_and_not_pulled_again_when_present(container: dict[str, 
     assert container["imagePullPolicy"] == "IfNotPresent"
 
 
-def test_container_is_hardened(pod: dict[str, Any], container: dict[str, Any]) -> None:
+def test_container_is_hardened(objects: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]) -> None:
     context = container["securityContext"]
     assert context["allowPrivilegeEscalation"] is False
     assert context["privileged"] is False
@@ -214,7 +214,8 @@ def test_container_is_hardened(pod: dict[str, Any], container: dict[str, Any]) -
     assert context["runAsUser"] != 0
     assert pod["automountServiceAccountToken"] is False
     # The weights import and the wait for it get the very same context.
-    assert context == CONTAINER_SECURITY_CONTEXT
+    assert pod["initContainers"][0]["securityContext"] == context
+    assert find(objects, "Job")["spec"]["template"]["spec"]["containers"][0]["securityContext"] == context
 
 
 def test_non_root_server_has_writable_home_and_tmp(pod: dict[str, Any], container: dict[str, Any]) -> None:
@@ -268,13 +269,22 @@ def test_smoke_test_group_may_only_watch_the_import_the_rollout_and_the_load_bal
 ) -> None:
     role = find(objects, "Role")
     assert role["metadata"] == {"name": "smoke-test", "namespace": "gpt-oss-20b"}
-    assert role["rules"] == [
-        {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
-        {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create"]},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get"]},
-    ]
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == {
+        ("apps", "deployments"): {"get", "list", "watch"},
+        ("apps", "replicasets"): {"get", "list", "watch"},
+        ("batch", "jobs"): {"get", "list", "watch"},
+        ("", "pods"): {"get", "list"},
+        ("", "services"): {"get", "list"},
+        ("", "pods/portforward"): {"create"},
+        ("networking.k8s.io", "ingresses"): {"get"},
+    }
+    assert all("resourceNames" not in rule for rule in role["rules"])
     binding = find(objects, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "smoke-test"}
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "smoke-testers"}]

@@ -90,11 +90,18 @@ def test_the_import_runs_unprivileged_on_the_general_purpose_pool_in_the_file_sy
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # One file at a time passes through a bounded scratch disk, so a 150 GB model needs no 150 GB disk.
     scratch = next(volume for volume in pod["volumes"] if volume["name"] == "scratch")
-    assert scratch["emptyDir"]["sizeLimit"] == container["resources"]["limits"]["ephemeral-storage"] == "30Gi"
+    sizes = (scratch["emptyDir"]["sizeLimit"], container["resources"]["limits"]["ephemeral-storage"])
+    assert [mebibytes(size) for size in sizes] == [30 * 1024, 30 * 1024]
     weights = next(mount for mount in container["volumeMounts"] if mount["name"] == "weights")
     assert weights["readOnly"] is True  # it writes to the bucket, never to the file system
     assert job["spec"]["backoffLimit"] >= 1  # a retry resumes where the last attempt stopped
     assert job["spec"]["activeDeadlineSeconds"] == 3600
+
+
+def mebibytes(quantity: str) -> int:
+    """A Kubernetes quantity in Mi or Gi, in MiB."""
+    number, unit = quantity[:-2], quantity[-2:]
+    return int(number) * {"Mi": 1, "Gi": 1024}[unit]
 
 
 def job_of(data: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +147,7 @@ def test_stage_settings_that_change_the_jobs_spec_name_a_new_job(change: dict[st
 
 def test_a_change_to_the_code_that_builds_the_job_names_a_new_job(monkeypatch: pytest.MonkeyPatch) -> None:
     before = job_of(stage_data())
-    monkeypatch.setattr(model_loader, "IMPORT_SCRATCH", "31Gi")
+    monkeypatch.setattr(model_loader, "IMPORT_SCRATCH_GIB", 31)
     after = job_of(stage_data())
     assert after["metadata"]["name"] != before["metadata"]["name"]
 
