@@ -25,7 +25,7 @@ from constructs import Construct
 
 from charts.api_object import api_object
 from settings.schema import GpuNodePoolSettings
-from settings.sizing import GPU_MEMORY_LABEL
+from settings.sizing import GPU_MEMORY_LABEL, NodePoolLimits
 
 # The taint keeps everything but GPU workloads (which tolerate it) off these expensive nodes.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "Exists", "effect": "NoSchedule"}
@@ -49,7 +49,7 @@ class PoolPlan:
     weight: int
     zones: tuple[str, ...] | None
     min_gpu_memory_mib: int
-    limits: dict[str, Any]
+    limits: NodePoolLimits
 
 
 def disruption_budgets(pool: GpuNodePoolSettings) -> list[dict[str, Any]]:

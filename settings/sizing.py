@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from settings.model_facts import DEFAULT_BATCHED_TOKENS, sequence_kv_bytes
 from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_option
@@ -473,7 +473,11 @@ def pool_needs(settings: StageSettings, pool: GpuNodePoolSettings, pick: str) ->
     return PoolNeeds(cpu, math.ceil(memory_mib / 1024), gpus)
 
 
-def pool_limits(settings: StageSettings, pool: GpuNodePoolSettings) -> dict[str, Any]:
+# A NodePool's spec.limits, as Karpenter reads them (karpenter.sh/v1 NodePool, spec.limits: resource quantities).
+NodePoolLimits = TypedDict("NodePoolLimits", {"cpu": int, "memory": str, "nvidia.com/gpu": int})
+
+
+def pool_limits(settings: StageSettings, pool: GpuNodePoolSettings) -> NodePoolLimits:
     """A NodePool's limits: the settings' where given, the largest candidates' needs where not."""
     limits, derived = pool.limits, pool_needs(settings, pool, "largest")
     return {
