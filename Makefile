@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing model-facts bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,6 +98,10 @@ sizing: setup-synth ## The GPU instances that can run each model, cheapest first
 model-facts: setup ## Read a model's architecture from the Hub into settings/catalog/models.yaml (MODEL=<repo> REVISION=<commit>; HF_TOKEN for gated ones)
 	@test -n "$(MODEL)" -a -n "$(REVISION)" || { echo "usage: make model-facts MODEL=<hub repo> REVISION=<commit>"; exit 2; }
 	python -m commands.model_facts_from_hub --model $(MODEL) --revision $(REVISION)
+
+vllm-profile: setup ## Read a vLLM release's flags, variables, metrics and CUDA from its wheel into settings/catalog/vllm/ (VERSION=x.y.z [WHEEL=path])
+	@test -n "$(VERSION)" || { echo "usage: make vllm-profile VERSION=<x.y.z> [WHEEL=<downloaded wheel>]"; exit 2; }
+	python -m tools.vllm_profile --version $(VERSION) $(if $(WHEEL),--wheel $(WHEEL))
 
 bench: setup ## Benchmarks: set-up from a fresh clone, synth time against a floor app, the test suite's time and memory, the deploy plan
 	python -m tools.bench setup

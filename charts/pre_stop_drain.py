@@ -1,6 +1,13 @@
 """How a replica goes away without cutting a request short: a preStop drain and a grace period that covers it.
 
-vLLM 0.11.2 does not drain by itself: on SIGTERM its HTTP server task is cancelled at once
+From vLLM 0.18 the server drains by itself: on SIGTERM it stops the engine with `--shutdown-timeout` seconds for the
+requests in flight to finish (vllm/entrypoints/launchers/launcher.py, serve_http's signal handler, in vLLM 0.33.0;
+vllm-project/vllm#34730). For such a version (its profile has the flag, settings/vllm_profiles.py) the preStop hook
+only waits until every proxy has stopped sending the replica requests, and vLLM is given the longest request the
+model allows as its timeout; the vLLM Kubernetes guide gives the same order: a preStop sleep, then SIGTERM, within
+the grace period.
+
+Older versions such as 0.11.2 do not drain by themselves: on SIGTERM its HTTP server task is cancelled at once
 (vllm/entrypoints/launcher.py, serve_http: `signal_handler` calls `server_task.cancel()`), so a
 request still being generated is cut off. Kubernetes runs a container's preStop hook before it
 sends SIGTERM, so the replica drains there:
@@ -40,8 +47,16 @@ while time.monotonic() < deadline:
 """
 
 
+def drain_args(model: ModelSettings) -> list[str]:
+    """The server's own drain, where its version has one: up to the longest request the model allows."""
+    return [f"--shutdown-timeout={max_request_seconds(model)}"] if model.profile.drains_itself else []
+
+
 def drain_command(model: ModelSettings, port: int) -> list[str]:
-    """The preStop hook's command, its bounds spelled out on it."""
+    """The preStop hook's command, its bounds spelled out on it: a wait for the proxies where vLLM drains by itself,
+    the wait and then the poll of vLLM's gauges where it does not."""
+    if model.profile.drains_itself:
+        return ["sleep", str(endpoint_removal_seconds(model))]
     return [
         "env",
         f"DRAIN_DELAY={endpoint_removal_seconds(model)}",

@@ -42,12 +42,13 @@ from charts.model_loader import (
 )
 from charts.model_volume import ModelVolume
 from charts.pod_security import POD_SECURITY_LABELS, hardened, non_root_pod
-from charts.pre_stop_drain import drain_command
+from charts.pre_stop_drain import drain_args, drain_command
 from charts.queue_autoscaler import AutoscalingPlan, QueueAutoscaler
 from settings import names
 from settings.drain import termination_grace_seconds
 from settings.schema import ModelSettings
 from settings.sizing import GPU_MEMORY_LABEL, Requests, gpu_memory_needed_mib
+from settings.vllm_profiles import ATTENTION_BACKEND_ENV
 
 PORT = 8000
 PROBE_PERIOD_SECONDS = 10
@@ -104,13 +105,21 @@ def vllm_args(model: ModelSettings) -> list[str]:
         f"--tensor-parallel-size={model.tensor_parallel_size}",
         f"--max-model-len={model.max_model_len}",
         *(config_args() if model.api_keys_secret else []),
+        *drain_args(model),
+        *(
+            [f"--attention-backend={model.attention_backend}"]
+            if model.attention_backend and model.profile.attention_backend_by_flag
+            else []
+        ),
         *model.extra_args,
     ]
 
 
 def vllm_env(model: ModelSettings) -> dict[str, str]:
     """The server's environment: the model's own variables, then what keeps a replica inside the VPC."""
+    backend = model.attention_backend and not model.profile.attention_backend_by_flag
     env = {
+        **({ATTENTION_BACKEND_ENV: model.attention_backend} if backend else {}),
         **model.env,
         # The weights are on the file system: never reach out to the Hugging Face Hub.
         "HF_HUB_OFFLINE": "1",

@@ -28,6 +28,7 @@ from pydantic import (
 
 from settings import names
 from settings.model_facts import KV_DTYPE_BYTES, ModelFacts, catalog
+from settings.vllm_profiles import ATTENTION_BACKEND_ENV, VllmProfile, driver_problem, profile_of
 from settings.yaml_files import load_yaml
 
 # Each version needs its kubectl layer package in requirements.txt and an entry in
@@ -83,6 +84,10 @@ MANAGED_VLLM_FLAGS = (
     "--pipeline-parallel-size",
     "--data-parallel-size",
     "--data-parallel-size-local",
+    # The drain sets it from the longest request where the version drains by itself (charts/pre_stop_drain.py),
+    # and attention_backend below the backend.
+    "--shutdown-timeout",
+    "--attention-backend",
 )
 # The short forms vLLM gives the parallel sizes (vllm/engine/arg_utils.py, EngineArgs.add_cli_args).
 SHORT_VLLM_FLAGS = {
@@ -808,7 +813,11 @@ class ModelSettings(_Strict):
             Field(description="an environment variable name: letters, digits and '_', not starting with a digit"),
         ],
         str,
-    ] = {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN"}
+    ] = {}
+    # vLLM's attention backend, one of the version's (settings/catalog/vllm/<version>.yaml, attention_backends); set
+    # through VLLM_ATTENTION_BACKEND for the versions that read it, --attention-backend for the others. TRITON_ATTN is
+    # the walkthrough's, for gpt-oss on L4, L40S and A10G GPUs; none lets vLLM choose.
+    attention_backend: str | None = "TRITON_ATTN"
     resources: ModelResources = ModelResources()
     # The model's architecture, which sizes its GPUs, KV cache, file system and cold start (settings/model_facts.py):
     # from the catalog (settings/catalog/models.yaml) for the models it lists, given here for any other.
@@ -862,6 +871,11 @@ class ModelSettings(_Strict):
     def peak_replicas(self) -> int:
         """The most replicas the model may run: autoscaling's maximum, else `replicas`."""
         return self.autoscaling.max_replicas if self.autoscaling is not None else self.replicas
+
+    @property
+    def profile(self) -> VllmProfile:
+        """What the image's vLLM version offers and needs (settings/vllm_profiles.py)."""
+        return profile_of(self.image)
 
     @property
     def weights_path(self) -> str:
@@ -962,6 +976,37 @@ class ModelSettings(_Strict):
                 "come with that many, and a pod's GPUs must all be on one node)"
             )
         return gpus
+
+    @model_validator(mode="after")
+    def _what_the_version_offers(self) -> ModelSettings:
+        """The image's vLLM version has a profile, and the flags, variables and backend given are the version's."""
+        try:
+            profile = profile_of(self.image)
+        except ValueError as problem:
+            raise ValueError(f"image: {problem}") from None
+        facts, version = profile.extracted, profile.version
+        for arg in self.extra_args:
+            flag = vllm_flag(arg)
+            if flag and flag.startswith("--") and flag not in facts.flags and f"--{flag[5:]}" not in facts.flags:
+                raise ValueError(
+                    f"extra_args: vLLM {version} has no flag {flag} (give a flag's full name; the version's flags "
+                    f"are in settings/catalog/vllm/{version}.yaml)"
+                )
+        if ATTENTION_BACKEND_ENV in self.env:
+            raise ValueError(f"env: set the attention backend with attention_backend, not {ATTENTION_BACKEND_ENV}")
+        for variable in self.env:
+            if variable.startswith("VLLM_") and variable not in facts.environment_variables:
+                raise ValueError(
+                    f"env: vLLM {version} reads no {variable} (vllm/envs.py; settings/catalog/vllm/{version}.yaml)"
+                )
+        if self.attention_backend is not None and self.attention_backend not in facts.attention_backends:
+            raise ValueError(
+                f"attention_backend: vLLM {version} has no backend {self.attention_backend!r}; it has "
+                f"{', '.join(sorted(facts.attention_backends))}"
+            )
+        if unsupported := driver_problem(self.image):
+            raise ValueError(f"image: {unsupported}")
+        return self
 
     @field_validator("extra_args")
     @classmethod

@@ -7,6 +7,7 @@ from constructs import Construct
 
 from settings import names
 from settings.schema import StageSettings
+from settings.vllm_profiles import advisory_warning
 from stacks.cluster import ClusterStack
 from stacks.model_serving import ModelServingStack
 from stacks.model_store import ModelStoreStack
@@ -96,6 +97,9 @@ class InferencePlatformStage(Stage):
         )
         if settings.unreachable:
             Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
+        for model in settings.models:
+            if advisories := advisory_warning(model.name, model.image, model.extra_args):
+                Annotations.of(self.models[model.name]).add_warning_v2("gpu-inference:vllm-advisories", advisories)
         acknowledge_reviewed_findings(self, settings)
         Tags.of(self).add("project", "eks-gpu-inference")
         Tags.of(self).add("stage", id)

@@ -111,7 +111,7 @@ def settings_data(*, autoscaling: bool, env: str = "") -> dict[str, Any]:
     if not autoscaling:
         del model["autoscaling"]
     if env:
-        model["env"] = {**model["env"], "EXTRA": env}
+        model["env"] = {**model.get("env", {}), "EXTRA": env}
     return data
 
 

@@ -71,7 +71,7 @@ def test_model_defaults_are_the_walkthroughs() -> None:
     model = parse_stage_settings("dev", data).models[0]
     assert (model.gpus, model.replicas, model.tensor_parallel_size, model.max_model_len) == (1, 1, 1, 20000)
     assert str(model.gpu_memory_utilization) == "0.90"
-    assert model.env == {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN"}
+    assert (model.env, model.attention_backend) == ({}, "TRITON_ATTN")
 
 
 def test_default_kubernetes_version_is_the_newest_supported() -> None:
@@ -194,7 +194,7 @@ def test_unpinned_image_is_refused(image: str) -> None:
 
 def test_image_pinned_by_digest_is_allowed() -> None:
     data = stage_data()
-    data["models"][0]["image"] = "vllm/vllm-openai@sha256:" + "a" * 64
+    data["models"][0]["image"] = "vllm/vllm-openai:v0.33.0@sha256:" + "a" * 64
     assert parse_stage_settings("dev", data).models[0].image.endswith("a" * 64)
 
 
