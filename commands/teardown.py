@@ -21,7 +21,9 @@ cluster still runs its controllers:
    waiting until none is left, then the pools' NodeClasses, then the claims. Auto Mode's own pools
    (system, general-purpose) stay: KEDA and the other controllers run there until `cdk destroy`
    deletes their objects;
-5. `cdk destroy` of the stage's stacks;
+5. the stacks of models the stage no longer has but that are still deployed (the pipeline leaves a removed
+   model's stack; step 1 stopped its serving too), then `cdk destroy` of the stage's stacks. An orphan's stack
+   imports the stage's exports, so it goes first or the stacks it reads from could not;
 6. a list of what the stage keeps on purpose (its retained resources), with the command that
    removes each.
 
@@ -103,24 +105,55 @@ class TeardownPlan:
     node_seconds: int
 
     @classmethod
-    def of(cls, settings: StageSettings) -> TeardownPlan:
+    def of(cls, settings: StageSettings, orphans: tuple[str, ...] = ()) -> TeardownPlan:
+        """`orphans`: models still deployed that the settings no longer name; their replicas' grace is unknown, so
+        the longest a pool lets a pod take bounds their drain (the settings check every grace against it)."""
+        longest_pool_grace = max(duration_seconds(pool.termination_grace_period) for pool in settings.gpu_node_pools)
         return cls(
             cluster=settings.cluster.name,
             region=settings.region,
-            models=tuple(
-                ServedModel(
-                    namespace=names.namespace(model.name),
-                    deployment=model.name,
-                    app_label=names.app_label(model.name),
-                    autoscaled=model.autoscaling is not None,
-                    drain_seconds=termination_grace_seconds(model) + POD_GONE_MARGIN_SECONDS,
-                )
-                for model in settings.models
+            models=(
+                *(
+                    served(model.name, model.autoscaling is not None, termination_grace_seconds(model))
+                    for model in settings.models
+                ),
+                # Their autoscaler's objects exist only where the stage runs KEDA.
+                *(served(name, settings.keda, longest_pool_grace) for name in orphans),
             ),
             gpu_pools=tuple(pool.name for pool in settings.gpu_node_pools),
-            node_seconds=max(duration_seconds(pool.termination_grace_period) for pool in settings.gpu_node_pools)
-            + INSTANCE_TERMINATION_SECONDS,
+            node_seconds=longest_pool_grace + INSTANCE_TERMINATION_SECONDS,
         )
+
+
+def served(model_name: str, autoscaled: bool, grace_seconds: int) -> ServedModel:
+    return ServedModel(
+        namespace=names.namespace(model_name),
+        deployment=model_name,
+        app_label=names.app_label(model_name),
+        autoscaled=autoscaled,
+        drain_seconds=grace_seconds + POD_GONE_MARGIN_SECONDS,
+    )
+
+
+def orphaned_model_stacks(settings: StageSettings, stage: str) -> list[str]:
+    """The model stacks the stage has deployed (any state but deleted) whose model its settings no longer name."""
+    prefix = f"{stage}-{names.model_stack_id('')}"
+    found = run(
+        [
+            *("aws", "cloudformation", "list-stacks", "--region", settings.region, "--output", "json"),
+            *("--query", f"StackSummaries[?starts_with(StackName, '{prefix}') && StackStatus!='DELETE_COMPLETE']"),
+        ]
+    )
+    current = {f"{stage}-{names.model_stack_id(model.name)}" for model in settings.models}
+    return sorted({summary["StackName"] for summary in json.loads(found.stdout or "[]")} - current)
+
+
+def delete_stacks(region: str, stacks: list[str]) -> None:
+    """Deletes each stack and waits for it (CloudFormation's waiter gives up after an hour)."""
+    for stack in stacks:
+        print(f"deleting {stack}: its model is no longer in the stage's settings")
+        run(["aws", "cloudformation", "delete-stack", "--region", region, "--stack-name", stack])
+        run(["aws", "cloudformation", "wait", "stack-delete-complete", "--region", region, "--stack-name", stack])
 
 
 def run(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -245,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         if assembly is None:
             run([*cdk, "synth", "--quiet", "-c", f"stage={args.stage}"])
             assembly = ROOT / "cdk.out" / f"assembly-{args.stage}"
-        kubernetes_cleanup(TeardownPlan.of(settings))
+        orphans = orphaned_model_stacks(settings, args.stage)
+        prefix = f"{args.stage}-{names.model_stack_id('')}"
+        kubernetes_cleanup(TeardownPlan.of(settings, tuple(stack.removeprefix(prefix) for stack in orphans)))
+        delete_stacks(settings.region, orphans)
         run([*cdk, "destroy", "--force", "-c", f"stage={args.stage}", f"{args.stage}/*"])
     except TeardownError as error:
         print(f"teardown of stage {args.stage} stopped: {error}", file=sys.stderr)

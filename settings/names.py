@@ -126,6 +126,16 @@ def smoke_test_trigger_role_name(cluster_name: str) -> str:
     return f"{cluster_name}-smoke-test-trigger"
 
 
+def smoke_test_role_name(cluster_name: str) -> str:
+    """The smoke test's own role: named, so that each model's stack can let it read that model's API keys."""
+    return f"{cluster_name}-smoke-test"
+
+
+def smoke_test_checks_path(cluster_name: str) -> str:
+    """The SSM Parameter Store path under which each model's stack stores its smoke test (/<cluster>/smoke-test)."""
+    return f"/{cluster_name}/smoke-test"
+
+
 # Lambda function names: 1 to 64 of [a-zA-Z0-9_-] (Lambda API Reference, CreateFunction: FunctionName;
 # the AWS::Lambda::Function resource schema's pattern).
 LAMBDA_FUNCTION_NAME_MAX = 64
@@ -144,6 +154,12 @@ DASHBOARD_NAME_MAX = 255
 def dashboard_name(cluster_name: str) -> str:
     """The stage's CloudWatch dashboard."""
     return f"{cluster_name}-serving"
+
+
+def model_dashboard_name(cluster_name: str, model_name: str) -> str:
+    """A model's CloudWatch dashboard; "-model-" keeps it apart from the stage's (<cluster>-serving) whatever the
+    model's name. A cluster name and a model name together stay far below DASHBOARD_NAME_MAX."""
+    return f"{cluster_name}-model-{model_name}"
 
 
 def eks_log_group_prefix(cluster_name: str) -> str:
@@ -191,6 +207,7 @@ def cloudwatch_log_groups(cluster_name: str, *, insights: bool, container_logs: 
 CLUSTER_NAME_LIMITS = (
     NameLimit("CodeBuild project name", smoke_test_project_name, CODEBUILD_PROJECT_NAME_MAX),
     NameLimit("IAM role name", smoke_test_trigger_role_name, IAM_ROLE_NAME_MAX),
+    NameLimit("IAM role name", smoke_test_role_name, IAM_ROLE_NAME_MAX),
     NameLimit("Lambda function name", prometheus_data_source_name, LAMBDA_FUNCTION_NAME_MAX),
     NameLimit("CloudWatch dashboard name", dashboard_name, DASHBOARD_NAME_MAX),
 )
@@ -286,6 +303,7 @@ CLUSTER_FIXED_NAMES = (
     ),
     FixedName("smoke test CodeBuild project", smoke_test_project_name, "region"),
     FixedName("smoke test trigger IAM role", smoke_test_trigger_role_name, "account"),
+    FixedName("smoke test IAM role", smoke_test_role_name, "account"),
     FixedName("Prometheus data source Lambda function", prometheus_data_source_name, "region"),
     FixedName("CloudWatch dashboard", dashboard_name, "region"),
 )

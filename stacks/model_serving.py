@@ -2,7 +2,8 @@
 
 Each model has a stack of its own, so a stage's size is no longer capped by one template's 1,000,000 bytes, a
 model's change deploys its stack alone, and the pipeline deploys the models side by side. It depends on the
-stage's serving stack (stacks/serving.py), which holds what the models share: the GPU pools, KEDA, the smoke test.
+stage's serving stack (stacks/serving.py), which holds what the models share: the GPU pools, KEDA, the smoke test
+project. The model's own check, alarms and dashboard are here, so a model added or removed changes no other stack.
 Construct ids are those the resources had in the serving stack, so their logical ids are unchanged
 (docs/architecture.md, "One stack per model").
 """
@@ -24,9 +25,11 @@ from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, has_i
 from charts.vllm_server import PORT
 from settings import names
 from settings.schema import ModelSettings, StageSettings
+from stacks.observability import ModelAlarms, model_dashboard
 from stacks.pod_identity import pod_identity
 from stacks.references import StageResources, refer_strongly, secret_arn
 from stacks.replica_count import ReplicaCountHandover
+from stacks.smoke_test_project import ModelSmokeTest, smoke_test_start_command
 from stacks.web_acl import rate_limited_web_acl
 from workloads.smoke_test import chat_request
 
@@ -95,7 +98,10 @@ class ModelServingStack(Stack):
         for identity in self._identities(settings, model, resources):
             server.node.add_dependency(identity)
         self.import_job = job_name_in(objects)
-        self._outputs(model)
+        ModelSmokeTest(self, "SmokeTest", settings=settings, model=model, import_job=self.import_job)
+        if settings.observability.enabled:
+            model_dashboard(self, settings, model, ModelAlarms(self, "Alarms", settings=settings, model=model))
+        self._outputs(settings, model)
 
     def _identities(
         self, settings: StageSettings, model: ModelSettings, resources: StageResources
@@ -137,8 +143,14 @@ class ModelServingStack(Stack):
             )
         return identities
 
-    def _outputs(self, model: ModelSettings) -> None:
+    def _outputs(self, settings: StageSettings, model: ModelSettings) -> None:
         output_id = names.output_id(model.name)
+        CfnOutput(
+            self,
+            f"{output_id}SmokeTestCommand",
+            description=f"Runs the smoke test of {model.model} alone, in the stage's VPC",
+            value=smoke_test_start_command(settings, model),
+        )
         CfnOutput(
             self,
             f"{output_id}PortForwardCommand",

@@ -19,6 +19,7 @@ of that memory requests fill, is drawn beside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,16 @@ class PrometheusDataSource(Construct):
         Tags.of(self.function).add(*DATA_SOURCE_TAG)
 
     def query(self, promql: str, label: str) -> cloudwatch.MathExpression:
-        """A PromQL query that returns one series, as metric math."""
-        return cloudwatch.MathExpression(
-            expression=f'LAMBDA("{self.name}", "{promql}")', using_metrics={}, period=PERIOD, label=label
-        )
+        return prometheus_query(self.name, promql, label)
+
+
+def prometheus_query(data_source: str, promql: str, label: str) -> cloudwatch.MathExpression:
+    """A PromQL query through the stage's data source function (named `data_source`), as metric math: one series per
+    result, each labelled by its model (stacks/prometheus_data_source/handler.py). The function is called by name,
+    so a model's stack needs no reference to the stage's."""
+    return cloudwatch.MathExpression(
+        expression=f'LAMBDA("{data_source}", "{promql}")', using_metrics={}, period=PERIOD, label=label
+    )
 
 
 def replicas(settings: StageSettings, model: ModelSettings, metric_name: str) -> cloudwatch.Metric:
@@ -152,65 +159,63 @@ def gpus(settings: StageSettings, metric_name: str, label: str) -> cloudwatch.Me
     )
 
 
-class StageAlarms(Construct):
-    """Per model: an alarm on each of vLLM's alerts (stacks/metrics.py, alerts), on too few ready replicas, on
-    its metrics going missing and, when it autoscales, on idle GPUs above its minimum replicas; to the stage's
-    topic (`metrics.alert_topic_arn`) when it has one."""
+class ModelAlarms(Construct):
+    """A model's alarms: one on each of vLLM's alerts (stacks/metrics.py, alerts), on too few ready replicas, on its
+    metrics going missing and, when it autoscales, on idle GPUs above its minimum replicas; to the stage's topic
+    (`metrics.alert_topic_arn`) when it has one. In the model's stack: a model added or removed touches no other."""
 
-    def __init__(self, scope: Construct, id: str, *, settings: StageSettings, source: PrometheusDataSource) -> None:
+    def __init__(self, scope: Construct, id: str, *, settings: StageSettings, model: ModelSettings) -> None:
         super().__init__(scope, id)
         self.alarms: list[cloudwatch.Alarm] = []
         topic_arn = settings.metrics.alert_topic_arn
         self.topic = sns.Topic.from_topic_arn(self, "Topic", topic_arn) if topic_arn else None
-        for model in settings.models:
-            prefix = f"{settings.cluster.name}-{model.name}"
-            for alert in alerts(settings.metrics):
-                self._alarm(
-                    f"{model.name}-{alert.name}",
-                    alarm_name=f"{prefix}-{alert.name}",
-                    alarm_description=f"{alert.signal} of {model.name} above {alert.threshold:g} for "
-                    f"{ALERT_AFTER_MINUTES} minutes (docs/operations.md, 'Dashboard and alarms')",
-                    metric=source.query(for_model(alert.signal, model), alert.name),
-                    threshold=alert.threshold,
-                    comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                    evaluation_periods=ALERT_AFTER_MINUTES,
-                    # No requests, no ratio or quantile: quiet hours are not trouble.
-                    treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-                )
-            # Fewer ready replicas than the minimum for longer than a new replica may take to start.
-            minutes = math.ceil(progress_deadline_seconds(settings, model) / 60)
+        source = names.prometheus_data_source_name(settings.cluster.name)
+        prefix = f"{settings.cluster.name}-{model.name}"
+        for alert in alerts(settings.metrics):
             self._alarm(
-                f"{model.name}-VllmReplicasMissing",
-                alarm_name=f"{prefix}-VllmReplicasMissing",
-                alarm_description=f"fewer than {model.replicas} ready replicas of {model.name} for {minutes} "
-                "minutes, longer than a replica's start may take (docs/operations.md, 'Dashboard and alarms')",
-                metric=replicas(settings, model, "replicas_ready"),
-                threshold=model.replicas,
-                comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-                evaluation_periods=minutes,
-                # Container Insights reports nothing for a Deployment it cannot see: that is trouble too.
-                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-            )
-            # No replica scraped, of vLLM's metrics or of its GPUs': the scraper, the data source, every
-            # replica or every GPU reader is down.
-            self._alarm(
-                f"{model.name}-VllmMetricsMissing",
-                alarm_name=f"{prefix}-VllmMetricsMissing",
-                alarm_description=f"no replica of {model.name} scraped (vLLM's or its GPUs' metrics) for "
-                f"{ALERT_AFTER_MINUTES} minutes: the other alarms of the model cannot fire (docs/operations.md, "
-                "'Dashboard and alarms')",
-                metric=source.query(fewest_scraped(model), "replicas scraped"),
-                threshold=1,
-                comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+                f"{model.name}-{alert.name}",
+                alarm_name=f"{prefix}-{alert.name}",
+                alarm_description=f"{alert.signal} of {model.name} above {alert.threshold:g} for "
+                f"{ALERT_AFTER_MINUTES} minutes (docs/operations.md, 'Dashboard and alarms')",
+                metric=prometheus_query(source, for_model(alert.signal, model), alert.name),
+                threshold=alert.threshold,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 evaluation_periods=ALERT_AFTER_MINUTES,
-                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+                # No requests, no ratio or quantile: quiet hours are not trouble.
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             )
-            if model.autoscaling is not None:
-                self._gpus_idle_alarm(settings, model, source, prefix)
+        # Fewer ready replicas than the minimum for longer than a new replica may take to start.
+        minutes = math.ceil(progress_deadline_seconds(settings, model) / 60)
+        self._alarm(
+            f"{model.name}-VllmReplicasMissing",
+            alarm_name=f"{prefix}-VllmReplicasMissing",
+            alarm_description=f"fewer than {model.replicas} ready replicas of {model.name} for {minutes} "
+            "minutes, longer than a replica's start may take (docs/operations.md, 'Dashboard and alarms')",
+            metric=replicas(settings, model, "replicas_ready"),
+            threshold=model.replicas,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluation_periods=minutes,
+            # Container Insights reports nothing for a Deployment it cannot see: that is trouble too.
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
+        # No replica scraped, of vLLM's metrics or of its GPUs': the scraper, the data source, every
+        # replica or every GPU reader is down.
+        self._alarm(
+            f"{model.name}-VllmMetricsMissing",
+            alarm_name=f"{prefix}-VllmMetricsMissing",
+            alarm_description=f"no replica of {model.name} scraped (vLLM's or its GPUs' metrics) for "
+            f"{ALERT_AFTER_MINUTES} minutes: the other alarms of the model cannot fire (docs/operations.md, "
+            "'Dashboard and alarms')",
+            metric=prometheus_query(source, fewest_scraped(model), "replicas scraped"),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluation_periods=ALERT_AFTER_MINUTES,
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
+        if model.autoscaling is not None:
+            self._gpus_idle_alarm(settings, model, source, prefix)
 
-    def _gpus_idle_alarm(
-        self, settings: StageSettings, model: ModelSettings, source: PrometheusDataSource, prefix: str
-    ) -> None:
+    def _gpus_idle_alarm(self, settings: StageSettings, model: ModelSettings, source: str, prefix: str) -> None:
         """More replicas than the minimum, on GPUs that stay idle past the scale-down cooldown: KEDA should have
         removed one by then. The query answers only while more than the minimum are scraped; no answer is quiet."""
         namespace = names.namespace(model.name)
@@ -222,7 +227,8 @@ class StageAlarms(Construct):
             alarm_description=f"more than {model.replicas} replicas of {model.name} whose GPUs were below "
             f"{threshold:.0%} busy for {minutes} minutes, past the scale-down cooldown (docs/operations.md, "
             "'Dashboard and alarms')",
-            metric=source.query(
+            metric=prometheus_query(
+                source,
                 f"{for_model(GPU_UTILIZATION, model)} and on (namespace) "
                 f"(count by (namespace) (up{{job='{VLLM_JOB}', namespace='{namespace}'}} == 1) > {model.replicas})",
                 "GPU utilization above the minimum replicas",
@@ -241,19 +247,33 @@ class StageAlarms(Construct):
         self.alarms.append(alarm)
 
 
-def stage_dashboard(
-    scope: Construct, settings: StageSettings, source: PrometheusDataSource, alarms: StageAlarms
-) -> cloudwatch.Dashboard:
-    """One dashboard per stage: replicas and GPUs, then vLLM's signals per model, then the alarms."""
+def graph(title: str, *metrics: cloudwatch.IMetric, unit: str | None = None) -> cloudwatch.GraphWidget:
+    return cloudwatch.GraphWidget(
+        title=title, left=list(metrics), width=8, height=6, left_y_axis=cloudwatch.YAxisProps(label=unit, min=0)
+    )
 
-    def graph(title: str, *metrics: cloudwatch.IMetric, unit: str | None = None) -> cloudwatch.GraphWidget:
-        return cloudwatch.GraphWidget(
-            title=title, left=list(metrics), width=8, height=6, left_y_axis=cloudwatch.YAxisProps(label=unit, min=0)
-        )
 
-    def per_model(signal: str, what: str = "") -> list[cloudwatch.IMetric]:
-        return [source.query(for_model(signal, model), f"{model.name} {what}".strip()) for model in settings.models]
+def signal_widgets(query: Callable[[str, str], cloudwatch.IMetric]) -> list[cloudwatch.IWidget]:
+    """vLLM's and the GPUs' signals, each line a model's: `query(signal, what)` reads one recorded signal."""
+    return [
+        graph("GPU utilization: mean of the model's GPUs", query(GPU_UTILIZATION, ""), unit="fraction"),
+        graph(
+            "GPU memory: in use, and KV cache in use (fullest GPU, fullest replica)",
+            query(GPU_MEMORY_USED, "memory in use"),
+            query(KV_CACHE_USAGE, "KV cache in use"),
+            unit="fraction",
+        ),
+        graph("Requests waiting", query(QUEUE, "")),
+        graph("Time to first token, p95", query(TTFT_P95, ""), unit="seconds"),
+        graph("Tokens generated per second", query(TOKENS_PER_SECOND, ""), unit="tokens/s"),
+        graph("Share of responses that are 5xx", query(SERVER_ERROR_RATIO, ""), unit="fraction"),
+    ]
 
+
+def stage_dashboard(scope: Construct, settings: StageSettings, source: PrometheusDataSource) -> cloudwatch.Dashboard:
+    """The stage's dashboard: its GPUs, then vLLM's signals with a line per model, whichever models it serves (each
+    query reads every model; the data source labels each series by its model). Each model's replicas and alarms are
+    on its own dashboard (model_dashboard)."""
     return cloudwatch.Dashboard(
         scope,
         "Dashboard",
@@ -262,34 +282,39 @@ def stage_dashboard(
         widgets=[
             [
                 graph(
-                    "Replicas: ready and desired",
-                    *(
-                        replicas(settings, model, name)
-                        for model in settings.models
-                        for name in ("replicas_ready", "replicas_desired")
-                    ),
-                ),
-                graph(
                     "GPUs: in the cluster, held by pods",
                     gpus(settings, "node_gpu_limit", "GPUs in the cluster"),
                     gpus(settings, "node_gpu_usage_total", "GPUs held by pods"),
                 ),
-                graph("GPU utilization: mean of the model's GPUs", *per_model(GPU_UTILIZATION), unit="fraction"),
-            ],
+                # ${LABEL}: each series' own label, its model (CloudWatch User Guide, "Use dynamic labels").
+                *signal_widgets(lambda signal, what: source.query(signal, f"${{LABEL}} {what}".strip())),
+            ]
+        ],
+    )
+
+
+def model_dashboard(
+    scope: Construct, settings: StageSettings, model: ModelSettings, alarms: ModelAlarms
+) -> cloudwatch.Dashboard:
+    """A model's dashboard, in its stack: its replicas, its signals and its alarms."""
+    source = names.prometheus_data_source_name(settings.cluster.name)
+    return cloudwatch.Dashboard(
+        scope,
+        "Dashboard",
+        dashboard_name=names.model_dashboard_name(settings.cluster.name, model.name),
+        default_interval=Duration.hours(3),
+        widgets=[
             [
                 graph(
-                    "GPU memory: in use, and KV cache in use (fullest GPU, fullest replica)",
-                    *per_model(GPU_MEMORY_USED, "memory in use"),
-                    *per_model(KV_CACHE_USAGE, "KV cache in use"),
-                    unit="fraction",
+                    "Replicas: ready and desired",
+                    *(replicas(settings, model, name) for name in ("replicas_ready", "replicas_desired")),
                 ),
-                graph("Requests waiting", *per_model(QUEUE)),
-                graph("Time to first token, p95", *per_model(TTFT_P95), unit="seconds"),
-            ],
-            [
-                graph("Tokens generated per second", *per_model(TOKENS_PER_SECOND), unit="tokens/s"),
-                graph("Share of responses that are 5xx", *per_model(SERVER_ERROR_RATIO), unit="fraction"),
+                *signal_widgets(
+                    lambda signal, what: prometheus_query(
+                        source, for_model(signal, model), f"{model.name} {what}".strip()
+                    )
+                ),
                 cloudwatch.AlarmStatusWidget(title="Alarms", alarms=alarms.alarms, width=8, height=6),
-            ],
+            ]
         ],
     )

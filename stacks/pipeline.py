@@ -13,7 +13,7 @@ from constructs import Construct
 from settings import names
 from settings.schema import PipelineSettings, StageSettings
 from stacks.reviewed_findings import acknowledge_pipeline_findings
-from stacks.serving import smoke_test_timeout
+from stacks.smoke_test_project import smoke_test_timeout
 from stacks.stage import InferencePlatformStage
 
 # The same commands a person runs (docs/pipeline.md): install, the whole test suite with its gates, synth.
@@ -49,7 +49,7 @@ def partition(region: str) -> str:
 
 
 def trigger_role_arn(settings: StageSettings) -> str:
-    """The role the stage lets this pipeline assume to start its smoke test (stacks/serving.py)."""
+    """The role the stage lets this pipeline assume to start its smoke test (stacks/smoke_test_project.py)."""
     role = names.smoke_test_trigger_role_name(settings.cluster.name)
     return f"arn:{partition(settings.region)}:iam::{settings.account}:role/{role}"
 
@@ -58,10 +58,12 @@ def smoke_test_commands(settings: StageSettings) -> list[str]:
     """Start the stage's smoke test project, as the role the stage lets this pipeline assume, and wait for it."""
     role_arn = trigger_role_arn(settings)
     region, project = settings.region, names.smoke_test_project_name(settings.cluster.name)
+    minutes = int(smoke_test_timeout(settings).to_minutes())
     return [
         ASSUME_ROLE,
         f"assume {role_arn}",
-        f"build=$(aws codebuild start-build --region {region} --project-name {project} --query build.id --output text)",
+        f"build=$(aws codebuild start-build --region {region} --project-name {project} "
+        f"--timeout-in-minutes-override {minutes} --query build.id --output text)",
         f"while sleep {SMOKE_TEST_POLL_SECONDS}; assume {role_arn}; "
         f"status=$(aws codebuild batch-get-builds --region {region} --ids $build "
         "--query 'builds[0].buildStatus' --output text); [ \"$status\" = IN_PROGRESS ]; do :; done",

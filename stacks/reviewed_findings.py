@@ -182,7 +182,7 @@ def _model_nag_findings(settings: StageSettings, model_store_stack: str) -> tupl
             if model.api_keys_secret
             for path in (
                 f"{names.model_stack_id(model.name)}/{names.output_id(model.name)}ApiKeysRole/DefaultPolicy",
-                f"{SMOKE_TEST_ROLE}/DefaultPolicy",
+                f"{names.model_stack_id(model.name)}/SmokeTest/Keys",
             )
         ),
     )
@@ -190,7 +190,14 @@ def _model_nag_findings(settings: StageSettings, model_store_stack: str) -> tupl
 
 def _smoke_test_nag_findings(settings: StageSettings, logical_id: Callable[[str], str]) -> tuple[Finding, ...]:
     """What the smoke test's project and role may do."""
+    checks = names.smoke_test_checks_path(settings.cluster.name)
     return (
+        Finding(
+            f"{SMOKE_TEST_ROLE}/DefaultPolicy",
+            f"AwsSolutions-IAM5[{_account_resource('ssm', settings.region, f'parameter{checks}/*')}]",
+            "The checks each model's stack stores under the stage's smoke test path, one parameter a model: the "
+            "project reads whichever models the stage serves, and nothing else in Parameter Store.",
+        ),
         *(
             Finding(
                 f"{SMOKE_TEST_ROLE}/DefaultPolicy",

@@ -90,11 +90,9 @@ class InferencePlatformStage(Stage):
             termination_protection=protect,
             settings=settings,
             resources=resources,
+            pipeline_account=pipeline_account,
         )
         self.models = self._model_stacks(settings, resources, protect)
-        self.serving.add_smoke_test(
-            {name: stack.import_job for name, stack in self.models.items()}, pipeline_account=pipeline_account
-        )
         if settings.unreachable:
             Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
         for model in settings.models:

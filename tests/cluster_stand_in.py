@@ -78,6 +78,8 @@ class Cluster:
         self.log: list[str] = []
         self._names = itertools.count(1)
         self.reachable = True
+        # The stage's deployed model stacks that its app no longer has (`aws cloudformation list-stacks`).
+        self.stacks: list[str] = []
 
     # --- building the starting state ---
 
@@ -250,6 +252,8 @@ class Cluster:
         """subprocess.run for `aws`, `kubectl` and `cdk` commands."""
         tool, *args = command
         self.log.append(f"{self.now:>6.0f} s  $ {' '.join(command)}")
+        if tool == "aws" and args[0] == "cloudformation":
+            return self._cloudformation(args[1:])
         if tool == "aws":
             ok = self.reachable
             return self._result(0 if ok else 254, "", "" if ok else "No cluster found")
@@ -260,6 +264,22 @@ class Cluster:
         if args and args[0].startswith("/"):
             args = args[1:]
         return self._kubectl(args)
+
+    def _cloudformation(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        """The stage's stacks outside the app (`stacks`): listed, and deleted with their model's objects."""
+        if args[0] == "list-stacks":
+            return self._result(
+                0, json.dumps([{"StackName": s, "StackStatus": "UPDATE_COMPLETE"} for s in self.stacks])
+            )
+        if args[0] == "delete-stack":
+            stack = args[args.index("--stack-name") + 1]
+            self.stacks.remove(stack)
+            # Its charts' objects go with it, as the serving stack's do (_cdk_destroy).
+            namespace = self.find("namespaces", stack.rsplit("-Model-", 1)[1])
+            if namespace is not None:
+                self.delete(namespace)
+                self.run_until(lambda: namespace not in self.objects, HANDLER_SECONDS)
+        return self._result(0)
 
     def _result(self, code: int, out: str = "", err: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess([], code, out, err)

@@ -506,3 +506,9 @@ def find(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 def find_all(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """Every object of a kind in a chart's output, in order."""
     return [obj for obj in objects if obj["kind"] == kind]
+
+
+def stored_check(template: dict[str, Any]) -> list[str]:
+    """The smoke test arguments a model's stack stores for the stage's project (stacks/smoke_test_project.py)."""
+    (parameter,) = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::SSM::Parameter"]
+    return list(json.loads(parameter["Value"]))

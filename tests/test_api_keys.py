@@ -12,7 +12,7 @@ import yaml
 
 from charts.api_keys import FILE, LOGGING_CONFIG, LOGGING_FILE, LOGGING_MOUNT, MOUNT, PROVIDER_CLASS, SERVICE_ACCOUNT
 from stacks.cluster import SECRETS_STORE_ADDON
-from tests.conftest import ROOT, Assembly, find, render_charts, resources, stage_data
+from tests.conftest import ROOT, Assembly, find, render_charts, resources, stage_data, stored_check
 from tests.conftest import model_objects as objects_of
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
@@ -96,14 +96,16 @@ def test_the_replicas_and_the_smoke_test_may_read_the_secret_and_nothing_else(pr
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
     assert f":secret:{SECRET}-??????" in json.dumps(statement["Resource"])
-    smoke = [
-        s
-        for p in resources(prod.template("Serving"), "AWS::IAM::Policy")
-        for s in p["Properties"]["PolicyDocument"]["Statement"]
-        if s["Action"] == "secretsmanager:GetSecretValue"
+    # The smoke test's role gets it from the model's stack, by the role's name; the serving stack grants none.
+    assert "secretsmanager" not in json.dumps(resources(prod.template("Serving"), "AWS::IAM::Policy"))
+    (smoke,) = [
+        p["Properties"]
+        for p in resources(model, "AWS::IAM::Policy")
+        if p["Properties"]["Roles"] == ["gpu-inference-prod-smoke-test"]
     ]
-    assert len(smoke) == 1
-    assert f":secret:{SECRET}-??????" in json.dumps(smoke[0]["Resource"])
+    (statement,) = smoke["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "secretsmanager:GetSecretValue"
+    assert f":secret:{SECRET}-??????" in json.dumps(statement["Resource"])
 
 
 def test_the_provider_add_on_is_installed_where_a_model_has_keys(prod: Assembly, dev: Assembly) -> None:
@@ -115,11 +117,8 @@ def test_the_provider_add_on_is_installed_where_a_model_has_keys(prod: Assembly,
 
 
 def test_the_smoke_test_asks_with_a_key_and_the_test_command_sends_one(prod: Assembly) -> None:
-    serving = prod.template("Serving")
-    (project,) = resources(serving, "AWS::CodeBuild::Project")
-    buildspec = yaml.safe_load(project["Properties"]["Source"]["BuildSpec"])
-    (check,) = [c for c in buildspec["phases"]["build"]["commands"] if "smoke_test.py" in c]
-    assert f"--api-key-secret {SECRET}" in check
+    check = stored_check(prod.model_template())
+    assert check[check.index("--api-key-secret") + 1] == SECRET
     command = prod.model_template()["Outputs"]["GptOss20bTestRequestCommand"]["Value"]
     assert f"--secret-id {SECRET}" in command
     assert "Authorization: Bearer" in command

@@ -20,7 +20,7 @@ from charts.exposure import deregistration_delay_seconds
 from settings import STAGES_DIR, parse_stage_settings
 from settings.drain import LOAD_BALANCER_DEREGISTRATION_SECONDS, SHUTDOWN_SECONDS, max_request_seconds
 from settings.schema import StageSettings
-from stacks.serving import smoke_test_command, smoke_test_timeout
+from stacks.smoke_test_project import smoke_test_args, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
 from tests.conftest import find, gpu_pool_objects, model_objects, render_charts, stage_data
 from tests.scanners import cloudformation_problems, kubernetes_problems
@@ -258,8 +258,8 @@ def test_a_hostname_that_is_not_a_dns_name_is_refused(hostname: str) -> None:
 
 def test_the_smoke_test_asks_through_the_load_balancer_by_its_name_with_a_key() -> None:
     settings = exposed_settings()
-    command = smoke_test_command(settings, settings.models[0], import_job="import-gpt-oss-20b-0123abcd")
-    assert command.endswith(f" --api-key-secret gpt-oss-20b/api-keys --ingress gpt-oss-20b --hostname {HOSTNAME}")
+    args = smoke_test_args(settings, settings.models[0], import_job="import-gpt-oss-20b-0123abcd")
+    assert args[-6:] == ["--api-key-secret", "gpt-oss-20b/api-keys", "--ingress", "gpt-oss-20b", "--hostname", HOSTNAME]
     # Its time includes waiting for Auto Mode to provision the load balancer.
     unexposed = parse_stage_settings("prod", stage_data("prod"))
     assert smoke_test_timeout(settings).to_seconds() == smoke_test_timeout(unexposed).to_seconds() + 900

@@ -18,7 +18,7 @@ from app import project_app
 from settings import SettingsError, parse_stage_settings
 from settings.schema import StageSettings
 from stacks.metrics import SCRAPE_JOBS, recorded
-from stacks.observability import PrometheusDataSource, StageAlarms
+from stacks.observability import ModelAlarms
 from stacks.prometheus_data_source import handler as data_source
 from tests.conftest import Assembly, chart_values, resources, stage_data
 from tests.scanners import cloudformation_problems
@@ -271,8 +271,9 @@ def lambda_queries(expression: str) -> list[str]:
 def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(prod: Assembly) -> None:
     alarms = {
         a["Properties"]["AlarmName"]: a["Properties"]
-        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm")
+        for a in resources(prod.model_template(), "AWS::CloudWatch::Alarm")
     }
+    assert not resources(prod.template("Serving"), "AWS::CloudWatch::Alarm")  # each model's are in its stack
     prefix = "gpu-inference-prod-gpt-oss-20b-"
     assert set(alarms) == {
         prefix + name
@@ -327,71 +328,85 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
         assert cloudformation_problems("AWS::CloudWatch::Alarm", alarm) == []
 
 
+def dashboard_body(template: dict[str, Any]) -> dict[str, Any]:
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard")
+    parts = dashboard["Properties"]["DashboardBody"]
+    parts = parts["Fn::Join"][1] if isinstance(parts, dict) else [parts]
+    return {
+        "name": dashboard["Properties"]["DashboardName"],
+        **json.loads("".join(part if isinstance(part, str) else "us-west-2" for part in parts)),
+    }
+
+
 def test_every_query_parses_and_reads_recorded_signals_or_the_scrape_itself(prod: Assembly) -> None:
-    template = prod.template("Serving")
+    model = prod.model_template()
     expressions = [
         metric["Expression"]
-        for alarm in resources(template, "AWS::CloudWatch::Alarm")
+        for alarm in resources(model, "AWS::CloudWatch::Alarm")
         for metric in alarm["Properties"]["Metrics"]
         if "Expression" in metric
     ]
-    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard")
-    body = "".join(
-        part if isinstance(part, str) else "<region>"
-        for part in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
-    )
-    queries = [query for expression in [*expressions, body] for query in lambda_queries(expression)]
-    assert len(queries) == 7 + 7  # seven alarms read the workspace, and seven of the widgets' lines
+    bodies = [json.dumps(dashboard_body(template)) for template in (prod.template("Serving"), model)]
+    queries = [query for expression in [*expressions, *bodies] for query in lambda_queries(expression)]
+    assert len(queries) == 7 + 7 + 7  # seven alarms read the workspace, and seven lines of each dashboard
     read = set()
     for query in queries:
-        read |= metric_names(query.replace("\\\\", ""))
+        read |= metric_names(query.replace("\\\\", "").replace("\\", ""))
     assert read <= set(recorded(StageSettings.model_fields["metrics"].default)) | {"up"}
 
 
-def test_the_dashboard_shows_replicas_gpus_and_vllms_signals_and_the_alarms(prod: Assembly) -> None:
-    (dashboard,) = resources(prod.template("Serving"), "AWS::CloudWatch::Dashboard")
-    assert dashboard["Properties"]["DashboardName"] == "gpu-inference-prod-serving"
-    parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
-    body = json.loads("".join(part if isinstance(part, str) else "us-west-2" for part in parts))
-    titles = [widget["properties"]["title"] for widget in body["widgets"]]
-    assert titles == [
-        "Replicas: ready and desired",
+SIGNALS = [
+    "GPU utilization: mean of the model's GPUs",
+    "GPU memory: in use, and KV cache in use (fullest GPU, fullest replica)",
+    "Requests waiting",
+    "Time to first token, p95",
+    "Tokens generated per second",
+    "Share of responses that are 5xx",
+]
+
+
+def test_the_stages_dashboard_shows_its_gpus_and_a_line_per_model_whichever_models_it_serves(prod: Assembly) -> None:
+    body = dashboard_body(prod.template("Serving"))
+    assert body["name"] == "gpu-inference-prod-serving"
+    assert [widget["properties"]["title"] for widget in body["widgets"]] == [
         "GPUs: in the cluster, held by pods",
-        "GPU utilization: mean of the model's GPUs",
-        "GPU memory: in use, and KV cache in use (fullest GPU, fullest replica)",
-        "Requests waiting",
-        "Time to first token, p95",
-        "Tokens generated per second",
-        "Share of responses that are 5xx",
-        "Alarms",
+        *SIGNALS,
     ]
-    assert len(body["widgets"][-1]["properties"]["alarms"]) == 8
-    memory = body["widgets"][3]["properties"]["metrics"]
-    assert [line[0]["label"] for line in memory] == ["gpt-oss-20b memory in use", "gpt-oss-20b KV cache in use"]
+    memory = body["widgets"][2]["properties"]["metrics"]
+    # No model is named: each query reads every model's series, labelled by the data source with its model.
+    assert [line[0]["label"] for line in memory] == ["${LABEL} memory in use", "${LABEL} KV cache in use"]
     assert [lambda_queries(line[0]["expression"]) for line in memory] == [
-        ["namespace:gpu_memory_used:max_ratio{namespace='gpt-oss-20b'}"],
-        ["namespace:vllm_kv_cache_usage_perc:max{namespace='gpt-oss-20b'}"],
+        ["namespace:gpu_memory_used:max_ratio"],
+        ["namespace:vllm_kv_cache_usage_perc:max"],
     ]
+    assert "gpt-oss-20b" not in json.dumps(body)
     # Each node reports its GPUs under the ClusterName dimension too: the cluster's count is their sum.
-    gpu_metrics = body["widgets"][1]["properties"]["metrics"]
+    gpu_metrics = body["widgets"][0]["properties"]["metrics"]
     assert [(metric[1], metric[-1]["stat"]) for metric in gpu_metrics] == [
         ("node_gpu_limit", "Sum"),
         ("node_gpu_usage_total", "Sum"),
     ]
 
 
-def stage_alarms(data: dict[str, Any]) -> dict[str, Any]:
+def test_a_models_dashboard_shows_its_replicas_its_signals_and_its_alarms(prod: Assembly) -> None:
+    body = dashboard_body(prod.model_template())
+    assert body["name"] == "gpu-inference-prod-model-gpt-oss-20b"
+    titles = [widget["properties"]["title"] for widget in body["widgets"]]
+    assert titles == ["Replicas: ready and desired", *SIGNALS, "Alarms"]
+    assert len(body["widgets"][-1]["properties"]["alarms"]) == 8
+    memory = body["widgets"][2]["properties"]["metrics"]
+    assert [line[0]["label"] for line in memory] == ["gpt-oss-20b memory in use", "gpt-oss-20b KV cache in use"]
+    assert [lambda_queries(line[0]["expression"]) for line in memory] == [
+        ["namespace:gpu_memory_used:max_ratio{namespace='gpt-oss-20b'}"],
+        ["namespace:vllm_kv_cache_usage_perc:max{namespace='gpt-oss-20b'}"],
+    ]
+
+
+def model_alarms(data: dict[str, Any]) -> dict[str, Any]:
     """A template of the alarms of prod changed to `data`, built in this process."""
     settings = parse_stage_settings("prod", data)
     stack = cdk.Stack(project_app(), "Alarms", env=cdk.Environment(region=settings.region))
-    source = PrometheusDataSource(
-        stack,
-        "Source",
-        settings=settings,
-        workspace_arn="arn:aws:aps:us-west-2:123456789012:workspace/ws-1",
-        query_url="https://aps-workspaces.us-west-2.amazonaws.com/workspaces/ws-1",
-    )
-    StageAlarms(stack, "Alarms", settings=settings, source=source)
+    ModelAlarms(stack, "Alarms", settings=settings, model=settings.models[0])
     return Template.from_stack(stack).to_json()
 
 
@@ -400,7 +415,7 @@ def alarms_with_a_topic() -> dict[str, Any]:
     """The alarms of a stage that names a topic (a scenario no stage file has)."""
     data = stage_data("prod")
     data["metrics"]["alert_topic_arn"] = TOPIC
-    return stage_alarms(data)
+    return model_alarms(data)
 
 
 def test_alarms_and_their_recovery_go_to_the_stages_topic(alarms_with_a_topic: dict[str, Any]) -> None:
@@ -412,7 +427,7 @@ def test_alarms_and_their_recovery_go_to_the_stages_topic(alarms_with_a_topic: d
 def test_the_idle_gpus_alarm_answers_only_above_the_minimum_replicas(prod: Assembly) -> None:
     (alarm,) = [
         a["Properties"]
-        for a in resources(prod.template("Serving"), "AWS::CloudWatch::Alarm")
+        for a in resources(prod.model_template(), "AWS::CloudWatch::Alarm")
         if a["Properties"]["AlarmName"].endswith("-VllmGpusIdle")
     ]
     (query,) = lambda_queries(alarm["Metrics"][0]["Expression"])
@@ -428,7 +443,7 @@ def test_the_idle_gpus_alarm_answers_only_above_the_minimum_replicas(prod: Assem
 def test_a_model_of_fixed_size_has_no_idle_gpus_alarm() -> None:
     data = stage_data("prod")
     del data["models"][0]["autoscaling"]
-    names = [a["Properties"]["AlarmName"] for a in resources(stage_alarms(data), "AWS::CloudWatch::Alarm")]
+    names = [a["Properties"]["AlarmName"] for a in resources(model_alarms(data), "AWS::CloudWatch::Alarm")]
     assert len(names) == 7
     assert not [name for name in names if name.endswith("-VllmGpusIdle")]
 

@@ -12,7 +12,7 @@ import pytest
 
 from settings import SettingsError, load_pipeline_settings, parse_pipeline_settings
 from stacks.pipeline import lookup_role_arn, plan_commands, smoke_test_commands, trigger_role_arn
-from stacks.serving import smoke_test_timeout
+from stacks.smoke_test_project import smoke_test_timeout
 from tests.conftest import Assembly, nested_stage, properties, validation_findings
 
 PIPELINE_ACCOUNT, DEV_ACCOUNT, PROD_ACCOUNT = "111111111111", "222222222222", "333333333333"

@@ -3,13 +3,17 @@ to the cluster, wired to what the other stacks created."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
 
+import cdk8s
+
+from charts import DeployedResources, stage_charts
 from commands.plan import MANIFEST_TYPE, unfold_manifest
-from settings import names
-from tests.conftest import Assembly, find, render_charts
+from settings import names, parse_stage_settings
+from tests.conftest import Assembly, find, render_charts, stage_data, stored_check
 
 # A JSON string holding a reference (${...}) or a placeholder (<...>): known only once deployed.
 DEPLOYED_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:\$\{|<)(?:[^"\\]|\\.)*"')
@@ -221,14 +225,27 @@ def test_smoke_test_runs_in_the_vpc_with_the_clusters_security_group(dev: Assemb
     assert "ClusterSecurityGroupId" in json.dumps(group)
     assert project["Source"]["Type"] == "S3"  # workloads/smoke_test.py, shipped as an asset
     commands = json.loads(project["Source"]["BuildSpec"])["phases"]["build"]["commands"]
-    assert commands[0] == "aws eks update-kubeconfig --region us-west-2 --name gpu-inference-dev"
+    assert commands == [
+        "aws eks update-kubeconfig --region us-west-2 --name gpu-inference-dev",
+        # Every check the models' stacks stored, or $MODEL's: the project names no model.
+        'python3 smoke_test.py --checks-from "$CHECKS" --only "$MODEL"',
+    ]
+    variables = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+    assert variables == {"CHECKS": "/gpu-inference-dev/smoke-test", "MODEL": ""}
+    assert "gpt-oss-20b" not in json.dumps(project)
     # It waits twice the import (609 s, in whole minutes) and the rollout's progress deadline (960 s):
     # a first start on an empty stage, or a slow one, is not a failure.
-    assert commands[1].startswith(
-        "python3 smoke_test.py --namespace gpt-oss-20b --service gptoss-service --deployment gpt-oss-20b "
-        "--model openai/gpt-oss-20b --rollout-timeout 3240 --import-job import-gpt-oss-20b-"
+    assert stored_check(dev.model_template())[:11] == [
+        *("--namespace", "gpt-oss-20b", "--service", "gptoss-service", "--deployment", "gpt-oss-20b"),
+        *("--model", "openai/gpt-oss-20b", "--rollout-timeout", "3240", "--import-job"),
+    ]
+    # Its own limit is a backstop; the pipeline and each model's command start it with the waits of theirs.
+    assert project["TimeoutInMinutes"] == 8 * 60
+    output = dev.model_template()["Outputs"]["GptOss20bSmokeTestCommand"]["Value"]
+    assert output == (
+        "aws codebuild start-build --region us-west-2 --project-name gpu-inference-dev-smoke-test "
+        "--environment-variables-override name=MODEL,value=gpt-oss-20b --timeout-in-minutes-override 64"
     )
-    assert project["TimeoutInMinutes"] == 54 + 10
 
 
 def test_smoke_test_role_is_admitted_to_the_cluster_with_no_access_policy(dev: Assembly) -> None:
@@ -277,3 +294,35 @@ def test_what_only_an_optional_feature_uses_is_read_weakly_with_its_export_kept(
     assert any("PrometheusWorkspace" in name and "WorkspaceId" in name for name in cluster_exports)
     # What a replacement would change stays strong.
     assert "prod-ModelStore:ExportsOutputRefFileSystem" in serving
+
+
+def test_the_serving_stack_names_no_model(dev: Assembly, prod: Assembly) -> None:
+    # A model's check, alarms and dashboard are in its own stack: adding or removing one leaves Serving as it is,
+    # but for what the models share (test_only_the_pools_limits_follow_the_models).
+    for assembly in (dev, prod):
+        serving = json.dumps(assembly.template("Serving"))
+        assert not re.search(r"gpt-oss|gptoss|GptOss", serving)
+
+
+def test_only_the_pools_limits_follow_the_models() -> None:
+    def shared(data: dict[str, Any]) -> dict[str, Any]:
+        settings = parse_stage_settings("prod", data)
+        charts = stage_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+        return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
+
+    one = stage_data("prod")
+    two = copy.deepcopy(one)
+    second = {**two["models"][0], "name": "gpt-oss-20b-b", "service_name": "gptoss-b", "revision": "a" * 40}
+    two["models"].append(second)
+    before, after = shared(one), shared(two)
+    changed = {chart for chart in before if before[chart] != after[chart]}
+    assert changed == {"GpuNodePool-gpu-node-pool", "GpuNodePool-gpu-fallback-g5"}
+    for chart in changed:
+        (old,) = [o for o in before[chart] if o["kind"] == "NodePool"]
+        (new,) = [o for o in after[chart] if o["kind"] == "NodePool"]
+        assert {**old["spec"], "limits": None} == {**new["spec"], "limits": None}
+    # Limits fixed in the settings: a model added changes nothing the stage shares.
+    for data in (one, two):
+        for pool in data["gpu_node_pools"]:
+            pool["limits"] = {"cpu": 400, "memory": "1600Gi", "gpu": 16}
+    assert shared(one) == shared(two)

@@ -561,3 +561,48 @@ def test_a_new_load_balancer_is_asked_again_until_its_targets_answer(
     assert answer.text.startswith("Machine learning")
     paths = [path for _, path, _ in KeyedVllm.seen]
     assert paths == ["/metrics", "/metrics", "/metrics", "/v1/models", "/v1/chat/completions"]
+
+
+# --- the stage's project: every model's stored check ---
+
+
+def parameter_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checks: dict[str, list[str]]) -> None:
+    """An `aws` on PATH that answers `ssm get-parameters-by-path` with `checks`, one parameter a model."""
+    parameters = [{"Name": f"/gpu-inference-dev/smoke-test/{m}", "Value": json.dumps(a)} for m, a in checks.items()]
+    script = tmp_path / "aws"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "assert sys.argv[1:5] == ['ssm', 'get-parameters-by-path', '--path', '/gpu-inference-dev/smoke-test'], "
+        "sys.argv\n"
+        f"print({json.dumps(json.dumps({'Parameters': parameters}))})\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+
+STORED = ["--checks-from", "/gpu-inference-dev/smoke-test"]
+
+
+@pytest.mark.parametrize("server", ["good"], indirect=True)
+def test_the_project_runs_every_stored_check_and_fails_if_one_fails(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = ["--url", server, "--model", MODEL]
+    unreachable = ["--url", "http://127.0.0.1:9", "--model", MODEL, "--request-timeout", "1"]
+    parameter_store(tmp_path, monkeypatch, {"gpt-oss-20b": good, "qwen3-8b": unreachable})
+    assert main(STORED) == 1
+    assert len(FakeVllm.requests) == 1  # gpt-oss-20b was asked, and qwen3-8b's failure is reported
+    assert "smoke test failed for qwen3-8b" in capsys.readouterr().err
+    FakeVllm.requests.clear()
+    assert main([*STORED, "--only", "gpt-oss-20b"]) == 0
+    assert len(FakeVllm.requests) == 1
+    assert main([*STORED, "--only", ""]) == 1  # an empty $MODEL: every check, qwen3-8b's failing again
+
+
+def test_a_model_with_no_stored_check_fails_rather_than_passing_unseen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parameter_store(tmp_path, monkeypatch, {})
+    assert main([*STORED, "--only", "gpt-oss-20b"]) == 1
+    assert "no check under /gpu-inference-dev/smoke-test for gpt-oss-20b" in capsys.readouterr().err

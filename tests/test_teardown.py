@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from commands import teardown
-from settings import load_stage_settings
+from settings import load_stage_settings, parse_stage_settings
 from settings.drain import termination_grace_seconds
 from settings.schema import duration_seconds
 from tests.cluster_stand_in import AUTO_MODE_POOLS, Cluster, stage_cluster
-from tests.conftest import Assembly
+from tests.conftest import Assembly, stage_data
 
 
 def torn_down(cluster: Cluster, assembly: Assembly, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -74,6 +74,7 @@ def test_serving_stops_before_anything_else_goes(
 ) -> None:
     torn_down(prod_cluster, prod, monkeypatch)
     assert commands(prod_cluster) == [
+        "aws cloudformation list-stacks --region",  # no model stack outside the app
         "aws eks update-kubeconfig --region",
         # KEDA's objects while its operator runs, then the budget, then the replicas.
         "kubectl delete scaledobjects.keda.sh --all",
@@ -122,7 +123,11 @@ def test_a_cluster_already_gone_skips_to_the_stacks(dev: Assembly, monkeypatch: 
     cluster = Cluster()
     cluster.reachable = False
     assert torn_down(cluster, dev, monkeypatch) == 0
-    assert [command.split()[0] for command in commands(cluster)] == ["aws", "cdk"]
+    assert [" ".join(command.split()[:2]) for command in commands(cluster)] == [
+        "aws cloudformation",
+        "aws eks",
+        "cdk --no-notices",
+    ]
 
 
 def test_what_the_stage_keeps_is_listed_with_how_to_remove_it(
@@ -174,3 +179,23 @@ def test_the_stand_in_keeps_kedas_finalizers_once_its_pool_is_gone() -> None:
     assert destroyed.returncode == 1
     assert "namespace gpt-oss-20b still holds" in destroyed.stderr
     assert "finalizer.keda.sh" in destroyed.stderr
+
+
+def test_a_model_the_settings_no_longer_name_is_stopped_and_its_stack_deleted_first(
+    prod: Assembly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipeline deployed a second model, then the settings dropped it: its stack and its replicas are still there.
+    data = stage_data("prod")
+    data["models"].append({**data["models"][0], "name": "retired", "service_name": "retired"})
+    cluster = stage_cluster(parse_stage_settings("prod", data))
+    cluster.stacks = ["prod-Model-retired"]
+    assert torn_down(cluster, prod, monkeypatch) == 0, "\n".join(cluster.log)
+    assert cluster.objects == []
+    assert cluster.stacks == []
+    ran = commands(cluster)
+    # Its serving stops with the others', while KEDA and the pools run; its stack goes before the stage's.
+    assert "kubectl scale deployments retired" in ran
+    assert ran.index("kubectl scale deployments retired") < ran.index(
+        "kubectl delete nodepools.karpenter.sh gpu-node-pool"
+    )
+    assert ran.index("aws cloudformation delete-stack --region") < ran.index("cdk --no-notices destroy --force")

@@ -13,7 +13,9 @@ is already reachable. With --api-key-secret (a model that requires API keys) it 
 of that Secrets Manager secret with the AWS CLI, checks that a request without a key is refused
 (401), and sends the prompt with the key. With --ingress and --hostname (a model exposed through an
 internal load balancer) it waits for the load balancer's address, then asks through https://HOSTNAME
-instead of a port-forward, and also checks that /metrics is not routed there (404). Standard library
+instead of a port-forward, and also checks that /metrics is not routed there (404). With
+--checks-from PATH it runs, one after the other, the checks each model's stack stored under that SSM
+Parameter Store path (--only NAME: one model's). Standard library
 only, so it runs on a bare CodeBuild image (the pipeline's post-deploy step) as on a laptop. Exit 0:
 the model answered.
 """
@@ -346,7 +348,43 @@ def checked_ask(base_url: str, args: argparse.Namespace, api_key: str | None) ->
     return ask(base_url, args.model, timeout=args.request_timeout, api_key=api_key)
 
 
+def stored_checks(path: str) -> dict[str, list[str]]:
+    """The checks stored under an SSM Parameter Store path, by model: each parameter, one model's, holds this script's
+    arguments for it as a JSON list (its model's stack writes it, stacks/model_serving.py). Read with the AWS CLI."""
+    command = ["aws", "ssm", "get-parameters-by-path", "--path", path, "--output", "json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise SmokeTestError(f"could not read the checks under {path}: {result.stderr.strip()}")
+    parameters = json.loads(result.stdout)["Parameters"]
+    return {parameter["Name"].rsplit("/", 1)[1]: json.loads(parameter["Value"]) for parameter in parameters}
+
+
+def run_stored_checks(path: str, only: str | None) -> int:
+    """Every model's check stored under `path` (or only the model `only`), one after the other: 0 if all passed."""
+    try:
+        checks = stored_checks(path)
+    except SmokeTestError as failure:
+        print(f"smoke test failed: {failure}", file=sys.stderr)
+        return 1
+    if only is not None:
+        checks = {only: checks[only]} if only in checks else {}
+    if not checks:
+        print(f"smoke test failed: no check under {path}" + (f" for {only}" if only else ""), file=sys.stderr)
+        return 1
+    failed = [model for model, arguments in sorted(checks.items()) if main(arguments) != 0]
+    if failed:
+        print(f"smoke test failed for {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["--checks-from"]:
+        stored = argparse.ArgumentParser(prog="python -m workloads.smoke_test --checks-from")
+        stored.add_argument("--checks-from", required=True, help="the SSM parameter path every model's check is under")
+        stored.add_argument("--only", help="check this model alone (its name)")
+        options = stored.parse_args(arguments)
+        return run_stored_checks(options.checks_from, options.only or None)
     parser = argparse.ArgumentParser(prog="python -m workloads.smoke_test", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the served model name, e.g. openai/gpt-oss-20b")
     parser.add_argument("--url", help="ask this base URL instead of port-forwarding (e.g. http://localhost:8000)")
@@ -364,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key-secret", help="the Secrets Manager secret of the model's API keys, if it has any")
     parser.add_argument("--ingress", help="the Ingress of a model exposed through a load balancer (with --hostname)")
     parser.add_argument("--hostname", help="the name clients use for that load balancer, which its certificate covers")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if not args.url and not (args.namespace and args.service):
         parser.error("give --url, or --namespace and --service")
     if bool(args.ingress) != bool(args.hostname):
