@@ -19,7 +19,8 @@ Run it with credentials for the stage's account; it only reads (Service Quotas a
    any given with --reservation: each must exist, be active and unexpired, lie in a usable zone, be
    of a type some model can run on, and have instances available.
 4. The Secrets Manager secret of each model's API keys (models[].api_keys_secret) exists: a
-   replica cannot start without it.
+   replica cannot start without it. So does the Docker Hub credential (registry.docker_hub_credential_arn): without
+   it the cache rule cannot be created, nor an image pulled through it.
 5. The Standard on-demand vCPU quota (A, C, D, H, I, M, R, T, Z instances): Auto Mode's built-in
    pools run on C, M and R instances, and the stage's own pods on them (the weights imports, KEDA,
    the node rotation) need at least the instance that holds their CPU requests at once.
@@ -562,8 +563,14 @@ def check_account(
     notes: list[str],
 ) -> None:
     """The API keys secrets, the Standard quota, the registry's scanning and WAF's body rules."""
-    # 4: the models' API keys secrets exist (a replica cannot start without its keys).
-    secrets = client_factory("secretsmanager") if settings.secrets_store else None
+    # 4: the models' API keys secrets exist (a replica cannot start without its keys), and Docker Hub's credential.
+    credential = settings.registry.docker_hub_credential_arn
+    secrets = client_factory("secretsmanager") if settings.secrets_store or credential else None
+    if credential and secrets is not None and not secret_exists(secrets, credential):
+        blockers.append(
+            f"registry.docker_hub_credential_arn: the secret {credential} does not exist; create it with your Docker "
+            'Hub username and an access token (docs/vllm-versions.md, "Moving a stage to a current version")'
+        )
     for model in settings.models:
         if model.api_keys_secret and secrets is not None and not secret_exists(secrets, model.api_keys_secret):
             blockers.append(

@@ -222,6 +222,11 @@ ECR_PREFIX_MAX = 30
 DEFAULT_CACHE_PREFIX = "ecr-public"
 
 
+# Where a stage's cache keeps Docker Hub's images (docker-hub/<stage>): as long as the default prefix, so the stage
+# names that fit one fit the other.
+DOCKER_HUB_CACHE_PREFIX = "docker-hub"
+
+
 def image_cache_prefix(cache_prefix: str, stage: str) -> str:
     """Where a stage's pull-through cache keeps its repositories: one prefix per stage, so that stages can share
     an account and region (a cache rule and a creation template are unique per prefix in a registry)."""

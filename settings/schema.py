@@ -300,6 +300,19 @@ def region_zones(region: str) -> tuple[str, ...] | None:
     return tuple(regions[region].get("zones", ())) or None if region in regions else None
 
 
+def docker_hub_path(image: str) -> str | None:
+    """The repository path of a Docker Hub image (docker.io/vllm/vllm-openai:tag, or vllm/vllm-openai:tag with no
+    registry named: the first part names a registry only when it has a dot or a port, or is localhost, as Docker
+    reads a reference), official images under library/; None for an image of another registry."""
+    name = image.split("@", 1)[0]
+    first, _, rest = name.partition("/")
+    if rest and (first in ("docker.io", "registry-1.docker.io", "index.docker.io")):
+        name = rest
+    elif rest and ("." in first or ":" in first or first == "localhost"):
+        return None
+    return name if "/" in name.rsplit(":", 1)[0] else f"library/{name}"
+
+
 def _pinned_image(image: str) -> str:
     """An image reference must name an exact version: a digest, or a tag other than latest."""
     if "@sha256:" in image:
@@ -369,6 +382,21 @@ class RegistrySettings(_Strict):
         ),
     ] = names.DEFAULT_CACHE_PREFIX
     keep_images: int = Field(default=10, ge=1, description="per cached repository; older images expire")
+    # Docker Hub through the cache too (an image such as docker.io/vllm/vllm-openai), pulled as
+    # <account>.dkr.ecr.<region>.amazonaws.com/docker-hub/<stage>/<path>: ECR signs in to Docker Hub with this secret,
+    # which must be named ecr-pullthroughcache/..., be in the stage's account and region, and hold "username" and
+    # "accessToken" (ECR User Guide, "Creating a pull through cache rule", "Storing your upstream repository
+    # credentials"). Its full ARN, as the rule takes it; the stage reads nothing else of it.
+    docker_hub_credential_arn: (
+        Annotated[
+            str,
+            StringConstraints(
+                pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:ecr-pullthroughcache/[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$"
+            ),
+            Field(description="the full ARN of a secret named ecr-pullthroughcache/... (its name, then -XXXXXX)"),
+        ]
+        | None
+    ) = None
     # ECR keeps one registry scanning configuration per account and region, and setting it replaces whatever the
     # account has (PutRegistryScanningConfiguration "creates or updates"): an account on Amazon Inspector's
     # enhanced scanning would silently go back to basic scanning. So a stage sets it only when it takes ownership
@@ -1129,6 +1157,41 @@ class StageSettings(_Strict):
         stages can share an account.
         """
         return names.image_cache_prefix(self.registry.cache_prefix, self.name)
+
+    @property
+    def docker_hub_cache_prefix(self) -> str:
+        """Where the stage's cache keeps Docker Hub's images: docker-hub/<stage>."""
+        return names.image_cache_prefix(names.DOCKER_HUB_CACHE_PREFIX, self.name)
+
+    @property
+    def image_cache_prefixes(self) -> tuple[str, ...]:
+        """The prefixes the stage's cache creates repositories under: ECR Public's, and Docker Hub's when signed in."""
+        docker_hub = (self.docker_hub_cache_prefix,) if self.registry.docker_hub_credential_arn else ()
+        return (self.image_cache_prefix, *docker_hub)
+
+    @property
+    def docker_hub_images(self) -> bool:
+        """A model's image comes from Docker Hub."""
+        return any(docker_hub_path(model.image) is not None for model in self.models)
+
+    @model_validator(mode="after")
+    def _docker_hub_through_the_cache(self) -> StageSettings:
+        credential = self.registry.docker_hub_credential_arn
+        if self.registry.image_source == "pull_through_cache" and self.docker_hub_images and credential is None:
+            (index, model) = next((i, m) for i, m in enumerate(self.models) if docker_hub_path(m.image) is not None)
+            raise ValueError(
+                f"models[{index}].image ({model.image}) comes from Docker Hub, which the cache reaches only signed "
+                "in: set registry.docker_hub_credential_arn (a Secrets Manager secret named ecr-pullthroughcache/..., "
+                'holding "username" and "accessToken"; docs/vllm-versions.md), or registry.image_source: public'
+            )
+        if credential is not None:
+            region, account = credential.split(":")[3:5]
+            if region != self.region or (self.account is not None and account != self.account):
+                raise ValueError(
+                    f"registry.docker_hub_credential_arn: the secret is in {account}/{region}; ECR reads it only in "
+                    f"the stage's own account and region ({self.account or 'the deploying account'}/{self.region})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _image_cache_prefix_fits(self) -> StageSettings:

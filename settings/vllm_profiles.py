@@ -234,3 +234,24 @@ def advisory_warning(name: str, image: str, extra_args: tuple[str, ...]) -> str 
         f"{', '.join(advisory.id for advisory in found)} (settings/catalog/vllm_profiles.yaml). "
         + (f"Supported versions affected by none: {', '.join(clean)}." if clean else "")
     )
+
+
+DEEP_LEARNING_CONTAINERS = "public.ecr.aws/deep-learning-containers/"
+
+
+def recommended_image() -> ImageBuild:
+    """The image a new stage should serve: of the supported versions no published advisory affects (whatever a
+    stage turns on) and whose CUDA Auto Mode's driver runs, the newest version's Deep Learning Container image, or its
+    upstream image where AWS has built none."""
+    catalog = vllm_catalog()
+    available = release(catalog.auto_mode_nvidia_driver.version)
+    candidates = [
+        (release(version), build.image.startswith(DEEP_LEARNING_CONTAINERS), build)
+        for version, profile in catalog.profiles.items()
+        if not advisories_affecting(version)
+        for build in profile.images
+        if release(minimum_driver(build.cuda)) <= available
+    ]
+    if not candidates:
+        raise ValueError("no supported vLLM version is free of published advisories: add a newer one's profile")
+    return max(candidates, key=lambda candidate: (candidate[0], candidate[1]))[2]

@@ -65,14 +65,14 @@ class ClusterStack(Stack):
         inbound_subnets: list[ec2.ISubnet],
         metrics: MetricsSettings,
         observability: ObservabilitySettings,
-        image_cache_prefix: str,
+        image_cache_prefixes: tuple[str, ...],
         container_logs: bool = False,
         secrets_store: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
         self._addon_versions = cluster.addon_versions
-        self.node_role = self._node_role(image_cache_prefix)
+        self.node_role = self._node_role(image_cache_prefixes)
         self.cluster = self._cluster(vpc, cluster)
 
         for principal_arn in cluster.admin_principal_arns:
@@ -171,7 +171,7 @@ class ClusterStack(Stack):
         cast(eks.CfnCluster, created.node.default_child).node.add_dependency(control_plane_logs)
         return created
 
-    def _node_role(self, image_cache_prefix: str) -> iam.Role:
+    def _node_role(self, image_cache_prefixes: tuple[str, ...]) -> iam.Role:
         """The role of every Auto Mode node, allowed the two extra calls a first pull through the cache makes."""
         role = iam.Role(
             self,
@@ -180,14 +180,14 @@ class ClusterStack(Stack):
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in NODE_ROLE_POLICIES],
         )
-        cached_repositories = (
-            f"arn:{Aws.PARTITION}:ecr:{self.region}:{Aws.ACCOUNT_ID}:repository/{image_cache_prefix}/*"
-        )
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="FirstPullThroughCache",
                 actions=["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
-                resources=[cached_repositories],
+                resources=[
+                    f"arn:{Aws.PARTITION}:ecr:{self.region}:{Aws.ACCOUNT_ID}:repository/{prefix}/*"
+                    for prefix in image_cache_prefixes
+                ],
             )
         )
         return role

@@ -1,4 +1,5 @@
-"""Where images come from: an in-region ECR pull-through cache of ECR Public (stateful)."""
+"""Where images come from: an in-region ECR pull-through cache of ECR Public, and of Docker Hub when a stage signs in
+to it (stateful)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from aws_cdk import Stack
 from aws_cdk import aws_ecr as ecr
 from constructs import Construct
 
-from charts.images import UPSTREAM_REGISTRY
-from settings.schema import StageSettings
+from charts.images import DOCKER_HUB_REGISTRY, UPSTREAM_REGISTRY
+from settings import names
+from settings.schema import RegistrySettings, StageSettings
 
 
 class RegistryStack(Stack):
@@ -26,46 +28,30 @@ class RegistryStack(Stack):
 
     def __init__(self, scope: Construct, id: str, *, settings: StageSettings, **kwargs: Any) -> None:
         super().__init__(scope, id, **kwargs)
-        registry, prefix = settings.registry, settings.image_cache_prefix
+        registry = settings.registry
         ecr.CfnPullThroughCacheRule(
             self,
             "EcrPublicCache",
-            ecr_repository_prefix=prefix,
+            ecr_repository_prefix=settings.image_cache_prefix,
             upstream_registry="ecr-public",
             upstream_registry_url=UPSTREAM_REGISTRY,
         )
-        ecr.CfnRepositoryCreationTemplate(
-            self,
-            "CachedRepositoryTemplate",
-            prefix=prefix,
-            applied_for=["PULL_THROUGH_CACHE"],
-            description=f"Repositories the pull-through cache creates for {UPSTREAM_REGISTRY} images",
-            # AES256, not KMS: a template that sets KMS encryption (or resource tags) needs a
-            # customRoleArn that ECR assumes, and without one every first pull through the cache
-            # answers "not found" (aws/containers-roadmap#2398; ECR User Guide, "Repository
-            # creation templates"). The images are public ones, so S3-managed keys suffice.
-            encryption_configuration=ecr.CfnRepositoryCreationTemplate.EncryptionConfigurationProperty(
-                encryption_type="AES256"
-            ),
-            # Tags are the upstream's own versions and must keep meaning the same image.
-            image_tag_mutability="IMMUTABLE",
-            lifecycle_policy=json.dumps(
-                {
-                    "rules": [
-                        {
-                            "rulePriority": 1,
-                            "description": f"Keep the {registry.keep_images} most recent images",
-                            "selection": {
-                                "tagStatus": "any",
-                                "countType": "imageCountMoreThan",
-                                "countNumber": registry.keep_images,
-                            },
-                            "action": {"type": "expire"},
-                        }
-                    ]
-                }
-            ),
+        cached_repository_template(
+            self, "CachedRepositoryTemplate", settings.image_cache_prefix, UPSTREAM_REGISTRY, registry
         )
+        if registry.docker_hub_credential_arn is not None:
+            # Docker Hub's registry, and the upstream name ECR gives it (ECR API Reference, CreatePullThroughCacheRule).
+            ecr.CfnPullThroughCacheRule(
+                self,
+                "DockerHubCache",
+                ecr_repository_prefix=settings.docker_hub_cache_prefix,
+                upstream_registry="docker-hub",
+                upstream_registry_url=DOCKER_HUB_REGISTRY,
+                credential_arn=registry.docker_hub_credential_arn,
+            )
+            cached_repository_template(
+                self, "DockerHubRepositoryTemplate", settings.docker_hub_cache_prefix, DOCKER_HUB_REGISTRY, registry
+            )
         # One per registry, and it replaces the account's: only a stage that owns it sets it (RegistrySettings), and of
         # the stages sharing an account and region one at most (settings.check_shared_registries).
         if registry.owns_scanning_configuration:
@@ -78,9 +64,48 @@ class RegistryStack(Stack):
                         scan_frequency="SCAN_ON_PUSH",
                         repository_filters=[
                             ecr.CfnRegistryScanningConfiguration.RepositoryFilterProperty(
-                                filter=f"{registry.cache_prefix}/*", filter_type="WILDCARD"
+                                filter=f"{prefix}/*", filter_type="WILDCARD"
                             )
+                            for prefix in (registry.cache_prefix, names.DOCKER_HUB_CACHE_PREFIX)
                         ],
                     )
                 ],
             )
+
+
+def cached_repository_template(
+    scope: Construct, id: str, prefix: str, upstream: str, registry: RegistrySettings
+) -> ecr.CfnRepositoryCreationTemplate:
+    """How the cache creates a repository under `prefix`: encrypted, its tags immutable, its oldest images expiring."""
+    return ecr.CfnRepositoryCreationTemplate(
+        scope,
+        id,
+        prefix=prefix,
+        applied_for=["PULL_THROUGH_CACHE"],
+        description=f"Repositories the pull-through cache creates for {upstream} images",
+        # AES256, not KMS: a template that sets KMS encryption (or resource tags) needs a
+        # customRoleArn that ECR assumes, and without one every first pull through the cache
+        # answers "not found" (aws/containers-roadmap#2398; ECR User Guide, "Repository
+        # creation templates"). The images are public ones, so S3-managed keys suffice.
+        encryption_configuration=ecr.CfnRepositoryCreationTemplate.EncryptionConfigurationProperty(
+            encryption_type="AES256"
+        ),
+        # Tags are the upstream's own versions and must keep meaning the same image.
+        image_tag_mutability="IMMUTABLE",
+        lifecycle_policy=json.dumps(
+            {
+                "rules": [
+                    {
+                        "rulePriority": 1,
+                        "description": f"Keep the {registry.keep_images} most recent images",
+                        "selection": {
+                            "tagStatus": "any",
+                            "countType": "imageCountMoreThan",
+                            "countNumber": registry.keep_images,
+                        },
+                        "action": {"type": "expire"},
+                    }
+                ]
+            }
+        ),
+    )

@@ -90,13 +90,14 @@ def _cluster_nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
             )
             for policy in ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly")
         ),
-        Finding(
-            f"{NODE_ROLE}/DefaultPolicy",
-            "AwsSolutions-IAM5["
-            + _account_resource("ecr", settings.region, f"repository/{settings.image_cache_prefix}/*")
-            + "]",
-            "A first pull through the cache creates the image's repository under the cache prefix; the "
-            "repositories are not known in advance, so the grant covers that prefix and nothing else.",
+        *(
+            Finding(
+                f"{NODE_ROLE}/DefaultPolicy",
+                f"AwsSolutions-IAM5[{_account_resource('ecr', settings.region, f'repository/{prefix}/*')}]",
+                "A first pull through the cache creates the image's repository under the cache prefix; the "
+                "repositories are not known in advance, so the grant covers that prefix and nothing else.",
+            )
+            for prefix in settings.image_cache_prefixes
         ),
         *(
             Finding(

@@ -69,7 +69,7 @@ class InferencePlatformStage(Stage):
             metrics=settings.metrics,
             observability=settings.observability,
             container_logs=settings.container_logs,
-            image_cache_prefix=settings.image_cache_prefix,
+            image_cache_prefixes=settings.image_cache_prefixes,
             secrets_store=settings.secrets_store,
         )
         resources = StageResources(

@@ -461,3 +461,23 @@ def test_a_new_body_rule_of_known_bad_inputs_blocks_an_exposed_stage(
         if blocked
         else []
     )
+
+
+def test_a_missing_docker_hub_credential_blocks_naming_it(stubs: Stubs) -> None:
+    data = stage_data("dev")
+    arn = "arn:aws:secretsmanager:us-west-2:123456789012:secret:ecr-pullthroughcache/docker-hub-AbCdEf"
+    data["registry"] = {"docker_hub_credential_arn": arn}
+    data["models"][0]["image"] = "docker.io/vllm/vllm-openai:v0.33.0"
+    settings = parse_stage_settings("dev", data)
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    stubs.stubbers["secretsmanager"].add_client_error(
+        "describe_secret", "ResourceNotFoundException", "not found", 400, {"SecretId": arn}
+    )
+
+    report = preflight(settings, [], stubs.client)
+
+    assert report.blockers == [
+        f"registry.docker_hub_credential_arn: the secret {arn} does not exist; create it with your Docker Hub "
+        'username and an access token (docs/vllm-versions.md, "Moving a stage to a current version")'
+    ]

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from aws_cdk.assertions import Template
 
+from app import project_app
 from charts.images import pulled_image
 from settings import (
     STAGES_DIR,
@@ -22,7 +23,9 @@ from settings import (
     parse_stage_settings,
 )
 from stacks.registry import RegistryStack
-from tests.conftest import Assembly, stage_data
+from tests.conftest import Assembly, resources, stage_data
+from tests.scanners import cloudformation_problems
+from tests.test_settings import rejected
 
 
 def registry_resources(assembly: Assembly, kind: str) -> list[dict[str, Any]]:
@@ -87,7 +90,11 @@ def test_cached_images_of_every_stage_are_scanned_on_push_by_one_stage(dev: Asse
     assert scanning["ScanType"] == "BASIC"
     (rule,) = scanning["Rules"]
     assert rule["ScanFrequency"] == "SCAN_ON_PUSH"
-    assert rule["RepositoryFilters"] == [{"Filter": "ecr-public/*", "FilterType": "WILDCARD"}]
+    # Every stage's repositories, of ECR Public and of Docker Hub.
+    assert rule["RepositoryFilters"] == [
+        {"Filter": "ecr-public/*", "FilterType": "WILDCARD"},
+        {"Filter": "docker-hub/*", "FilterType": "WILDCARD"},
+    ]
     for assembly in (dev, prod):
         (cache,) = registry_resources(assembly, "AWS::ECR::PullThroughCacheRule")
         assert fnmatch.fnmatch(cache["EcrRepositoryPrefix"] + "/deep-learning-containers/vllm", "ecr-public/*")
@@ -186,5 +193,84 @@ def test_image_source_setting_chooses_the_registry(source: str, expected: str) -
 
 def test_images_from_other_registries_are_pulled_as_given() -> None:
     settings = parse_stage_settings("dev", stage_data())
-    image = "docker.io/vllm/vllm-openai:v0.11.2"
-    assert pulled_image(image, settings=settings, account="123456789012") == image
+    for image in (
+        "docker.io/vllm/vllm-openai:v0.11.2",
+        "quay.io/prometheus/busybox:1.36",
+        "localhost:5000/vllm:0.33.0",
+    ):
+        assert pulled_image(image, settings=settings, account="123456789012") == image
+
+
+DOCKER_HUB_SECRET = "arn:aws:secretsmanager:us-west-2:123456789012:secret:ecr-pullthroughcache/docker-hub-AbCdEf"
+
+
+def signed_in_to_docker_hub(image: str = "docker.io/vllm/vllm-openai:v0.33.0") -> dict[str, Any]:
+    data = stage_data()
+    data["registry"] = {**data.get("registry", {}), "docker_hub_credential_arn": DOCKER_HUB_SECRET}
+    data["models"][0]["image"] = image
+    return data
+
+
+@pytest.mark.parametrize(
+    ("image", "pulled"),
+    [
+        ("docker.io/vllm/vllm-openai:v0.33.0", "docker-hub/dev/vllm/vllm-openai:v0.33.0"),
+        ("vllm/vllm-openai:v0.33.0@sha256:" + "a" * 64, "docker-hub/dev/vllm/vllm-openai:v0.33.0@sha256:" + "a" * 64),
+    ],
+)
+def test_a_docker_hub_image_comes_through_the_cache_once_the_stage_signs_in(image: str, pulled: str) -> None:
+    settings = parse_stage_settings("dev", signed_in_to_docker_hub(image))
+    cache = "123456789012.dkr.ecr.us-west-2.amazonaws.com/"
+    assert pulled_image(image, settings=settings, account="123456789012") == cache + pulled
+    assert pulled_image("ubuntu:24.04", settings=settings, account="123456789012") == (
+        cache + "docker-hub/dev/library/ubuntu:24.04"  # an official image, under library/
+    )
+
+
+def test_the_docker_hub_rule_signs_in_with_the_secret_and_its_repositories_are_made_like_the_others() -> None:
+    settings = parse_stage_settings("dev", signed_in_to_docker_hub())
+    stack = RegistryStack(project_app(), "Registry", settings=settings, env=cdk.Environment(region="us-west-2"))
+    template = Template.from_stack(stack).to_json()
+    rules = {
+        r["Properties"]["UpstreamRegistry"]: r["Properties"]
+        for r in resources(template, "AWS::ECR::PullThroughCacheRule")
+    }
+    assert rules["docker-hub"] == {
+        "EcrRepositoryPrefix": "docker-hub/dev",
+        "UpstreamRegistry": "docker-hub",
+        "UpstreamRegistryUrl": "registry-1.docker.io",
+        "CredentialArn": DOCKER_HUB_SECRET,
+    }
+    made = {
+        t["Properties"]["Prefix"]: t["Properties"] for t in resources(template, "AWS::ECR::RepositoryCreationTemplate")
+    }
+    assert set(made) == {"ecr-public/dev", "docker-hub/dev"}
+    ignoring = {"Prefix", "Description"}
+    assert {k: v for k, v in made["docker-hub/dev"].items() if k not in ignoring} == {
+        k: v for k, v in made["ecr-public/dev"].items() if k not in ignoring
+    }
+    for resource in resources(template, "AWS::ECR::PullThroughCacheRule"):
+        assert cloudformation_problems("AWS::ECR::PullThroughCacheRule", resource["Properties"]) == []
+
+
+def test_a_docker_hub_model_image_without_signing_in_is_refused_with_the_way_to() -> None:
+    data = signed_in_to_docker_hub()
+    del data["registry"]["docker_hub_credential_arn"]
+    assert "models[0].image (docker.io/vllm/vllm-openai:v0.33.0) comes from Docker Hub" in rejected(data)
+    assert "set registry.docker_hub_credential_arn" in rejected(data)
+    data["registry"]["image_source"] = "public"
+    assert parse_stage_settings("dev", data).models[0].image == "docker.io/vllm/vllm-openai:v0.33.0"
+
+
+@pytest.mark.parametrize(
+    ("arn", "problem"),
+    [
+        (DOCKER_HUB_SECRET.replace("us-west-2", "us-east-1"), "the secret is in 123456789012/us-east-1"),
+        (DOCKER_HUB_SECRET.replace("ecr-pullthroughcache/", "docker/"), "is not the full ARN of a secret named"),
+        (DOCKER_HUB_SECRET.removesuffix("-AbCdEf"), "is not the full ARN of a secret named"),
+    ],
+)
+def test_a_credential_ecr_cannot_read_is_refused(arn: str, problem: str) -> None:
+    data = signed_in_to_docker_hub()
+    data["registry"]["docker_hub_credential_arn"] = arn
+    assert problem in rejected(data)

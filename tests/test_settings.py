@@ -195,6 +195,7 @@ def test_unpinned_image_is_refused(image: str) -> None:
 def test_image_pinned_by_digest_is_allowed() -> None:
     data = stage_data()
     data["models"][0]["image"] = "vllm/vllm-openai:v0.33.0@sha256:" + "a" * 64
+    data["registry"] = {"image_source": "public"}
     assert parse_stage_settings("dev", data).models[0].image.endswith("a" * 64)
 
 

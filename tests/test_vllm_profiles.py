@@ -24,6 +24,7 @@ from settings.vllm_profiles import (
     advisory_warning,
     profile_of,
     reachable,
+    recommended_image,
     supported_versions,
     vllm_catalog,
     vllm_version,
@@ -96,10 +97,19 @@ def test_the_committed_facts_are_the_ones_their_wheels_named() -> None:
 # --- the code held to every supported version ---
 
 
-def model_on(image: str, **changes: Any) -> Any:
-    data = stage_data("prod")
+DOCKER_HUB_SECRET = "arn:aws:secretsmanager:us-west-2:123456789012:secret:ecr-pullthroughcache/docker-hub-AbCdEf"
+
+
+def stage_on(image: str, stage: str = "prod", **changes: Any) -> dict[str, Any]:
+    """A stage's settings serving `image`, signed in to Docker Hub (the current release's image comes from there)."""
+    data = stage_data(stage)
     data["models"][0] |= {"image": image, **changes}
-    return parse_stage_settings("prod", data).models[0]
+    data["registry"] = {**data.get("registry", {}), "docker_hub_credential_arn": DOCKER_HUB_SECRET}
+    return data
+
+
+def model_on(image: str, **changes: Any) -> Any:
+    return parse_stage_settings("prod", stage_on(image, **changes)).models[0]
 
 
 @pytest.mark.parametrize("version", supported_versions())
@@ -125,9 +135,7 @@ def test_a_version_that_drains_itself_gets_its_timeout_and_a_short_pre_stop() ->
     assert f"--shutdown-timeout={max_request_seconds(model)}" in vllm_args(model)
     assert "--attention-backend=TRITON_ATTN" in vllm_args(model)
     assert "VLLM_ATTENTION_BACKEND" not in vllm_env(model)
-    data = stage_data("prod")
-    data["models"][0]["image"] = CURRENT
-    settings = parse_stage_settings("prod", data)
+    settings = parse_stage_settings("prod", stage_on(CURRENT))
     charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     pod = find(charts["Model-gpt-oss-20b"].to_json(), "Deployment")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
@@ -163,7 +171,7 @@ def test_an_image_whose_version_has_no_profile_is_refused_with_the_supported_one
     data["models"][0]["image"] = "vllm/vllm-openai:v0.12.0"
     assert (
         "models[0]: image: 'vllm/vllm-openai:v0.12.0' serves vLLM 0.12.0, which has no profile; supported versions: "
-        "0.11.2, 0.33.0" in rejected(data)
+        "0.11.2, 0.27.1, 0.33.0, 0.34.0" in rejected(data)
     )
 
 
@@ -177,9 +185,7 @@ def test_an_image_whose_version_has_no_profile_is_refused_with_the_supported_one
     ],
 )
 def test_what_the_version_does_not_offer_is_refused(change: dict[str, Any], problem: str) -> None:
-    data = stage_data()
-    data["models"][0] |= {"image": CURRENT, **change}
-    assert f"models[0]: {problem}" in rejected(data)
+    assert f"models[0]: {problem}" in rejected(stage_on(CURRENT, "dev", **change))
 
 
 def test_a_negated_boolean_flag_is_the_versions() -> None:
@@ -190,8 +196,7 @@ def test_an_image_whose_cuda_needs_a_newer_driver_than_auto_modes_is_refused(mon
     driver = Driver(version="570.195.03", source="x")
     older = vllm_catalog().model_copy(update={"auto_mode_nvidia_driver": driver})
     monkeypatch.setattr("settings.vllm_profiles.vllm_catalog", lambda: older)
-    data = stage_data()
-    data["models"][0]["image"] = CURRENT
+    data = stage_on(CURRENT, "dev")
     assert (
         "image: 'docker.io/vllm/vllm-openai:v0.33.0' is built with CUDA 13.0, which needs NVIDIA driver 580.65.06 "
         "or newer; EKS Auto Mode's GPU nodes run 570.195.03" in rejected(data)
@@ -228,7 +233,7 @@ def test_the_walkthroughs_version_is_affected_and_the_current_one_is_not() -> No
     affecting = {found.id for found in advisories_affecting("0.11.2")}
     assert {"PYSEC-2026-2298", "PYSEC-2026-3407"} <= affecting  # unbounded n; the OpenAI serving path
     assert "PYSEC-2026-2303" not in affecting  # introduced in 0.12.0
-    assert advisories_affecting("0.33.0") == []
+    assert advisories_affecting("0.33.0") == advisories_affecting("0.34.0") == []
 
 
 def test_a_feature_advisory_counts_only_where_its_flag_turns_the_feature_on() -> None:
@@ -241,5 +246,17 @@ def test_synth_names_the_advisories_of_a_pinned_version() -> None:
     assert warning is not None
     assert warning.startswith("gpt-oss-20b: vLLM 0.11.2 (")
     assert "PYSEC-2026-2298" in warning
-    assert warning.endswith("Supported versions affected by none: 0.33.0.")
+    assert warning.endswith("Supported versions affected by none: 0.33.0, 0.34.0.")
     assert advisory_warning("gpt-oss-20b", CURRENT, ()) is None
+
+
+def test_the_image_for_a_new_stage_is_the_newest_unaffected_one_the_driver_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The newest Deep Learning Container (0.27.1) serves the route two advisories reach: upstream 0.34.0 instead.
+    assert recommended_image().image == "docker.io/vllm/vllm-openai:v0.34.0"
+    # A driver older than CUDA 13's leaves no such image.
+    older = vllm_catalog().model_copy(update={"auto_mode_nvidia_driver": Driver(version="575.57.08", source="x")})
+    monkeypatch.setattr("settings.vllm_profiles.vllm_catalog", lambda: older)
+    with pytest.raises(ValueError, match="no supported vLLM version is free of published advisories"):
+        recommended_image()
