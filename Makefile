@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing cost model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ cold-start: setup-synth ## The cold-start budget of a new replica of each model 
 
 sizing: setup-synth ## The GPU instances that can run each model, cheapest first, and the pool's limits (STAGE=dev)
 	python -m commands.sizing_table --stage $(STAGE)
+
+cost: setup-synth ## A stage's monthly cost per component at its region's prices, each price with its source (STAGE=dev)
+	python -m commands.monthly_cost --stage $(STAGE)
 
 model-facts: setup ## Read a model's architecture from the Hub into settings/catalog/models.yaml (MODEL=<repo> REVISION=<commit>; HF_TOKEN for gated ones)
 	@test -n "$(MODEL)" -a -n "$(REVISION)" || { echo "usage: make model-facts MODEL=<hub repo> REVISION=<commit>"; exit 2; }

@@ -229,6 +229,12 @@ def region_offerings(region: str) -> tuple[str, ...] | None:
 
 
 @cache
+def on_demand_source() -> str:
+    """Where on_demand_prices.yaml's prices come from: its source's address (a catalog at a commit)."""
+    return str(load_yaml((CATALOG_DIR / "on_demand_prices.yaml").read_text())["source"]["url"])
+
+
+@cache
 def on_demand_prices(region: str) -> tuple[str, dict[str, float]]:
     """USD per hour, Linux on-demand: the region whose prices the table has for `region`, and those prices."""
     prices = load_yaml((CATALOG_DIR / "on_demand_prices.yaml").read_text())["prices"]

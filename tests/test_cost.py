@@ -1,0 +1,90 @@
+"""`make cost`: each component's month at the stage's region's prices, and nothing priced from another region."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from commands.monthly_cost import report
+from settings import load_stage_settings, parse_stage_settings
+from settings.cost import HOURS_A_MONTH, INTERFACE_ENDPOINTS, WEB_ACL_RULES, estimate, service_prices
+from settings.sizing import candidates, on_demand_prices
+from tests.conftest import Assembly, resources, stage_data
+from tests.test_exposure import exposed, web_acl
+
+
+def in_us_east_1(data: dict[str, Any]) -> dict[str, Any]:
+    data["region"] = "us-east-1"
+    data["availability_zones"] = ["us-east-1a", "us-east-1b", "us-east-1c"]
+    return data
+
+
+def line(result: Any, component: str) -> Any:
+    (found,) = [item for item in result.lines if item.component.startswith(component)]
+    return found
+
+
+def test_the_gpu_nodes_cost_their_catalog_price_for_the_expected_replicas_and_the_most() -> None:
+    settings = load_stage_settings("prod")
+    (model,) = settings.models
+    _, prices = on_demand_prices(settings.region)
+    hourly = prices[candidates(settings, model)[0].type]
+    result = estimate(settings)
+    assert line(result, "gpt-oss-20b: 2 ").monthly == pytest.approx(hourly * HOURS_A_MONTH * 2)
+    assert result.most is not None
+    assert result.most - result.total == pytest.approx(hourly * HOURS_A_MONTH * (4 - 2))  # autoscaled to its 4
+
+
+def test_every_priced_line_is_its_quantity_at_its_price_and_the_total_their_sum() -> None:
+    settings = parse_stage_settings("dev", in_us_east_1(stage_data("dev")))
+    result = estimate(settings)
+    prices = service_prices("us-east-1")
+    assert line(result, "EKS control plane").monthly == pytest.approx(HOURS_A_MONTH * prices["eks_cluster_hour"].usd)
+    nat = line(result, "NAT gateways")
+    assert nat.quantity == settings.network.nat_gateways * HOURS_A_MONTH
+    assert nat.monthly == pytest.approx(nat.quantity * prices["nat_gateway_hour"].usd)
+    assert line(result, "interface endpoints").quantity == INTERFACE_ENDPOINTS * 3 * HOURS_A_MONTH
+    assert result.total == pytest.approx(sum(item.monthly for item in result.lines if item.monthly is not None))
+    assert set(result.unpriced) == {item.component for item in result.lines if item.price is None}
+
+
+def test_no_region_is_priced_at_another_regions_prices() -> None:
+    west, east = estimate(load_stage_settings("dev")), estimate(parse_stage_settings("dev", in_us_east_1(stage_data())))
+    # The table holds us-east-1's control plane and NAT gateway prices, not us-west-2's: those stay out of dev's total.
+    assert line(east, "EKS control plane").price is not None
+    assert line(west, "EKS control plane").price is None
+    assert "EKS control plane" in west.unpriced
+    text = report("dev", west)
+    assert "not counted, no us-west-2 price in the tables: " in text
+    assert "| EKS control plane | 730 cluster-hours | not in the table | | |" in text
+
+
+def test_an_exposed_model_adds_its_load_balancer_web_acl_and_rules_the_waf_priced_alike_everywhere() -> None:
+    result = estimate(parse_stage_settings("prod", exposed()))
+    assert line(result, "web ACLs").monthly == pytest.approx(5.0)
+    assert line(result, "web ACL rules").monthly == pytest.approx(WEB_ACL_RULES * 1.0)
+    assert line(result, "load balancers").price is None  # us-east-1's ALB price is not us-west-2's
+    assert [what for what, _ in result.usage_rates][:3] == [
+        "data through the NAT gateways",
+        "load balancer capacity units",
+        "requests through the web ACLs",
+    ]
+
+
+def test_the_counts_the_estimate_takes_are_the_stacks(dev: Assembly) -> None:
+    endpoints = [
+        r
+        for r in resources(dev.template("Network"), "AWS::EC2::VPCEndpoint")
+        if r["Properties"].get("VpcEndpointType") == "Interface"
+    ]
+    assert len(endpoints) == INTERFACE_ENDPOINTS
+    assert len(web_acl()["Rules"]) == WEB_ACL_RULES
+
+
+def test_every_price_in_the_table_names_its_source_and_date() -> None:
+    for region in ("us-east-1", "us-west-2"):
+        for key, price in service_prices(region).items():
+            assert price.usd > 0, key
+            assert price.source.strip(), key
+            assert price.date.strip(), key
