@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing cost model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing cost prices model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -97,6 +97,9 @@ sizing: setup-synth ## The GPU instances that can run each model, cheapest first
 
 cost: setup-synth ## A stage's monthly cost per component at its region's prices, each price with its source (STAGE=dev)
 	python -m commands.monthly_cost --stage $(STAGE)
+
+prices: setup ## Rewrite settings/catalog/service_prices.yaml from the AWS Price List, every region of the catalog (AWS credentials)
+	python -m tools.service_prices
 
 model-facts: setup ## Read a model's architecture from the Hub into settings/catalog/models.yaml (MODEL=<repo> REVISION=<commit>; HF_TOKEN for gated ones)
 	@test -n "$(MODEL)" -a -n "$(REVISION)" || { echo "usage: make model-facts MODEL=<hub repo> REVISION=<commit>"; exit 2; }
