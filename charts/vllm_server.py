@@ -31,7 +31,7 @@ from charts.gpu_metrics import (
     with_gpu_metrics,
 )
 from charts.gpu_metrics import MOUNT as GPU_METRICS_MOUNT
-from charts.gpu_node_pool import GPU_TAINT
+from charts.gpu_placement import limit_gpus, schedule
 from charts.model_loader import (
     ENCODINGS_DIR,
     WAIT_SCRIPT,
@@ -44,10 +44,11 @@ from charts.model_volume import ModelVolume
 from charts.pod_security import POD_SECURITY_LABELS, hardened, non_root_pod
 from charts.pre_stop_drain import drain_args, drain_command
 from charts.queue_autoscaler import AutoscalingPlan, QueueAutoscaler
+from charts.warm_spares import WarmSpares
 from settings import names
 from settings.drain import termination_grace_seconds
 from settings.schema import ModelSettings
-from settings.sizing import GPU_MEMORY_LABEL, Requests, gpu_memory_needed_mib
+from settings.sizing import Requests
 from settings.vllm_profiles import ATTENTION_BACKEND_ENV
 
 PORT = 8000
@@ -244,30 +245,37 @@ class VllmServerChart(cdk8s.Chart):
             )
         if autoscaling is not None:
             autoscale(feature("autoscaler"), deployment, model, autoscaling)
+        if model.warm_spares:
+            WarmSpares(
+                feature("warm-spares"), "WarmSpares", model=model, image=image, requests=requests, user=RUN_AS_USER
+            )
         schedule(deployment, model, labels)
         container = server_container(deployment, model, image, requests, startup_budget, gpu_metrics=gpu_metrics)
         mount_server_volumes(self, deployment, container, model, requests, gpu_metrics=gpu_metrics, api_keys=api_keys)
-        weights_volume = kplus.Volume.from_persistent_volume_claim(
-            self,
-            "WeightsVolume",
-            kplus.PersistentVolumeClaim.from_claim_name(self, "WeightsClaim", volume.claim_name),
-            name="weights",
-            read_only=True,
-        )
-        container.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
-        wait_for_weights(deployment, model, helper_image, weights_volume, import_job)
+        mount_weights(self, deployment, container, model, helper_image, volume.claim_name, import_job)
         container.mount("/tmp", kplus.Volume.from_empty_dir(self, "Tmp", "tmp"))
         limit_gpus(deployment, model.gpus)
 
 
-def limit_gpus(deployment: kplus.Deployment, gpus: int) -> None:
-    """The server's GPUs, as a limit. cdk8s-plus has no field for extended resources such as GPUs; the patch runs
-    before the typed mapper, which renders a plain string as null: the value must be a k8s Quantity."""
-    cdk8s.ApiObject.of(deployment).add_json_patch(
-        cdk8s.JsonPatch.add(
-            "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu", k8s.Quantity.from_string(str(gpus))
-        ),
+def mount_weights(
+    chart: cdk8s.Chart,
+    deployment: kplus.Deployment,
+    container: kplus.Container,
+    model: ModelSettings,
+    helper_image: str,
+    claim_name: str,
+    import_job: str | None,
+) -> None:
+    """The file system's models, read-only, and a wait for the revision's weights before vLLM starts."""
+    weights_volume = kplus.Volume.from_persistent_volume_claim(
+        chart,
+        "WeightsVolume",
+        kplus.PersistentVolumeClaim.from_claim_name(chart, "WeightsClaim", claim_name),
+        name="weights",
+        read_only=True,
     )
+    container.mount(WEIGHTS_DIR, weights_volume, sub_path="models", read_only=True)
+    wait_for_weights(deployment, model, helper_image, weights_volume, import_job)
 
 
 def autoscale(
@@ -347,23 +355,6 @@ def server_deployment(
         automount_service_account_token=False,
         security_context=non_root_pod(RUN_AS_USER),
     )
-
-
-def schedule(deployment: kplus.Deployment, model: ModelSettings, labels: dict[str, str]) -> None:
-    """Where the replicas run: GPU nodes whose GPUs hold the model, one replica a node, across zones if they can."""
-    deployment.select(kplus.LabelSelector.of(labels=labels))
-    for key, value in labels.items():
-        deployment.pod_metadata.add_label(key, value)
-    deployment.scheduling.tolerate(
-        kplus.TaintedNode([kplus.NodeTaintQuery.exists(GPU_TAINT["key"], effect=kplus.TaintEffect.NO_SCHEDULE)])
-    )
-    # Only nodes whose GPUs hold this model's shard (the pool admits the smallest model's).
-    deployment.scheduling.attract(
-        kplus.Node.labeled(kplus.NodeLabelQuery.gt(GPU_MEMORY_LABEL, [str(gpu_memory_needed_mib(model) - 1)]))
-    )
-    # Replicas on separate nodes (a node's loss takes one replica), and across zones where possible.
-    deployment.scheduling.spread(topology=kplus.Topology.HOSTNAME)
-    deployment.scheduling.spread(topology=kplus.Topology.ZONE, weight=100)
 
 
 def health_probe(*, period: int, failures: int, timeout: int) -> kplus.Probe:

@@ -60,7 +60,9 @@ def main() -> None:
         print(
             f"requests: {wanted.cpu_millis}m CPU, {wanted.memory_mib} MiB memory ({wanted.shared_memory_mib} MiB "
             f"of it /dev/shm), {wanted.ephemeral_storage_mib} MiB node disk; {model.replicas} replica(s)"
-            f"{f', scaled up to {model.peak_replicas}' if model.autoscaling else ''}; beside it on each node, the "
+            f"{f', scaled up to {model.peak_replicas}' if model.autoscaling else ''}"
+            f"{f', and {model.warm_spares} warm spare node(s) at that price too' if model.warm_spares else ''}; "
+            "beside it on each node, the "
             f"DaemonSets ask {daemons.cpu_millis}m CPU, {daemons.memory_mib} MiB memory\n"
         )
         by_pool = {pool.name: candidates(settings, model, pool) for pool in settings.gpu_node_pools}

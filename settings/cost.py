@@ -100,10 +100,13 @@ def gpu_lines(settings: StageSettings, *, at_most: bool = False) -> list[Line]:
     for model in settings.models:
         instance = candidates(settings, model)[0].type
         replicas = model.autoscaling.max_replicas if at_most and model.autoscaling else model.replicas
+        # The warm spares hold a node each, whatever the replicas (charts/warm_spares.py).
+        replicas += model.warm_spares
         hours = replicas * HOURS_A_MONTH
         hourly = instance_prices.get(instance) if priced_region == settings.region else None
         ec2 = Price(hourly, "instance-hour", on_demand_source(), "2026") if hourly else None
-        lines.append(Line(f"{model.name}: {replicas} {instance}", hours, "instance-hours", ec2))
+        spares = f" ({model.warm_spares} warm spare)" if model.warm_spares else ""
+        lines.append(Line(f"{model.name}: {replicas} {instance}{spares}", hours, "instance-hours", ec2))
         lines.append(
             Line(
                 f"{model.name}: EKS Auto Mode fee, {instance}",

@@ -823,6 +823,10 @@ class ModelSettings(_Strict):
     # With autoscaling: the minimum, and the count a rollout starts from.
     replicas: int = Field(default=1, ge=1)
     autoscaling: AutoscalingSettings | None = None
+    # GPU nodes held ready beyond the replicas, each already holding the image: a placeholder pod a new replica
+    # preempts (charts/warm_spares.py), so that a scale-out or a rollout's surge skips the node's launch and the
+    # image pull. Each costs a GPU node around the clock (make cost, make sizing).
+    warm_spares: int = Field(default=0, ge=0, description="placeholder GPU nodes held ready; 0: none")
     # vLLM's --max-model-len: the longest sequence, at most the model's context (facts.context_tokens) unless env sets
     # VLLM_ALLOW_LONG_MAX_MODEL_LEN.
     max_model_len: int = Field(default=20000, ge=1)

@@ -459,8 +459,8 @@ class PoolNeeds:
 
 
 def pool_needs(settings: StageSettings, pool: GpuNodePoolSettings, pick: str) -> PoolNeeds:
-    """What a pool must hold for every replica it can run plus one rollout surge per model, each on its own
-    node: the pools before it may have no capacity, and then it takes them all.
+    """What a pool must hold for every replica it can run plus one rollout surge and the warm spares per model, each
+    on its own node: the pools before it may have no capacity, and then it takes them all.
 
     `pick`: "cheapest", the least that works (Karpenter launches the cheapest that fits); "largest",
     so that any candidate fits, which is what limits default to. Karpenter counts a node's full
@@ -472,7 +472,7 @@ def pool_needs(settings: StageSettings, pool: GpuNodePoolSettings, pick: str) ->
         if not options:
             continue
         node = options[0] if pick == "cheapest" else max(options, key=lambda i: (i.vcpus, i.memory_mib))
-        nodes = model.peak_replicas + 1
+        nodes = model.peak_replicas + 1 + model.warm_spares
         cpu += nodes * node.vcpus
         memory_mib += nodes * node.memory_mib
         gpus += nodes * model.gpus

@@ -33,7 +33,7 @@ from stacks.smoke_test_project import ModelSmokeTest, smoke_test_start_command
 from stacks.web_acl import rate_limited_web_acl
 from workloads.smoke_test import chat_request
 
-FEATURES = ("api-keys", "autoscaler", "exposure")
+FEATURES = ("api-keys", "autoscaler", "exposure", "warm-spares")
 
 
 class ModelServingStack(Stack):
