@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from charts.gpu_node_pool import pool_weight
 from commands import stage_from_command_line
-from settings.cold_start import cold_start_seconds
+from settings.cold_start import cold_start_seconds, file_system_options, weight_read_seconds, weights_read_at_once_gb
+from settings.cost import service_prices
 from settings.model_facts import kv_bytes_per_token
+from settings.schema import StageSettings
 from settings.sizing import (
     MIB,
     candidates,
@@ -91,8 +93,26 @@ def main() -> None:
             f"pool {index + 1}, {pool.name} (weight {pool_weight(index)}; {', '.join(pool.capacity_types)}): limits "
             f"cpu {limits['cpu']}, memory {limits['memory']}, nvidia.com/gpu {limits['nvidia.com/gpu']} "
             f"({'derived from the models' if not given else 'from the settings where given, derived elsewhere'}: "
-            "every replica it can run plus one rollout surge per model)"
+            "every replica it can run plus one rollout surge and the warm spares per model)"
         )
+    file_system_table(settings)
+
+
+def file_system_table(settings: StageSettings) -> None:
+    """The model store's throughput against the weights every replica reads at once, and what each choice costs."""
+    store, prices = settings.model_store, service_prices(settings.region)
+    target = store.weight_read_target_seconds
+    print(
+        f"\nmodel store: {weights_read_at_once_gb(settings):.1f} GB of weights read at once when every replica starts "
+        f"(a first deploy, a replaced file system); now {store.storage_capacity_gib} GiB at {store.throughput_per_tib} "
+        f"MB/s per TiB: {weight_read_seconds(settings):.0f} s"
+        + (f" (target {target} s)" if target else " (no model_store.weight_read_target_seconds)")
+    )
+    print("| capacity | MB/s per TiB | weight read | a month |\n|---:|---:|---:|---:|")
+    for capacity, per_tib, seconds in file_system_options(settings):
+        price = prices.get(f"lustre_persistent_2_{per_tib}_gb_month")
+        month = f"${capacity * 2**30 / 1e9 * price.usd:,.0f}" if price else f"no {settings.region} price (make prices)"
+        print(f"| {capacity} GiB | {per_tib} | {seconds:.0f} s | {month} |")
 
 
 if __name__ == "__main__":

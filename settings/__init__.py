@@ -13,6 +13,7 @@ from pydantic.fields import FieldInfo
 
 from settings import names
 from settings.autoscaling import autoscaling_problems
+from settings.cold_start import file_system_problems
 from settings.drain import drain_problems
 from settings.schema import PipelineSettings, StageName, StageSettings
 from settings.sizing import sizing_problems
@@ -76,7 +77,12 @@ def parse_stage_settings(stage: str, data: Any) -> StageSettings:
         )
     settings = _validate(StageSettings, {**data, "name": stage}, what)
     # Against the GPU instances that could run it: only once every field is valid.
-    problems = sizing_problems(settings) + drain_problems(settings) + autoscaling_problems(settings)
+    problems = (
+        sizing_problems(settings)
+        + drain_problems(settings)
+        + autoscaling_problems(settings)
+        + file_system_problems(settings)
+    )
     if problems:
         raise SettingsError(f"{what} has invalid settings:\n" + "\n".join(f"  {problem}" for problem in problems))
     return settings

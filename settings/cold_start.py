@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from settings.schema import ModelSettings, StageSettings
+from settings.schema import LUSTRE_THROUGHPUTS_PER_TIB, ModelSettings, StageSettings
 from settings.sizing import IMAGE_COMPRESSED_BYTES, IMAGE_UNPACKED_BYTES, pools_for
 
 # Measured in the walkthrough: Karpenter had the GPU instance running and the pod scheduled "in
@@ -51,10 +51,64 @@ class Step:
     source: str
 
 
-def file_system_throughput_mb_s(settings: StageSettings) -> float:
-    """FSx for Lustre baseline throughput: storage capacity (TiB) times the per-unit throughput (MB/s/TiB)."""
+def file_system_throughput_mb_s(
+    settings: StageSettings, capacity_gib: int | None = None, per_tib: int | None = None
+) -> float:
+    """FSx for Lustre baseline throughput: storage capacity (TiB) times the per-unit throughput (MB/s/TiB), the
+    stage's or those given."""
     store = settings.model_store
-    return store.storage_capacity_gib / TIB_IN_GIB * store.throughput_per_tib
+    return (capacity_gib or store.storage_capacity_gib) / TIB_IN_GIB * (per_tib or store.throughput_per_tib)
+
+
+def weights_read_at_once_gb(settings: StageSettings) -> float:
+    """What the file system serves when every replica of every model starts at once (a stage's first deploy, or a
+    file system replaced): each replica reads its model's weights, all sharing the file system's throughput."""
+    return sum(model.weights_gb * model.peak_replicas for model in settings.models)
+
+
+def weight_read_seconds(settings: StageSettings, capacity_gib: int | None = None, per_tib: int | None = None) -> float:
+    """How long a replica's weight read takes when every replica starts at once (they finish together)."""
+    return weights_read_at_once_gb(settings) * 1000 / file_system_throughput_mb_s(settings, capacity_gib, per_tib)
+
+
+# The capacities `make sizing` and the target's refusal offer: 1.2 TiB, then 2.4 TiB steps up to 48 TiB.
+CAPACITY_OPTIONS_GIB = (1200, *range(2400, 48 * 1024 + 1, 2400))
+
+
+def file_system_options(settings: StageSettings) -> list[tuple[int, int, float]]:
+    """For each per-unit throughput, the smallest capacity that holds the weights and meets the stage's weight read
+    target (the stage's own capacity without a target): (capacity GiB, MB/s per TiB, weight read seconds)."""
+    target = settings.model_store.weight_read_target_seconds
+    held_gb = sum(model.weights_gb for model in settings.models)
+    options = []
+    for per_tib in LUSTRE_THROUGHPUTS_PER_TIB:
+        fitting = [
+            capacity
+            for capacity in CAPACITY_OPTIONS_GIB
+            if capacity * 2**30 / 1e9 >= held_gb
+            and (target is None or weight_read_seconds(settings, capacity, per_tib) <= target)
+        ]
+        if target is None:
+            fitting = [max(settings.model_store.storage_capacity_gib, fitting[0])] if fitting else []
+        if fitting:
+            options.append((fitting[0], per_tib, weight_read_seconds(settings, fitting[0], per_tib)))
+    return options
+
+
+def file_system_problems(settings: StageSettings) -> list[str]:
+    """A weight read slower than the stage's target, with the file systems that would meet it."""
+    target, store = settings.model_store.weight_read_target_seconds, settings.model_store
+    if target is None or weight_read_seconds(settings) <= target:
+        return []
+    meeting = "; ".join(
+        f"{capacity} GiB at {per_tib} ({seconds:.0f} s)" for capacity, per_tib, seconds in file_system_options(settings)
+    )
+    return [
+        f"model_store.weight_read_target_seconds: with every replica starting at once "
+        f"({weights_read_at_once_gb(settings):.1f} GB of weights), {store.storage_capacity_gib} GiB at "
+        f"{store.throughput_per_tib} MB/s per TiB reads them in {weight_read_seconds(settings):.0f} s, more than "
+        f"{target} s; storage_capacity_gib and throughput_per_tib that meet it: {meeting or 'none up to 48 TiB'}"
+    ]
 
 
 def cold_start_steps(settings: StageSettings, model: ModelSettings) -> list[Step]:
@@ -94,10 +148,12 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings) -> list[Step
         ),
         Step(
             "weight read",
-            model.weights_gb * 1000 / throughput,
-            f"{model.weights_gb:.1f} GB at {throughput:.0f} MB/s "
+            weight_read_seconds(settings),
+            f"{model.weights_gb:.1f} GB, while every replica of every model starts at once "
+            f"({weights_read_at_once_gb(settings):.1f} GB in all) at {throughput:.0f} MB/s "
             f"({settings.model_store.storage_capacity_gib} GiB x {settings.model_store.throughput_per_tib} MB/s/TiB)",
-            "the model's weight bytes (its facts); FSx for Lustre baseline throughput = capacity x per-unit throughput",
+            "the models' weight bytes (their facts) and peak replicas; FSx for Lustre baseline throughput = "
+            "capacity x per-unit throughput, shared by its readers",
         ),
         Step(
             "model load",

@@ -320,7 +320,7 @@ def test_autoscaling_without_metrics_is_refused() -> None:
 
 def test_a_scale_down_shorter_than_a_cold_start_is_refused() -> None:
     data = autoscaled(scale_down_cooldown_seconds=300)
-    assert "models[0].autoscaling.scale_down_cooldown_seconds: 300 is not longer than a cold start (463 s" in rejected(
+    assert "models[0].autoscaling.scale_down_cooldown_seconds: 300 is not longer than a cold start (604 s" in rejected(
         data, "prod"
     )
     settings = parse_stage_settings("prod", autoscaled(scale_down_cooldown_seconds=900))

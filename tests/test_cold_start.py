@@ -7,19 +7,24 @@ import sys
 import pytest
 
 from commands.cold_start_budget import main as cold_start_command
-from settings import parse_stage_settings
+from settings import load_stage_settings, parse_stage_settings
 from settings.cold_start import (
+    CAPACITY_OPTIONS_GIB,
     IMAGE_UNPACKED_BYTES,
     MEASURED_PULL_SECONDS,
     cold_start_steps,
+    file_system_options,
     file_system_throughput_mb_s,
     import_deadline_seconds,
     import_steps,
     progress_deadline_seconds,
     smoke_test_wait_seconds,
     startup_probe_seconds,
+    weight_read_seconds,
+    weights_read_at_once_gb,
 )
 from tests.conftest import stage_data
+from tests.test_settings import rejected
 
 
 def settings_with(disk_throughput_mib: int = 1000, image_source: str = "pull_through_cache", **model_store: object):
@@ -127,3 +132,37 @@ def test_cold_start_command_prints_every_step_and_the_derived_probe_budget(
     for step in ("node launch", "image pull", "weight read", "model load", "**total**"):
         assert f"| {step} |" in stdout
     assert "startupProbe budget: 480 s" in stdout
+
+
+def test_replicas_starting_at_once_share_the_file_systems_throughput() -> None:
+    one = load_stage_settings("dev")
+    model = one.models[0]
+    # prod: up to 4 replicas, all of them reading at once on a first deploy or a replaced file system.
+    four = load_stage_settings("prod")
+    assert weights_read_at_once_gb(four) == pytest.approx(4 * model.weights_gb)
+    assert weight_read_seconds(four) == pytest.approx(4 * weight_read_seconds(one))
+    (read,) = [step for step in cold_start_steps(four, four.models[0]) if step.name == "weight read"]
+    assert read.seconds == pytest.approx(weight_read_seconds(four))
+
+
+def test_a_weight_read_slower_than_the_target_is_refused_with_what_would_meet_it() -> None:
+    data = stage_data("prod")
+    data["model_store"] = {**data.get("model_store", {}), "weight_read_target_seconds": 60}
+    problem = rejected(data, "prod")
+    assert "model_store.weight_read_target_seconds: with every replica starting at once (55.0 GB of weights)" in problem
+    assert "1200 GiB at 250 MB/s per TiB reads them in 188 s, more than 60 s" in problem
+    # 55.0 GB in 60 s takes 917 MB/s: 1200 GiB at 1000 (1172 MB/s), or 4800 GiB at 250, ...
+    assert "1200 GiB at 1000 (47 s)" in problem
+    assert "4800 GiB at 250 (47 s)" in problem
+    data["model_store"] |= {"throughput_per_tib": 1000}
+    assert parse_stage_settings("prod", data).model_store.throughput_per_tib == 1000
+
+
+def test_the_options_meet_the_target_with_the_least_capacity_for_each_throughput() -> None:
+    data = stage_data("prod")
+    data["model_store"] = {**data.get("model_store", {}), "weight_read_target_seconds": 100}
+    settings = parse_stage_settings("prod", data | {"model_store": data["model_store"] | {"throughput_per_tib": 1000}})
+    for capacity, per_tib, seconds in file_system_options(settings):
+        assert seconds <= 100
+        smaller = [c for c in CAPACITY_OPTIONS_GIB if c < capacity]
+        assert all(weight_read_seconds(settings, c, per_tib) > 100 for c in smaller)

@@ -299,7 +299,7 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
     assert ready["MetricStat"]["Stat"] == "Minimum"
     assert replicas["Threshold"] == 2  # prod's minimum
     assert replicas["ComparisonOperator"] == "LessThanThreshold"
-    assert replicas["EvaluationPeriods"] == 16  # the rollout's progress deadline, 960 s
+    assert replicas["EvaluationPeriods"] == 21  # the rollout's progress deadline, 1260 s
     assert replicas["TreatMissingData"] == "breaching"
     assert {d["Name"]: d["Value"] for d in ready["MetricStat"]["Metric"]["Dimensions"]} == {
         "ClusterName": "gpu-inference-prod",
@@ -320,7 +320,7 @@ def test_each_model_has_an_alarm_per_alert_and_on_missing_replicas_and_metrics(p
     ]
     idle = alarms[prefix + "VllmGpusIdle"]
     assert (idle["Threshold"], idle["ComparisonOperator"]) == (0.1, "LessThanThreshold")
-    assert idle["EvaluationPeriods"] == 9 + 15  # prod's 9-minute scale-down cooldown, then 15 minutes more
+    assert idle["EvaluationPeriods"] == 12 + 15  # prod's scale-down cooldown (664 s, in whole minutes), then 15 more
     assert idle["TreatMissingData"] == "notBreaching"  # no answer: no more than the minimum replicas
     # prod names no topic: the alarms show in the console and send nothing.
     assert all("AlarmActions" not in alarm for alarm in alarms.values())

@@ -341,6 +341,9 @@ def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_
         r"nvidia.com/gpu 2 \(derived",
         out,
     )
+    # The model store against the weights every replica reads at once, each throughput with its month's price.
+    assert "now 1200 GiB at 250 MB/s per TiB: 47 s" in out
+    assert "| 1200 GiB | 1000 | 12 s | no us-west-2 price (make prices) |" in out
 
 
 def test_sizing_command_names_the_pool_of_each_candidate_and_each_pools_limits(
