@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from commands import stage_from_command_line
 from settings.cold_start import (
+    WARM_NODE_SKIPS,
     cold_start_steps,
     import_deadline_seconds,
     import_steps,
+    levers,
     progress_deadline_seconds,
     smoke_test_wait_seconds,
     startup_probe_seconds,
+    warm_start_seconds,
 )
 
 
@@ -21,7 +24,16 @@ def main() -> None:
         print("| step | seconds | assumes | source |\n|---|---:|---|---|")
         for step in steps:
             print(f"| {step.name} | {step.seconds:.0f} | {step.assumes} | {step.source} |")
-        print(f"| **total** | **{sum(step.seconds for step in steps):.0f}** | | |\n")
+        print(f"| **total on a new node** | **{sum(step.seconds for step in steps):.0f}** | | |")
+        print(
+            f"| **total on a warm spare's node** | **{warm_start_seconds(settings, model):.0f}** | without "
+            f"{', '.join(WARM_NODE_SKIPS)} | charts/warm_spares.py |\n"
+        )
+        print("| lever | step | used | seconds of the step with it | source |\n|---|---|---|---:|---|")
+        for lever in levers(settings, model):
+            seconds = "n/a" if lever.seconds is None else f"{lever.seconds:.0f}"
+            print(f"| {lever.name} | {lever.step} | {'yes' if lever.on else 'no'} | {seconds} | {lever.source} |")
+        print()
         print(
             f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + model load); "
             f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x total); "

@@ -165,6 +165,55 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings) -> list[Step
     return steps
 
 
+# What a replica skips on a warm spare's node (charts/warm_spares.py): the node is up and holds the image.
+WARM_NODE_SKIPS = ("node launch", "first pull through the cache", "image pull")
+
+
+def warm_start_seconds(settings: StageSettings, model: ModelSettings) -> float:
+    """A new replica's start on a warm spare's node: the steps after the container starts."""
+    return sum(step.seconds for step in cold_start_steps(settings, model) if step.name not in WARM_NODE_SKIPS)
+
+
+@dataclass(frozen=True)
+class Lever:
+    """What shortens a step: whether the stage uses it, the seconds of the step with it, and where that comes from."""
+
+    name: str
+    step: str
+    on: bool
+    seconds: float | None  # None: no figure, the lever is not available here
+    source: str
+
+
+def levers(settings: StageSettings, model: ModelSettings) -> list[Lever]:
+    """Each lever on a cold start, as the stage sets it, with the figure it gives and its source."""
+    fastest = max(LUSTRE_THROUGHPUTS_PER_TIB)
+    return [
+        Lever(
+            f"warm spares (models[].warm_spares: {model.warm_spares})",
+            "node launch, first pull, image pull",
+            model.warm_spares > 0,
+            0,
+            "charts/warm_spares.py: a replica preempts a placeholder on a node that holds its image",
+        ),
+        Lever(
+            f"file system throughput ({settings.model_store.throughput_per_tib} MB/s per TiB now)",
+            "weight read",
+            settings.model_store.throughput_per_tib == fastest,
+            weight_read_seconds(settings, per_tib=fastest),
+            f"at {fastest} MB/s per TiB, the fastest PERSISTENT_2 tier (model_store.throughput_per_tib)",
+        ),
+        Lever(
+            "lazy image pull (SOCI)",
+            "image pull",
+            False,
+            None,
+            "not offered: EKS Auto Mode's NodeClass has no snapshotter or image setting, its disk "
+            "(ephemeralStorage) only (EKS User Guide, 'Create a Node Class for Amazon EKS')",
+        ),
+    ]
+
+
 def import_steps(settings: StageSettings, model: ModelSettings) -> list[Step]:
     """The one-time import of a model's revision into the model store, before its first replica can start."""
     if not model.imported:

@@ -17,9 +17,11 @@ from settings.cold_start import (
     file_system_throughput_mb_s,
     import_deadline_seconds,
     import_steps,
+    levers,
     progress_deadline_seconds,
     smoke_test_wait_seconds,
     startup_probe_seconds,
+    warm_start_seconds,
     weight_read_seconds,
     weights_read_at_once_gb,
 )
@@ -166,3 +168,14 @@ def test_the_options_meet_the_target_with_the_least_capacity_for_each_throughput
         assert seconds <= 100
         smaller = [c for c in CAPACITY_OPTIONS_GIB if c < capacity]
         assert all(weight_read_seconds(settings, c, per_tib) > 100 for c in smaller)
+
+
+def test_a_warm_spares_node_skips_the_launch_and_the_pull_and_the_levers_say_what_each_gives() -> None:
+    settings = load_stage_settings("dev")
+    model = settings.models[0]
+    steps = {step.name: step.seconds for step in cold_start_steps(settings, model)}
+    assert warm_start_seconds(settings, model) == pytest.approx(steps["weight read"] + steps["model load"])
+    by_step = {lever.step: lever for lever in levers(settings, model)}
+    assert by_step["weight read"].seconds == pytest.approx(steps["weight read"] / 4)  # 1000 MB/s per TiB, not 250
+    assert by_step["image pull"].seconds is None  # SOCI: not offered by Auto Mode's NodeClass
+    assert not by_step["node launch, first pull, image pull"].on  # dev keeps no warm spare
