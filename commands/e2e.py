@@ -39,7 +39,7 @@ from charts.pod_security import hardened, non_root_pod
 from charts.vllm_server import PORT, RUN_AS_USER, WEIGHTS_DIR
 from commands import e2e_report, leftovers, teardown
 from settings import STAGES_DIR, load_stage_settings, names
-from settings.cold_start import cold_start_seconds, import_steps, smoke_test_wait_seconds
+from settings.cold_start import cold_start_seconds, cold_start_steps, import_steps, smoke_test_wait_seconds
 from settings.schema import ModelSettings, StageSettings
 from settings.sizing import candidates, on_demand_prices
 from settings.yaml_files import load_yaml
@@ -127,6 +127,10 @@ def throwaway_stage(admin_role_arn: str, stages_dir: Path = STAGES_DIR) -> Itera
         yield load_stage_settings(name, stages_dir)
     finally:
         path.unlink(missing_ok=True)
+
+
+class E2eError(Exception):
+    """The stage ran, but not as the model of it says."""
 
 
 def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -296,14 +300,19 @@ def run_stage(settings: StageSettings) -> None:
     milestones = e2e_report.timeline(
         recorded["events"], recorded["pods"], recorded["nodeclaims"], app=names.app_label(model.name)
     )
+    modeled = {step.name: step.seconds for step in cold_start_steps(settings, model)}
+    comparisons = e2e_report.compare(milestones, modeled)
     written = e2e_report.write_report(
         outdir,
         stage=stage,
         model=model.model,
         milestones=milestones,
         load_test=e2e_report.load_test_summary(json.loads(result)),
+        comparisons=comparisons,
     )
     print("\n".join(str(path) for path in written))
+    if over := [c.stretch for c in comparisons if c.over]:
+        raise E2eError(f"measured over {e2e_report.TOLERANCE}x the cold-start model: {', '.join(over)} (report.md)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError as error:
             failed = True
             print(f"e2e of stage {settings.name} failed at: {' '.join(error.cmd)}", file=sys.stderr)
+        except E2eError as error:
+            failed = True
+            print(f"e2e of stage {settings.name}: {error}", file=sys.stderr)
         finally:
             if not args.keep:
                 failed |= not clean_up(settings)

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from commands import e2e_report
-from commands.e2e_report import Milestone, go_duration_seconds, load_test_summary, timeline, write_report
+from commands.e2e_report import Milestone, compare, go_duration_seconds, load_test_summary, timeline, write_report
+from settings import load_stage_settings
+from settings.cold_start import cold_start_steps
 from settings.names import app_label
 from tests.conftest import ROOT
 
@@ -374,3 +376,40 @@ def test_the_cli_says_which_pods_it_found_for_another_model(tmp_path: Path) -> N
             ]
         )
     assert not any(tmp_path.iterdir())
+
+
+def test_each_measured_stretch_is_held_against_the_modeled_steps_it_covers(
+    recorded: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    settings = load_stage_settings("dev")
+    modeled = {step.name: step.seconds for step in cold_start_steps(settings, settings.models[0])}
+    found = {
+        c.stretch: c for c in compare(timeline(recorded["events"], recorded["pods"], recorded["nodeclaims"]), modeled)
+    }
+    assert (found["node launch"].measured, found["node launch"].modeled) == (41, 60)
+    # 88 s measured is the plain pull's model: the image was in the cache already, so its first pull is not counted.
+    assert (found["image pull"].measured, found["image pull"].modeled) == (88, modeled["image pull"])
+    assert found["weights and model load"].modeled == pytest.approx(modeled["weight read"] + modeled["model load"])
+    assert found["the whole cold start"].modeled == pytest.approx(sum(modeled.values()))
+    assert not any(c.over for c in found.values())
+    # A model half as long: the load (187 s against 114) is over 1.5x; the pull (88 s, longer than the plain pull's
+    # 44) then counts the first pull too, 88, and the node launch (41 against 30) and the whole (340 against 232) are
+    # within it.
+    halved = {name: seconds / 2 for name, seconds in modeled.items()}
+    slow = {
+        c.stretch
+        for c in compare(timeline(recorded["events"], recorded["pods"], recorded["nodeclaims"]), halved)
+        if c.over
+    }
+    assert slow == {"weights and model load"}
+    written = write_report(
+        tmp_path,
+        stage="dev",
+        model="openai/gpt-oss-20b",
+        milestones=[],
+        load_test=None,
+        comparisons=list(found.values()),
+    )
+    report = json.loads(written[0].read_text())
+    assert [entry["stretch"] for entry in report["against_the_model"]][:2] == ["node launch", "image pull"]
+    assert "| image pull | 88 | 88 | 1.00 | first pull through the cache, image pull |" in written[1].read_text()
