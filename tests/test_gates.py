@@ -346,7 +346,7 @@ def test_the_type_checker_refuses_a_value_of_the_wrong_type(tmp_path: Path) -> N
     from mypy import api
 
     broken = tmp_path / "broken.py"
-    broken.write_text("from settings import names\n\nlimit: int = names.SECRETS_STORE_ADDON\n")
+    broken.write_text('ADDON = "aws-secrets-store-csi-driver-provider"\n\nlimit: int = ADDON\n')
     stdout, _, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), "--no-incremental", str(broken)])
     assert status == 1
     assert 'Incompatible types in assignment (expression has type "str", variable has type "int")' in stdout

@@ -158,10 +158,10 @@ def ask(base_url: str, model: str, *, timeout: float, api_key: str | None = None
         failure = NotReadyError if error.code in COMING_UP else SmokeTestError
         raise failure(f"{model}: HTTP {error.code} from {request.full_url}: {error.read()[:300]!r}") from None
     except TimeoutError:
-        raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
+        raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:g} s") from None
     except urllib.error.URLError as error:
         if isinstance(error.reason, (TimeoutError, socket.timeout)):
-            raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:.0f} s") from None
+            raise SmokeTestError(f"{model}: no answer from {request.full_url} within {timeout:g} s") from None
         raise NotReadyError(f"{model}: cannot reach {request.full_url}: {error.reason}") from None
     try:
         choice = json.loads(payload)["choices"][0]
