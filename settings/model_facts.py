@@ -27,9 +27,10 @@ CATALOG_FILE = Path(__file__).parent / "catalog" / "models.yaml"
 # vLLM's KV cache block on CUDA (vllm/config/cache.py at v0.11.2: block_size 16).
 BLOCK_TOKENS = 16
 # Tokens a sliding-window layer keeps beyond its window: those scheduled at once, vLLM's max_num_batched_tokens.
-# vllm serve's default is 2048 on most GPUs and 8192 on those of 70 GiB or more other than an A100
-# (vllm/engine/arg_utils.py at v0.11.2, _set_default_args); sizing takes the larger, so no GPU is admitted that
-# vLLM would refuse, unless extra_args set it higher.
+# vllm serve's default depends on the GPU and the version: 2048 on most GPUs and 8192 on those of 70 GiB or more
+# other than an A100 (vllm/engine/arg_utils.py at v0.11.2, _set_default_args), and from 0.33.0 16384 on those of
+# 160 GiB or more. Sizing takes the largest of the model's version (its profile, settings/vllm_profiles.py), so no
+# GPU is admitted that vLLM would refuse, unless extra_args set it higher; this is 0.11.2's.
 DEFAULT_BATCHED_TOKENS = 8192
 # Bytes per KV cache element: vLLM's "auto" is the model's dtype; the fp8 kinds are 1 byte
 # (vllm/utils/torch_utils.py at v0.11.2, STR_DTYPE_TO_TORCH_DTYPE).

@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import TypedDict
 
-from settings.model_facts import DEFAULT_BATCHED_TOKENS, sequence_kv_bytes
+from settings.model_facts import sequence_kv_bytes
 from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_option
 from settings.yaml_files import load_yaml
 
@@ -81,7 +81,9 @@ def gpu_memory(model: ModelSettings) -> GpuMemory:
         model.max_model_len,
         tensor_parallel_size=model.tensor_parallel_size,
         kv_dtype_bytes=model.kv_cache_dtype_bytes,
-        batched_tokens=max(DEFAULT_BATCHED_TOKENS, int(batched) if batched and batched.isdigit() else 0),
+        batched_tokens=max(
+            model.profile.extracted.serve_batched_tokens_default, int(batched) if batched and batched.isdigit() else 0
+        ),
     )
     return GpuMemory(
         weights=math.ceil(facts.weight_bytes / model.gpus),

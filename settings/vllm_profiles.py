@@ -57,6 +57,9 @@ class ExtractedFacts(Frozen):
     environment_variables: frozenset[str]
     metrics: frozenset[str]
     attention_backends: frozenset[str]
+    # The largest max_num_batched_tokens `vllm serve` defaults to on any GPU: what a sliding-window layer may hold
+    # beyond its window (settings/model_facts.py, sequence_kv_bytes).
+    serve_batched_tokens_default: int
 
 
 class ImageBuild(Frozen):
@@ -157,17 +160,20 @@ def vllm_version(image: str) -> str | None:
     return match.group(1) if match else None
 
 
+@cache
 def profile_of(image: str) -> VllmProfile:
-    """The profile of the version the image serves; a ValueError naming the supported versions if it has none."""
+    """The profile of the version the image serves; a ValueError naming the supported versions if it has none.
+    Asked for on every sizing of every model, so kept by image."""
     version = vllm_version(image)
-    supported = ", ".join(supported_versions())
     if version is None:
+        supported = ", ".join(supported_versions())
         raise ValueError(
             f"{image!r} names no vLLM version in its tag (such as 0.11.2-gpu-py312-ec2-soci or v0.33.0); keep the "
             f"version tag beside a digest (repository:tag@sha256:...). Supported versions: {supported}"
         )
     profile = vllm_catalog().profiles.get(version)
     if profile is None:
+        supported = ", ".join(supported_versions())
         raise ValueError(
             f"{image!r} serves vLLM {version}, which has no profile; supported versions: {supported} "
             f"(settings/catalog/vllm_profiles.yaml; `make vllm-profile VERSION={version}` starts one)"

@@ -145,7 +145,9 @@ def test_a_bad_answer_fails_with_a_clear_message(server: str, message: str) -> N
 @pytest.mark.parametrize("server", ["silent"], indirect=True)
 def test_a_server_that_never_answers_fails_within_the_timeout(server: str) -> None:
     started = time.monotonic()
-    with pytest.raises(SmokeTestError, match=r"no answer from http://127\.0\.0\.1:\d+/v1/chat/completions within 0\.2 s"):
+    with pytest.raises(
+        SmokeTestError, match=r"no answer from http://127\.0\.0\.1:\d+/v1/chat/completions within 0\.2 s"
+    ):
         ask(server, MODEL, timeout=0.2)
     assert time.monotonic() - started < 2
 

@@ -17,6 +17,7 @@ from charts.queue_autoscaler import queue_query
 from charts.vllm_server import vllm_args, vllm_env
 from settings import load_stage_settings, parse_stage_settings
 from settings.drain import max_request_seconds
+from settings.sizing import gpu_memory
 from settings.vllm_profiles import (
     Advisory,
     Driver,
@@ -49,7 +50,9 @@ def fake_wheel(path: Path, *, cudart: tuple[bytes, ...] = (b"libcudart.so.13",))
         "vllm/envs.py": "environment_variables: dict[str, object] = {\n"
         "    'VLLM_PORT': lambda: 1,\n    'VLLM_LOGGING_CONFIG_PATH': lambda: None,\n}\n",
         "vllm/engine/arg_utils.py": "class EngineArgs:\n    max_model_len: int = 0\n    _private: int = 0\n"
-        "def add(parser):\n    parser.add_argument('--shutdown-timeout', type=int)\n",
+        "def add(parser):\n    parser.add_argument('--shutdown-timeout', type=int)\n"
+        "big = {UsageContext.OPENAI_API_SERVER: 8192,}\nsmall = {UsageContext.OPENAI_API_SERVER: 2048,}\n"
+        "cpu = {UsageContext.OPENAI_API_SERVER: 2048 * world_size}\n",
         "vllm/entrypoints/openai/cli_args.py": "class FrontendArgs:\n    api_key: str = ''\n",
         "vllm/v1/metrics/loggers.py": "name='vllm:num_requests_waiting'\nother=\"vllm:kv_cache_usage_perc\"\n",
         "vllm/v1/attention/backends/registry.py": "class AttentionBackendEnum(Enum):\n    TRITON_ATTN = 1\n"
@@ -75,6 +78,7 @@ def test_the_profile_script_reads_a_release_from_its_wheel(tmp_path: Path) -> No
     assert facts["environment_variables"] == ["VLLM_LOGGING_CONFIG_PATH", "VLLM_PORT"]
     assert facts["metrics"] == ["vllm:kv_cache_usage_perc", "vllm:num_requests_waiting"]
     assert facts["attention_backends"] == ["FLASH_ATTN", "TRITON_ATTN"]
+    assert facts["serve_batched_tokens_default"] == 8192
     path = vllm_profile.write_extracted(facts, tmp_path)
     assert yaml.safe_load(path.read_text())["flags"] == facts["flags"]
     assert path.read_text().startswith("# vLLM 9.9.9, as its wheel states it.")
@@ -260,3 +264,11 @@ def test_the_image_for_a_new_stage_is_the_newest_unaffected_one_the_driver_runs(
     monkeypatch.setattr("settings.vllm_profiles.vllm_catalog", lambda: older)
     with pytest.raises(ValueError, match="no supported vLLM version is free of published advisories"):
         recommended_image()
+
+
+def test_a_version_that_schedules_more_tokens_at_once_sizes_a_sliding_window_model_bigger() -> None:
+    # gpt-oss's sliding-window layers hold their window and the tokens scheduled at once: 8192 for 0.11.2's
+    # `vllm serve` at most, 16384 for 0.33.0's on the largest GPUs.
+    assert profile_of(WALKTHROUGH).extracted.serve_batched_tokens_default == 8192
+    assert profile_of(CURRENT).extracted.serve_batched_tokens_default == 16384
+    assert gpu_memory(model_on(CURRENT)).kv_cache > gpu_memory(model_on(WALKTHROUGH)).kv_cache

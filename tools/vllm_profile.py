@@ -3,7 +3,8 @@
 The wheel on PyPI is the release's own text. From it come the facts the project depends on and that change between
 versions: the `vllm serve` flags (the options vLLM's parsers add, and the fields of the dataclasses its parsers are
 built from), the VLLM_* environment variables (the keys of `environment_variables` in vllm/envs.py), the Prometheus
-metric names (vllm/v1/metrics/), the attention backends (the members of the backends' registry enum), the torch it
+metric names (vllm/v1/metrics/), the attention backends (the members of the backends' registry enum), the largest
+max_num_batched_tokens `vllm serve` defaults to on a GPU (vllm/engine/arg_utils.py), the torch it
 pins, the CUDA major version its kernels link (`libcudart.so.<major>` in its extensions) and the harmony package
 it requires. They are written to settings/catalog/vllm/<version>.yaml, whole; what a person reviews (the images,
 their CUDA, the advisories) is in settings/catalog/vllm_profiles.yaml. A new version is a reviewable diff.
@@ -32,6 +33,9 @@ from settings.vllm_profiles import EXTRACTED_DIR
 FLAG = re.compile(r"""["'](--[a-z0-9][a-z0-9-]*)["']""")
 METRIC = re.compile(r"""["'](vllm:[a-z0-9_]+)["']""")
 CUDART = re.compile(rb"libcudart\.so\.(\d+)")
+# vllm serve's max_num_batched_tokens defaults by GPU (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults or
+# _set_default_args): the literal ones; the per-world-size CPU default and the smaller TPU ones do not reach GPUs.
+SERVE_BATCHED_TOKENS = re.compile(r"UsageContext\.OPENAI_API_SERVER:\s*(\d+),")
 HARMONY_PACKAGES = ("openai-harmony", "oss-harmony")
 ARGUMENT_CLASSES = ("EngineArgs", "AsyncEngineArgs", "FrontendArgs", "BaseFrontendArgs")
 
@@ -105,6 +109,14 @@ def attention_backends(wheel: zipfile.ZipFile) -> list[str]:
     raise ValueError("no attention backends registry in the wheel")
 
 
+def serve_batched_tokens_default(wheel: zipfile.ZipFile) -> int:
+    """The largest max_num_batched_tokens `vllm serve` gives itself on any GPU."""
+    found = SERVE_BATCHED_TOKENS.findall(wheel.read("vllm/engine/arg_utils.py").decode())
+    if not found:
+        raise ValueError("vllm/engine/arg_utils.py sets no OPENAI_API_SERVER max_num_batched_tokens default")
+    return max(int(value) for value in found)
+
+
 def requirement(metadata: str, package: str) -> str | None:
     """The version constraint the wheel's METADATA puts on `package` (outside extras), if any."""
     for line in metadata.splitlines():
@@ -151,6 +163,7 @@ def wheel_facts(path: Path) -> dict[str, Any]:
             "environment_variables": environment_variables(wheel),
             "metrics": metric_names(wheel),
             "attention_backends": attention_backends(wheel),
+            "serve_batched_tokens_default": serve_batched_tokens_default(wheel),
         }
 
 
