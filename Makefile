@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing cost prices model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing cost cost-report prices model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -97,6 +97,9 @@ sizing: setup-synth ## The GPU instances that can run each model, cheapest first
 
 cost: setup-synth ## A stage's monthly cost per component at its region's prices, each price with its source (STAGE=dev)
 	python -m commands.monthly_cost --stage $(STAGE)
+
+cost-report: setup ## What each model of a running stage cost a day in GPU nodes, from Container Insights (STAGE=prod DAYS=7; AWS credentials)
+	python -m commands.model_cost_report --stage $(STAGE) --days $(or $(DAYS),7)
 
 prices: setup ## Rewrite settings/catalog/service_prices.yaml from the AWS Price List, every region of the catalog (AWS credentials)
 	python -m tools.service_prices
