@@ -71,9 +71,24 @@ class GpuMemory:
         )
 
 
+# gpu_memory of the models sized lately, by identity (settings never change once loaded): sizing asks it for every
+# instance of the catalog in every pool.
+_SIZED: dict[int, tuple[ModelSettings, GpuMemory]] = {}
+
+
 def gpu_memory(model: ModelSettings) -> GpuMemory:
     """Each of a model's GPUs: its shard of the weights, the KV cache of one full-length sequence (its shard of the
     KV heads), and vLLM's reserve, within --gpu-memory-utilization (vLLM docs, "Engine arguments")."""
+    sized = _SIZED.get(id(model))
+    if sized is not None and sized[0] is model:
+        return sized[1]
+    if len(_SIZED) > 256:
+        _SIZED.clear()
+    _SIZED[id(model)] = (model, _gpu_memory(model))
+    return _SIZED[id(model)][1]
+
+
+def _gpu_memory(model: ModelSettings) -> GpuMemory:
     facts = model.architecture
     batched = vllm_option(model.extra_args, "--max-num-batched-tokens")
     kv_cache = sequence_kv_bytes(

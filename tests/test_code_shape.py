@@ -4,6 +4,7 @@ sits below them (docs/architecture.md)."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -15,6 +16,7 @@ CLASS_MAX_LINES = 250
 SCHEMA = "settings/schema.py"
 
 
+@functools.cache
 def product_modules() -> dict[str, ast.Module]:
     paths = [ROOT / "app.py", *(path for top in PRODUCT[1:] for path in (ROOT / top).rglob("*.py"))]
     return {str(path.relative_to(ROOT)): ast.parse(path.read_text()) for path in paths if "vendor" not in path.parts}
