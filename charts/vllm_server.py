@@ -44,6 +44,8 @@ from charts.model_volume import ModelVolume
 from charts.pod_security import POD_SECURITY_LABELS, hardened, non_root_pod
 from charts.pre_stop_drain import drain_args, drain_command
 from charts.queue_autoscaler import AutoscalingPlan, QueueAutoscaler
+from charts.shared_compile_cache import SERVICE_ACCOUNT as COMPILE_CACHE_SERVICE_ACCOUNT
+from charts.shared_compile_cache import SharedCompileCache
 from charts.warm_spares import WarmSpares
 from settings import names
 from settings.drain import termination_grace_seconds
@@ -207,24 +209,21 @@ class VllmServerChart(cdk8s.Chart):
         self.feature_charts: dict[str, cdk8s.Chart] = {}
 
         def feature(name: str) -> cdk8s.Chart:
-            chart = FeatureChart(scope, f"{id}-{name}", namespace=model.name)
-            self.feature_charts[name] = chart
-            return chart
+            if name not in self.feature_charts:
+                self.feature_charts[name] = FeatureChart(scope, f"{id}-{name}", namespace=model.name)
+            return self.feature_charts[name]
 
         volume, import_job = namespace_and_weights(self, model, image, weights, import_deadline)
         api_keys = (
-            ApiKeys(
-                feature("api-keys"),
-                "ApiKeys",
-                config_scope=self,
-                secret_name=model.api_keys_secret,
-                region=weights.region,
-            )
-            if model.api_keys_secret
+            ApiKeys(feature("api-keys"), "ApiKeys", config_scope=self, secret_name=secret, region=weights.region)
+            if (secret := model.api_keys_secret)
             else None
         )
 
-        deployment = server_deployment(self, model, labels, progress_deadline, api_keys)
+        account = api_keys.service_account if api_keys else None
+        if model.compile_cache and account is None:
+            account = compile_cache_account(feature("compile-cache"))
+        deployment = server_deployment(self, model, labels, progress_deadline, account)
         service = service_and_access(self, model, labels)
         if model.exposure is not None:
             assert web_acl_arn is not None  # the model's stack creates one per exposed model
@@ -251,10 +250,49 @@ class VllmServerChart(cdk8s.Chart):
             )
         schedule(deployment, model, labels)
         container = server_container(deployment, model, image, requests, startup_budget, gpu_metrics=gpu_metrics)
-        mount_server_volumes(self, deployment, container, model, requests, gpu_metrics=gpu_metrics, api_keys=api_keys)
+        home = kplus.Volume.from_empty_dir(self, "Home", "home")
+        mount_server_volumes(
+            self, deployment, container, model, requests, home, gpu_metrics=gpu_metrics, api_keys=api_keys
+        )
+        if model.compile_cache:
+            share_compile_cache(feature("compile-cache"), deployment, model, image, weights, home)
         mount_weights(self, deployment, container, model, helper_image, volume.claim_name, import_job)
         container.mount("/tmp", kplus.Volume.from_empty_dir(self, "Tmp", "tmp"))
         limit_gpus(deployment, model.gpus)
+
+
+def compile_cache_account(chart: cdk8s.Chart) -> kplus.ServiceAccount:
+    """The replicas' account when they share a compile cache and have no API keys: EKS Pod Identity's subject."""
+    return kplus.ServiceAccount(
+        chart,
+        "ServiceAccount",
+        metadata=cdk8s.ApiObjectMetadata(name=COMPILE_CACHE_SERVICE_ACCOUNT),
+        automount_token=False,
+    )
+
+
+def share_compile_cache(
+    chart: cdk8s.Chart,
+    deployment: kplus.Deployment,
+    model: ModelSettings,
+    image: str,
+    weights: WeightsFileSystem,
+    home: kplus.Volume,
+) -> None:
+    """The replicas' compile cache copied from the model bucket before vLLM starts, and back once it serves."""
+    SharedCompileCache(
+        chart,
+        "CompileCache",
+        deployment=deployment,
+        model=model,
+        image=image,
+        bucket=weights.bucket,
+        region=weights.region,
+        home=home,
+        home_path=HOME,
+        health_url=f"http://127.0.0.1:{PORT}/health",
+        user=RUN_AS_USER,
+    )
 
 
 def mount_weights(
@@ -327,7 +365,11 @@ HARDENED = hardened(RUN_AS_USER)
 
 
 def server_deployment(
-    chart: cdk8s.Chart, model: ModelSettings, labels: dict[str, str], progress_deadline: int, api_keys: ApiKeys | None
+    chart: cdk8s.Chart,
+    model: ModelSettings,
+    labels: dict[str, str],
+    progress_deadline: int,
+    account: kplus.ServiceAccount | None,
 ) -> kplus.Deployment:
     """The replicas' Deployment: its rollout, its grace period, its pods' identity and security context."""
     return kplus.Deployment(
@@ -350,8 +392,9 @@ def server_deployment(
         progress_deadline=cdk8s.Duration.seconds(progress_deadline),
         # Long enough for the preStop drain to let the longest request finish (charts/pre_stop_drain.py).
         termination_grace_period=cdk8s.Duration.seconds(termination_grace_seconds(model)),
-        # The server calls no Kubernetes API; with API keys, the CSI driver reads them as this account.
-        service_account=api_keys.service_account if api_keys else None,
+        # The server calls no Kubernetes API; with API keys, the CSI driver reads them as this account, and with a
+        # shared compile cache, EKS Pod Identity gives it access to the bucket's copy.
+        service_account=account,
         automount_service_account_token=False,
         security_context=non_root_pod(RUN_AS_USER),
     )
@@ -415,6 +458,7 @@ def mount_server_volumes(
     container: kplus.Container,
     model: ModelSettings,
     requests: Requests,
+    home: kplus.Volume,
     *,
     gpu_metrics: bool,
     api_keys: ApiKeys | None,
@@ -430,7 +474,7 @@ def mount_server_volumes(
             size_limit=cdk8s.Size.mebibytes(requests.shared_memory_mib),
         ),
     )
-    container.mount(HOME, kplus.Volume.from_empty_dir(chart, "Home", "home"))
+    container.mount(HOME, home)
     if gpu_metrics:
         deployment.pod_metadata.add_annotation(SCRIPT_HASH_ANNOTATION, script_hash())
         container.add_port(number=GPU_METRICS_PORT, name=GPU_METRICS_PORT_NAME)

@@ -204,6 +204,14 @@ def levers(settings: StageSettings, model: ModelSettings) -> list[Lever]:
             f"at {fastest} MB/s per TiB, the fastest PERSISTENT_2 tier (model_store.throughput_per_tib)",
         ),
         Lever(
+            f"shared compile cache (models[].compile_cache: {str(model.compile_cache).lower()})",
+            "model load",
+            model.compile_cache,
+            None,
+            "charts/shared_compile_cache.py: torch.compile's output from an earlier replica; no cited figure for "
+            "what it saves (make e2e measures the model load)",
+        ),
+        Lever(
             "lazy image pull (SOCI)",
             "image pull",
             False,

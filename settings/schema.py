@@ -831,6 +831,10 @@ class ModelSettings(_Strict):
     # preempts (charts/warm_spares.py), so that a scale-out or a rollout's surge skips the node's launch and the
     # image pull. Each costs a GPU node around the clock (make cost, make sizing).
     warm_spares: int = Field(default=0, ge=0, description="placeholder GPU nodes held ready; 0: none")
+    # The replicas share vLLM's torch.compile cache through the model bucket: a replica starts from what an earlier
+    # one compiled for the same model, vLLM version, settings and GPU type, and vLLM compiles again on any other
+    # (charts/shared_compile_cache.py). Off: each pod compiles into its own disk.
+    compile_cache: bool = False
     # vLLM's --max-model-len: the longest sequence, at most the model's context (facts.context_tokens) unless env sets
     # VLLM_ALLOW_LONG_MAX_MODEL_LEN.
     max_model_len: int = Field(default=20000, ge=1)

@@ -22,6 +22,8 @@ from constructs import Construct, IConstruct
 from charts import feature_chart_id, model_chart_id, model_charts
 from charts.api_keys import SERVICE_ACCOUNT as API_KEYS_SERVICE_ACCOUNT
 from charts.model_loader import COMPLETION_MARKER, IMPORT_SERVICE_ACCOUNT, has_import_job, import_folders, job_name_in
+from charts.shared_compile_cache import SERVICE_ACCOUNT as COMPILE_CACHE_SERVICE_ACCOUNT
+from charts.shared_compile_cache import compile_cache_folder
 from charts.vllm_server import PORT
 from settings import names
 from settings.schema import ModelSettings, StageSettings
@@ -33,7 +35,7 @@ from stacks.smoke_test_project import ModelSmokeTest, smoke_test_start_command
 from stacks.web_acl import rate_limited_web_acl
 from workloads.smoke_test import chat_request
 
-FEATURES = ("api-keys", "autoscaler", "exposure", "warm-spares")
+FEATURES = ("api-keys", "autoscaler", "exposure", "warm-spares", "compile-cache")
 
 
 class ModelServingStack(Stack):
@@ -122,6 +124,9 @@ class ModelServingStack(Stack):
                     statements=import_statements(settings, model, resources.bucket_arn),
                 )
             )
+        # The replicas' account: their API keys' (which then holds the compile cache's grant too), or the compile
+        # cache's.
+        cache = compile_cache_statements(model, resources.bucket_arn) if model.compile_cache else []
         if model.api_keys_secret:
             identities.append(
                 pod_identity(
@@ -137,8 +142,21 @@ class ModelServingStack(Stack):
                             # (secrets_manager_provider.go).
                             actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
                             resources=[secret_arn(settings, model.api_keys_secret)],
-                        )
+                        ),
+                        *cache,
                     ],
+                )
+            )
+        elif cache:
+            identities.append(
+                pod_identity(
+                    self,
+                    f"{prefix}CompileCache",
+                    cluster_name=cluster_name,
+                    namespace=model.name,
+                    service_account=COMPILE_CACHE_SERVICE_ACCOUNT,
+                    description=f"Shares {model.model}'s compile cache through the model bucket",
+                    statements=cache,
                 )
             )
         return identities
@@ -190,6 +208,17 @@ def import_statements(settings: StageSettings, model: ModelSettings, bucket_arn:
             )
         )
     return statements
+
+
+def compile_cache_statements(model: ModelSettings, bucket_arn: str) -> list[iam.PolicyStatement]:
+    """What the replicas may do to share their compile cache: their model's folder of the bucket."""
+    folder = compile_cache_folder(model.name)
+    return [
+        iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[f"{bucket_arn}/{folder}*"]),
+        iam.PolicyStatement(
+            actions=["s3:ListBucket"], resources=[bucket_arn], conditions={"StringLike": {"s3:prefix": [f"{folder}*"]}}
+        ),
+    ]
 
 
 def weights_command(model: ModelSettings, job: str | None) -> str:

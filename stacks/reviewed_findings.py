@@ -18,6 +18,7 @@ from aws_cdk import Acknowledgment, CfnElement, CfnResource, Stack, Stage, Valid
 from constructs import IConstruct
 
 from charts.model_loader import has_import_job, import_folders
+from charts.shared_compile_cache import compile_cache_folder
 from settings import names
 from settings.schema import ModelSettings, StageSettings
 from stacks.model_store import bucket_arn_export
@@ -145,8 +146,21 @@ def _cluster_nag_findings(settings: StageSettings) -> tuple[Finding, ...]:
 
 
 def _model_nag_findings(settings: StageSettings, model_store_stack: str) -> tuple[Finding, ...]:
-    """What each model's pods may do: the weights import's folders and token, the replicas' API keys."""
+    """What each model's pods may do: the weights import's folders and token, the replicas' API keys and compile
+    cache."""
     return (
+        *(
+            Finding(
+                f"{names.model_stack_id(model.name)}/{names.output_id(model.name)}"
+                f"{'ApiKeys' if model.api_keys_secret else 'CompileCache'}Role/DefaultPolicy",
+                f"AwsSolutions-IAM5[Resource::{bucket_arn_export(model_store_stack)}/"
+                f"{compile_cache_folder(model.name)}*]",
+                f"The replicas of {model.model} share the compile cache vLLM writes, whose files it names itself, "
+                "under their model's folder; nothing else in the bucket.",
+            )
+            for model in settings.models
+            if model.compile_cache
+        ),
         *(
             Finding(
                 f"{names.model_stack_id(model.name)}/{names.output_id(model.name)}ImportRole/DefaultPolicy",

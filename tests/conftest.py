@@ -354,8 +354,8 @@ ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
 @pytest.fixture(scope="session")
 def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
     """One stage that no stage file has, built in this process: the longest stage name, admins, a narrowed public
-    endpoint, Kubernetes 1.35 and a pinned FSx CSI add-on on its cluster, and a gated model with a token secret. Its
-    Cluster and Serving templates."""
+    endpoint, Kubernetes 1.35 and a pinned FSx CSI add-on on its cluster, and a gated model with a token secret whose
+    replicas share their compile cache. Its Cluster and Serving templates."""
     from aws_cdk.assertions import Template
 
     from app import cdk_json_context, project_app
@@ -369,6 +369,7 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
         addon_versions={FSX_CSI_ADDON: PINNED_FSX_CSI_VERSION},
     )
     data["models"][0]["hf_token_secret"] = "hf-token"
+    data["models"][0]["compile_cache"] = True
     # The longest stage name the settings take: every name derived from it must fit (settings.names).
     name = "scenario-" + "x" * (MAX_STAGE_NAME_LENGTH - len("scenario-"))
     settings = parse_stage_settings(name, data)
