@@ -109,57 +109,46 @@ class ModelServingStack(Stack):
         self, settings: StageSettings, model: ModelSettings, resources: StageResources
     ) -> list[eks.CfnPodIdentityAssociation]:
         """The AWS access of the model's pods: the import Job's to its folders of the bucket (and its Hub token), the
-        replicas' to their API keys."""
-        prefix, cluster_name = names.output_id(model.name), resources.cluster.cluster_name
-        identities = []
+        replicas' to their API keys and their compile cache's folder."""
+        prefix = names.output_id(model.name)
+        # (id, service account, what for, statements) of each account that gets a role.
+        wanted: list[tuple[str, str, str, list[iam.PolicyStatement]]] = []
         if has_import_job(model):
-            identities.append(
-                pod_identity(
-                    self,
+            wanted.append(
+                (
                     f"{prefix}Import",
-                    cluster_name=cluster_name,
-                    namespace=model.name,
-                    service_account=IMPORT_SERVICE_ACCOUNT,
-                    description=f"Imports {model.model} into the model store",
-                    statements=import_statements(settings, model, resources.bucket_arn),
+                    IMPORT_SERVICE_ACCOUNT,
+                    f"Imports {model.model} into the model store",
+                    import_statements(settings, model, resources.bucket_arn),
                 )
             )
-        # The replicas' account: their API keys' (which then holds the compile cache's grant too), or the compile
-        # cache's.
+        # The replicas' account: their API keys' (whose role then holds the compile cache's grant too), or the
+        # compile cache's.
         cache = compile_cache_statements(model, resources.bucket_arn) if model.compile_cache else []
         if model.api_keys_secret:
-            identities.append(
-                pod_identity(
-                    self,
-                    f"{prefix}ApiKeys",
-                    cluster_name=cluster_name,
-                    namespace=model.name,
-                    service_account=API_KEYS_SERVICE_ACCOUNT,
-                    description=f"Reads {model.model}'s API keys",
-                    statements=[
-                        iam.PolicyStatement(
-                            # DescribeSecret: the provider checks the version before it reads
-                            # (secrets_manager_provider.go).
-                            actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                            resources=[secret_arn(settings, model.api_keys_secret)],
-                        ),
-                        *cache,
-                    ],
-                )
+            keys = iam.PolicyStatement(
+                # DescribeSecret: the provider checks the version before it reads (secrets_manager_provider.go).
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[secret_arn(settings, model.api_keys_secret)],
+            )
+            wanted.append(
+                (f"{prefix}ApiKeys", API_KEYS_SERVICE_ACCOUNT, f"Reads {model.model}'s API keys", [keys, *cache])
             )
         elif cache:
-            identities.append(
-                pod_identity(
-                    self,
-                    f"{prefix}CompileCache",
-                    cluster_name=cluster_name,
-                    namespace=model.name,
-                    service_account=COMPILE_CACHE_SERVICE_ACCOUNT,
-                    description=f"Shares {model.model}'s compile cache through the model bucket",
-                    statements=cache,
-                )
+            what = f"Shares {model.model}'s compile cache through the model bucket"
+            wanted.append((f"{prefix}CompileCache", COMPILE_CACHE_SERVICE_ACCOUNT, what, cache))
+        return [
+            pod_identity(
+                self,
+                id_prefix,
+                cluster_name=resources.cluster.cluster_name,
+                namespace=model.name,
+                service_account=account,
+                description=description,
+                statements=statements,
             )
-        return identities
+            for id_prefix, account, description, statements in wanted
+        ]
 
     def _outputs(self, settings: StageSettings, model: ModelSettings) -> None:
         output_id = names.output_id(model.name)
