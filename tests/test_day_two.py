@@ -47,8 +47,21 @@ def without_the_fallback_pool(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def with_warm_spares(data: dict[str, Any]) -> dict[str, Any]:
+    data["models"][0]["warm_spares"] = 1
+    return data
+
+
+def with_a_shared_compile_cache(data: dict[str, Any]) -> dict[str, Any]:
+    data["models"][0]["compile_cache"] = True
+    del data["models"][0]["api_keys_secret"]  # the cache's own service account, then
+    return data
+
+
 TURNED_OFF = {
     "autoscaling off": (lambda data: data, without_autoscaling),
+    "warm spares off": (with_warm_spares, lambda data: data),
+    "compile cache off": (with_a_shared_compile_cache, without_api_keys),
     "API keys off": (lambda data: data, without_api_keys),
     "exposure off": (exposed, lambda data: data),
     "a pool removed": (lambda data: data, without_the_fallback_pool),
