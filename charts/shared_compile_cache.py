@@ -25,6 +25,9 @@ MOUNT = "/compile-cache"
 # The replicas' account when the model has no API keys (their account, vllm-server, has the grant then).
 SERVICE_ACCOUNT = "vllm-compile-cache"
 SCRIPT_HASH_ANNOTATION = "compile-cache/script-sha256"
+# Each copying container's requests: a sidecar's count toward the pod's for as long as the pod runs.
+SIDECAR_CPU_MILLIS = 100
+SIDECAR_MEMORY_MIB = 256
 
 
 def bucket_prefix(model: ModelSettings) -> str:
@@ -85,8 +88,11 @@ class SharedCompileCache(Construct):
                 command=["python3", f"{MOUNT}/{SCRIPT.name}", mode],
                 env_variables={key: kplus.EnvValue.from_value(value) for key, value in env.items()},
                 resources=kplus.ContainerResources(
-                    cpu=kplus.CpuResources(request=kplus.Cpu.millis(100)),
-                    memory=kplus.MemoryResources(request=cdk8s.Size.mebibytes(256), limit=cdk8s.Size.mebibytes(512)),
+                    cpu=kplus.CpuResources(request=kplus.Cpu.millis(SIDECAR_CPU_MILLIS)),
+                    memory=kplus.MemoryResources(
+                        request=cdk8s.Size.mebibytes(SIDECAR_MEMORY_MIB),
+                        limit=cdk8s.Size.mebibytes(2 * SIDECAR_MEMORY_MIB),
+                    ),
                 ),
                 security_context=hardened(user),
                 restart_policy=restart,

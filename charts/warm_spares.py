@@ -19,6 +19,8 @@ from constructs import Construct
 from charts.api_object import without_namespace
 from charts.gpu_placement import limit_gpus, schedule
 from charts.pod_security import hardened, non_root_pod
+from charts.shared_compile_cache import SIDECAR_CPU_MILLIS, SIDECAR_MEMORY_MIB
+from settings.names import app_label
 from settings.schema import ModelSettings
 from settings.sizing import Requests
 
@@ -34,6 +36,7 @@ class WarmSpares(Construct):
     ) -> None:
         super().__init__(scope, id)
         name = f"{model.name}-warm-spare"
+        sidecar_cpu, sidecar_memory = (SIDECAR_CPU_MILLIS, SIDECAR_MEMORY_MIB) if model.compile_cache else (0, 0)
         # cdk8s-plus has no PriorityClass: the typed object.
         priority = k8s.KubePriorityClass(
             self,
@@ -51,25 +54,33 @@ class WarmSpares(Construct):
             metadata=cdk8s.ApiObjectMetadata(name=name, labels={"app": name}),
             replicas=model.warm_spares,
             select=False,
+            # A changed placeholder replaces the old one, not beside it: a surge would launch one more GPU node.
+            strategy=kplus.DeploymentStrategy.recreate(),
             # `sleep` as the container's first process takes no signal: a preempted placeholder goes at once.
             termination_grace_period=cdk8s.Duration.seconds(0),
             automount_service_account_token=False,
             security_context=non_root_pod(user),
         )
         cdk8s.ApiObject.of(spares).add_json_patch(cdk8s.JsonPatch.add("/spec/template/spec/priorityClassName", name))
-        # Where a replica would go, one a node: the same pools, GPU memory and spread.
+        # Where a replica would go, one a node: the same pools, GPU memory and spread; never beside a replica, whose
+        # own spread (one a node) would then forbid it to preempt this placeholder.
         schedule(spares, model, {"app": name})
+        spares.scheduling.separate(
+            kplus.Pods.select(self, "Replicas", labels={"app": app_label(model.name)}), topology=kplus.Topology.HOSTNAME
+        )
         spares.add_container(
             name="placeholder",
             # The replicas' image, so that the node holds it when a replica arrives.
             image=image,
             image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
             command=["sleep", "infinity"],
-            # A replica's requests, so that Karpenter launches the instance a replica would get.
+            # A replica's requests (its compile cache's sidecar's too), so that Karpenter launches the instance a
+            # replica would get, and the replica fits where the placeholder was.
             resources=kplus.ContainerResources(
-                cpu=kplus.CpuResources(request=kplus.Cpu.millis(requests.cpu_millis)),
+                cpu=kplus.CpuResources(request=kplus.Cpu.millis(requests.cpu_millis + sidecar_cpu)),
                 memory=kplus.MemoryResources(
-                    request=cdk8s.Size.mebibytes(requests.memory_mib), limit=cdk8s.Size.mebibytes(requests.memory_mib)
+                    request=cdk8s.Size.mebibytes(requests.memory_mib + sidecar_memory),
+                    limit=cdk8s.Size.mebibytes(requests.memory_mib + sidecar_memory),
                 ),
                 ephemeral_storage=kplus.EphemeralStorageResources(
                     request=cdk8s.Size.mebibytes(requests.ephemeral_storage_mib)

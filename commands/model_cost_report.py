@@ -96,10 +96,15 @@ def markdown(settings: StageSettings, rows: list[ModelDay]) -> str:
     for row in rows:
         cost = "no price in the catalog" if row.usd is None else f"${row.usd:,.2f}"
         lines.append(f"| {row.day.isoformat()} | {row.model} | {row.node_hours:,.1f} | {row.instance} | {cost} |")
-    totals: dict[str, float] = defaultdict(float)
+    totals: dict[str, float | None] = {}
     for row in rows:
-        totals[row.model] += row.usd or 0.0
-    lines += ["", *(f"- {model}: ${usd:,.2f} over the period" for model, usd in totals.items())]
+        before = totals.get(row.model, 0.0)
+        totals[row.model] = None if before is None or row.usd is None else before + row.usd
+    lines += [""]
+    lines += [
+        f"- {model}: " + ("no price in the catalog" if usd is None else f"${usd:,.2f} over the period")
+        for model, usd in totals.items()
+    ]
     return "\n".join(lines)
 
 

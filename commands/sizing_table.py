@@ -103,8 +103,9 @@ def file_system_table(settings: StageSettings) -> None:
     store, prices = settings.model_store, service_prices(settings.region)
     target = store.weight_read_target_seconds
     print(
-        f"\nmodel store: {weights_read_at_once_gb(settings):.1f} GB of weights read at once when every replica starts "
-        f"(a first deploy, a replaced file system); now {store.storage_capacity_gib} GiB at {store.throughput_per_tib} "
+        f"\nmodel store: {weights_read_at_once_gb(settings):.1f} GB of weights read at once when every replica of a "
+        "model starts (a first deploy, a scale-out to its most, a replaced file system); now "
+        f"{store.storage_capacity_gib} GiB at {store.throughput_per_tib} "
         f"MB/s per TiB: {weight_read_seconds(settings):.0f} s"
         + (f" (target {target} s)" if target else " (no model_store.weight_read_target_seconds)")
     )

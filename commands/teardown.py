@@ -294,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nstage {args.stage} is deleted; it keeps, on purpose (find them by the tag stage={args.stage}):")
     for item in kept(assembly):
         print(f"  {item.stack} {item.kind} {item.logical_id}: {item.remove}")
-    print(
-        f"  the repositories the pull-through cache created under {settings.image_cache_prefix}/: "
-        "aws ecr delete-repository --repository-name <name> --force"
-    )
+    for prefix in (settings.image_cache_prefix, settings.docker_hub_cache_prefix):
+        print(
+            f"  the repositories the pull-through cache created under {prefix}/ (if any): "
+            "aws ecr delete-repository --repository-name <name> --force"
+        )
     return 0
 
 

@@ -140,7 +140,8 @@ def platform_lines(settings: StageSettings, prices: dict[str, Price]) -> list[Li
         ),
         Line(
             f"FSx for Lustre, {store.storage_capacity_gib} GiB at {store.throughput_per_tib} MB/s per TiB",
-            store.storage_capacity_gib * 2**30 / 1e9,
+            # Billed on the capacity provisioned, which FSx counts in GiB: its "GB-month" is that figure.
+            store.storage_capacity_gib,
             "GB-months",
             prices.get(f"lustre_persistent_2_{store.throughput_per_tib}_gb_month"),
         ),

@@ -424,7 +424,7 @@ class ModelStoreSettings(_Strict):
     storage_capacity_gib: int = Field(default=1200, description="1200, or a multiple of 2400")
     # MB/s per TiB of storage: 125, 250, 500 or 1000 (updated in place).
     throughput_per_tib: LustreThroughputPerTib = 250
-    # The longest a replica's weight read may take with every replica of every model starting at once, which share
+    # The longest a replica's weight read may take with every replica of its model starting at once, which share
     # the file system's throughput (settings/cold_start.py); a file system that reads them slower is refused, with
     # the capacities and throughputs that would not be. Unset: not checked.
     weight_read_target_seconds: int | None = Field(default=None, ge=1, description="seconds; unset: not checked")

@@ -109,10 +109,8 @@ def smoke_test_project(
             )
         ],
         environment=codebuild.BuildEnvironment(build_image=codebuild.LinuxBuildImage.STANDARD_7_0),
-        environment_variables={
-            "CHECKS": codebuild.BuildEnvironmentVariable(value=checks),
-            "MODEL": codebuild.BuildEnvironmentVariable(value=""),
-        },
+        # MODEL, unset here, is given by a start-build that checks one model.
+        environment_variables={"CHECKS": codebuild.BuildEnvironmentVariable(value=checks)},
         encryption_key=kms.Key(
             stack, "SmokeTestKey", description="Encrypts the smoke test's build artifacts", enable_key_rotation=True
         ),
@@ -159,6 +157,10 @@ class ModelSmokeTest(Construct):
             iam.Policy(
                 self,
                 "Keys",
+                # Named for the model: every model stack attaches one to the same role, and an inline policy's name is
+                # its key there (IAM API Reference, PutRolePolicy "adds or updates"); CDK's default name is the
+                # construct's path in its stack, the same in every model stack.
+                policy_name=f"smoke-test-keys-{model.name}",
                 roles=[iam.Role.from_role_name(self, "Role", names.smoke_test_role_name(settings.cluster.name))],
                 statements=[
                     iam.PolicyStatement(
@@ -185,11 +187,16 @@ def longest_check_seconds(settings: StageSettings, model: ModelSettings) -> int:
     return smoke_test_wait_seconds(settings, model) + (LOAD_BALANCER_WAIT_SECONDS if model.exposure else 0)
 
 
+# StartBuild's timeoutInMinutesOverride: 5 to 2160 (CodeBuild API Reference).
+MAX_BUILD_MINUTES = 2160
+
+
 def smoke_test_timeout(settings: StageSettings, models: list[ModelSettings] | None = None) -> Duration:
     """The smoke test of a stage's models (all of them by default) waits for each in turn, then asks it: the longest
-    waits, and ten minutes to spare. The pipeline starts the stage's build with it."""
+    waits, and ten minutes to spare, within what CodeBuild allows a build. The pipeline starts the stage's build
+    with it."""
     waits = sum(longest_check_seconds(settings, model) for model in (settings.models if models is None else models))
-    return Duration.minutes(math.ceil(waits / 60) + 10)
+    return Duration.minutes(min(math.ceil(waits / 60) + 10, MAX_BUILD_MINUTES))
 
 
 def smoke_test_start_command(settings: StageSettings, model: ModelSettings) -> str:

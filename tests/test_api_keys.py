@@ -103,6 +103,8 @@ def test_the_replicas_and_the_smoke_test_may_read_the_secret_and_nothing_else(pr
         for p in resources(model, "AWS::IAM::Policy")
         if p["Properties"]["Roles"] == ["gpu-inference-prod-smoke-test"]
     ]
+    # Named for the model: every model stack puts one on the same role, where an inline policy's name is its key.
+    assert smoke["PolicyName"] == "smoke-test-keys-gpt-oss-20b"
     (statement,) = smoke["PolicyDocument"]["Statement"]
     assert statement["Action"] == "secretsmanager:GetSecretValue"
     assert f":secret:{SECRET}-??????" in json.dumps(statement["Resource"])

@@ -151,7 +151,7 @@ def test_a_weight_read_slower_than_the_target_is_refused_with_what_would_meet_it
     data = stage_data("prod")
     data["model_store"] = {**data.get("model_store", {}), "weight_read_target_seconds": 60}
     problem = rejected(data, "prod")
-    assert "model_store.weight_read_target_seconds: with every replica starting at once (55.0 GB of weights)" in problem
+    assert "model_store.weight_read_target_seconds: with every replica of a model starting at once (55.0 GB" in problem
     assert "1200 GiB at 250 MB/s per TiB reads them in 188 s, more than 60 s" in problem
     # 55.0 GB in 60 s takes 917 MB/s: 1200 GiB at 1000 (1172 MB/s), or 4800 GiB at 250, ...
     assert "1200 GiB at 1000 (47 s)" in problem
@@ -179,3 +179,14 @@ def test_a_warm_spares_node_skips_the_launch_and_the_pull_and_the_levers_say_wha
     assert by_step["weight read"].seconds == pytest.approx(steps["weight read"] / 4)  # 1000 MB/s per TiB, not 250
     assert by_step["image pull"].seconds is None  # SOCI: not offered by Auto Mode's NodeClass
     assert not by_step["node launch, first pull, image pull"].on  # dev keeps no warm spare
+
+
+def test_each_model_is_budgeted_for_its_own_replicas_starting_at_once_however_many_models() -> None:
+    # A stage of 30 production models: each model's rollout reads its own replicas' weights at once, and the stage
+    # still loads, its deadlines those of one model.
+    data = stage_data("prod")
+    data["models"] = [
+        {**data["models"][0], "name": f"model-{i:02d}", "service_name": f"model-{i:02d}"} for i in range(30)
+    ]
+    many, one = parse_stage_settings("prod", data), load_stage_settings("prod")
+    assert progress_deadline_seconds(many, many.models[7]) == progress_deadline_seconds(one, one.models[0]) == 1260

@@ -45,6 +45,7 @@ def test_every_priced_line_is_its_quantity_at_its_price_and_the_total_their_sum(
     assert nat.quantity == settings.network.nat_gateways * HOURS_A_MONTH
     assert nat.monthly == pytest.approx(nat.quantity * prices["nat_gateway_hour"].usd)
     assert line(result, "interface endpoints").quantity == INTERFACE_ENDPOINTS * 3 * HOURS_A_MONTH
+    assert line(result, "FSx for Lustre").quantity == settings.model_store.storage_capacity_gib  # billed per GiB
     assert result.total == pytest.approx(sum(item.monthly for item in result.lines if item.monthly is not None))
     assert set(result.unpriced) == {item.component for item in result.lines if item.price is None}
 

@@ -132,7 +132,7 @@ def test_a_node_going_away_waits_for_a_replacement_to_serve_and_its_replicas_to_
         "terminationGracePeriodSeconds"
     ]
     assert node_grace == "1h"  # the pools' setting
-    # prod's deadline: every replica of every model may start at once, sharing the file system's throughput.
+    # prod's deadline: every replica of the model may start at once, sharing the file system's throughput.
     assert duration_seconds(node_grace) - pod_grace >= progress_deadline_seconds(settings, model) == 1260
 
 

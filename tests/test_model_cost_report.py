@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from commands.model_cost_report import main, markdown, report
+from commands.model_cost_report import ModelDay, main, markdown, report
 from settings import load_stage_settings, parse_stage_settings
 from settings.sizing import candidates, on_demand_prices
 from tests.aws_stubs import StubbedClients
@@ -88,3 +88,9 @@ def test_the_command_reads_cloudwatch_in_the_stages_region(capsys: pytest.Captur
     assert asked == ["cloudwatch"]
     assert "| gpt-oss-20b | 0.0 | g6.xlarge | $0.00 |" in capsys.readouterr().out
     assert load_stage_settings("dev").region == "us-west-2"
+
+
+def test_a_model_without_a_price_says_so_rather_than_costing_nothing() -> None:
+    settings = load_stage_settings("dev")
+    rows = [ModelDay("gpt-oss-20b", MIDNIGHT.date(), 24.0, "g6.xlarge", None)]
+    assert "- gpt-oss-20b: no price in the catalog" in markdown(settings, rows)

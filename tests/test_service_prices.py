@@ -44,6 +44,10 @@ def answer(key: str) -> list[str]:
             item("EKS2", "USW2-AmazonEKS-Hours:extendedSupport", [("0", "0.6000000000")]),  # not this price
         ],
         "auto_mode:g6.xlarge": [item("AM1", "USW2-EKS:AutoMode-g6.xlarge", [("0", "0.0965760000")])],
+        # A product without an on-demand term: reported, and the run goes on.
+        "nat_gateway_gb": [
+            json.dumps({**json.loads(item("NAT2", "USW2-NatGateway-Bytes", [("0", "0.045")])), "terms": {}})
+        ],
         "nat_gateway_hour": [item("NAT1", "USW2-NatGateway-Hours", [("0", "0.045")])],
         "waf_million_requests": [item("WAF3", "USW2-RequestV2-Tier1", [("0", "0.0000006000")])],
         # Two products for one price: refused, not guessed.
@@ -85,6 +89,7 @@ def test_each_price_is_the_one_product_of_its_usage_type_at_its_tier_with_its_so
     assert "alb_hour" not in prices
     assert f"{REGION} alb_hour: 2 products match, not one" in missing
     assert f"{REGION} dashboard_month: 0 products match, not one" in missing
+    assert f"{REGION} nat_gateway_gb: 0 on-demand terms, not one" in missing
 
 
 def test_a_global_product_is_asked_for_without_a_region_and_the_others_with_theirs() -> None:

@@ -170,3 +170,16 @@ def test_the_idle_sidecar_ends_at_once_on_sigterm(tmp_path: Path) -> None:
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("mode", ["restore", "save"])
+def test_a_copy_that_fails_is_logged_and_neither_stops_vllm_nor_the_pods_readiness(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    # No such bucket: the copy fails either way, and the container still ends (restore) or stays (save) well.
+    environment = {"BUCKET": "no-such-bucket", "PREFIX": PREFIX, "ROOT": str(tmp_path), "HEALTH_URL": "http://x"}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(compile_cache, "healthy", lambda url: True)
+    assert compile_cache.main([mode], poll=0.01, idle=False) == 0
+    assert f"compile cache: not copied ({mode}, s3://no-such-bucket/{PREFIX})" in capsys.readouterr().err

@@ -59,6 +59,15 @@ def test_a_spare_is_a_replicas_shape_at_a_priority_every_replica_preempts(charts
     node_affinity = placeholder["affinity"]["nodeAffinity"]
     assert node_affinity == replica["affinity"]["nodeAffinity"]
     assert holder["command"] == ["sleep", "infinity"]
+    # A changed placeholder replaces the old one rather than surging one more GPU node.
+    assert spares["spec"]["strategy"] == {"type": "Recreate"}
+    # Never beside a replica, whose one-a-node spread would then forbid preempting it.
+    (apart,) = [
+        term
+        for term in placeholder["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        if term["labelSelector"]["matchLabels"] == {"app": "vllm-gpt-oss-20b"}
+    ]
+    assert apart["topologyKey"] == "kubernetes.io/hostname"
     assert placeholder["terminationGracePeriodSeconds"] == 0  # preempted, gone at once
     assert holder["securityContext"] == server["securityContext"]
     for obj in objects:
@@ -81,3 +90,14 @@ def test_a_spare_costs_a_node_around_the_clock() -> None:
 
 def test_a_negative_count_of_spares_is_refused() -> None:
     assert "models[0].warm_spares: Input should be greater than or equal to 0" in rejected(with_spares(-1), "prod")
+
+
+def test_with_a_shared_compile_cache_a_spare_holds_room_for_its_sidecar_too() -> None:
+    data = with_spares(1)
+    data["models"][0]["compile_cache"] = True
+    charts = charts_of(data)
+    holder = pod_of(find(charts["WarmSpares-gpt-oss-20b"], "Deployment"))["containers"][0]
+    server = pod_of(find(charts["Model-gpt-oss-20b"], "Deployment"))["containers"][0]
+    assert int(holder["resources"]["requests"]["cpu"].removesuffix("m")) == (
+        int(server["resources"]["requests"]["cpu"].removesuffix("m")) + 100
+    )

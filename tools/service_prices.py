@@ -172,7 +172,10 @@ def products(pricing: Any, selector: Selector, region: str) -> list[dict[str, An
 
 def price_of(item: dict[str, Any], selector: Selector) -> float:
     """The product's on-demand price at the selector's tier, in the table's unit."""
-    (term,) = item["terms"]["OnDemand"].values()
+    terms = list(item.get("terms", {}).get("OnDemand", {}).values())
+    if len(terms) != 1:
+        raise MissingPriceError(f"{selector.key}: {len(terms)} on-demand terms, not one")
+    (term,) = terms
     dimensions = sorted(term["priceDimensions"].values(), key=lambda d: float(d.get("beginRange", "0")))
     if selector.tier is None:
         chosen = next((d for d in dimensions if float(d["pricePerUnit"]["USD"]) > 0), None)

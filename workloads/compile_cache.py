@@ -71,21 +71,28 @@ def healthy(url: str) -> bool:
 
 
 def main(argv: list[str] | None = None, *, poll: float = POLL_SECONDS, idle: bool = True) -> int:
-    mode = (sys.argv[1:] if argv is None else argv)[0]
-    import boto3
-
-    s3 = boto3.client("s3")
-    bucket, prefix, root = os.environ["BUCKET"], os.environ["PREFIX"], Path(os.environ["ROOT"])
-    if mode == "restore":
-        print(f"compile cache: {restore(s3, bucket, prefix, root)} files from s3://{bucket}/{prefix}", flush=True)
-        return 0
-    while not healthy(os.environ["HEALTH_URL"]):
-        time.sleep(poll)
-    print(f"compile cache: {save(s3, bucket, prefix, root)} files to s3://{bucket}/{prefix}", flush=True)
-    # A sidecar that ends is started again: it stays, idle, until the pod goes. As a container's first process it
-    # would ignore SIGTERM, which Kubernetes sends it once vLLM has stopped, and hold the pod to its grace period.
+    """Always 0: the cache only saves time, so a failure to copy it is logged and neither stops vLLM from starting
+    (restore) nor makes the pod unready, as a sidecar that ends would (save)."""
+    # As a container's first process it would ignore SIGTERM, and a pod deleted while it runs (before vLLM serves,
+    # or once vLLM has stopped and Kubernetes stops its sidecars) would wait out its whole grace period.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    while idle:
+    mode = (sys.argv[1:] if argv is None else argv)[0]
+    bucket, prefix, root = os.environ["BUCKET"], os.environ["PREFIX"], Path(os.environ["ROOT"])
+    where = f"s3://{bucket}/{prefix}"
+    try:
+        import boto3
+
+        s3 = boto3.client("s3")
+        if mode == "restore":
+            print(f"compile cache: {restore(s3, bucket, prefix, root)} files from {where}", flush=True)
+            return 0
+        while not healthy(os.environ["HEALTH_URL"]):
+            time.sleep(poll)
+        print(f"compile cache: {save(s3, bucket, prefix, root)} files to {where}", flush=True)
+    except Exception as failure:
+        print(f"compile cache: not copied ({mode}, {where}): {failure!r}", file=sys.stderr, flush=True)
+    # A sidecar that ends is started again, and the pod is not ready meanwhile: it stays, idle, until the pod goes.
+    while idle and mode == "save":
         time.sleep(3600)
     return 0
 
