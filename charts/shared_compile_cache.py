@@ -19,15 +19,13 @@ from constructs import Construct
 
 from charts.pod_security import hardened
 from settings.schema import ModelSettings
+from settings.sizing import SIDECAR_CPU_MILLIS, SIDECAR_MEMORY_MIB
 
 SCRIPT = Path(__file__).resolve().parent.parent / "workloads" / "compile_cache.py"
 MOUNT = "/compile-cache"
 # The replicas' account when the model has no API keys (their account, vllm-server, has the grant then).
 SERVICE_ACCOUNT = "vllm-compile-cache"
 SCRIPT_HASH_ANNOTATION = "compile-cache/script-sha256"
-# Each copying container's requests: a sidecar's count toward the pod's for as long as the pod runs.
-SIDECAR_CPU_MILLIS = 100
-SIDECAR_MEMORY_MIB = 256
 
 
 def bucket_prefix(model: ModelSettings) -> str:

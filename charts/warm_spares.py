@@ -19,10 +19,9 @@ from constructs import Construct
 from charts.api_object import without_namespace
 from charts.gpu_placement import limit_gpus, schedule
 from charts.pod_security import hardened, non_root_pod
-from charts.shared_compile_cache import SIDECAR_CPU_MILLIS, SIDECAR_MEMORY_MIB
 from settings.names import app_label
 from settings.schema import ModelSettings
-from settings.sizing import Requests
+from settings.sizing import Requests, sidecar_requests
 
 # Below every pod of the cluster (the default is 0), so that any replica preempts a placeholder.
 PLACEHOLDER_PRIORITY = -10
@@ -36,7 +35,7 @@ class WarmSpares(Construct):
     ) -> None:
         super().__init__(scope, id)
         name = f"{model.name}-warm-spare"
-        sidecar_cpu, sidecar_memory = (SIDECAR_CPU_MILLIS, SIDECAR_MEMORY_MIB) if model.compile_cache else (0, 0)
+        sidecar_cpu, sidecar_memory = sidecar_requests(model)
         # cdk8s-plus has no PriorityClass: the typed object.
         priority = k8s.KubePriorityClass(
             self,

@@ -363,6 +363,17 @@ def cheapest_first(settings: StageSettings, instances: list[GpuInstance]) -> lis
     return sorted(instances, key=lambda i: (i.type not in prices, prices.get(i.type, 0.0), i.vcpus, i.memory_mib))
 
 
+# The requests of the shared compile cache's sidecar (charts/shared_compile_cache.py), which count toward a replica
+# pod's for as long as it runs (Kubernetes docs, "Sidecar containers", resource sharing).
+SIDECAR_CPU_MILLIS = 100
+SIDECAR_MEMORY_MIB = 256
+
+
+def sidecar_requests(model: ModelSettings) -> tuple[int, int]:
+    """What a replica's pod asks for beside vLLM: CPU millis and memory MiB."""
+    return (SIDECAR_CPU_MILLIS, SIDECAR_MEMORY_MIB) if model.compile_cache else (0, 0)
+
+
 def requests(settings: StageSettings, model: ModelSettings) -> Requests:
     """The replica's requests: the settings' where given, else scaled with its GPUs and capped to what the
     cheapest instance that holds its GPUs leaves to pods, in every pool that has one, so a 1-GPU model can
@@ -374,11 +385,14 @@ def requests(settings: StageSettings, model: ModelSettings) -> Requests:
     ]
     smallest = [found[0] for found in holders if found]
     daemons = node_daemons(settings)
+    # What the node leaves to vLLM: its allocatable less the DaemonSets and the pod's sidecar, in whole CPUs and GiB.
+    sidecar_cpu, sidecar_memory = sidecar_requests(model)
     cpu_cap = min(
-        ((allocatable_cpu_millis(i.vcpus) - daemons.cpu_millis) // 1000 * 1000 for i in smallest), default=math.inf
+        ((allocatable_cpu_millis(i.vcpus) - daemons.cpu_millis - sidecar_cpu) // 1000 * 1000 for i in smallest),
+        default=math.inf,
     )
     memory_cap = min(
-        ((allocatable_memory_mib(i.memory_mib) - daemons.memory_mib) // 1024 * 1024 for i in smallest),
+        ((allocatable_memory_mib(i.memory_mib) - daemons.memory_mib - sidecar_memory) // 1024 * 1024 for i in smallest),
         default=math.inf,
     )
     cpu = round(given.cpu * 1000) if given.cpu is not None else int(min(CPU_PER_GPU * 1000 * model.gpus, cpu_cap))
@@ -412,16 +426,25 @@ def fit(
     wanted = wanted or requests(settings, model)
     daemons = node_daemons(settings)
     where = model_path(settings, model)
+    # The compile cache's sidecar asks beside vLLM for as long as the pod runs.
+    sidecar_cpu, sidecar_memory = sidecar_requests(model)
+    beside = f" and {sidecar_cpu}m by the compile cache's sidecar ({where}.compile_cache)" if sidecar_cpu else ""
     cpu = allocatable_cpu_millis(instance.vcpus) - daemons.cpu_millis
-    if wanted.cpu_millis > cpu:
+    if wanted.cpu_millis + sidecar_cpu > cpu:
         reasons.append(
             f"{cpu}m CPU left to pods besides the DaemonSets, {wanted.cpu_millis}m requested ({where}.resources.cpu)"
+            + beside
         )
     memory = allocatable_memory_mib(instance.memory_mib) - daemons.memory_mib
-    if wanted.memory_mib > memory:
+    if wanted.memory_mib + sidecar_memory > memory:
+        beside_memory = (
+            f" and {sidecar_memory} MiB by the compile cache's sidecar ({where}.compile_cache)"
+            if sidecar_memory
+            else ""
+        )
         reasons.append(
             f"{memory} MiB of memory left to pods besides the DaemonSets, {wanted.memory_mib} MiB requested "
-            f"({where}.resources.memory)"
+            f"({where}.resources.memory)" + beside_memory
         )
     disk = allocatable_disk_mib(size_bytes(pool.disk.size) // MIB)
     if wanted.ephemeral_storage_mib + IMAGE_DISK_MIB > disk:

@@ -21,6 +21,8 @@ from settings.sizing import (
     IMAGE_DISK_MIB,
     MIB,
     SECRETS_STORE_NODE,
+    SIDECAR_CPU_MILLIS,
+    SIDECAR_MEMORY_MIB,
     allocatable_cpu_millis,
     allocatable_disk_mib,
     allocatable_memory_mib,
@@ -399,6 +401,30 @@ def test_memory_request_boundary(memory_delta: int, fits: bool) -> None:
     data["models"][0]["resources"] = {"memory": f"{memory}Mi", "shared_memory": "1Gi"}
     settings = parse_stage_settings("dev", data)
     assert (fit(settings, settings.models[0], instance("g6.xlarge")) == []) is fits
+
+
+@pytest.mark.parametrize(("memory_delta", "fits"), [(0, True), (1, False)])
+def test_the_compile_caches_sidecar_counts_toward_the_memory_a_replica_may_ask(memory_delta: int, fits: bool) -> None:
+    data = stage_data()
+    memory = allocatable_memory_mib(16384) - FSX_CSI_NODE[1] - SIDECAR_MEMORY_MIB + memory_delta
+    data["models"][0]["resources"] = {"memory": f"{memory}Mi", "shared_memory": "1Gi"}
+    data["models"][0]["compile_cache"] = True
+    settings = parse_stage_settings("dev", data)
+    reasons = fit(settings, settings.models[0], instance("g6.xlarge"))
+    assert (reasons == []) is fits
+    if not fits:
+        assert f"and {SIDECAR_MEMORY_MIB} MiB by the compile cache's sidecar (models[0].compile_cache)" in reasons[0]
+
+
+def test_derived_requests_leave_room_for_the_compile_caches_sidecar() -> None:
+    data = stage_data()
+    data["models"][0]["compile_cache"] = True
+    settings = parse_stage_settings("dev", data)
+    model, daemons = settings.models[0], node_daemons(settings)
+    wanted = requests(settings, model)
+    cheapest = candidates(settings, model)[0]
+    assert wanted.memory_mib + SIDECAR_MEMORY_MIB + daemons.memory_mib <= allocatable_memory_mib(cheapest.memory_mib)
+    assert wanted.cpu_millis + SIDECAR_CPU_MILLIS + daemons.cpu_millis <= allocatable_cpu_millis(cheapest.vcpus)
 
 
 @pytest.mark.parametrize(("cpu_delta", "fits"), [(0, True), (0.001, False)])
