@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import cdk8s
 
 from charts.exposure import NetworkPolicyController
+from charts.gateway import GatewayChart, GatewayPlan
+from charts.gateway_model import PICKER_IMAGE, GatewayModelPlan
 from charts.gpu_node_pool import GpuNodePoolChart, GpuPoolList, PoolPlan, pool_weight
 from charts.images import pulled_image
 from charts.node_rotation import ROTATION_IMAGE, NodeRotationChart
@@ -19,8 +21,14 @@ from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings
 from settings.sizing import candidates, gpu_memory_needed_mib, pool_limits, requests
 
 NETWORK_POLICY_CONTROLLER = "NetworkPolicyController"
+# The gateway's web ACL among DeployedResources.web_acl_arns: no model may be named so (a model name is a DNS label).
+GATEWAY_WEB_ACL = "<gateway>"
+GATEWAY_CHART = "Gateway"
 # A small image with `sh`, for the replicas' wait for their weights (pulled through the cache too).
 HELPER_IMAGE = "public.ecr.aws/docker/library/busybox:1.37.0"
+# Envoy Gateway v1.9.0's own Envoy (envoyproxy/gateway api/v1alpha1/shared_types.go, DefaultEnvoyProxyImage), named
+# here so that it comes through the stage's registry cache like every other image.
+ENVOY_IMAGE = "docker.io/envoyproxy/envoy:distroless-v1.39.0"
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class DeployedResources:
     bucket_name: str
     # The Prometheus workspace KEDA reads the queue from (stacks/metrics.py); None without metrics.
     prometheus_query_url: str | None = None
-    # Each exposed model's AWS WAF web ACL, by model name (stacks/web_acl.py).
+    # Each exposed model's AWS WAF web ACL, by model name, and the gateway's under GATEWAY_WEB_ACL (stacks/web_acl.py).
     web_acl_arns: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -58,7 +66,14 @@ class DeployedResources:
             file_system_mount_name="<file system mount name>",
             bucket_name="<model bucket name>",
             prometheus_query_url="<prometheus workspace url>" if settings.metrics.enabled else None,
-            web_acl_arns={model.name: f"<web ACL of {model.name}>" for model in settings.models if model.exposure},
+            web_acl_arns={
+                **{model.name: f"<web ACL of {model.name}>" for model in settings.models if model.exposure},
+                **(
+                    {GATEWAY_WEB_ACL: "<web ACL of the gateway>"}
+                    if settings.gateway and settings.gateway.endpoint
+                    else {}
+                ),
+            },
         )
 
 
@@ -97,6 +112,19 @@ def stage_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
     # In every stage, exposed or not: turned off, its deletion would delete Auto Mode's whole amazon-vpc-cni
     # ConfigMap; on, it enforces only the policies there are (pods no policy selects stay open).
     charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")
+    if settings.gateway is not None:
+        charts[GATEWAY_CHART] = GatewayChart(
+            app,
+            "inference-gateway",
+            settings=settings,
+            plan=GatewayPlan(
+                envoy_image=_pulled(ENVOY_IMAGE, settings, deployed),
+                key_sync_image=_pulled(ROTATION_IMAGE, settings, deployed),
+                region=settings.region,
+                web_acl_arn=deployed.web_acl_arns.get(GATEWAY_WEB_ACL),
+                inbound_subnet_ids=deployed.inbound_subnet_ids,
+            ),
+        )
     return charts
 
 
@@ -129,6 +157,14 @@ def model_charts(
         inbound_subnet_ids=deployed.inbound_subnet_ids,
         inbound_cidrs=deployed.inbound_cidrs,
         gpu_metrics=settings.metrics.enabled,
+        gateway=(
+            GatewayModelPlan(
+                picker_image=_pulled(PICKER_IMAGE, settings, deployed),
+                picker_replicas=2 if settings.production else 1,
+            )
+            if settings.gateway
+            else None
+        ),
     )
     return {
         model_chart_id(model.name): chart,

@@ -71,6 +71,34 @@ def config_args() -> list[str]:
     return ["--config", f"{MOUNT}/{FILE}"]
 
 
+def mounted_secret(
+    scope: Construct, *, provider_class: str, secret_name: str, alias: str, region: str, volume: str
+) -> kplus.Volume:
+    """A Secrets Manager secret as the file `alias` of a read-only volume: its SecretProviderClass, read as the pod's
+    service account through EKS Pod Identity, and the CSI volume that mounts it."""
+    api_object(
+        scope,
+        "SecretProviderClass",
+        "secrets-store.csi.x-k8s.io/v1",
+        "SecretProviderClass",
+        cdk8s.ApiObjectMetadata(name=provider_class),
+        spec={
+            "provider": "aws",
+            "parameters": {
+                "region": region,
+                "usePodIdentity": "true",
+                # A YAML list in a string, as the provider reads it.
+                "objects": yaml.safe_dump(
+                    [{"objectName": secret_name, "objectType": "secretsmanager", "objectAlias": alias}]
+                ),
+            },
+        },
+    )
+    return kplus.Volume.from_csi(
+        scope, "Volume", CSI_DRIVER, name=volume, read_only=True, attributes={"secretProviderClass": provider_class}
+    )
+
+
 class ApiKeys(Construct):
     """The replica's service account, the SecretProviderClass that mounts the secret, and its volume; the logging
     configuration that keeps the keys out of vLLM's log, in `config_scope` (the model's chart, where kubectl's prune
@@ -85,24 +113,6 @@ class ApiKeys(Construct):
             metadata=cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT),
             automount_token=False,
         )
-        api_object(
-            self,
-            "SecretProviderClass",
-            "secrets-store.csi.x-k8s.io/v1",
-            "SecretProviderClass",
-            cdk8s.ApiObjectMetadata(name=PROVIDER_CLASS),
-            spec={
-                "provider": "aws",
-                "parameters": {
-                    "region": region,
-                    "usePodIdentity": "true",
-                    # A YAML list in a string, as the provider reads it.
-                    "objects": yaml.safe_dump(
-                        [{"objectName": secret_name, "objectType": "secretsmanager", "objectAlias": FILE}]
-                    ),
-                },
-            },
-        )
         logging_config = kplus.ConfigMap(
             config_scope,
             "LoggingConfig",
@@ -110,11 +120,6 @@ class ApiKeys(Construct):
             data={LOGGING_FILE: json.dumps(LOGGING_CONFIG, indent=2)},
         )
         self.logging_volume = kplus.Volume.from_config_map(self, "LoggingVolume", logging_config, name="logging")
-        self.volume = kplus.Volume.from_csi(
-            self,
-            "Volume",
-            CSI_DRIVER,
-            name="api-keys",
-            read_only=True,
-            attributes={"secretProviderClass": PROVIDER_CLASS},
+        self.volume = mounted_secret(
+            self, provider_class=PROVIDER_CLASS, secret_name=secret_name, alias=FILE, region=region, volume="api-keys"
         )

@@ -8,9 +8,10 @@ Store CSI driver), whose schemas cdk8s has not imported here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import cdk8s
+import cdk8s_plus_30 as kplus
 from constructs import Construct
 
 
@@ -40,3 +41,9 @@ def without_namespace(obj: cdk8s.ApiObject) -> None:
     """A cluster-scoped object (a Namespace, a PersistentVolume, ...) in a namespaced chart: the namespace the
     chart stamps on its objects comes off."""
     obj.add_json_patch(cdk8s.JsonPatch.remove("/metadata/namespace"))
+
+
+def allow(role: kplus.Role, verbs: list[str], *resources: object) -> None:
+    """A rule on a cdk8s-plus role. jsii's ApiResource implements IApiResource but leaves out its optional
+    resource_name, which mypy's protocol check asks for: the cast says what jsii already accepts."""
+    role.allow(verbs, *(cast(kplus.IApiResource, resource) for resource in resources))

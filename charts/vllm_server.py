@@ -10,7 +10,6 @@ PodDisruptionBudget and a rollout that never drops the last serving replica.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import cdk8s
 import cdk8s_plus_30 as kplus
@@ -20,8 +19,10 @@ from constructs import Construct
 from charts.api_keys import LOGGING_MOUNT, ApiKeys, config_args, logging_env
 from charts.api_keys import MOUNT as API_KEYS_MOUNT
 from charts.api_keys import SECRET_ANNOTATION as API_KEYS_SECRET_ANNOTATION
-from charts.api_object import without_namespace
+from charts.api_object import allow, without_namespace
 from charts.exposure import InternalEndpoint
+from charts.gateway import ROUTES_LABEL
+from charts.gateway_model import GatewayModel, GatewayModelPlan
 from charts.gpu_metrics import (
     GPU_METRICS_PORT,
     GPU_METRICS_PORT_NAME,
@@ -201,6 +202,7 @@ class VllmServerChart(cdk8s.Chart):
         inbound_subnet_ids: tuple[str, ...] = (),
         inbound_cidrs: tuple[str, ...] = (),
         gpu_metrics: bool = False,
+        gateway: GatewayModelPlan | None = None,
     ) -> None:
         super().__init__(scope, id, namespace=model.name, disable_resource_name_hashes=True)
         labels = {"app": names.app_label(model.name)}
@@ -213,7 +215,7 @@ class VllmServerChart(cdk8s.Chart):
                 self.feature_charts[name] = FeatureChart(scope, f"{id}-{name}", namespace=model.name)
             return self.feature_charts[name]
 
-        volume, import_job = namespace_and_weights(self, model, image, weights, import_deadline)
+        volume, import_job = namespace_and_weights(self, model, image, weights, import_deadline, routed=bool(gateway))
         api_keys = (
             ApiKeys(feature("api-keys"), "ApiKeys", config_scope=self, secret_name=secret, region=weights.region)
             if (secret := model.api_keys_secret)
@@ -225,23 +227,20 @@ class VllmServerChart(cdk8s.Chart):
             account = compile_cache_account(feature("compile-cache"))
         deployment = server_deployment(self, model, labels, progress_deadline, account)
         service = service_and_access(self, model, labels)
+        scraped_ports = (GPU_METRICS_PORT,) if gpu_metrics else ()
         if model.exposure is not None:
             assert web_acl_arn is not None  # the model's stack creates one per exposed model
+            # The Ingress stays with the model: kubectl's prune deletes an Ingress the chart stops declaring.
             InternalEndpoint(
-                feature("exposure"),
-                "InternalEndpoint",
-                # The Ingress stays with the model: kubectl's prune deletes an Ingress the chart stops declaring.
-                ingress_scope=self,
-                service=service,
-                model=model,
-                exposure=model.exposure,
-                port=PORT,
-                web_acl_arn=web_acl_arn,
-                inbound_subnet_ids=inbound_subnet_ids,
-                inbound_cidrs=inbound_cidrs,
-                pod_labels=labels,
-                scraped_ports=(GPU_METRICS_PORT,) if gpu_metrics else (),
-            )
+                feature("exposure"), "InternalEndpoint", ingress_scope=self, service=service, model=model,
+                exposure=model.exposure, port=PORT, web_acl_arn=web_acl_arn, inbound_subnet_ids=inbound_subnet_ids,
+                inbound_cidrs=inbound_cidrs, pod_labels=labels, scraped_ports=scraped_ports,
+            )  # fmt: skip
+        if gateway is not None:
+            GatewayModel(
+                feature("gateway"), "Gateway", model=model, plan=gateway, pod_labels=labels, port=PORT,
+                inbound_cidrs=inbound_cidrs, scraped_ports=scraped_ports,
+            )  # fmt: skip
         if autoscaling is not None:
             autoscale(feature("autoscaler"), deployment, model, autoscaling)
         if model.warm_spares:
@@ -326,12 +325,18 @@ def autoscale(
 
 
 def namespace_and_weights(
-    chart: cdk8s.Chart, model: ModelSettings, image: str, weights: WeightsFileSystem, import_deadline: int
+    chart: cdk8s.Chart,
+    model: ModelSettings,
+    image: str,
+    weights: WeightsFileSystem,
+    import_deadline: int,
+    *,
+    routed: bool = False,
 ) -> tuple[ModelVolume, str | None]:
-    """The model's namespace, its weights volume, and the Job that imports its weights (its name), if it has one."""
-    namespace = kplus.Namespace(
-        chart, "Namespace", metadata=cdk8s.ApiObjectMetadata(name=model.name, labels=POD_SECURITY_LABELS)
-    )
+    """The model's namespace (whose routes may attach to the stage's gateway when `routed`), its weights volume, and
+    the Job that imports its weights (its name), if it has one."""
+    labels = {**POD_SECURITY_LABELS, **({ROUTES_LABEL: "true"} if routed else {})}
+    namespace = kplus.Namespace(chart, "Namespace", metadata=cdk8s.ApiObjectMetadata(name=model.name, labels=labels))
     without_namespace(cdk8s.ApiObject.of(namespace))
     volume = ModelVolume(
         chart,
@@ -526,9 +531,7 @@ def service_and_access(chart: cdk8s.Chart, model: ModelSettings, labels: dict[st
 
     role = kplus.Role(chart, "SmokeTestRole", metadata=cdk8s.ApiObjectMetadata(name="smoke-test"))
     for verbs, resources in SMOKE_TEST_RULES:
-        # jsii's ApiResource implements IApiResource but leaves out its optional resource_name, which mypy's
-        # protocol check asks for.
-        role.allow(verbs, *(cast(kplus.IApiResource, resource) for resource in resources))
+        allow(role, verbs, *resources)
     binding = kplus.RoleBinding(
         chart, "SmokeTestBinding", metadata=cdk8s.ApiObjectMetadata(name="smoke-test"), role=role
     )

@@ -813,6 +813,81 @@ class ExposureSettings(_Strict):
     rate_limit_total: int = Field(default=30000, ge=WAF_MIN_RATE_LIMIT, le=2_000_000_000)
 
 
+# The windows Envoy Gateway's global rate limit counts over (gateway.envoyproxy.io/v1alpha1 RateLimitUnit,
+# envoyproxy/gateway api/v1alpha1/ratelimit_types.go at v1.8.3).
+QuotaWindow = Literal["Second", "Minute", "Hour", "Day", "Month", "Year"]
+# The token counts Envoy AI Gateway reports for a request (aigateway.envoyproxy.io/v1beta1 LLMRequestCostType,
+# envoyproxy/ai-gateway api/v1beta1/shared_types.go at v1.1.0): prompt, completion, or both.
+QuotaTokens = Literal["input", "output", "total"]
+ClientId = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=DNS_LABEL_PATTERN),
+    Field(description="a client's id: lower-case letters, digits and '-', as in a Secret's key and a metric label"),
+]
+
+
+class GatewayEndpointSettings(ExposureSettings):
+    """The stage's internal Application Load Balancer in front of the gateway: the TLS edge with its AWS WAF web
+    ACL and request rate limits, once per stage (charts/gateway.py); token quotas are the gateway's own."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hostname_and_certificate_together(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for given, missing in (("hostname", "certificate_arn"), ("certificate_arn", "hostname")):
+                if data.get(given) and not data.get(missing):
+                    raise ValueError(
+                        f"{missing}: missing; the load balancer needs both a hostname and the ACM certificate "
+                        "that covers it, or neither (the gateway is then reached inside the VPC)"
+                    )
+        return data
+
+
+class TokenQuota(_Strict):
+    """Tokens a client may spend on a model (or on each model) in a window; past it the gateway answers 429."""
+
+    client: ClientId
+    # Unset: the quota holds on each of the stage's models (and adapters) separately.
+    model: str | None = Field(default=None, min_length=1, description="a model id clients send, as served")
+    # Which tokens count: the prompt's (input), the answer's (output), or both (total).
+    tokens: QuotaTokens = "total"
+    limit: int = Field(ge=1, description="tokens per window")
+    # The window the count starts again after (a fixed window, Envoy's rate limit service).
+    window: QuotaWindow = "Hour"
+
+
+class GatewayClientSettings(_Strict):
+    """A caller of the gateway: its id names it in quotas, metrics and the cost report; its key is in the
+    gateway's clients secret, under the id."""
+
+    id: ClientId
+
+
+class GatewaySettings(_Strict):
+    """One inference gateway for the stage (charts/gateway.py, docs/gateway.md): Envoy Gateway with Envoy AI
+    Gateway, every model by its name at one address, API keys that name a client, token quotas per client and
+    model counted in ElastiCache, and each model's replicas picked by an endpoint picker on prefix cache and queue.
+    """
+
+    # Envoy proxies; a production stage runs at least 2, on separate nodes.
+    replicas: int = Field(default=2, ge=1, le=10)
+    # The Secrets Manager secret holding the clients' keys: a JSON object {"<client id>": "<key>", ...}, one key per
+    # client (Envoy Gateway's API key authentication takes one per client id: api/v1alpha1/api_key_auth_types.go).
+    clients_secret: SecretName
+    clients: tuple[GatewayClientSettings, ...] = Field(min_length=1)
+    quotas: tuple[TokenQuota, ...] = ()
+    # Unset: reached inside the VPC at the gateway's Service, or by `kubectl port-forward`.
+    endpoint: GatewayEndpointSettings | None = None
+
+    @field_validator("clients")
+    @classmethod
+    def _distinct_clients(cls, clients: tuple[GatewayClientSettings, ...]) -> tuple[GatewayClientSettings, ...]:
+        repeated = _repeated([client.id for client in clients])
+        if repeated:
+            raise ValueError(f"client ids must be distinct; repeated: {', '.join(repeated)}")
+        return clients
+
+
 class ModelSettings(_Strict):
     """One model vLLM serves: where its weights come from, its GPUs and flags, its replicas, who may call it."""
 
@@ -1087,6 +1162,8 @@ class StageSettings(_Strict):
         default=(GpuNodePoolSettings(),), min_length=1, max_length=MAX_GPU_POOLS
     )
     models: tuple[ModelSettings, ...] = Field(min_length=1)
+    # Unset: each model is reached on its own Service (or its own load balancer, models[].exposure).
+    gateway: GatewaySettings | None = None
 
     _one_pool_is_now_a_list = _retired(
         "gpu_node_pool",
@@ -1223,7 +1300,8 @@ class StageSettings(_Strict):
         stays while their last replicas go (cluster.secrets_store_driver)."""
         if self.cluster.secrets_store_driver is not None:
             return self.cluster.secrets_store_driver
-        return any(model.api_keys_secret for model in self.models)
+        # The gateway's key sync mounts its clients' secret too (charts/gateway.py).
+        return self.gateway is not None or any(model.api_keys_secret for model in self.models)
 
     @property
     def eks_addons(self) -> tuple[str, ...]:
@@ -1247,6 +1325,7 @@ class StageSettings(_Strict):
     @model_validator(mode="after")
     def _api_keys_have_their_driver(self) -> StageSettings:
         readers = [f"models[{index}]" for index, model in enumerate(self.models) if model.api_keys_secret]
+        readers += ["gateway"] if self.gateway else []
         if self.cluster.secrets_store_driver is False and readers:
             raise ValueError(
                 f"cluster.secrets_store_driver: false, but {', '.join(readers)} read API keys (api_keys_secret), "
@@ -1439,6 +1518,59 @@ class StageSettings(_Strict):
         # Other stages get a warning at synth (stacks/stage.py): a first deploy often comes before the admin role.
         if self.production and self.unreachable:
             raise ValueError(self.unreachable)
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_routes_each_model_once(self) -> StageSettings:
+        gateway = self.gateway
+        if gateway is None:
+            return self
+        served = [model.model for model in self.models]
+        repeated = _repeated(served)
+        if repeated:
+            raise ValueError(
+                f"models: {', '.join(repeated)} served by more than one model; the gateway routes a request by its "
+                "model, so each name may be served once"
+            )
+        for index, model in enumerate(self.models):
+            if model.exposure is not None:
+                raise ValueError(
+                    f"models[{index}].exposure: the stage's gateway serves every model; a model behind its own load "
+                    "balancer too would bypass the gateway's keys and quotas: remove exposure, or gateway"
+                )
+            if model.api_keys_secret is not None:
+                raise ValueError(
+                    f"models[{index}].api_keys_secret: behind the gateway, clients' keys are the gateway's "
+                    "(gateway.clients_secret) and vLLM admits only the gateway: remove api_keys_secret"
+                )
+        known = [client.id for client in gateway.clients]
+        for index, quota in enumerate(gateway.quotas):
+            if quota.client not in known:
+                raise ValueError(
+                    f"gateway.quotas[{index}].client: no client {quota.client!r}; allowed: the ids under "
+                    f"gateway.clients ({', '.join(known)})"
+                )
+            if quota.model is not None and quota.model not in served:
+                raise ValueError(
+                    f"gateway.quotas[{index}].model: no model {quota.model!r}; allowed: {', '.join(served)}, or unset "
+                    "for each model"
+                )
+        if gateway.endpoint is not None:
+            region = gateway.endpoint.certificate_arn.split(":")[3]
+            if region != self.region:
+                raise ValueError(
+                    f"gateway.endpoint.certificate_arn: the certificate is in {region}; a load balancer takes "
+                    f"certificates of its own region, {self.region}"
+                )
+        if len(store := f"{self.cluster.name}-quotas") > 40:
+            raise ValueError(
+                f"cluster.name: the gateway's quota store is named {store}, {len(store)} characters; ElastiCache "
+                "allows 40: shorten cluster.name to at most 33"
+            )
+        if self.production and gateway.replicas < 2:
+            raise ValueError(
+                f"gateway.replicas: {gateway.replicas}; a production stage runs at least 2 gateway replicas"
+            )
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ Construct ids are those the resources had in the serving stack, so their logical
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import cdk8s
@@ -35,7 +36,7 @@ from stacks.smoke_test_project import ModelSmokeTest, smoke_test_start_command
 from stacks.web_acl import rate_limited_web_acl
 from workloads.smoke_test import chat_request
 
-FEATURES = ("api-keys", "autoscaler", "exposure", "warm-spares", "compile-cache")
+FEATURES = ("api-keys", "autoscaler", "exposure", "warm-spares", "compile-cache", "gateway")
 
 
 class ModelServingStack(Stack):
@@ -54,6 +55,7 @@ class ModelServingStack(Stack):
         model: ModelSettings,
         resources: StageResources,
         keda: IConstruct | None = None,
+        gateway: Sequence[IConstruct] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
@@ -95,6 +97,10 @@ class ModelServingStack(Stack):
             assert keda is not None  # the serving stack installs KEDA when a model is autoscaled
             # A ScaledObject needs KEDA's resource definitions, and KEDA to remove its finalizer when it goes.
             manifests[feature_chart_id("autoscaler", model.name)].node.add_dependency(keda)
+        if settings.gateway is not None:
+            assert gateway is not None  # the serving stack installs the gateway's charts
+            # The route and the pool are kinds of the gateway's charts, which must also outlive them.
+            manifests[feature_chart_id("gateway", model.name)].node.add_dependency(*gateway)
         # EKS Pod Identity gives credentials only to pods created after their association (EKS User Guide, "Assign an
         # IAM role to a Kubernetes service account"): the import Job's pod and the replicas come after theirs.
         for identity in self._identities(settings, model, resources):

@@ -14,9 +14,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from charts import stage_charts
+from charts import GATEWAY_CHART, GATEWAY_WEB_ACL, stage_charts
 from settings import names
 from settings.schema import StageSettings
+from stacks.inference_gateway import InferenceGateway
 from stacks.metrics import ManagedPrometheus
 from stacks.model_store import LUSTRE_PORTS
 from stacks.observability import PrometheusDataSource, stage_dashboard
@@ -55,12 +56,21 @@ class ServingStack(Stack):
         refer_strongly(self)
         self._settings, self._resources = settings, resources
         target = resources.cluster_in(self)
-        for chart_id, chart in stage_charts(cdk8s.App(), settings, resources.deployed(settings)).items():
+        # The stage's inference gateway, when it has one: installed before the objects that use its kinds.
+        self.gateway = (
+            InferenceGateway(self, "InferenceGateway", settings=settings, resources=resources, target=target)
+            if settings.gateway
+            else None
+        )
+        acls = {GATEWAY_WEB_ACL: arn} if self.gateway and (arn := self.gateway.web_acl_arn) else {}
+        for chart_id, chart in stage_charts(cdk8s.App(), settings, resources.deployed(settings, acls)).items():
             if getattr(chart, "applies_over_existing", False):
                 # A chart whose objects may already exist is applied (`kubectl apply`), not created.
                 eks.KubernetesManifest(self, chart_id, cluster=target, manifest=chart.to_json(), overwrite=True)
             else:
-                target.add_cdk8s_chart(chart_id, chart)
+                manifest = target.add_cdk8s_chart(chart_id, chart)
+                if chart_id == GATEWAY_CHART and self.gateway is not None:
+                    manifest.node.add_dependency(*self.gateway.installed)
         prometheus = resources.prometheus
         self.keda: eks.HelmChart | None = None
         if settings.keda:

@@ -118,6 +118,7 @@ class InferencePlatformStage(Stage):
                 model=model,
                 resources=resources,
                 keda=self.serving.keda,
+                gateway=self.serving.gateway.installed if self.serving.gateway else None,
             )
             stack.add_stack_dependency(self.serving)
         return stacks

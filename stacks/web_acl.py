@@ -105,14 +105,19 @@ def rate_rules(exposure: ExposureSettings, prefix: str) -> list[wafv2.CfnWebACL.
 def rate_limited_web_acl(scope: Construct, model: ModelSettings) -> wafv2.CfnWebACL:
     """A regional web ACL for the model's load balancer: the Ingress names it (charts/exposure.py)."""
     assert model.exposure is not None
-    prefix = names.output_id(model.name)
+    return web_acl(scope, names.output_id(model.name), model.model, model.exposure)
+
+
+def web_acl(scope: Construct, prefix: str, subject: str, exposure: ExposureSettings) -> wafv2.CfnWebACL:
+    """A regional web ACL with `exposure`'s rate limits, in front of the load balancer of `subject` (a model, or the
+    stage's gateway)."""
     return wafv2.CfnWebACL(
         scope,
         f"{prefix}WebAcl",
         scope="REGIONAL",
         # AWS WAF takes letters, digits, spaces and =:#@/-,. in a description (cfn-lint E3031).
-        description=f"Rate limits in front of the internal load balancer of {model.model}",
+        description=f"Rate limits in front of the internal load balancer of {subject}",
         default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
-        rules=rate_rules(model.exposure, prefix),
+        rules=rate_rules(exposure, prefix),
         visibility_config=_visibility(f"{prefix}WebAcl"),
     )

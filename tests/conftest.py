@@ -442,6 +442,34 @@ def _stage_file(stage: str) -> dict[str, Any]:
     return load_yaml((STAGES_DIR / f"{stage}.yaml").read_text())
 
 
+CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/" + "0" * 36
+
+
+def gateway_data(stage: str = "dev", **gateway: Any) -> dict[str, Any]:
+    """A stage's data with the inference gateway on: two clients, two quotas and an endpoint; no model keys."""
+    data = stage_data(stage)
+    for model in data["models"]:
+        model.pop("api_keys_secret", None)
+        model.pop("exposure", None)
+    data["gateway"] = {
+        "clients_secret": "llm/gateway-clients",
+        "clients": [{"id": "team-a"}, {"id": "smoke-test"}],
+        "quotas": [
+            {"client": "team-a", "limit": 100000},
+            {
+                "client": "team-a",
+                "model": data["models"][0]["model"],
+                "tokens": "output",
+                "limit": 5000,
+                "window": "Minute",
+            },
+        ],
+        "endpoint": {"hostname": "llm.internal.example.com", "certificate_arn": CERTIFICATE},
+        **gateway,
+    }
+    return data
+
+
 def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:
     """A stage's charts rendered to Kubernetes objects, by chart id: a copy each caller may change."""
     return copy.deepcopy(_rendered(stage))

@@ -192,12 +192,14 @@ def karpenter_problems(objects: list[dict[str, Any]]) -> list[str]:
 
 
 @functools.cache
-def _crd_schema(path: Path, version: str) -> dict[str, Any]:
-    """A version's schema from a CustomResourceDefinition file (Helm template lines dropped), made strict:
-    an unknown field is an error, where the API server would silently drop it."""
+def _crd_schema(path: Path, version: str, kind: str) -> dict[str, Any]:
+    """A version's schema from a CustomResourceDefinition file (Helm template lines dropped; the kind's definition
+    where the file holds several), made strict: an unknown field is an error, where the API server would silently
+    drop it."""
     text = "\n".join(line for line in path.read_text().splitlines() if "{{" not in line)
     # libyaml's loader: KEDA's ScaledObject definition alone is 300 KB.
-    crd = next(doc for doc in yaml.load_all(text, Loader=FAST_LOADER) if doc)
+    definitions = [doc for doc in yaml.load_all(text, Loader=FAST_LOADER) if doc]
+    crd = next(doc for doc in definitions if len(definitions) == 1 or doc["spec"]["names"]["kind"] == kind)
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return _strict(served["schema"]["openAPIV3Schema"])
 
@@ -215,7 +217,7 @@ def _strict(schema: Any) -> Any:
 
 def crd_problems(obj: dict[str, Any], crd: Path) -> list[str]:
     """Validation of a custom resource against its definition, strict, as `path: message` lines."""
-    validator = jsonschema.Draft7Validator(_crd_schema(crd, obj["apiVersion"].split("/")[1]))
+    validator = jsonschema.Draft7Validator(_crd_schema(crd, obj["apiVersion"].split("/")[1], obj["kind"]))
     return [f"{'/'.join(map(str, error.path))}: {error.message}" for error in validator.iter_errors(obj)]
 
 

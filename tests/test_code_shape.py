@@ -80,7 +80,9 @@ def is_custom_resource(api_version: str) -> bool:
     ...) and *.k8s.io are built in; *.x-k8s.io, like every other domain, belongs to an add-on's custom resources."""
     group = api_version.rpartition("/")[0]
     built_in = group == "" or "." not in group or (group.endswith(".k8s.io") and not group.endswith(".x-k8s.io"))
-    return not built_in
+    # The Gateway API and the Inference Extension are k8s.io groups that clusters get as CustomResourceDefinitions
+    # (charts/vendor/envoy-gateway/charts/crds, charts/vendor/inference-extension-crds).
+    return not built_in or group in ("gateway.networking.k8s.io", "inference.networking.k8s.io")
 
 
 def test_built_in_kinds_are_cdk8s_plus_or_typed_objects_and_raw_ones_only_custom_resources() -> None:
@@ -102,3 +104,5 @@ def test_built_in_kinds_are_cdk8s_plus_or_typed_objects_and_raw_ones_only_custom
 def test_the_custom_resource_rule_tells_groups_apart() -> None:
     assert [is_custom_resource(v) for v in ("v1", "apps/v1", "networking.k8s.io/v1", "policy/v1")] == [False] * 4
     assert [is_custom_resource(v) for v in ("karpenter.sh/v1", "secrets-store.csi.x-k8s.io/v1")] == [True, True]
+    assert is_custom_resource("gateway.networking.k8s.io/v1")
+    assert is_custom_resource("inference.networking.k8s.io/v1")

@@ -1,0 +1,368 @@
+"""The stage's inference gateway: one address for every model, API keys that name a client, token quotas.
+
+Envoy Gateway (charts/vendor/envoy-gateway) runs the proxies this chart asks for; Envoy AI Gateway
+(charts/vendor/envoy-ai-gateway) adds its external processor to them, which reads the request's `model` into the
+`x-ai-eg-model` header, counts the tokens of each response and answers `GET /v1/models` from the routes (envoyproxy/
+ai-gateway internal/extproc/models_processor.go at v1.1.0). Each model's route, InferencePool and endpoint picker are
+the model's own (charts/gateway_model.py), so adding a model never changes this chart.
+
+A request: (the stage's load balancer, when `gateway.endpoint` is set) -> Envoy: the API key names the client
+(SecurityPolicy apiKeyAuth, its id forwarded as CLIENT_HEADER and the key removed), the client's token quota
+(BackendTrafficPolicy, counted in ElastiCache through Envoy's rate limit service) -> the model's endpoint picker
+chooses a replica -> vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cdk8s
+import cdk8s_plus_30 as kplus
+from cdk8s_plus_30 import k8s
+from constructs import Construct
+
+from charts.api_keys import mounted_secret
+from charts.api_object import allow, api_object, without_namespace
+from charts.exposure import CONTROLLER as ALB_CONTROLLER
+from charts.exposure import HTTPS_PORT, MAX_DEREGISTRATION_DELAY_SECONDS, MAX_IDLE_TIMEOUT_SECONDS
+from charts.pod_security import hardened, non_root_pod
+from settings.drain import max_request_seconds
+from settings.schema import GatewaySettings, StageSettings, TokenQuota
+
+NAMESPACE = "inference-gateway"
+NAME = "inference-gateway"
+# Envoy Gateway's controller name (its chart's config.envoyGateway.gateway.controllerName default).
+CONTROLLER_NAME = "gateway.envoyproxy.io/gatewayclass-controller"
+# What Envoy sends vLLM in place of the key: the client's id, which quotas and usage metrics select on.
+CLIENT_HEADER = "x-client-id"
+# The header Envoy AI Gateway fills from the request body's `model` (api/v1beta1/shared_types.go, AIModelHeaderKey).
+MODEL_HEADER = "x-ai-eg-model"
+# Where Envoy AI Gateway writes a response's token counts (api/v1beta1/shared_types.go, AIGatewayFilterMetadataNS),
+# under the keys each model's route names in its llmRequestCosts (charts/gateway_model.py).
+COST_METADATA_NAMESPACE = "io.envoy.ai_gateway"
+TOKEN_COST_KEYS = {"input": "llm_input_token", "output": "llm_output_token", "total": "llm_total_token"}
+# The listener clients reach: Envoy's Service port.
+HTTP_PORT = 80
+# The label a model's namespace carries so that its route may attach to the gateway.
+ROUTES_LABEL = "inference-gateway/routes"
+# The Kubernetes Secret the key sync writes: client id -> key (Envoy Gateway api/v1alpha1/api_key_auth_types.go).
+KEYS_SECRET = "gateway-api-keys"
+KEY_SYNC = "gateway-key-sync"
+KEY_SYNC_MOUNT = "/etc/gateway/clients"
+KEY_SYNC_FILE = "clients.json"
+# Envoy's requests (the proxies carry every model's streams; Envoy Gateway's own default asks for 100m/512Mi).
+ENVOY_CPU_MILLIS = 1000
+ENVOY_MEMORY_MIB = 1024
+RUN_AS_USER = 65534
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    """What the gateway chart needs from the stacks: CDK tokens when applied, placeholders when written alone."""
+
+    envoy_image: str
+    key_sync_image: str
+    region: str
+    # The stage's web ACL, when the gateway has a load balancer (stacks/web_acl.py).
+    web_acl_arn: str | None
+    inbound_subnet_ids: tuple[str, ...]
+
+
+def quota_rule(quota: TokenQuota) -> dict[str, object]:
+    """A quota as a global rate limit rule: the client's requests to the model (each model with its own count, when
+    the quota names none) cost nothing on the way in and their tokens once answered (Envoy Gateway
+    api/v1alpha1/ratelimit_types.go, RateLimitCost; the AI Gateway's usage-based rate limiting guide)."""
+    model = (
+        {"name": MODEL_HEADER, "type": "Exact", "value": quota.model}
+        if quota.model
+        else {"name": MODEL_HEADER, "type": "Distinct"}
+    )
+    return {
+        "clientSelectors": [{"headers": [{"name": CLIENT_HEADER, "type": "Exact", "value": quota.client}, model]}],
+        "limit": {"requests": quota.limit, "unit": quota.window},
+        "cost": {
+            "request": {"from": "Number", "number": 0},
+            "response": {
+                "from": "Metadata",
+                "metadata": {"namespace": COST_METADATA_NAMESPACE, "key": TOKEN_COST_KEYS[quota.tokens]},
+            },
+        },
+    }
+
+
+def longest_request_seconds(settings: StageSettings) -> int:
+    """The longest request any model allows: the load balancer's idle timeout and drain cover it."""
+    return max(max_request_seconds(model) for model in settings.models)
+
+
+class GatewayChart(cdk8s.Chart):
+    """The gateway's namespace, GatewayClass, EnvoyProxy, Gateway, key authentication, quotas and key sync; and its
+    load balancer when the settings give a hostname and certificate."""
+
+    def __init__(self, scope: Construct, id: str, *, settings: StageSettings, plan: GatewayPlan) -> None:
+        super().__init__(scope, id, namespace=NAMESPACE, disable_resource_name_hashes=True)
+        gateway = settings.gateway
+        assert gateway is not None
+        # Envoy Gateway's and Envoy AI Gateway's pods are the controllers' own, which meet the baseline standard;
+        # the key sync meets the restricted one.
+        namespace = kplus.Namespace(
+            self,
+            "Namespace",
+            metadata=cdk8s.ApiObjectMetadata(
+                name=NAMESPACE,
+                labels={f"pod-security.kubernetes.io/{mode}": "baseline" for mode in ("enforce", "audit", "warn")},
+            ),
+        )
+        without_namespace(cdk8s.ApiObject.of(namespace))
+        self._proxies(settings, gateway, plan)
+        api_object(
+            self,
+            "ApiKeys",
+            "gateway.envoyproxy.io/v1alpha1",
+            "SecurityPolicy",
+            cdk8s.ApiObjectMetadata(name="api-keys"),
+            spec={
+                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME}],
+                "apiKeyAuth": {
+                    "credentialRefs": [{"group": "", "kind": "Secret", "name": KEYS_SECRET}],
+                    # OpenAI clients send `Authorization: Bearer <key>`; Envoy takes the key after "Bearer "
+                    # (Envoy Gateway docs, tasks/security/apikey-auth.md at v1.9.0).
+                    "extractFrom": [{"headers": ["authorization"]}],
+                    "forwardClientIDHeader": CLIENT_HEADER,
+                    "sanitize": True,
+                },
+            },
+        )
+        if gateway.quotas:
+            api_object(
+                self,
+                "TokenQuotas",
+                "gateway.envoyproxy.io/v1alpha1",
+                "BackendTrafficPolicy",
+                cdk8s.ApiObjectMetadata(name="token-quotas"),
+                spec={
+                    "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME}],
+                    "rateLimit": {"type": "Global", "global": {"rules": [quota_rule(q) for q in gateway.quotas]}},
+                },
+            )
+        KeySync(self, "KeySync", gateway=gateway, image=plan.key_sync_image, region=plan.region)
+        if gateway.endpoint is not None:
+            assert plan.web_acl_arn is not None  # the serving stack makes one with the endpoint
+            self._load_balancer(settings, gateway, plan)
+
+    def _proxies(self, settings: StageSettings, gateway: GatewaySettings, plan: GatewayPlan) -> None:
+        """The GatewayClass, the EnvoyProxy that shapes the proxies, and the Gateway with its one HTTP listener."""
+        api_object(
+            self,
+            "GatewayClass",
+            "gateway.networking.k8s.io/v1",
+            "GatewayClass",
+            cdk8s.ApiObjectMetadata(name=NAME),
+            cluster_scoped=True,
+            spec={"controllerName": CONTROLLER_NAME},
+        )
+        proxy_labels = {"app.kubernetes.io/name": "envoy", "gateway.envoyproxy.io/owning-gateway-name": NAME}
+        kubernetes: dict[str, object] = {
+            "envoyDeployment": {
+                "replicas": gateway.replicas,
+                "container": {
+                    "image": plan.envoy_image,
+                    "resources": {
+                        "requests": {"cpu": f"{ENVOY_CPU_MILLIS}m", "memory": f"{ENVOY_MEMORY_MIB}Mi"},
+                        "limits": {"memory": f"{ENVOY_MEMORY_MIB}Mi"},
+                    },
+                },
+                "pod": {
+                    # One proxy per node: a node's loss takes one replica.
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "labelSelector": {"matchLabels": proxy_labels},
+                                    "topologyKey": "kubernetes.io/hostname",
+                                }
+                            ]
+                        }
+                    }
+                },
+            },
+            # Reached inside the cluster (and by the stage's load balancer), never on a load balancer of its own.
+            "envoyService": {"type": "ClusterIP", "name": NAME},
+        }
+        if gateway.replicas > 1:
+            kubernetes["envoyPDB"] = {"minAvailable": gateway.replicas - 1}
+        api_object(
+            self,
+            "EnvoyProxy",
+            "gateway.envoyproxy.io/v1alpha1",
+            "EnvoyProxy",
+            cdk8s.ApiObjectMetadata(name=NAME),
+            spec={"provider": {"type": "Kubernetes", "kubernetes": kubernetes}},
+        )
+        api_object(
+            self,
+            "Gateway",
+            "gateway.networking.k8s.io/v1",
+            "Gateway",
+            cdk8s.ApiObjectMetadata(name=NAME),
+            spec={
+                "gatewayClassName": NAME,
+                "infrastructure": {
+                    "parametersRef": {"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": NAME}
+                },
+                "listeners": [
+                    {
+                        "name": "http",
+                        "protocol": "HTTP",
+                        "port": HTTP_PORT,
+                        "allowedRoutes": {
+                            "namespaces": {"from": "Selector", "selector": {"matchLabels": {ROUTES_LABEL: "true"}}}
+                        },
+                    }
+                ],
+            },
+        )
+
+    def _load_balancer(self, settings: StageSettings, gateway: GatewaySettings, plan: GatewayPlan) -> None:
+        """The stage's internal load balancer: HTTPS with the given certificate, /v1 only, the web ACL, to the
+        proxies (EKS User Guide, "Create an IngressClass to configure an Application Load Balancer")."""
+        endpoint = gateway.endpoint
+        assert endpoint is not None
+        assert plan.web_acl_arn is not None
+        longest = longest_request_seconds(settings)
+        api_object(
+            self,
+            "IngressClassParams",
+            "eks.amazonaws.com/v1",
+            "IngressClassParams",
+            cdk8s.ApiObjectMetadata(name=NAME),
+            cluster_scoped=True,
+            spec={
+                "scheme": "internal",
+                "certificateARNs": [endpoint.certificate_arn],
+                "subnets": {"ids": list(plan.inbound_subnet_ids)},
+                "loadBalancerAttributes": [
+                    {"key": "idle_timeout.timeout_seconds", "value": str(min(longest, MAX_IDLE_TIMEOUT_SECONDS))}
+                ],
+            },
+        )
+        ingress_class = k8s.KubeIngressClass(
+            self,
+            "IngressClass",
+            metadata=k8s.ObjectMeta(name=NAME),
+            spec=k8s.IngressClassSpec(
+                controller=ALB_CONTROLLER,
+                parameters=k8s.IngressClassParametersReference(
+                    api_group="eks.amazonaws.com", kind="IngressClassParams", name=NAME
+                ),
+            ),
+        )
+        without_namespace(ingress_class)
+        # The proxies' Service is Envoy Gateway's, so the Ingress names it rather than holding a cdk8s-plus Service.
+        k8s.KubeIngress(
+            self,
+            "Ingress",
+            metadata=k8s.ObjectMeta(
+                name=NAME,
+                annotations={
+                    "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTPS": HTTPS_PORT}]),
+                    "alb.ingress.kubernetes.io/target-type": "ip",
+                    # Envoy answers its own readiness on the proxies' port 19003 (Envoy Gateway's EnvoyProxy
+                    # default readiness probe); a 404 from the listener still shows it up.
+                    "alb.ingress.kubernetes.io/success-codes": "200-499",
+                    "alb.ingress.kubernetes.io/healthcheck-path": "/v1/models",
+                    "alb.ingress.kubernetes.io/target-group-attributes": (
+                        f"deregistration_delay.timeout_seconds={min(longest, MAX_DEREGISTRATION_DELAY_SECONDS)}"
+                    ),
+                    "alb.ingress.kubernetes.io/wafv2-acl-arn": plan.web_acl_arn,
+                },
+            ),
+            spec=k8s.IngressSpec(
+                ingress_class_name=NAME,
+                rules=[
+                    k8s.IngressRule(
+                        host=endpoint.hostname,
+                        http=k8s.HttpIngressRuleValue(
+                            paths=[
+                                k8s.HttpIngressPath(
+                                    path="/v1",
+                                    path_type="Prefix",
+                                    backend=k8s.IngressBackend(
+                                        service=k8s.IngressServiceBackend(
+                                            name=NAME, port=k8s.ServiceBackendPort(number=HTTP_PORT)
+                                        )
+                                    ),
+                                )
+                            ]
+                        ),
+                    )
+                ],
+            ),
+        )
+
+
+# The key sync's script (workloads/gateway_keys.py), run by the Python image's standard library alone.
+KEY_SYNC_SCRIPT = Path(__file__).resolve().parent.parent / "workloads" / "gateway_keys.py"
+
+
+class KeySync(Construct):
+    """The clients' keys from Secrets Manager to the Secret Envoy reads: the secret mounted by the Secrets Store CSI
+    driver (read as this pod's account through EKS Pod Identity, the stage's grant in stacks/inference_gateway.py),
+    written by a small loop that names no key in its log. A changed secret reaches Envoy when the pod restarts
+    (`kubectl rollout restart deployment/gateway-key-sync -n inference-gateway`), as the driver mounts at start."""
+
+    def __init__(self, scope: cdk8s.Chart, id: str, *, gateway: GatewaySettings, image: str, region: str) -> None:
+        super().__init__(scope, id)
+        account = kplus.ServiceAccount(self, "ServiceAccount", metadata=cdk8s.ApiObjectMetadata(name=KEY_SYNC))
+        role = kplus.Role(self, "Role", metadata=cdk8s.ApiObjectMetadata(name=KEY_SYNC))
+        # Create needs the collection; update only the one Secret.
+        allow(role, ["create"], kplus.ApiResource.SECRETS)
+        allow(role, ["update", "get"], kplus.Secret.from_secret_name(self, "KeysSecret", KEYS_SECRET))
+        kplus.RoleBinding(self, "RoleBinding", role=role).add_subjects(account)
+        clients = mounted_secret(
+            self,
+            provider_class=KEY_SYNC,
+            secret_name=gateway.clients_secret,
+            alias=KEY_SYNC_FILE,
+            region=region,
+            volume="clients",
+        )
+        script = kplus.ConfigMap(
+            self,
+            "Script",
+            metadata=cdk8s.ApiObjectMetadata(name=f"{KEY_SYNC}-script"),
+            data={"sync.py": KEY_SYNC_SCRIPT.read_text()},
+        )
+        deployment = kplus.Deployment(
+            self,
+            "Deployment",
+            metadata=cdk8s.ApiObjectMetadata(
+                name=KEY_SYNC, annotations={"gateway/clients-secret": gateway.clients_secret}
+            ),
+            replicas=1,
+            service_account=account,
+            automount_service_account_token=True,
+            security_context=non_root_pod(RUN_AS_USER),
+            strategy=kplus.DeploymentStrategy.recreate(),
+        )
+        container = deployment.add_container(
+            name="sync",
+            image=image,
+            command=["python3", "/opt/sync/sync.py"],
+            security_context=hardened(RUN_AS_USER),
+            resources=kplus.ContainerResources(
+                cpu=kplus.CpuResources(request=kplus.Cpu.millis(10)),
+                memory=kplus.MemoryResources(request=cdk8s.Size.mebibytes(32), limit=cdk8s.Size.mebibytes(64)),
+            ),
+            env_variables={
+                "CLIENTS": kplus.EnvValue.from_value(json.dumps([client.id for client in gateway.clients])),
+                "CLIENTS_FILE": kplus.EnvValue.from_value(f"{KEY_SYNC_MOUNT}/{KEY_SYNC_FILE}"),
+                "SECRET": kplus.EnvValue.from_value(KEYS_SECRET),
+                "NAMESPACE": kplus.EnvValue.from_value(NAMESPACE),
+                "PYTHONDONTWRITEBYTECODE": kplus.EnvValue.from_value("1"),
+            },
+        )
+        container.mount("/opt/sync", kplus.Volume.from_config_map(self, "ScriptVolume", script, name="script"))
+        container.mount(KEY_SYNC_MOUNT, clients, read_only=True)

@@ -1,0 +1,276 @@
+"""The stage's inference gateway: its settings, its objects against the vendored charts' definitions, its quotas,
+routes, picker and admission, the key sync, and what the stacks install (charts/gateway.py, charts/gateway_model.py,
+stacks/inference_gateway.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import cdk8s
+import pytest
+import yaml
+
+from charts import DeployedResources, build_charts
+from charts.gateway import CLIENT_HEADER, KEY_SYNC_SCRIPT, MODEL_HEADER, TOKEN_COST_KEYS
+from charts.gateway_model import picker_metric_flags
+from settings import parse_stage_settings
+from settings.schema import StageSettings
+from settings.vllm_profiles import profile_of, supported_versions, vllm_catalog
+from stacks.inference_gateway import VENDOR, ai_gateway_values, envoy_gateway_values
+from tests.conftest import CERTIFICATE, find, find_all, gateway_data, stage_data
+from tests.scanners import crd_problems
+from tests.test_settings import rejected
+
+EG_CRDS = VENDOR / "envoy-gateway" / "charts" / "crds" / "crds"
+# Each custom kind the gateway renders, and the vendored definition it must pass.
+DEFINITIONS = {
+    "GatewayClass": EG_CRDS / "gatewayapi-crds.yaml",
+    "Gateway": EG_CRDS / "gatewayapi-crds.yaml",
+    "EnvoyProxy": EG_CRDS / "generated" / "gateway.envoyproxy.io_envoyproxies.yaml",
+    "SecurityPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_securitypolicies.yaml",
+    "BackendTrafficPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_backendtrafficpolicies.yaml",
+    "AIGatewayRoute": VENDOR / "envoy-ai-gateway-crds" / "templates" / "aigateway.envoyproxy.io_aigatewayroutes.yaml",
+    "InferencePool": VENDOR
+    / "inference-extension-crds"
+    / "templates"
+    / "inference.networking.k8s.io_inferencepools.yaml",
+    "SecretProviderClass": Path(__file__).parent / "fixtures" / "crds" / "secretproviderclasses.yaml",
+}
+# EKS publishes no schema for IngressClassParams (charts/exposure.py): tests/test_exposure.py asserts its fields.
+UNPUBLISHED = {"IngressClassParams"}
+
+
+def rendered(settings: StageSettings) -> list[dict[str, Any]]:
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    return [obj for chart_id, chart in charts.items() if "ateway" in chart_id for obj in chart.to_json()]
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    return rendered(parse_stage_settings("prod", gateway_data("prod")))
+
+
+def test_the_settings_refuse_what_the_gateway_cannot_serve() -> None:
+    twice = gateway_data()
+    twice["models"].append({**copy.deepcopy(twice["models"][0]), "name": "second", "service_name": "second"})
+    assert "openai/gpt-oss-20b served by more than one model" in rejected(twice)
+    stranger = gateway_data(quotas=[{"client": "team-b", "limit": 10}])
+    assert (
+        "gateway.quotas[0].client: no client 'team-b'; allowed: the ids under gateway.clients (team-a, smoke-test)"
+        in (rejected(stranger))
+    )
+    unserved = gateway_data(quotas=[{"client": "team-a", "model": "meta/llama", "limit": 10}])
+    assert "gateway.quotas[0].model: no model 'meta/llama'; allowed: openai/gpt-oss-20b" in rejected(unserved)
+    for missing in ("certificate_arn", "hostname"):
+        half = gateway_data()
+        del half["gateway"]["endpoint"][missing]
+        assert f"gateway.endpoint: {missing}: missing; the load balancer needs both" in rejected(half)
+    exposed = gateway_data()
+    exposed["models"][0]["exposure"] = {"hostname": "a.example.com", "certificate_arn": CERTIFICATE}
+    exposed["models"][0]["api_keys_secret"] = "gpt-oss-20b/api-keys"
+    assert "models[0].exposure: the stage's gateway serves every model" in rejected(exposed)
+    keyed = gateway_data()
+    keyed["models"][0]["api_keys_secret"] = "gpt-oss-20b/api-keys"
+    assert "models[0].api_keys_secret: behind the gateway, clients' keys are the gateway's" in rejected(keyed)
+    assert "client ids must be distinct; repeated: team-a" in rejected(gateway_data(clients=[{"id": "team-a"}] * 2))
+    assert "gateway.clients: should have at least 1 item, got 0" in rejected(gateway_data(clients=[]))
+    assert "gateway.replicas: 1; a production stage runs at least 2 gateway replicas" in rejected(
+        gateway_data("prod", replicas=1), "prod"
+    )
+
+
+def test_every_custom_resource_passes_its_vendored_definition(objects: list[dict[str, Any]]) -> None:
+    built_in = {"v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
+    kinds = {obj["kind"] for obj in objects if obj["apiVersion"] not in built_in}
+    assert kinds == set(DEFINITIONS) | UNPUBLISHED
+    checked = [obj for obj in objects if obj["kind"] in DEFINITIONS]
+    assert [f"{o['kind']} {p}" for o in checked for p in crd_problems(o, DEFINITIONS[o["kind"]])] == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "change", "message"),
+    [
+        (
+            "BackendTrafficPolicy",
+            lambda o: o["spec"]["rateLimit"]["global"]["rules"][0]["limit"].update(unit="Fortnight"),
+            "'Fortnight' is not one of",
+        ),
+        ("InferencePool", lambda o: o["spec"].pop("selector"), "'selector' is a required property"),
+        ("AIGatewayRoute", lambda o: o["spec"]["llmRequestCosts"][0].update(type="Tokens"), "'Tokens' is not one of"),
+        (
+            "SecurityPolicy",
+            lambda o: o["spec"]["apiKeyAuth"].pop("extractFrom"),
+            "'extractFrom' is a required property",
+        ),
+        (
+            "EnvoyProxy",
+            lambda o: o["spec"]["provider"]["kubernetes"]["envoyService"].update(kind="ClusterIP"),
+            "'kind' was unexpected",
+        ),
+    ],
+)
+def test_the_definitions_refuse_a_broken_object(
+    objects: list[dict[str, Any]], kind: str, change: Any, message: str
+) -> None:
+    broken = copy.deepcopy(find(objects, kind))
+    change(broken)
+    problems = crd_problems(broken, DEFINITIONS[kind])
+    assert len(problems) == 1
+    assert message in problems[0]
+
+
+def test_quotas_count_each_clients_tokens_per_model_and_window(objects: list[dict[str, Any]]) -> None:
+    every_model, one_model = find(objects, "BackendTrafficPolicy")["spec"]["rateLimit"]["global"]["rules"]
+    client = {"name": CLIENT_HEADER, "type": "Exact", "value": "team-a"}
+    assert every_model["clientSelectors"] == [{"headers": [client, {"name": MODEL_HEADER, "type": "Distinct"}]}]
+    assert every_model["limit"] == {"requests": 100000, "unit": "Hour"}
+    assert every_model["cost"]["response"]["metadata"]["key"] == TOKEN_COST_KEYS["total"]
+    assert one_model["clientSelectors"][0]["headers"][1] == {
+        "name": MODEL_HEADER,
+        "type": "Exact",
+        "value": "openai/gpt-oss-20b",
+    }
+    assert one_model["limit"] == {"requests": 5000, "unit": "Minute"}
+    assert one_model["cost"] == {
+        "request": {"from": "Number", "number": 0},
+        "response": {"from": "Metadata", "metadata": {"namespace": "io.envoy.ai_gateway", "key": "llm_output_token"}},
+    }
+
+
+def test_the_route_names_the_model_and_records_every_token_count_quotas_read(objects: list[dict[str, Any]]) -> None:
+    route = find(objects, "AIGatewayRoute")
+    (rule,) = route["spec"]["rules"]
+    assert rule["matches"] == [{"headers": [{"type": "Exact", "name": MODEL_HEADER, "value": "openai/gpt-oss-20b"}]}]
+    assert rule["backendRefs"] == [
+        {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "gpt-oss-20b"}
+    ]
+    assert {cost["metadataKey"] for cost in route["spec"]["llmRequestCosts"]} == set(TOKEN_COST_KEYS.values())
+    pool = find(objects, "InferencePool")
+    deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "gpt-oss-20b-picker")
+    assert pool["spec"]["endpointPickerRef"]["name"] == deployment["metadata"]["name"]
+    # Envoy AI Gateway v1.1.0 fails closed whatever the pool says: the pool says so, and prod runs two pickers.
+    assert pool["spec"]["endpointPickerRef"]["failureMode"] == "FailClose"
+    assert deployment["spec"]["replicas"] == 2
+    assert "--ha-enable-leader-election" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("version", supported_versions())
+def test_the_picker_reads_metrics_each_vllm_version_exports(version: str) -> None:
+    profile = vllm_catalog().profiles[version]
+    names = picker_metric_flags(profile)[1::2]
+    assert set(names) <= profile.extracted.metrics
+    assert len(names) == 3
+
+
+def test_only_the_gateway_and_the_picker_reach_the_replicas(objects: list[dict[str, Any]]) -> None:
+    policy = next(o for o in objects if o["metadata"]["name"] == "gpt-oss-20b-from-gateway")
+    serving, scraping = policy["spec"]["ingress"]
+    assert serving["ports"] == [{"protocol": "TCP", "port": 8000}]
+    proxies, picker = serving["from"]
+    assert proxies["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "inference-gateway"}}
+    assert picker == {"podSelector": {"matchLabels": {"app": "gpt-oss-20b-picker"}}}
+    assert all("ipBlock" in peer for peer in scraping["from"])
+    namespace = next(o for o in objects if o["kind"] == "Namespace" and o["metadata"]["name"] == "inference-gateway")
+    model_namespace = find(rendered_model(), "Namespace")
+    gateway = find(objects, "Gateway")
+    selector = gateway["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["selector"]["matchLabels"]
+    assert selector.items() <= model_namespace["metadata"]["labels"].items()
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+
+
+def rendered_model() -> list[dict[str, Any]]:
+    settings = parse_stage_settings("dev", gateway_data())
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    return charts["Model-gpt-oss-20b"].to_json()
+
+
+def test_the_chart_values_set_are_keys_of_the_vendored_charts() -> None:
+    settings = parse_stage_settings("prod", gateway_data("prod"))
+
+    def keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+        return {f"{prefix}{k}" for k in values} | {
+            key for k, v in values.items() if isinstance(v, dict) and v for key in keys(v, f"{prefix}{k}.")
+        }
+
+    for folder, values, free in (
+        ("envoy-gateway", envoy_gateway_values(settings, "123456789012", "store:6379", 2), "config.envoyGateway."),
+        ("envoy-ai-gateway", ai_gateway_values(settings, "123456789012", 2), "-"),
+    ):
+        chart = yaml.safe_load((VENDOR / folder / "values.yaml").read_text())
+        unknown = {k for k in keys(values) if not k.startswith(free) and k not in keys(chart)}
+        assert unknown == set(), folder
+
+
+def run_key_sync(tmp_path: Path, keys: dict[str, str], server: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "clients.json").write_text(json.dumps(keys))
+    (tmp_path / "token").write_text("service-account-token")
+    env = {
+        **os.environ,
+        "CLIENTS": json.dumps(["team-a", "smoke-test"]),
+        "CLIENTS_FILE": str(tmp_path / "clients.json"),
+        "SECRET": "gateway-api-keys",
+        "NAMESPACE": "inference-gateway",
+        "KUBERNETES_API": server,
+        "SERVICE_ACCOUNT_DIR": str(tmp_path),
+        "ONCE": "1",
+    }
+    return subprocess.run([sys.executable, str(KEY_SYNC_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_the_key_sync_refuses_a_client_without_a_key_and_never_logs_one(tmp_path: Path) -> None:
+    run = run_key_sync(tmp_path, {"team-a": "sk-secret-a", "smoke-test": "  "}, "http://127.0.0.1:9")
+    assert run.returncode == 1
+    assert run.stderr.strip() == "gateway clients without a key in the clients secret: smoke-test"
+    assert "sk-secret" not in run.stdout + run.stderr
+
+
+def test_the_key_sync_creates_the_secret_envoy_reads(tmp_path: Path) -> None:
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.command, self.path, body))
+            assert self.headers["Authorization"] == "Bearer service-account-token"
+            self.send_response(404 if self.command == "PUT" else 201)
+            self.end_headers()
+
+        do_PUT = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run = run_key_sync(
+            tmp_path, {"team-a": "sk-a", "smoke-test": "sk-s", "retired": "x"}, f"http://127.0.0.1:{server.server_port}"
+        )
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stderr
+    assert [(method, path) for method, path, _ in seen] == [
+        ("PUT", "/api/v1/namespaces/inference-gateway/secrets/gateway-api-keys"),
+        ("POST", "/api/v1/namespaces/inference-gateway/secrets"),
+    ]
+    # Only the clients the settings name: "retired" stays out (base64 of sk-a and sk-s).
+    assert seen[1][2]["data"] == {"team-a": "c2stYQ==", "smoke-test": "c2stcw=="}
+    assert run.stdout.strip() == "gateway keys written for 2 clients"
+
+
+def test_the_gateways_images_are_pinned_and_its_proxies_spread(objects: list[dict[str, Any]]) -> None:
+    proxy = find(objects, "EnvoyProxy")["spec"]["provider"]["kubernetes"]
+    assert proxy["envoyService"] == {"type": "ClusterIP", "name": "inference-gateway"}
+    assert proxy["envoyDeployment"]["replicas"] == 2
+    assert proxy["envoyPDB"] == {"minAvailable": 1}
+    assert proxy["envoyDeployment"]["container"]["image"].endswith("envoyproxy/envoy:distroless-v1.39.0")
+    assert profile_of(stage_data("prod")["models"][0]["image"]).version in supported_versions()
+    assert find_all(objects, "PodDisruptionBudget")
