@@ -27,7 +27,7 @@ from constructs import Construct
 
 from charts.api_object import allow, api_object
 from charts.gateway import MODEL_HEADER, NAME, NAMESPACE, TOKEN_COST_KEYS
-from charts.pod_security import hardened, non_root_pod
+from charts.pod_security import PINNED_BY_TAG, checkov_skip_annotations, hardened, non_root_pod
 from settings.drain import max_request_seconds
 from settings.schema import ModelSettings
 from settings.vllm_profiles import VllmProfile, profile_of
@@ -42,6 +42,13 @@ RUN_AS_USER = 65534
 # The picker's scorers (the extension's default configuration at v1.0.2, config/charts/inferencepool/templates/
 # epp-config.yaml): the replica with the longest cached prefix of the prompt, the shortest queue and the most free
 # KV cache wins.
+# checkov's checks the picker fails on purpose, with the reasons.
+PICKER_CHECKOV_EXCEPTIONS = {
+    "CKV_K8S_11": "no CPU limit on purpose: throttling the picker delays every request it routes; the request "
+    "reserves what it needs",
+    "CKV_K8S_38": "the picker watches its pool and the pool's pods through the Kubernetes API with its token",
+    "CKV_K8S_43": PINNED_BY_TAG,
+}
 PICKER_CONFIG = {
     "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
     "kind": "EndpointPickerConfig",
@@ -209,7 +216,9 @@ class GatewayModel(Construct):
         deployment = kplus.Deployment(
             self,
             "Picker",
-            metadata=cdk8s.ApiObjectMetadata(name=name),
+            metadata=cdk8s.ApiObjectMetadata(
+                name=name, annotations=checkov_skip_annotations(PICKER_CHECKOV_EXCEPTIONS)
+            ),
             replicas=plan.picker_replicas,
             service_account=account,
             automount_service_account_token=True,

@@ -25,8 +25,7 @@ import cdk8s_plus_30 as kplus
 from cdk8s_plus_30 import k8s
 from constructs import Construct
 
-from charts.pod_security import POD_SECURITY_LABELS, hardened, non_root_pod
-from charts.vllm_server import CHECKOV_EXCEPTIONS, checkov_skip_annotations
+from charts.pod_security import PINNED_BY_TAG, POD_SECURITY_LABELS, checkov_skip_annotations, hardened, non_root_pod
 from settings.names import NODE_ROTATION_NAMESPACE
 from settings.schema import GpuNodePoolSettings
 
@@ -42,7 +41,7 @@ RUN_AS_USER = 65534  # nobody
 # checkov's checks the job fails on purpose, with the reasons.
 ROTATION_CHECKOV_EXCEPTIONS = {
     "CKV_K8S_38": "the job's work is Kubernetes API calls, made with its service account's token",
-    "CKV_K8S_43": CHECKOV_EXCEPTIONS["CKV_K8S_43"],
+    "CKV_K8S_43": PINNED_BY_TAG,
     "CKV_K8S_31": "seccomp is RuntimeDefault on the job's one container, which the restricted Pod Security Standard "
     "accepts; cdk8s-plus sets no pod-level seccompProfile, the only place checkov reads for a CronJob (checkov "
     "kubernetes/checks/resource/k8s/Seccomp.py)",

@@ -31,3 +31,14 @@ def hardened(user: int) -> kplus.ContainerSecurityContextProps:
 def non_root_pod(user: int) -> kplus.PodSecurityContextProps:
     """A pod's context: non-root as `user`, its volumes writable by that user's group."""
     return kplus.PodSecurityContextProps(ensure_non_root=True, user=user, group=user, fs_group=user)
+
+
+# checkov's reason for an image pinned by its version tag rather than a digest (CKV_K8S_43).
+PINNED_BY_TAG = "pinned by a version tag (a model's image in the stage settings may also be a digest)"
+
+
+def checkov_skip_annotations(exceptions: dict[str, str]) -> dict[str, str]:
+    """checkov's skip annotations, one per check with its reason, on the workload where checkov reads them."""
+    return {
+        f"checkov.io/skip{number}": f"{check}={reason}" for number, (check, reason) in enumerate(exceptions.items(), 1)
+    }

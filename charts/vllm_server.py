@@ -19,7 +19,7 @@ from constructs import Construct
 from charts.api_keys import LOGGING_MOUNT, ApiKeys, config_args, logging_env
 from charts.api_keys import MOUNT as API_KEYS_MOUNT
 from charts.api_keys import SECRET_ANNOTATION as API_KEYS_SECRET_ANNOTATION
-from charts.api_object import allow, without_namespace
+from charts.api_object import without_namespace
 from charts.exposure import InternalEndpoint
 from charts.gateway import ROUTES_LABEL
 from charts.gateway_model import GatewayModel, GatewayModelPlan
@@ -42,11 +42,12 @@ from charts.model_loader import (
     wait_for_weights_env,
 )
 from charts.model_volume import ModelVolume
-from charts.pod_security import POD_SECURITY_LABELS, hardened, non_root_pod
+from charts.pod_security import PINNED_BY_TAG, POD_SECURITY_LABELS, checkov_skip_annotations, hardened, non_root_pod
 from charts.pre_stop_drain import drain_args, drain_command
 from charts.queue_autoscaler import AutoscalingPlan, QueueAutoscaler
 from charts.shared_compile_cache import SERVICE_ACCOUNT as COMPILE_CACHE_SERVICE_ACCOUNT
 from charts.shared_compile_cache import SharedCompileCache
+from charts.smoke_test_access import smoke_test_access
 from charts.warm_spares import WarmSpares
 from settings import names
 from settings.drain import termination_grace_seconds
@@ -70,33 +71,13 @@ CHECKOV_EXCEPTIONS = {
     "the request reserves what the pod needs",
     "CKV_K8S_15": "IfNotPresent on purpose: images are pinned, so pulling one again on every start only delays "
     "the pod (the vLLM image is about 14 GB)",
-    "CKV_K8S_43": "pinned by a version tag (a model's image in the stage settings may also be a digest)",
+    "CKV_K8S_43": PINNED_BY_TAG,
     "CKV2_K8S_6": "EKS Auto Mode enforces NetworkPolicies only once its network policy controller is enabled; "
     "until then a policy here would protect nothing",
 }
 
 
-def checkov_skip_annotations(exceptions: dict[str, str]) -> dict[str, str]:
-    """checkov's skip annotations, one per check with its reason."""
-    return {
-        f"checkov.io/skip{number}": f"{check}={reason}" for number, (check, reason) in enumerate(exceptions.items(), 1)
-    }
-
-
 CHECKOV_SKIP_ANNOTATIONS = checkov_skip_annotations(CHECKOV_EXCEPTIONS)
-
-
-# The Kubernetes group of the post-deploy smoke test's role (an EKS access entry maps it here):
-# in each model's namespace it may watch the weights import and the rollout, and port-forward to
-# the Service, nothing else.
-SMOKE_TEST_GROUP = "smoke-testers"
-SMOKE_TEST_RULES: list[tuple[list[str], list[kplus.ApiResource]]] = [
-    (["get", "list", "watch"], [kplus.ApiResource.DEPLOYMENTS, kplus.ApiResource.REPLICA_SETS, kplus.ApiResource.JOBS]),
-    (["get", "list"], [kplus.ApiResource.PODS, kplus.ApiResource.SERVICES]),
-    (["create"], [kplus.ApiResource.custom(api_group="", resource_type="pods/portforward")]),
-    # The load balancer's address, for a model exposed inside the VPC (charts/exposure.py).
-    (["get"], [kplus.ApiResource.INGRESSES]),
-]
 
 
 def vllm_args(model: ModelSettings) -> list[str]:
@@ -529,13 +510,7 @@ def service_and_access(chart: cdk8s.Chart, model: ModelSettings, labels: dict[st
     for key, value in labels.items():
         service.select_label(key, value)
 
-    role = kplus.Role(chart, "SmokeTestRole", metadata=cdk8s.ApiObjectMetadata(name="smoke-test"))
-    for verbs, resources in SMOKE_TEST_RULES:
-        allow(role, verbs, *resources)
-    binding = kplus.RoleBinding(
-        chart, "SmokeTestBinding", metadata=cdk8s.ApiObjectMetadata(name="smoke-test"), role=role
-    )
-    binding.add_subjects(kplus.Group.from_name(chart, "SmokeTesters", SMOKE_TEST_GROUP))
+    smoke_test_access(chart)
 
     # Voluntary evictions (node repair, expiry, drains) take one replica at a time. cdk8s-plus has no
     # PodDisruptionBudget: the typed object.

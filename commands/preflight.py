@@ -20,7 +20,8 @@ Run it with credentials for the stage's account; it only reads (Service Quotas a
    of a type some model can run on, and have instances available.
 4. The Secrets Manager secret of each model's API keys (models[].api_keys_secret) exists: a
    replica cannot start without it. So does the Docker Hub credential (registry.docker_hub_credential_arn): without
-   it the cache rule cannot be created, nor an image pulled through it.
+   it the cache rule cannot be created, nor an image pulled through it. With the inference gateway: its
+   clients secret exists and holds a key for every client the settings name (the keys are never shown).
 5. The Standard on-demand vCPU quota (A, C, D, H, I, M, R, T, Z instances): Auto Mode's built-in
    pools run on C, M and R instances, and the stage's own pods on them (the weights imports, KEDA,
    the node rotation) need at least the instance that holds their CPU requests at once.
@@ -37,6 +38,7 @@ arguments or settings, or AWS refused to answer).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -47,12 +49,15 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from charts.gateway import ENVOY_CPU_MILLIS, KEY_SYNC_CPU_MILLIS
+from charts.gateway_model import PICKER_CPU_MILLIS
 from charts.node_rotation import ROTATION_CPU_MILLIS
 from commands import stage_settings_or_exit
 from settings import DEFAULT_STAGE, StageSettings
-from settings.schema import RESERVATION_ID_PATTERN
+from settings.schema import RESERVATION_ID_PATTERN, GatewaySettings
 from settings.sizing import IMPORT_CPU_MILLIS, GpuInstance, allocatable_cpu_millis, candidates
 from settings.yaml_files import load_yaml
+from stacks.inference_gateway import VENDOR
 from stacks.serving import KEDA_CHART
 from stacks.web_acl import KNOWN_BAD_INPUTS, KNOWN_BAD_INPUTS_BODY_RULES
 
@@ -304,7 +309,24 @@ def general_purpose_requests(settings: StageSettings) -> dict[str, int]:
             asked[f"KEDA {part}"] = count * cpu_millis(values["resources"][part]["requests"]["cpu"])
     if any(pool.maintenance_window for pool in settings.gpu_node_pools):
         asked["GPU node rotation"] = ROTATION_CPU_MILLIS
+    if settings.gateway is not None:
+        asked.update(gateway_requests(settings))
     return asked
+
+
+def gateway_requests(settings: StageSettings) -> dict[str, int]:
+    """The inference gateway's pods on the built-in pools: its proxies, each model's endpoint pickers, Envoy
+    Gateway's controller (its chart's default requests) and the key sync (charts/gateway.py)."""
+    assert settings.gateway is not None
+    values = load_yaml((VENDOR / "envoy-gateway" / "values.yaml").read_text())
+    controllers = 2 if settings.production else 1
+    pickers = len(settings.models) * (2 if settings.production else 1)
+    return {
+        "gateway proxies": settings.gateway.replicas * ENVOY_CPU_MILLIS,
+        "endpoint pickers": pickers * PICKER_CPU_MILLIS,
+        "Envoy Gateway": controllers * cpu_millis(values["deployment"]["envoyGateway"]["resources"]["requests"]["cpu"]),
+        "gateway key sync": KEY_SYNC_CPU_MILLIS,
+    }
 
 
 def standard_vcpus_needed(settings: StageSettings) -> int:
@@ -382,6 +404,26 @@ def instance_offerings(ec2: Client, types: Sequence[str], zones: Sequence[str]) 
             if offering["Location"] in offered:
                 offered[offering["Location"]].add(offering["InstanceType"])
     return offered
+
+
+def gateway_clients_problems(secrets: Client, gateway: GatewaySettings) -> list[str]:
+    """The gateway's clients secret must exist and hold a key for every client the settings name: the key sync
+    stops at the first client without one (charts/gateway.py). The keys themselves are never shown."""
+    name = gateway.clients_secret
+    try:
+        text = secrets.get_secret_value(SecretId=name)["SecretString"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ResourceNotFoundException":
+            return [f'gateway.clients_secret: {name} does not exist; create it (docs/gateway.md, "Settings")']
+        raise
+    try:
+        keys = json.loads(text)
+        if not isinstance(keys, dict):
+            raise ValueError
+    except ValueError:
+        return [f'gateway.clients_secret: {name} is not a JSON object {{"<client id>": "<key>", ...}}']
+    missing = [c.id for c in gateway.clients if not isinstance(keys.get(c.id), str) or not keys[c.id].strip()]
+    return [f"gateway.clients: no key for {', '.join(missing)} in {name}"] if missing else []
 
 
 def secret_exists(secrets: Client, name: str) -> bool:
@@ -571,6 +613,8 @@ def check_account(
             f"registry.docker_hub_credential_arn: the secret {credential} does not exist; create it with your Docker "
             'Hub username and an access token (docs/vllm-versions.md, "Moving a stage to a current version")'
         )
+    if settings.gateway is not None and secrets is not None:
+        blockers.extend(gateway_clients_problems(secrets, settings.gateway))
     for model in settings.models:
         if model.api_keys_secret and secrets is not None and not secret_exists(secrets, model.api_keys_secret):
             blockers.append(

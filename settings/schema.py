@@ -876,6 +876,8 @@ class GatewaySettings(_Strict):
     clients_secret: SecretName
     clients: tuple[GatewayClientSettings, ...] = Field(min_length=1)
     quotas: tuple[TokenQuota, ...] = ()
+    # The client whose key the post-deploy smoke test asks every model with (workloads/smoke_test.py); one of clients.
+    smoke_test_client: ClientId = "smoke-test"
     # Unset: reached inside the VPC at the gateway's Service, or by `kubectl port-forward`.
     endpoint: GatewayEndpointSettings | None = None
 
@@ -886,6 +888,16 @@ class GatewaySettings(_Strict):
         if repeated:
             raise ValueError(f"client ids must be distinct; repeated: {', '.join(repeated)}")
         return clients
+
+    @model_validator(mode="after")
+    def _smoke_test_is_a_client(self) -> GatewaySettings:
+        known = [client.id for client in self.clients]
+        if self.smoke_test_client not in known:
+            raise ValueError(
+                f"smoke_test_client: {self.smoke_test_client!r} is not among clients ({', '.join(known)}); add it "
+                "there (its key in clients_secret), or name one that is"
+            )
+        return self
 
 
 class ModelSettings(_Strict):
@@ -1342,8 +1354,8 @@ class StageSettings(_Strict):
 
     @property
     def exposed(self) -> bool:
-        """A model is behind a load balancer: NetworkPolicies are enforced (charts/exposure.py)."""
-        return any(model.exposure for model in self.models)
+        """A load balancer with a web ACL fronts a model (charts/exposure.py) or the gateway (charts/gateway.py)."""
+        return any(model.exposure for model in self.models) or bool(self.gateway and self.gateway.endpoint)
 
     @property
     def container_logs(self) -> bool:

@@ -26,10 +26,12 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from charts.vllm_server import SMOKE_TEST_GROUP
+from charts.gateway import NAME as GATEWAY_NAME
+from charts.gateway import NAMESPACE as GATEWAY_NAMESPACE
+from charts.smoke_test_access import SMOKE_TEST_GROUP
 from settings import names
 from settings.cold_start import smoke_test_wait_seconds
-from settings.schema import ModelSettings, StageSettings
+from settings.schema import GatewaySettings, ModelSettings, StageSettings
 from stacks.references import StageResources, secret_arn
 from workloads.smoke_test import LOAD_BALANCER_WAIT_SECONDS
 
@@ -152,8 +154,8 @@ class ModelSmokeTest(Construct):
             description=f"The smoke test's arguments for {model.model} (workloads/smoke_test.py)",
             string_value=json.dumps(smoke_test_args(settings, model, import_job)),
         )
-        if model.api_keys_secret:
-            # It asks with a key, as clients do.
+        if secret := model.api_keys_secret or (settings.gateway.clients_secret if settings.gateway else None):
+            # It asks with a key, as clients do: the model's, or the gateway client's.
             iam.Policy(
                 self,
                 "Keys",
@@ -165,7 +167,7 @@ class ModelSmokeTest(Construct):
                 statements=[
                     iam.PolicyStatement(
                         actions=["secretsmanager:GetSecretValue"],
-                        resources=[secret_arn(settings, model.api_keys_secret)],
+                        resources=[secret_arn(settings, secret)],
                     )
                 ],
             )
@@ -179,12 +181,28 @@ def smoke_test_args(settings: StageSettings, model: ModelSettings, import_job: s
         *(("--import-job", import_job) if import_job else ()),
         *(("--api-key-secret", model.api_keys_secret) if model.api_keys_secret else ()),
         *(("--ingress", model.name, "--hostname", model.exposure.hostname) if model.exposure else ()),
+        *(gateway_args(settings.gateway) if settings.gateway else ()),
+    ]
+
+
+def gateway_args(gateway: GatewaySettings) -> list[str]:
+    """Through the stage's gateway, with its smoke-test client's key (and through its load balancer, if it has one)."""
+    endpoint = (
+        ("--ingress", GATEWAY_NAME, "--ingress-namespace", GATEWAY_NAMESPACE, "--hostname", gateway.endpoint.hostname)
+        if gateway.endpoint
+        else ()
+    )
+    return [
+        *("--gateway", f"{GATEWAY_NAMESPACE}/{GATEWAY_NAME}"),
+        *("--clients-secret", gateway.clients_secret, "--client", gateway.smoke_test_client),
+        *endpoint,
     ]
 
 
 def longest_check_seconds(settings: StageSettings, model: ModelSettings) -> int:
     """How long one model's check may wait: for its import and rollout, and for an exposed one, its load balancer."""
-    return smoke_test_wait_seconds(settings, model) + (LOAD_BALANCER_WAIT_SECONDS if model.exposure else 0)
+    behind_load_balancer = model.exposure or (settings.gateway and settings.gateway.endpoint)
+    return smoke_test_wait_seconds(settings, model) + (LOAD_BALANCER_WAIT_SECONDS if behind_load_balancer else 0)
 
 
 # StartBuild's timeoutInMinutesOverride: 5 to 2160 (CodeBuild API Reference).

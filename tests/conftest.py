@@ -347,6 +347,7 @@ def _scenario(name: str, template: dict[str, Any], folder: Path) -> Scenario:
 
 
 ADMIN_ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
+KEYED_MODEL = "keyed"
 PINNED_FSX_CSI_VERSION = "v1.6.0-eksbuild.1"
 ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
 
@@ -370,6 +371,11 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     )
     data["models"][0]["hf_token_secret"] = "hf-token"
     data["models"][0]["compile_cache"] = True
+    # A second model, reached with its own API keys.
+    keyed = {**copy.deepcopy(data["models"][0]), "name": KEYED_MODEL, "service_name": "keyed-service"}
+    keyed.update(model="meta-llama/Llama-3.2-3B-Instruct", api_keys_secret="gpt-oss-20b/api-keys", compile_cache=False)
+    del keyed["hf_token_secret"]
+    data["models"].append(keyed)
     # The longest stage name the settings take: every name derived from it must fit (settings.names).
     name = "scenario-" + "x" * (MAX_STAGE_NAME_LENGTH - len("scenario-"))
     settings = parse_stage_settings(name, data)
@@ -377,7 +383,11 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     folder = tmp_path_factory.mktemp("scenario")
     return {
         name: _scenario(name, Template.from_stack(stack).to_json(), folder)
-        for name, stack in (("admins-cluster", stage.cluster), ("gated-model-serving", stage.models["gpt-oss-20b"]))
+        for name, stack in (
+            ("admins-cluster", stage.cluster),
+            ("gated-model-serving", stage.models["gpt-oss-20b"]),
+            ("keyed-model-serving", stage.models[KEYED_MODEL]),
+        )
     }
 
 
@@ -385,6 +395,12 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
 def admins_cluster(scenario_stage: dict[str, Scenario]) -> Scenario:
     """The scenario's cluster: with admins, a narrowed public endpoint and Kubernetes 1.35."""
     return scenario_stage["admins-cluster"]
+
+
+@pytest.fixture(scope="session")
+def keyed_model_serving(scenario_stage: dict[str, Scenario]) -> Scenario:
+    """The scenario's second model's stack: its model has API keys."""
+    return scenario_stage["keyed-model-serving"]
 
 
 @pytest.fixture(scope="session")
@@ -437,8 +453,18 @@ def stage_data(stage: str = DEFAULT_STAGE) -> dict[str, Any]:
     return copy.deepcopy(_stage_file(stage))
 
 
+# prod as a stage without the gateway, its model reached with its own API keys (models[].api_keys_secret) as a
+# single-model stage may be: what the per-model keys and exposure are tested on. Parsed with the name "prod".
+KEYED_PROD = "prod-keyed"
+
+
 @functools.cache
 def _stage_file(stage: str) -> dict[str, Any]:
+    if stage == KEYED_PROD:
+        data = copy.deepcopy(_stage_file("prod"))
+        del data["gateway"]
+        data["models"][0]["api_keys_secret"] = "gpt-oss-20b/api-keys"
+        return data
     return load_yaml((STAGES_DIR / f"{stage}.yaml").read_text())
 
 
@@ -477,7 +503,7 @@ def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:
 
 @functools.cache
 def _rendered(stage: str) -> dict[str, list[dict[str, Any]]]:
-    settings = load_stage_settings(stage)
+    settings = parse_stage_settings("prod", stage_data(stage)) if stage == KEYED_PROD else load_stage_settings(stage)
     charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
 

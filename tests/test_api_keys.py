@@ -12,7 +12,18 @@ import yaml
 
 from charts.api_keys import FILE, LOGGING_CONFIG, LOGGING_FILE, LOGGING_MOUNT, MOUNT, PROVIDER_CLASS, SERVICE_ACCOUNT
 from stacks.cluster import SECRETS_STORE_ADDON
-from tests.conftest import ROOT, Assembly, find, render_charts, resources, stage_data, stored_check
+from tests.conftest import (
+    KEYED_MODEL,
+    KEYED_PROD,
+    ROOT,
+    Assembly,
+    Scenario,
+    find,
+    render_charts,
+    resources,
+    stage_data,
+    stored_check,
+)
 from tests.conftest import model_objects as objects_of
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
@@ -21,7 +32,7 @@ SECRET = "gpt-oss-20b/api-keys"
 SECRET_PROVIDER_CLASS_CRD = ROOT / "tests" / "fixtures" / "crds" / "secretproviderclasses.yaml"
 
 
-def model_objects(stage: str = "prod") -> list[dict[str, Any]]:
+def model_objects(stage: str = KEYED_PROD) -> list[dict[str, Any]]:
     return objects_of(render_charts(stage), "gpt-oss-20b")
 
 
@@ -83,28 +94,30 @@ def test_keys_never_come_from_the_templates() -> None:
         assert f"models[0].extra_args: {flag!r} is set by the project" in rejected(data)
 
 
-def test_the_replicas_and_the_smoke_test_may_read_the_secret_and_nothing_else(prod: Assembly) -> None:
-    model = prod.model_template()
+def test_the_replicas_and_the_smoke_test_may_read_the_secret_and_nothing_else(
+    keyed_model_serving: Scenario, dev: Assembly
+) -> None:
+    model = keyed_model_serving.template
     (association,) = [
         a["Properties"]
         for a in resources(model, "AWS::EKS::PodIdentityAssociation")
         if a["Properties"]["ServiceAccount"] == SERVICE_ACCOUNT
     ]
-    assert association["Namespace"] == "gpt-oss-20b"
+    assert association["Namespace"] == KEYED_MODEL
     role = association["RoleArn"]["Fn::GetAtt"][0]
     (policy,) = [p for p in resources(model, "AWS::IAM::Policy") if p["Properties"]["Roles"] == [{"Ref": role}]]
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
     assert f":secret:{SECRET}-??????" in json.dumps(statement["Resource"])
     # The smoke test's role gets it from the model's stack, by the role's name; the serving stack grants none.
-    assert "secretsmanager" not in json.dumps(resources(prod.template("Serving"), "AWS::IAM::Policy"))
+    assert "secretsmanager" not in json.dumps(resources(dev.template("Serving"), "AWS::IAM::Policy"))
     (smoke,) = [
         p["Properties"]
         for p in resources(model, "AWS::IAM::Policy")
-        if p["Properties"]["Roles"] == ["gpu-inference-prod-smoke-test"]
+        if p["Properties"]["Roles"] == ["gpu-inference-dev-smoke-test"]
     ]
     # Named for the model: every model stack puts one on the same role, where an inline policy's name is its key.
-    assert smoke["PolicyName"] == "smoke-test-keys-gpt-oss-20b"
+    assert smoke["PolicyName"] == f"smoke-test-keys-{KEYED_MODEL}"
     (statement,) = smoke["PolicyDocument"]["Statement"]
     assert statement["Action"] == "secretsmanager:GetSecretValue"
     assert f":secret:{SECRET}-??????" in json.dumps(statement["Resource"])
@@ -118,10 +131,10 @@ def test_the_provider_add_on_is_installed_where_a_model_has_keys(prod: Assembly,
     assert SECRETS_STORE_ADDON not in add_ons(dev)
 
 
-def test_the_smoke_test_asks_with_a_key_and_the_test_command_sends_one(prod: Assembly) -> None:
-    check = stored_check(prod.model_template())
+def test_the_smoke_test_asks_with_a_key_and_the_test_command_sends_one(keyed_model_serving: Scenario) -> None:
+    check = stored_check(keyed_model_serving.template)
     assert check[check.index("--api-key-secret") + 1] == SECRET
-    command = prod.model_template()["Outputs"]["GptOss20bTestRequestCommand"]["Value"]
+    command = keyed_model_serving.template["Outputs"]["KeyedTestRequestCommand"]["Value"]
     assert f"--secret-id {SECRET}" in command
     assert "Authorization: Bearer" in command
 

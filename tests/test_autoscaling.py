@@ -260,7 +260,7 @@ def test_dev_has_no_metrics_unless_it_asks(dev: Assembly) -> None:
 
 def test_keda_is_installed_from_the_repository_with_read_access_to_the_workspace_only(prod: Assembly) -> None:
     serving = prod.template("Serving")
-    (helm,) = resources(serving, "Custom::AWSCDK-EKS-HelmChart")
+    (helm,) = [h for h in resources(serving, "Custom::AWSCDK-EKS-HelmChart") if h["Properties"]["Release"] == "keda"]
     assert (helm["Properties"]["Release"], helm["Properties"]["Namespace"]) == ("keda", names.KEDA_NAMESPACE)
     assert "Repository" not in helm["Properties"]  # no download at deploy: the chart is an asset
     assert helm["Properties"]["ChartAssetURL"]["Fn::Sub"].endswith(".zip")

@@ -12,7 +12,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from settings import SettingsError, parse_stage_settings
-from settings.names import FSX_CSI_ADDON
+from settings.names import FSX_CSI_ADDON, SECRETS_STORE_ADDON
 from tests.conftest import ADMIN_ROLE, ADMIN_USER, PINNED_FSX_CSI_VERSION, Assembly, Scenario, properties, stage_data
 
 
@@ -176,8 +176,10 @@ def test_an_add_on_runs_the_version_pinned_or_else_the_default_eks_picks(
 ) -> None:
     (unpinned,) = properties(dev.template("Cluster"), "AWS::EKS::Addon")
     assert "AddonVersion" not in unpinned
-    (pinned,) = properties(admins_cluster.template, "AWS::EKS::Addon")
+    pinned, keys = properties(admins_cluster.template, "AWS::EKS::Addon")
     assert (pinned["AddonName"], pinned["AddonVersion"]) == (FSX_CSI_ADDON, PINNED_FSX_CSI_VERSION)
+    # The scenario's second model has API keys: their add-on, unpinned.
+    assert (keys["AddonName"], "AddonVersion" in keys) == (SECRETS_STORE_ADDON, False)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from charts import DeployedResources, build_charts
 from commands.plan import PRUNED_KINDS, unfold_manifest
 from settings import parse_stage_settings
-from tests.conftest import Assembly, stage_data
+from tests.conftest import KEYED_PROD, Assembly, stage_data
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
 
@@ -71,8 +71,8 @@ TURNED_OFF = {
 @pytest.mark.parametrize("change", sorted(TURNED_OFF))
 def test_what_a_stage_stops_declaring_goes_with_a_resource_of_its_own(change: str) -> None:
     before_of, after_of = TURNED_OFF[change]
-    before = charts_of(before_of(copy.deepcopy(stage_data("prod"))))
-    after = charts_of(after_of(copy.deepcopy(stage_data("prod"))))
+    before = charts_of(before_of(copy.deepcopy(stage_data(KEYED_PROD))))
+    after = charts_of(after_of(copy.deepcopy(stage_data(KEYED_PROD))))
     remaining = {identity(obj) for objects in after.values() for obj in objects}
     gone = [
         (chart_id, obj) for chart_id, objects in before.items() for obj in objects if identity(obj) not in remaining

@@ -22,7 +22,7 @@ from settings.drain import LOAD_BALANCER_DEREGISTRATION_SECONDS, SHUTDOWN_SECOND
 from settings.schema import StageSettings
 from stacks.smoke_test_project import smoke_test_args, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
-from tests.conftest import find, gpu_pool_objects, model_objects, render_charts, stage_data
+from tests.conftest import KEYED_PROD, find, gpu_pool_objects, model_objects, render_charts, stage_data
 from tests.scanners import cloudformation_problems, kubernetes_problems
 from tests.test_settings import rejected
 
@@ -33,8 +33,9 @@ WEB_ACL = "arn:aws:wafv2:us-west-2:123456789012:regional/webacl/gptoss20bWebAcl/
 
 
 def exposed(**exposure: Any) -> dict[str, Any]:
-    """prod's settings with its model behind an internal load balancer."""
-    data = stage_data("prod")
+    """prod's settings, keyed per model rather than behind the gateway, with its model behind an internal load
+    balancer."""
+    data = stage_data(KEYED_PROD)
     data["models"][0]["exposure"] = {"hostname": HOSTNAME, "certificate_arn": CERTIFICATE, **exposure}
     return data
 
@@ -107,7 +108,7 @@ def test_a_replica_leaving_the_load_balancer_drains_before_sigterm_and_before_th
     assert delay == max_request_seconds(model) == 1000  # not ELB's default 300, which would cut long requests
     assert deployment["terminationGracePeriodSeconds"] >= wait + max_request_seconds(model) + SHUTDOWN_SECONDS
     # A model that no load balancer fronts waits only for the proxies.
-    unexposed = find(render_charts("prod")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    unexposed = find(render_charts(KEYED_PROD)["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
     assert "DRAIN_DELAY=10" in unexposed["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
 
 
@@ -140,7 +141,7 @@ def test_only_v1_reaches_vllm_through_the_load_balancer(path: str, routed: bool)
 
 
 def test_a_model_not_exposed_has_no_ingress() -> None:
-    objects = model_objects(render_charts("prod"), "gpt-oss-20b")
+    objects = model_objects(render_charts(KEYED_PROD), "gpt-oss-20b")
     assert not [obj for obj in objects if obj["kind"] in ("Ingress", "IngressClass", "IngressClassParams")]
 
 
@@ -261,7 +262,7 @@ def test_the_smoke_test_asks_through_the_load_balancer_by_its_name_with_a_key() 
     args = smoke_test_args(settings, settings.models[0], import_job="import-gpt-oss-20b-0123abcd")
     assert args[-6:] == ["--api-key-secret", "gpt-oss-20b/api-keys", "--ingress", "gpt-oss-20b", "--hostname", HOSTNAME]
     # Its time includes waiting for Auto Mode to provision the load balancer.
-    unexposed = parse_stage_settings("prod", stage_data("prod"))
+    unexposed = parse_stage_settings("prod", stage_data(KEYED_PROD))
     assert smoke_test_timeout(settings).to_seconds() == smoke_test_timeout(unexposed).to_seconds() + 900
 
 
@@ -289,7 +290,7 @@ def test_exposure_turns_on_network_policies_in_the_cluster_and_changes_no_node_c
     (config_map,) = controller.to_json()
     assert config_map["metadata"] == {"name": "amazon-vpc-cni", "namespace": "kube-system"}
     assert config_map["data"] == {"enable-network-policy-controller": "true"}
-    plain = render_charts("prod")
+    plain = render_charts(KEYED_PROD)
     # The controller's ConfigMap in every stage: turned off, its deletion would delete Auto Mode's whole ConfigMap.
     assert plain[NETWORK_POLICY_CONTROLLER] == controller.to_json()
     # The NodeClasses are the same without exposure: turning it on replaces no GPU node.
@@ -303,11 +304,13 @@ def test_the_web_acl_keeps_no_sample_of_requests() -> None:
     assert all(rule["VisibilityConfig"]["SampledRequestsEnabled"] is False for rule in acl["Rules"])
 
 
-def test_the_exposure_example_in_prod_yaml_is_valid_once_filled_in() -> None:
+def test_the_gateway_endpoint_example_in_prod_yaml_is_valid_once_filled_in() -> None:
     lines = (STAGES_DIR / "prod.yaml").read_text().splitlines()
-    start = lines.index("    # exposure:")
-    example = "\n".join(line.replace("    # ", "", 1) for line in lines[start : start + 3])
+    start = lines.index("  # endpoint:")
+    example = "\n".join(line.replace("  # ", "", 1) for line in lines[start : start + 3])
     filled = example.replace("<account>", "123456789012").replace("<id>", CERTIFICATE.rsplit("/", 1)[1])
     data = stage_data("prod")
-    data["models"][0].update(yaml.safe_load(filled))
-    assert parse_stage_settings("prod", data).models[0].exposure is not None
+    data["gateway"].update(yaml.safe_load(filled))
+    gateway = parse_stage_settings("prod", data).gateway
+    assert gateway is not None
+    assert gateway.endpoint is not None

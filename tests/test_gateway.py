@@ -183,7 +183,7 @@ def test_only_the_gateway_and_the_picker_reach_the_replicas(objects: list[dict[s
     gateway = find(objects, "Gateway")
     selector = gateway["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["selector"]["matchLabels"]
     assert selector.items() <= model_namespace["metadata"]["labels"].items()
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 def rendered_model() -> list[dict[str, Any]]:

@@ -6,17 +6,18 @@ Stubber checks every request against the expected parameters and both against th
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from commands.preflight import QUOTAS, STANDARD_QUOTA, main, preflight, request_url
+from commands.preflight import QUOTAS, STANDARD_QUOTA, gateway_clients_problems, main, preflight, request_url
 from settings import StageSettings, load_stage_settings, parse_stage_settings
 from settings.sizing import candidates
 from tests.aws_stubs import StubbedClients
-from tests.conftest import stage_data
+from tests.conftest import KEYED_PROD, stage_data
 
 REGION = "us-west-2"
 ACTIVE = "cr-0123456789abcdef0"
@@ -75,8 +76,23 @@ class Stubs(StubbedClients):
             else:
                 stubber.add_response("get_service_quota", {"Quota": {**answer["Quota"], "Value": value}}, params)
 
-    def secrets(self, settings: StageSettings, missing: Sequence[str] = ()) -> None:
-        """DescribeSecret of every model's API keys secret: found, unless named in `missing`."""
+    def secrets(
+        self, settings: StageSettings, missing: Sequence[str] = (), gateway_keys: dict[str, str] | None = None
+    ) -> None:
+        """GetSecretValue of the gateway's clients secret (`gateway_keys`, by default a key for every client), then
+        DescribeSecret of every model's API keys secret: found, unless named in `missing`."""
+        if settings.gateway is not None:
+            params = {"SecretId": settings.gateway.clients_secret}
+            if settings.gateway.clients_secret in missing:
+                self.stubbers["secretsmanager"].add_client_error(
+                    "get_secret_value", "ResourceNotFoundException", "not found", 400, params
+                )
+            else:
+                keys = (
+                    {c.id: f"key-of-{c.id}" for c in settings.gateway.clients} if gateway_keys is None else gateway_keys
+                )
+                answer = {"Name": settings.gateway.clients_secret, "SecretString": json.dumps(keys)}
+                self.stubbers["secretsmanager"].add_response("get_secret_value", answer, params)
         for model in settings.models:
             if not model.api_keys_secret:
                 continue
@@ -363,7 +379,7 @@ def test_a_reservation_no_pool_selects_is_reported_as_open_matching_only(stubs: 
 
 
 def test_a_missing_api_keys_secret_blocks_naming_it(stubs: Stubs) -> None:
-    settings = stage("prod")
+    settings = parse_stage_settings("prod", stage_data(KEYED_PROD))
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas(ENOUGH)
     stubs.scanning()
@@ -389,8 +405,9 @@ def test_a_stage_that_does_not_load_ends_the_command_before_any_aws_call(capsys:
 
 
 def test_too_little_standard_quota_for_the_stages_own_pods_blocks(stubs: Stubs) -> None:
-    # prod's weights import (2 CPUs), KEDA's three parts (100m each) and the node rotation (50m) need a 4-vCPU
-    # instance on Auto Mode's built-in pools: 2 vCPUs leave 1930m to pods (Karpenter's kube-reserved).
+    # prod's weights import (2 CPUs), KEDA's three parts (100m each), the node rotation (50m) and the gateway (two
+    # proxies of 1 CPU, two pickers of 500m, Envoy Gateway's two controllers of 100m, the key sync's 10m) need an
+    # 8-vCPU instance on Auto Mode's built-in pools: 4 vCPUs leave 3920m to pods (Karpenter's kube-reserved).
     settings = stage("prod")
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas({**ENOUGH, STANDARD_QUOTA.code: 2.0})
@@ -400,11 +417,12 @@ def test_too_little_standard_quota_for_the_stages_own_pods_blocks(stubs: Stubs) 
     report = preflight(settings, [], stubs.client)
 
     assert report.blockers == [
-        f"Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances ({STANDARD_QUOTA.code}) is 2, 4 vCPUs "
+        f"Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances ({STANDARD_QUOTA.code}) is 2, 8 vCPUs "
         f"needed at least; request more at {request_url(REGION, STANDARD_QUOTA.code)}"
     ]
     (note,) = [note for note in report.notes if STANDARD_QUOTA.code in note]
     assert "weights import of gpt-oss-20b 2000m, KEDA operator 100m, KEDA metricServer 100m" in note
+    assert "gateway proxies 2000m, endpoint pickers 1000m, Envoy Gateway 200m, gateway key sync 10m" in note
 
 
 def test_enhanced_scanning_in_the_account_blocks_a_stage_that_would_replace_it(stubs: Stubs) -> None:
@@ -439,7 +457,7 @@ def test_a_stage_that_does_not_own_scanning_never_asks_ecr(stubs: Stubs) -> None
 def test_a_new_body_rule_of_known_bad_inputs_blocks_an_exposed_stage(
     stubs: Stubs, rules: tuple[str, ...], blocked: bool
 ) -> None:
-    data = stage_data("prod")
+    data = stage_data(KEYED_PROD)
     data["models"][0]["exposure"] = {
         "hostname": "llm.internal.example.com",
         "certificate_arn": "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000",
@@ -481,3 +499,23 @@ def test_a_missing_docker_hub_credential_blocks_naming_it(stubs: Stubs) -> None:
         f"registry.docker_hub_credential_arn: the secret {arn} does not exist; create it with your Docker Hub "
         'username and an access token (docs/vllm-versions.md, "Moving a stage to a current version")'
     ]
+
+
+@pytest.mark.parametrize(
+    ("keys", "missing", "blocker"),
+    [
+        ({"smoke-test": "k"}, (), "gateway.clients: no key for platform in prod/gateway-clients"),
+        ({"smoke-test": "k", "platform": " "}, (), "gateway.clients: no key for platform in prod/gateway-clients"),
+        (None, ("prod/gateway-clients",), "gateway.clients_secret: prod/gateway-clients does not exist"),
+    ],
+)
+def test_the_gateways_clients_secret_must_hold_a_key_for_every_client(
+    stubs: Stubs, keys: dict[str, str] | None, missing: tuple[str, ...], blocker: str
+) -> None:
+    settings = stage("prod")
+    stubs.secrets(settings, missing=missing, gateway_keys=keys)
+    assert settings.gateway is not None
+    blockers = gateway_clients_problems(stubs.client("secretsmanager"), settings.gateway)
+    assert len(blockers) == 1
+    assert blockers[0].startswith(blocker)
+    assert "key-of" not in blockers[0]

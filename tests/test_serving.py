@@ -13,7 +13,7 @@ import cdk8s
 from charts import DeployedResources, stage_charts
 from commands.plan import MANIFEST_TYPE, unfold_manifest
 from settings import names, parse_stage_settings
-from tests.conftest import Assembly, find, render_charts, stage_data, stored_check
+from tests.conftest import KEYED_MODEL, KEYED_PROD, Assembly, Scenario, find, render_charts, stage_data, stored_check
 
 # A JSON string holding a reference (${...}) or a placeholder (<...>): known only once deployed.
 DEPLOYED_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:\$\{|<)(?:[^"\\]|\\.)*"')
@@ -259,21 +259,20 @@ def test_smoke_test_role_is_admitted_to_the_cluster_with_no_access_policy(dev: A
     assert trust[0]["Principal"] == {"Service": "codebuild.amazonaws.com"}
 
 
-def test_a_models_pods_are_created_after_their_pod_identity_associations(prod: Assembly) -> None:
+def test_a_models_pods_are_created_after_their_pod_identity_associations(keyed_model_serving: Scenario) -> None:
     # EKS Pod Identity gives credentials only to pods created after the association: the import Job's
     # pod and the replicas (which read their API keys as their service account) come after theirs.
-    serving = prod.model_template()["Resources"]
+    serving = keyed_model_serving.template["Resources"]
     associations = {
         logical_id: resource["Properties"]["ServiceAccount"]
         for logical_id, resource in serving.items()
-        if resource["Type"] == "AWS::EKS::PodIdentityAssociation"
-        and resource["Properties"]["Namespace"] == "gpt-oss-20b"
+        if resource["Type"] == "AWS::EKS::PodIdentityAssociation" and resource["Properties"]["Namespace"] == KEYED_MODEL
     }
     assert sorted(associations.values()) == ["vllm-server", "weights-import"]
     (model_manifest,) = [
         resource
         for logical_id, resource in serving.items()
-        if resource["Type"] == MANIFEST_TYPE and "Modelgptoss20b" in logical_id
+        if resource["Type"] == MANIFEST_TYPE and "Modelkeyed" in logical_id
     ]
     assert set(associations) <= set(model_manifest["DependsOn"])
 
@@ -310,7 +309,7 @@ def test_only_the_pools_limits_follow_the_models() -> None:
         charts = stage_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
         return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
 
-    one = stage_data("prod")
+    one = stage_data(KEYED_PROD)
     two = copy.deepcopy(one)
     second = {**two["models"][0], "name": "gpt-oss-20b-b", "service_name": "gptoss-b", "revision": "a" * 40}
     two["models"].append(second)

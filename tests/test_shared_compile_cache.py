@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from charts import DeployedResources, build_charts
 from settings import parse_stage_settings
-from tests.conftest import Scenario, find, stage_data
+from tests.conftest import KEYED_PROD, Scenario, find, stage_data
 from tests.scanners import kubernetes_problems
 from workloads import compile_cache
 
@@ -87,7 +87,7 @@ def test_the_sidecar_saves_only_once_vllm_serves(
 def charts_with_cache(stage: str) -> dict[str, list[dict[str, Any]]]:
     data = stage_data(stage)
     data["models"][0]["compile_cache"] = True
-    settings = parse_stage_settings(stage, data)
+    settings = parse_stage_settings("prod" if stage == KEYED_PROD else stage, data)
     return {
         chart_id: chart.to_json()
         for chart_id, chart in build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings)).items()
@@ -119,7 +119,7 @@ def test_the_cache_is_copied_in_before_vllm_and_back_beside_it_into_the_pods_hom
 
 
 def test_with_api_keys_the_replicas_keep_their_account() -> None:
-    charts = charts_with_cache("prod")
+    charts = charts_with_cache(KEYED_PROD)
     assert "ServiceAccount" not in {obj["kind"] for obj in charts["CompileCache-gpt-oss-20b"]}
     pod = find(charts["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "vllm-server"

@@ -557,7 +557,13 @@ def test_a_new_load_balancer_is_asked_again_until_its_targets_answer(
         monkeypatch.setattr(smoke_test, "wait_for_load_balancer", lambda *args, **kwargs: "internal-alb")
         monkeypatch.setattr(smoke_test, "resolves", lambda hostname: True)
         args = argparse.Namespace(
-            namespace=NAMESPACE, ingress="gpt-oss-20b", hostname="llm.example.com", model=MODEL, request_timeout=5
+            namespace=NAMESPACE,
+            ingress="gpt-oss-20b",
+            ingress_namespace=None,
+            hostname="llm.example.com",
+            model=MODEL,
+            request_timeout=5,
+            gateway=None,
         )
         answer = smoke_test.through_load_balancer(args, KEYS[0], interval=0.01, url=url)
     assert answer.text.startswith("Machine learning")
@@ -608,3 +614,62 @@ def test_a_model_with_no_stored_check_fails_rather_than_passing_unseen(
     parameter_store(tmp_path, monkeypatch, {})
     assert main([*STORED, "--only", "gpt-oss-20b"]) == 1
     assert "no check under /gpu-inference-dev/smoke-test for gpt-oss-20b" in capsys.readouterr().err
+
+
+# Through the stage's inference gateway: Envoy refuses a request without a client's key, and GET /v1/models lists
+# the routed models (docs/gateway.md).
+
+
+class FakeGateway(QuietHandler):
+    listed: ClassVar[list[str]] = [MODEL]
+    seen: ClassVar[list[tuple[str, str, str | None]]] = []
+
+    def _refused(self) -> bool:
+        FakeGateway.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if self.headers.get("Authorization") != "Bearer gateway-key":
+            self.answer(401, b"", content_type=JSON)
+            return True
+        return False
+
+    def do_GET(self) -> None:
+        if not self._refused():
+            models = {"object": "list", "data": [{"id": name, "object": "model"} for name in self.listed]}
+            self.answer(200, json.dumps(models).encode(), content_type=JSON)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if not self._refused():
+            self.answer(*BEHAVIOURS["good"], content_type=JSON)
+
+
+GATEWAY_ARGS = ["--gateway", "inference-gateway/inference-gateway", "--clients-secret", "llm/clients"]
+
+
+@pytest.mark.parametrize(("listed", "exit_code"), [([MODEL, "other/model"], 0), (["other/model"], 1)])
+def test_through_the_gateway_the_model_must_be_listed_and_answer_the_clients_key(
+    fake_aws: Path, capsys: pytest.CaptureFixture[str], listed: list[str], exit_code: int
+) -> None:
+    fake_aws.write_text(json.dumps({"smoke-test": "gateway-key", "team-a": "other-key"}))
+    FakeGateway.seen.clear()
+    with serving(type("Handler", (FakeGateway,), {"listed": listed})) as url:
+        assert main(["--url", url, "--model", MODEL, *GATEWAY_ARGS, "--client", "smoke-test"]) == exit_code
+    expected = [("GET", "/v1/models", None), ("GET", "/v1/models", "Bearer gateway-key")]
+    if exit_code == 0:
+        assert FakeGateway.seen == [*expected, ("POST", "/v1/chat/completions", "Bearer gateway-key")]
+    else:
+        assert FakeGateway.seen == expected
+        assert f"the gateway's /v1/models does not list {MODEL}: ['other/model']" in capsys.readouterr().err
+
+
+def test_a_gateway_client_without_a_key_fails_naming_it(fake_aws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_aws.write_text(json.dumps({"team-a": "other-key"}))
+    assert main(["--url", "http://127.0.0.1:9", "--model", MODEL, *GATEWAY_ARGS, "--client", "smoke-test"]) == 1
+    assert 'the clients secret llm/clients has no key for smoke-test ({"smoke-test": "<key>", ...}' in (
+        capsys.readouterr().err
+    )
+
+
+def test_gateway_its_secret_and_client_come_together(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--url", "http://127.0.0.1:9", "--model", MODEL, *GATEWAY_ARGS])
+    assert "give --gateway, --clients-secret and --client together" in capsys.readouterr().err

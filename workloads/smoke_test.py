@@ -95,6 +95,38 @@ def api_key_from_secret(secret: str) -> str:
     return keys[0]
 
 
+def gateway_key(secret: str, client: str) -> str:
+    """The key of one client of the gateway's clients secret ({"<client id>": "<key>", ...}), read with the AWS CLI."""
+    command = ["aws", "secretsmanager", "get-secret-value", "--secret-id", secret, "--query", "SecretString"]
+    result = subprocess.run([*command, "--output", "text"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise SmokeTestError(f"cannot read the gateway's clients secret {secret}: {result.stderr.strip()}")
+    try:
+        key = json.loads(result.stdout)[client]
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise SmokeTestError(
+            f'the clients secret {secret} has no key for {client} ({{"{client}": "<key>", ...}}, docs/gateway.md)'
+        ) from None
+    return key.strip()
+
+
+def lists_model(base_url: str, model: str, api_key: str, *, timeout: float) -> None:
+    """The gateway's GET /v1/models must name the model (Envoy AI Gateway answers it from the routes)."""
+    request = urllib.request.Request(f"{base_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            listed = [entry.get("id") for entry in json.loads(response.read()).get("data", [])]
+    except urllib.error.HTTPError as error:
+        failure = NotReadyError if error.code in COMING_UP else SmokeTestError
+        raise failure(f"{base_url}/v1/models answered HTTP {error.code}") from None
+    except (urllib.error.URLError, TimeoutError, ValueError, AttributeError) as error:
+        raise NotReadyError(f"cannot list the gateway's models at {base_url}: {error}") from None
+    if model not in listed:
+        raise SmokeTestError(f"the gateway's /v1/models does not list {model}: {listed}")
+
+
 def http_status(url: str, *, timeout: float) -> int:
     """The status of a GET without credentials; an unreachable server raises SmokeTestError."""
     try:
@@ -287,13 +319,13 @@ def wait_for_rollout(
 
 
 @contextmanager
-def port_forward(namespace: str, service: str, *, timeout: float) -> Iterator[str]:
-    """Forward a free local port to the Service, as the walkthrough does; yield its base URL."""
+def port_forward(namespace: str, service: str, *, timeout: float, port: int = SERVICE_PORT) -> Iterator[str]:
+    """Forward a free local port to the Service's `port`, as the walkthrough does; yield its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         local_port = probe.getsockname()[1]
     process = subprocess.Popen(
-        ["kubectl", "-n", namespace, "port-forward", f"service/{service}", f"{local_port}:{SERVICE_PORT}"],
+        ["kubectl", "-n", namespace, "port-forward", f"service/{service}", f"{local_port}:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -326,7 +358,8 @@ def through_load_balancer(
     not routed; a new load balancer, its targets and its name take minutes, so what is not there yet is
     asked again until LOAD_BALANCER_WAIT_SECONDS have passed."""
     started = time.monotonic()
-    address = wait_for_load_balancer(args.namespace, args.ingress, timeout=LOAD_BALANCER_WAIT_SECONDS)
+    namespace = args.ingress_namespace or args.namespace
+    address = wait_for_load_balancer(namespace, args.ingress, timeout=LOAD_BALANCER_WAIT_SECONDS)
     url = url or f"https://{args.hostname}"
     while True:
         try:
@@ -342,10 +375,25 @@ def through_load_balancer(
 
 
 def checked_ask(base_url: str, args: argparse.Namespace, api_key: str | None) -> Answer:
-    """With a key: first check that a request without one is refused; then ask."""
+    """With a key: first check that a request without one is refused (and through the gateway, that it lists the
+    model); then ask."""
     if api_key:
         refuses_without_key(base_url, args.model, timeout=args.request_timeout)
+    if args.gateway:
+        assert api_key is not None  # the gateway always asks for a key
+        lists_model(base_url, args.model, api_key, timeout=args.request_timeout)
     return ask(base_url, args.model, timeout=args.request_timeout, api_key=api_key)
+
+
+def served_answer(args: argparse.Namespace, api_key: str | None) -> Answer:
+    """Once the model is rolled out: ask it through its load balancer, the gateway, or its own Service."""
+    if args.ingress:
+        return through_load_balancer(args, api_key)
+    namespace, service, port = (
+        (*args.gateway.split("/", 1), 80) if args.gateway else (args.namespace, args.service, SERVICE_PORT)
+    )
+    with port_forward(namespace, service, timeout=60, port=port) as url:
+        return checked_ask(url, args, api_key)
 
 
 def stored_checks(path: str) -> dict[str, list[str]]:
@@ -402,13 +450,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key-secret", help="the Secrets Manager secret of the model's API keys, if it has any")
     parser.add_argument("--ingress", help="the Ingress of a model exposed through a load balancer (with --hostname)")
     parser.add_argument("--hostname", help="the name clients use for that load balancer, which its certificate covers")
+    parser.add_argument("--ingress-namespace", help="the Ingress's namespace, when not the model's (the gateway's)")
+    parser.add_argument("--gateway", help="ask through the stage's gateway: its NAMESPACE/SERVICE (port 80)")
+    parser.add_argument("--clients-secret", help="the gateway's clients secret (with --gateway and --client)")
+    parser.add_argument("--client", help="the gateway client whose key the smoke test asks with")
     args = parser.parse_args(arguments)
     if not args.url and not (args.namespace and args.service):
         parser.error("give --url, or --namespace and --service")
     if bool(args.ingress) != bool(args.hostname):
         parser.error("give --ingress and --hostname together")
+    if bool(args.gateway) != bool(args.clients_secret and args.client):
+        parser.error("give --gateway, --clients-secret and --client together")
     try:
-        api_key = api_key_from_secret(args.api_key_secret) if args.api_key_secret else None
+        if args.gateway:
+            api_key: str | None = gateway_key(args.clients_secret, args.client)
+        else:
+            api_key = api_key_from_secret(args.api_key_secret) if args.api_key_secret else None
         if args.url:
             answer = checked_ask(args.url, args, api_key)
         else:
@@ -417,11 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_import(args.namespace, args.import_job, timeout=args.rollout_timeout)
             remaining = max(args.rollout_timeout - (time.monotonic() - started), 0)
             wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=remaining)
-            if args.ingress:
-                answer = through_load_balancer(args, api_key)
-            else:
-                with port_forward(args.namespace, args.service, timeout=60) as url:
-                    answer = checked_ask(url, args, api_key)
+            answer = served_answer(args, api_key)
     except SmokeTestError as failure:
         print(f"smoke test failed: {failure}", file=sys.stderr)
         return 1
