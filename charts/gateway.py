@@ -56,6 +56,10 @@ KEY_SYNC_FILE = "clients.json"
 # Envoy's requests (the proxies carry every model's streams; Envoy Gateway's own default asks for 100m/512Mi).
 ENVOY_CPU_MILLIS = 1000
 ENVOY_MEMORY_MIB = 1024
+# Envoy AI Gateway's processor beside each proxy parses every request and response body, counting tokens; without a
+# GatewayConfig it gets no requests at all (envoyproxy/ai-gateway internal/controller/extproc_builder.go at v1.1.0).
+PROCESSOR_CPU_MILLIS = 500
+PROCESSOR_MEMORY_MIB = 512
 KEY_SYNC_CPU_MILLIS = 10
 KEY_SYNC_LABELS = {"app": KEY_SYNC}
 # checkov's checks the key sync fails on purpose, with the reasons.
@@ -213,10 +217,29 @@ class GatewayChart(cdk8s.Chart):
         )
         api_object(
             self,
+            "ProcessorConfig",
+            "aigateway.envoyproxy.io/v1beta1",
+            "GatewayConfig",
+            cdk8s.ApiObjectMetadata(name=NAME),
+            spec={
+                "extProc": {
+                    "kubernetes": {
+                        "resources": {
+                            "requests": {"cpu": f"{PROCESSOR_CPU_MILLIS}m", "memory": f"{PROCESSOR_MEMORY_MIB}Mi"},
+                            "limits": {"memory": f"{PROCESSOR_MEMORY_MIB}Mi"},
+                        }
+                    }
+                }
+            },
+        )
+        api_object(
+            self,
             "Gateway",
             "gateway.networking.k8s.io/v1",
             "Gateway",
-            cdk8s.ApiObjectMetadata(name=NAME),
+            # The processor's settings are the GatewayConfig this annotation names, in the Gateway's namespace
+            # (envoyproxy/ai-gateway api/v1beta1/gateway_config.go).
+            cdk8s.ApiObjectMetadata(name=NAME, annotations={"aigateway.envoyproxy.io/gateway-config": NAME}),
             spec={
                 "gatewayClassName": NAME,
                 "infrastructure": {

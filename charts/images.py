@@ -7,6 +7,7 @@ from settings.schema import StageSettings, docker_hub_path
 UPSTREAM_REGISTRY = "public.ecr.aws"
 # Docker Hub's registry, as a pull-through cache rule names it (ECR API Reference, CreatePullThroughCacheRule).
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
+KUBERNETES_REGISTRY = "registry.k8s.io"
 
 
 def pulled_image(image: str, *, settings: StageSettings, account: str) -> str:
@@ -19,6 +20,8 @@ def pulled_image(image: str, *, settings: StageSettings, account: str) -> str:
     cache = f"{account}.dkr.ecr.{settings.region}.amazonaws.com"
     if image.startswith(f"{UPSTREAM_REGISTRY}/"):
         return f"{cache}/{settings.image_cache_prefix}/{image.removeprefix(f'{UPSTREAM_REGISTRY}/')}"
+    if image.startswith(f"{KUBERNETES_REGISTRY}/") and settings.gateway is not None:
+        return f"{cache}/{settings.kubernetes_cache_prefix}/{image.removeprefix(f'{KUBERNETES_REGISTRY}/')}"
     docker_hub = docker_hub_path(image)
     # Docker Hub through the cache only where the stage signs in to it (the settings refuse a model's image of
     # Docker Hub otherwise); without, a helper image of Docker Hub is pulled as given.

@@ -49,7 +49,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from charts.gateway import ENVOY_CPU_MILLIS, KEY_SYNC_CPU_MILLIS
+from charts.gateway import ENVOY_CPU_MILLIS, KEY_SYNC_CPU_MILLIS, PROCESSOR_CPU_MILLIS
 from charts.gateway_model import PICKER_CPU_MILLIS
 from charts.node_rotation import ROTATION_CPU_MILLIS
 from commands import stage_settings_or_exit
@@ -57,7 +57,7 @@ from settings import DEFAULT_STAGE, StageSettings
 from settings.schema import RESERVATION_ID_PATTERN, GatewaySettings
 from settings.sizing import IMPORT_CPU_MILLIS, GpuInstance, allocatable_cpu_millis, candidates
 from settings.yaml_files import load_yaml
-from stacks.inference_gateway import VENDOR
+from stacks.inference_gateway import RATELIMIT_CPU_MILLIS, VENDOR
 from stacks.serving import KEDA_CHART
 from stacks.web_acl import KNOWN_BAD_INPUTS, KNOWN_BAD_INPUTS_BODY_RULES
 
@@ -322,7 +322,8 @@ def gateway_requests(settings: StageSettings) -> dict[str, int]:
     controllers = 2 if settings.production else 1
     pickers = len(settings.models) * (2 if settings.production else 1)
     return {
-        "gateway proxies": settings.gateway.replicas * ENVOY_CPU_MILLIS,
+        "gateway proxies": settings.gateway.replicas * (ENVOY_CPU_MILLIS + PROCESSOR_CPU_MILLIS),
+        "gateway rate limit service": controllers * RATELIMIT_CPU_MILLIS,
         "endpoint pickers": pickers * PICKER_CPU_MILLIS,
         "Envoy Gateway": controllers * cpu_millis(values["deployment"]["envoyGateway"]["resources"]["requests"]["cpu"]),
         "gateway key sync": KEY_SYNC_CPU_MILLIS,

@@ -225,6 +225,8 @@ DEFAULT_CACHE_PREFIX = "ecr-public"
 # Where a stage's cache keeps Docker Hub's images (docker-hub/<stage>): as long as the default prefix, so the stage
 # names that fit one fit the other.
 DOCKER_HUB_CACHE_PREFIX = "docker-hub"
+# registry.k8s.io's images (the gateway's endpoint picker), which ECR caches without credentials.
+KUBERNETES_CACHE_PREFIX = "k8s"
 
 
 def image_cache_prefix(cache_prefix: str, stage: str) -> str:

@@ -1265,10 +1265,17 @@ class StageSettings(_Strict):
         return names.image_cache_prefix(names.DOCKER_HUB_CACHE_PREFIX, self.name)
 
     @property
+    def kubernetes_cache_prefix(self) -> str:
+        """Where the stage's cache keeps registry.k8s.io's images: k8s/<stage>."""
+        return names.image_cache_prefix(names.KUBERNETES_CACHE_PREFIX, self.name)
+
+    @property
     def image_cache_prefixes(self) -> tuple[str, ...]:
-        """The prefixes the stage's cache creates repositories under: ECR Public's, and Docker Hub's when signed in."""
+        """The prefixes the stage's cache creates repositories under: ECR Public's, Docker Hub's when signed in, and
+        registry.k8s.io's with the gateway (its endpoint picker)."""
         docker_hub = (self.docker_hub_cache_prefix,) if self.registry.docker_hub_credential_arn else ()
-        return (self.image_cache_prefix, *docker_hub)
+        kubernetes = (self.kubernetes_cache_prefix,) if self.gateway else ()
+        return (self.image_cache_prefix, *docker_hub, *kubernetes)
 
     @property
     def docker_hub_images(self) -> bool:

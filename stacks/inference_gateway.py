@@ -39,6 +39,8 @@ AI_GATEWAY_NAMESPACE = "envoy-ai-gateway-system"
 STORE_PORT = 6379
 # The rate limit service's image in Envoy Gateway v1.9.0 (its chart's global.images.ratelimit.image).
 RATELIMIT_IMAGE = "docker.io/envoyproxy/ratelimit:17b1956c"
+# Its requests: Envoy Gateway's defaults (api/v1alpha1/kubernetes_helpers.go), with a memory limit.
+RATELIMIT_CPU_MILLIS = 100
 ENVOY_GATEWAY_IMAGE = "docker.io/envoyproxy/gateway:v1.9.0"
 AI_GATEWAY_CONTROLLER_IMAGE = "docker.io/envoyproxy/ai-gateway-controller:v1.1.0"
 AI_GATEWAY_EXTPROC_IMAGE = "docker.io/envoyproxy/ai-gateway-extproc:v1.1.0"
@@ -69,7 +71,8 @@ def envoy_gateway_values(settings: StageSettings, account: str, store: str, repl
     The rate limit service reaches ElastiCache over TLS without a client certificate: REDIS_TLS set on its container,
     because the `tls` field without a certificate mounts a volume the chart never creates (envoyproxy/gateway
     internal/infrastructure/kubernetes/ratelimit/resource.go at v1.9.0); ElastiCache Serverless is a Valkey cluster
-    (REDIS_TYPE=cluster, envoyproxy/ratelimit README, "Redis type")."""
+    (REDIS_TYPE=cluster, envoyproxy/ratelimit README, "Redis type"). Each quota check is a call to that service from
+    the proxies: it runs beside them, with a disruption budget in production."""
 
     def pulled(image: str) -> str:
         return pulled_image(image, settings=settings, account=account)

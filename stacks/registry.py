@@ -1,5 +1,5 @@
-"""Where images come from: an in-region ECR pull-through cache of ECR Public, and of Docker Hub when a stage signs in
-to it (stateful)."""
+"""Where images come from: an in-region ECR pull-through cache of ECR Public, of Docker Hub when a stage signs in to
+it, and of registry.k8s.io with the inference gateway (stateful)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aws_cdk import Stack
 from aws_cdk import aws_ecr as ecr
 from constructs import Construct
 
-from charts.images import DOCKER_HUB_REGISTRY, UPSTREAM_REGISTRY
+from charts.images import DOCKER_HUB_REGISTRY, KUBERNETES_REGISTRY, UPSTREAM_REGISTRY
 from settings import names
 from settings.schema import RegistrySettings, StageSettings
 
@@ -52,6 +52,19 @@ class RegistryStack(Stack):
             cached_repository_template(
                 self, "DockerHubRepositoryTemplate", settings.docker_hub_cache_prefix, DOCKER_HUB_REGISTRY, registry
             )
+        if settings.gateway is not None:
+            # registry.k8s.io, which the cache reads without credentials (ECR API Reference, CreatePullThroughCacheRule:
+            # upstreamRegistry "k8s"): the gateway's endpoint picker.
+            ecr.CfnPullThroughCacheRule(
+                self,
+                "KubernetesRegistryCache",
+                ecr_repository_prefix=settings.kubernetes_cache_prefix,
+                upstream_registry="k8s",
+                upstream_registry_url=KUBERNETES_REGISTRY,
+            )
+            cached_repository_template(
+                self, "KubernetesRepositoryTemplate", settings.kubernetes_cache_prefix, KUBERNETES_REGISTRY, registry
+            )
         # One per registry, and it replaces the account's: only a stage that owns it sets it (RegistrySettings), and of
         # the stages sharing an account and region one at most (settings.check_shared_registries).
         if registry.owns_scanning_configuration:
@@ -66,7 +79,11 @@ class RegistryStack(Stack):
                             ecr.CfnRegistryScanningConfiguration.RepositoryFilterProperty(
                                 filter=f"{prefix}/*", filter_type="WILDCARD"
                             )
-                            for prefix in (registry.cache_prefix, names.DOCKER_HUB_CACHE_PREFIX)
+                            for prefix in (
+                                registry.cache_prefix,
+                                names.DOCKER_HUB_CACHE_PREFIX,
+                                names.KUBERNETES_CACHE_PREFIX,
+                            )
                         ],
                     )
                 ],

@@ -496,6 +496,42 @@ def gateway_data(stage: str = "dev", **gateway: Any) -> dict[str, Any]:
     return data
 
 
+VENDOR = ROOT / "charts" / "vendor"
+EG_CRDS = VENDOR / "envoy-gateway" / "charts" / "crds" / "crds"
+# Each custom kind the gateway renders, and the vendored definition it must pass (tests/test_gateway.py for the
+# schemas, tests/test_crd_cel.py for the CEL rules).
+GATEWAY_DEFINITIONS = {
+    "GatewayClass": EG_CRDS / "gatewayapi-crds.yaml",
+    "Gateway": EG_CRDS / "gatewayapi-crds.yaml",
+    "EnvoyProxy": EG_CRDS / "generated" / "gateway.envoyproxy.io_envoyproxies.yaml",
+    "SecurityPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_securitypolicies.yaml",
+    "BackendTrafficPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_backendtrafficpolicies.yaml",
+    "GatewayConfig": VENDOR / "envoy-ai-gateway-crds" / "templates" / "aigateway.envoyproxy.io_gatewayconfigs.yaml",
+    "AIGatewayRoute": VENDOR / "envoy-ai-gateway-crds" / "templates" / "aigateway.envoyproxy.io_aigatewayroutes.yaml",
+    "InferencePool": VENDOR
+    / "inference-extension-crds"
+    / "templates"
+    / "inference.networking.k8s.io_inferencepools.yaml",
+    "SecretProviderClass": ROOT / "tests" / "fixtures" / "crds" / "secretproviderclasses.yaml",
+}
+# EKS publishes no schema for IngressClassParams (charts/exposure.py): tests/test_exposure.py asserts its fields.
+UNPUBLISHED_DEFINITIONS = {"IngressClassParams"}
+BUILT_IN_VERSIONS = {"v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
+
+
+@functools.cache
+def _gateway_objects() -> list[dict[str, Any]]:
+    settings = parse_stage_settings("prod", gateway_data("prod"))
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    return [obj for chart_id, chart in charts.items() if "ateway" in chart_id for obj in chart.to_json()]
+
+
+def gateway_objects() -> list[dict[str, Any]]:
+    """The gateway's objects (its chart and the model's) in prod with every gateway setting given: two clients, two
+    quotas, an endpoint; free to modify."""
+    return copy.deepcopy(_gateway_objects())
+
+
 def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:
     """A stage's charts rendered to Kubernetes objects, by chart id: a copy each caller may change."""
     return copy.deepcopy(_rendered(stage))

@@ -8,44 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cdk8s
 import pytest
 import yaml
 
-from charts import DeployedResources, build_charts
-from settings import parse_stage_settings
-from tests.conftest import find, gateway_data
+from tests.conftest import BUILT_IN_VERSIONS, GATEWAY_DEFINITIONS, UNPUBLISHED_DEFINITIONS, find, gateway_objects
 from tests.crd_cel import cel_problems, unevaluable_rules
 
-VENDOR = Path(__file__).resolve().parent.parent / "charts" / "vendor"
-EG_CRDS = VENDOR / "envoy-gateway" / "charts" / "crds" / "crds"
-# Each custom kind the gateway renders that has CEL rules, and the vendored definition holding them.
-# SecretProviderClass and IngressClassParams have none.
-DEFINITIONS = {
-    "GatewayClass": EG_CRDS / "gatewayapi-crds.yaml",
-    "Gateway": EG_CRDS / "gatewayapi-crds.yaml",
-    "EnvoyProxy": EG_CRDS / "generated" / "gateway.envoyproxy.io_envoyproxies.yaml",
-    "SecurityPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_securitypolicies.yaml",
-    "BackendTrafficPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_backendtrafficpolicies.yaml",
-    "AIGatewayRoute": VENDOR / "envoy-ai-gateway-crds" / "templates" / "aigateway.envoyproxy.io_aigatewayroutes.yaml",
-    "InferencePool": VENDOR
-    / "inference-extension-crds"
-    / "templates"
-    / "inference.networking.k8s.io_inferencepools.yaml",
-}
-WITHOUT_CEL = {"SecretProviderClass", "IngressClassParams"}
+# The gateway's kinds and their vendored definitions (tests/conftest.py); SecretProviderClass's has no CEL rule.
+DEFINITIONS = GATEWAY_DEFINITIONS
 
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
-    settings = parse_stage_settings("prod", gateway_data("prod"))
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-    return [obj for chart_id, chart in charts.items() if "ateway" in chart_id for obj in chart.to_json()]
+    return gateway_objects()
 
 
 def test_every_custom_resource_passes_the_cel_rules_of_its_definition(objects: list[dict[str, Any]]) -> None:
-    built_in = {"v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
-    assert {obj["kind"] for obj in objects if obj["apiVersion"] not in built_in} == set(DEFINITIONS) | WITHOUT_CEL
+    kinds = {obj["kind"] for obj in objects if obj["apiVersion"] not in BUILT_IN_VERSIONS}
+    assert kinds == set(DEFINITIONS) | UNPUBLISHED_DEFINITIONS
     checked = [obj for obj in objects if obj["kind"] in DEFINITIONS]
     assert [f"{o['kind']} {p}" for o in checked for p in cel_problems(o, DEFINITIONS[o["kind"]])] == []
 
@@ -158,6 +138,7 @@ def test_a_transition_rule_waits_for_an_update(objects: list[dict[str, Any]]) ->
         ("GatewayClass", "v1"),
         ("Gateway", "v1"),
         ("EnvoyProxy", "v1alpha1"),
+        ("GatewayConfig", "v1beta1"),
         ("SecurityPolicy", "v1alpha1"),
         ("BackendTrafficPolicy", "v1alpha1"),
         ("AIGatewayRoute", "v1beta1"),

@@ -22,40 +22,30 @@ from charts import DeployedResources, build_charts
 from charts.gateway import CLIENT_HEADER, KEY_SYNC_SCRIPT, MODEL_HEADER, TOKEN_COST_KEYS
 from charts.gateway_model import picker_metric_flags
 from settings import parse_stage_settings
-from settings.schema import StageSettings
 from settings.vllm_profiles import profile_of, supported_versions, vllm_catalog
 from stacks.inference_gateway import VENDOR, ai_gateway_values, envoy_gateway_values
-from tests.conftest import CERTIFICATE, find, find_all, gateway_data, stage_data
+from tests.conftest import (
+    BUILT_IN_VERSIONS,
+    CERTIFICATE,
+    GATEWAY_DEFINITIONS,
+    UNPUBLISHED_DEFINITIONS,
+    Assembly,
+    find,
+    find_all,
+    gateway_data,
+    gateway_objects,
+    properties,
+    resources,
+    stage_data,
+    stored_check,
+)
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
-
-EG_CRDS = VENDOR / "envoy-gateway" / "charts" / "crds" / "crds"
-# Each custom kind the gateway renders, and the vendored definition it must pass.
-DEFINITIONS = {
-    "GatewayClass": EG_CRDS / "gatewayapi-crds.yaml",
-    "Gateway": EG_CRDS / "gatewayapi-crds.yaml",
-    "EnvoyProxy": EG_CRDS / "generated" / "gateway.envoyproxy.io_envoyproxies.yaml",
-    "SecurityPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_securitypolicies.yaml",
-    "BackendTrafficPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_backendtrafficpolicies.yaml",
-    "AIGatewayRoute": VENDOR / "envoy-ai-gateway-crds" / "templates" / "aigateway.envoyproxy.io_aigatewayroutes.yaml",
-    "InferencePool": VENDOR
-    / "inference-extension-crds"
-    / "templates"
-    / "inference.networking.k8s.io_inferencepools.yaml",
-    "SecretProviderClass": Path(__file__).parent / "fixtures" / "crds" / "secretproviderclasses.yaml",
-}
-# EKS publishes no schema for IngressClassParams (charts/exposure.py): tests/test_exposure.py asserts its fields.
-UNPUBLISHED = {"IngressClassParams"}
-
-
-def rendered(settings: StageSettings) -> list[dict[str, Any]]:
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-    return [obj for chart_id, chart in charts.items() if "ateway" in chart_id for obj in chart.to_json()]
 
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
-    return rendered(parse_stage_settings("prod", gateway_data("prod")))
+    return gateway_objects()
 
 
 def test_the_settings_refuse_what_the_gateway_cannot_serve() -> None:
@@ -88,11 +78,10 @@ def test_the_settings_refuse_what_the_gateway_cannot_serve() -> None:
 
 
 def test_every_custom_resource_passes_its_vendored_definition(objects: list[dict[str, Any]]) -> None:
-    built_in = {"v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
-    kinds = {obj["kind"] for obj in objects if obj["apiVersion"] not in built_in}
-    assert kinds == set(DEFINITIONS) | UNPUBLISHED
-    checked = [obj for obj in objects if obj["kind"] in DEFINITIONS]
-    assert [f"{o['kind']} {p}" for o in checked for p in crd_problems(o, DEFINITIONS[o["kind"]])] == []
+    kinds = {obj["kind"] for obj in objects if obj["apiVersion"] not in BUILT_IN_VERSIONS}
+    assert kinds == set(GATEWAY_DEFINITIONS) | UNPUBLISHED_DEFINITIONS
+    checked = [obj for obj in objects if obj["kind"] in GATEWAY_DEFINITIONS]
+    assert [f"{o['kind']} {p}" for o in checked for p in crd_problems(o, GATEWAY_DEFINITIONS[o["kind"]])] == []
 
 
 @pytest.mark.parametrize(
@@ -122,7 +111,7 @@ def test_the_definitions_refuse_a_broken_object(
 ) -> None:
     broken = copy.deepcopy(find(objects, kind))
     change(broken)
-    problems = crd_problems(broken, DEFINITIONS[kind])
+    problems = crd_problems(broken, GATEWAY_DEFINITIONS[kind])
     assert len(problems) == 1
     assert message in problems[0]
 
@@ -274,3 +263,71 @@ def test_the_gateways_images_are_pinned_and_its_proxies_spread(objects: list[dic
     assert proxy["envoyDeployment"]["container"]["image"].endswith("envoyproxy/envoy:distroless-v1.39.0")
     assert profile_of(stage_data("prod")["models"][0]["image"]).version in supported_versions()
     assert find_all(objects, "PodDisruptionBudget")
+
+
+def test_the_quota_store_is_private_to_the_cluster_and_what_the_rate_limit_service_reads(prod: Assembly) -> None:
+    serving = prod.template("Serving")
+    (store,) = properties(serving, "AWS::ElastiCache::ServerlessCache")
+    assert (store["Engine"], store["MajorEngineVersion"], store["ServerlessCacheName"]) == (
+        "valkey",
+        "8",
+        "gpu-inference-prod-quotas",
+    )
+    assert all("PrivateSubnet" in json.dumps(subnet) for subnet in store["SubnetIds"])
+    assert len(store["SubnetIds"]) == 3
+    ((group_ref,),) = [[g["Fn::GetAtt"][0] for g in store["SecurityGroupIds"]]]
+    group = serving["Resources"][group_ref]["Properties"]
+    (ingress,) = group["SecurityGroupIngress"]
+    assert (ingress["FromPort"], ingress["ToPort"], ingress["IpProtocol"]) == (6379, 6379, "tcp")
+    assert "ClusterSecurityGroupId" in json.dumps(ingress["SourceSecurityGroupId"])
+    (egress,) = group["SecurityGroupEgress"]
+    assert egress["CidrIp"] == "255.255.255.255/32"  # CDK's rule for "no outbound traffic"
+    charts = {r["Properties"]["Release"]: r["Properties"] for r in resources(serving, "Custom::AWSCDK-EKS-HelmChart")}
+    assert set(charts) == {
+        "keda",
+        "inference-extension-crds",
+        "envoy-gateway",
+        "envoy-ai-gateway-crds",
+        "envoy-ai-gateway",
+    }
+    values = json.dumps(charts["envoy-gateway"]["Values"])
+    assert '"url\\":\\"", {"Fn::GetAtt": ["' in values
+    assert "Endpoint.Address" in values
+    assert '{\\"name\\":\\"REDIS_TLS\\",\\"value\\":\\"true\\"}' in values
+
+
+def test_the_key_sync_reads_the_clients_secret_and_nothing_else(prod: Assembly) -> None:
+    serving = prod.template("Serving")
+    (association,) = [
+        a for a in properties(serving, "AWS::EKS::PodIdentityAssociation") if a["ServiceAccount"] == "gateway-key-sync"
+    ]
+    assert association["Namespace"] == "inference-gateway"
+    role = association["RoleArn"]["Fn::GetAtt"][0]
+    (policy,) = [p for p in properties(serving, "AWS::IAM::Policy") if p["Roles"] == [{"Ref": role}]]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
+    assert ":secret:prod/gateway-clients-??????" in json.dumps(statement["Resource"])
+
+
+def test_prods_smoke_test_asks_through_the_gateway_with_its_client(prod: Assembly) -> None:
+    check = stored_check(prod.model_template())
+    assert check[check.index("--gateway") :] == [
+        *("--gateway", "inference-gateway/inference-gateway"),
+        *("--clients-secret", "prod/gateway-clients", "--client", "smoke-test"),
+    ]
+    (grant,) = [
+        p
+        for p in properties(prod.model_template(), "AWS::IAM::Policy")
+        if p["Roles"] == ["gpu-inference-prod-smoke-test"]
+    ]
+    assert ":secret:prod/gateway-clients-??????" in json.dumps(grant["PolicyDocument"]["Statement"][0]["Resource"])
+
+
+def test_the_picker_comes_through_the_stages_cache(objects: list[dict[str, Any]]) -> None:
+    picker = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "gpt-oss-20b-picker")
+    image = picker["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "<account>.dkr.ecr.us-west-2.amazonaws.com/k8s/prod/gateway-api-inference-extension/epp:v1.0.2"
+    gateway = find(objects, "Gateway")
+    config = find(objects, "GatewayConfig")
+    assert gateway["metadata"]["annotations"]["aigateway.envoyproxy.io/gateway-config"] == config["metadata"]["name"]
+    assert config["spec"]["extProc"]["kubernetes"]["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}

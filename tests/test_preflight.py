@@ -406,8 +406,8 @@ def test_a_stage_that_does_not_load_ends_the_command_before_any_aws_call(capsys:
 
 def test_too_little_standard_quota_for_the_stages_own_pods_blocks(stubs: Stubs) -> None:
     # prod's weights import (2 CPUs), KEDA's three parts (100m each), the node rotation (50m) and the gateway (two
-    # proxies of 1 CPU, two pickers of 500m, Envoy Gateway's two controllers of 100m, the key sync's 10m) need an
-    # 8-vCPU instance on Auto Mode's built-in pools: 4 vCPUs leave 3920m to pods (Karpenter's kube-reserved).
+    # proxies of 1.5 CPU with their processors, two rate limit services and two Envoy Gateway controllers of 100m,
+    # two pickers of 500m, the key sync's 10m) need an 8-vCPU instance on Auto Mode's built-in pools.
     settings = stage("prod")
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas({**ENOUGH, STANDARD_QUOTA.code: 2.0})
@@ -422,7 +422,7 @@ def test_too_little_standard_quota_for_the_stages_own_pods_blocks(stubs: Stubs) 
     ]
     (note,) = [note for note in report.notes if STANDARD_QUOTA.code in note]
     assert "weights import of gpt-oss-20b 2000m, KEDA operator 100m, KEDA metricServer 100m" in note
-    assert "gateway proxies 2000m, endpoint pickers 1000m, Envoy Gateway 200m, gateway key sync 10m" in note
+    assert "gateway proxies 3000m, gateway rate limit service 200m, endpoint pickers 1000m, Envoy Gateway 200m" in note
 
 
 def test_enhanced_scanning_in_the_account_blocks_a_stage_that_would_replace_it(stubs: Stubs) -> None:

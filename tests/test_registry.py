@@ -90,14 +90,22 @@ def test_cached_images_of_every_stage_are_scanned_on_push_by_one_stage(dev: Asse
     assert scanning["ScanType"] == "BASIC"
     (rule,) = scanning["Rules"]
     assert rule["ScanFrequency"] == "SCAN_ON_PUSH"
-    # Every stage's repositories, of ECR Public and of Docker Hub.
+    # Every stage's repositories, of ECR Public, of Docker Hub and of registry.k8s.io.
     assert rule["RepositoryFilters"] == [
         {"Filter": "ecr-public/*", "FilterType": "WILDCARD"},
         {"Filter": "docker-hub/*", "FilterType": "WILDCARD"},
+        {"Filter": "k8s/*", "FilterType": "WILDCARD"},
     ]
     for assembly in (dev, prod):
-        (cache,) = registry_resources(assembly, "AWS::ECR::PullThroughCacheRule")
+        cache, *others = registry_resources(assembly, "AWS::ECR::PullThroughCacheRule")
         assert fnmatch.fnmatch(cache["EcrRepositoryPrefix"] + "/deep-learning-containers/vllm", "ecr-public/*")
+    # prod's gateway: its endpoint picker's image from registry.k8s.io, cached without credentials.
+    (kubernetes,) = others
+    assert kubernetes == {
+        "EcrRepositoryPrefix": "k8s/prod",
+        "UpstreamRegistry": "k8s",
+        "UpstreamRegistryUrl": "registry.k8s.io",
+    }
 
 
 def test_two_stages_in_one_account_claim_nothing_twice(dev: Assembly, prod: Assembly) -> None:
@@ -113,7 +121,8 @@ def test_two_stages_in_one_account_claim_nothing_twice(dev: Assembly, prod: Asse
             ("AWS::ECR::RegistryScanningConfiguration", None),
         ):
             claims += [(kind, r[key] if key else "registry") for r in registry_resources(assembly, kind)]
-    assert len(claims) == len(set(claims)) == 5
+    # dev: ECR Public's rule and template; prod: those, registry.k8s.io's (its gateway) and the scanning.
+    assert len(claims) == len(set(claims)) == 7
 
 
 def stage_in(account: str | None, *, name: str, scan: bool, region: str = "us-west-2") -> StageSettings:
