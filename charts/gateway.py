@@ -215,23 +215,7 @@ class GatewayChart(cdk8s.Chart):
             cdk8s.ApiObjectMetadata(name=NAME),
             spec={"provider": {"type": "Kubernetes", "kubernetes": kubernetes}},
         )
-        api_object(
-            self,
-            "ProcessorConfig",
-            "aigateway.envoyproxy.io/v1beta1",
-            "GatewayConfig",
-            cdk8s.ApiObjectMetadata(name=NAME),
-            spec={
-                "extProc": {
-                    "kubernetes": {
-                        "resources": {
-                            "requests": {"cpu": f"{PROCESSOR_CPU_MILLIS}m", "memory": f"{PROCESSOR_MEMORY_MIB}Mi"},
-                            "limits": {"memory": f"{PROCESSOR_MEMORY_MIB}Mi"},
-                        }
-                    }
-                }
-            },
-        )
+        self._processor()
         api_object(
             self,
             "Gateway",
@@ -255,6 +239,26 @@ class GatewayChart(cdk8s.Chart):
                         },
                     }
                 ],
+            },
+        )
+
+    def _processor(self) -> None:
+        """Envoy AI Gateway's processor beside each proxy: its requests, in the GatewayConfig the Gateway names."""
+        api_object(
+            self,
+            "ProcessorConfig",
+            "aigateway.envoyproxy.io/v1beta1",
+            "GatewayConfig",
+            cdk8s.ApiObjectMetadata(name=NAME),
+            spec={
+                "extProc": {
+                    "kubernetes": {
+                        "resources": {
+                            "requests": {"cpu": f"{PROCESSOR_CPU_MILLIS}m", "memory": f"{PROCESSOR_MEMORY_MIB}Mi"},
+                            "limits": {"memory": f"{PROCESSOR_MEMORY_MIB}Mi"},
+                        }
+                    }
+                }
             },
         )
 

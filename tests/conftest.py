@@ -526,6 +526,19 @@ def _gateway_objects() -> list[dict[str, Any]]:
     return [obj for chart_id, chart in charts.items() if "ateway" in chart_id for obj in chart.to_json()]
 
 
+def charts_of(data: dict[str, Any], stage: str = "prod") -> dict[str, list[dict[str, Any]]]:
+    """A stage's charts rendered from its settings' data, by chart id: free to modify, each distinct data rendered
+    once per session (many tests compare a changed stage with the same unchanged one)."""
+    return copy.deepcopy(_charts_of(json.dumps(data, sort_keys=True), stage))
+
+
+@functools.cache
+def _charts_of(data: str, stage: str) -> dict[str, list[dict[str, Any]]]:
+    settings = parse_stage_settings(stage, json.loads(data))
+    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
+    return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
+
+
 def gateway_objects() -> list[dict[str, Any]]:
     """The gateway's objects (its chart and the model's) in prod with every gateway setting given: two clients, two
     quotas, an endpoint; free to modify."""

@@ -6,21 +6,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import cdk8s
 import pytest
 
-from charts import DeployedResources, build_charts
 from commands.plan import PRUNED_KINDS, unfold_manifest
-from settings import parse_stage_settings
-from tests.conftest import KEYED_PROD, Assembly, stage_data
+from tests.conftest import KEYED_PROD, Assembly, charts_of, stage_data
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
-
-
-def charts_of(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    settings = parse_stage_settings("prod", data)
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-    return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
 
 
 def identity(obj: dict[str, Any]) -> tuple[str, str, str]:

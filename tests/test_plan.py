@@ -8,27 +8,23 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import cdk8s
 import pytest
 from botocore.exceptions import ClientError
 
-from charts import DeployedResources, build_charts
 from commands import plan as make_plan
 from settings import SettingsError, parse_stage_settings
 from settings.names import SECRETS_STORE_ADDON
-from tests.conftest import KEYED_PROD, Assembly, stage_data
+from tests.conftest import KEYED_PROD, Assembly, charts_of, stage_data
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
 
 
 def serving_of(data: dict[str, Any]) -> dict[str, Any]:
     """A Serving template as the stack would hold prod's charts (each a manifest resource)."""
-    settings = parse_stage_settings("prod", data)
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     return {
         "Resources": {
-            chart_id: {"Type": make_plan.MANIFEST_TYPE, "Properties": {"Manifest": json.dumps(chart.to_json())}}
-            for chart_id, chart in charts.items()
+            chart_id: {"Type": make_plan.MANIFEST_TYPE, "Properties": {"Manifest": json.dumps(objects)}}
+            for chart_id, objects in charts_of(data).items()
         }
     }
 
