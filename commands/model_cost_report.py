@@ -7,23 +7,37 @@ UTC day, plus its warm spares' nodes around the clock. Priced at the on-demand p
 likely lands on (the cheapest that runs it in its first pool, as `make sizing` names it): spot capacity costs less,
 a fallback pool may cost more, and a rollout's surge node is not counted. The method is an estimate to read beside
 the AWS bill (Cost Explorer by the `stage` tag), not a replacement for it.
+
+With the inference gateway, each model's day is split among the clients that called it in proportion to their
+tokens, input and output alike, from the gateway's counts in the stage's Prometheus workspace (`increase` of
+gen_ai_client_token_usage_sum over the day, by client_id and model: docs/gateway.md, "Usage"). A prompt token costs a
+GPU less than a generated one, so the split favours clients with long prompts; the GPU hours no client used (idle
+replicas) are shared the same way, as the capacity they are held for.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from commands import stage_settings_or_exit
 from settings import DEFAULT_STAGE, StageSettings, names
 from settings.sizing import candidates, on_demand_prices
 
 HOUR = 3600
+# A day's tokens through the gateway, by client and model as requested (stacks/metrics.py, GATEWAY_JOB).
+CLIENT_TOKENS_OF_DAY = (
+    'sum by (client_id, gen_ai_request_model) (increase(gen_ai_client_token_usage_sum{job="gateway"}[1d]))'
+)
+# A Prometheus instant query: PromQL and the time it is evaluated at, to the result's vector.
+Query = Callable[[str, datetime], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,58 @@ def report(cloudwatch: Any, settings: StageSettings, days: int, now: datetime) -
     return rows
 
 
-def markdown(settings: StageSettings, rows: list[ModelDay]) -> str:
+@dataclass(frozen=True)
+class ClientDay:
+    client: str
+    model: str
+    day: date
+    tokens: float
+    usd: float | None
+
+
+def client_days(settings: StageSettings, rows: list[ModelDay], query: Query) -> list[ClientDay]:
+    """Each model's cost of each day split among its clients by their tokens that day."""
+    names_of = {model.model: model.name for model in settings.models}
+    split = []
+    for row in rows:
+        day_end = datetime.combine(row.day, datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
+        tokens = {
+            result["metric"].get("client_id", "(no client)"): float(result["value"][1])
+            for result in query(CLIENT_TOKENS_OF_DAY, day_end)
+            if names_of.get(result["metric"].get("gen_ai_request_model", "")) == row.model
+        }
+        total = sum(tokens.values())
+        for client, count in sorted(tokens.items()):
+            usd = None if row.usd is None or not total else row.usd * count / total
+            split.append(ClientDay(client, row.model, row.day, count, usd))
+    return split
+
+
+def workspace_query(session: Any, settings: StageSettings) -> Query:
+    """Instant queries of the stage's Prometheus workspace (its alias is the cluster's name), signed with SigV4 as
+    Amazon Managed Service for Prometheus requires (service `aps`)."""
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    from stacks.metrics import workspace_query_url
+
+    amp = session.client("amp")
+    (workspace,) = amp.list_workspaces(alias=settings.cluster.name)["workspaces"]
+    base = workspace_query_url(settings.region, workspace["workspaceId"])
+
+    def query(promql: str, at: datetime) -> list[dict[str, Any]]:
+        url = f"{base}/api/v1/query?{urlencode({'query': promql, 'time': f'{at.timestamp():.0f}'})}"
+        request = AWSRequest(method="GET", url=url)
+        SigV4Auth(session.get_credentials(), "aps", settings.region).add_auth(request)
+        with urllib.request.urlopen(urllib.request.Request(url, headers=dict(request.headers)), timeout=60) as answer:
+            return list(json.loads(answer.read())["data"]["result"])
+
+    return query
+
+
+def markdown(settings: StageSettings, rows: list[ModelDay], clients: list[ClientDay] | None = None) -> str:
     lines = [
         f"# GPU node cost per model and day, stage {settings.name} ({settings.region}, on-demand list prices)",
         "",
@@ -105,20 +170,31 @@ def markdown(settings: StageSettings, rows: list[ModelDay]) -> str:
         f"- {model}: " + ("no price in the catalog" if usd is None else f"${usd:,.2f} over the period")
         for model, usd in totals.items()
     ]
+    if clients is not None:
+        lines += ["", "## Split among the gateway's clients by their tokens", ""]
+        lines += ["| day (UTC) | client | model | tokens | cost |", "|---|---|---|---:|---:|"]
+        for each in clients:
+            cost = "no price in the catalog" if each.usd is None else f"${each.usd:,.2f}"
+            lines.append(f"| {each.day.isoformat()} | {each.client} | {each.model} | {each.tokens:,.0f} | {cost} |")
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None, client_factory: Callable[[str], Any] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    client_factory: Callable[[str], Any] | None = None,
+    query_factory: Callable[[Any, StageSettings], Query] = workspace_query,
+) -> int:
     parser = argparse.ArgumentParser(prog="python -m commands.model_cost_report", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default=DEFAULT_STAGE)
     parser.add_argument("--days", type=int, default=7, help="the last whole UTC days to report (default 7)")
     args = parser.parse_args(argv)
     settings = stage_settings_or_exit(args.stage)
-    if client_factory is None:
-        import boto3
+    import boto3
 
-        client_factory = boto3.session.Session(region_name=settings.region).client
-    print(markdown(settings, report(client_factory("cloudwatch"), settings, args.days, datetime.now(UTC))))
+    session = boto3.session.Session(region_name=settings.region)
+    rows = report((client_factory or session.client)("cloudwatch"), settings, args.days, datetime.now(UTC))
+    query = query_factory(session, settings) if settings.gateway else None
+    print(markdown(settings, rows, client_days(settings, rows, query) if query else None))
     return 0
 
 

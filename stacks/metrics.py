@@ -27,6 +27,7 @@ from aws_cdk import aws_aps as aps
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
+from charts.gateway import NAMESPACE as GATEWAY_NAMESPACE
 from charts.gpu_metrics import GPU_METRICS_PORT
 from charts.vllm_server import PORT as VLLM_PORT
 from settings.names import app_label
@@ -38,6 +39,11 @@ from settings.schema import MetricsSettings
 VLLM_APP_PATTERN = app_label(".+")
 VLLM_JOB = "vllm"
 SCRAPE_JOBS = {VLLM_JOB: VLLM_PORT, "gpu": GPU_METRICS_PORT}
+# Envoy AI Gateway's processor beside each gateway proxy serves its token counts on its admin port, named
+# aigw-admin (envoyproxy/ai-gateway internal/controller/extproc_builder.go at v1.1.0); the proxies' own
+# prometheus.io annotations point at Envoy's statistics instead.
+GATEWAY_JOB = "gateway"
+GATEWAY_METRICS_PORT_NAME = "aigw-admin"
 RULES_NAMESPACE = "vllm"
 # The recorded signals' names, one series per model (its namespace).
 TTFT_P95 = "namespace:vllm_time_to_first_token_seconds:p95"
@@ -49,6 +55,8 @@ SERVER_ERROR_RATIO = "namespace:vllm_http_server_errors:ratio"
 STALLED_REPLICAS = "namespace:vllm_stalled_replicas:count"
 GPU_UTILIZATION = "namespace:gpu_utilization:avg"
 GPU_MEMORY_USED = "namespace:gpu_memory_used:max_ratio"
+# Tokens per second through the gateway, by client, model and kind (input, output, ...): one series each.
+CLIENT_TOKENS = "client_model_type:gen_ai_client_token_usage:rate"
 # How long a signal stays past its threshold before its alert fires.
 ALERT_AFTER_MINUTES = 5
 ALERT_AFTER = f"{ALERT_AFTER_MINUTES}m"
@@ -80,6 +88,23 @@ def scrape_configuration(metrics: MetricsSettings) -> dict[str, Any]:
                 ],
             }
             for job, port in SCRAPE_JOBS.items()
+        ]
+        + [gateway_scrape_job()],
+    }
+
+
+def gateway_scrape_job() -> dict[str, Any]:
+    """The gateway proxies' token counts: every stage scrapes them, and finds none without a gateway."""
+    return {
+        "job_name": GATEWAY_JOB,
+        "kubernetes_sd_configs": [{"role": "pod"}],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_namespace", "__meta_kubernetes_pod_container_port_name"],
+                "regex": f"{GATEWAY_NAMESPACE};{GATEWAY_METRICS_PORT_NAME}",
+                "action": "keep",
+            },
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
         ],
     }
 
@@ -118,6 +143,12 @@ def recorded(metrics: MetricsSettings) -> dict[str, str]:
         # The mean share of time the model's GPUs ran a kernel (charts/gpu_metrics.py), and its fullest GPU's memory.
         GPU_UTILIZATION: f"avg by (namespace) (rate(gpu_busy_seconds_total[{tokens}]))",
         GPU_MEMORY_USED: "max by (namespace) (gpu_memory_used_bytes / gpu_memory_total_bytes)",
+        # The gateway's counts (OpenTelemetry's gen_ai.client.token.usage histogram, its sum the tokens): client_id
+        # from the key's client (x-client-id, stacks/inference_gateway.py USAGE_LABELS), the model as requested.
+        CLIENT_TOKENS: (
+            "sum by (client_id, gen_ai_request_model, gen_ai_token_type) "
+            f'(rate(gen_ai_client_token_usage_sum{{job="{GATEWAY_JOB}"}}[{tokens}]))'
+        ),
     }
 
 

@@ -38,6 +38,7 @@ from settings.schema import ModelSettings, StageSettings
 from stacks.log_group import log_group
 from stacks.metrics import (
     ALERT_AFTER_MINUTES,
+    CLIENT_TOKENS,
     GPU_MEMORY_USED,
     GPU_UTILIZATION,
     KV_CACHE_USAGE,
@@ -288,6 +289,12 @@ def stage_dashboard(scope: Construct, settings: StageSettings, source: Prometheu
                 ),
                 # ${LABEL}: each series' own label, its model (CloudWatch User Guide, "Use dynamic labels").
                 *signal_widgets(lambda signal, what: source.query(signal, f"${{LABEL}} {what}".strip())),
+                # Through the gateway: whose tokens, on which model (docs/gateway.md, "Usage").
+                *(
+                    [graph("Tokens per second by client, model and kind", source.query(CLIENT_TOKENS, "${LABEL}"))]
+                    if settings.gateway
+                    else []
+                ),
             ]
         ],
     )

@@ -176,7 +176,9 @@ def test_every_rule_parses_and_reads_only_what_vllm_0_11_2_exports_or_what_the_r
     read = set()
     for rule in group["rules"]:
         read |= metric_names(rule["expr"])
-    assert read <= VLLM_0_11_2_SERIES | GPU_READER_SERIES | set(recorded(MetricsSettings(enabled=True)))
+    # And the gateway's token counts (Envoy AI Gateway's gen_ai.client.token.usage, internal/metrics/genai.go).
+    gateway = {"gen_ai_client_token_usage_sum"}
+    assert read <= VLLM_0_11_2_SERIES | GPU_READER_SERIES | gateway | set(recorded(MetricsSettings(enabled=True)))
     # vLLM 0.11 hides the names it replaced (vllm:gpu_cache_usage_perc), so rules must not read them.
     assert "vllm:gpu_cache_usage_perc" not in read
     alerts = {rule["alert"]: rule for rule in group["rules"] if "alert" in rule}
@@ -226,6 +228,12 @@ def test_the_scraper_keeps_only_vllm_pods_on_vllms_and_the_gpu_readers_ports_at_
     assert keeps == {
         "vllm": {"source_labels": ANY, "regex": "vllm-.+;8000", "action": "keep"},
         "gpu": {"source_labels": ANY, "regex": "vllm-.+;9400", "action": "keep"},  # charts/gpu_metrics.py
+        # The gateway's processors, by their port's name in the gateway's namespace (docs/gateway.md, "Usage").
+        "gateway": {
+            "source_labels": ["__meta_kubernetes_namespace", "__meta_kubernetes_pod_container_port_name"],
+            "regex": "inference-gateway;aigw-admin",
+            "action": "keep",
+        },
     }
     # Only sections AMP's managed collector accepts (AMP User Guide, "Scraper configuration").
     assert set(config) == {"global", "scrape_configs"}

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
+import boto3
 import pytest
 
-from commands.model_cost_report import ModelDay, main, markdown, report
+from commands.model_cost_report import (
+    CLIENT_TOKENS_OF_DAY,
+    ModelDay,
+    client_days,
+    main,
+    markdown,
+    report,
+    workspace_query,
+)
 from settings import load_stage_settings, parse_stage_settings
 from settings.sizing import candidates, on_demand_prices
 from tests.aws_stubs import StubbedClients
@@ -94,3 +107,118 @@ def test_a_model_without_a_price_says_so_rather_than_costing_nothing() -> None:
     settings = load_stage_settings("dev")
     rows = [ModelDay("gpt-oss-20b", MIDNIGHT.date(), 24.0, "g6.xlarge", None)]
     assert "- gpt-oss-20b: no price in the catalog" in markdown(settings, rows)
+
+
+# --- with the inference gateway: each model's day split among its clients by their tokens ---
+
+
+def tokens_query(answers: dict[str, dict[tuple[str, str], float]]) -> Any:
+    """A workspace that answers the day's tokens by (client, model as requested), per day (ISO date of the day)."""
+
+    def query(promql: str, at: datetime) -> list[dict[str, Any]]:
+        assert promql == CLIENT_TOKENS_OF_DAY
+        day = (at - timedelta(days=1)).date().isoformat()
+        return [
+            {"metric": {"client_id": client, "gen_ai_request_model": model}, "value": [at.timestamp(), str(count)]}
+            for (client, model), count in answers.get(day, {}).items()
+        ]
+
+    return query
+
+
+def test_a_models_day_is_split_among_its_clients_by_their_tokens() -> None:
+    settings = load_stage_settings("prod")
+    yesterday = (MIDNIGHT - timedelta(days=1)).date()
+    rows = [ModelDay("gpt-oss-20b", yesterday, 48.0, "g6.xlarge", 100.0)]
+    query = tokens_query(
+        {
+            yesterday.isoformat(): {
+                ("platform", "openai/gpt-oss-20b"): 3_000_000,
+                ("smoke-test", "openai/gpt-oss-20b"): 1_000_000,
+                ("platform", "some/other-model"): 5_000_000,  # not this stage's: left out
+            }
+        }
+    )
+    split = client_days(settings, rows, query)
+    assert [(c.client, c.model, c.tokens, c.usd) for c in split] == [
+        ("platform", "gpt-oss-20b", 3_000_000, pytest.approx(75.0)),
+        ("smoke-test", "gpt-oss-20b", 1_000_000, pytest.approx(25.0)),
+    ]
+    text = markdown(settings, rows, split)
+    assert f"| {yesterday.isoformat()} | platform | gpt-oss-20b | 3,000,000 | $75.00 |" in text
+
+
+def test_a_day_without_gateway_traffic_has_no_client_rows() -> None:
+    rows = [ModelDay("gpt-oss-20b", MIDNIGHT.date(), 48.0, "g6.xlarge", 100.0)]
+    assert client_days(load_stage_settings("prod"), rows, tokens_query({})) == []
+
+
+def test_the_workspace_is_found_by_its_alias_and_asked_with_sigv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Workspace(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers["Authorization"]))
+            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Workspace)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(
+        "stacks.metrics.workspace_query_url",
+        lambda region, id: f"http://127.0.0.1:{server.server_port}/workspaces/{id}",
+    )
+    settings = load_stage_settings("prod")
+    session = boto3.session.Session(
+        aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", region_name="us-west-2"
+    )
+    with StubbedClients(["amp"]) as stubs:
+        stubs.stubbers["amp"].add_response(
+            "list_workspaces",
+            {
+                "workspaces": [
+                    {
+                        "workspaceId": "ws-1",
+                        "arn": "arn:aws:aps:us-west-2:1:workspace/ws-1",
+                        "createdAt": NOW,
+                        "status": {"statusCode": "ACTIVE"},
+                    }
+                ]
+            },
+            {"alias": "gpu-inference-prod"},
+        )
+
+        class Session:
+            def client(self, service: str) -> Any:
+                return stubs.client(service)
+
+            def get_credentials(self) -> Any:
+                return session.get_credentials()
+
+        query = workspace_query(Session(), settings)
+        try:
+            assert query(CLIENT_TOKENS_OF_DAY, MIDNIGHT) == []
+        finally:
+            server.shutdown()
+    ((path, authorization),) = seen
+    assert path.startswith("/workspaces/ws-1/api/v1/query?query=sum+by+%28client_id")
+    assert path.endswith(f"&time={MIDNIGHT.timestamp():.0f}")
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/us-west-2/aps/aws4_request" in authorization
+
+
+def test_with_a_gateway_the_command_adds_the_split_among_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    with StubbedClients(["cloudwatch"]) as stubs:
+        stubs.stubbers["cloudwatch"].add_response("get_metric_data", {"MetricDataResults": []})
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+        query = tokens_query({yesterday: {("platform", "openai/gpt-oss-20b"): 10.0}})
+        assert main(["--stage", "prod", "--days", "1"], stubs.client, lambda session, settings: query) == 0
+    out = capsys.readouterr().out
+    assert "## Split among the gateway's clients by their tokens" in out
+    assert f"| {yesterday} | platform | gpt-oss-20b | 10 |" in out

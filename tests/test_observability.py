@@ -348,7 +348,8 @@ def test_every_query_parses_and_reads_recorded_signals_or_the_scrape_itself(prod
     ]
     bodies = [json.dumps(dashboard_body(template)) for template in (prod.template("Serving"), model)]
     queries = [query for expression in [*expressions, *bodies] for query in lambda_queries(expression)]
-    assert len(queries) == 7 + 7 + 7  # seven alarms read the workspace, and seven lines of each dashboard
+    # Seven alarms read the workspace, seven lines of each dashboard, and the stage's gateway panel.
+    assert len(queries) == 7 + 7 + 7 + 1
     read = set()
     for query in queries:
         read |= metric_names(query.replace("\\\\", "").replace("\\", ""))
@@ -371,7 +372,10 @@ def test_the_stages_dashboard_shows_its_gpus_and_a_line_per_model_whichever_mode
     assert [widget["properties"]["title"] for widget in body["widgets"]] == [
         "GPUs: in the cluster, held by pods",
         *SIGNALS,
+        "Tokens per second by client, model and kind",  # prod's gateway
     ]
+    (tokens,) = body["widgets"][-1]["properties"]["metrics"]
+    assert lambda_queries(tokens[0]["expression"]) == ["client_model_type:gen_ai_client_token_usage:rate"]
     memory = body["widgets"][2]["properties"]["metrics"]
     # No model is named: each query reads every model's series, labelled by the data source with its model.
     assert [line[0]["label"] for line in memory] == ["${LABEL} memory in use", "${LABEL} KV cache in use"]
