@@ -95,17 +95,24 @@ def picker_metric_flags(profile: VllmProfile) -> list[str]:
     return [part for flag, name in flags.items() for part in (flag, name)]
 
 
+# An AIGatewayRoute holds at most 15 rules (its CRD's maxItems): the model and up to 14 adapters.
+MAX_ROUTE_RULES = 15
+
+
 def route_spec(model: ModelSettings) -> dict[str, object]:
-    """The model's route: requests naming it (Envoy AI Gateway's model header), to its pool, with their token counts
-    recorded for quotas (charts/gateway.py, TOKEN_COST_KEYS)."""
+    """The model's route: requests naming it or one of its adapters (Envoy AI Gateway's model header; the adapter's
+    name is what vLLM serves it under), to its pool, with their token counts recorded for quotas (charts/gateway.py,
+    TOKEN_COST_KEYS). One rule per name: `GET /v1/models` lists each rule's exact match."""
+    pool = {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": model.name}
     return {
         "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME, "namespace": NAMESPACE}],
         "rules": [
             {
-                "matches": [{"headers": [{"type": "Exact", "name": MODEL_HEADER, "value": model.model}]}],
-                "backendRefs": [{"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": model.name}],
+                "matches": [{"headers": [{"type": "Exact", "name": MODEL_HEADER, "value": served}]}],
+                "backendRefs": [pool],
                 "timeouts": {"request": f"{max_request_seconds(model)}s"},
             }
+            for served in (model.model, *(adapter.name for adapter in model.adapters))
         ],
         "llmRequestCosts": [
             {"metadataKey": key, "type": f"{tokens.capitalize()}Token"} for tokens, key in TOKEN_COST_KEYS.items()

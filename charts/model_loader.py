@@ -28,7 +28,7 @@ from constructs import Construct
 
 from charts.pod_security import hardened, non_root_pod
 from settings import names
-from settings.schema import ModelSettings
+from settings.schema import AdapterSettings, ModelSettings
 from settings.sizing import IMPORT_CPU_MILLIS, IMPORT_MEMORY_MIB
 
 # gpt-oss's harmony tokenizer reads its encoding from $TIKTOKEN_ENCODINGS_BASE, and once that is set never
@@ -68,9 +68,15 @@ def harmony_encodings(model: ModelSettings) -> tuple[str, ...]:
 
 
 def has_import_job(model: ModelSettings) -> bool:
-    """A Job brings something into the model store for the model: its weights from the Hub, or, for weights you
-    upload, the encodings it reads."""
+    """A Job brings something into the model store for the model: its weights (and adapters) from the Hub, or, for
+    weights you upload, the encodings it reads."""
     return model.imported or bool(harmony_encodings(model))
+
+
+def hub_adapters(model: ModelSettings) -> list[AdapterSettings]:
+    """The model's adapters the import Job brings from the Hub, each before the weights (settings: only a model whose
+    weights are imported has any)."""
+    return [adapter for adapter in model.adapters if adapter.repository is not None]
 
 
 def import_folders(model: ModelSettings) -> list[str]:
@@ -119,12 +125,35 @@ def import_command(model: ModelSettings, *, bucket: str, region: str, mount: str
     return command
 
 
+def adapter_import_command(
+    model: ModelSettings, adapter: AdapterSettings, *, bucket: str, region: str, mount: str
+) -> list[str]:
+    """One adapter's import, as the weights' (its files are a config and safetensors, which the default patterns
+    take), into its folder under the model's."""
+    return [
+        "python3",
+        "/import/import_weights.py",
+        f"--repo={adapter.repository}",
+        f"--revision={adapter.revision}",
+        f"--prefix={model.adapter_path(adapter)}",
+        *(f"--bucket={bucket}", f"--region={region}", "--workdir=/scratch", f"--mount={mount}"),
+        *(["--token-secret", model.hf_token_secret] if model.hf_token_secret else []),
+    ]
+
+
 def wait_for_weights_env(model: ModelSettings, *, mount: str, job: str | None) -> dict[str, str]:
     """What a replica's wait (WAIT_SCRIPT) looks for, and says it waits for.
 
     `job`: the import Job that brings the weights, or None for weights you upload yourself.
     """
-    encodings = " ".join(f"{mount}/{ENCODINGS_DIR}/{name}" for name in harmony_encodings(model))
+    # ENCODINGS: every file the replica waits for besides the weights' marker: the encodings it reads, and each
+    # adapter's marker (written by the import for the Hub's, by you for those you upload).
+    encodings = " ".join(
+        [
+            *(f"{mount}/{ENCODINGS_DIR}/{name}" for name in harmony_encodings(model)),
+            *(f"{mount}/{model.adapter_path(adapter)}/{COMPLETION_MARKER}" for adapter in model.adapters),
+        ]
+    )
     if model.imported:
         source = f"imported by job {job}"
     else:
@@ -209,16 +238,14 @@ class WeightsImport(Construct):
         )
         # No GPU toleration: the general-purpose pool, in the file system's zone.
         job.scheduling.attract(kplus.Node.labeled(kplus.NodeLabelQuery.is_("topology.kubernetes.io/zone", zone)))
-        import_container(
-            self,
-            job,
-            image=image,
-            command=import_command(model, bucket=bucket, region=region, mount=mount),
-            script=script,
-            claim_name=claim_name,
-            mount=mount,
-            user=user,
-        )
+        volumes = import_volumes(self, script, claim_name)
+        # The adapters first, one after the other, as init containers; the weights last, whose marker the replicas
+        # wait for with the adapters' (WAIT_SCRIPT).
+        for index, adapter in enumerate(hub_adapters(model)):
+            command = adapter_import_command(model, adapter, bucket=bucket, region=region, mount=mount)
+            import_container(job, f"adapter-{index}", command, volumes, image=image, mount=mount, user=user, init=True)
+        command = import_command(model, bucket=bucket, region=region, mount=mount)
+        import_container(job, "import", command, volumes, image=image, mount=mount, user=user)
         resource = cdk8s.ApiObject.of(job)
         # The cause of a failure, for `kubectl describe` and the smoke test: the termination log, or the log's tail
         # when there is none (Kubernetes docs, "Determine the Reason for Pod Failure"; at most 4096 bytes).
@@ -231,24 +258,45 @@ class WeightsImport(Construct):
         resource.add_json_patch(cdk8s.JsonPatch.replace("/metadata/name", self.job_name))
 
 
+ImportVolumes = tuple[kplus.Volume, kplus.Volume, kplus.Volume, kplus.Volume]
+
+
+def import_volumes(scope: Construct, script: kplus.ConfigMap, claim_name: str) -> ImportVolumes:
+    """The import's script, scratch space, /tmp and the file system, for each of its containers."""
+    return (
+        kplus.Volume.from_config_map(scope, "ScriptVolume", script, name="script"),
+        kplus.Volume.from_empty_dir(scope, "Scratch", "scratch", size_limit=cdk8s.Size.gibibytes(IMPORT_SCRATCH_GIB)),
+        kplus.Volume.from_empty_dir(scope, "Tmp", "tmp"),
+        kplus.Volume.from_persistent_volume_claim(
+            scope,
+            "Weights",
+            kplus.PersistentVolumeClaim.from_claim_name(scope, "Claim", claim_name),
+            name="weights",
+            read_only=True,
+        ),
+    )
+
+
 def import_container(
-    scope: Construct,
     job: kplus.Job,
+    name: str,
+    command: list[str],
+    volumes: ImportVolumes,
     *,
     image: str,
-    command: list[str],
-    script: kplus.ConfigMap,
-    claim_name: str,
     mount: str,
     user: int,
+    init: bool = False,
 ) -> None:
-    """The import's container: the script, scratch space and /tmp, the file system read-only at `mount`."""
-    container = job.add_container(
-        name="import",
+    """An import's container (or init container): the script, scratch space and /tmp, the file system read-only at
+    `mount`."""
+    add = job.add_init_container if init else job.add_container
+    container = add(
+        name=name,
         image=image,
         image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
         command=command,
-        env_variables={name: kplus.EnvValue.from_value(value) for name, value in IMPORT_ENV.items()},
+        env_variables={key: kplus.EnvValue.from_value(value) for key, value in IMPORT_ENV.items()},
         # One file at a time: its scratch disk and memory (settings/sizing.py).
         resources=kplus.ContainerResources(
             cpu=kplus.CpuResources(request=kplus.Cpu.millis(IMPORT_CPU_MILLIS)),
@@ -261,14 +309,8 @@ def import_container(
         ),
         security_context=hardened(user),
     )
-    container.mount(
-        "/import", kplus.Volume.from_config_map(scope, "ScriptVolume", script, name="script"), read_only=True
-    )
-    scratch = kplus.Volume.from_empty_dir(
-        scope, "Scratch", "scratch", size_limit=cdk8s.Size.gibibytes(IMPORT_SCRATCH_GIB)
-    )
+    script, scratch, tmp, weights = volumes
+    container.mount("/import", script, read_only=True)
     container.mount("/scratch", scratch)
-    container.mount("/tmp", kplus.Volume.from_empty_dir(scope, "Tmp", "tmp"))
-    claim = kplus.PersistentVolumeClaim.from_claim_name(scope, "Claim", claim_name)
-    weights = kplus.Volume.from_persistent_volume_claim(scope, "Weights", claim, name="weights", read_only=True)
+    container.mount("/tmp", tmp)
     container.mount(mount, weights, sub_path="models", read_only=True)

@@ -96,7 +96,23 @@ def vllm_args(model: ModelSettings) -> list[str]:
             if model.attention_backend and model.profile.attention_backend_by_flag
             else []
         ),
+        *lora_args(model),
         *model.extra_args,
+    ]
+
+
+def lora_args(model: ModelSettings) -> list[str]:
+    """The model's LoRA adapters, each served under its name from its folder on the file system; as many in a batch
+    as there are adapters, at the smallest rank vLLM takes that holds each (vllm/config/lora.py)."""
+    if not model.adapters:
+        return []
+    modules = [f"{adapter.name}={WEIGHTS_DIR}/{model.adapter_path(adapter)}" for adapter in model.adapters]
+    return [
+        "--enable-lora",
+        f"--max-lora-rank={model.max_lora_rank}",
+        f"--max-loras={len(model.adapters)}",
+        "--lora-modules",
+        *modules,
     ]
 
 

@@ -72,6 +72,11 @@ MANAGED_VLLM_FLAGS = (
     "--tensor-parallel-size",
     "--max-model-len",
     "--served-model-name",
+    # LoRA adapters come from models[].adapters.
+    "--enable-lora",
+    "--lora-modules",
+    "--max-lora-rank",
+    "--max-loras",
     # API keys come from a Secrets Manager secret (api_keys_secret), never from the templates.
     "--api-key",
     "--config",
@@ -776,6 +781,55 @@ S3Prefix = Annotated[
 ]
 
 
+# The ranks vLLM's --max-lora-rank takes (vllm/config/lora.py, MaxLoRARanks, in 0.11.2 and 0.34.0 alike).
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# The model types whose vLLM model class implements SupportsLoRA in every supported version (read in the wheels:
+# vllm/model_executor/models/gpt_oss.py GptOssForCausalLM, qwen3.py, qwen3_moe.py, qwen2.py, llama.py, at 0.11.2 and
+# 0.34.0); vLLM refuses LoRA for any other ("does not support LoRA yet", vllm/v1/worker/lora_model_runner_mixin.py).
+LORA_MODEL_TYPES = ("gpt_oss", "llama", "qwen2", "qwen3", "qwen3_moe")
+HubRepository = Annotated[
+    str,
+    StringConstraints(pattern=r"^[\w.-]+/[\w.-]+$", max_length=200),
+    Field(description="a Hugging Face Hub repository such as org/name"),
+]
+CommitRevision = Annotated[
+    str,
+    StringConstraints(pattern=CommitSha.pattern),
+    Field(description="a commit of the repository: 40 lower-case hexadecimal digits"),
+]
+AdapterName = Annotated[
+    str,
+    StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"),
+    Field(description="the name clients send as `model`: letters, digits, '.', '_', '-' and '/', no '='"),
+]
+
+
+class AdapterSettings(_Strict):
+    """A LoRA adapter the model's replicas serve beside the base model, under its own name (vLLM's --lora-modules):
+    a request whose `model` is the adapter's name runs the base model with the adapter."""
+
+    # The name clients send as the request's `model` to reach the adapter.
+    name: AdapterName
+    # From the Hub at a commit, imported into the model store with the weights; or an S3 prefix of the model
+    # bucket you fill and mark complete with .import-complete, as weights_s3_prefix.
+    repository: HubRepository | None = None
+    # The repository's commit the adapter is imported at: 40 hexadecimal digits, never a branch.
+    revision: CommitRevision | None = None
+    # Or its folder in the model bucket, such as adapters/support/v1, holding adapter_config.json and the weights.
+    s3_prefix: S3Prefix | None = None
+    # The adapter's rank, `r` in its adapter_config.json: vLLM loads no adapter of a rank above --max-lora-rank
+    # ("LoRA rank {r} is greater than max_lora_rank", vllm/lora/models.py), which follows from it.
+    rank: int = Field(ge=1, le=MAX_LORA_RANKS[-1], description="the LoRA rank r, 1 to 512")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdapterSettings:
+        if (self.repository is None) == (self.s3_prefix is None):
+            raise ValueError("give repository (with its revision) or s3_prefix, one of them")
+        if self.repository is not None and self.revision is None:
+            raise ValueError("revision: missing; an adapter comes from the Hub at a commit (40 hex digits)")
+        return self
+
+
 class AutoscalingSettings(_Strict):
     """KEDA scales the model's Deployment between `replicas` (the minimum) and `max_replicas` on vLLM's
     queue, read from Amazon Managed Service for Prometheus (charts/queue_autoscaler.py)."""
@@ -971,6 +1025,9 @@ class ModelSettings(_Strict):
     # Or weights that are not on the Hub: you fill s3://<model bucket>/<weights_s3_prefix>/ and
     # mark it complete; nothing is imported.
     weights_s3_prefix: S3Prefix | None = None
+    # LoRA adapters served on the same replicas, each under its own name (docs/models.md, "LoRA adapters").
+    # At most 14: the gateway routes the model and each adapter by a rule of one route, which holds 15.
+    adapters: tuple[AdapterSettings, ...] = Field(default=(), max_length=14)
     # The longest a request may take, which the grace period of a replica going away covers
     # (charts/pre_stop_drain.py); unset: max_model_len tokens at 20 tokens per second.
     max_request_seconds: int | None = Field(default=None, ge=1)
@@ -1103,6 +1160,37 @@ class ModelSettings(_Strict):
                 "come with that many, and a pod's GPUs must all be on one node)"
             )
         return gpus
+
+    @model_validator(mode="after")
+    def _adapters_vllm_loads(self) -> ModelSettings:
+        if not self.adapters:
+            return self
+        if self.architecture.model_type not in LORA_MODEL_TYPES:
+            raise ValueError(
+                f"adapters: vLLM serves no LoRA adapter on a {self.architecture.model_type} model (its model class "
+                f"does not implement SupportsLoRA); allowed for model types {', '.join(LORA_MODEL_TYPES)}"
+            )
+        if self.weights_s3_prefix is not None and any(a.repository for a in self.adapters):
+            raise ValueError(
+                "adapters: a model whose weights you upload (weights_s3_prefix) takes adapters you upload too: give "
+                "each an s3_prefix"
+            )
+        repeated = _repeated([adapter.name for adapter in self.adapters])
+        if repeated or self.model in [adapter.name for adapter in self.adapters]:
+            raise ValueError(
+                f"adapters: {', '.join(repeated or [self.model])} named twice; each adapter's name must differ from "
+                "the others' and from the model's"
+            )
+        return self
+
+    def adapter_path(self, adapter: AdapterSettings) -> str:
+        """An adapter's folder in the model store: imported under the model's own folder, or your prefix."""
+        return adapter.s3_prefix or f"{self.name}/adapters/{adapter.name.replace('/', '--')}/{adapter.revision}"
+
+    @property
+    def max_lora_rank(self) -> int:
+        """vLLM's --max-lora-rank: the smallest rank it takes that holds every adapter's."""
+        return next(rank for rank in MAX_LORA_RANKS if rank >= max(a.rank for a in self.adapters))
 
     @model_validator(mode="after")
     def _what_the_version_offers(self) -> ModelSettings:
@@ -1545,11 +1633,12 @@ class StageSettings(_Strict):
         if gateway is None:
             return self
         served = [model.model for model in self.models]
-        repeated = _repeated(served)
+        adapters = [adapter.name for model in self.models for adapter in model.adapters]
+        repeated = _repeated(served + adapters)
         if repeated:
             raise ValueError(
-                f"models: {', '.join(repeated)} served by more than one model; the gateway routes a request by its "
-                "model, so each name may be served once"
+                f"models: {', '.join(repeated)} served by more than one model or adapter; the gateway routes a "
+                "request by its model, so each name may be served once"
             )
         for index, model in enumerate(self.models):
             if model.exposure is not None:
@@ -1569,10 +1658,10 @@ class StageSettings(_Strict):
                     f"gateway.quotas[{index}].client: no client {quota.client!r}; allowed: the ids under "
                     f"gateway.clients ({', '.join(known)})"
                 )
-            if quota.model is not None and quota.model not in served:
+            if quota.model is not None and quota.model not in (routable := served + adapters):
                 raise ValueError(
-                    f"gateway.quotas[{index}].model: no model {quota.model!r}; allowed: {', '.join(served)}, or unset "
-                    "for each model"
+                    f"gateway.quotas[{index}].model: no model {quota.model!r}; allowed: {', '.join(routable)}, or "
+                    "unset for each model"
                 )
         if gateway.endpoint is not None:
             region = gateway.endpoint.certificate_arn.split(":")[3]
