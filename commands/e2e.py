@@ -10,6 +10,12 @@
    writes a report (JSON, Markdown, a picture of the timeline) under e2e-report/<stage>/.
 5. Destroys the stage (commands.teardown), then removes what a normal stage keeps: it is throwaway.
 6. Checks that nothing tagged with the stage is left (commands.leftovers); anything left fails the run.
+
+With --gateway the stage also runs the inference gateway with a second model (Qwen/Qwen3-8B) and, with --adapter
+REPO@COMMIT:RANK, a LoRA adapter on gpt-oss-20b; the run creates the gateway's clients secret (and deletes it at the
+end), and proves through the gateway (commands/gateway_checks.py): every model and the adapter by name, a client's
+token quota answered with 429, and the endpoint picker's prefix hit ratio for requests sharing a prefix, which the
+report records.
 """
 
 from __future__ import annotations
@@ -33,16 +39,23 @@ import cdk8s_plus_30 as kplus
 import yaml
 
 from charts import DeployedResources, build_charts
+from charts.gateway import HTTP_PORT as GATEWAY_PORT
+from charts.gateway import NAME as GATEWAY_NAME
+from charts.gateway import NAMESPACE as GATEWAY_NAMESPACE
+from charts.gateway_model import PICKER_METRICS_PORT, picker_name
 from charts.model_loader import job_name_in
 from charts.model_volume import CLAIM_NAME
 from charts.pod_security import hardened, non_root_pod
 from charts.vllm_server import PORT, RUN_AS_USER, WEIGHTS_DIR
 from commands import e2e_report, leftovers, teardown
+from commands import gateway_checks as gateway_checks_module
 from settings import STAGES_DIR, load_stage_settings, names
-from settings.cold_start import cold_start_seconds, cold_start_steps, import_steps, smoke_test_wait_seconds
+from settings.cold_start import cold_start_seconds, cold_start_steps, import_steps
 from settings.schema import ModelSettings, StageSettings
 from settings.sizing import candidates, on_demand_prices
 from settings.yaml_files import load_yaml
+from stacks.smoke_test_project import smoke_test_args
+from workloads import smoke_test as smoke_test_script
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "e2e-report"
@@ -109,6 +122,31 @@ def throwaway_stage_data(name: str, admin_role_arn: str) -> dict[str, Any]:
     return data
 
 
+# The throwaway gateway's clients: the checks' own, the one whose small quota the checks spend, the smoke test's.
+E2E_CLIENT, QUOTA_CLIENT = "e2e", "e2e-quota"
+QUOTA_TOKENS = 300
+SECOND_MODEL = {"name": "qwen3-8b", "model": "Qwen/Qwen3-8B", "service_name": "qwen-service", "max_model_len": 8192}
+SHARED_PREFIX_REQUESTS = 20
+
+
+def with_gateway(data: dict[str, Any], name: str, adapter: str | None) -> dict[str, Any]:
+    """The throwaway stage behind the gateway: a second model, the adapter if given, three clients, one small quota."""
+    first = data["models"][0]
+    second = {**first, **SECOND_MODEL}
+    second.pop("attention_backend", None)  # gpt-oss's choice
+    data["models"] = [first, second]
+    if adapter:
+        repository, _, rest = adapter.partition("@")
+        revision, _, rank = rest.partition(":")
+        first["adapters"] = [{"name": "e2e-adapter", "repository": repository, "revision": revision, "rank": int(rank)}]
+    data["gateway"] = {
+        "clients_secret": f"{name}/gateway-clients",
+        "clients": [{"id": client} for client in (E2E_CLIENT, QUOTA_CLIENT, "smoke-test")],
+        "quotas": [{"client": QUOTA_CLIENT, "limit": QUOTA_TOKENS, "window": "Hour"}],
+    }
+    return data
+
+
 def role_of(caller_arn: str) -> str:
     """The IAM role behind an assumed-role session (what an EKS access entry names), or the caller itself."""
     if ":assumed-role/" not in caller_arn:
@@ -118,11 +156,14 @@ def role_of(caller_arn: str) -> str:
 
 
 @contextmanager
-def throwaway_stage(admin_role_arn: str, stages_dir: Path = STAGES_DIR) -> Iterator[StageSettings]:
+def throwaway_stage(
+    admin_role_arn: str, stages_dir: Path = STAGES_DIR, *, gateway: bool = False, adapter: str | None = None
+) -> Iterator[StageSettings]:
     """A stage file for the run, checked like any other, and gone afterwards whatever happens."""
     name = f"e2e-{secrets.token_hex(3)}"
     path = stages_dir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(throwaway_stage_data(name, admin_role_arn)))
+    data = throwaway_stage_data(name, admin_role_arn)
+    path.write_text(yaml.safe_dump(with_gateway(data, name, adapter) if gateway else data))
     try:
         yield load_stage_settings(name, stages_dir)
     finally:
@@ -223,16 +264,12 @@ def purge_retained(kept: list[leftovers.Leftover], client: leftovers.ClientFacto
 
 
 def smoke_test(settings: StageSettings, model: ModelSettings, kubeconfig: str) -> None:
-    """The smoke test, from here: the import, the rollout, the prompt."""
+    """The smoke test, from here, with the arguments the stage's own smoke test stores: the import, the rollout, the
+    prompt (through the gateway, when the stage has one)."""
     charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     job = job_name_in(charts[f"Model-{model.name}"].to_json())
     run(
-        [
-            *(sys.executable, "-m", "workloads.smoke_test", "--namespace", model.name),
-            *("--service", model.service_name, "--deployment", model.name, "--model", model.model),
-            *(["--import-job", job] if job else []),
-            *("--rollout-timeout", str(smoke_test_wait_seconds(settings, model))),
-        ],
+        [sys.executable, "-m", "workloads.smoke_test", *smoke_test_args(settings, model, job)],
         env={**os.environ, "KUBECONFIG": kubeconfig},
     )
 
@@ -264,6 +301,46 @@ def load_test(settings: StageSettings, model: ModelSettings, kubeconfig: str, ou
     return result
 
 
+def create_clients_secret(settings: StageSettings, secrets_manager: Any) -> dict[str, str]:
+    """The throwaway gateway's clients secret, a new key each: the stage reads it at deploy (the key sync)."""
+    assert settings.gateway is not None
+    keys = {client.id: secrets.token_hex(32) for client in settings.gateway.clients}
+    secrets_manager.create_secret(Name=settings.gateway.clients_secret, SecretString=json.dumps(keys))
+    return keys
+
+
+def gateway_checks(settings: StageSettings, kubeconfig: str, keys: dict[str, str], outdir: Path) -> dict[str, Any]:
+    """Through the gateway (a port-forward to its Service): every model and adapter by name, the quota's 429, and
+    the first model's picker's prefix hit ratio after requests that share a prefix; kept in `outdir`."""
+    environment = {**os.environ, "KUBECONFIG": kubeconfig}
+    served = [name for model in settings.models for name in (model.model, *(a.name for a in model.adapters))]
+    first = settings.models[0]
+    os.environ["KUBECONFIG"] = kubeconfig  # port_forward runs kubectl with the process's environment
+    try:
+        with smoke_test_script.port_forward(GATEWAY_NAMESPACE, GATEWAY_NAME, timeout=60, port=GATEWAY_PORT) as url:
+            gateway_checks_module.every_name_answers(url, keys[E2E_CLIENT], served)
+            gateway_checks_module.send_shared_prefix(url, keys[E2E_CLIENT], first.model, SHARED_PREFIX_REQUESTS)
+            quota = gateway_checks_module.quota_is_enforced(url, keys[QUOTA_CLIENT], first.model)
+        token = json.loads(
+            run(["aws", "eks", "get-token", "--cluster-name", settings.cluster.name, "--region", settings.region],
+                capture_output=True, env=environment).stdout
+        )["status"]["token"]  # fmt: skip
+        with smoke_test_script.port_forward(
+            first.name, picker_name(first), timeout=60, port=PICKER_METRICS_PORT
+        ) as url:
+            ratio = gateway_checks_module.prefix_hit_ratio(gateway_checks_module.picker_metrics(url, token))
+    finally:
+        os.environ.pop("KUBECONFIG", None)
+    result = {
+        "served": served,
+        "quota": {"tokens": QUOTA_TOKENS, "requests_before_429": quota.requests_before, "headers": quota.headers},
+        "prefix_hit_ratio": ratio,
+        "shared_prefix_requests": SHARED_PREFIX_REQUESTS,
+    }
+    (outdir / "gateway.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def clean_up(settings: StageSettings) -> bool:
     """`make destroy` of the stage, then the check that nothing tagged with it is left; whether all went well."""
     stage = settings.name
@@ -284,8 +361,9 @@ def clean_up(settings: StageSettings) -> bool:
     return ok and checked == 0
 
 
-def run_stage(settings: StageSettings) -> None:
-    """Deploy the stage, smoke-test and load-test its model, and write the report."""
+def run_stage(settings: StageSettings, keys: dict[str, str] | None = None) -> None:
+    """Deploy the stage, smoke-test and load-test its model (and with `keys`, check the gateway), and write the
+    report."""
     stage, model = settings.name, settings.models[0]
     outdir = REPORTS / stage
     outdir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +372,10 @@ def run_stage(settings: StageSettings) -> None:
         kubeconfig = str(Path(scratch) / "kubeconfig")
         update = ["aws", "eks", "update-kubeconfig", "--region", settings.region, "--name", settings.cluster.name]
         run([*update, "--kubeconfig", kubeconfig])
-        smoke_test(settings, model, kubeconfig)
+        for each in settings.models:
+            smoke_test(settings, each, kubeconfig)
+        if keys is not None:
+            print(json.dumps(gateway_checks(settings, kubeconfig, keys, outdir), indent=2), flush=True)
         recorded = record(kubeconfig, model, outdir)
         result = load_test(settings, model, kubeconfig, outdir)
     milestones = e2e_report.timeline(
@@ -321,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--estimate", action="store_true", help="print how long a run takes and what it costs, and stop"
     )
+    parser.add_argument("--gateway", action="store_true", help="with the inference gateway and a second model")
+    parser.add_argument("--adapter", help="with --gateway: a LoRA adapter for gpt-oss-20b, as REPO@COMMIT:RANK")
     args = parser.parse_args(argv)
+    if args.adapter and not args.gateway:
+        parser.error("--adapter goes with --gateway")
     run_estimate = estimate(load_stage_settings("dev"))
     print(
         f"a run takes about {run_estimate.minutes} minutes; {run_estimate.gpu_hours} hours of a "
@@ -334,18 +419,24 @@ def main(argv: list[str] | None = None) -> int:
 
     caller = json.loads(run(["aws", "sts", "get-caller-identity", "--output", "json"], capture_output=True).stdout)
     failed = False
-    with throwaway_stage(role_of(caller["Arn"])) as settings:
+    with throwaway_stage(role_of(caller["Arn"]), gateway=args.gateway, adapter=args.adapter) as settings:
+        secrets_manager = leftovers.boto3_clients(settings.region)("secretsmanager") if args.gateway else None
         try:
-            run_stage(settings)
+            keys = create_clients_secret(settings, secrets_manager) if secrets_manager else None
+            run_stage(settings, keys)
         except subprocess.CalledProcessError as error:
             failed = True
             print(f"e2e of stage {settings.name} failed at: {' '.join(error.cmd)}", file=sys.stderr)
-        except E2eError as error:
+        except (E2eError, gateway_checks_module.GatewayCheckError) as error:
             failed = True
             print(f"e2e of stage {settings.name}: {error}", file=sys.stderr)
         finally:
             if not args.keep:
                 failed |= not clean_up(settings)
+                if secrets_manager and settings.gateway:
+                    secrets_manager.delete_secret(
+                        SecretId=settings.gateway.clients_secret, ForceDeleteWithoutRecovery=True
+                    )
     return 1 if failed else 0
 
 

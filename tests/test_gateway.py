@@ -9,8 +9,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from tests.conftest import (
     stored_check,
 )
 from tests.scanners import crd_problems
+from tests.stand_ins import QuietHandler, serving
 from tests.test_settings import rejected
 
 
@@ -224,27 +224,19 @@ def test_the_key_sync_refuses_a_client_without_a_key_and_never_logs_one(tmp_path
 def test_the_key_sync_creates_the_secret_envoy_reads(tmp_path: Path) -> None:
     seen: list[tuple[str, str, dict[str, Any]]] = []
 
-    class Api(BaseHTTPRequestHandler):
+    class Api(QuietHandler):
         def _answer(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.command, self.path, body))
             assert self.headers["Authorization"] == "Bearer service-account-token"
-            self.send_response(404 if self.command == "PUT" else 201)
-            self.end_headers()
+            self.answer(404 if self.command == "PUT" else 201, b"")
 
         do_PUT = do_POST = _answer
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Api)) as server:
         run = run_key_sync(
             tmp_path, {"team-a": "sk-a", "smoke-test": "sk-s", "retired": "x"}, f"http://127.0.0.1:{server.server_port}"
         )
-    finally:
-        server.shutdown()
     assert run.returncode == 0, run.stderr
     assert [(method, path) for method, path, _ in seen] == [
         ("PUT", "/api/v1/namespaces/inference-gateway/secrets/gateway-api-keys"),

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import boto3
@@ -24,6 +23,7 @@ from settings import load_stage_settings, parse_stage_settings
 from settings.sizing import candidates, on_demand_prices
 from tests.aws_stubs import StubbedClients
 from tests.conftest import stage_data
+from tests.stand_ins import QuietHandler, serving
 
 NOW = datetime(2026, 12, 5, 7, 30, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 12, 5, tzinfo=UTC)
@@ -156,20 +156,12 @@ def test_a_day_without_gateway_traffic_has_no_client_rows() -> None:
 def test_the_workspace_is_found_by_its_alias_and_asked_with_sigv4(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, str]] = []
 
-    class Workspace(BaseHTTPRequestHandler):
+    class Workspace(QuietHandler):
         def do_GET(self) -> None:
             seen.append((self.path, self.headers["Authorization"]))
-            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode())
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Workspace)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Workspace)
     monkeypatch.setattr(
         "stacks.metrics.workspace_query_url",
         lambda region, id: f"http://127.0.0.1:{server.server_port}/workspaces/{id}",
@@ -202,10 +194,8 @@ def test_the_workspace_is_found_by_its_alias_and_asked_with_sigv4(monkeypatch: p
                 return session.get_credentials()
 
         query = workspace_query(Session(), settings)
-        try:
+        with serving(server):
             assert query(CLIENT_TOKENS_OF_DAY, MIDNIGHT) == []
-        finally:
-            server.shutdown()
     ((path, authorization),) = seen
     assert path.startswith("/workspaces/ws-1/api/v1/query?query=sum+by+%28client_id")
     assert path.endswith(f"&time={MIDNIGHT.timestamp():.0f}")
