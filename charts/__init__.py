@@ -70,7 +70,7 @@ class DeployedResources:
                 **{model.name: f"<web ACL of {model.name}>" for model in settings.models if model.exposure},
                 **(
                     {GATEWAY_WEB_ACL: "<web ACL of the gateway>"}
-                    if settings.gateway and settings.gateway.endpoint
+                    if settings.routed and settings.routed.endpoint
                     else {}
                 ),
             },
@@ -112,7 +112,7 @@ def stage_charts(app: cdk8s.App, settings: StageSettings, deployed: DeployedReso
     # In every stage, exposed or not: turned off, its deletion would delete Auto Mode's whole amazon-vpc-cni
     # ConfigMap; on, it enforces only the policies there are (pods no policy selects stay open).
     charts[NETWORK_POLICY_CONTROLLER] = NetworkPolicyController(app, "network-policy-controller")
-    if settings.gateway is not None:
+    if settings.routed is not None:
         charts[GATEWAY_CHART] = GatewayChart(
             app,
             "inference-gateway",
@@ -162,7 +162,7 @@ def model_charts(
                 picker_image=_pulled(PICKER_IMAGE, settings, deployed),
                 picker_replicas=2 if settings.production else 1,
             )
-            if settings.gateway
+            if settings.routed
             else None
         ),
     )

@@ -118,7 +118,7 @@ class GatewayChart(cdk8s.Chart):
 
     def __init__(self, scope: Construct, id: str, *, settings: StageSettings, plan: GatewayPlan) -> None:
         super().__init__(scope, id, namespace=NAMESPACE, disable_resource_name_hashes=True)
-        gateway = settings.gateway
+        gateway = settings.routed
         assert gateway is not None
         # The proxies Envoy Gateway creates here and the processor Envoy AI Gateway adds to them run as non-root
         # with no privilege escalation, every capability dropped and RuntimeDefault seccomp (envoyproxy/gateway

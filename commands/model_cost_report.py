@@ -193,7 +193,7 @@ def main(
 
     session = boto3.session.Session(region_name=settings.region)
     rows = report((client_factory or session.client)("cloudwatch"), settings, args.days, datetime.now(UTC))
-    query = query_factory(session, settings) if settings.gateway else None
+    query = query_factory(session, settings) if settings.routed else None
     print(markdown(settings, rows, client_days(settings, rows, query) if query else None))
     return 0
 

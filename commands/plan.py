@@ -397,7 +397,8 @@ def helm_releases(template: dict[str, Any]) -> set[str]:
 def compare_drivers(plan: Plan, before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> None:
     """A controller removed in the deploy that removes the last objects it serves: the stage's stacks deploy
     before the models', so it would go first. A CSI driver's add-on (the Cluster stack) before the pods that mount
-    its volumes; KEDA (the serving stack) before the ScaledObjects whose finalizer it removes."""
+    its volumes; KEDA (the serving stack) before the ScaledObjects whose finalizer it removes; the gateway's
+    controllers (the serving stack) before the routes whose finalizer they remove."""
     mounted = {obj["kind"] for objects in all_manifests(before).values() for obj in objects}
     keda_goes = "keda" in helm_releases(before.get("Serving", {})) - helm_releases(after.get("Serving", {}))
     if keda_goes and "ScaledObject" in mounted:
@@ -405,6 +406,15 @@ def compare_drivers(plan: Plan, before: dict[str, dict[str, Any]], after: dict[s
             "Serving: KEDA would be removed before the models' ScaledObjects, whose finalizer only KEDA removes: "
             "turn autoscaling off in one deploy, metrics in the next "
             '(docs/operations.md, "Autoscaling on vLLM\'s queue")'
+        )
+    gateway_goes = "envoy-ai-gateway" in helm_releases(before.get("Serving", {})) - helm_releases(
+        after.get("Serving", {})
+    )
+    if gateway_goes and "AIGatewayRoute" in mounted:
+        plan.refuse(
+            "Serving: the gateway's controllers would be removed before the models' routes, whose finalizer only Envoy "
+            "AI Gateway's controller removes: set gateway.enabled: false in one deploy, remove gateway in the next "
+            '(docs/gateway.md, "Turning it off")'
         )
     for addon in sorted(addons(before.get("Cluster", {})) - addons(after.get("Cluster", {}))):
         if CSI_ADDONS.get(addon) in mounted:

@@ -321,11 +321,14 @@ def gateway_requests(settings: StageSettings) -> dict[str, int]:
     values = load_yaml((VENDOR / "envoy-gateway" / "values.yaml").read_text())
     controllers = 2 if settings.production else 1
     pickers = len(settings.models) * (2 if settings.production else 1)
+    controller = controllers * cpu_millis(values["deployment"]["envoyGateway"]["resources"]["requests"]["cpu"])
+    if settings.routed is None:  # the controllers alone, until the gateway is removed
+        return {"gateway rate limit service": controllers * RATELIMIT_CPU_MILLIS, "Envoy Gateway": controller}
     return {
         "gateway proxies": settings.gateway.replicas * (ENVOY_CPU_MILLIS + PROCESSOR_CPU_MILLIS),
         "gateway rate limit service": controllers * RATELIMIT_CPU_MILLIS,
         "endpoint pickers": pickers * PICKER_CPU_MILLIS,
-        "Envoy Gateway": controllers * cpu_millis(values["deployment"]["envoyGateway"]["resources"]["requests"]["cpu"]),
+        "Envoy Gateway": controller,
         "gateway key sync": KEY_SYNC_CPU_MILLIS,
     }
 
@@ -614,8 +617,8 @@ def check_account(
             f"registry.docker_hub_credential_arn: the secret {credential} does not exist; create it with your Docker "
             'Hub username and an access token (docs/vllm-versions.md, "Moving a stage to a current version")'
         )
-    if settings.gateway is not None and secrets is not None:
-        blockers.extend(gateway_clients_problems(secrets, settings.gateway))
+    if settings.routed is not None and secrets is not None:
+        blockers.extend(gateway_clients_problems(secrets, settings.routed))
     for model in settings.models:
         if model.api_keys_secret and secrets is not None and not secret_exists(secrets, model.api_keys_secret):
             blockers.append(

@@ -923,6 +923,10 @@ class GatewaySettings(_Strict):
     model counted in ElastiCache, and each model's replicas picked by an endpoint picker on prefix cache and queue.
     """
 
+    # false: the models leave the gateway (its routes, pools, pickers and proxies go; each model is reached on its own
+    # again) while its controllers stay, so that they remove what they finalize; the deploy before removing
+    # `gateway` altogether, which `make plan` refuses in one step (docs/gateway.md, "Turning it off").
+    enabled: bool = True
     # Envoy proxies; a production stage runs at least 2, on separate nodes.
     replicas: int = Field(default=2, ge=1, le=10)
     # The Secrets Manager secret holding the clients' keys: a JSON object {"<client id>": "<key>", ...}, one key per
@@ -1402,6 +1406,23 @@ class StageSettings(_Strict):
         return self
 
     @property
+    def routed(self) -> GatewaySettings | None:
+        """The gateway, when the models are behind it (gateway.enabled): its charts' controllers run whenever the
+        settings have a gateway."""
+        return self.gateway if self.gateway is not None and self.gateway.enabled else None
+
+    @property
+    def gateway_images_uncached(self) -> str | None:
+        """Why the gateway's images come straight from Docker Hub, when they do: said at synth."""
+        if self.gateway is None or self.registry.docker_hub_credential_arn is not None:
+            return None
+        return (
+            "the gateway's images (Envoy Gateway, Envoy, its rate limit service, Envoy AI Gateway) come from Docker "
+            "Hub through the NAT gateways, unauthenticated and so rate-limited per address; set "
+            "registry.docker_hub_credential_arn to pull them through the stage's cache (docs/gateway.md)"
+        )
+
+    @property
     def secrets_store(self) -> bool:
         """The Secrets Store CSI driver's AWS provider runs on every node: a model reads API keys, or the driver
         stays while their last replicas go (cluster.secrets_store_driver)."""
@@ -1450,7 +1471,7 @@ class StageSettings(_Strict):
     @property
     def exposed(self) -> bool:
         """A load balancer with a web ACL fronts a model (charts/exposure.py) or the gateway (charts/gateway.py)."""
-        return any(model.exposure for model in self.models) or bool(self.gateway and self.gateway.endpoint)
+        return any(model.exposure for model in self.models) or bool(self.routed and self.routed.endpoint)
 
     @property
     def container_logs(self) -> bool:
@@ -1629,7 +1650,7 @@ class StageSettings(_Strict):
 
     @model_validator(mode="after")
     def _gateway_routes_each_model_once(self) -> StageSettings:
-        gateway = self.gateway
+        gateway = self.routed
         if gateway is None:
             return self
         served = [model.model for model in self.models]

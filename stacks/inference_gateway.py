@@ -174,7 +174,7 @@ class InferenceGateway(Construct):
         self.installed: list[Construct] = [ai_gateway, key_sync]
         self.web_acl_arn = (
             web_acl(self, "Gateway", f"the gateway of stage {settings.name}", gateway.endpoint).attr_arn
-            if gateway.endpoint
+            if gateway.endpoint and gateway.enabled
             else None
         )
 

@@ -97,7 +97,7 @@ class ModelServingStack(Stack):
             assert keda is not None  # the serving stack installs KEDA when a model is autoscaled
             # A ScaledObject needs KEDA's resource definitions, and KEDA to remove its finalizer when it goes.
             manifests[feature_chart_id("autoscaler", model.name)].node.add_dependency(keda)
-        if settings.gateway is not None:
+        if settings.routed is not None:
             assert gateway is not None  # the serving stack installs the gateway's charts
             # The route and the pool are kinds of the gateway's charts, which must also outlive them.
             manifests[feature_chart_id("gateway", model.name)].node.add_dependency(*gateway)

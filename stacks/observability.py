@@ -292,7 +292,7 @@ def stage_dashboard(scope: Construct, settings: StageSettings, source: Prometheu
                 # Through the gateway: whose tokens, on which model (docs/gateway.md, "Usage").
                 *(
                     [graph("Tokens per second by client, model and kind", source.query(CLIENT_TOKENS, "${LABEL}"))]
-                    if settings.gateway
+                    if settings.routed
                     else []
                 ),
             ]

@@ -154,7 +154,7 @@ class ModelSmokeTest(Construct):
             description=f"The smoke test's arguments for {model.model} (workloads/smoke_test.py)",
             string_value=json.dumps(smoke_test_args(settings, model, import_job)),
         )
-        if secret := model.api_keys_secret or (settings.gateway.clients_secret if settings.gateway else None):
+        if secret := model.api_keys_secret or (settings.routed.clients_secret if settings.routed else None):
             # It asks with a key, as clients do: the model's, or the gateway client's.
             iam.Policy(
                 self,
@@ -181,7 +181,7 @@ def smoke_test_args(settings: StageSettings, model: ModelSettings, import_job: s
         *(("--import-job", import_job) if import_job else ()),
         *(("--api-key-secret", model.api_keys_secret) if model.api_keys_secret else ()),
         *(("--ingress", model.name, "--hostname", model.exposure.hostname) if model.exposure else ()),
-        *(gateway_args(settings.gateway) if settings.gateway else ()),
+        *(gateway_args(settings.routed) if settings.routed else ()),
     ]
 
 
@@ -201,7 +201,7 @@ def gateway_args(gateway: GatewaySettings) -> list[str]:
 
 def longest_check_seconds(settings: StageSettings, model: ModelSettings) -> int:
     """How long one model's check may wait: for its import and rollout, and for an exposed one, its load balancer."""
-    behind_load_balancer = model.exposure or (settings.gateway and settings.gateway.endpoint)
+    behind_load_balancer = model.exposure or (settings.routed and settings.routed.endpoint)
     return smoke_test_wait_seconds(settings, model) + (LOAD_BALANCER_WAIT_SECONDS if behind_load_balancer else 0)
 
 

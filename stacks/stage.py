@@ -95,6 +95,10 @@ class InferencePlatformStage(Stage):
         self.models = self._model_stacks(settings, resources, protect)
         if settings.unreachable:
             Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
+        if settings.gateway_images_uncached:
+            Annotations.of(self.serving).add_warning_v2(
+                "gpu-inference:gateway-images-uncached", settings.gateway_images_uncached
+            )
         for model in settings.models:
             if advisories := advisory_warning(model.name, model.image, model.extra_args):
                 Annotations.of(self.models[model.name]).add_warning_v2("gpu-inference:vllm-advisories", advisories)

@@ -459,3 +459,38 @@ def test_keda_runs_wherever_metrics_do(metrics: bool, autoscaled: bool, keda: bo
         data["metrics"]["enabled"] = False
         data["observability"]["enabled"] = False
     assert parse_stage_settings("prod", data).keda is keda
+
+
+def test_the_gateway_going_before_the_routes_it_finalizes_is_refused(prod: Assembly) -> None:
+    before = make_plan.assembly_templates(prod.directory)
+    releases = {"envoy-ai-gateway", "envoy-ai-gateway-crds", "envoy-gateway", "inference-extension-crds"}
+    removed = copy.deepcopy(before)
+    for key in [
+        k for k, r in removed["Serving"]["Resources"].items() if r.get("Properties", {}).get("Release") in releases
+    ]:
+        del removed["Serving"]["Resources"][key]
+    # The routes and pools are the model's gateway chart (Gateway-gpt-oss-20b).
+    (routes,) = [k for k in removed["Model-gpt-oss-20b"]["Resources"] if k.startswith("Gatewaygptoss20b")]
+    del removed["Model-gpt-oss-20b"]["Resources"][routes]
+    # The gateway removed at once: the serving stack, first, would remove its controllers.
+    assert any(
+        line.startswith("Serving: the gateway's controllers would be removed")
+        for line in make_plan.plan(before, removed).refusals
+    )
+    # gateway.enabled: false first (the controllers stay while the routes go), the gateway removed next.
+    disabled = copy.deepcopy(before)
+    del disabled["Model-gpt-oss-20b"]["Resources"][routes]
+    assert not [r for r in make_plan.plan(before, disabled).refusals if "gateway" in r]
+    assert not [r for r in make_plan.plan(disabled, removed).refusals if "gateway" in r]
+
+
+def test_a_disabled_gateway_keeps_its_controllers_and_takes_the_models_off_it() -> None:
+    data = stage_data("prod")
+    data["gateway"]["enabled"] = False
+    data["models"][0]["api_keys_secret"] = "gpt-oss-20b/api-keys"  # each model is reached on its own again
+    settings = parse_stage_settings("prod", data)
+    assert settings.routed is None
+    assert settings.gateway is not None
+    charts = charts_of(data)
+    assert not [chart_id for chart_id in charts if chart_id.startswith("Gateway")]
+    assert "k8s/prod" in settings.image_cache_prefixes  # the picker's image stays cached until the gateway goes
