@@ -123,7 +123,9 @@ def platform_lines(settings: StageSettings, prices: dict[str, Price]) -> list[Li
     bucket's weights, and, as the settings turn them on, load balancers, web ACLs, dashboards and alarms."""
     zones = len(settings.availability_zones)
     store = settings.model_store
-    exposed = [model for model in settings.models if model.exposure is not None]
+    # A load balancer with its web ACL per exposed model, and the gateway's when it has an endpoint.
+    exposed = [model.name for model in settings.models if model.exposure is not None]
+    exposed += ["gateway"] if settings.routed and settings.routed.endpoint else []
     lines = [
         Line("EKS control plane", HOURS_A_MONTH, "cluster-hours", prices.get("eks_cluster_hour")),
         Line(
@@ -169,7 +171,7 @@ def platform_lines(settings: StageSettings, prices: dict[str, Price]) -> list[Li
 def usage_rates(settings: StageSettings, prices: dict[str, Price]) -> tuple[tuple[str, Price | None], ...]:
     """The rates of what traffic decides, for the components the stage has."""
     rates = [("data through the NAT gateways", prices.get("nat_gateway_gb"))]
-    if any(model.exposure is not None for model in settings.models):
+    if settings.exposed:
         rates += [
             ("load balancer capacity units", prices.get("alb_lcu_hour")),
             ("requests through the web ACLs", prices.get("waf_million_requests")),

@@ -10,7 +10,7 @@ from commands.monthly_cost import report
 from settings import load_stage_settings, parse_stage_settings
 from settings.cost import HOURS_A_MONTH, INTERFACE_ENDPOINTS, WEB_ACL_RULES, estimate, service_prices
 from settings.sizing import candidates, on_demand_prices
-from tests.conftest import Assembly, resources, stage_data
+from tests.conftest import Assembly, gateway_data, resources, stage_data
 from tests.test_exposure import exposed, web_acl
 
 
@@ -89,3 +89,12 @@ def test_every_price_in_the_table_names_its_source_and_date() -> None:
             assert price.usd > 0, key
             assert price.source.strip(), key
             assert price.date.strip(), key
+
+
+def test_the_gateways_load_balancer_is_priced_like_an_exposed_models() -> None:
+    with_endpoint = estimate(parse_stage_settings("prod", gateway_data("prod")))
+    without = gateway_data("prod")
+    del without["gateway"]["endpoint"]
+    names = [line.component for line in with_endpoint.lines]
+    assert {"load balancers", "web ACLs", "web ACL rules"} <= set(names)
+    assert "load balancers" not in [line.component for line in estimate(parse_stage_settings("prod", without)).lines]
