@@ -14,6 +14,7 @@ chooses a replica -> vLLM.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ MODEL_HEADER = "x-ai-eg-model"
 # under the keys each model's route names in its llmRequestCosts (charts/gateway_model.py).
 COST_METADATA_NAMESPACE = "io.envoy.ai_gateway"
 TOKEN_COST_KEYS = {"input": "llm_input_token", "output": "llm_output_token", "total": "llm_total_token"}
+BODY_BUFFER = "50Mi"
 # The listener clients reach: Envoy's Service port.
 HTTP_PORT = 80
 # The label a model's namespace carries so that its route may attach to the gateway.
@@ -145,6 +147,20 @@ class GatewayChart(cdk8s.Chart):
                     "forwardClientIDHeader": CLIENT_HEADER,
                     "sanitize": True,
                 },
+            },
+        )
+        # Envoy AI Gateway's processor reads whole request and response bodies, which Envoy buffers, 32 KiB by
+        # default (envoyproxy/gateway internal/xds/translator/listener.go at v1.9.0): a longer prompt would be
+        # refused with 413. AI Gateway's own examples raise it to 50 MiB (examples/basic/basic.yaml at v1.1.0).
+        api_object(
+            self,
+            "RequestBodies",
+            "gateway.envoyproxy.io/v1alpha1",
+            "ClientTrafficPolicy",
+            cdk8s.ApiObjectMetadata(name="request-bodies"),
+            spec={
+                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME}],
+                "connection": {"bufferLimit": BODY_BUFFER},
             },
         )
         if gateway.quotas:
@@ -376,15 +392,19 @@ class KeySync(Construct):
             self,
             "Deployment",
             metadata=cdk8s.ApiObjectMetadata(
-                name=KEY_SYNC,
-                annotations={
-                    "gateway/clients-secret": gateway.clients_secret,
-                    **checkov_skip_annotations(KEY_SYNC_CHECKOV_EXCEPTIONS),
-                },
+                name=KEY_SYNC, annotations=checkov_skip_annotations(KEY_SYNC_CHECKOV_EXCEPTIONS)
             ),
             replicas=1,
             select=False,
-            pod_metadata=cdk8s.ApiObjectMetadata(labels=KEY_SYNC_LABELS),
+            # The sync reads its script, its clients and the mounted secret once, at start: a change to any of them
+            # is a change to the pod template, which starts a new pod.
+            pod_metadata=cdk8s.ApiObjectMetadata(
+                labels=KEY_SYNC_LABELS,
+                annotations={
+                    "gateway/clients-secret": gateway.clients_secret,
+                    "gateway/key-sync-sha256": hashlib.sha256(KEY_SYNC_SCRIPT.read_bytes()).hexdigest(),
+                },
+            ),
             service_account=account,
             automount_service_account_token=True,
             security_context=non_root_pod(RUN_AS_USER),

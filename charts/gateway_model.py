@@ -11,7 +11,8 @@ gateway-api-inference-extension config/charts/inferencepool/templates/epp-deploy
 When the picker is down: Envoy AI Gateway v1.1.0 builds the picker's external processing filter with
 `FailureModeAllow: false` whatever the InferencePool says (internal/extensionserver/inferencepool.go, line 314), so a
 request then fails rather than falling back to a replica. The pool says so (`failureMode: FailClose`), and a
-production stage runs two pickers with leader election and a disruption budget so that one is always there.
+production stage runs two pickers with leader election: the standby takes over within its lease. They have no
+disruption budget: only the leader is ready (cmd/epp/runner/health.go), so any budget would forbid draining its node.
 """
 
 from __future__ import annotations
@@ -265,12 +266,10 @@ class GatewayModel(Construct):
             env_variables={"NAMESPACE": kplus.EnvValue.from_field_ref(kplus.EnvFieldPaths.POD_NAMESPACE)},
         )
         container.mount("/config", kplus.Volume.from_config_map(self, "PickerConfigVolume", config, name="config"))
-        self._picker_probes_and_service(deployment, name, labels, ha)
+        self._picker_probes_and_service(deployment, name, ha)
 
-    def _picker_probes_and_service(
-        self, deployment: kplus.Deployment, name: str, labels: dict[str, str], ha: bool
-    ) -> None:
-        """The picker's gRPC probes, its Service, and with two pickers their disruption budget."""
+    def _picker_probes_and_service(self, deployment: kplus.Deployment, name: str, ha: bool) -> None:
+        """The picker's gRPC probes and its Service."""
         # gRPC probes (cdk8s-plus has none): the picker's own health service, or with leader election its liveness and
         # readiness services, which only the leader passes (the extension's chart, epp-deployment.yaml).
         workload = cdk8s.ApiObject.of(deployment)
@@ -294,15 +293,6 @@ class GatewayModel(Construct):
                 kplus.ServicePort(name="http-metrics", port=PICKER_METRICS_PORT),
             ],
         )
-        if ha:
-            k8s.KubePodDisruptionBudget(
-                self,
-                "PickerBudget",
-                metadata=k8s.ObjectMeta(name=name),
-                spec=k8s.PodDisruptionBudgetSpec(
-                    min_available=k8s.IntOrString.from_number(1), selector=k8s.LabelSelector(match_labels=labels)
-                ),
-            )
 
     def _admission(
         self,

@@ -427,7 +427,13 @@ def gateway_clients_problems(secrets: Client, gateway: GatewaySettings) -> list[
     except ValueError:
         return [f'gateway.clients_secret: {name} is not a JSON object {{"<client id>": "<key>", ...}}']
     missing = [c.id for c in gateway.clients if not isinstance(keys.get(c.id), str) or not keys[c.id].strip()]
-    return [f"gateway.clients: no key for {', '.join(missing)} in {name}"] if missing else []
+    if missing:
+        return [f"gateway.clients: no key for {', '.join(missing)} in {name}"]
+    # Envoy Gateway refuses a key two clients share, and then answers 500 on every route (its securitypolicy.go).
+    held = [keys[c.id].strip() for c in gateway.clients]
+    if sharing := [c.id for c in gateway.clients if held.count(keys[c.id].strip()) > 1]:
+        return [f"gateway.clients: {', '.join(sharing)} share one key in {name}; give each its own"]
+    return []
 
 
 def secret_exists(secrets: Client, name: str) -> bool:

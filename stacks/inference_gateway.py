@@ -100,9 +100,17 @@ def envoy_gateway_values(settings: StageSettings, account: str, store: str, repl
                                 "env": [
                                     {"name": "REDIS_TLS", "value": "true"},
                                     {"name": "REDIS_TYPE", "value": "cluster"},
-                                ]
+                                    # Required in cluster mode by the service's README ("Pipelining"); older
+                                    # releases refused to start without it.
+                                    {"name": "REDIS_PIPELINE_WINDOW", "value": "150us"},
+                                ],
+                                "resources": {
+                                    "requests": {"cpu": f"{RATELIMIT_CPU_MILLIS}m", "memory": "512Mi"},
+                                    "limits": {"memory": "512Mi"},
+                                },
                             },
                         },
+                        **({"rateLimitPDB": {"minAvailable": 1}} if replicas > 1 else {}),
                     },
                 },
                 "extensionApis": {"enableEnvoyPatchPolicy": True, "enableBackend": True},

@@ -506,6 +506,7 @@ GATEWAY_DEFINITIONS = {
     "EnvoyProxy": EG_CRDS / "generated" / "gateway.envoyproxy.io_envoyproxies.yaml",
     "SecurityPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_securitypolicies.yaml",
     "BackendTrafficPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_backendtrafficpolicies.yaml",
+    "ClientTrafficPolicy": EG_CRDS / "generated" / "gateway.envoyproxy.io_clienttrafficpolicies.yaml",
     "GatewayConfig": VENDOR / "envoy-ai-gateway-crds" / "templates" / "aigateway.envoyproxy.io_gatewayconfigs.yaml",
     "AIGatewayRoute": VENDOR / "envoy-ai-gateway-crds" / "templates" / "aigateway.envoyproxy.io_aigatewayroutes.yaml",
     "InferencePool": VENDOR

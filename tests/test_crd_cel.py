@@ -141,6 +141,7 @@ def test_a_transition_rule_waits_for_an_update(objects: list[dict[str, Any]]) ->
         ("GatewayConfig", "v1beta1"),
         ("SecurityPolicy", "v1alpha1"),
         ("BackendTrafficPolicy", "v1alpha1"),
+        ("ClientTrafficPolicy", "v1alpha1"),
         ("AIGatewayRoute", "v1beta1"),
         ("InferencePool", "v1"),
     ],

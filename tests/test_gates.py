@@ -212,9 +212,9 @@ def test_every_object_matches_the_clusters_kubernetes_schema(stage: str) -> None
     keyed = [model for model in settings.models if model.api_keys_secret]
     customs = 2 * len(settings.gpu_node_pools) + 2 * len(scaled) + len(keyed)
     if settings.gateway is not None:
-        # GatewayClass, EnvoyProxy, GatewayConfig, Gateway, SecurityPolicy, the key sync's SecretProviderClass, the
-        # quotas' policy; each model's route and pool; the load balancer's IngressClassParams.
-        customs += 6 + bool(settings.gateway.quotas) + 2 * len(settings.models) + bool(settings.gateway.endpoint)
+        # GatewayClass, EnvoyProxy, GatewayConfig, Gateway, SecurityPolicy, ClientTrafficPolicy, the key sync's
+        # SecretProviderClass, the quotas' policy; each model's route and pool; the load balancer's IngressClassParams.
+        customs += 7 + bool(settings.gateway.quotas) + 2 * len(settings.models) + bool(settings.gateway.endpoint)
     assert len(objects) == sum(len(objs) for objs in render_charts(stage).values()) - customs
     assert [problem for obj in objects for problem in kubernetes_problems(obj, version)] == []
     # The schema does not carry the name rules; a Service's name is a DNS-1035 label (ValidateServiceName).

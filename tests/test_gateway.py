@@ -22,7 +22,7 @@ from charts.gateway import CLIENT_HEADER, KEY_SYNC_SCRIPT, MODEL_HEADER, TOKEN_C
 from charts.gateway_model import picker_metric_flags
 from settings import parse_stage_settings
 from settings.vllm_profiles import profile_of, supported_versions, vllm_catalog
-from stacks.inference_gateway import VENDOR, ai_gateway_values, envoy_gateway_values
+from stacks.inference_gateway import ENVOY_GATEWAY_NAMESPACE, VENDOR, ai_gateway_values, envoy_gateway_values
 from tests.conftest import (
     BUILT_IN_VERSIONS,
     CERTIFICATE,
@@ -221,6 +221,13 @@ def test_the_key_sync_refuses_a_client_without_a_key_and_never_logs_one(tmp_path
     assert "sk-secret" not in run.stdout + run.stderr
 
 
+def test_the_key_sync_refuses_clients_sharing_a_key(tmp_path: Path) -> None:
+    run = run_key_sync(tmp_path, {"team-a": "sk-shared", "smoke-test": " sk-shared"}, "http://127.0.0.1:9")
+    assert run.returncode == 1
+    assert run.stderr.strip() == "gateway clients sharing one key in the clients secret: smoke-test, team-a"
+    assert "sk-shared" not in run.stdout + run.stderr
+
+
 def test_the_key_sync_creates_the_secret_envoy_reads(tmp_path: Path) -> None:
     seen: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -254,7 +261,36 @@ def test_the_gateways_images_are_pinned_and_its_proxies_spread(objects: list[dic
     assert proxy["envoyPDB"] == {"minAvailable": 1}
     assert proxy["envoyDeployment"]["container"]["image"].endswith("envoyproxy/envoy:distroless-v1.39.0")
     assert profile_of(stage_data("prod")["models"][0]["image"]).version in supported_versions()
-    assert find_all(objects, "PodDisruptionBudget")
+    # Only the leading picker is ready (leader election): a disruption budget would forbid draining its node.
+    assert find_all(objects, "PodDisruptionBudget") == []
+    # Long prompts: Envoy holds whole bodies for the AI Gateway's processor, 32 KiB unless raised.
+    bodies = find(objects, "ClientTrafficPolicy")["spec"]
+    assert bodies["connection"] == {"bufferLimit": "50Mi"}
+    assert bodies["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "inference-gateway"}
+    ]
+
+
+def test_envoy_gateway_may_watch_inference_pools_before_the_ai_gateway_is_installed() -> None:
+    """Envoy Gateway is ready only once its InferencePool watch syncs; the grant comes with the definitions, which
+    install first (stacks/inference_gateway.py), and names Envoy Gateway's own service account."""
+    role, binding = yaml.safe_load_all(
+        (VENDOR / "inference-extension-crds" / "templates" / "envoy-gateway-inferencepool-reader.yaml").read_text()
+    )
+    assert role["rules"] == [
+        {
+            "apiGroups": ["inference.networking.k8s.io"],
+            "resources": ["inferencepools"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    # The chart's account: a fixed name (its template's metadata.name), in the release's namespace.
+    template = (VENDOR / "envoy-gateway" / "templates" / "envoy-gateway-serviceaccount.yaml").read_text()
+    assert "\n  name: envoy-gateway\n" in template
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "envoy-gateway", "namespace": ENVOY_GATEWAY_NAMESPACE}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_the_quota_store_is_private_to_the_cluster_and_what_the_rate_limit_service_reads(prod: Assembly) -> None:

@@ -507,6 +507,7 @@ def test_a_missing_docker_hub_credential_blocks_naming_it(stubs: Stubs) -> None:
         ({"smoke-test": "k"}, (), "gateway.clients: no key for platform in prod/gateway-clients"),
         ({"smoke-test": "k", "platform": " "}, (), "gateway.clients: no key for platform in prod/gateway-clients"),
         (None, ("prod/gateway-clients",), "gateway.clients_secret: prod/gateway-clients does not exist"),
+        ({"smoke-test": "k", "platform": "k"}, (), "gateway.clients: smoke-test, platform share one key"),
     ],
 )
 def test_the_gateways_clients_secret_must_hold_a_key_for_every_client(

@@ -1,8 +1,8 @@
 """The gateway's key sync (charts/gateway.py, KeySync): the clients' keys, from the Secrets Manager secret the Secrets
 Store CSI driver mounts, into the Kubernetes Secret Envoy Gateway's API key authentication reads (one key per client
 id, Envoy Gateway api/v1alpha1/api_key_auth_types.go). Only the clients the settings name are written; a named client
-without a key stops the sync with its id in the log, never a key. Standard library only: it runs in a slim Python
-image. KUBERNETES_API and SERVICE_ACCOUNT_DIR are for its test; ONCE makes it write once and exit.
+without a key, or clients sharing one, stop the sync with their ids in the log, never a key. Standard library only:
+it runs in a slim Python image. KUBERNETES_API and SERVICE_ACCOUNT_DIR are for its test; ONCE writes once and exits.
 """
 
 import base64
@@ -23,6 +23,11 @@ with open(os.environ["CLIENTS_FILE"]) as mounted:
 missing = [client for client in clients if not isinstance(keys.get(client), str) or not keys[client].strip()]
 if missing:
     sys.exit("gateway clients without a key in the clients secret: " + ", ".join(missing))
+# Envoy Gateway refuses a Secret in which two clients share a key, and then answers 500 on every route
+# (internal/gatewayapi/securitypolicy.go at v1.9.0): never written.
+sharing = sorted(c for c in clients if [keys[o].strip() for o in clients].count(keys[c].strip()) > 1)
+if sharing:
+    sys.exit("gateway clients sharing one key in the clients secret: " + ", ".join(sharing))
 secret, namespace = os.environ["SECRET"], os.environ["NAMESPACE"]
 body = json.dumps(
     {
