@@ -230,12 +230,15 @@ def log_groups(logs: Client, stage: str, *, cluster_name: str, tagged_names: Ite
 
 
 def ecr_repositories(ecr: Client, stage: str, *, cache_prefix: str = DEFAULT_CACHE_PREFIX) -> list[Leftover]:
-    """The repositories the stage's pull-through cache created under `<cache_prefix>/<stage>/`."""
-    prefix = f"{cache_prefix}/{stage}/"
+    """The repositories the stage's pull-through cache created under `<cache_prefix>/<stage>/`, and those of its
+    Docker Hub and registry.k8s.io rules (names.DOCKER_HUB_CACHE_PREFIX, KUBERNETES_CACHE_PREFIX)."""
+    others = (names.DOCKER_HUB_CACHE_PREFIX, names.KUBERNETES_CACHE_PREFIX)
+    prefixes = [f"{each}/{stage}/" for each in (cache_prefix, *others)]
     return [
         Leftover("ecr:repository", repository["repositoryName"], f"pull-through cache repository under {prefix}")
         for page in _pages(ecr, "describe_repositories")
         for repository in page.get("repositories", [])
+        for prefix in prefixes
         if repository["repositoryName"].startswith(prefix)
     ]
 

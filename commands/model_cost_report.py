@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from commands import stage_settings_or_exit
 from settings import DEFAULT_STAGE, StageSettings, names
@@ -138,11 +138,22 @@ def workspace_query(session: Any, settings: StageSettings) -> Query:
     from stacks.metrics import workspace_query_url
 
     amp = session.client("amp")
-    (workspace,) = amp.list_workspaces(alias=settings.cluster.name)["workspaces"]
+    # ListWorkspaces matches aliases by prefix, and a torn-down stage's workspace is kept (retained): the newest
+    # active one of exactly this alias is the stage's.
+    found = [
+        workspace
+        for workspace in amp.list_workspaces(alias=settings.cluster.name)["workspaces"]
+        if workspace.get("alias") == settings.cluster.name and workspace["status"]["statusCode"] == "ACTIVE"
+    ]
+    if not found:
+        raise SystemExit(f"no active Prometheus workspace named {settings.cluster.name} in {settings.region}")
+    workspace = max(found, key=lambda each: each["createdAt"])
     base = workspace_query_url(settings.region, workspace["workspaceId"])
 
     def query(promql: str, at: datetime) -> list[dict[str, Any]]:
-        url = f"{base}/api/v1/query?{urlencode({'query': promql, 'time': f'{at.timestamp():.0f}'})}"
+        # Spaces as %20, never +: SigV4 signs the query as sent, and the service decodes + as a space.
+        query_string = urlencode({"query": promql, "time": f"{at.timestamp():.0f}"}, quote_via=quote)
+        url = f"{base}/api/v1/query?{query_string}"
         request = AWSRequest(method="GET", url=url)
         SigV4Auth(session.get_credentials(), "aps", settings.region).add_auth(request)
         with urllib.request.urlopen(urllib.request.Request(url, headers=dict(request.headers)), timeout=60) as answer:
@@ -193,7 +204,8 @@ def main(
 
     session = boto3.session.Session(region_name=settings.region)
     rows = report((client_factory or session.client)("cloudwatch"), settings, args.days, datetime.now(UTC))
-    query = query_factory(session, settings) if settings.routed else None
+    # The split reads the gateway's counts from the stage's Prometheus workspace.
+    query = query_factory(session, settings) if settings.routed and settings.metrics.enabled else None
     print(markdown(settings, rows, client_days(settings, rows, query) if query else None))
     return 0
 

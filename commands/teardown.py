@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nstage {args.stage} is deleted; it keeps, on purpose (find them by the tag stage={args.stage}):")
     for item in kept(assembly):
         print(f"  {item.stack} {item.kind} {item.logical_id}: {item.remove}")
-    for prefix in (settings.image_cache_prefix, settings.docker_hub_cache_prefix):
+    for prefix in (settings.image_cache_prefix, settings.docker_hub_cache_prefix, settings.kubernetes_cache_prefix):
         print(
             f"  the repositories the pull-through cache created under {prefix}/ (if any): "
             "aws ecr delete-repository --repository-name <name> --force"

@@ -1691,10 +1691,14 @@ class StageSettings(_Strict):
                     f"gateway.endpoint.certificate_arn: the certificate is in {region}; a load balancer takes "
                     f"certificates of its own region, {self.region}"
                 )
-        if len(store := f"{self.cluster.name}-quotas") > 40:
+        # ElastiCache names: a letter first, then letters, digits and single hyphens, at most 40 (ElastiCache User
+        # Guide, "Naming constraints").
+        store = f"{self.cluster.name}-quotas"
+        if len(store) > 40 or not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", store):
             raise ValueError(
-                f"cluster.name: the gateway's quota store is named {store}, {len(store)} characters; ElastiCache "
-                "allows 40: shorten cluster.name to at most 33"
+                f"cluster.name: the gateway's quota store is named {store}; ElastiCache takes a letter first, then "
+                "letters, digits and single hyphens, at most 40 characters: a cluster.name of at most 33 characters, "
+                "starting with a letter, without '--'"
             )
         if self.production and gateway.replicas < 2:
             raise ValueError(

@@ -199,7 +199,9 @@ class InferenceGateway(Construct):
         group.add_ingress_rule(
             ec2.Peer.security_group_id(resources.cluster.cluster_security_group_id),
             ec2.Port.tcp(STORE_PORT),
-            "Valkey from the cluster's nodes (Envoy's rate limit service)",
+            # EC2 takes letters, digits, spaces and ._-:/()#,@[]+=&;{}!$* in a rule's description (EC2 API Reference,
+            # IpRange Description): no apostrophe.
+            "Valkey from the cluster nodes (the Envoy rate limit service)",
         )
         return elasticache.CfnServerlessCache(
             self,

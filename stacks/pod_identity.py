@@ -41,7 +41,7 @@ def pod_identity(
         description=f"{description} (service account {service_account} in namespace {namespace})",
         statements=statements,
     )
-    return eks.CfnPodIdentityAssociation(
+    association = eks.CfnPodIdentityAssociation(
         scope,
         f"{id_prefix}Identity",
         cluster_name=cluster_name,
@@ -49,3 +49,6 @@ def pod_identity(
         service_account=service_account,
         role_arn=role.role_arn,
     )
+    # After the role's policy too, not only the role: the pods that come after the association may use it at once.
+    association.node.add_dependency(role)
+    return association

@@ -140,7 +140,9 @@ class ServingStack(Stack):
         # Logical ids stay as first deployed: a renamed rule would be created while its twin still
         # exists, and EC2 refuses duplicate rules.
         sides = (
-            ("LustreFromNodes", "LustreToNodes", file_system_group_id, node_group_id, "the cluster's nodes"),
+            # EC2 takes no apostrophe in a rule's description (EC2 API Reference, IpRange Description); a changed
+            # description updates the rule in place (AWS::EC2::SecurityGroupIngress: not a create-only property).
+            ("LustreFromNodes", "LustreToNodes", file_system_group_id, node_group_id, "the cluster nodes"),
             ("LustreFromFileSystem", "LustreToFileSystem", node_group_id, file_system_group_id, "the file system"),
         )
         for index, port in enumerate(LUSTRE_PORTS):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -397,3 +398,24 @@ def test_every_label_and_annotation_key_is_one_the_api_server_takes(stage: str) 
     }
     assert keys, "the charts have labels and annotations"
     assert sorted(key for key in keys if not is_qualified_name(key)) == []
+
+
+# EC2 takes these in a security group rule's description (EC2 API Reference, IpRange and UserIdGroupPair:
+# "a-z, A-Z, 0-9, spaces, and ._-:/()#,@[]+=&;{}!$*"); anything else fails the deploy, which cfn-lint does not catch.
+RULE_DESCRIPTION = re.compile(r"^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]*$")
+
+
+def test_every_security_group_rule_description_is_one_ec2_takes(assemblies: dict[str, Assembly]) -> None:
+    descriptions = []
+    for assembly in assemblies.values():
+        for template in assembly.directory.glob("*.template.json"):
+            for resource in json.loads(template.read_text())["Resources"].values():
+                props = resource.get("Properties", {})
+                if resource["Type"] in ("AWS::EC2::SecurityGroupIngress", "AWS::EC2::SecurityGroupEgress"):
+                    descriptions.append(props.get("Description", ""))
+                if resource["Type"] == "AWS::EC2::SecurityGroup":
+                    rules = [*props.get("SecurityGroupIngress", []), *props.get("SecurityGroupEgress", [])]
+                    descriptions += [rule.get("Description", "") for rule in rules]
+    assert len(descriptions) > 10
+    assert [d for d in descriptions if isinstance(d, str) and not RULE_DESCRIPTION.match(d)] == []
+    assert not RULE_DESCRIPTION.match("Lustre from the cluster's nodes")

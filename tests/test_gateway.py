@@ -4,7 +4,9 @@ stacks/inference_gateway.py)."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
 import json
 import os
 import subprocess
@@ -72,6 +74,12 @@ def test_the_settings_refuse_what_the_gateway_cannot_serve() -> None:
     assert "models[0].api_keys_secret: behind the gateway, clients' keys are the gateway's" in rejected(keyed)
     assert "client ids must be distinct; repeated: team-a" in rejected(gateway_data(clients=[{"id": "team-a"}] * 2))
     assert "gateway.clients: should have at least 1 item, got 0" in rejected(gateway_data(clients=[]))
+    for cluster in ("a" * 34, "1-gpu", "gpu--inference"):
+        data = gateway_data()
+        data["cluster"]["name"] = cluster
+        assert f"the gateway's quota store is named {cluster}-quotas; ElastiCache takes a letter first" in rejected(
+            data
+        )
     assert "gateway.replicas: 1; a production stage runs at least 2 gateway replicas" in rejected(
         gateway_data("prod", replicas=1), "prod"
     )
@@ -359,3 +367,26 @@ def test_the_picker_comes_through_the_stages_cache(objects: list[dict[str, Any]]
     config = find(objects, "GatewayConfig")
     assert gateway["metadata"]["annotations"]["aigateway.envoyproxy.io/gateway-config"] == config["metadata"]["name"]
     assert config["spec"]["extProc"]["kubernetes"]["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}
+
+
+SECRET_LIMIT = 1024 * 1024  # Kubernetes' largest Secret (its data), where Helm keeps each release
+
+
+@pytest.mark.parametrize(
+    "chart", ["inference-extension-crds", "envoy-gateway", "envoy-ai-gateway-crds", "envoy-ai-gateway"]
+)
+def test_each_charts_release_fits_the_secret_helm_keeps_it_in(chart: str) -> None:
+    """Helm stores a release as base64(gzip(JSON)) in one Secret (helm pkg/storage/driver/util.go, encodeRelease):
+    the chart's templates (bytes, so base64 in the JSON) and the rendered manifest, about as long as the templates. A
+    subchart (Envoy Gateway's definitions) is not in it. A newer version of a chart whose definitions are its
+    templates (Envoy AI Gateway's) could outgrow it; this says so before a deploy does."""
+    root = VENDOR / chart / "templates"
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    templates = [
+        {"name": str(path.relative_to(root)), "data": base64.b64encode(path.read_bytes()).decode()} for path in files
+    ]
+    manifest = "".join(path.read_text() for path in files)
+    stored = base64.b64encode(
+        gzip.compress(json.dumps({"chart": {"templates": templates}, "manifest": manifest}).encode())
+    )
+    assert len(stored) < SECRET_LIMIT

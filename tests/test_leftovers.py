@@ -278,6 +278,10 @@ def test_ecr_repositories_under_the_stage_prefix_only(stubs: Stubs) -> None:
                 repository("ecr-public/prod/vllm/vllm-openai"),
                 repository(f"ecr-public/{STAGE}2/vllm/vllm-openai"),
                 repository(f"ecr-public/{STAGE}/eks-distro/kubernetes/pause"),
+                # Its Docker Hub and registry.k8s.io rules' (the gateway's images).
+                repository(f"docker-hub/{STAGE}/envoyproxy/envoy"),
+                repository(f"k8s/{STAGE}/gateway-api-inference-extension/epp"),
+                repository("k8s/prod/gateway-api-inference-extension/epp"),
             ]
         },
         {"nextToken": "page-2"},
@@ -286,6 +290,8 @@ def test_ecr_repositories_under_the_stage_prefix_only(stubs: Stubs) -> None:
     assert [leftover.id for leftover in found] == [
         f"ecr-public/{STAGE}/vllm/vllm-openai",
         f"ecr-public/{STAGE}/eks-distro/kubernetes/pause",
+        f"docker-hub/{STAGE}/envoyproxy/envoy",
+        f"k8s/{STAGE}/gateway-api-inference-extension/epp",
     ]
 
 

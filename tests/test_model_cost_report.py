@@ -153,6 +153,11 @@ def test_a_day_without_gateway_traffic_has_no_client_rows() -> None:
     assert client_days(load_stage_settings("prod"), rows, tokens_query({})) == []
 
 
+def workspace(id: str, alias: str, created: datetime) -> dict[str, Any]:
+    arn = f"arn:aws:aps:us-west-2:123456789012:workspace/{id}"
+    return {"workspaceId": id, "alias": alias, "arn": arn, "createdAt": created, "status": {"statusCode": "ACTIVE"}}
+
+
 def test_the_workspace_is_found_by_its_alias_and_asked_with_sigv4(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, str]] = []
 
@@ -175,12 +180,9 @@ def test_the_workspace_is_found_by_its_alias_and_asked_with_sigv4(monkeypatch: p
             "list_workspaces",
             {
                 "workspaces": [
-                    {
-                        "workspaceId": "ws-1",
-                        "arn": "arn:aws:aps:us-west-2:1:workspace/ws-1",
-                        "createdAt": NOW,
-                        "status": {"statusCode": "ACTIVE"},
-                    }
+                    workspace("ws-old", "gpu-inference-prod", NOW - timedelta(days=30)),  # a torn-down stage's
+                    workspace("ws-1", "gpu-inference-prod", NOW),
+                    workspace("ws-2", "gpu-inference-prod2", NOW),  # another stage's, found by the prefix
                 ]
             },
             {"alias": "gpu-inference-prod"},
@@ -197,7 +199,7 @@ def test_the_workspace_is_found_by_its_alias_and_asked_with_sigv4(monkeypatch: p
         with serving(server):
             assert query(CLIENT_TOKENS_OF_DAY, MIDNIGHT) == []
     ((path, authorization),) = seen
-    assert path.startswith("/workspaces/ws-1/api/v1/query?query=sum+by+%28client_id")
+    assert path.startswith("/workspaces/ws-1/api/v1/query?query=sum%20by%20%28client_id")
     assert path.endswith(f"&time={MIDNIGHT.timestamp():.0f}")
     assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/us-west-2/aps/aws4_request" in authorization
