@@ -45,6 +45,7 @@ HARMONY_MODEL_TYPE = "gpt_oss"
 COMPLETION_MARKER = ".import-complete"
 IMPORT_SCRIPT = Path(__file__).resolve().parent.parent / "workloads" / "import_weights.py"
 IMPORT_SERVICE_ACCOUNT = "weights-import"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # The import's scratch disk: one file at a time passes through it (shards are a few GB).
 IMPORT_SCRATCH_GIB = 30
 WAIT_POLL_SECONDS = 15
@@ -137,6 +138,9 @@ def adapter_import_command(
         f"--revision={adapter.revision}",
         f"--prefix={model.adapter_path(adapter)}",
         *(f"--bucket={bucket}", f"--region={region}", "--workdir=/scratch", f"--mount={mount}"),
+        # What vLLM loads of an adapter (vllm/lora/models.py: a safetensors file beside its config); a repository
+        # without the safetensors file fails the import, rather than a replica later.
+        *("--include", *ADAPTER_FILES, "--require", *ADAPTER_FILES),
         *(["--token-secret", model.hf_token_secret] if model.hf_token_secret else []),
     ]
 
@@ -250,9 +254,10 @@ class WeightsImport(Construct):
         # The cause of a failure, for `kubectl describe` and the smoke test: the termination log, or the log's tail
         # when there is none (Kubernetes docs, "Determine the Reason for Pod Failure"; at most 4096 bytes).
         # cdk8s-plus's Container has no terminationMessagePolicy: a patch of the one container.
-        resource.add_json_patch(
-            cdk8s.JsonPatch.add("/spec/template/spec/containers/0/terminationMessagePolicy", "FallbackToLogsOnError")
-        )
+        for path in ["containers/0", *(f"initContainers/{i}" for i in range(len(hub_adapters(model))))]:
+            resource.add_json_patch(
+                cdk8s.JsonPatch.add(f"/spec/template/spec/{path}/terminationMessagePolicy", "FallbackToLogsOnError")
+            )
         # The name follows from the whole spec, rendered: a patch names the Job once its spec is complete.
         self.job_name = import_job_name(model.name, resource.to_json()["spec"])
         resource.add_json_patch(cdk8s.JsonPatch.replace("/metadata/name", self.job_name))

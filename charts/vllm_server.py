@@ -102,15 +102,17 @@ def vllm_args(model: ModelSettings) -> list[str]:
 
 
 def lora_args(model: ModelSettings) -> list[str]:
-    """The model's LoRA adapters, each served under its name from its folder on the file system; as many in a batch
-    as there are adapters, at the smallest rank vLLM takes that holds each (vllm/config/lora.py)."""
+    """The model's LoRA adapters, each served under its name from its folder on the file system, every one loaded in
+    CPU memory and `adapters_per_batch` of them in a batch, at the smallest rank vLLM takes that holds each
+    (vllm/config/lora.py)."""
     if not model.adapters:
         return []
     modules = [f"{adapter.name}={WEIGHTS_DIR}/{model.adapter_path(adapter)}" for adapter in model.adapters]
     return [
         "--enable-lora",
         f"--max-lora-rank={model.max_lora_rank}",
-        f"--max-loras={len(model.adapters)}",
+        f"--max-loras={model.adapters_per_batch}",
+        f"--max-cpu-loras={len(model.adapters)}",
         "--lora-modules",
         *modules,
     ]

@@ -21,9 +21,11 @@ report records.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -127,17 +129,18 @@ E2E_CLIENT, QUOTA_CLIENT = "e2e", "e2e-quota"
 QUOTA_TOKENS = 300
 SECOND_MODEL = {"name": "qwen3-8b", "model": "Qwen/Qwen3-8B", "service_name": "qwen-service", "max_model_len": 8192}
 SHARED_PREFIX_REQUESTS = 20
+LOAD_TEST_KEY_SECRET = "load-test-key"
 
 
 def with_gateway(data: dict[str, Any], name: str, adapter: str | None) -> dict[str, Any]:
     """The throwaway stage behind the gateway: a second model, the adapter if given, three clients, one small quota."""
     first = data["models"][0]
-    second = {**first, **SECOND_MODEL}
-    second.pop("attention_backend", None)  # gpt-oss's choice
+    second = {**first, **SECOND_MODEL, "attention_backend": None}  # gpt-oss's choice, vLLM's own for Qwen
     data["models"] = [first, second]
     if adapter:
-        repository, _, rest = adapter.partition("@")
-        revision, _, rank = rest.partition(":")
+        if not (parsed := re.fullmatch(r"([\w.-]+/[\w.-]+)@([0-9a-f]{40}):([0-9]+)", adapter)):
+            raise E2eError(f"--adapter {adapter}: expected REPO@COMMIT:RANK, such as org/name@<40 hex digits>:16")
+        repository, revision, rank = parsed.groups()
         first["adapters"] = [{"name": "e2e-adapter", "repository": repository, "revision": revision, "rank": int(rank)}]
     data["gateway"] = {
         "clients_secret": f"{name}/gateway-clients",
@@ -185,14 +188,21 @@ def kubectl_json(kubeconfig: str, *args: str) -> dict[str, Any]:
 
 
 def load_test_job(settings: StageSettings, job: str, image: str) -> dict[str, Any]:
-    """A Job that runs `vllm bench serve` against the model's Service and prints the result as JSON.
+    """A Job that runs `vllm bench serve` against the model and prints the result as JSON: at its Service, or behind
+    a gateway at the gateway's, whose NetworkPolicy admits no other pod to the replicas, with the e2e client's key
+    from the Secret LOAD_TEST_KEY_SECRET (`vllm bench` sends $OPENAI_API_KEY as its bearer token).
 
     `image`: the vLLM image the model's Deployment runs; the Job gets its pod's hardening too.
     """
     model = settings.models[0]
+    base_url = (
+        f"http://{GATEWAY_NAME}.{GATEWAY_NAMESPACE}:{GATEWAY_PORT}"
+        if settings.routed
+        else f"http://{model.service_name}.{model.name}:{PORT}"
+    )
     command = (
         f"vllm bench serve --backend openai-chat --endpoint /v1/chat/completions "
-        f"--base-url http://{model.service_name}.{model.name}:{PORT} --model {model.model} "
+        f"--base-url {base_url} --model {model.model} "
         f"--tokenizer {WEIGHTS_DIR}/{model.weights_path} {' '.join(LOAD_TEST)} --num-prompts {LOAD_TEST_PROMPTS} "
         f"--max-concurrency {LOAD_TEST_CONCURRENCY} --save-result --result-dir /tmp --result-filename result.json "
         "> /dev/stderr && cat /tmp/result.json"
@@ -212,7 +222,21 @@ def load_test_job(settings: StageSettings, job: str, image: str) -> dict[str, An
         name="bench",
         image=image,
         command=["sh", "-c", command],
-        env_variables={"HOME": kplus.EnvValue.from_value("/tmp"), "HF_HUB_OFFLINE": kplus.EnvValue.from_value("1")},
+        env_variables={
+            "HOME": kplus.EnvValue.from_value("/tmp"),
+            "HF_HUB_OFFLINE": kplus.EnvValue.from_value("1"),
+            **(
+                {
+                    "OPENAI_API_KEY": kplus.EnvValue.from_secret_value(
+                        kplus.SecretValue(
+                            secret=kplus.Secret.from_secret_name(chart, "Key", LOAD_TEST_KEY_SECRET), key=E2E_CLIENT
+                        )
+                    )
+                }
+                if settings.routed
+                else {}
+            ),
+        },
         resources=kplus.ContainerResources(
             cpu=kplus.CpuResources(request=kplus.Cpu.units(2)),
             memory=kplus.MemoryResources(request=cdk8s.Size.gibibytes(4), limit=cdk8s.Size.gibibytes(4)),
@@ -286,10 +310,21 @@ def record(kubeconfig: str, model: ModelSettings, outdir: Path) -> dict[str, Any
     return recorded
 
 
-def load_test(settings: StageSettings, model: ModelSettings, kubeconfig: str, outdir: Path) -> str:
-    """vllm bench against the model, as a Job in its namespace; its result (JSON), kept in `outdir`."""
+def load_test(
+    settings: StageSettings, model: ModelSettings, kubeconfig: str, outdir: Path, keys: dict[str, str] | None = None
+) -> str:
+    """vllm bench against the model, as a Job in its namespace; its result (JSON), kept in `outdir`. Behind a gateway,
+    with the e2e client's key in a Secret of the namespace, written from stdin (never a process argument)."""
     kubectl = ["kubectl", "--kubeconfig", kubeconfig]
     job = f"load-test-{settings.name}"
+    if keys is not None:
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": LOAD_TEST_KEY_SECRET, "namespace": model.name},
+            "stringData": {E2E_CLIENT: keys[E2E_CLIENT]},
+        }
+        run([*kubectl, "apply", "-f", "-"], input=json.dumps(secret))
     deployment = kubectl_json(kubeconfig, "get", "deployment", model.name, "--namespace", model.name)
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     run([*kubectl, "apply", "-f", "-"], input=json.dumps(load_test_job(settings, job, image)))
@@ -305,8 +340,20 @@ def create_clients_secret(settings: StageSettings, secrets_manager: Any) -> dict
     """The throwaway gateway's clients secret, a new key each: the stage reads it at deploy (the key sync)."""
     assert settings.gateway is not None
     keys = {client.id: secrets.token_hex(32) for client in settings.gateway.clients}
-    secrets_manager.create_secret(Name=settings.gateway.clients_secret, SecretString=json.dumps(keys))
+    secrets_manager.create_secret(
+        Name=settings.gateway.clients_secret,
+        SecretString=json.dumps(keys),
+        # The leftovers check finds what is tagged with the stage.
+        Tags=[{"Key": "stage", "Value": settings.name}],
+    )
     return keys
+
+
+def delete_clients_secret(settings: StageSettings, secrets_manager: Any) -> None:
+    """The throwaway clients secret, gone at once; one never created is no error."""
+    assert settings.gateway is not None
+    with contextlib.suppress(secrets_manager.exceptions.ResourceNotFoundException):
+        secrets_manager.delete_secret(SecretId=settings.gateway.clients_secret, ForceDeleteWithoutRecovery=True)
 
 
 def gateway_checks(settings: StageSettings, kubeconfig: str, keys: dict[str, str], outdir: Path) -> dict[str, Any]:
@@ -315,6 +362,7 @@ def gateway_checks(settings: StageSettings, kubeconfig: str, keys: dict[str, str
     environment = {**os.environ, "KUBECONFIG": kubeconfig}
     served = [name for model in settings.models for name in (model.model, *(a.name for a in model.adapters))]
     first = settings.models[0]
+    before = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = kubeconfig  # port_forward runs kubectl with the process's environment
     try:
         with smoke_test_script.port_forward(GATEWAY_NAMESPACE, GATEWAY_NAME, timeout=60, port=GATEWAY_PORT) as url:
@@ -329,8 +377,13 @@ def gateway_checks(settings: StageSettings, kubeconfig: str, keys: dict[str, str
             first.name, picker_name(first), timeout=60, port=PICKER_METRICS_PORT
         ) as url:
             ratio = gateway_checks_module.prefix_hit_ratio(gateway_checks_module.picker_metrics(url, token))
+    except (smoke_test_script.SmokeTestError, OSError) as error:  # OSError: urllib's URLError and HTTPError
+        raise gateway_checks_module.GatewayCheckError(f"through the gateway: {error}") from error
     finally:
-        os.environ.pop("KUBECONFIG", None)
+        if before is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = before
     result = {
         "served": served,
         "quota": {"tokens": QUOTA_TOKENS, "requests_before_429": quota.requests_before, "headers": quota.headers},
@@ -377,7 +430,7 @@ def run_stage(settings: StageSettings, keys: dict[str, str] | None = None) -> No
         if keys is not None:
             print(json.dumps(gateway_checks(settings, kubeconfig, keys, outdir), indent=2), flush=True)
         recorded = record(kubeconfig, model, outdir)
-        result = load_test(settings, model, kubeconfig, outdir)
+        result = load_test(settings, model, kubeconfig, outdir, keys)
     milestones = e2e_report.timeline(
         recorded["events"], recorded["pods"], recorded["nodeclaims"], app=names.app_label(model.name)
     )
@@ -432,11 +485,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"e2e of stage {settings.name}: {error}", file=sys.stderr)
         finally:
             if not args.keep:
-                failed |= not clean_up(settings)
-                if secrets_manager and settings.gateway:
-                    secrets_manager.delete_secret(
-                        SecretId=settings.gateway.clients_secret, ForceDeleteWithoutRecovery=True
-                    )
+                try:
+                    failed |= not clean_up(settings)
+                finally:
+                    if secrets_manager:
+                        delete_clients_secret(settings, secrets_manager)
     return 1 if failed else 0
 
 

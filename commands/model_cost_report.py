@@ -33,8 +33,10 @@ from settings.sizing import candidates, on_demand_prices
 
 HOUR = 3600
 # A day's tokens through the gateway, by client and model as requested (stacks/metrics.py, GATEWAY_JOB).
+# Input and output only: cached input is a part of input, which Envoy AI Gateway counts apart as well.
 CLIENT_TOKENS_OF_DAY = (
-    'sum by (client_id, gen_ai_request_model) (increase(gen_ai_client_token_usage_sum{job="gateway"}[1d]))'
+    "sum by (client_id, gen_ai_request_model) "
+    '(increase(gen_ai_client_token_usage_sum{job="gateway", gen_ai_token_type=~"input|output"}[1d]))'
 )
 # A Prometheus instant query: PromQL and the time it is evaluated at, to the result's vector.
 Query = Callable[[str, datetime], list[dict[str, Any]]]
@@ -110,16 +112,20 @@ class ClientDay:
 
 
 def client_days(settings: StageSettings, rows: list[ModelDay], query: Query) -> list[ClientDay]:
-    """Each model's cost of each day split among its clients by their tokens that day."""
-    names_of = {model.model: model.name for model in settings.models}
+    """Each model's cost of each day split among its clients by their tokens that day, its adapters' included."""
+    names_of = {
+        served: model.name for model in settings.models for served in (model.model, *(a.name for a in model.adapters))
+    }
+    by_day: dict[date, list[dict[str, Any]]] = {}
     split = []
     for row in rows:
-        day_end = datetime.combine(row.day, datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
-        tokens = {
-            result["metric"].get("client_id", "(no client)"): float(result["value"][1])
-            for result in query(CLIENT_TOKENS_OF_DAY, day_end)
-            if names_of.get(result["metric"].get("gen_ai_request_model", "")) == row.model
-        }
+        if row.day not in by_day:
+            day_end = datetime.combine(row.day, datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
+            by_day[row.day] = query(CLIENT_TOKENS_OF_DAY, day_end)
+        tokens: dict[str, float] = defaultdict(float)
+        for result in by_day[row.day]:
+            if names_of.get(result["metric"].get("gen_ai_request_model", "")) == row.model:
+                tokens[result["metric"].get("client_id", "(no client)")] += float(result["value"][1])
         total = sum(tokens.values())
         for client, count in sorted(tokens.items()):
             usd = None if row.usd is None or not total else row.usd * count / total

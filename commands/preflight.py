@@ -415,7 +415,7 @@ def gateway_clients_problems(secrets: Client, gateway: GatewaySettings) -> list[
     stops at the first client without one (charts/gateway.py). The keys themselves are never shown."""
     name = gateway.clients_secret
     try:
-        text = secrets.get_secret_value(SecretId=name)["SecretString"]
+        text = secrets.get_secret_value(SecretId=name).get("SecretString") or ""
     except ClientError as error:
         if error.response["Error"]["Code"] == "ResourceNotFoundException":
             return [f'gateway.clients_secret: {name} does not exist; create it (docs/gateway.md, "Settings")']

@@ -77,6 +77,7 @@ MANAGED_VLLM_FLAGS = (
     "--lora-modules",
     "--max-lora-rank",
     "--max-loras",
+    "--max-cpu-loras",
     # API keys come from a Secrets Manager secret (api_keys_secret), never from the templates.
     "--api-key",
     "--config",
@@ -1032,6 +1033,10 @@ class ModelSettings(_Strict):
     # LoRA adapters served on the same replicas, each under its own name (docs/models.md, "LoRA adapters").
     # At most 14: the gateway routes the model and each adapter by a rule of one route, which holds 15.
     adapters: tuple[AdapterSettings, ...] = Field(default=(), max_length=14)
+    # How many adapters one batch may hold (vLLM's --max-loras): each slot reserves GPU memory at --max-lora-rank
+    # from the start (for gpt-oss-20b's experts about 26 MB per rank step, vllm/lora/layers/fused_moe.py), so fewer
+    # than all of them; every adapter stays loaded in CPU memory (--max-cpu-loras). Unset: up to 2.
+    max_loras: int | None = Field(default=None, ge=1, description="adapters one batch may hold; unset: up to 2")
     # The longest a request may take, which the grace period of a replica going away covers
     # (charts/pre_stop_drain.py); unset: max_model_len tokens at 20 tokens per second.
     max_request_seconds: int | None = Field(default=None, ge=1)
@@ -1168,12 +1173,23 @@ class ModelSettings(_Strict):
     @model_validator(mode="after")
     def _adapters_vllm_loads(self) -> ModelSettings:
         if not self.adapters:
+            if self.max_loras is not None:
+                raise ValueError("max_loras: the model serves no adapter; give adapters, or unset max_loras")
             return self
         if self.architecture.model_type not in LORA_MODEL_TYPES:
             raise ValueError(
                 f"adapters: vLLM serves no LoRA adapter on a {self.architecture.model_type} model (its model class "
                 f"does not implement SupportsLoRA); allowed for model types {', '.join(LORA_MODEL_TYPES)}"
             )
+        if self.max_loras is not None and self.max_loras > len(self.adapters):
+            raise ValueError(
+                f"max_loras: {self.max_loras}, more than the {len(self.adapters)} adapters; each slot reserves GPU "
+                f"memory, so at most {len(self.adapters)}"
+            )
+        # vLLM 0.11.2 asserts that LoRA on a mixture of experts runs without expert parallelism
+        # (vllm/lora/layers/fused_moe.py).
+        if "--enable-expert-parallel" in self.extra_args:
+            raise ValueError("adapters: vLLM serves no LoRA adapter with --enable-expert-parallel (extra_args)")
         if self.weights_s3_prefix is not None and any(a.repository for a in self.adapters):
             raise ValueError(
                 "adapters: a model whose weights you upload (weights_s3_prefix) takes adapters you upload too: give "
@@ -1190,6 +1206,11 @@ class ModelSettings(_Strict):
     def adapter_path(self, adapter: AdapterSettings) -> str:
         """An adapter's folder in the model store: imported under the model's own folder, or your prefix."""
         return adapter.s3_prefix or f"{self.name}/adapters/{adapter.name.replace('/', '--')}/{adapter.revision}"
+
+    @property
+    def adapters_per_batch(self) -> int:
+        """vLLM's --max-loras: the settings', or up to 2."""
+        return self.max_loras or min(len(self.adapters), 2)
 
     @property
     def max_lora_rank(self) -> int:

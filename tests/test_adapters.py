@@ -85,10 +85,11 @@ def test_vllm_serves_each_adapter_by_name_from_its_folder() -> None:
     model = parse_stage_settings("dev", with_adapters(HUB, UPLOADED)).models[0]
     args = vllm_args(model)
     start = args.index("--enable-lora")
-    assert args[start : start + 6] == [
+    assert args[start : start + 7] == [
         "--enable-lora",
         "--max-lora-rank=32",
-        "--max-loras=2",
+        "--max-loras=2",  # a batch holds up to 2 adapters
+        "--max-cpu-loras=2",  # and every adapter stays loaded
         "--lora-modules",
         f"support-bot=/models/gpt-oss-20b/adapters/support-bot/{COMMIT}",
         "team-a/summaries=/models/adapters/summaries/v1",
@@ -120,6 +121,9 @@ def test_hub_adapters_are_imported_before_the_weights_and_the_replicas_wait_for_
         f"--revision={COMMIT}",
         f"--prefix=gpt-oss-20b/adapters/support-bot/{COMMIT}",
     ]
+    files = ["adapter_config.json", "adapter_model.safetensors"]
+    assert adapter["command"][-6:] == ["--include", *files, "--require", *files]
+    assert adapter["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert [c["name"] for c in pod["containers"]] == ["import"]
     assert {m["name"] for m in adapter["volumeMounts"]} == {m["name"] for m in pod["containers"][0]["volumeMounts"]}
     replica = find(objects, "Deployment")["spec"]["template"]["spec"]

@@ -140,7 +140,11 @@ def test_the_throwaway_stage_behind_the_gateway_is_valid_and_has_two_models_an_a
         stubs.stubbers["secretsmanager"].add_response(
             "create_secret",
             {"Name": "e2e-0a1b2c/gateway-clients"},
-            {"Name": "e2e-0a1b2c/gateway-clients", "SecretString": ANY},
+            {
+                "Name": "e2e-0a1b2c/gateway-clients",
+                "SecretString": ANY,
+                "Tags": [{"Key": "stage", "Value": "e2e-0a1b2c"}],
+            },
         )
         keys = e2e.create_clients_secret(settings, stubs.client("secretsmanager"))
     assert set(keys) == {"e2e", "e2e-quota", "smoke-test"}

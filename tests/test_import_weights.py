@@ -615,3 +615,26 @@ def test_files_the_file_system_does_not_show_are_listed(
     assert f"{mount / PREFIX / shard} (absent)" in error
     assert termination_log.read_text().strip() == error.strip()
     assert f"{PREFIX}/{MARKER}" not in keys(s3, bucket), "no marker before the file system shows every file"
+
+
+@pytest.mark.usefixtures("in_process")
+def test_a_required_file_the_repo_lacks_fails_the_import_before_anything_is_written(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A LoRA adapter's import requires its config and weights (charts/model_loader.py, ADAPTER_FILES)."""
+    assert (
+        main(
+            args(
+                "--include",
+                "config.json",
+                "adapter_model.safetensors",
+                "--require",
+                "config.json",
+                "adapter_model.safetensors",
+            ),
+            sleep=no_sleep,
+        )
+        == 1
+    )
+    assert "the repo has no adapter_model.safetensors at" in capsys.readouterr().err
+    assert keys(s3, bucket) == set()

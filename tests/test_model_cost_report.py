@@ -127,13 +127,16 @@ def tokens_query(answers: dict[str, dict[tuple[str, str], float]]) -> Any:
 
 
 def test_a_models_day_is_split_among_its_clients_by_their_tokens() -> None:
-    settings = load_stage_settings("prod")
+    data = stage_data("prod")
+    data["models"][0]["adapters"] = [{"name": "support-bot", "s3_prefix": "adapters/support", "rank": 8}]
+    settings = parse_stage_settings("prod", data)
     yesterday = (MIDNIGHT - timedelta(days=1)).date()
     rows = [ModelDay("gpt-oss-20b", yesterday, 48.0, "g6.xlarge", 100.0)]
     query = tokens_query(
         {
             yesterday.isoformat(): {
-                ("platform", "openai/gpt-oss-20b"): 3_000_000,
+                ("platform", "openai/gpt-oss-20b"): 2_000_000,
+                ("platform", "support-bot"): 1_000_000,  # its adapter's tokens are the model's
                 ("smoke-test", "openai/gpt-oss-20b"): 1_000_000,
                 ("platform", "some/other-model"): 5_000_000,  # not this stage's: left out
             }

@@ -391,6 +391,19 @@ def test_a_failed_import_fails_with_the_jobs_own_reason(kubectl: FakeKubectl, cl
     assert kubectl.calls[1] == ["-n", NAMESPACE, "get", "pods", "-l", f"job-name={IMPORT_JOB}", "-o", "json"]
 
 
+def test_a_failed_adapter_import_fails_with_its_init_containers_reason(kubectl: FakeKubectl, clock: FakeClock) -> None:
+    failed = job(failed=4, conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    reason = "the repo has no adapter_model.safetensors at 0123, which the model's replicas need (--require)"
+    status = {
+        "initContainerStatuses": [{"state": {"terminated": {"exitCode": 1, "message": reason}}}],
+        "containerStatuses": [{"state": {"waiting": {"reason": "PodInitializing"}}}],
+    }
+    kubectl.answer(failed, {"items": [{"metadata": {"creationTimestamp": "2026-11-28T10:00:00Z"}, "status": status}]})
+    with pytest.raises(SmokeTestError) as failure:
+        wait_for_import(NAMESPACE, IMPORT_JOB, timeout=600, interval=10)
+    assert str(failure.value) == f"the weights import {NAMESPACE}/{IMPORT_JOB} failed: {reason}"
+
+
 def test_an_import_that_outlasts_the_wait_fails_saying_so(kubectl: FakeKubectl, clock: FakeClock) -> None:
     kubectl.answer(job(active=1), job(active=1), job(active=1))
     with pytest.raises(SmokeTestError, match=r"did not finish within 20 s"):

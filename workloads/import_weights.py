@@ -158,6 +158,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PATTERN",
         help="repo paths to import; a pattern matches a path of the same depth (*.json: root files only)",
     )
+    parser.add_argument(
+        "--require",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="repo paths that must be among those imported (a LoRA adapter's config and weights)",
+    )
     parser.add_argument("--token-secret", help="Secrets Manager secret (name or ARN) holding the Hugging Face token")
     parser.add_argument("--region", help="AWS region (default: the environment's)")
     parser.add_argument("--workdir", required=True, type=Path, help="scratch directory: holds one file at a time")
@@ -633,6 +640,10 @@ def settle_revision(
         raise ImportWeightsError(
             f"no file matches --include {' '.join(args.include)} (patterns match at their own depth: "
             f"'*.safetensors' is root files only); the repo has: {listing or 'no files'}{more}"
+        )
+    if missing := sorted(set(args.require) - {file.path for file in selected}):
+        raise ImportWeightsError(
+            f"the repo has no {', '.join(missing)} at {commit}, which the model's replicas need (--require)"
         )
     if marker is not None:
         # Replicas may be serving what that marker vouches for: never overwrite it with other files.

@@ -257,10 +257,12 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _failure_message(namespace: str, job: str) -> str:
-    """Why an import failed, as its last pod said in its termination message (or log tail)."""
+    """Why an import failed, as its last pod said in its termination message (or log tail): an adapter's import
+    (an init container) or the weights'."""
     pods = _kubectl_json(namespace, "pods", "-l", f"job-name={job}")["items"]
     for pod in sorted(pods, key=lambda pod: pod["metadata"].get("creationTimestamp", ""), reverse=True):
-        for container in pod.get("status", {}).get("containerStatuses", []):
+        status = pod.get("status", {})
+        for container in [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]:
             terminated = container.get("state", {}).get("terminated", {})
             if terminated.get("message"):
                 return terminated["message"].strip()
