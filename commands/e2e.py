@@ -51,7 +51,7 @@ from charts.pod_security import hardened, non_root_pod
 from charts.vllm_server import PORT, RUN_AS_USER, WEIGHTS_DIR
 from commands import e2e_report, leftovers, teardown
 from commands import gateway_checks as gateway_checks_module
-from settings import STAGES_DIR, load_stage_settings, names
+from settings import STAGES_DIR, load_stage_settings, names, parse_stage_settings
 from settings.cold_start import cold_start_seconds, cold_start_steps, import_steps
 from settings.schema import ModelSettings, StageSettings
 from settings.sizing import candidates, on_demand_prices
@@ -103,14 +103,15 @@ def estimate(settings: StageSettings) -> Estimate:
     gpu_seconds = importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS + DESTROY_SECONDS / 3
     total = DEPLOY_SECONDS + importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS
     total += DESTROY_SECONDS
-    instance = candidates(settings, model)[0]
+    # A GPU node per model (a run behind the gateway serves two), each for as long.
+    instances = [candidates(settings, each)[0].type for each in settings.models]
     _, prices = on_demand_prices(settings.region)
     hours = gpu_seconds / 3600
     return Estimate(
         minutes=math.ceil(total / 60),
-        gpu_instance=instance.type,
-        gpu_hours=round(hours, 2),
-        gpu_dollars=round(hours * prices[instance.type], 2),
+        gpu_instance=", ".join(instances),
+        gpu_hours=round(hours * len(instances), 2),
+        gpu_dollars=round(sum(hours * prices[each] for each in instances), 2),
         other_dollars=round(total / 3600 * (EKS_CONTROL_PLANE_PER_HOUR + NAT_GATEWAY_PER_HOUR), 2),
     )
 
@@ -460,11 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.adapter and not args.gateway:
         parser.error("--adapter goes with --gateway")
-    run_estimate = estimate(load_stage_settings("dev"))
+    run_estimate = estimate(
+        parse_stage_settings(
+            "e2e-estimate", with_gateway(load_yaml((STAGES_DIR / "dev.yaml").read_text()), "e2e", None)
+        )
+        if args.gateway
+        else load_stage_settings("dev")
+    )
     print(
-        f"a run takes about {run_estimate.minutes} minutes; {run_estimate.gpu_hours} hours of a "
-        f"{run_estimate.gpu_instance} (${run_estimate.gpu_dollars} on demand) and ${run_estimate.other_dollars} of EKS "
-        f"and NAT gateway: about ${run_estimate.dollars:.2f}",
+        f"a run takes about {run_estimate.minutes} minutes; {run_estimate.gpu_hours} GPU node-hours "
+        f"({run_estimate.gpu_instance}: ${run_estimate.gpu_dollars} on demand) and "
+        f"${run_estimate.other_dollars} of EKS and NAT gateway: about ${run_estimate.dollars:.2f}",
         flush=True,
     )
     if args.estimate:
