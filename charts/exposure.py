@@ -46,28 +46,31 @@ MAX_IDLE_TIMEOUT_SECONDS = 4000
 MAX_DEREGISTRATION_DELAY_SECONDS = 3600
 
 
-def idle_timeout_seconds(model: ModelSettings) -> int:
-    """The load balancer's idle timeout: the longest request the model allows, within what ELB takes."""
-    return min(max_request_seconds(model), MAX_IDLE_TIMEOUT_SECONDS)
+def idle_timeout_seconds(request_seconds: int) -> int:
+    """The load balancer's idle timeout: the longest request behind it, within what ELB takes."""
+    return min(request_seconds, MAX_IDLE_TIMEOUT_SECONDS)
 
 
-def deregistration_delay_seconds(model: ModelSettings) -> int:
-    """How long the load balancer lets a deregistered replica finish its requests: the longest the model allows,
-    within what ELB takes (its 300 s default would cut longer ones off while the replica drains)."""
-    return min(max_request_seconds(model), MAX_DEREGISTRATION_DELAY_SECONDS)
+def deregistration_delay_seconds(request_seconds: int) -> int:
+    """How long the load balancer lets a deregistered target finish its requests: the longest request behind it,
+    within what ELB takes (its 300 s default would cut longer ones off while the target drains)."""
+    return min(request_seconds, MAX_DEREGISTRATION_DELAY_SECONDS)
 
 
-def internal_endpoint_annotations(model: ModelSettings, web_acl_arn: str) -> dict[str, str]:
-    """The Ingress's annotations: HTTPS only, health from vLLM's /health, draining as long as a request, the web
-    ACL. Auto Mode configures load balancers from Ingress annotations, except those its guide lists as unsupported
-    (EKS User Guide, "Create an IngressClass to configure an Application Load Balancer"); target group attributes
-    are not among them."""
+def load_balancer_annotations(
+    *, health_path: str, request_seconds: int, web_acl_arn: str, success_codes: str | None = None
+) -> dict[str, str]:
+    """An Ingress's annotations: HTTPS only, health from `health_path` (answered with `success_codes`, ELB's 200
+    unless given), draining as long as a request, the web ACL. Auto Mode configures load balancers from Ingress
+    annotations, except those its guide lists as unsupported (EKS User Guide, "Create an IngressClass to configure
+    an Application Load Balancer"); target group attributes are not among them."""
     return {
         "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTPS": HTTPS_PORT}]),
         "alb.ingress.kubernetes.io/target-type": "ip",
-        "alb.ingress.kubernetes.io/healthcheck-path": "/health",
+        "alb.ingress.kubernetes.io/healthcheck-path": health_path,
+        **({"alb.ingress.kubernetes.io/success-codes": success_codes} if success_codes else {}),
         "alb.ingress.kubernetes.io/target-group-attributes": (
-            f"deregistration_delay.timeout_seconds={deregistration_delay_seconds(model)}"
+            f"deregistration_delay.timeout_seconds={deregistration_delay_seconds(request_seconds)}"
         ),
         "alb.ingress.kubernetes.io/wafv2-acl-arn": web_acl_arn,
     }
@@ -95,55 +98,82 @@ class InternalEndpoint(Construct):
     ) -> None:
         """`scraped_ports`: the replicas' other ports the metrics scraper reads (charts/gpu_metrics.py)."""
         super().__init__(scope, id)
-        ingress_class(self, model, exposure, inbound_subnet_ids)
+        ingress_class(
+            self,
+            name=model.name,
+            certificate_arn=exposure.certificate_arn,
+            subnet_ids=inbound_subnet_ids,
+            request_seconds=max_request_seconds(model),
+        )
         ingress(ingress_scope, model, service, web_acl_arn)
         # Only the load balancer (and the metrics scraper) reach the replicas, from the inbound
         # subnets; other pods of the cluster do not. The kubelet's probes, `kubectl port-forward`
         # and the preStop drain are unaffected: the network policy agent always admits the node's
         # own address (aws/aws-network-policy-agent, pkg/fwruleprocessor/fw_rule_processor.go),
         # and a port-forward or the drain reach vLLM from inside the pod.
-        # cdk8s-plus checks an IP block's text, and the inbound subnets' ranges are deploy-time values
-        # (CDK tokens): the typed object.
-        k8s.KubeNetworkPolicy(
+        admit_only(
             self,
             "NetworkPolicy",
-            metadata=k8s.ObjectMeta(name=f"{model.name}-inbound"),
-            spec=k8s.NetworkPolicySpec(
-                pod_selector=k8s.LabelSelector(match_labels=pod_labels),
-                policy_types=["Ingress"],
-                ingress=[
-                    k8s.NetworkPolicyIngressRule(
-                        from_=[k8s.NetworkPolicyPeer(ip_block=k8s.IpBlock(cidr=cidr)) for cidr in inbound_cidrs],
-                        ports=[
-                            k8s.NetworkPolicyPort(protocol="TCP", port=k8s.IntOrString.from_number(number))
-                            for number in (port, *scraped_ports)
-                        ],
-                    )
-                ],
-            ),
+            name=f"{model.name}-inbound",
+            pod_labels=pod_labels,
+            rules=[(subnets(inbound_cidrs), (port, *scraped_ports))],
         )
 
 
-def ingress_class(
-    scope: Construct, model: ModelSettings, exposure: ExposureSettings, inbound_subnet_ids: tuple[str, ...]
+def subnets(cidrs: tuple[str, ...]) -> list[k8s.NetworkPolicyPeer]:
+    """Peers by address range: the inbound subnets (the load balancers, the metrics scraper)."""
+    return [k8s.NetworkPolicyPeer(ip_block=k8s.IpBlock(cidr=cidr)) for cidr in cidrs]
+
+
+def admit_only(
+    scope: Construct,
+    id: str,
+    *,
+    name: str,
+    pod_labels: dict[str, str],
+    rules: list[tuple[list[k8s.NetworkPolicyPeer], tuple[int, ...]]],
 ) -> None:
-    """The model's IngressClass and its IngressClassParams: an internal load balancer in the inbound subnets."""
+    """A NetworkPolicy: the pods `pod_labels` select take traffic only from each rule's peers on its TCP ports (no
+    rule: from nobody). cdk8s-plus checks an IP block's text, and the inbound subnets' ranges are deploy-time values
+    (CDK tokens): the typed object."""
+    k8s.KubeNetworkPolicy(
+        scope,
+        id,
+        metadata=k8s.ObjectMeta(name=name),
+        spec=k8s.NetworkPolicySpec(
+            pod_selector=k8s.LabelSelector(match_labels=pod_labels),
+            policy_types=["Ingress"],
+            ingress=[
+                k8s.NetworkPolicyIngressRule(
+                    from_=peers,
+                    ports=[k8s.NetworkPolicyPort(protocol="TCP", port=k8s.IntOrString.from_number(n)) for n in ports],
+                )
+                for peers, ports in rules
+            ],
+        ),
+    )
+
+
+def ingress_class(
+    scope: Construct, *, name: str, certificate_arn: str, subnet_ids: tuple[str, ...], request_seconds: int
+) -> None:
+    """An IngressClass and its IngressClassParams, cluster-scoped: an internal load balancer in the inbound subnets
+    (the subnets no pod lives in, which the NetworkPolicies admit), serving `certificate_arn`."""
     api_object(
         scope,
         "IngressClassParams",
         "eks.amazonaws.com/v1",
         "IngressClassParams",
-        cdk8s.ApiObjectMetadata(name=model.name),
+        cdk8s.ApiObjectMetadata(name=name),
         cluster_scoped=True,
         spec={
             "scheme": "internal",
-            "certificateARNs": [exposure.certificate_arn],
-            # The subnets no pod lives in, which the NetworkPolicy admits.
-            "subnets": {"ids": list(inbound_subnet_ids)},
+            "certificateARNs": [certificate_arn],
+            "subnets": {"ids": list(subnet_ids)},
             # A request that streams nothing sends no byte until it ends: the idle timeout (60 s by
-            # default, 4000 at most) covers the longest request the model allows (settings/drain.py).
+            # default, 4000 at most) covers the longest request behind it (settings/drain.py).
             "loadBalancerAttributes": [
-                {"key": "idle_timeout.timeout_seconds", "value": str(idle_timeout_seconds(model))}
+                {"key": "idle_timeout.timeout_seconds", "value": str(idle_timeout_seconds(request_seconds))}
             ],
         },
     )
@@ -151,11 +181,11 @@ def ingress_class(
     ingress_class = k8s.KubeIngressClass(
         scope,
         "IngressClass",
-        metadata=k8s.ObjectMeta(name=model.name),
+        metadata=k8s.ObjectMeta(name=name),
         spec=k8s.IngressClassSpec(
             controller=CONTROLLER,
             parameters=k8s.IngressClassParametersReference(
-                api_group="eks.amazonaws.com", kind="IngressClassParams", name=model.name
+                api_group="eks.amazonaws.com", kind="IngressClassParams", name=name
             ),
         ),
     )
@@ -168,7 +198,10 @@ def ingress(scope: Construct, model: ModelSettings, service: kplus.Service, web_
         scope,
         "Ingress",
         metadata=cdk8s.ApiObjectMetadata(
-            name=model.name, annotations=internal_endpoint_annotations(model, web_acl_arn)
+            name=model.name,
+            annotations=load_balancer_annotations(
+                health_path="/health", request_seconds=max_request_seconds(model), web_acl_arn=web_acl_arn
+            ),
         ),
         class_name=model.name,
         rules=[

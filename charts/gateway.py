@@ -26,8 +26,7 @@ from constructs import Construct
 
 from charts.api_keys import mounted_secret
 from charts.api_object import allow, api_object, without_namespace
-from charts.exposure import CONTROLLER as ALB_CONTROLLER
-from charts.exposure import HTTPS_PORT, MAX_DEREGISTRATION_DELAY_SECONDS, MAX_IDLE_TIMEOUT_SECONDS
+from charts.exposure import ROUTED_PATH, admit_only, ingress_class, load_balancer_annotations
 from charts.pod_security import PINNED_BY_TAG, POD_SECURITY_LABELS, checkov_skip_annotations, hardened, non_root_pod
 from charts.smoke_test_access import smoke_test_access
 from settings.drain import max_request_seconds
@@ -37,6 +36,8 @@ NAMESPACE = "inference-gateway"
 NAME = "inference-gateway"
 # Envoy Gateway's controller name (its chart's config.envoyGateway.gateway.controllerName default).
 CONTROLLER_NAME = "gateway.envoyproxy.io/gatewayclass-controller"
+# The Gateway, as a policy's target (Gateway API LocalPolicyTargetReference).
+GATEWAY_REF = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME}
 # What Envoy sends vLLM in place of the key: the client's id, which quotas and usage metrics select on.
 CLIENT_HEADER = "x-client-id"
 # The header Envoy AI Gateway fills from the request body's `model` (api/v1beta1/shared_types.go, AIModelHeaderKey).
@@ -109,11 +110,6 @@ def quota_rule(quota: TokenQuota) -> dict[str, object]:
     }
 
 
-def longest_request_seconds(settings: StageSettings) -> int:
-    """The longest request any model allows: the load balancer's idle timeout and drain cover it."""
-    return max(max_request_seconds(model) for model in settings.models)
-
-
 class GatewayChart(cdk8s.Chart):
     """The gateway's namespace, GatewayClass, EnvoyProxy, Gateway, key authentication, quotas and key sync; and its
     load balancer when the settings give a hostname and certificate."""
@@ -138,7 +134,7 @@ class GatewayChart(cdk8s.Chart):
             "SecurityPolicy",
             cdk8s.ApiObjectMetadata(name="api-keys"),
             spec={
-                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME}],
+                "targetRefs": [GATEWAY_REF],
                 "apiKeyAuth": {
                     "credentialRefs": [{"group": "", "kind": "Secret", "name": KEYS_SECRET}],
                     # OpenAI clients send `Authorization: Bearer <key>`; Envoy takes the key after "Bearer "
@@ -159,7 +155,7 @@ class GatewayChart(cdk8s.Chart):
             "ClientTrafficPolicy",
             cdk8s.ApiObjectMetadata(name="request-bodies"),
             spec={
-                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME}],
+                "targetRefs": [GATEWAY_REF],
                 "connection": {"bufferLimit": BODY_BUFFER},
             },
         )
@@ -171,7 +167,7 @@ class GatewayChart(cdk8s.Chart):
                 "BackendTrafficPolicy",
                 cdk8s.ApiObjectMetadata(name="token-quotas"),
                 spec={
-                    "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME}],
+                    "targetRefs": [GATEWAY_REF],
                     "rateLimit": {"type": "Global", "global": {"rules": [quota_rule(q) for q in gateway.quotas]}},
                 },
             )
@@ -284,53 +280,28 @@ class GatewayChart(cdk8s.Chart):
         endpoint = gateway.endpoint
         assert endpoint is not None
         assert plan.web_acl_arn is not None
-        longest = longest_request_seconds(settings)
-        api_object(
+        # The longest request any model allows: the idle timeout and the drain cover it.
+        longest = max(max_request_seconds(model) for model in settings.models)
+        ingress_class(
             self,
-            "IngressClassParams",
-            "eks.amazonaws.com/v1",
-            "IngressClassParams",
-            cdk8s.ApiObjectMetadata(name=NAME),
-            cluster_scoped=True,
-            spec={
-                "scheme": "internal",
-                "certificateARNs": [endpoint.certificate_arn],
-                "subnets": {"ids": list(plan.inbound_subnet_ids)},
-                "loadBalancerAttributes": [
-                    {"key": "idle_timeout.timeout_seconds", "value": str(min(longest, MAX_IDLE_TIMEOUT_SECONDS))}
-                ],
-            },
+            name=NAME,
+            certificate_arn=endpoint.certificate_arn,
+            subnet_ids=plan.inbound_subnet_ids,
+            request_seconds=longest,
         )
-        ingress_class = k8s.KubeIngressClass(
-            self,
-            "IngressClass",
-            metadata=k8s.ObjectMeta(name=NAME),
-            spec=k8s.IngressClassSpec(
-                controller=ALB_CONTROLLER,
-                parameters=k8s.IngressClassParametersReference(
-                    api_group="eks.amazonaws.com", kind="IngressClassParams", name=NAME
-                ),
-            ),
-        )
-        without_namespace(ingress_class)
         # The proxies' Service is Envoy Gateway's, so the Ingress names it rather than holding a cdk8s-plus Service.
         k8s.KubeIngress(
             self,
             "Ingress",
             metadata=k8s.ObjectMeta(
                 name=NAME,
-                annotations={
-                    "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTPS": HTTPS_PORT}]),
-                    "alb.ingress.kubernetes.io/target-type": "ip",
-                    # Envoy answers its own readiness on the proxies' port 19003 (Envoy Gateway's EnvoyProxy
-                    # default readiness probe); a 404 from the listener still shows it up.
-                    "alb.ingress.kubernetes.io/success-codes": "200-499",
-                    "alb.ingress.kubernetes.io/healthcheck-path": "/v1/models",
-                    "alb.ingress.kubernetes.io/target-group-attributes": (
-                        f"deregistration_delay.timeout_seconds={min(longest, MAX_DEREGISTRATION_DELAY_SECONDS)}"
-                    ),
-                    "alb.ingress.kubernetes.io/wafv2-acl-arn": plan.web_acl_arn,
-                },
+                # A key-less health check is answered 401 by a proxy that is up: any answer below 500 is healthy.
+                annotations=load_balancer_annotations(
+                    health_path="/v1/models",
+                    request_seconds=longest,
+                    web_acl_arn=plan.web_acl_arn,
+                    success_codes="200-499",
+                ),
             ),
             spec=k8s.IngressSpec(
                 ingress_class_name=NAME,
@@ -340,7 +311,7 @@ class GatewayChart(cdk8s.Chart):
                         http=k8s.HttpIngressRuleValue(
                             paths=[
                                 k8s.HttpIngressPath(
-                                    path="/v1",
+                                    path=ROUTED_PATH,
                                     path_type="Prefix",
                                     backend=k8s.IngressBackend(
                                         service=k8s.IngressServiceBackend(
@@ -431,11 +402,4 @@ class KeySync(Construct):
         container.mount(KEY_SYNC_MOUNT, clients, read_only=True)
         deployment.select(kplus.LabelSelector.of(labels=KEY_SYNC_LABELS))
         # Nothing reaches the key sync: it only calls out, to the Kubernetes API.
-        k8s.KubeNetworkPolicy(
-            self,
-            "NetworkPolicy",
-            metadata=k8s.ObjectMeta(name=KEY_SYNC),
-            spec=k8s.NetworkPolicySpec(
-                pod_selector=k8s.LabelSelector(match_labels=KEY_SYNC_LABELS), policy_types=["Ingress"], ingress=[]
-            ),
-        )
+        admit_only(self, "NetworkPolicy", name=KEY_SYNC, pod_labels=KEY_SYNC_LABELS, rules=[])

@@ -27,7 +27,8 @@ from cdk8s_plus_30 import k8s
 from constructs import Construct
 
 from charts.api_object import allow, api_object
-from charts.gateway import MODEL_HEADER, NAME, NAMESPACE, TOKEN_COST_KEYS
+from charts.exposure import admit_only, subnets
+from charts.gateway import GATEWAY_REF, MODEL_HEADER, NAME, NAMESPACE, TOKEN_COST_KEYS
 from charts.pod_security import PINNED_BY_TAG, checkov_skip_annotations, hardened, non_root_pod
 from settings.drain import max_request_seconds
 from settings.schema import ModelSettings
@@ -106,7 +107,7 @@ def route_spec(model: ModelSettings) -> dict[str, object]:
     TOKEN_COST_KEYS). One rule per name: `GET /v1/models` lists each rule's exact match."""
     pool = {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": model.name}
     return {
-        "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": NAME, "namespace": NAMESPACE}],
+        "parentRefs": [{**GATEWAY_REF, "namespace": NAMESPACE}],
         "rules": [
             {
                 "matches": [{"headers": [{"type": "Exact", "name": MODEL_HEADER, "value": served}]}],
@@ -304,37 +305,23 @@ class GatewayModel(Construct):
         scraped_ports: tuple[int, ...],
     ) -> None:
         """Only the gateway's proxies and the model's picker reach vLLM (and the scraper, from the inbound subnets);
-        only the proxies reach the picker. The IP blocks are deploy-time values (CDK tokens): the typed objects."""
+        only the proxies reach the picker."""
         proxies = k8s.NetworkPolicyPeer(
             namespace_selector=k8s.LabelSelector(match_labels={"kubernetes.io/metadata.name": NAMESPACE}),
             pod_selector=k8s.LabelSelector(match_labels={"gateway.envoyproxy.io/owning-gateway-name": NAME}),
         )
         picker = k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=picker_labels))
-        scraper = [k8s.NetworkPolicyPeer(ip_block=k8s.IpBlock(cidr=cidr)) for cidr in inbound_cidrs]
-
-        def tcp(*numbers: int) -> list[k8s.NetworkPolicyPort]:
-            return [k8s.NetworkPolicyPort(protocol="TCP", port=k8s.IntOrString.from_number(n)) for n in numbers]
-
-        k8s.KubeNetworkPolicy(
+        admit_only(
             self,
             "ReplicasPolicy",
-            metadata=k8s.ObjectMeta(name=f"{model.name}-from-gateway"),
-            spec=k8s.NetworkPolicySpec(
-                pod_selector=k8s.LabelSelector(match_labels=pod_labels),
-                policy_types=["Ingress"],
-                ingress=[
-                    k8s.NetworkPolicyIngressRule(from_=[proxies, picker], ports=tcp(port)),
-                    k8s.NetworkPolicyIngressRule(from_=scraper, ports=tcp(port, *scraped_ports)),
-                ],
-            ),
+            name=f"{model.name}-from-gateway",
+            pod_labels=pod_labels,
+            rules=[([proxies, picker], (port,)), (subnets(inbound_cidrs), (port, *scraped_ports))],
         )
-        k8s.KubeNetworkPolicy(
+        admit_only(
             self,
             "PickerPolicy",
-            metadata=k8s.ObjectMeta(name=f"{picker_name(model)}-from-gateway"),
-            spec=k8s.NetworkPolicySpec(
-                pod_selector=k8s.LabelSelector(match_labels=picker_labels),
-                policy_types=["Ingress"],
-                ingress=[k8s.NetworkPolicyIngressRule(from_=[proxies], ports=tcp(EXT_PROC_PORT))],
-            ),
+            name=f"{picker_name(model)}-from-gateway",
+            pod_labels=picker_labels,
+            rules=[([proxies], (EXT_PROC_PORT,))],
         )

@@ -29,42 +29,52 @@ class RegistryStack(Stack):
     def __init__(self, scope: Construct, id: str, *, settings: StageSettings, **kwargs: Any) -> None:
         super().__init__(scope, id, **kwargs)
         registry = settings.registry
-        ecr.CfnPullThroughCacheRule(
-            self,
-            "EcrPublicCache",
-            ecr_repository_prefix=settings.image_cache_prefix,
-            upstream_registry="ecr-public",
-            upstream_registry_url=UPSTREAM_REGISTRY,
-        )
-        cached_repository_template(
-            self, "CachedRepositoryTemplate", settings.image_cache_prefix, UPSTREAM_REGISTRY, registry
-        )
+        # Each upstream under the stage's own prefix, with the template for the repositories a first pull creates:
+        # ECR Public's always; Docker Hub's when the stage signs in to it; registry.k8s.io's (read without
+        # credentials) with the gateway, for its endpoint picker. The upstream names are the ones ECR gives them (ECR
+        # API Reference, CreatePullThroughCacheRule). Construct ids stay as first deployed.
+        upstreams: list[tuple[str, str, str, str, str, str | None]] = [
+            (
+                "EcrPublicCache",
+                "CachedRepositoryTemplate",
+                settings.image_cache_prefix,
+                "ecr-public",
+                UPSTREAM_REGISTRY,
+                None,
+            ),
+        ]
         if registry.docker_hub_credential_arn is not None:
-            # Docker Hub's registry, and the upstream name ECR gives it (ECR API Reference, CreatePullThroughCacheRule).
-            ecr.CfnPullThroughCacheRule(
-                self,
-                "DockerHubCache",
-                ecr_repository_prefix=settings.docker_hub_cache_prefix,
-                upstream_registry="docker-hub",
-                upstream_registry_url=DOCKER_HUB_REGISTRY,
-                credential_arn=registry.docker_hub_credential_arn,
-            )
-            cached_repository_template(
-                self, "DockerHubRepositoryTemplate", settings.docker_hub_cache_prefix, DOCKER_HUB_REGISTRY, registry
+            upstreams.append(
+                (
+                    "DockerHubCache",
+                    "DockerHubRepositoryTemplate",
+                    settings.docker_hub_cache_prefix,
+                    "docker-hub",
+                    DOCKER_HUB_REGISTRY,
+                    registry.docker_hub_credential_arn,
+                )
             )
         if settings.gateway is not None:
-            # registry.k8s.io, which the cache reads without credentials (ECR API Reference, CreatePullThroughCacheRule:
-            # upstreamRegistry "k8s"): the gateway's endpoint picker.
+            upstreams.append(
+                (
+                    "KubernetesRegistryCache",
+                    "KubernetesRepositoryTemplate",
+                    settings.kubernetes_cache_prefix,
+                    "k8s",
+                    KUBERNETES_REGISTRY,
+                    None,
+                )
+            )
+        for rule_id, template_id, prefix, upstream, url, credential in upstreams:
             ecr.CfnPullThroughCacheRule(
                 self,
-                "KubernetesRegistryCache",
-                ecr_repository_prefix=settings.kubernetes_cache_prefix,
-                upstream_registry="k8s",
-                upstream_registry_url=KUBERNETES_REGISTRY,
+                rule_id,
+                ecr_repository_prefix=prefix,
+                upstream_registry=upstream,
+                upstream_registry_url=url,
+                credential_arn=credential,
             )
-            cached_repository_template(
-                self, "KubernetesRepositoryTemplate", settings.kubernetes_cache_prefix, KUBERNETES_REGISTRY, registry
-            )
+            cached_repository_template(self, template_id, prefix, url, registry)
         # One per registry, and it replaces the account's: only a stage that owns it sets it (RegistrySettings), and of
         # the stages sharing an account and region one at most (settings.check_shared_registries).
         if registry.owns_scanning_configuration:

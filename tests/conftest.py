@@ -453,19 +453,18 @@ def stage_data(stage: str = DEFAULT_STAGE) -> dict[str, Any]:
     return copy.deepcopy(_stage_file(stage))
 
 
-# prod as a stage without the gateway, its model reached with its own API keys (models[].api_keys_secret) as a
-# single-model stage may be: what the per-model keys and exposure are tested on. Parsed with the name "prod".
-KEYED_PROD = "prod-keyed"
-
-
 @functools.cache
 def _stage_file(stage: str) -> dict[str, Any]:
-    if stage == KEYED_PROD:
-        data = copy.deepcopy(_stage_file("prod"))
-        del data["gateway"]
-        data["models"][0]["api_keys_secret"] = "gpt-oss-20b/api-keys"
-        return data
     return load_yaml((STAGES_DIR / f"{stage}.yaml").read_text())
+
+
+def keyed_prod_data() -> dict[str, Any]:
+    """prod's settings without the gateway, its model reached with its own API keys (models[].api_keys_secret), as a
+    single-model stage may be: what the per-model keys and exposure are tested on. Parse it as "prod"."""
+    data = stage_data("prod")
+    del data["gateway"]
+    data["models"][0]["api_keys_secret"] = "gpt-oss-20b/api-keys"
+    return data
 
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/" + "0" * 36
@@ -553,7 +552,7 @@ def render_charts(stage: str) -> dict[str, list[dict[str, Any]]]:
 
 @functools.cache
 def _rendered(stage: str) -> dict[str, list[dict[str, Any]]]:
-    settings = parse_stage_settings("prod", stage_data(stage)) if stage == KEYED_PROD else load_stage_settings(stage)
+    settings = load_stage_settings(stage)
     charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
     return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
 

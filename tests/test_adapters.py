@@ -6,16 +6,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import cdk8s
 import pytest
 
-from charts import DeployedResources, build_charts
 from charts.gateway_model import route_spec
 from charts.model_loader import COMPLETION_MARKER
 from charts.vllm_server import vllm_args
 from settings import parse_stage_settings
 from settings.schema import MAX_LORA_RANKS
-from tests.conftest import GATEWAY_DEFINITIONS, find, gateway_data, stage_data
+from tests.conftest import GATEWAY_DEFINITIONS, charts_of, find, gateway_data, stage_data
 from tests.crd_cel import cel_problems
 from tests.scanners import crd_problems
 from tests.test_settings import rejected
@@ -106,9 +104,12 @@ def test_the_lora_flags_are_each_versions(image: str) -> None:
 
 
 def rendered_model(data: dict[str, Any]) -> list[dict[str, Any]]:
-    settings = parse_stage_settings("dev", data)
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-    return [obj for chart_id, chart in charts.items() if chart_id.endswith("gpt-oss-20b") for obj in chart.to_json()]
+    return [
+        obj
+        for chart_id, objects in charts_of(data, "dev").items()
+        if chart_id.endswith("gpt-oss-20b")
+        for obj in objects
+    ]
 
 
 def test_hub_adapters_are_imported_before_the_weights_and_the_replicas_wait_for_every_adapter() -> None:
@@ -155,9 +156,9 @@ def test_the_gateway_routes_each_adapter_by_name_to_the_models_pool() -> None:
 
 
 def test_a_route_with_adapters_passes_its_definition() -> None:
-    settings = parse_stage_settings("dev", with_adapters(HUB, UPLOADED, stage="gateway"))
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-    route = find(charts["Gateway-gpt-oss-20b"].to_json(), "AIGatewayRoute")
+    route = find(
+        charts_of(with_adapters(HUB, UPLOADED, stage="gateway"), "dev")["Gateway-gpt-oss-20b"], "AIGatewayRoute"
+    )
     assert len(route["spec"]["rules"]) == 3
     definition = GATEWAY_DEFINITIONS["AIGatewayRoute"]
     assert crd_problems(route, definition) == []

@@ -14,11 +14,12 @@ from charts.api_keys import FILE, LOGGING_CONFIG, LOGGING_FILE, LOGGING_MOUNT, M
 from stacks.cluster import SECRETS_STORE_ADDON
 from tests.conftest import (
     KEYED_MODEL,
-    KEYED_PROD,
     ROOT,
     Assembly,
     Scenario,
+    charts_of,
     find,
+    keyed_prod_data,
     render_charts,
     resources,
     stage_data,
@@ -32,8 +33,9 @@ SECRET = "gpt-oss-20b/api-keys"
 SECRET_PROVIDER_CLASS_CRD = ROOT / "tests" / "fixtures" / "crds" / "secretproviderclasses.yaml"
 
 
-def model_objects(stage: str = KEYED_PROD) -> list[dict[str, Any]]:
-    return objects_of(render_charts(stage), "gpt-oss-20b")
+def model_objects(stage: str | None = None) -> list[dict[str, Any]]:
+    """The model's objects: in a stage file's charts, or by default in prod keyed per model (keyed_prod_data)."""
+    return objects_of(render_charts(stage) if stage else charts_of(keyed_prod_data()), "gpt-oss-20b")
 
 
 def test_the_secret_is_mounted_for_vllm_to_read_as_its_config() -> None:

@@ -25,7 +25,7 @@ from settings.cold_start import (
     weight_read_seconds,
     weights_read_at_once_gb,
 )
-from tests.conftest import KEYED_PROD, stage_data
+from tests.conftest import keyed_prod_data, stage_data
 from tests.test_settings import rejected
 
 
@@ -148,7 +148,7 @@ def test_replicas_starting_at_once_share_the_file_systems_throughput() -> None:
 
 
 def test_a_weight_read_slower_than_the_target_is_refused_with_what_would_meet_it() -> None:
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["model_store"] = {**data.get("model_store", {}), "weight_read_target_seconds": 60}
     problem = rejected(data, "prod")
     assert "model_store.weight_read_target_seconds: with every replica of a model starting at once (55.0 GB" in problem
@@ -161,7 +161,7 @@ def test_a_weight_read_slower_than_the_target_is_refused_with_what_would_meet_it
 
 
 def test_the_options_meet_the_target_with_the_least_capacity_for_each_throughput() -> None:
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["model_store"] = {**data.get("model_store", {}), "weight_read_target_seconds": 100}
     settings = parse_stage_settings("prod", data | {"model_store": data["model_store"] | {"throughput_per_tib": 1000}})
     for capacity, per_tib, seconds in file_system_options(settings):
@@ -184,7 +184,7 @@ def test_a_warm_spares_node_skips_the_launch_and_the_pull_and_the_levers_say_wha
 def test_each_model_is_budgeted_for_its_own_replicas_starting_at_once_however_many_models() -> None:
     # A stage of 30 production models: each model's rollout reads its own replicas' weights at once, and the stage
     # still loads, its deadlines those of one model.
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["models"] = [
         {**data["models"][0], "name": f"model-{i:02d}", "service_name": f"model-{i:02d}"} for i in range(30)
     ]

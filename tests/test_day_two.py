@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from commands.plan import PRUNED_KINDS, unfold_manifest
-from tests.conftest import KEYED_PROD, Assembly, charts_of, stage_data
+from tests.conftest import Assembly, charts_of, keyed_prod_data
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
 
@@ -62,8 +62,8 @@ TURNED_OFF = {
 @pytest.mark.parametrize("change", sorted(TURNED_OFF))
 def test_what_a_stage_stops_declaring_goes_with_a_resource_of_its_own(change: str) -> None:
     before_of, after_of = TURNED_OFF[change]
-    before = charts_of(before_of(copy.deepcopy(stage_data(KEYED_PROD))))
-    after = charts_of(after_of(copy.deepcopy(stage_data(KEYED_PROD))))
+    before = charts_of(before_of(copy.deepcopy(keyed_prod_data())))
+    after = charts_of(after_of(copy.deepcopy(keyed_prod_data())))
     remaining = {identity(obj) for objects in after.values() for obj in objects}
     gone = [
         (chart_id, obj) for chart_id, objects in before.items() for obj in objects if identity(obj) not in remaining

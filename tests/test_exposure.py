@@ -22,7 +22,7 @@ from settings.drain import LOAD_BALANCER_DEREGISTRATION_SECONDS, SHUTDOWN_SECOND
 from settings.schema import StageSettings
 from stacks.smoke_test_project import smoke_test_args, smoke_test_timeout
 from stacks.web_acl import rate_limited_web_acl
-from tests.conftest import KEYED_PROD, find, gpu_pool_objects, model_objects, render_charts, stage_data
+from tests.conftest import charts_of, find, gpu_pool_objects, keyed_prod_data, model_objects, stage_data
 from tests.scanners import cloudformation_problems, kubernetes_problems
 from tests.test_settings import rejected
 
@@ -35,7 +35,7 @@ WEB_ACL = "arn:aws:wafv2:us-west-2:123456789012:regional/webacl/gptoss20bWebAcl/
 def exposed(**exposure: Any) -> dict[str, Any]:
     """prod's settings, keyed per model rather than behind the gateway, with its model behind an internal load
     balancer."""
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["models"][0]["exposure"] = {"hostname": HOSTNAME, "certificate_arn": CERTIFICATE, **exposure}
     return data
 
@@ -108,13 +108,13 @@ def test_a_replica_leaving_the_load_balancer_drains_before_sigterm_and_before_th
     assert delay == max_request_seconds(model) == 1000  # not ELB's default 300, which would cut long requests
     assert deployment["terminationGracePeriodSeconds"] >= wait + max_request_seconds(model) + SHUTDOWN_SECONDS
     # A model that no load balancer fronts waits only for the proxies.
-    unexposed = find(render_charts(KEYED_PROD)["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    unexposed = find(charts_of(keyed_prod_data())["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
     assert "DRAIN_DELAY=10" in unexposed["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
 
 
 def test_the_deregistration_delay_stays_within_elbs_limit() -> None:
     model = exposed_settings(**{}).models[0].model_copy(update={"max_request_seconds": 5000})
-    assert deregistration_delay_seconds(model) == 3600
+    assert deregistration_delay_seconds(max_request_seconds(model)) == 3600
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
@@ -141,7 +141,7 @@ def test_only_v1_reaches_vllm_through_the_load_balancer(path: str, routed: bool)
 
 
 def test_a_model_not_exposed_has_no_ingress() -> None:
-    objects = model_objects(render_charts(KEYED_PROD), "gpt-oss-20b")
+    objects = model_objects(charts_of(keyed_prod_data()), "gpt-oss-20b")
     assert not [obj for obj in objects if obj["kind"] in ("Ingress", "IngressClass", "IngressClassParams")]
 
 
@@ -262,7 +262,7 @@ def test_the_smoke_test_asks_through_the_load_balancer_by_its_name_with_a_key() 
     args = smoke_test_args(settings, settings.models[0], import_job="import-gpt-oss-20b-0123abcd")
     assert args[-6:] == ["--api-key-secret", "gpt-oss-20b/api-keys", "--ingress", "gpt-oss-20b", "--hostname", HOSTNAME]
     # Its time includes waiting for Auto Mode to provision the load balancer.
-    unexposed = parse_stage_settings("prod", stage_data(KEYED_PROD))
+    unexposed = parse_stage_settings("prod", keyed_prod_data())
     assert smoke_test_timeout(settings).to_seconds() == smoke_test_timeout(unexposed).to_seconds() + 900
 
 
@@ -290,7 +290,7 @@ def test_exposure_turns_on_network_policies_in_the_cluster_and_changes_no_node_c
     (config_map,) = controller.to_json()
     assert config_map["metadata"] == {"name": "amazon-vpc-cni", "namespace": "kube-system"}
     assert config_map["data"] == {"enable-network-policy-controller": "true"}
-    plain = render_charts(KEYED_PROD)
+    plain = charts_of(keyed_prod_data())
     # The controller's ConfigMap in every stage: turned off, its deletion would delete Auto Mode's whole ConfigMap.
     assert plain[NETWORK_POLICY_CONTROLLER] == controller.to_json()
     # The NodeClasses are the same without exposure: turning it on replaces no GPU node.

@@ -15,11 +15,9 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import cdk8s
 import pytest
 import yaml
 
-from charts import DeployedResources, build_charts
 from charts.gateway import CLIENT_HEADER, KEY_SYNC_SCRIPT, MODEL_HEADER, TOKEN_COST_KEYS
 from charts.gateway_model import picker_metric_flags
 from settings import parse_stage_settings
@@ -31,6 +29,7 @@ from tests.conftest import (
     GATEWAY_DEFINITIONS,
     UNPUBLISHED_DEFINITIONS,
     Assembly,
+    charts_of,
     find,
     find_all,
     gateway_data,
@@ -184,9 +183,7 @@ def test_only_the_gateway_and_the_picker_reach_the_replicas(objects: list[dict[s
 
 
 def rendered_model() -> list[dict[str, Any]]:
-    settings = parse_stage_settings("dev", gateway_data())
-    charts = build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
-    return charts["Model-gpt-oss-20b"].to_json()
+    return charts_of(gateway_data(), "dev")["Model-gpt-oss-20b"]
 
 
 def test_the_chart_values_set_are_keys_of_the_vendored_charts() -> None:
@@ -390,3 +387,23 @@ def test_each_charts_release_fits_the_secret_helm_keeps_it_in(chart: str) -> Non
         gzip.compress(json.dumps({"chart": {"templates": templates}, "manifest": manifest}).encode())
     )
     assert len(stored) < SECRET_LIMIT
+
+
+def test_the_stages_load_balancer_fronts_the_proxies_with_its_certificate_and_web_acl(
+    objects: list[dict[str, Any]],
+) -> None:
+    params, ingress = find(objects, "IngressClassParams"), find(objects, "Ingress")
+    assert params["spec"]["certificateARNs"] == [CERTIFICATE]
+    assert params["spec"]["scheme"] == "internal"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "llm.internal.example.com"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1", "Prefix")
+    assert path["backend"]["service"] == {"name": "inference-gateway", "port": {"number": 80}}
+    annotations = ingress["metadata"]["annotations"]
+    # A proxy asked without a key answers 401: up, as far as the load balancer is concerned.
+    assert (
+        annotations["alb.ingress.kubernetes.io/healthcheck-path"],
+        annotations["alb.ingress.kubernetes.io/success-codes"],
+    ) == ("/v1/models", "200-499")
+    assert annotations["alb.ingress.kubernetes.io/wafv2-acl-arn"] == "<web ACL of the gateway>"

@@ -13,7 +13,7 @@ import pytest
 from settings import SettingsError, load_pipeline_settings, parse_pipeline_settings, parse_stage_settings
 from stacks.pipeline import lookup_role_arn, plan_commands, smoke_test_commands, trigger_role_arn
 from stacks.smoke_test_project import smoke_test_timeout
-from tests.conftest import KEYED_PROD, Assembly, nested_stage, properties, stage_data, validation_findings
+from tests.conftest import Assembly, keyed_prod_data, nested_stage, properties, validation_findings
 
 PIPELINE_ACCOUNT, DEV_ACCOUNT, PROD_ACCOUNT = "111111111111", "222222222222", "333333333333"
 
@@ -342,7 +342,7 @@ def test_stateful_stacks_have_the_same_logical_ids_deployed_alone_or_by_the_pipe
 
 
 def test_a_stage_of_many_models_is_smoke_tested_within_what_codebuild_allows_a_build() -> None:
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["models"] = [
         {**data["models"][0], "name": f"model-{i}", "service_name": f"model-{i}", "revision": f"{i:040x}"}
         for i in range(40)

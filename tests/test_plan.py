@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from commands import plan as make_plan
 from settings import SettingsError, parse_stage_settings
 from settings.names import SECRETS_STORE_ADDON
-from tests.conftest import KEYED_PROD, Assembly, charts_of, stage_data
+from tests.conftest import Assembly, charts_of, keyed_prod_data, stage_data
 
 CERTIFICATE = "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000"
 
@@ -30,7 +30,7 @@ def serving_of(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def planned(change: Callable[[dict[str, Any]], Any]) -> make_plan.Plan:
-    before = stage_data(KEYED_PROD)
+    before = keyed_prod_data()
     after = copy.deepcopy(before)
     change(after)
     return make_plan.plan({"Serving": serving_of(before)}, {"Serving": serving_of(after)})
@@ -118,15 +118,15 @@ def test_the_plan_of_a_day_two_change_says_what_it_does(change: str) -> None:
 
 
 def test_a_removed_model_and_its_namespace_are_said() -> None:
-    before = stage_data(KEYED_PROD)
+    before = keyed_prod_data()
     second_model(before)
-    result = make_plan.plan({"Serving": serving_of(before)}, {"Serving": serving_of(stage_data(KEYED_PROD))})
+    result = make_plan.plan({"Serving": serving_of(before)}, {"Serving": serving_of(keyed_prod_data())})
     assert "Kubernetes: Namespace gpt-oss-b is removed from the cluster" in result.lines
 
 
 def test_a_job_changed_under_its_name_is_refused() -> None:
     # What a Job named after settings rather than its spec did: the deploy would fail on the immutable template.
-    before = serving_of(stage_data(KEYED_PROD))
+    before = serving_of(keyed_prod_data())
     after = copy.deepcopy(before)
     objects = json.loads(after["Resources"]["Model-gpt-oss-20b"]["Properties"]["Manifest"])
     job = next(obj for obj in objects if obj["kind"] == "Job")
@@ -232,9 +232,9 @@ def test_the_key_driver_going_before_the_replicas_that_mount_it_is_refused(prod:
     ]
     without_driver = copy.deepcopy(cluster)
     del without_driver["Resources"][addon_id]
-    keys_off = copy.deepcopy(stage_data(KEYED_PROD))
+    keys_off = copy.deepcopy(keyed_prod_data())
     without_keys(keys_off)
-    before = {"Cluster": cluster, "Serving": serving_of(stage_data(KEYED_PROD))}
+    before = {"Cluster": cluster, "Serving": serving_of(keyed_prod_data())}
     # Keys and driver off in one deploy: the old replicas could not unmount their keys.
     (refusal,) = make_plan.plan(before, {"Cluster": without_driver, "Serving": serving_of(keys_off)}).refusals
     assert "aws-secrets-store-csi-driver-provider add-on would be removed before the replicas" in refusal
@@ -249,7 +249,7 @@ def test_the_key_driver_going_before_the_replicas_that_mount_it_is_refused(prod:
     ("driver", "keys", "installed"), [(None, True, True), (None, False, False), (True, False, True)]
 )
 def test_the_key_driver_follows_the_keys_unless_kept(driver: bool | None, keys: bool, installed: bool) -> None:
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     if not keys:
         without_keys(data)
     data["cluster"]["secrets_store_driver"] = driver
@@ -257,7 +257,7 @@ def test_the_key_driver_follows_the_keys_unless_kept(driver: bool | None, keys: 
 
 
 def test_keys_without_their_driver_are_refused() -> None:
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["cluster"]["secrets_store_driver"] = False
     with pytest.raises(SettingsError, match=r"(?s)stage 'prod'.*cluster.secrets_store_driver: false, but models\[0\]"):
         parse_stage_settings("prod", data)
@@ -298,7 +298,7 @@ def test_an_add_on_moved_on_purpose_is_said(dev: Assembly) -> None:
 
 def test_a_custom_resource_its_updated_chart_stops_declaring_is_said_to_stay() -> None:
     # The chart that once held every pool held NodeClass `gpu`; updated to a ConfigMap, kubectl's prune leaves it.
-    after = serving_of(stage_data(KEYED_PROD))
+    after = serving_of(keyed_prod_data())
     before = copy.deepcopy(after)
     legacy = before["Resources"]["GpuNodePool"]["Properties"]
     objects = json.loads(legacy["Manifest"])
@@ -452,7 +452,7 @@ def test_keda_going_before_the_scaled_objects_it_finalizes_is_refused(prod: Asse
     ("metrics", "autoscaled", "keda"), [(True, True, True), (True, False, True), (False, False, False)]
 )
 def test_keda_runs_wherever_metrics_do(metrics: bool, autoscaled: bool, keda: bool) -> None:
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     if not autoscaled:
         model(data).pop("autoscaling")
     if not metrics:

@@ -17,7 +17,7 @@ from commands.preflight import QUOTAS, STANDARD_QUOTA, gateway_clients_problems,
 from settings import StageSettings, load_stage_settings, parse_stage_settings
 from settings.sizing import candidates
 from tests.aws_stubs import StubbedClients
-from tests.conftest import KEYED_PROD, stage_data
+from tests.conftest import keyed_prod_data, stage_data
 
 REGION = "us-west-2"
 ACTIVE = "cr-0123456789abcdef0"
@@ -379,7 +379,7 @@ def test_a_reservation_no_pool_selects_is_reported_as_open_matching_only(stubs: 
 
 
 def test_a_missing_api_keys_secret_blocks_naming_it(stubs: Stubs) -> None:
-    settings = parse_stage_settings("prod", stage_data(KEYED_PROD))
+    settings = parse_stage_settings("prod", keyed_prod_data())
     stubs.offerings(settings, offered_everywhere(settings))
     stubs.quotas(ENOUGH)
     stubs.scanning()
@@ -457,7 +457,7 @@ def test_a_stage_that_does_not_own_scanning_never_asks_ecr(stubs: Stubs) -> None
 def test_a_new_body_rule_of_known_bad_inputs_blocks_an_exposed_stage(
     stubs: Stubs, rules: tuple[str, ...], blocked: bool
 ) -> None:
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["models"][0]["exposure"] = {
         "hostname": "llm.internal.example.com",
         "certificate_arn": "arn:aws:acm:us-west-2:123456789012:certificate/0a1b2c3d-0000-4000-8000-000000000000",

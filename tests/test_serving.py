@@ -13,7 +13,15 @@ import cdk8s
 from charts import DeployedResources, stage_charts
 from commands.plan import MANIFEST_TYPE, unfold_manifest
 from settings import names, parse_stage_settings
-from tests.conftest import KEYED_MODEL, KEYED_PROD, Assembly, Scenario, find, render_charts, stage_data, stored_check
+from tests.conftest import (
+    KEYED_MODEL,
+    Assembly,
+    Scenario,
+    find,
+    keyed_prod_data,
+    render_charts,
+    stored_check,
+)
 
 # A JSON string holding a reference (${...}) or a placeholder (<...>): known only once deployed.
 DEPLOYED_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:\$\{|<)(?:[^"\\]|\\.)*"')
@@ -309,7 +317,7 @@ def test_only_the_pools_limits_follow_the_models() -> None:
         charts = stage_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings))
         return {chart_id: chart.to_json() for chart_id, chart in charts.items()}
 
-    one = stage_data(KEYED_PROD)
+    one = keyed_prod_data()
     two = copy.deepcopy(one)
     second = {**two["models"][0], "name": "gpt-oss-20b-b", "service_name": "gptoss-b", "revision": "a" * 40}
     two["models"].append(second)

@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from charts import DeployedResources, build_charts
 from settings import parse_stage_settings
-from tests.conftest import KEYED_PROD, Scenario, find, stage_data
+from tests.conftest import Scenario, find, keyed_prod_data, stage_data
 from tests.scanners import kubernetes_problems
 from workloads import compile_cache
 
@@ -84,10 +84,9 @@ def test_the_sidecar_saves_only_once_vllm_serves(
     assert f"compile cache: 1 files to s3://{BUCKET}/{PREFIX}" in capsys.readouterr().out
 
 
-def charts_with_cache(stage: str) -> dict[str, list[dict[str, Any]]]:
-    data = stage_data(stage)
+def charts_with_cache(data: dict[str, Any], stage: str) -> dict[str, list[dict[str, Any]]]:
     data["models"][0]["compile_cache"] = True
-    settings = parse_stage_settings("prod" if stage == KEYED_PROD else stage, data)
+    settings = parse_stage_settings(stage, data)
     return {
         chart_id: chart.to_json()
         for chart_id, chart in build_charts(cdk8s.App(), settings, DeployedResources.placeholders(settings)).items()
@@ -95,7 +94,7 @@ def charts_with_cache(stage: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_the_cache_is_copied_in_before_vllm_and_back_beside_it_into_the_pods_home() -> None:
-    charts = charts_with_cache("dev")
+    charts = charts_with_cache(stage_data(), "dev")
     feature = charts["CompileCache-gpt-oss-20b"]
     assert find(feature, "ServiceAccount")["metadata"]["name"] == "vllm-compile-cache"  # dev has no API keys
     pod = find(charts["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
@@ -119,7 +118,7 @@ def test_the_cache_is_copied_in_before_vllm_and_back_beside_it_into_the_pods_hom
 
 
 def test_with_api_keys_the_replicas_keep_their_account() -> None:
-    charts = charts_with_cache(KEYED_PROD)
+    charts = charts_with_cache(keyed_prod_data(), "prod")
     assert "ServiceAccount" not in {obj["kind"] for obj in charts["CompileCache-gpt-oss-20b"]}
     pod = find(charts["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "vllm-server"

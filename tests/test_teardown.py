@@ -13,7 +13,7 @@ from settings import load_stage_settings, parse_stage_settings
 from settings.drain import termination_grace_seconds
 from settings.schema import duration_seconds
 from tests.cluster_stand_in import AUTO_MODE_POOLS, Cluster, stage_cluster
-from tests.conftest import KEYED_PROD, Assembly, stage_data
+from tests.conftest import Assembly, keyed_prod_data
 
 
 def torn_down(cluster: Cluster, assembly: Assembly, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -185,7 +185,7 @@ def test_a_model_the_settings_no_longer_name_is_stopped_and_its_stack_deleted_fi
     prod: Assembly, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The pipeline deployed a second model, then the settings dropped it: its stack and its replicas are still there.
-    data = stage_data(KEYED_PROD)
+    data = keyed_prod_data()
     data["models"].append({**data["models"][0], "name": "retired", "service_name": "retired"})
     cluster = stage_cluster(parse_stage_settings("prod", data))
     cluster.stacks = ["prod-Model-retired"]
