@@ -30,6 +30,7 @@ from charts.api_object import allow, api_object
 from charts.exposure import admit_only, subnets
 from charts.gateway import GATEWAY_REF, MODEL_HEADER, NAME, NAMESPACE, TOKEN_COST_KEYS
 from charts.pod_security import PINNED_BY_TAG, checkov_skip_annotations, hardened, non_root_pod
+from settings import names
 from settings.drain import max_request_seconds
 from settings.schema import ModelSettings
 from settings.vllm_profiles import VllmProfile, profile_of
@@ -72,10 +73,6 @@ PICKER_CONFIG = {
 class GatewayModelPlan:
     picker_image: str
     picker_replicas: int
-
-
-def picker_name(model: ModelSettings) -> str:
-    return f"{model.name}-picker"
 
 
 def picker_metric_flags(profile: VllmProfile) -> list[str]:
@@ -139,7 +136,7 @@ class GatewayModel(Construct):
         scraped_ports: tuple[int, ...],
     ) -> None:
         super().__init__(scope, id)
-        name = picker_name(model)
+        name = names.picker_name(model.name)
         api_object(
             self,
             "Route",
@@ -195,7 +192,7 @@ class GatewayModel(Construct):
         # The picker checks who scrapes its metrics (filters.WithAuthenticationAndAuthorization, cmd/epp/runner/
         # runner.go at v1.0.2): token and access reviews, cluster-wide by their nature.
         reviews = kplus.ClusterRole(
-            self, "PickerReviews", metadata=cdk8s.ApiObjectMetadata(name=f"{model.name}-picker-reviews")
+            self, "PickerReviews", metadata=cdk8s.ApiObjectMetadata(name=f"{names.picker_name(model.name)}-reviews")
         )
         for group, kind in (
             ("authentication.k8s.io", "tokenreviews"),
@@ -321,7 +318,7 @@ class GatewayModel(Construct):
         admit_only(
             self,
             "PickerPolicy",
-            name=f"{picker_name(model)}-from-gateway",
+            name=f"{names.picker_name(model.name)}-from-gateway",
             pod_labels=picker_labels,
             rules=[([proxies], (EXT_PROC_PORT,))],
         )

@@ -44,7 +44,7 @@ from charts import DeployedResources, build_charts
 from charts.gateway import HTTP_PORT as GATEWAY_PORT
 from charts.gateway import NAME as GATEWAY_NAME
 from charts.gateway import NAMESPACE as GATEWAY_NAMESPACE
-from charts.gateway_model import PICKER_METRICS_PORT, picker_name
+from charts.gateway_model import PICKER_METRICS_PORT
 from charts.model_loader import job_name_in
 from charts.model_volume import CLAIM_NAME
 from charts.pod_security import hardened, non_root_pod
@@ -375,7 +375,7 @@ def gateway_checks(settings: StageSettings, kubeconfig: str, keys: dict[str, str
                 capture_output=True, env=environment).stdout
         )["status"]["token"]  # fmt: skip
         with smoke_test_script.port_forward(
-            first.name, picker_name(first), timeout=60, port=PICKER_METRICS_PORT
+            first.name, names.picker_name(first.name), timeout=60, port=PICKER_METRICS_PORT
         ) as url:
             ratio = gateway_checks_module.prefix_hit_ratio(gateway_checks_module.picker_metrics(url, token))
     except (smoke_test_script.SmokeTestError, OSError) as error:  # OSError: urllib's URLError and HTTPError

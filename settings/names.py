@@ -92,6 +92,17 @@ def output_id(model_name: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]", model_name))
 
 
+# Service names are DNS-1035 labels: a letter first, at most 63 characters (Kubernetes docs, "Service";
+# apimachinery validation.IsDNS1035Label). A model's name may start with a digit, so the picker's starts with "picker-".
+SERVICE_NAME_MAX = 63
+
+
+def picker_name(model_name: str) -> str:
+    """The model's endpoint picker behind the gateway: its Deployment, Service, account and labels
+    (charts/gateway_model.py)."""
+    return f"picker-{model_name}"
+
+
 # In order: where two limits leave the same room, the first names it.
 MODEL_NAME_LIMITS = (
     NameLimit("namespace", namespace, NAMESPACE_MAX),
@@ -102,6 +113,7 @@ MODEL_NAME_LIMITS = (
         LABEL_VALUE_MAX,
     ),
     NameLimit("weights PersistentVolume name", weights_volume_name, PERSISTENT_VOLUME_NAME_MAX),
+    NameLimit("endpoint picker Service name", picker_name, SERVICE_NAME_MAX),
 )
 
 

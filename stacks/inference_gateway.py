@@ -110,6 +110,7 @@ def envoy_gateway_values(settings: StageSettings, account: str, store: str, repl
                                 },
                             },
                         },
+                        # envoyproxy/gateway api/v1alpha1/envoygateway_types.go (KubernetesPodDisruptionBudgetSpec).
                         **({"rateLimitPDB": {"minAvailable": 1}} if replicas > 1 else {}),
                     },
                 },
@@ -207,6 +208,9 @@ class InferenceGateway(Construct):
             self,
             "Store",
             serverless_cache_name=store_name(settings),
+            # Valkey 8, which ElastiCache Serverless runs (ElastiCache User Guide, "Supported engines and versions");
+            # the engine's name as CreateServerlessCache takes it (ElastiCache API Reference: valkey, redis,
+            # memcached).
             engine="valkey",
             major_engine_version="8",
             description=f"Token quota counters of the {settings.name} stage's inference gateway",

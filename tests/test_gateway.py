@@ -39,7 +39,7 @@ from tests.conftest import (
     stage_data,
     stored_check,
 )
-from tests.scanners import crd_problems
+from tests.scanners import crd_problems, is_dns1035_label
 from tests.stand_ins import QuietHandler, serving
 from tests.test_settings import rejected
 
@@ -150,7 +150,7 @@ def test_the_route_names_the_model_and_records_every_token_count_quotas_read(obj
     ]
     assert {cost["metadataKey"] for cost in route["spec"]["llmRequestCosts"]} == set(TOKEN_COST_KEYS.values())
     pool = find(objects, "InferencePool")
-    deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "gpt-oss-20b-picker")
+    deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "picker-gpt-oss-20b")
     assert pool["spec"]["endpointPickerRef"]["name"] == deployment["metadata"]["name"]
     # Envoy AI Gateway v1.1.0 fails closed whatever the pool says: the pool says so, and prod runs two pickers.
     assert pool["spec"]["endpointPickerRef"]["failureMode"] == "FailClose"
@@ -172,7 +172,7 @@ def test_only_the_gateway_and_the_picker_reach_the_replicas(objects: list[dict[s
     assert serving["ports"] == [{"protocol": "TCP", "port": 8000}]
     proxies, picker = serving["from"]
     assert proxies["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "inference-gateway"}}
-    assert picker == {"podSelector": {"matchLabels": {"app": "gpt-oss-20b-picker"}}}
+    assert picker == {"podSelector": {"matchLabels": {"app": "picker-gpt-oss-20b"}}}
     assert all("ipBlock" in peer for peer in scraping["from"])
     namespace = next(o for o in objects if o["kind"] == "Namespace" and o["metadata"]["name"] == "inference-gateway")
     model_namespace = find(rendered_model(), "Namespace")
@@ -357,7 +357,7 @@ def test_prods_smoke_test_asks_through_the_gateway_with_its_client(prod: Assembl
 
 
 def test_the_picker_comes_through_the_stages_cache(objects: list[dict[str, Any]]) -> None:
-    picker = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "gpt-oss-20b-picker")
+    picker = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "picker-gpt-oss-20b")
     image = picker["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "<account>.dkr.ecr.us-west-2.amazonaws.com/k8s/prod/gateway-api-inference-extension/epp:v1.0.2"
     gateway = find(objects, "Gateway")
@@ -407,3 +407,14 @@ def test_the_stages_load_balancer_fronts_the_proxies_with_its_certificate_and_we
         annotations["alb.ingress.kubernetes.io/success-codes"],
     ) == ("/v1/models", "200-499")
     assert annotations["alb.ingress.kubernetes.io/wafv2-acl-arn"] == "<web ACL of the gateway>"
+
+
+def test_a_model_named_with_a_digit_first_gets_a_picker_service_kubernetes_takes() -> None:
+    """A model's name is a DNS-1123 label (a digit may lead); a Service's must be a DNS-1035 label (a letter)."""
+    data = gateway_data()
+    data["models"][0].update(name="7b-chat", service_name="chat")
+    data["gateway"]["quotas"] = []
+    charts = charts_of(data, "dev")
+    services = [o["metadata"]["name"] for objects in charts.values() for o in objects if o["kind"] == "Service"]
+    assert "picker-7b-chat" in services
+    assert all(map(is_dns1035_label, services))
