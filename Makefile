@@ -47,6 +47,12 @@ $(VENV)/.dev: lock/dev.txt | $(VENV)/bin/python
 	$(call install_lock,.venv-checkov,lock/checkov.txt)
 	touch $@
 
+# huggingface_hub 1.x for the import tests' second run (requirements-hub1.txt), beside the project's 0.x.
+.hub1/.installed: lock/hub1.txt | $(VENV)/bin/python
+	rm -rf .hub1
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps --target .hub1 -r lock/hub1.txt
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -55,13 +61,14 @@ setup-synth: $(VENV)/.synth node_modules/.installed
 
 setup-plan: $(VENV)/.dev ## Install what `make plan` needs and no more (the pipeline's Plan step)
 
-setup: setup-synth $(VENV)/.dev .venv-checkov/.installed ## Install everything: Python packages from lock/ (.venv, .venv-checkov), the CDK CLI, Node.js 22 and schemas (node_modules)
+setup: setup-synth $(VENV)/.dev .venv-checkov/.installed .hub1/.installed ## Install everything: Python packages from lock/ (.venv, .venv-checkov, .hub1), the CDK CLI, Node.js 22 and schemas (node_modules)
 
 lock: $(VENV)/bin/python ## Rewrite lock/*.txt from the requirements*.txt pins, after changing one (needs uv)
 	$(eval COMPILE := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet --custom-compile-command 'make lock')
 	$(COMPILE) requirements-dev.txt -o lock/dev.txt
 	$(COMPILE) requirements.txt -c lock/dev.txt -o lock/synth.txt
 	$(COMPILE) requirements-checkov.txt -o lock/checkov.txt
+	$(COMPILE) requirements-hub1.txt -o lock/hub1.txt
 	$(COMPILE) requirements-uv.txt -o lock/uv.txt
 
 synth: setup-synth ## Synthesize one stage's cloud assembly into cdk.out (STAGE=dev)

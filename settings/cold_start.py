@@ -155,7 +155,8 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings) -> list[Step
             f"{IMAGE_COMPRESSED_BYTES / 1e9:.1f} GB downloaded and unpacked to {IMAGE_UNPACKED_BYTES / 1e9:.0f} GB: "
             f"the longer of the measured pull and writing it at the node disk's {disk.throughput_mib} MiB/s "
             f"({disk_write_seconds:.0f} s); gzip unpacking is CPU-bound",
-            "walkthrough: 1 min 28 s; DLC buildspec image_size_baseline; gpu_node_pools[].disk.throughput_mib",
+            "walkthrough: 1 min 28 s; DLC buildspec image_size_baseline (the 0.11.2 image's, the only size "
+            "stated); gpu_node_pools[].disk.throughput_mib",
         ),
         Step(
             "weight read",

@@ -148,7 +148,8 @@ CLOUDWATCH_AGENT = (250, 128)
 
 # The vLLM image (Deep Learning Containers vllm:0.11.2-gpu-py312-ec2): 14,221,606,791 bytes
 # compressed (the walkthrough's kubelet event) and about 26 GB unpacked (the image_size_baseline
-# of its buildspec in aws/deep-learning-containers).
+# of its buildspec in aws/deep-learning-containers). The only vLLM image whose size a source states: taken for
+# every version (the later images' release configurations state none) until `make e2e` measures a pull.
 IMAGE_COMPRESSED_BYTES = 14_221_606_791
 IMAGE_UNPACKED_BYTES = 26_000_000_000
 # What it takes of a node's disk, where Auto Mode keeps images and pods' ephemeral storage alike (the

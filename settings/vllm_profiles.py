@@ -247,12 +247,13 @@ DEEP_LEARNING_CONTAINERS = "public.ecr.aws/deep-learning-containers/"
 
 def recommended_image() -> ImageBuild:
     """The image a new stage should serve: of the supported versions no published advisory affects (whatever a
-    stage turns on) and whose CUDA Auto Mode's driver runs, the newest version's Deep Learning Container image, or its
-    upstream image where AWS has built none."""
+    stage turns on) and whose CUDA Auto Mode's driver runs, the newest one AWS builds as a Deep Learning Container
+    (pulled through the stage's ECR Public cache, no credential needed); the newest upstream image only where no
+    such Deep Learning Container exists (it comes from Docker Hub, which the cache reaches signed in)."""
     catalog = vllm_catalog()
     available = release(catalog.auto_mode_nvidia_driver.version)
     candidates = [
-        (release(version), build.image.startswith(DEEP_LEARNING_CONTAINERS), build)
+        (build.image.startswith(DEEP_LEARNING_CONTAINERS), release(version), build)
         for version, profile in catalog.profiles.items()
         if not advisories_affecting(version)
         for build in profile.images
@@ -260,4 +261,5 @@ def recommended_image() -> ImageBuild:
     ]
     if not candidates:
         raise ValueError("no supported vLLM version is free of published advisories: add a newer one's profile")
+    # The first image listed for a version is its most specific tag, so max() keeps it among equals.
     return max(candidates, key=lambda candidate: (candidate[0], candidate[1]))[2]

@@ -8,7 +8,8 @@ an access entry cannot name the scraper's service-linked role (AMP User Guide, "
 Amazon EKS cluster"; EKS User Guide, "Create access entries"). The scraper reads only the
 cluster's private endpoint, so metrics need one (settings: cluster.endpoint_access).
 
-Metric names are vLLM 0.11.2's (vllm/v1/metrics/loggers.py): the gauges vllm:num_requests_waiting
+Metric names are those every supported vLLM version exports (each profile's metrics, tests/test_vllm_profiles.py;
+vllm/v1/metrics/loggers.py): the gauges vllm:num_requests_waiting
 and vllm:kv_cache_usage_perc (which replaced vllm:gpu_cache_usage_perc), the histogram
 vllm:time_to_first_token_seconds and the counter vllm:generation_tokens (exposed with _total),
 and the HTTP server's http_requests_total. Each replica's GPUs are scraped too (job "gpu", from

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cdk8s
 import pytest
@@ -30,6 +30,9 @@ from settings import DEFAULT_STAGE, STAGES_DIR, load_stage_settings, names, pars
 from settings.names import FSX_CSI_ADDON
 from settings.schema import MAX_STAGE_NAME_LENGTH
 from settings.yaml_files import load_yaml
+
+if TYPE_CHECKING:
+    from aws_cdk import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,6 +173,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     _EARLY["synths"] = start_synths(new_dir)
     _EARLY["unacknowledged_synth"] = start_unacknowledged_synth(new_dir)
+    _EARLY["import_tests_on_hub1"] = start_import_tests_on_hub1()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -338,27 +342,34 @@ class Scenario:
 
     template: dict[str, Any] = field(repr=False)
     path: Path
+    # What synth warned of on the stack (Annotations' warnings), as "<id>: <message>".
+    warnings: list[str]
 
 
-def _scenario(name: str, template: dict[str, Any], folder: Path) -> Scenario:
+def _scenario(name: str, stack: Stack, folder: Path) -> Scenario:
+    from aws_cdk.assertions import Template
+
+    template = Template.from_stack(stack).to_json()
     path = folder / f"{name}.template.json"
     path.write_text(json.dumps(template))
-    return Scenario(template, path)
+    warnings = [str(entry.data) for entry in stack.node.metadata if entry.type == "aws:cdk:warning"]
+    return Scenario(template, path, warnings)
 
 
 ADMIN_ROLE = "arn:aws:iam::123456789012:role/PlatformAdmin"
 KEYED_MODEL = "keyed"
 PINNED_FSX_CSI_VERSION = "v1.6.0-eksbuild.1"
+# The walkthrough's vLLM 0.11.2 image: a supported version without a drain of its own.
+WALKTHROUGH_IMAGE = "public.ecr.aws/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
 ADMIN_USER = "arn:aws:iam::123456789012:user/alice"
 
 
 @pytest.fixture(scope="session")
 def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
     """One stage that no stage file has, built in this process: the longest stage name, admins, a narrowed public
-    endpoint, Kubernetes 1.35 and a pinned FSx CSI add-on on its cluster, and a gated model with a token secret whose
-    replicas share their compile cache. Its Cluster and Serving templates."""
-    from aws_cdk.assertions import Template
-
+    endpoint, Kubernetes 1.35 and a pinned FSx CSI add-on on its cluster, a gated model with a token secret whose
+    replicas share their compile cache, and a second model on the walkthrough's vLLM 0.11.2. Its Cluster and the
+    models' templates."""
     from app import cdk_json_context, project_app
     from stacks.stage import InferencePlatformStage
 
@@ -371,9 +382,14 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     )
     data["models"][0]["hf_token_secret"] = "hf-token"
     data["models"][0]["compile_cache"] = True
-    # A second model, reached with its own API keys.
+    # A second model, reached with its own API keys, on the walkthrough's vLLM, which advisories affect.
     keyed = {**copy.deepcopy(data["models"][0]), "name": KEYED_MODEL, "service_name": "keyed-service"}
-    keyed.update(model="meta-llama/Llama-3.2-3B-Instruct", api_keys_secret="gpt-oss-20b/api-keys", compile_cache=False)
+    keyed.update(
+        model="meta-llama/Llama-3.2-3B-Instruct",
+        api_keys_secret="gpt-oss-20b/api-keys",
+        compile_cache=False,
+        image=WALKTHROUGH_IMAGE,
+    )
     del keyed["hf_token_secret"]
     data["models"].append(keyed)
     # The longest stage name the settings take: every name derived from it must fit (settings.names).
@@ -382,7 +398,7 @@ def scenario_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     stage = InferencePlatformStage(project_app(context=cdk_json_context()), name, settings=settings)
     folder = tmp_path_factory.mktemp("scenario")
     return {
-        name: _scenario(name, Template.from_stack(stack).to_json(), folder)
+        name: _scenario(name, stack, folder)
         for name, stack in (
             ("admins-cluster", stage.cluster),
             ("gated-model-serving", stage.models["gpt-oss-20b"]),
@@ -410,7 +426,32 @@ def gated_model_serving(scenario_stage: dict[str, Scenario]) -> Scenario:
 
 
 # What runs in the background, started with the session when a collected test needs it.
-BACKGROUND_RUNS = ("_synths", "scans", "_unacknowledged_synth")
+# huggingface_hub 1.x, installed beside the project's 0.x by `make setup` (requirements-hub1.txt).
+HUB1 = ROOT / ".hub1"
+# The test that waits for the second run, left out of that run.
+HUB1_TEST = "test_the_import_works_with_huggingface_hub_1"
+
+
+def start_import_tests_on_hub1() -> Future[subprocess.CompletedProcess[str]]:
+    """tests/test_import_weights.py once more, in the background, with huggingface_hub 1.x first on the path: the
+    import Job runs in the vLLM image, whose huggingface_hub is 1.x in vLLM 0.31.0's."""
+
+    def run() -> subprocess.CompletedProcess[str]:
+        command = ["python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", f"not {HUB1_TEST}"]
+        env = {**os.environ, "PYTHONPATH": str(HUB1)}
+        process = start_in_background([*command, "tests/test_import_weights.py"], env=env)
+        stdout, stderr = process.communicate(timeout=600)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    return BACKGROUND.submit(run)
+
+
+@pytest.fixture(scope="session")
+def import_tests_on_hub1() -> Future[subprocess.CompletedProcess[str]]:
+    return _EARLY.get("import_tests_on_hub1") or start_import_tests_on_hub1()
+
+
+BACKGROUND_RUNS = ("_synths", "scans", "_unacknowledged_synth", "import_tests_on_hub1")
 
 
 @pytest.fixture(scope="session", autouse=True)

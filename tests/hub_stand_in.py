@@ -199,10 +199,14 @@ class HubHandler(BaseHTTPRequestHandler):
             return
         data = repo.files[path]
         if path in repo.lfs:
-            # LFS files redirect to the CDN (here: /lfs/<sha256> on this server) and describe the linked blob.
+            # LFS files redirect to the CDN, another host (here: /lfs/<sha256> on this server, named localhost), and
+            # describe the linked blob. huggingface_hub 1.x follows a redirect to the same host before it reads these
+            # headers (utils/_http.py, _httpx_follow_hub_redirects_with_backoff), so the host must differ as the real
+            # Hub's does.
             sha256 = hashlib.sha256(data).hexdigest()
+            cdn = "localhost:" + self.headers["Host"].rpartition(":")[2]
             self.send_response(302)
-            self.send_header("Location", f"http://{self.headers['Host']}/lfs/{sha256}")
+            self.send_header("Location", f"http://{cdn}/lfs/{sha256}")
             self.send_header("X-Repo-Commit", commit)
             self.send_header("X-Linked-Etag", f'"{sha256}"')
             self.send_header("X-Linked-Size", str(len(data)))
@@ -261,15 +265,15 @@ def hub_server() -> Iterator[tuple[ThreadingHTTPServer, type[HubHandler]]]:
 
 def point_huggingface_hub_at(url: str, monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     """Point huggingface_hub, already imported, at the stand-in: constants read HF_ENDPOINT at import, and
-    file_download copied the URL template. No token from the environment or ~/.cache, no user cache."""
+    file_download copied the URL template before 1.0. No token from the environment or ~/.cache, no user cache."""
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
     template = url + "/{repo_id}/resolve/{revision}/{filename}"
     monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(huggingface_hub.file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ENABLE_HF_TRANSFER", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ENABLE_HF_TRANSFER", False, raising=False)  # before 1.0
     # A run that fell back to plain HTTP sets it for the rest of its process: each test starts with hf_xet allowed.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", False)
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_XET"):

@@ -21,7 +21,7 @@ from settings import SettingsError, load_stage_settings, parse_stage_settings
 from settings.cold_start import progress_deadline_seconds
 from settings.drain import max_request_seconds, termination_grace_seconds
 from settings.schema import duration_seconds
-from tests.conftest import find, find_all, gpu_pool_objects, render_charts, stage_data
+from tests.conftest import WALKTHROUGH_IMAGE, charts_of, find, find_all, gpu_pool_objects, render_charts, stage_data
 from tests.stand_ins import QuietHandler, serving
 
 
@@ -110,9 +110,19 @@ def test_the_grace_period_covers_the_longest_request_the_model_allows() -> None:
     assert max_request_seconds(model) == 20000 // 20  # max_model_len at 20 tokens/s
     pod = find(render_charts("dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == termination_grace_seconds(model) == 10 + 1000 + 30
+    # dev's vLLM drains by itself: the hook waits for the proxies, then vLLM has the longest request to finish.
+    (server,) = pod["containers"]
+    assert server["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
+    assert "--shutdown-timeout=1000" in server["args"]
+    # The walkthrough's 0.11.2 does not: the hook waits, then polls its gauges for as long.
+    data = stage_data("dev")
+    data["models"][0]["image"] = WALKTHROUGH_IMAGE
+    pod = find(charts_of(data, "dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 10 + 1000 + 30
     command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert command[:5] == ["env", "DRAIN_DELAY=10", "DRAIN_SECONDS=1000", "DRAIN_PORT=8000", "python3"]
     assert command[-1] == DRAIN_SCRIPT
+    assert not any(arg.startswith("--shutdown-timeout") for arg in pod["containers"][0]["args"])
 
 
 def test_a_setting_sets_the_longest_request() -> None:

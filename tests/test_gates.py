@@ -40,6 +40,7 @@ from tests.conftest import (
     SCENARIOS,
     Assembly,
     Scans,
+    Scenario,
     find,
     find_all,
     gpu_pool_objects,
@@ -108,17 +109,25 @@ def test_every_stage_passes_cdk_nag_with_no_unacknowledged_finding(assemblies: d
 
 
 def test_a_stage_no_person_can_reach_is_warned_of_at_synth(dev: Assembly, prod: Assembly) -> None:
-    # dev as shipped names no admin and exposes no model; prod says it is operated by its pipeline alone.
-    # Both serve vLLM 0.11.2, which published advisories affect (tests/test_vllm_profiles.py); prod's gateway pulls
-    # its images from Docker Hub, as prod signs in to no Docker Hub account.
+    # dev as shipped names no admin and exposes no model; prod says it is operated by its pipeline alone. prod's
+    # gateway pulls its images from Docker Hub, as prod signs in to no Docker Hub account. Both serve a vLLM no
+    # published advisory affects.
     warnings = sorted(validation_findings(dev.directory.parent / "validation-report.json")[1])
-    assert warnings == ["unreachable-cluster", "vllm-advisories"]
+    assert warnings == ["unreachable-cluster"]
     assert "cluster.admin_principal_arns: no person could reach the cluster" in dev.stderr
-    assert validation_findings(prod.directory.parent / "validation-report.json") == (
-        [],
-        ["gateway-images-uncached", "vllm-advisories"],
-    )
+    assert validation_findings(prod.directory.parent / "validation-report.json") == ([], ["gateway-images-uncached"])
     assert "registry.docker_hub_credential_arn to pull them through the stage's cache" in prod.stderr
+
+
+def test_a_model_on_a_version_advisories_affect_is_warned_of_at_synth(
+    keyed_model_serving: Scenario, gated_model_serving: Scenario
+) -> None:
+    # The scenario's second model pins the walkthrough's vLLM 0.11.2; its first serves dev's image.
+    (warning,) = keyed_model_serving.warnings
+    assert warning.startswith("keyed: vLLM 0.11.2 (")
+    assert "PYSEC-2026-2298" in warning
+    assert warning.endswith("[ack: gpu-inference:vllm-advisories]")
+    assert gated_model_serving.warnings == []
 
 
 def test_cdk_nag_stops_a_synth_on_an_unacknowledged_finding(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def test_node_pool_is_the_walkthroughs() -> None:
         {"key": "eks.amazonaws.com/instance-category", "operator": "In", "values": ["g"]},
         {"key": "eks.amazonaws.com/instance-generation", "operator": "Gt", "values": ["4"]},
         # Whole GPUs with memory for gpt-oss-20b's weights and runtime (settings/sizing.py).
-        {"key": "eks.amazonaws.com/instance-gpu-memory", "operator": "Gt", "values": ["18733"]},
+        {"key": "eks.amazonaws.com/instance-gpu-memory", "operator": "Gt", "values": ["18946"]},
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
         # Pinned to the file system's zone: Lustre is single-AZ.
         {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-west-2a"]},

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import huggingface_hub
 import huggingface_hub.constants
 import huggingface_hub.file_download
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import ROOT
+from tests.conftest import HUB1, ROOT
 from tests.hub_stand_in import FakeHub, FakeRepo, HubHandler, Request, point_huggingface_hub_at
 from tests.hub_stand_in import hub_server as stand_in_hub
 from workloads import import_weights
@@ -243,8 +244,9 @@ def test_complete_import_in_a_subprocess(
     assert len(uploaded) == len(ROOT_FILES)
     assert len(wrote) == 1
     assert wrote[0] > max(uploaded), "the marker is written last"
-    # One file at a time, deleted once uploaded: only huggingface_hub's .gitignore stays in the workdir.
-    assert workdir_files(tmp_path / "work") == {".cache/huggingface/.gitignore"}
+    # One file at a time, deleted once uploaded: only huggingface_hub's .gitignore (and from 1.0 its CACHEDIR.TAG)
+    # stays in the workdir.
+    assert workdir_files(tmp_path / "work") - {".cache/huggingface/CACHEDIR.TAG"} == {".cache/huggingface/.gitignore"}
 
 
 # --- Resuming ------------------------------------------------------------------------------------------------------
@@ -315,12 +317,23 @@ def test_a_missing_file_is_not_tried_again(
     assert (len(calls), sleeps) == (1, [])
 
 
+# huggingface_hub's major version: 0.x in vLLM 0.11.2's image, 1.x in 0.31.0's (the second run, conftest.py).
+HUB_MAJOR = int(huggingface_hub.__version__.split(".", 1)[0])
+
+
 @pytest.mark.usefixtures("in_process")
+@pytest.mark.skipif(
+    HUB_MAJOR >= 1,
+    reason="huggingface_hub 1.x resumes a broken transfer within one download, five times over with a second's pause, "
+    "and removes its partial file when it gives up (file_download.py: http_get, _download_to_tmp_and_move): "
+    "test_a_transfer_cut_off_resumes_within_the_run holds that",
+)
 def test_a_failed_run_is_resumed_by_the_next(
     hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     shard = "model-00002-of-00002.safetensors"
-    hub.cuts[shard] = len(import_weights.RETRY_DELAYS_SECONDS) + 1  # more than the run retries
+    # Cut every time: more than the run retries, and than huggingface_hub 1.x resumes within one download.
+    hub.cuts[shard] = 1000
     sleeps: list[float] = []
 
     assert main(args(), sleep=sleeps.append) == 1
@@ -332,6 +345,7 @@ def test_a_failed_run_is_resumed_by_the_next(
     assert keys(s3, bucket) == {f"{PREFIX}/config.json", f"{PREFIX}/model-00001-of-00002.safetensors"}
 
     hub.requests.clear()
+    hub.cuts.clear()
     assert main(args(), sleep=no_sleep) == 0
 
     assert hub.touched() == {shard, "tokenizer.json"}, "files already in S3 are not downloaded again"
@@ -638,3 +652,29 @@ def test_a_required_file_the_repo_lacks_fails_the_import_before_anything_is_writ
     )
     assert "the repo has no adapter_model.safetensors at" in capsys.readouterr().err
     assert keys(s3, bucket) == set()
+
+
+@pytest.mark.parametrize("library", ["requests", "httpx"])
+def test_a_transfer_that_keeps_breaking_off_is_told_from_a_hub_out_of_reach(library: str) -> None:
+    # huggingface_hub 0.x raises requests' errors, 1.x httpx's; the project's run has the one, the second run both.
+    http = pytest.importorskip(library)
+    args = import_weights.parse_args(
+        ["--repo", REPO, "--revision", "main", "--bucket", "b", "--prefix", "p", "--workdir", "/w"]
+    )
+    broken, unreachable = (
+        (http.exceptions.ChunkedEncodingError("Connection broken"), http.ConnectionError("Max retries exceeded"))
+        if library == "requests"
+        else (http.RemoteProtocolError("peer closed connection"), http.ConnectError("[Errno 111] refused"))
+    )
+    assert import_weights.describe_failure(broken, args).startswith("downloads from the Hub kept breaking off")
+    assert "could not be reached from the VPC" in import_weights.describe_failure(unreachable, args)
+
+
+def test_the_import_works_with_huggingface_hub_1(import_tests_on_hub1: Any) -> None:
+    # vLLM 0.31.0's image has huggingface_hub 1.x (vLLM 0.31.0 requires >=1.31.0): every test above, again.
+    result = import_tests_on_hub1.result(timeout=600)
+    assert (HUB1 / "huggingface_hub").is_dir(), "make setup installs huggingface_hub 1.x into .hub1"
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+    assert " failed" not in result.stdout
+    assert "huggingface_hub 1.x resumes a broken transfer" in result.stdout  # the run's own huggingface_hub: 1.x

@@ -120,7 +120,7 @@ def test_vllm_image_is_pulled_through_the_accounts_cache(dev: Assembly) -> None:
     container = applied(dev, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == (
         "${AWS::AccountId}.dkr.ecr.us-west-2.amazonaws.com/ecr-public/dev/"
-        "deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
+        "deep-learning-containers/vllm:0.31.0-gpu-py312-cu130-ubuntu24.04-ec2"
     )
 
 

@@ -715,13 +715,13 @@ def test_pool_names_are_unique() -> None:
 
 def test_a_pool_that_can_run_no_model_is_refused() -> None:
     data = stage_data()
-    # g4dn's T4 has 16 GB: less than gpt-oss-20b's 18734 MiB per GPU. The first pool still runs it.
+    # g4dn's T4 has 16 GB: less than gpt-oss-20b's 18947 MiB per GPU. The first pool still runs it.
     data["gpu_node_pools"].append(
         {"name": "old-t4", "instance_families": ["g4dn"], "instance_generation_greater_than": 3}
     )
     assert (
         "gpu_node_pools[1] (old-t4): none of its instances can run any model (gpt-oss-20b needs 1 GPU(s) with "
-        "18734 MiB each); widen its instance settings or remove it"
+        "18947 MiB each); widen its instance settings or remove it"
     ) in rejected(data)
 
 

@@ -25,7 +25,7 @@ from tests.scanners import kubernetes_problems
 from workloads import compile_cache
 
 BUCKET = "model-bucket"
-PREFIX = "compile-cache/gpt-oss-20b/0.11.2/"
+PREFIX = "compile-cache/gpt-oss-20b/0.31.0/"
 
 
 @pytest.fixture

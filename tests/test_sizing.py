@@ -97,11 +97,12 @@ def test_gpu_memory_covers_the_weights_one_sequences_kv_cache_and_vllms_reserve_
     model = load_stage_settings("dev").models[0]  # gpt-oss-20b at 0.90, 20,000 tokens
     memory = gpu_memory(model)
     assert memory.weights == 13_761_264_768  # the safetensors index's total_size
-    # 12 full-attention layers x 1250 blocks + 12 sliding layers x (ceil((128 - 1 + 8192) / 16) + 1) blocks, each
-    # block 2 x 16 x 8 heads x 64 x 2 bytes = 32 KiB.
-    assert memory.kv_cache == (12 * 1250 + 12 * 521) * 32 * 1024
+    # 12 full-attention layers x 1250 blocks + 12 sliding layers x (ceil((128 - 1 + 16384) / 16) + 1) blocks (16,384
+    # tokens scheduled at once: the most vLLM 0.31.0's `vllm serve` gives itself on any GPU), each block
+    # 2 x 16 x 8 heads x 64 x 2 bytes = 32 KiB.
+    assert memory.kv_cache == (12 * 1250 + 12 * 1033) * 32 * 1024
     assert memory.reserve == round(0.4 * GIB) + round(2.6 * GIB)
-    assert memory.needed_mib == math.ceil((memory.weights + memory.kv_cache + memory.reserve) / 0.9 / MIB) == 18734
+    assert memory.needed_mib == math.ceil((memory.weights + memory.kv_cache + memory.reserve) / 0.9 / MIB) == 18947
     assert 11444 < memory.needed_mib < 22888  # more than a fraction of an L4, less than an L4
 
 
@@ -141,14 +142,14 @@ def test_gpt_oss_120b_on_one_h100_starts_on_the_one_gpu_p5() -> None:
 
 def test_gpt_oss_120b_on_l40s_says_what_it_needs_and_why_the_closest_fail() -> None:
     message = rejected(stage_with(GPT_OSS_120B, instance_families=["g6e"]))
-    assert "models[0] (gpt-oss-120b): no GPU instance can run one replica. It needs 1 GPU(s) with 73661 MiB each" in (
+    assert "models[0] (gpt-oss-120b): no GPU instance can run one replica. It needs 1 GPU(s) with 73981 MiB each" in (
         message
     )
     # vLLM's start-up check with the numbers, and the settings that change them.
     assert (
-        "Closest: g6e.xlarge: 45776 MiB per GPU (L40S), 73661 needed: 0.90 x 45,776 MiB = 41,198 MiB for vLLM, less "
+        "Closest: g6e.xlarge: 45776 MiB per GPU (L40S), 73981 needed: 0.90 x 45,776 MiB = 41,198 MiB for vLLM, less "
         "62,226 MiB of weights and 3,072 MiB of vLLM's reserve, leaves -24,100 MiB of KV cache, and one sequence of "
-        "max_model_len needs 997 MiB (models[0].max_model_len, .gpu_memory_utilization, .gpus);"
+        "max_model_len needs 1,285 MiB (models[0].max_model_len, .gpu_memory_utilization, .gpus);"
     ) in message
     assert "Change gpus, gpu_memory_utilization, max_model_len, resources or the gpu_node_pools'" in message
 
@@ -162,8 +163,8 @@ def test_gpt_oss_120b_at_its_full_context_starts_on_one_h100() -> None:
     model = settings.models[0]
     assert candidates(settings, model)[0].type == "p5.4xlarge"
     memory = gpu_memory(model)
-    # 18 full layers x 8192 blocks + 18 sliding layers x (ceil((128 - 1 + 8192) / 16) + 1) blocks, of 32 KiB each.
-    assert memory.kv_cache == (18 * 8192 + 18 * 521) * 32 * 1024
+    # 18 full layers x 8192 blocks + 18 sliding layers x (ceil((128 - 1 + 16384) / 16) + 1) blocks, of 32 KiB each.
+    assert memory.kv_cache == (18 * 8192 + 18 * 1033) * 32 * 1024
     assert memory.kv_room(instance("p5.4xlarge").gpu_memory_mib) >= memory.kv_cache
 
 
@@ -328,7 +329,7 @@ def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = sizing_output(monkeypatch, capsys, "dev")
-    assert "## openai/gpt-oss-20b (gpt-oss-20b): 1 GPU(s) with at least 18734 MiB each" in out
+    assert "## openai/gpt-oss-20b (gpt-oss-20b): 1 GPU(s) with at least 18947 MiB each" in out
     rows = re.findall(r"^\| (g[0-9a-z.-]+) \| gpu-node-pool \| \$([0-9.]+) ", out, flags=re.MULTILINE)
     prices = [float(price) for _, price in rows]
     assert rows[0][0] == "g6.xlarge"
@@ -336,7 +337,7 @@ def test_sizing_command_prints_candidates_cheapest_first_with_headroom_and_cold_
     assert "Karpenter's likely pick: g6.xlarge in pool gpu-node-pool" in out
     assert "spot: variable" in out
     assert "on-demand $/h (us-west-2)" in out  # the region's own prices
-    assert "| 4154 MiB |" in out  # 22888 - 18734: the L4's headroom
+    assert "| 3941 MiB |" in out  # 22888 - 18947: the L4's headroom
     assert "cold start on it: 463 s" in out
     assert re.search(
         r"pool 1, gpu-node-pool \(weight 100; spot, on-demand\): limits cpu 128, memory 1024Gi, "
@@ -559,8 +560,8 @@ def test_a_pool_admitting_arm64_for_an_image_without_an_arm64_build_is_refused()
     data = stage_with(LLAMA_3B, architectures=["amd64", "arm64"])
     assert (
         "gpu_node_pools[0].architectures admits arm64 instances (g5g) that could run models[0] (llama-3b), but "
-        "models[0].image (public.ecr.aws/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci) is published for "
-        "amd64 only (settings/catalog/images.yaml)"
+        "models[0].image (public.ecr.aws/deep-learning-containers/vllm:0.31.0-gpu-py312-cu130-ubuntu24.04-ec2) is "
+        "published for amd64 only (settings/catalog/images.yaml)"
     ) in rejected(data)
     assert parse_stage_settings("dev", stage_with(LLAMA_3B)).models[0].name == "llama-3b"
 

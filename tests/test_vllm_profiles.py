@@ -31,12 +31,12 @@ from settings.vllm_profiles import (
     vllm_version,
 )
 from stacks.metrics import rules
-from tests.conftest import find, stage_data
+from tests.conftest import WALKTHROUGH_IMAGE, find, stage_data
 from tests.test_settings import rejected
 from tools import vllm_profile
 
 CURRENT = "docker.io/vllm/vllm-openai:v0.33.0"
-WALKTHROUGH = "public.ecr.aws/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
+WALKTHROUGH = WALKTHROUGH_IMAGE
 METRIC = re.compile(r"vllm:[a-z_]+")
 
 
@@ -175,7 +175,7 @@ def test_an_image_whose_version_has_no_profile_is_refused_with_the_supported_one
     data["models"][0]["image"] = "vllm/vllm-openai:v0.12.0"
     assert (
         "models[0]: image: 'vllm/vllm-openai:v0.12.0' serves vLLM 0.12.0, which has no profile; supported versions: "
-        "0.11.2, 0.27.1, 0.33.0, 0.34.0" in rejected(data)
+        "0.11.2, 0.27.1, 0.31.0, 0.33.0, 0.34.0" in rejected(data)
     )
 
 
@@ -237,7 +237,7 @@ def test_the_walkthroughs_version_is_affected_and_the_current_one_is_not() -> No
     affecting = {found.id for found in advisories_affecting("0.11.2")}
     assert {"PYSEC-2026-2298", "PYSEC-2026-3407"} <= affecting  # unbounded n; the OpenAI serving path
     assert "PYSEC-2026-2303" not in affecting  # introduced in 0.12.0
-    assert advisories_affecting("0.33.0") == advisories_affecting("0.34.0") == []
+    assert advisories_affecting("0.31.0") == advisories_affecting("0.33.0") == advisories_affecting("0.34.0") == []
 
 
 def test_a_feature_advisory_counts_only_where_its_flag_turns_the_feature_on() -> None:
@@ -250,17 +250,26 @@ def test_synth_names_the_advisories_of_a_pinned_version() -> None:
     assert warning is not None
     assert warning.startswith("gpt-oss-20b: vLLM 0.11.2 (")
     assert "PYSEC-2026-2298" in warning
-    assert warning.endswith("Supported versions affected by none: 0.33.0, 0.34.0.")
+    assert warning.endswith("Supported versions affected by none: 0.31.0, 0.33.0, 0.34.0.")
     assert advisory_warning("gpt-oss-20b", CURRENT, ()) is None
 
 
 def test_the_image_for_a_new_stage_is_the_newest_unaffected_one_the_driver_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The newest Deep Learning Container (0.27.1) serves the route two advisories reach: upstream 0.34.0 instead.
+    # A Deep Learning Container free of advisories (0.31.0) comes before a newer upstream image (0.34.0), and 0.27.1's
+    # serves the route two advisories reach.
+    assert (
+        recommended_image().image
+        == "public.ecr.aws/deep-learning-containers/vllm:0.31.0-gpu-py312-cu130-ubuntu24.04-ec2"
+    )
+    # Where no Deep Learning Container is free of them, the newest upstream image.
+    catalog = vllm_catalog()
+    without = catalog.model_copy(update={"profiles": {v: p for v, p in catalog.profiles.items() if v != "0.31.0"}})
+    monkeypatch.setattr("settings.vllm_profiles.vllm_catalog", lambda: without)
     assert recommended_image().image == "docker.io/vllm/vllm-openai:v0.34.0"
     # A driver older than CUDA 13's leaves no such image.
-    older = vllm_catalog().model_copy(update={"auto_mode_nvidia_driver": Driver(version="575.57.08", source="x")})
+    older = catalog.model_copy(update={"auto_mode_nvidia_driver": Driver(version="575.57.08", source="x")})
     monkeypatch.setattr("settings.vllm_profiles.vllm_catalog", lambda: older)
     with pytest.raises(ValueError, match="no supported vLLM version is free of published advisories"):
         recommended_image()

@@ -74,10 +74,12 @@ def test_container_serves_the_walkthroughs_model_from_the_file_system(container:
         "--gpu-memory-utilization=0.90",
         "--tensor-parallel-size=1",
         "--max-model-len=20000",
+        "--shutdown-timeout=1000",  # the longest request the model allows (charts/pre_stop_drain.py)
+        "--attention-backend=TRITON_ATTN",  # a flag in this version, which no longer reads VLLM_ATTENTION_BACKEND
     ]
     assert container["ports"] == [{"containerPort": 8000}]
     env = {variable["name"]: variable["value"] for variable in container["env"]}
-    assert env["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN"
+    assert "VLLM_ATTENTION_BACKEND" not in env
     assert "PORT" not in env  # vLLM reads --port, which comes from the same constant as containerPort
     assert env["HF_HUB_OFFLINE"] == "1"  # a replica never downloads weights
 
@@ -136,7 +138,8 @@ def test_weights_are_mounted_read_only_from_the_model_volume(pod: dict[str, Any]
 
 def test_image_comes_through_the_pull_through_cache(container: dict[str, Any]) -> None:
     assert container["image"] == (
-        "<account>.dkr.ecr.us-west-2.amazonaws.com/ecr-public/dev/deep-learning-containers/vllm:0.11.2-gpu-py312-ec2-soci"
+        "<account>.dkr.ecr.us-west-2.amazonaws.com/ecr-public/dev/deep-learning-containers/"
+        "vllm:0.31.0-gpu-py312-cu130-ubuntu24.04-ec2"
     )
 
 

@@ -1,6 +1,7 @@
 """Bring one model revision from the Hugging Face Hub into the model store (S3 bucket + FSx for Lustre).
 
-A Kubernetes Job runs this file in the vLLM image (Python 3.12, boto3, huggingface_hub >=0.34,<1.0), with a
+A Kubernetes Job runs this file in the vLLM image (Python 3.12, boto3, huggingface_hub 0.34 or later: the 0.x
+releases speak HTTP with requests, 1.x with httpx, and both are handled), with a
 scratch emptyDir as the workdir and the model store's file system mounted read-only:
 
     python import_weights.py --repo openai/gpt-oss-20b --revision main \\
@@ -14,7 +15,7 @@ association then shows each object as <mount>/PREFIX/<path> on the file system. 
 2. Skip everything if s3://BUCKET/PREFIX/.import-complete already records this repo and revision (or commit).
 3. One file at a time: skip it if S3 already holds it (same size, sha256 and git blob id in the object's
    metadata); else download it into the workdir with huggingface_hub (which resumes a cut-off transfer and
-   uses hf_transfer or hf_xet when they are enabled), check its size and sha256 against the Hub's, upload it
+   uses hf_xet when it is enabled), check its size and sha256 against the Hub's, upload it
    (multipart) and delete it. The workdir never holds more than one file, so a 150 GB model fits a small disk.
 4. Store the tiktoken encodings gpt-oss's tokenizer reads (--encodings) under --encodings-prefix.
 5. With --mount: wait until the file system shows every file at its full size, read each once (this pulls
@@ -37,11 +38,14 @@ import argparse
 import errno
 import fnmatch
 import hashlib
+import http.client
 import json
 import os
 import shutil
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +54,6 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
-import requests
 from boto3.s3.transfer import TransferConfig
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
@@ -62,7 +65,36 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import disable_progress_bars, get_session
+from huggingface_hub.utils import disable_progress_bars
+
+
+def transport_errors() -> tuple[tuple[type[BaseException], ...], ...]:
+    """huggingface_hub's HTTP library's errors: (any failed transfer, the server unreachable or silent, a transfer
+    that broke off). huggingface_hub 0.x speaks HTTP with requests, 1.x with httpx (huggingface_hub/utils/_http.py,
+    get_session); the vLLM image has one or the other, and either may pass through to here."""
+    failed: list[type[BaseException]] = []
+    unreachable: list[type[BaseException]] = []
+    broken: list[type[BaseException]] = []
+    try:
+        import requests
+
+        failed.append(requests.RequestException)
+        unreachable += (requests.ConnectionError, requests.Timeout)
+        broken.append(requests.exceptions.ChunkedEncodingError)
+    except ImportError:
+        pass
+    try:
+        import httpx
+
+        failed.append(httpx.HTTPError)
+        unreachable += (httpx.ConnectError, httpx.TimeoutException)
+        broken += (httpx.RemoteProtocolError, httpx.ReadError)
+    except ImportError:
+        pass
+    return tuple(failed), tuple(unreachable), tuple(broken)
+
+
+TRANSFER_FAILED, HUB_UNREACHABLE, TRANSFER_BROKEN = transport_errors()
 
 # Written last, once every file is in S3 (and, with --mount, on the file system): its presence means "complete".
 MARKER = ".import-complete"
@@ -370,7 +402,7 @@ def download(repo: str, commit: str, file: RepoFile, workdir: Path, token: str |
         except Exception as error:
             if delay is None:
                 raise
-            if not isinstance(error, requests.RequestException) and not use_plain_http():
+            if not isinstance(error, TRANSFER_FAILED) and not use_plain_http():
                 say(f"    {file.path}: {type(error).__name__} ({one_line(str(error), 120)}); again over plain HTTP")
             else:
                 say(f"    {file.path}: the transfer broke off ({one_line(str(error), 120)}); resuming")
@@ -450,19 +482,17 @@ def import_file(s3: Any, source: Source, file: RepoFile, progress: str, sleep: S
 
 
 def fetch_encoding(url: str, local: Path, expected_sha256: str) -> None:
-    """Download url to local with huggingface_hub's HTTP session, checking its sha256."""
+    """Download url to local, checking its sha256. urllib, as huggingface_hub's own session is requests' in its 0.x
+    releases and httpx's in 1.x; urllib follows HTTPS_PROXY and NO_PROXY as they do."""
     digest = hashlib.sha256()
     try:
-        with get_session().get(url, stream=True, timeout=60) as response:
-            response.raise_for_status()
-            with local.open("wb") as stream:
-                for chunk in response.iter_content(chunk_size=1 << 20):
-                    stream.write(chunk)
-                    digest.update(chunk)
-    except requests.HTTPError as error:
-        status = "an error" if error.response is None else f"HTTP {error.response.status_code}"
-        raise ImportWeightsError(f"{url} answered {status}") from error
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+        with urllib.request.urlopen(url, timeout=60) as response, local.open("wb") as stream:
+            while chunk := response.read(1 << 20):
+                stream.write(chunk)
+                digest.update(chunk)
+    except urllib.error.HTTPError as error:
+        raise ImportWeightsError(f"{url} answered HTTP {error.code}") from error
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
         raise ImportWeightsError(
             f"{url} could not be reached from the VPC (a NAT gateway?): {one_line(str(error), 120)}"
         ) from error
@@ -731,16 +761,13 @@ def describe_failure(error: BaseException, args: argparse.Namespace) -> str:
     if first(lambda e: isinstance(e, OSError) and e.errno == errno.ENOSPC):
         return f"out of space in the workdir {args.workdir}: give the scratch volume more than the largest file"
     if found := first(
-        lambda e: (
-            isinstance(e, requests.ConnectionError | requests.Timeout | OfflineModeIsEnabled)
-            and not isinstance(e, requests.exceptions.ChunkedEncodingError)
-        )
+        lambda e: isinstance(e, (*HUB_UNREACHABLE, OfflineModeIsEnabled)) and not isinstance(e, TRANSFER_BROKEN)
     ):
         return (
             f"the Hub ({hub}) could not be reached from the VPC: do the nodes' subnets route to a NAT gateway "
             f"(or does the Job need a proxy)? ({type(found).__name__}: {one_line(str(found), 160)})"
         )
-    if first(lambda e: isinstance(e, requests.exceptions.ChunkedEncodingError)):
+    if first(lambda e: isinstance(e, TRANSFER_BROKEN)):
         return "downloads from the Hub kept breaking off: run the Job again, it resumes where it stopped"
     if found := first(lambda e: isinstance(e, HfHubHTTPError) and not isinstance(e, EntryNotFoundError)):
         return f"the Hub answered HTTP {status_of(found)}: {one_line(str(found), 200)} (try again later)"
