@@ -178,6 +178,7 @@ def smoke_test_args(settings: StageSettings, model: ModelSettings, import_job: s
     return [
         *("--namespace", model.name, "--service", model.service_name, "--deployment", model.name),
         *("--model", model.model, "--rollout-timeout", str(smoke_test_wait_seconds(settings, model))),
+        *("--vllm-version", model.profile.version),
         *(("--import-job", import_job) if import_job else ()),
         *(("--api-key-secret", model.api_keys_secret) if model.api_keys_secret else ()),
         *(("--ingress", model.name, "--hostname", model.exposure.hostname) if model.exposure else ()),

@@ -243,9 +243,10 @@ def test_smoke_test_runs_in_the_vpc_with_the_clusters_security_group(dev: Assemb
     assert "gpt-oss-20b" not in json.dumps(project)
     # It waits twice the import (609 s, in whole minutes) and the rollout's progress deadline (960 s):
     # a first start on an empty stage, or a slow one, is not a failure.
-    assert stored_check(dev.model_template())[:11] == [
+    # It first asks a replica which vLLM it serves: the release the stage's image pins.
+    assert stored_check(dev.model_template())[:13] == [
         *("--namespace", "gpt-oss-20b", "--service", "gptoss-service", "--deployment", "gpt-oss-20b"),
-        *("--model", "openai/gpt-oss-20b", "--rollout-timeout", "3240", "--import-job"),
+        *("--model", "openai/gpt-oss-20b", "--rollout-timeout", "3240", "--vllm-version", "0.31.0", "--import-job"),
     ]
     # Its own limit is a backstop; the pipeline and each model's command start it with the waits of theirs.
     assert project["TimeoutInMinutes"] == 8 * 60

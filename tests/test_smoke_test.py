@@ -64,7 +64,13 @@ class FakeVllm(QuietHandler):
     """Answers /v1/chat/completions the way the server's `behaviour` says; records what it was asked."""
 
     behaviour = "good"
+    version = "0.31.0"
     requests: ClassVar[list[dict[str, Any]]] = []
+
+    def do_GET(self) -> None:
+        # vLLM's /version (vllm/entrypoints/serve/instrumentator/basic.py at v0.31.0, show_version).
+        FakeVllm.requests.append({"path": self.path})
+        self.answer(200, json.dumps({"version": self.version}).encode(), content_type=JSON)
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
@@ -89,6 +95,25 @@ def server(request: pytest.FixtureRequest) -> Iterator[str]:
     FakeVllm.requests.clear()
     with serving(type("Handler", (FakeVllm,), {"behaviour": request.param})) as url:
         yield url
+
+
+@pytest.mark.parametrize(
+    ("served", "pinned", "exit_code"),
+    [("0.31.0", "0.31.0", 0), ("0.31.0+cu130", "0.31.0", 0), ("0.11.2", "0.31.0", 1), ("0.31.0", "0.31.1", 1)],
+)
+def test_the_replicas_must_serve_the_pinned_vllm_release(
+    served: str, pinned: str, exit_code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeVllm.requests.clear()
+    with serving(type("Handler", (FakeVllm,), {"version": served})) as url:
+        assert main(["--url", url, "--model", MODEL, "--vllm-version", pinned, "--request-timeout", "5"]) == exit_code
+    said = capsys.readouterr()
+    if exit_code:
+        assert f"a replica serves vLLM {served}, the stage pins {pinned}" in said.err
+        assert [r["path"] for r in FakeVllm.requests] == ["/version"]  # no prompt once the version is wrong
+    else:
+        assert f"serves vLLM {pinned}, as pinned" in said.out
+        assert [r["path"] for r in FakeVllm.requests] == ["/version", "/v1/chat/completions"]
 
 
 @pytest.mark.parametrize("server", ["good"], indirect=True)

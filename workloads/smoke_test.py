@@ -15,7 +15,8 @@ of that Secrets Manager secret with the AWS CLI, checks that a request without a
 internal load balancer) it waits for the load balancer's address, then asks through https://HOSTNAME
 instead of a port-forward, and also checks that /metrics is not routed there (404). With
 --checks-from PATH it runs, one after the other, the checks each model's stack stored under that SSM
-Parameter Store path (--only NAME: one model's). Standard library
+Parameter Store path (--only NAME: one model's). With --vllm-version it first asks a replica's /version
+(through the Service, or --url) and fails unless it serves the vLLM release the stage pins. Standard library
 only, so it runs on a bare CodeBuild image (the pipeline's post-deploy step) as on a laptop. Exit 0:
 the model answered.
 """
@@ -376,6 +377,38 @@ def through_load_balancer(
             time.sleep(min(interval, LOAD_BALANCER_WAIT_SECONDS - waited))
 
 
+def served_version(base_url: str, *, timeout: float) -> str:
+    """The vLLM release a server reports on /version: {"version": "0.31.0"} (vllm/entrypoints/serve/instrumentator/
+    basic.py at v0.31.0, show_version; vllm/entrypoints/openai/api_server.py at v0.11.2), without a local suffix
+    such as +cu130."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/version", timeout=timeout) as response:
+            version = json.loads(response.read())["version"]
+    except urllib.error.HTTPError as error:
+        raise SmokeTestError(f"{base_url}/version answered HTTP {error.code}") from None
+    except urllib.error.URLError as error:
+        raise SmokeTestError(f"cannot reach {base_url}/version: {error.reason}") from None
+    except (ValueError, KeyError, TypeError):
+        raise SmokeTestError(f'{base_url}/version did not answer vLLM\'s {{"version": ...}}') from None
+    return str(version).split("+", 1)[0]
+
+
+def check_version(args: argparse.Namespace) -> None:
+    """The replicas serve the release the stage pins (their image's tag names it): asked of one replica through its
+    Service (vLLM's port, not the gateway's or the load balancer's, which route /v1 only), or of --url."""
+    if args.url:
+        served = served_version(args.url, timeout=args.request_timeout)
+    else:
+        with port_forward(args.namespace, args.service, timeout=60) as url:
+            served = served_version(url, timeout=args.request_timeout)
+    if served != args.vllm_version:
+        raise SmokeTestError(
+            f"{args.model}: a replica serves vLLM {served}, the stage pins {args.vllm_version}: does the image's tag "
+            f"name another release, or is an old replica still serving? (kubectl -n {args.namespace} get pods)"
+        )
+    print(f"{args.model}: serves vLLM {served}, as pinned")
+
+
 def checked_ask(base_url: str, args: argparse.Namespace, api_key: str | None) -> Answer:
     """With a key: first check that a request without one is refused (and through the gateway, that it lists the
     model); then ask."""
@@ -456,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway", help="ask through the stage's gateway: its NAMESPACE/SERVICE (port 80)")
     parser.add_argument("--clients-secret", help="the gateway's clients secret (with --gateway and --client)")
     parser.add_argument("--client", help="the gateway client whose key the smoke test asks with")
+    parser.add_argument("--vllm-version", help="the vLLM release the stage pins: a replica's /version must report it")
     args = parser.parse_args(arguments)
     if not args.url and not (args.namespace and args.service):
         parser.error("give --url, or --namespace and --service")
@@ -469,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             api_key = api_key_from_secret(args.api_key_secret) if args.api_key_secret else None
         if args.url:
+            if args.vllm_version:
+                check_version(args)
             answer = checked_ask(args.url, args, api_key)
         else:
             started = time.monotonic()
@@ -476,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_import(args.namespace, args.import_job, timeout=args.rollout_timeout)
             remaining = max(args.rollout_timeout - (time.monotonic() - started), 0)
             wait_for_rollout(args.namespace, args.deployment or args.namespace, timeout=remaining)
+            if args.vllm_version:
+                check_version(args)
             answer = served_answer(args, api_key)
     except SmokeTestError as failure:
         print(f"smoke test failed: {failure}", file=sys.stderr)
