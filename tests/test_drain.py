@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 import threading
@@ -100,6 +102,83 @@ def test_an_idle_replica_drains_at_once(vllm: FakeVllm) -> None:
     started = time.monotonic()
     drain(vllm.server_port, seconds=10)
     assert time.monotonic() - started < 2
+
+
+# vLLM from 0.18 on SIGTERM (vllm/entrypoints/launchers/launcher.py at v0.31.0, serve_http's signal handler): the
+# engine shuts down with --shutdown-timeout seconds for the requests in flight, aborting what is left, then the
+# server exits. This stand-in does the same, with one slow route; it reads the flag from the rendered arguments.
+SELF_DRAINING_VLLM = """
+import argparse, os, signal, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+parser = argparse.ArgumentParser()
+parser.add_argument("--shutdown-timeout", type=int, default=0)
+parser.add_argument("--hold", type=float, required=True)
+args, _ = parser.parse_known_args()
+active, lock, stop = [0], threading.Lock(), threading.Event()
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *_):
+        pass
+    def do_GET(self):
+        with lock:
+            active[0] += 1
+        time.sleep(args.hold)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"the whole answer")
+        with lock:
+            active[0] -= 1
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+threading.Thread(target=server.serve_forever, daemon=True).start()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+print("port", server.server_address[1], flush=True)
+stop.wait()
+deadline = time.monotonic() + args.shutdown_timeout
+while active[0] and time.monotonic() < deadline:
+    time.sleep(0.05)
+os._exit(0)
+"""
+
+
+def terminated_mid_request(vllm_args: list[str], hold: float) -> tuple[list[bytes], float]:
+    """Start the stand-in with a replica's arguments, send it a request that takes `hold` seconds, SIGTERM it while
+    the request runs (the preStop hook has ended); what the client got, and how long the server took to exit."""
+    command = [sys.executable, "-c", SELF_DRAINING_VLLM, *vllm_args, "--hold", str(hold)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    port = int(process.stdout.readline().split()[1])
+    answers: list[bytes] = []
+
+    def client() -> None:
+        with contextlib.suppress(OSError):
+            answers.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/slow", timeout=30).read())
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.2)  # the request is in flight
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    exited = time.monotonic() - started
+    thread.join()
+    return answers, exited
+
+
+def test_a_version_that_drains_itself_finishes_the_request_in_flight_within_the_grace_period() -> None:
+    pod = find(render_charts("dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    answers, exited = terminated_mid_request(pod["containers"][0]["args"], hold=1.0)
+    assert answers == [b"the whole answer"]
+    assert exited < pod["terminationGracePeriodSeconds"]
+
+
+def test_a_version_that_drains_itself_stops_at_the_longest_request_the_model_allows() -> None:
+    data = stage_data("dev")
+    data["models"][0]["max_request_seconds"] = 1
+    pod = find(charts_of(data, "dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
+    answers, exited = terminated_mid_request(pod["containers"][0]["args"], hold=5.0)
+    assert answers == []  # aborted at the timeout, as vLLM aborts what is left
+    assert 1 <= exited < 3
+    assert pod["terminationGracePeriodSeconds"] == 10 + 1 + 30  # the kubelet's SIGKILL comes only after
 
 
 # --- the rendered values ---
