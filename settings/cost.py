@@ -26,6 +26,10 @@ INTERFACE_ENDPOINTS = 3
 # Rules of an exposed model's web ACL (stacks/web_acl.py: the Known Bad Inputs group, which counts as one, and the two
 # rate limits).
 WEB_ACL_RULES = 3
+# The data ElastiCache Serverless for Valkey meters at the least, whatever the cache holds: 100 MB
+# (https://www.usage.ai/blogs/aws/database-savings-plans/elasticache/serverless/, "100 MB minimum storage floor versus
+# 1 GB for Redis OSS"). The gateway's quota counters hold a few kilobytes, so its cache is billed at this floor.
+VALKEY_SERVERLESS_MINIMUM_GB = 0.1
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,16 @@ def platform_lines(settings: StageSettings, prices: dict[str, Price]) -> list[Li
             Line("web ACLs", len(exposed), "web-ACL-months", prices.get("waf_web_acl_month")),
             Line("web ACL rules", len(exposed) * WEB_ACL_RULES, "rule-months", prices.get("waf_rule_month")),
         ]
+    if settings.gateway is not None:
+        # The inference gateway's quota store (stacks/inference_gateway.py), whenever the settings have a gateway.
+        lines.append(
+            Line(
+                "inference gateway's quota store (ElastiCache Serverless for Valkey, at its 100 MB minimum)",
+                VALKEY_SERVERLESS_MINIMUM_GB * HOURS_A_MONTH,
+                "GB-hours",
+                prices.get("elasticache_serverless_valkey_gb_hour"),
+            )
+        )
     if settings.observability.enabled:
         # The stage's dashboard and one a model; each model's alarms (stacks/observability.py).
         lines.append(
@@ -176,6 +190,9 @@ def usage_rates(settings: StageSettings, prices: dict[str, Price]) -> tuple[tupl
             ("load balancer capacity units", prices.get("alb_lcu_hour")),
             ("requests through the web ACLs", prices.get("waf_million_requests")),
         ]
+    if settings.gateway is not None:
+        # Each request the gateway counts reads and writes a few counters: a few ECPUs (1 ECPU a kilobyte).
+        rates.append(("the quota store's requests", prices.get("elasticache_serverless_valkey_million_ecpu")))
     if settings.metrics.enabled:
         rates.append(("samples into the Prometheus workspace", prices.get("amp_million_samples")))
     if settings.observability.enabled:

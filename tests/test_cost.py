@@ -98,3 +98,23 @@ def test_the_gateways_load_balancer_is_priced_like_an_exposed_models() -> None:
     names = [line.component for line in with_endpoint.lines]
     assert {"load balancers", "web ACLs", "web ACL rules"} <= set(names)
     assert "load balancers" not in [line.component for line in estimate(parse_stage_settings("prod", without)).lines]
+
+
+def test_a_stage_with_a_gateway_pays_for_its_quota_store_at_valkeys_minimum_storage() -> None:
+    data = in_us_east_1(gateway_data("prod"))
+    del data["gateway"]["endpoint"]  # its certificate is us-west-2's
+    result = estimate(parse_stage_settings("prod", data))
+    store = line(result, "inference gateway's quota store")
+    assert store.quantity == pytest.approx(0.1 * HOURS_A_MONTH)  # 100 MB metered, every hour
+    assert store.monthly == pytest.approx(73 * 0.084)  # $6.13 at us-east-1's dated price
+    assert (
+        "the quota store's requests",
+        service_prices("us-east-1")["elasticache_serverless_valkey_million_ecpu"],
+    ) in (result.usage_rates)
+    # Turned off for its removal, the gateway keeps its store until the settings drop it (stacks/serving.py).
+    data["gateway"]["enabled"] = False
+    assert line(estimate(parse_stage_settings("prod", data)), "inference gateway's quota store").price is not None
+    del data["gateway"]
+    without = estimate(parse_stage_settings("prod", data))
+    assert not [item for item in without.lines if item.component.startswith("inference gateway")]
+    assert "the quota store's requests" not in dict(without.usage_rates)

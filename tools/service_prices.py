@@ -61,6 +61,7 @@ def usage(suffix: str) -> str:
 
 WAF = (("productFamily", "Web Application Firewall"),)
 ALB = (("productFamily", "Load Balancer-Application"), ("locationType", "AWS Region"))
+VALKEY_SERVERLESS = (("productFamily", "ElastiCache Serverless"), ("cacheEngine", "Valkey"))
 # The prices that name neither an instance type nor a throughput tier.
 FIXED = (
     Selector(
@@ -105,6 +106,25 @@ FIXED = (
     ),
     Selector(
         "s3_standard_gb_month", "AmazonS3", (("volumeType", "Standard"),), usage("TimedStorage-ByteHrs"), "GB-month"
+    ),
+    # ElastiCache Serverless for Valkey: the product family and usage types as ElastiCache's Cost and Usage Report
+    # names them (ServerlessStorage; ServerlessUsage for the processing units), the engine as the offer's cacheEngine.
+    # Not checked against the price list here: a selector that finds no product, or several, is reported and left
+    # out, never guessed.
+    Selector(
+        "elasticache_serverless_valkey_gb_hour",
+        "AmazonElastiCache",
+        VALKEY_SERVERLESS,
+        usage("ElastiCache:ServerlessStorage"),
+        "GB-hour of data stored (ElastiCache Serverless for Valkey)",
+    ),
+    Selector(
+        "elasticache_serverless_valkey_million_ecpu",
+        "AmazonElastiCache",
+        VALKEY_SERVERLESS,
+        usage("ElastiCache:ServerlessUsage"),
+        "million ElastiCache Processing Units (ElastiCache Serverless for Valkey)",
+        scale=1e6,
     ),
     Selector(
         "amp_million_samples",
