@@ -108,7 +108,8 @@ FIXED = (
         "s3_standard_gb_month", "AmazonS3", (("volumeType", "Standard"),), usage("TimedStorage-ByteHrs"), "GB-month"
     ),
     # ElastiCache Serverless for Valkey: the product family and usage types as ElastiCache's Cost and Usage Report
-    # names them (ServerlessStorage; ServerlessUsage for the processing units), the engine as the offer's cacheEngine.
+    # names them (ServerlessStorage; ServerlessUsage for the processing units), the engine as the offer's cacheEngine
+    # attribute, title-cased as for its cache nodes (infracost/infracost internal/resources/aws/elasticache_cluster.go).
     # Not checked against the price list here: a selector that finds no product, or several, is reported and left
     # out, never guessed.
     Selector(
