@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := cdk --no-notices
 
-.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing cost cost-report prices model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
+.PHONY: help setup setup-synth setup-plan lock docs preflight e2e synth test snapshots lint format dist cold-start sizing cost cost-report pin-images prices model-facts vllm-profile bench bootstrap diff plan deploy split-serving destroy pipeline-synth deploy-pipeline clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -104,6 +104,9 @@ sizing: setup-synth ## The GPU instances that can run each model, cheapest first
 
 cost: setup-synth ## A stage's monthly cost per component at its region's prices, each price with its source (STAGE=dev)
 	python -m commands.monthly_cost --stage $(STAGE)
+
+pin-images: setup-synth ## Pin each model image of a stage to the digest its tag names now, in its settings file (STAGE=prod [REFRESH=1]; the internet, no AWS credentials)
+	python -m commands.pin_images --stage $(STAGE) $(if $(REFRESH),--refresh)
 
 cost-report: setup ## What each model of a running stage cost a day in GPU nodes, from Container Insights (STAGE=prod DAYS=7; AWS credentials)
 	python -m commands.model_cost_report --stage $(STAGE) --days $(or $(DAYS),7)

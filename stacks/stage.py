@@ -93,8 +93,15 @@ class InferencePlatformStage(Stage):
             pipeline_account=pipeline_account,
         )
         self.models = self._model_stacks(settings, resources, protect)
+        self._warn(settings)
+        acknowledge_reviewed_findings(self, settings)
+        Tags.of(self).add("project", "eks-gpu-inference")
+        Tags.of(self).add("stage", id)
+
+    def _warn(self, settings: StageSettings) -> None:
+        """What synth says of the settings without refusing them: each on the stack it concerns."""
         if settings.unreachable:
-            Annotations.of(cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
+            Annotations.of(self.cluster).add_warning_v2("gpu-inference:unreachable-cluster", settings.unreachable)
         if settings.gateway_images_uncached:
             Annotations.of(self.serving).add_warning_v2(
                 "gpu-inference:gateway-images-uncached", settings.gateway_images_uncached
@@ -102,9 +109,14 @@ class InferencePlatformStage(Stage):
         for model in settings.models:
             if advisories := advisory_warning(model.name, model.image, model.extra_args):
                 Annotations.of(self.models[model.name]).add_warning_v2("gpu-inference:vllm-advisories", advisories)
-        acknowledge_reviewed_findings(self, settings)
-        Tags.of(self).add("project", "eks-gpu-inference")
-        Tags.of(self).add("stage", id)
+            if settings.production and "@" not in model.image:
+                # As production serves a reviewed commit of the weights, it should serve reviewed bytes of the image.
+                Annotations.of(self.models[model.name]).add_warning_v2(
+                    "gpu-inference:image-unpinned",
+                    f"{model.name}: {model.image} is pinned by its tag alone, which its publisher may move: "
+                    f"`make pin-images STAGE={settings.name}` adds the digest the tag names now "
+                    "(docs/vllm-versions.md)",
+                )
 
     def _model_stacks(
         self, settings: StageSettings, resources: StageResources, protect: bool

@@ -110,13 +110,17 @@ def test_every_stage_passes_cdk_nag_with_no_unacknowledged_finding(assemblies: d
 
 def test_a_stage_no_person_can_reach_is_warned_of_at_synth(dev: Assembly, prod: Assembly) -> None:
     # dev as shipped names no admin and exposes no model; prod says it is operated by its pipeline alone. prod's
-    # gateway pulls its images from Docker Hub, as prod signs in to no Docker Hub account. Both serve a vLLM no
-    # published advisory affects.
+    # gateway pulls its images from Docker Hub, as prod signs in to no Docker Hub account, and its model's image has
+    # no digest until `make pin-images` reads one. Both serve a vLLM no published advisory affects.
     warnings = sorted(validation_findings(dev.directory.parent / "validation-report.json")[1])
     assert warnings == ["unreachable-cluster"]
     assert "cluster.admin_principal_arns: no person could reach the cluster" in dev.stderr
-    assert validation_findings(prod.directory.parent / "validation-report.json") == ([], ["gateway-images-uncached"])
+    assert validation_findings(prod.directory.parent / "validation-report.json") == (
+        [],
+        ["gateway-images-uncached", "image-unpinned"],
+    )
     assert "registry.docker_hub_credential_arn to pull them through the stage's cache" in prod.stderr
+    assert "is pinned by its tag alone, which its publisher may move: `make pin-images STAGE=prod`" in prod.stderr
 
 
 def test_a_model_on_a_version_advisories_affect_is_warned_of_at_synth(
