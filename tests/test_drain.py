@@ -155,7 +155,7 @@ def terminated_mid_request(vllm_args: list[str], hold: float) -> tuple[list[byte
 
     thread = threading.Thread(target=client)
     thread.start()
-    time.sleep(0.2)  # the request is in flight
+    time.sleep(0.1)  # the request is in flight
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -166,7 +166,7 @@ def terminated_mid_request(vllm_args: list[str], hold: float) -> tuple[list[byte
 
 def test_a_version_that_drains_itself_finishes_the_request_in_flight_within_the_grace_period() -> None:
     pod = find(render_charts("dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
-    answers, exited = terminated_mid_request(pod["containers"][0]["args"], hold=1.0)
+    answers, exited = terminated_mid_request(pod["containers"][0]["args"], hold=0.4)
     assert answers == [b"the whole answer"]
     assert exited < pod["terminationGracePeriodSeconds"]
 
@@ -175,7 +175,7 @@ def test_a_version_that_drains_itself_stops_at_the_longest_request_the_model_all
     data = stage_data("dev")
     data["models"][0]["max_request_seconds"] = 1
     pod = find(charts_of(data, "dev")["Model-gpt-oss-20b"], "Deployment")["spec"]["template"]["spec"]
-    answers, exited = terminated_mid_request(pod["containers"][0]["args"], hold=5.0)
+    answers, exited = terminated_mid_request(pod["containers"][0]["args"], hold=3.0)
     assert answers == []  # aborted at the timeout, as vLLM aborts what is left
     assert 1 <= exited < 3
     assert pod["terminationGracePeriodSeconds"] == 10 + 1 + 30  # the kubelet's SIGKILL comes only after
