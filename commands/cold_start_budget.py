@@ -9,11 +9,21 @@ from settings.cold_start import (
     import_deadline_seconds,
     import_steps,
     levers,
+    model_load_step,
     progress_deadline_seconds,
     smoke_test_wait_seconds,
     startup_probe_seconds,
     warm_start_seconds,
+    with_every_lever,
 )
+from settings.schema import ModelSettings
+
+
+def budget_basis(model: ModelSettings) -> str:
+    """Why the budgets take the model load they take."""
+    if model.load_seconds is not None:
+        return "models[].load_seconds"
+    return "the walkthrough's few minutes until models[].load_seconds gives a start measured for this vLLM and GPU"
 
 
 def main() -> None:
@@ -33,10 +43,16 @@ def main() -> None:
         for lever in levers(settings, model):
             seconds = "n/a" if lever.seconds is None else f"{lever.seconds:.0f}"
             print(f"| {lever.name} | {lever.step} | {'yes' if lever.on else 'no'} | {seconds} | {lever.source} |")
-        print()
+        new_node, warm_node = with_every_lever(settings, model)
         print(
-            f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + model load); "
-            f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x total); "
+            f"\nWith every lever that has a figure (the fastest file system tier, a full compile cache): "
+            f"{new_node:.0f} s on a new node whose image the stage's cache holds, {warm_node:.0f} s on a warm spare's "
+            "node.\n"
+        )
+        print(
+            f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + "
+            f"{model_load_step(model, budget=True).seconds:.0f} s of model load: {budget_basis(model)}); "
+            f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x the total with that model load); "
             f"the smoke test waits up to {smoke_test_wait_seconds(settings, model)} s "
             "(2 x the deadline and the import)\n"
         )

@@ -27,7 +27,7 @@ def scale_down_cooldown_seconds(settings: StageSettings, model: ModelSettings) -
     assert model.autoscaling is not None
     if model.autoscaling.scale_down_cooldown_seconds is not None:
         return model.autoscaling.scale_down_cooldown_seconds
-    return derived_cooldown_seconds(math.ceil(cold_start_seconds(settings, model)))
+    return derived_cooldown_seconds(math.ceil(cold_start_seconds(settings, model, budget=True)))
 
 
 def autoscaling_problems(settings: StageSettings) -> list[str]:
@@ -37,7 +37,7 @@ def autoscaling_problems(settings: StageSettings) -> list[str]:
         if model.autoscaling is None:
             continue
         given = model.autoscaling.scale_down_cooldown_seconds
-        cold_start = math.ceil(cold_start_seconds(settings, model))
+        cold_start = math.ceil(cold_start_seconds(settings, model, budget=True))
         if given is None and derived_cooldown_seconds(cold_start) > MAX_STABILIZATION_SECONDS:
             problems.append(
                 f"models[{index}].autoscaling: a replica's cold start ({cold_start} s) plus a minute is longer than "

@@ -1008,9 +1008,10 @@ class ModelSettings(_Strict):
     # The model's architecture, which sizes its GPUs, KV cache, file system and cold start (settings/model_facts.py):
     # from the catalog (settings/catalog/models.yaml) for the models it lists, given here for any other.
     facts: ModelFacts | None = None
-    # For the cold-start budget (settings/cold_start.py), from which the startupProbe is derived: the time from
-    # the weights read to serving (GPU upload, kernel compilation, CUDA graphs).
-    load_seconds: int = Field(default=180, ge=1)
+    # For the cold-start budget (settings/cold_start.py), from which the startupProbe is derived: vLLM's start
+    # besides reading the weights (kernel compilation, profiling, KV cache, CUDA graphs). Unset: the measured start of
+    # the model where settings/cold_start.py has one, else 180 s.
+    load_seconds: int | None = Field(default=None, ge=1)
     # Where the weights come from. From the Hub: the deploy imports `model` at `revision` (the
     # files matching `files`) into the model store, once per revision (workloads/import_weights.py);
     # a gated model needs a Secrets Manager secret holding a Hugging Face token.

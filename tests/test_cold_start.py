@@ -9,9 +9,12 @@ import pytest
 from commands.cold_start_budget import main as cold_start_command
 from settings import load_stage_settings, parse_stage_settings
 from settings.cold_start import (
+    ASSUMED_LOAD_SECONDS,
     CAPACITY_OPTIONS_GIB,
     IMAGE_UNPACKED_BYTES,
+    MEASURED_LOAD_SOURCE,
     MEASURED_PULL_SECONDS,
+    WARM_COMPILE_CACHE_SAVES_SECONDS,
     cold_start_steps,
     file_system_options,
     file_system_throughput_mb_s,
@@ -24,6 +27,7 @@ from settings.cold_start import (
     warm_start_seconds,
     weight_read_seconds,
     weights_read_at_once_gb,
+    with_every_lever,
 )
 from tests.conftest import keyed_prod_data, stage_data
 from tests.test_settings import rejected
@@ -77,11 +81,12 @@ def test_a_faster_file_system_shortens_the_weight_read_and_the_startup_budget() 
     assert startup_probe_seconds(fast, fast.models[0]) < startup_probe_seconds(slow, slow.models[0])
 
 
-def test_budgets_are_twice_the_expected_time_in_whole_minutes() -> None:
+def test_budgets_are_twice_the_budgeted_time_in_whole_minutes() -> None:
     settings = settings_with()
     model = settings.models[0]
-    after_start = seconds(settings, "weight read") + seconds(settings, "model load")
-    total = sum(step.seconds for step in cold_start_steps(settings, model))
+    budgeted = {step.name: step.seconds for step in cold_start_steps(settings, model, budget=True)}
+    after_start = budgeted["weight read"] + budgeted["model load"]
+    total = sum(budgeted.values())
     assert startup_probe_seconds(settings, model) % 60 == 0
     assert 2 * after_start <= startup_probe_seconds(settings, model) < 2 * after_start + 60
     assert 2 * total <= progress_deadline_seconds(settings, model) < 2 * total + 60
@@ -90,8 +95,10 @@ def test_budgets_are_twice_the_expected_time_in_whole_minutes() -> None:
 def test_the_dev_stage_budget_counts_the_image_twice_on_a_first_start() -> None:
     settings = settings_with()
     model = settings.models[0]
-    # 60 launch + 88 first pull + 88 pull + 47 read + 180 load = 463 s, doubled in whole minutes.
-    assert sum(step.seconds for step in cold_start_steps(settings, model)) == pytest.approx(463, abs=1)
+    # 60 launch + 88 first pull + 88 pull + 47 read + 66 measured load = 349 s expected; the budgets take the
+    # walkthrough's 180 s load until one is measured for the version served: 463 s, doubled in whole minutes.
+    assert sum(step.seconds for step in cold_start_steps(settings, model)) == pytest.approx(349, abs=1)
+    assert sum(step.seconds for step in cold_start_steps(settings, model, budget=True)) == pytest.approx(463, abs=1)
     assert progress_deadline_seconds(settings, model) == 960
 
 
@@ -190,3 +197,44 @@ def test_each_model_is_budgeted_for_its_own_replicas_starting_at_once_however_ma
     ]
     many, one = parse_stage_settings("prod", data), load_stage_settings("prod")
     assert progress_deadline_seconds(many, many.models[7]) == progress_deadline_seconds(one, one.models[0]) == 1260
+
+
+def load_of(data_model: dict[str, object], *, budget: bool = False) -> tuple[float, str]:
+    data = stage_data()
+    data["models"][0].update(data_model)
+    settings = parse_stage_settings("dev", data)
+    (step,) = [s for s in cold_start_steps(settings, settings.models[0], budget=budget) if s.name == "model load"]
+    return step.seconds, step.source
+
+
+def test_the_model_load_is_the_measured_start_the_budgets_the_walkthroughs_until_one_is_set() -> None:
+    # gpt-oss-20b's measured start: 80 s from vLLM's first line to its engine, less 14.3 s of reading its weights.
+    assert load_of({}) == (pytest.approx(65.7), MEASURED_LOAD_SOURCE)
+    # The budgets keep the walkthrough's few minutes: the measurement is of vLLM 0.10.1, not the version served.
+    assert load_of({}, budget=True)[0] == ASSUMED_LOAD_SECONDS == 180
+    # A model nobody measured: the walkthrough's figure, both ways.
+    unmeasured = {"model": "meta-llama/Llama-3.1-8B-Instruct", "service_name": "llama"}
+    assert load_of(unmeasured)[0] == load_of(unmeasured, budget=True)[0] == 180
+    # A start measured in the stage's own account (make e2e) sets both.
+    assert load_of({"load_seconds": 95}) == load_of({"load_seconds": 95}, budget=True) == (95, "models[].load_seconds")
+
+
+def test_the_shared_compile_cache_takes_its_measured_saving_off_the_model_load() -> None:
+    settings = load_stage_settings("dev")
+    model = settings.models[0]
+    (cache,) = [lever for lever in levers(settings, model) if lever.step == "model load"]
+    assert pytest.approx(44.46 - 14.796) == WARM_COMPILE_CACHE_SAVES_SECONDS  # cold, and warm in five runs
+    assert cache.seconds == pytest.approx(65.7 - WARM_COMPILE_CACHE_SAVES_SECONDS)
+    assert "upb-cn/vllm-startup-profiler" in cache.source
+
+
+def test_with_every_lever_a_warm_node_starts_a_replica_in_under_a_minute_a_new_node_does_not() -> None:
+    settings = load_stage_settings("dev")
+    model = settings.models[0]
+    steps = {step.name: step.seconds for step in cold_start_steps(settings, model)}
+    read_fastest, load_cached = steps["weight read"] / 4, 65.7 - WARM_COMPILE_CACHE_SAVES_SECONDS
+    new_node, warm_node = with_every_lever(settings, model)
+    assert warm_node == pytest.approx(read_fastest + load_cached) == pytest.approx(47.8, abs=0.1)
+    # The image in the stage's cache already: the launch and the pull stay, 148 s of them.
+    assert new_node == pytest.approx(steps["node launch"] + steps["image pull"] + read_fastest + load_cached)
+    assert new_node > 150

@@ -42,7 +42,7 @@ def pending_pod(name: str, waited_seconds: int, *, gpu: bool = True) -> dict[str
 def test_the_budget_in_the_query_is_the_default_stages_cold_start() -> None:
     assert QUERY is not None, "the operations guide's query for pending GPU pods is gone"
     settings = load_stage_settings("dev")
-    cold_start = cold_start_seconds(settings, settings.models[0])
+    cold_start = cold_start_seconds(settings, settings.models[0], budget=True)
     assert int(QUERY.group(1)) == round(cold_start)
 
 
