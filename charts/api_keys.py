@@ -37,9 +37,10 @@ FILE = "api-keys.yaml"
 
 # vLLM 0.11.2 logs every flag that differs from its default when it starts, the API keys
 # included (vllm/entrypoints/openai/api_server.py, setup_server: log_non_default_args, at INFO on
-# the logger vllm.entrypoints.utils). This is vLLM's own logging configuration (vllm/logger.py,
-# DEFAULT_LOGGING_CONFIG, with its default level, stream and format) with that one logger at
-# WARNING; VLLM_LOGGING_CONFIG_PATH points vLLM at it.
+# the logger vllm.entrypoints.utils). For such a version (its profile's redacts_api_keys is false)
+# this is vLLM's own logging configuration (vllm/logger.py, DEFAULT_LOGGING_CONFIG, with its default
+# level, stream and format) with that one logger at WARNING; VLLM_LOGGING_CONFIG_PATH points vLLM at
+# it. Later versions mask the keys themselves and keep their own logging.
 LOGGING_MOUNT = "/etc/vllm/logging"
 LOGGING_FILE = "logging.json"
 LOGGING_CONFIG = {
@@ -104,7 +105,9 @@ class ApiKeys(Construct):
     configuration that keeps the keys out of vLLM's log, in `config_scope` (the model's chart, where kubectl's prune
     deletes a ConfigMap the chart stops declaring)."""
 
-    def __init__(self, scope: Construct, id: str, *, config_scope: Construct, secret_name: str, region: str) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, config_scope: Construct, secret_name: str, region: str, hide_log: bool
+    ) -> None:
         super().__init__(scope, id)
         # The CSI driver asks the kubelet for the account's token itself: the pod mounts none.
         self.service_account = kplus.ServiceAccount(
@@ -113,13 +116,15 @@ class ApiKeys(Construct):
             metadata=cdk8s.ApiObjectMetadata(name=SERVICE_ACCOUNT),
             automount_token=False,
         )
-        logging_config = kplus.ConfigMap(
-            config_scope,
-            "LoggingConfig",
-            metadata=cdk8s.ApiObjectMetadata(name="vllm-logging"),
-            data={LOGGING_FILE: json.dumps(LOGGING_CONFIG, indent=2)},
-        )
-        self.logging_volume = kplus.Volume.from_config_map(self, "LoggingVolume", logging_config, name="logging")
+        self.logging_volume = None
+        if hide_log:
+            logging_config = kplus.ConfigMap(
+                config_scope,
+                "LoggingConfig",
+                metadata=cdk8s.ApiObjectMetadata(name="vllm-logging"),
+                data={LOGGING_FILE: json.dumps(LOGGING_CONFIG, indent=2)},
+            )
+            self.logging_volume = kplus.Volume.from_config_map(self, "LoggingVolume", logging_config, name="logging")
         self.volume = mounted_secret(
             self, provider_class=PROVIDER_CLASS, secret_name=secret_name, alias=FILE, region=region, volume="api-keys"
         )

@@ -135,8 +135,8 @@ def vllm_env(model: ModelSettings) -> dict[str, str]:
         # torch's compile cache asks for the user name; uid 10001 has no passwd entry in the image.
         "USER": "vllm",
     }
-    if model.api_keys_secret:
-        # vLLM would log the keys it reads (charts/api_keys.py).
+    if model.api_keys_secret and not model.profile.redacts_api_keys:
+        # This vLLM would log the keys it reads (charts/api_keys.py).
         env.update(logging_env())
     if harmony_encodings(model):
         # gpt-oss's harmony tokenizer downloads its encodings at every start unless this names a
@@ -215,11 +215,7 @@ class VllmServerChart(cdk8s.Chart):
             return self.feature_charts[name]
 
         volume, import_job = namespace_and_weights(self, model, image, weights, import_deadline, routed=bool(gateway))
-        api_keys = (
-            ApiKeys(feature("api-keys"), "ApiKeys", config_scope=self, secret_name=secret, region=weights.region)
-            if (secret := model.api_keys_secret)
-            else None
-        )
+        api_keys = api_keys_of(feature("api-keys"), self, model, weights.region) if model.api_keys_secret else None
 
         account = api_keys.service_account if api_keys else None
         if model.compile_cache and account is None:
@@ -441,17 +437,18 @@ def server_container(
                 request=cdk8s.Size.mebibytes(requests.ephemeral_storage_mib)
             ),
         ),
-        # vLLM 0.11.2 starts its HTTP server only once the engine is ready (api_server.py:
-        # build_async_engine_client, then serve_http), so /health answers as soon as the model
-        # can serve, and answers 503 once the engine is dead; /v1/models would keep answering
-        # 200 for a dead engine. Liveness and readiness start after the startupProbe, so a
-        # server still loading weights is never restarted.
+        # vLLM starts its HTTP server only once the engine is ready (0.11.2's api_server.py:
+        # build_async_engine_client, then serve_http; 0.31.0's launchers/api_server/entry.py), so /health answers
+        # as the model can serve, and 503 once the engine is dead (serve/instrumentator/health.py in 0.31.0);
+        # /v1/models would keep answering 200 for a dead engine. Liveness and readiness start after the
+        # startupProbe, so a server still loading weights is never restarted.
         startup=health_probe(period=PROBE_PERIOD_SECONDS, failures=startup_budget // PROBE_PERIOD_SECONDS, timeout=5),
         readiness=health_probe(period=PROBE_PERIOD_SECONDS, failures=3, timeout=5),
         # Restart only a server that stopped answering for 90 s after it had started.
         liveness=health_probe(period=30, failures=3, timeout=10),
         security_context=HARDENED,
-        # vLLM cuts requests off on SIGTERM: Kubernetes runs this first (charts/pre_stop_drain.py).
+        # Kubernetes runs this before SIGTERM: a wait for the proxies, and for a vLLM that does not drain by itself
+        # a poll of its requests (charts/pre_stop_drain.py).
         lifecycle=kplus.ContainerLifecycle(pre_stop=kplus.Handler.from_command(drain_command(model, PORT))),
     )
 
@@ -486,7 +483,21 @@ def mount_server_volumes(
     if api_keys is not None and model.api_keys_secret:
         deployment.pod_metadata.add_annotation(API_KEYS_SECRET_ANNOTATION, model.api_keys_secret)
         container.mount(API_KEYS_MOUNT, api_keys.volume, read_only=True)
-        container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)
+        if api_keys.logging_volume is not None:
+            container.mount(LOGGING_MOUNT, api_keys.logging_volume, read_only=True)
+
+
+def api_keys_of(scope: Construct, chart: cdk8s.Chart, model: ModelSettings, region: str) -> ApiKeys:
+    """The model's API keys from its secret; with a vLLM that would log them, the logging that hides them."""
+    assert model.api_keys_secret is not None
+    return ApiKeys(
+        scope,
+        "ApiKeys",
+        config_scope=chart,
+        secret_name=model.api_keys_secret,
+        region=region,
+        hide_log=not model.profile.redacts_api_keys,
+    )
 
 
 def wait_for_weights(

@@ -52,7 +52,8 @@ def main() -> None:
         print(
             f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + "
             f"{model_load_step(model, budget=True).seconds:.0f} s of model load: {budget_basis(model)}); "
-            f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s (2 x the total with that model load); "
+            f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s "
+            "(2 x the total with that model load); "
             f"the smoke test waits up to {smoke_test_wait_seconds(settings, model)} s "
             "(2 x the deadline and the import)\n"
         )

@@ -14,6 +14,7 @@ digest is left alone (`--refresh` asks again). Needs the internet, not AWS crede
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -83,9 +84,11 @@ def anonymous_token(challenge: dict[str, str], name: str) -> str:
     """The token the challenge's realm gives anyone for pulling `name`."""
     if "realm" not in challenge:
         raise PinError("the registry's challenge names no realm to ask for a token")
-    query = {"scope": challenge.get("scope") or f"repository:{name}:pull"}
+    # The challenge's scope (ECR Public's is "aws") and the pull of the repository, as containerd asks for both.
+    scopes = [scope for scope in (challenge.get("scope"), f"repository:{name}:pull") if scope]
+    query = [("scope", scope) for scope in dict.fromkeys(scopes)]
     if "service" in challenge:
-        query["service"] = challenge["service"]
+        query.append(("service", challenge["service"]))
     url = f"{challenge['realm']}?{urllib.parse.urlencode(query)}"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
@@ -109,6 +112,12 @@ def manifest_digest(image: str, *, endpoint: str | None = None) -> str:
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
                 digest = response.headers.get("Docker-Content-Digest", "")
+            if not digest:
+                # The header is a SHOULD (OCI Distribution Specification): else the digest of the manifest's bytes.
+                with urllib.request.urlopen(
+                    urllib.request.Request(url, headers=headers), timeout=TIMEOUT_SECONDS
+                ) as got:
+                    digest = "sha256:" + hashlib.sha256(got.read()).hexdigest()
             break
         except urllib.error.HTTPError as error:
             if error.code == 401 and attempt == "anonymous":
@@ -125,12 +134,12 @@ def manifest_digest(image: str, *, endpoint: str | None = None) -> str:
     return digest
 
 
-def pinned_text(text: str, images: dict[str, str]) -> str:
-    """The stage file's text with each `image: <image>` line given its digest, nothing else changed."""
+def pinned_text(text: str, images: dict[str, str], *, refresh: bool = False) -> str:
+    """The stage file's text with each `image: <image>` line given its digest (with `refresh`, its pinned lines too),
+    nothing else changed."""
+    pinned = r"(?:@sha256:[0-9a-f]{64})?" if refresh else ""
     for image, digest in images.items():
-        line = re.compile(
-            r"^(\s*(?:-\s+)?image:\s*)([\"']?)" + re.escape(image) + r"(?:@sha256:[0-9a-f]{64})?\2(\s*(?:#.*)?)$", re.M
-        )
+        line = re.compile(r"^(\s*(?:-\s+)?image:\s*)([\"']?)" + re.escape(image) + pinned + r"\2(\s*(?:#.*)?)$", re.M)
         text, count = line.subn(rf"\g<1>\g<2>{image}@{digest}\g<2>\g<3>", text)
         if not count:
             raise PinError(f"no `image: {image}` line in the stage file to pin")
@@ -154,7 +163,7 @@ def pin_stage(path: Path, *, refresh: bool = False, endpoint: str | None = None)
         image: manifest_digest(image, endpoint=endpoint) for image in images_to_pin(load_yaml(text), refresh=refresh)
     }
     if digests:
-        path.write_text(pinned_text(text, digests))
+        path.write_text(pinned_text(text, digests, refresh=refresh))
     return digests
 
 

@@ -621,7 +621,7 @@ def check_account(
     if credential and secrets is not None and not secret_exists(secrets, credential):
         blockers.append(
             f"registry.docker_hub_credential_arn: the secret {credential} does not exist; create it with your Docker "
-            'Hub username and an access token (docs/vllm-versions.md, "Moving a stage to a current version")'
+            'Hub username and an access token (docs/vllm-versions.md, "Images from Docker Hub")'
         )
     if settings.routed is not None and secrets is not None:
         blockers.extend(gateway_clients_problems(secrets, settings.routed))

@@ -129,14 +129,15 @@ def recorded(metrics: MetricsSettings) -> dict[str, str]:
         KV_CACHE_USAGE: "max by (namespace) (vllm:kv_cache_usage_perc)",
         TOKENS_PER_SECOND: f"sum by (namespace) (rate(vllm:generation_tokens_total[{tokens}]))",
         # vLLM's HTTP server counts its responses by class, 5xx among them (prometheus-fastapi-instrumentator's
-        # default http_requests_total{handler, method, status}, which api_server.py mount_metrics adds).
+        # default http_requests_total{handler, method, status}: 0.11.2's api_server.py mount_metrics, 0.31.0's
+        # serve/instrumentator/metrics.py).
         SERVER_ERROR_RATIO: (
             f'sum by (namespace) (rate(http_requests_total{{job="{VLLM_JOB}", status="5xx"}}[{tokens}])) '
             f'/ sum by (namespace) (rate(http_requests_total{{job="{VLLM_JOB}"}}[{tokens}]))'
         ),
         # Replicas that hold requests yet generated no token over the range: an engine stuck while /health still
-        # answers, which asks only whether the engine process has died (vLLM 0.11.2 vllm/v1/engine/async_llm.py,
-        # check_health). No such replica, no series.
+        # answers, which asks only whether the engine process has died (vllm/v1/engine/async_llm.py, check_health, in
+        # 0.11.2 and 0.31.0). No such replica, no series.
         STALLED_REPLICAS: (
             f"count by (namespace) ((sum by (namespace, pod) (rate(vllm:generation_tokens_total[{tokens}])) == 0) "
             "and on (namespace, pod) (sum by (namespace, pod) (vllm:num_requests_running) > 0))"

@@ -130,7 +130,11 @@ def test_a_replica_goes_only_after_the_queue_stays_low_for_longer_than_a_cold_st
     model = settings.models[0]
     spec = find(scaled_objects(), "ScaledObject")["spec"]
     window = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
-    assert window == scale_down_cooldown_seconds(settings, model) == math.ceil(cold_start_seconds(settings, model, budget=True)) + 60
+    assert (
+        window
+        == scale_down_cooldown_seconds(settings, model)
+        == math.ceil(cold_start_seconds(settings, model, budget=True)) + 60
+    )
     assert window > cold_start_seconds(settings, model)
     assert spec["cooldownPeriod"] == window
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 import pytest
 
@@ -199,7 +200,7 @@ def test_each_model_is_budgeted_for_its_own_replicas_starting_at_once_however_ma
     assert progress_deadline_seconds(many, many.models[7]) == progress_deadline_seconds(one, one.models[0]) == 1260
 
 
-def load_of(data_model: dict[str, object], *, budget: bool = False) -> tuple[float, str]:
+def load_of(data_model: Mapping[str, object], *, budget: bool = False) -> tuple[float, str]:
     data = stage_data()
     data["models"][0].update(data_model)
     settings = parse_stage_settings("dev", data)

@@ -317,6 +317,26 @@ def test_a_missing_file_is_not_tried_again(
     assert (len(calls), sleeps) == (1, [])
 
 
+@pytest.mark.usefixtures("in_process")
+def test_a_file_whose_metadata_the_hub_cannot_give_for_a_while_is_tried_again(
+    s3: Any, bucket: str, args: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When the Hub keeps failing a file's metadata request (a timeout, a 5xx, a 429) past huggingface_hub's own
+    # retries, it raises LocalEntryNotFoundError (file_download.py, _raise_on_head_call_error): a passing failure.
+    real, failed = import_weights.hf_hub_download, list[str]()
+
+    def unavailable_once(**kwargs: Any) -> str:
+        if not failed:
+            failed.append(kwargs["filename"])
+            raise import_weights.LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+        return real(**kwargs)
+
+    monkeypatch.setattr(import_weights, "hf_hub_download", unavailable_once)
+    sleeps: list[float] = []
+    assert main(args(), sleep=sleeps.append) == 0
+    assert (len(failed), sleeps) == (1, [import_weights.RETRY_DELAYS_SECONDS[0]])
+
+
 # huggingface_hub's major version: 0.x in vLLM 0.11.2's image, 1.x in 0.31.0's (the second run, conftest.py).
 HUB_MAJOR = int(huggingface_hub.__version__.split(".", 1)[0])
 

@@ -4,6 +4,7 @@ token challenge: the stage file gains the digest on each image line, and nothing
 from __future__ import annotations
 
 import difflib
+import hashlib
 import urllib.parse
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -12,7 +13,7 @@ from typing import ClassVar
 
 import pytest
 
-from commands.pin_images import PinError, Reference, main, manifest_digest, pin_stage
+from commands.pin_images import PinError, Reference, anonymous_token, main, manifest_digest, pin_stage
 from settings import STAGES_DIR, parse_stage_settings
 from settings.yaml_files import load_yaml
 from tests.stand_ins import QuietHandler, serving
@@ -20,6 +21,7 @@ from tests.stand_ins import QuietHandler, serving
 DIGEST = "sha256:" + "4f" * 32
 TOKEN = "anonymous-pull-token"
 IMAGE = "public.ecr.aws/deep-learning-containers/vllm:0.31.0-gpu-py312-cu130-ubuntu24.04-ec2"
+MANIFEST = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}'
 
 
 class Registry(QuietHandler):
@@ -29,12 +31,17 @@ class Registry(QuietHandler):
         ("deep-learning-containers/vllm", "0.31.0-gpu-py312-cu130-ubuntu24.04-ec2"): DIGEST
     }
     token_queries: ClassVar[list[dict[str, list[str]]]] = []
+    # Whether a manifest's answer carries its digest, which the specification only recommends.
+    says_digest = True
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/token":
             Registry.token_queries.append(urllib.parse.parse_qs(url.query))
             self.answer(200, b'{"token": "' + TOKEN.encode() + b'"}')
+            return
+        if "/manifests/" in url.path and self.headers.get("Authorization") == f"Bearer {TOKEN}":
+            self.answer(200, MANIFEST)
             return
         self.answer(404, b"")
 
@@ -51,7 +58,7 @@ class Registry(QuietHandler):
         assert "application/vnd.oci.image.index.v1+json" in self.headers["Accept"]
         digest = self.manifests.get((name, tag))
         self.send_response(200 if digest else 404)
-        if digest:
+        if digest and self.says_digest:
             self.send_header("Docker-Content-Digest", digest)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -85,6 +92,24 @@ def test_the_stage_file_gains_the_digest_on_its_image_line_and_nothing_else(regi
     assert Registry.token_queries == [
         {"scope": ["repository:deep-learning-containers/vllm:pull"], "service": ["registry.test"]}
     ]
+
+
+def test_a_registry_that_names_no_digest_gives_the_digest_of_its_manifest(registry: str) -> None:
+    Registry.says_digest = False
+    try:
+        assert manifest_digest(IMAGE, endpoint=registry) == "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    finally:
+        Registry.says_digest = True
+
+
+def test_a_pin_another_model_has_stays_as_it_is(registry: str, tmp_path: Path) -> None:
+    other = "sha256:" + "1" * 64
+    path = tmp_path / "stage.yaml"
+    path.write_text(f"models:\n  - name: a\n    image: {IMAGE}@{other}\n  - name: b\n    image: {IMAGE}  # b's\n")
+    assert pin_stage(path, endpoint=registry) == {IMAGE: DIGEST}
+    assert path.read_text() == (
+        f"models:\n  - name: a\n    image: {IMAGE}@{other}\n  - name: b\n    image: {IMAGE}@{DIGEST}  # b's\n"
+    )
 
 
 def test_a_pinned_image_is_left_alone_unless_refreshed(registry: str, stage_file: Path) -> None:
@@ -140,3 +165,13 @@ def test_an_image_reference_splits_as_a_registry_reads_it(image: str, registry: 
 def test_an_image_without_a_tag_is_refused() -> None:
     with pytest.raises(PinError, match="names no tag"):
         Reference.parse("public.ecr.aws/deep-learning-containers/vllm")
+
+
+def test_a_challenge_of_another_scope_asks_for_it_and_the_pull_both(registry: str) -> None:
+    # ECR Public's challenge names the scope "aws"; containerd asks for it and the repository's pull alike.
+    challenge = {"realm": f"{registry}/token", "service": "public.ecr.aws", "scope": "aws"}
+    assert anonymous_token(challenge, "deep-learning-containers/vllm") == TOKEN
+    assert Registry.token_queries[-1] == {
+        "scope": ["aws", "repository:deep-learning-containers/vllm:pull"],
+        "service": ["public.ecr.aws"],
+    }

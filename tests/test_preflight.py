@@ -497,7 +497,7 @@ def test_a_missing_docker_hub_credential_blocks_naming_it(stubs: Stubs) -> None:
 
     assert report.blockers == [
         f"registry.docker_hub_credential_arn: the secret {arn} does not exist; create it with your Docker Hub "
-        'username and an access token (docs/vllm-versions.md, "Moving a stage to a current version")'
+        'username and an access token (docs/vllm-versions.md, "Images from Docker Hub")'
     ]
 
 

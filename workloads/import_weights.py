@@ -14,8 +14,8 @@ association then shows each object as <mount>/PREFIX/<path> on the file system. 
 1. Resolve the revision to its commit and list the repo's files with their sizes and, for LFS files, sha256.
 2. Skip everything if s3://BUCKET/PREFIX/.import-complete already records this repo and revision (or commit).
 3. One file at a time: skip it if S3 already holds it (same size, sha256 and git blob id in the object's
-   metadata); else download it into the workdir with huggingface_hub (which resumes a cut-off transfer and
-   uses hf_xet when it is enabled), check its size and sha256 against the Hub's, upload it
+   metadata); else download it into the workdir with huggingface_hub (which resumes a cut-off transfer within
+   a download and uses hf_xet when it is enabled), check its size and sha256 against the Hub's, upload it
    (multipart) and delete it. The workdir never holds more than one file, so a 150 GB model fits a small disk.
 4. Store the tiktoken encodings gpt-oss's tokenizer reads (--encodings) under --encodings-prefix.
 5. With --mount: wait until the file system shows every file at its full size, read each once (this pulls
@@ -120,19 +120,29 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 CHUNK_BYTES = 16 * 1024 * 1024
 # A file whose download fails is tried again at once, then after a pause, then after a longer one: whatever failed
 # (a connection, hf_xet's RuntimeError or, from hf_xet 1.5, its builtin ConnectionError or TimeoutError, which
-# huggingface_hub passes on unchanged: file_download.py, xet_get). Plain HTTP resumes from the partial file in the
-# workdir (a Range request); hf_xet rewrites a file from its start (huggingface/xet-core), so after an hf_xet failure
-# the retries go over plain HTTP (HF_HUB_DISABLE_XET), which resumes.
+# huggingface_hub passes on unchanged: file_download.py, xet_get). hf_xet rewrites a file from its start
+# (huggingface/xet-core), so after an hf_xet failure the retries go over plain HTTP (HF_HUB_DISABLE_XET). Over plain
+# HTTP, huggingface_hub 0.x resumes the next try from the partial file in the workdir (a Range request); 1.x resumes
+# within one download, five times, and starts the next try afresh (file_download.py: http_get,
+# _download_to_tmp_and_move, which removes its temporary file on failure).
 RETRY_DELAYS_SECONDS = (0.0, 10.0, 30.0)
 # Failures another try cannot mend: the repository, revision or file is not there, or not for this token.
 PERMANENT = (
     EntryNotFoundError,
     GatedRepoError,
-    LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+
+def permanent(error: BaseException) -> bool:
+    """Whether another try cannot mend the failure. LocalEntryNotFoundError, though an EntryNotFoundError, can be
+    mended: huggingface_hub raises it when the request for a file's metadata fails for a passing reason (a timeout,
+    a 5xx, a 429) and no local copy stands in (file_download.py, _raise_on_head_call_error)."""
+    return isinstance(error, PERMANENT) and not isinstance(error, LocalEntryNotFoundError)
+
+
 # 64 MiB parts (s3transfer grows them when a file would need more than 10,000), 8 at a time: ~512 MiB of buffers.
 TRANSFER_CONFIG = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=8)
 # Kubernetes keeps at most 4096 bytes of a termination message.
@@ -391,21 +401,19 @@ def check_free_space(workdir: Path, file: RepoFile) -> None:
 
 def download(repo: str, commit: str, file: RepoFile, workdir: Path, token: str | None, sleep: SleepFn) -> Path:
     """Download one file into the workdir with huggingface_hub, trying again after any failure that is not permanent,
-    over plain HTTP (which resumes) once hf_xet has failed."""
+    over plain HTTP once hf_xet has failed."""
     for delay in (*RETRY_DELAYS_SECONDS, None):
         try:
             return Path(
                 hf_hub_download(repo_id=repo, filename=file.path, revision=commit, local_dir=workdir, token=token)
             )
-        except PERMANENT:
-            raise
         except Exception as error:
-            if delay is None:
+            if delay is None or permanent(error):
                 raise
             if not isinstance(error, TRANSFER_FAILED) and not use_plain_http():
                 say(f"    {file.path}: {type(error).__name__} ({one_line(str(error), 120)}); again over plain HTTP")
             else:
-                say(f"    {file.path}: the transfer broke off ({one_line(str(error), 120)}); resuming")
+                say(f"    {file.path}: the transfer broke off ({one_line(str(error), 120)}); trying again")
             sleep(delay)
     raise AssertionError("unreachable")
 
@@ -768,7 +776,7 @@ def describe_failure(error: BaseException, args: argparse.Namespace) -> str:
             f"(or does the Job need a proxy)? ({type(found).__name__}: {one_line(str(found), 160)})"
         )
     if first(lambda e: isinstance(e, TRANSFER_BROKEN)):
-        return "downloads from the Hub kept breaking off: run the Job again, it resumes where it stopped"
+        return "downloads from the Hub kept breaking off: run the Job again, it skips the files already stored"
     if found := first(lambda e: isinstance(e, HfHubHTTPError) and not isinstance(e, EntryNotFoundError)):
         return f"the Hub answered HTTP {status_of(found)}: {one_line(str(found), 200)} (try again later)"
     if first(lambda e: isinstance(e, LocalEntryNotFoundError)):
