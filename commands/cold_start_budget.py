@@ -5,6 +5,7 @@ from __future__ import annotations
 from commands import stage_from_command_line
 from settings.cold_start import (
     WARM_NODE_SKIPS,
+    cold_start_seconds,
     cold_start_steps,
     import_deadline_seconds,
     import_steps,
@@ -50,10 +51,10 @@ def main() -> None:
             "node.\n"
         )
         print(
-            f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x weight read + "
-            f"{model_load_step(model, budget=True).seconds:.0f} s of model load: {budget_basis(model)}); "
+            f"startupProbe budget: {startup_probe_seconds(settings, model)} s (2 x (weight read + "
+            f"{model_load_step(model, budget=True).seconds:.0f} s of model load: {budget_basis(model)})); "
             f"rollout progress deadline: {progress_deadline_seconds(settings, model)} s "
-            "(2 x the total with that model load); "
+            f"(2 x the total with that model load, {cold_start_seconds(settings, model, budget=True):.0f} s); "
             f"the smoke test waits up to {smoke_test_wait_seconds(settings, model)} s "
             "(2 x the deadline and the import)\n"
         )

@@ -1008,9 +1008,10 @@ class ModelSettings(_Strict):
     # The model's architecture, which sizes its GPUs, KV cache, file system and cold start (settings/model_facts.py):
     # from the catalog (settings/catalog/models.yaml) for the models it lists, given here for any other.
     facts: ModelFacts | None = None
-    # For the cold-start budget (settings/cold_start.py), from which the startupProbe is derived: vLLM's start
-    # besides reading the weights (kernel compilation, profiling, KV cache, CUDA graphs). Unset: the measured start of
-    # the model where settings/cold_start.py has one, else 180 s.
+    # vLLM's start besides reading the weights (kernel compilation, profiling, KV cache, CUDA graphs), measured for
+    # the release and GPU served: the cold start's model load and the budgets derived from it (the startupProbe, the
+    # progress deadline, KEDA's cooldown). Unset: the budgets take 180 s (the walkthrough's few minutes), and
+    # `make cold-start` shows the model's measured start of another release where settings/cold_start.py has one.
     load_seconds: int | None = Field(default=None, ge=1)
     # Where the weights come from. From the Hub: the deploy imports `model` at `revision` (the
     # files matching `files`) into the model store, once per revision (workloads/import_weights.py);

@@ -382,7 +382,7 @@ def test_each_measured_stretch_is_held_against_the_modeled_steps_it_covers(
     recorded: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     settings = load_stage_settings("dev")
-    # The recorded run loaded for 187 s, as long as the walkthrough's few minutes: held against that model.
+    # As make e2e holds a run (commands/e2e.py): against the figures the budgets take, the walkthrough's load.
     modeled = {step.name: step.seconds for step in cold_start_steps(settings, settings.models[0], budget=True)}
     found = {
         c.stretch: c for c in compare(timeline(recorded["events"], recorded["pods"], recorded["nodeclaims"]), modeled)

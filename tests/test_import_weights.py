@@ -698,3 +698,11 @@ def test_the_import_works_with_huggingface_hub_1(import_tests_on_hub1: Any) -> N
     assert " passed" in result.stdout
     assert " failed" not in result.stdout
     assert "huggingface_hub 1.x resumes a broken transfer" in result.stdout  # the run's own huggingface_hub: 1.x
+
+
+def test_a_metadata_failure_is_as_permanent_as_its_cause() -> None:
+    passing = import_weights.LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+    offline = import_weights.LocalEntryNotFoundError("cannot find the requested files in the local cache")
+    offline.__cause__ = import_weights.OfflineModeIsEnabled("offline")
+    assert (import_weights.permanent(passing), import_weights.permanent(offline)) == (False, True)
+    assert import_weights.permanent(import_weights.OfflineModeIsEnabled("offline"))

@@ -136,11 +136,14 @@ PERMANENT = (
 )
 
 
-def permanent(error: BaseException) -> bool:
-    """Whether another try cannot mend the failure. LocalEntryNotFoundError, though an EntryNotFoundError, can be
-    mended: huggingface_hub raises it when the request for a file's metadata fails for a passing reason (a timeout,
-    a 5xx, a 429) and no local copy stands in (file_download.py, _raise_on_head_call_error)."""
-    return isinstance(error, PERMANENT) and not isinstance(error, LocalEntryNotFoundError)
+def permanent(error: BaseException | None) -> bool:
+    """Whether another try cannot mend the failure. LocalEntryNotFoundError, though an EntryNotFoundError, is what
+    huggingface_hub raises, from the cause, when the request for a file's metadata failed and no local copy stands in
+    (file_download.py, _raise_on_head_call_error): as permanent as its cause (offline mode), else passing (a timeout,
+    a 5xx, a 429)."""
+    if isinstance(error, LocalEntryNotFoundError):
+        return permanent(error.__cause__)
+    return isinstance(error, PERMANENT)
 
 
 # 64 MiB parts (s3transfer grows them when a file would need more than 10,000), 8 at a time: ~512 MiB of buffers.
