@@ -125,7 +125,7 @@ def test_every_metric_the_rules_the_autoscaler_and_the_drain_read_is_the_version
     assert names <= vllm_catalog().profiles[version].extracted.metrics
 
 
-@pytest.mark.parametrize("image", [WALKTHROUGH, CURRENT])
+@pytest.mark.parametrize("image", [profile.images[0].image for profile in vllm_catalog().profiles.values()])
 def test_every_flag_and_variable_the_server_gets_is_its_versions(image: str) -> None:
     model = model_on(image)
     facts = model.profile.extracted
