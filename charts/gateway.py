@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cdk8s
 import cdk8s_plus_30 as kplus
@@ -88,6 +89,18 @@ class GatewayPlan:
     inbound_subnet_ids: tuple[str, ...]
 
 
+def gateway_policy(scope: Construct, id: str, kind: str, name: str, spec: dict[str, Any]) -> cdk8s.ApiObject:
+    """One of Envoy Gateway's policies (gateway.envoyproxy.io/v1alpha1) on the stage's Gateway."""
+    return api_object(
+        scope,
+        id,
+        "gateway.envoyproxy.io/v1alpha1",
+        kind,
+        cdk8s.ApiObjectMetadata(name=name),
+        spec={"targetRefs": [GATEWAY_REF], **spec},
+    )
+
+
 def quota_rule(quota: TokenQuota) -> dict[str, object]:
     """A quota as a global rate limit rule: the client's requests to the model (each model with its own count, when
     the quota names none) cost nothing on the way in and their tokens once answered (Envoy Gateway
@@ -127,14 +140,12 @@ class GatewayChart(cdk8s.Chart):
         )
         without_namespace(cdk8s.ApiObject.of(namespace))
         self._proxies(settings, gateway, plan)
-        api_object(
+        gateway_policy(
             self,
             "ApiKeys",
-            "gateway.envoyproxy.io/v1alpha1",
             "SecurityPolicy",
-            cdk8s.ApiObjectMetadata(name="api-keys"),
-            spec={
-                "targetRefs": [GATEWAY_REF],
+            "api-keys",
+            {
                 "apiKeyAuth": {
                     "credentialRefs": [{"group": "", "kind": "Secret", "name": KEYS_SECRET}],
                     # OpenAI clients send `Authorization: Bearer <key>`; Envoy takes the key after "Bearer "
@@ -148,28 +159,17 @@ class GatewayChart(cdk8s.Chart):
         # Envoy AI Gateway's processor reads whole request and response bodies, which Envoy buffers, 32 KiB by
         # default (envoyproxy/gateway internal/xds/translator/listener.go at v1.9.0): a longer prompt would be
         # refused with 413. AI Gateway's own examples raise it to 50 MiB (examples/basic/basic.yaml at v1.1.0).
-        api_object(
-            self,
-            "RequestBodies",
-            "gateway.envoyproxy.io/v1alpha1",
-            "ClientTrafficPolicy",
-            cdk8s.ApiObjectMetadata(name="request-bodies"),
-            spec={
-                "targetRefs": [GATEWAY_REF],
-                "connection": {"bufferLimit": BODY_BUFFER},
-            },
+        gateway_policy(
+            self, "RequestBodies", "ClientTrafficPolicy", "request-bodies", {"connection": {"bufferLimit": BODY_BUFFER}}
         )
         if gateway.quotas:
-            api_object(
+            rules = [quota_rule(quota) for quota in gateway.quotas]
+            gateway_policy(
                 self,
                 "TokenQuotas",
-                "gateway.envoyproxy.io/v1alpha1",
                 "BackendTrafficPolicy",
-                cdk8s.ApiObjectMetadata(name="token-quotas"),
-                spec={
-                    "targetRefs": [GATEWAY_REF],
-                    "rateLimit": {"type": "Global", "global": {"rules": [quota_rule(q) for q in gateway.quotas]}},
-                },
+                "token-quotas",
+                {"rateLimit": {"type": "Global", "global": {"rules": rules}}},
             )
         KeySync(self, "KeySync", gateway=gateway, image=plan.key_sync_image, region=plan.region)
         # The smoke test asks every model through the gateway (workloads/smoke_test.py, --gateway).
