@@ -84,7 +84,8 @@ def anonymous_token(challenge: dict[str, str], name: str) -> str:
     """The token the challenge's realm gives anyone for pulling `name`."""
     if "realm" not in challenge:
         raise PinError("the registry's challenge names no realm to ask for a token")
-    # The challenge's scope (ECR Public's is "aws") and the pull of the repository, as containerd asks for both.
+    # The challenge's own scope, which may name something else than the repository, and the repository's pull: a
+    # registry gives the pull when it is asked for (Docker Registry "Token Authentication Specification", scope).
     scopes = [scope for scope in (challenge.get("scope"), f"repository:{name}:pull") if scope]
     query = [("scope", scope) for scope in dict.fromkeys(scopes)]
     if "service" in challenge:

@@ -168,7 +168,7 @@ def test_an_image_without_a_tag_is_refused() -> None:
 
 
 def test_a_challenge_of_another_scope_asks_for_it_and_the_pull_both(registry: str) -> None:
-    # ECR Public's challenge names the scope "aws"; containerd asks for it and the repository's pull alike.
+    # A challenge whose scope names something else than the repository: both are asked for.
     challenge = {"realm": f"{registry}/token", "service": "public.ecr.aws", "scope": "aws"}
     assert anonymous_token(challenge, "deep-learning-containers/vllm") == TOKEN
     assert Registry.token_queries[-1] == {
