@@ -9,10 +9,11 @@ restricted Pod Security Standard, and that chart's pod sets no security context 
 gateway-api-inference-extension config/charts/inferencepool/templates/epp-deployment.yaml at v1.0.2).
 
 When the picker is down: Envoy AI Gateway v1.1.0 builds the picker's external processing filter with
-`FailureModeAllow: false` whatever the InferencePool says (internal/extensionserver/inferencepool.go, line 314), so a
-request then fails rather than falling back to a replica. The pool says so (`failureMode: FailClose`), and a
-production stage runs two pickers with leader election: the standby takes over within its lease. They have no
-disruption budget: only the leader is ready (cmd/epp/runner/health.go), so any budget would forbid draining its node.
+`FailureModeAllow: false` whatever the InferencePool says (internal/extensionserver/inferencepool.go, line 314;
+envoyproxy/ai-gateway#2502), so a request then fails rather than falling back to a replica. The pool says so
+(`failureMode: FailClose`), and a production stage runs two pickers with leader election: the standby takes over
+within its lease. They have no disruption budget: only the leader is ready (cmd/epp/runner/health.go), so any budget
+would forbid draining its node.
 """
 
 from __future__ import annotations
