@@ -14,6 +14,9 @@ replacing any entry of the same repository. The fields, as vLLM reads them:
   none when use_sliding_window is false; every layer when only sliding_window is given (Mistral 7B);
 - attention_sinks: the index names a self_attn.sinks tensor;
 - weight_bytes: the index's metadata.total_size, else the root *.safetensors files' sizes;
+- hidden_size, attention_heads (num_attention_heads), vocab_size; intermediate_size: moe_intermediate_size where given
+  (each expert's), else intermediate_size; experts: num_local_experts (gpt-oss) or num_experts (Qwen3-MoE), else 0:
+  the widths a LoRA slot is sized by (settings/lora_slots.py), left out where the config lacks them;
 - dtype: torch_dtype or dtype (bfloat16 when the config gives none, as gpt-oss's);
 - quantization: quantization_config.quant_method; context_tokens: max_position_embeddings.
 """
@@ -45,6 +48,11 @@ def sliding_layers(config: dict[str, Any], layers: int) -> int:
     return layers if config.get("sliding_window") else 0
 
 
+def width(config: dict[str, Any], key: str) -> int | None:
+    """A width the config may leave out: a model without it can be sized, but not its LoRA slots."""
+    return int(config[key]) if config.get(key) else None
+
+
 def facts_from(
     config: dict[str, Any], index: dict[str, Any] | None, root_weights: int, *, commit: str, source: str
 ) -> ModelFacts:
@@ -65,6 +73,11 @@ def facts_from(
         head_dim=int(text.get("head_dim") or int(text["hidden_size"]) // heads),
         attention_sinks=any(name.endswith("self_attn.sinks") for name in (index or {}).get("weight_map", {})),
         weight_bytes=int(index["metadata"]["total_size"]) if index else root_weights,
+        hidden_size=width(text, "hidden_size"),
+        attention_heads=heads,
+        intermediate_size=width(text, "moe_intermediate_size") or width(text, "intermediate_size"),
+        experts=width(text, "num_local_experts") or width(text, "num_experts") or 0,
+        vocab_size=width(text, "vocab_size"),
         dtype="float16" if dtype == "float16" else "bfloat16",
         quantization=quantization.get("quant_method"),
         context_tokens=int(text["max_position_embeddings"]),

@@ -46,7 +46,14 @@ def main() -> None:
         per_token = kv_bytes_per_token(facts, model.tensor_parallel_size, model.kv_cache_dtype_bytes)
         print(f"## {model.model} ({model.name}): {model.gpus} GPU(s) with at least {needed} MiB each\n")
         print(
-            f"per GPU: {memory.weights / MIB:,.0f} MiB of weights, {memory.kv_cache / MIB:,.0f} MiB of KV cache for "
+            f"per GPU: {memory.weights / MIB:,.0f} MiB of weights, "
+            + (
+                f"{memory.lora_slots / MIB:,.0f} MiB of LoRA slots ({model.adapters_per_batch} adapter(s) per batch "
+                f"at rank {model.max_lora_rank}, settings/lora_slots.py), "
+                if memory.lora_slots
+                else ""
+            )
+            + f"{memory.kv_cache / MIB:,.0f} MiB of KV cache for "
             f"one sequence of {model.max_model_len:,} tokens ({per_token:,} bytes per token in "
             f"{facts.full_attention_layers} full-attention layers"
             + (

@@ -55,6 +55,19 @@ class ModelFacts(BaseModel):
         default=False, description="learned attention sinks (gpt-oss): weights, no KV cache of their own"
     )
     weight_bytes: int = Field(ge=1, description="the safetensors weights vLLM reads: the index's metadata.total_size")
+    # The widths vLLM sizes each LoRA slot's buffers by (settings/lora_slots.py); a model serving adapters needs them.
+    hidden_size: int | None = Field(default=None, ge=1, description="config.json hidden_size")
+    attention_heads: int | None = Field(default=None, ge=1, description="config.json num_attention_heads")
+    intermediate_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="the MLP's width, each expert's in a mixture of experts: moe_intermediate_size, else "
+        "intermediate_size",
+    )
+    experts: int = Field(
+        default=0, ge=0, description="routed experts per layer: num_local_experts or num_experts; 0 for a dense model"
+    )
+    vocab_size: int | None = Field(default=None, ge=1, description="config.json vocab_size")
     dtype: Literal["bfloat16", "float16"] = Field(description="the 16-bit dtype of the activations and the KV cache")
     quantization: str | None = Field(default=None, description="config.json quantization_config.quant_method")
     context_tokens: int = Field(ge=1, description="the longest max_model_len vLLM takes: max_position_embeddings")

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from settings import names
+from settings.lora_slots import missing_widths
 from settings.model_facts import KV_DTYPE_BYTES, ModelFacts, catalog
 from settings.vllm_profiles import ATTENTION_BACKEND_ENV, VllmProfile, driver_problem, profile_of
 from settings.yaml_files import load_yaml
@@ -1036,8 +1037,9 @@ class ModelSettings(_Strict):
     # At most 14: the gateway routes the model and each adapter by a rule of one route, which holds 15.
     adapters: tuple[AdapterSettings, ...] = Field(default=(), max_length=14)
     # How many adapters one batch may hold (vLLM's --max-loras): each slot reserves GPU memory at --max-lora-rank
-    # from the start (for gpt-oss-20b's experts about 26 MB per rank step, vllm/lora/layers/fused_moe.py), so fewer
-    # than all of them; every adapter stays loaded in CPU memory (--max-cpu-loras). Unset: up to 2.
+    # from the start, which sizing counts (settings/lora_slots.py: gpt-oss-20b's two slots at rank 16 take 737 MiB of
+    # its GPU in vLLM 0.31.0), so fewer than all of them; every adapter stays loaded in CPU memory (--max-cpu-loras).
+    # Unset: up to 2.
     max_loras: int | None = Field(default=None, ge=1, description="adapters one batch may hold; unset: up to 2")
     # The longest a request may take, which the grace period of a replica going away covers
     # (charts/pre_stop_drain.py); unset: max_model_len tokens at 20 tokens per second.
@@ -1182,6 +1184,12 @@ class ModelSettings(_Strict):
             raise ValueError(
                 f"adapters: vLLM serves no LoRA adapter on a {self.architecture.model_type} model (its model class "
                 f"does not implement SupportsLoRA); allowed for model types {', '.join(LORA_MODEL_TYPES)}"
+            )
+        missing = missing_widths(self.architecture)
+        if missing:
+            raise ValueError(
+                f"adapters: sizing the GPU memory of the LoRA slots needs the model's {', '.join(missing)} in its "
+                "facts (config.json; `make model-facts` reads them)"
             )
         if self.max_loras is not None and self.max_loras > len(self.adapters):
             raise ValueError(

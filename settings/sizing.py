@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import TypedDict
 
+from settings.lora_slots import slot_bytes
 from settings.model_facts import sequence_kv_bytes
 from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_option
 from settings.yaml_files import load_yaml
@@ -52,22 +53,24 @@ class GpuMemory:
     kv_cache: int  # one sequence of max_model_len: vLLM refuses to start without room for it
     reserve: int
     utilization: float
+    lora_slots: int = 0  # the LoRA slots' buffers (settings/lora_slots.py), allocated with the weights
 
     @property
     def needed_mib(self) -> int:
-        return math.ceil((self.weights + self.kv_cache + self.reserve) / self.utilization / MIB)
+        return math.ceil((self.weights + self.lora_slots + self.kv_cache + self.reserve) / self.utilization / MIB)
 
     def kv_room(self, gpu_memory_mib: int) -> int:
         """The KV cache vLLM would have on a GPU of that size (bytes; negative: not even the weights fit)."""
-        return math.floor(gpu_memory_mib * MIB * self.utilization) - self.weights - self.reserve
+        return math.floor(gpu_memory_mib * MIB * self.utilization) - self.weights - self.lora_slots - self.reserve
 
     def explained(self, gpu_memory_mib: int) -> str:
         """The start-up check vLLM makes, with the numbers, for one GPU."""
         usable, room = math.floor(gpu_memory_mib * self.utilization), self.kv_room(gpu_memory_mib) // MIB
+        slots = f", {math.ceil(self.lora_slots / MIB):,} MiB of LoRA slots" if self.lora_slots else ""
         return (
             f"{self.utilization:.2f} x {gpu_memory_mib:,} MiB = {usable:,} MiB for vLLM, less {self.weights // MIB:,} "
-            f"MiB of weights and {self.reserve // MIB:,} MiB of vLLM's reserve, leaves {room:,} MiB of KV cache, and "
-            f"one sequence of max_model_len needs {math.ceil(self.kv_cache / MIB):,} MiB"
+            f"MiB of weights{slots} and {self.reserve // MIB:,} MiB of vLLM's reserve, leaves {room:,} MiB of KV "
+            f"cache, and one sequence of max_model_len needs {math.ceil(self.kv_cache / MIB):,} MiB"
         )
 
 
@@ -100,11 +103,24 @@ def _gpu_memory(model: ModelSettings) -> GpuMemory:
             model.profile.extracted.serve_batched_tokens_default, int(batched) if batched and batched.isdigit() else 0
         ),
     )
+    lora_slots = (
+        slot_bytes(
+            facts,
+            model.tensor_parallel_size,
+            model.adapters_per_batch,
+            model.max_lora_rank,
+            model.profile.lora_layout,
+            two_slice_experts="--enable-mixed-moe-lora-format" in model.extra_args,
+        )
+        if model.adapters
+        else 0
+    )
     return GpuMemory(
         weights=math.ceil(facts.weight_bytes / model.gpus),
         kv_cache=kv_cache,
         reserve=NON_TORCH_RESERVE_BYTES + ACTIVATION_PEAK_BYTES,
         utilization=float(model.gpu_memory_utilization),
+        lora_slots=lora_slots,
     )
 
 

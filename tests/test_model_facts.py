@@ -152,6 +152,9 @@ GPT_OSS_LIKE = {
     "num_key_value_heads": 8,
     "head_dim": 64,
     "hidden_size": 2880,
+    "intermediate_size": 2880,
+    "num_local_experts": 32,
+    "vocab_size": 201088,
     "sliding_window": 128,
     "layer_types": ["sliding_attention", "full_attention"] * 2,
     "max_position_embeddings": 131072,
@@ -182,6 +185,11 @@ def test_model_facts_reads_the_config_and_index_at_the_commit_and_writes_the_ent
         "head_dim": 64,
         "attention_sinks": True,
         "weight_bytes": 13761264768,
+        "hidden_size": 2880,
+        "attention_heads": 64,
+        "intermediate_size": 2880,
+        "experts": 32,
+        "vocab_size": 201088,
         "dtype": "bfloat16",
         "quantization": "mxfp4",
         "context_tokens": 131072,
@@ -213,6 +221,31 @@ def test_model_facts_of_a_single_file_model_with_a_window_it_does_not_use(hub: F
     assert model_facts.main(["--model", repo.repo_id, "--revision", repo.commit, "--catalog", str(catalog_file)]) == 0
     written = model_facts.load_yaml(catalog_file.read_text())["models"][repo.repo_id]
     assert (written["layers"], written.get("sliding_window_layers", 0), written["weight_bytes"]) == (28, 0, 12_345)
+    # Without intermediate_size and vocab_size in its config, its LoRA slots cannot be sized: left out, not guessed.
+    assert (written["hidden_size"], "intermediate_size" in written, "vocab_size" in written) == (1024, False, False)
+
+
+def test_a_mixture_of_experts_gives_each_experts_width_and_their_number() -> None:
+    # Qwen3-MoE's config gives the dense width beside the experts' (Qwen/Qwen3-30B-A3B's config.json).
+    config = {
+        "model_type": "qwen3_moe",
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "vocab_size": 151936,
+        "use_sliding_window": False,
+        "max_position_embeddings": 40960,
+    }
+    found = model_facts.facts_from(config, None, 1, commit="a" * 40, source="test")
+    assert (found.intermediate_size, found.experts, found.vocab_size) == (768, 128, 151936)
+    assert found == catalog()["Qwen/Qwen3-30B-A3B"].model_copy(
+        update={"weight_bytes": 1, "hub_commit": "a" * 40, "source": "test"}
+    )
 
 
 def test_model_facts_of_an_unknown_repository_says_so(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
