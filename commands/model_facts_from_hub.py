@@ -15,8 +15,9 @@ replacing any entry of the same repository. The fields, as vLLM reads them:
 - attention_sinks: the index names a self_attn.sinks tensor;
 - weight_bytes: the index's metadata.total_size, else the root *.safetensors files' sizes;
 - hidden_size, attention_heads (num_attention_heads), vocab_size; intermediate_size: moe_intermediate_size where given
-  (each expert's), else intermediate_size; experts: num_local_experts (gpt-oss) or num_experts (Qwen3-MoE), else 0:
-  the widths a LoRA slot is sized by (settings/lora_slots.py), left out where the config lacks them;
+  (each expert's), else intermediate_size; experts: num_local_experts (gpt-oss) or num_experts (Qwen3-MoE), else 0;
+  experts_per_token: num_experts_per_tok: the widths a LoRA slot is sized by (settings/lora_slots.py), left out where
+  the config lacks them;
 - dtype: torch_dtype or dtype (bfloat16 when the config gives none, as gpt-oss's);
 - quantization: quantization_config.quant_method; context_tokens: max_position_embeddings.
 """
@@ -77,6 +78,7 @@ def facts_from(
         attention_heads=heads,
         intermediate_size=width(text, "moe_intermediate_size") or width(text, "intermediate_size"),
         experts=width(text, "num_local_experts") or width(text, "num_experts") or 0,
+        experts_per_token=width(text, "num_experts_per_tok") or 0,
         vocab_size=width(text, "vocab_size"),
         dtype="float16" if dtype == "float16" else "bfloat16",
         quantization=quantization.get("quant_method"),

@@ -67,6 +67,9 @@ class ModelFacts(BaseModel):
     experts: int = Field(
         default=0, ge=0, description="routed experts per layer: num_local_experts or num_experts; 0 for a dense model"
     )
+    experts_per_token: int = Field(
+        default=0, ge=0, description="experts each token is routed to: num_experts_per_tok; 0 for a dense model"
+    )
     vocab_size: int | None = Field(default=None, ge=1, description="config.json vocab_size")
     dtype: Literal["bfloat16", "float16"] = Field(description="the 16-bit dtype of the activations and the KV cache")
     quantization: str | None = Field(default=None, description="config.json quantization_config.quant_method")

@@ -21,9 +21,9 @@ from functools import cache
 from pathlib import Path
 from typing import TypedDict
 
-from settings.lora_slots import slot_bytes
+from settings.lora_slots import EXTRA_VOCAB, LoraSlots, slot_bytes
 from settings.model_facts import sequence_kv_bytes
-from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_option
+from settings.schema import GpuNodePoolSettings, ModelSettings, StageSettings, size_bytes, vllm_flag, vllm_option
 from settings.yaml_files import load_yaml
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -93,34 +93,43 @@ def gpu_memory(model: ModelSettings) -> GpuMemory:
 
 def _gpu_memory(model: ModelSettings) -> GpuMemory:
     facts = model.architecture
-    batched = vllm_option(model.extra_args, "--max-num-batched-tokens")
+    batched = batched_tokens(model)
     kv_cache = sequence_kv_bytes(
         facts,
         model.max_model_len,
         tensor_parallel_size=model.tensor_parallel_size,
         kv_dtype_bytes=model.kv_cache_dtype_bytes,
-        batched_tokens=max(
-            model.profile.extracted.serve_batched_tokens_default, int(batched) if batched and batched.isdigit() else 0
-        ),
+        batched_tokens=batched,
     )
-    lora_slots = (
-        slot_bytes(
-            facts,
-            model.tensor_parallel_size,
-            model.adapters_per_batch,
-            model.max_lora_rank,
-            model.profile.lora_layout,
-            two_slice_experts="--enable-mixed-moe-lora-format" in model.extra_args,
-        )
-        if model.adapters
-        else 0
-    )
+    lora_slots = slot_bytes(facts, model.tensor_parallel_size, lora_slots_of(model, batched)) if model.adapters else 0
     return GpuMemory(
         weights=math.ceil(facts.weight_bytes / model.gpus),
         kv_cache=kv_cache,
         reserve=NON_TORCH_RESERVE_BYTES + ACTIVATION_PEAK_BYTES,
         utilization=float(model.gpu_memory_utilization),
         lora_slots=lora_slots,
+    )
+
+
+def batched_tokens(model: ModelSettings) -> int:
+    """The most tokens one forward pass may hold (vLLM's max_num_batched_tokens): the largest its version defaults
+    to on any GPU, or extra_args' if larger."""
+    given = vllm_option(model.extra_args, "--max-num-batched-tokens")
+    given_tokens = int(given) if given and given.isdigit() else 0
+    return max(model.profile.extracted.serve_batched_tokens_default, given_tokens)
+
+
+def lora_slots_of(model: ModelSettings, batched: int) -> LoraSlots:
+    """The LoRA flags vLLM gets (charts/vllm_server.py, lora_args) and those extra_args add, as the slots'
+    buffers depend on them."""
+    extra_vocab = vllm_option(model.extra_args, "--lora-extra-vocab-size")
+    return LoraSlots(
+        max_loras=model.adapters_per_batch,
+        max_rank=model.max_lora_rank,
+        layout=model.profile.lora_layout,
+        two_slice_experts=any(vllm_flag(arg) == "--enable-mixed-moe-lora-format" for arg in model.extra_args),
+        extra_vocab=int(extra_vocab) if extra_vocab and extra_vocab.isdigit() else EXTRA_VOCAB,
+        batched_tokens=batched,
     )
 
 
