@@ -25,7 +25,7 @@ from constructs import Construct
 
 from charts.api_object import api_object
 from settings.schema import GpuNodePoolSettings
-from settings.sizing import GPU_MEMORY_LABEL, NodePoolLimits
+from settings.sizing import GPU_MEMORY_LABEL, NETWORK_BANDWIDTH_LABEL, NodePoolLimits
 
 # The taint keeps everything but GPU workloads (which tolerate it) off these expensive nodes.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "Exists", "effect": "NoSchedule"}
@@ -106,6 +106,11 @@ def node_requirements(
                 "operator": "Gt",
                 "values": [str(pool.instance_generation_greater_than)],
             }
+        )
+    if pool.min_network_mbps is not None:
+        # Karpenter's Gt is strict: more than one Mbps less.
+        requirements.append(
+            {"key": NETWORK_BANDWIDTH_LABEL, "operator": "Gt", "values": [str(pool.min_network_mbps - 1)]}
         )
     # Karpenter's Gt is strict: more than one MiB less than needed.
     requirements.append({"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(min_gpu_memory_mib - 1)]})

@@ -46,7 +46,8 @@ def main() -> None:
             print(f"| {lever.name} | {lever.step} | {'yes' if lever.on else 'no'} | {seconds} | {lever.source} |")
         new_node, warm_node = with_every_lever(settings, model)
         print(
-            f"\nWith every lever that has a figure (the fastest file system tier, a full compile cache): "
+            "\nWith every lever that has a figure (the fastest file system tier on nodes whose network keeps up with "
+            f"it, a full compile cache): "
             f"{new_node:.0f} s on a new node whose image the stage's cache holds, {warm_node:.0f} s on a warm spare's "
             "node.\n"
         )

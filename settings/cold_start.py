@@ -12,7 +12,14 @@ import math
 from dataclasses import dataclass
 
 from settings.schema import LUSTRE_THROUGHPUTS_PER_TIB, ModelSettings, StageSettings
-from settings.sizing import IMAGE_COMPRESSED_BYTES, IMAGE_UNPACKED_BYTES, pools_for
+from settings.sizing import (
+    IMAGE_COMPRESSED_BYTES,
+    IMAGE_UNPACKED_BYTES,
+    GpuInstance,
+    candidates,
+    on_demand_prices,
+    pools_for,
+)
 
 # Measured in the walkthrough: Karpenter had the GPU instance running and the pod scheduled "in
 # under a minute".
@@ -137,6 +144,26 @@ def file_system_problems(settings: StageSettings) -> list[str]:
     ]
 
 
+def slowest_network(settings: StageSettings, model: ModelSettings) -> GpuInstance | None:
+    """Of the instances a replica may land on, the one with the least baseline network bandwidth (None: none can run
+    it). The image and the weights reach the node through it, whatever the registry's or the file system's speed."""
+    return min(candidates(settings, model), key=lambda instance: instance.network_mbps, default=None)
+
+
+def network_seconds(instance: GpuInstance | None, gigabytes: float) -> float:
+    """How long `gigabytes` take at the instance's baseline bandwidth (0 without an instance)."""
+    return gigabytes * 1000 / (instance.network_mbps / 8) if instance else 0.0
+
+
+def replica_weight_read_seconds(
+    settings: StageSettings, model: ModelSettings, per_tib: int | None = None
+) -> tuple[float, float]:
+    """A replica's weight read: the file system's share when every replica of the model starts at once, bounded
+    below by the node's baseline network; both figures, (share, network)."""
+    share = weight_read_seconds(settings, per_tib=per_tib, model=model)
+    return share, network_seconds(slowest_network(settings, model), model.weights_gb)
+
+
 def cold_start_steps(settings: StageSettings, model: ModelSettings, *, budget: bool = False) -> list[Step]:
     """Each step of a new replica's start, as expected, or with `budget` as the budgets take the model load."""
     # Whichever pool launches the node: the slowest disk of those that can run the model.
@@ -145,6 +172,10 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings, *, budget: b
     )
     throughput = file_system_throughput_mb_s(settings)
     disk_write_seconds = IMAGE_UNPACKED_BYTES / (disk.throughput_mib * MIB)
+    instance = slowest_network(settings, model)
+    image_network_seconds = network_seconds(instance, IMAGE_COMPRESSED_BYTES / 1e9)
+    share, network = replica_weight_read_seconds(settings, model)
+    bandwidth = f"{instance.network_mbps / 1000:g} Gbps on a {instance.type}" if instance else "no instance"
     steps = [
         Step(
             "node launch",
@@ -167,21 +198,23 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings, *, budget: b
     steps += [
         Step(
             "image pull",
-            max(MEASURED_PULL_SECONDS, disk_write_seconds),
+            max(MEASURED_PULL_SECONDS, disk_write_seconds, image_network_seconds),
             f"{IMAGE_COMPRESSED_BYTES / 1e9:.1f} GB downloaded and unpacked to {IMAGE_UNPACKED_BYTES / 1e9:.0f} GB: "
-            f"the longer of the measured pull and writing it at the node disk's {disk.throughput_mib} MiB/s "
-            f"({disk_write_seconds:.0f} s); gzip unpacking is CPU-bound",
+            f"the longest of the measured pull, writing it at the node disk's {disk.throughput_mib} MiB/s "
+            f"({disk_write_seconds:.0f} s) and downloading it at the node's baseline network, {bandwidth} "
+            f"({image_network_seconds:.0f} s); gzip unpacking is CPU-bound",
             "walkthrough: 1 min 28 s; DLC buildspec image_size_baseline (the 0.11.2 image's, the only size "
-            "stated); gpu_node_pools[].disk.throughput_mib",
+            "stated); gpu_node_pools[].disk.throughput_mib; settings/catalog/gpu_instances.yaml network_mbps",
         ),
         Step(
             "weight read",
-            weight_read_seconds(settings, model=model),
+            max(share, network),
             f"{model.weights_gb:.1f} GB, while every replica of the model starts at once "
             f"({weights_read_at_once_gb(settings, model):.1f} GB in all) at {throughput:.0f} MB/s "
-            f"({settings.model_store.storage_capacity_gib} GiB x {settings.model_store.throughput_per_tib} MB/s/TiB)",
+            f"({settings.model_store.storage_capacity_gib} GiB x {settings.model_store.throughput_per_tib} MB/s/TiB: "
+            f"{share:.0f} s), and at most the node's baseline network, {bandwidth} ({network:.0f} s)",
             "the models' weight bytes (their facts) and peak replicas; FSx for Lustre baseline throughput = "
-            "capacity x per-unit throughput, shared by its readers",
+            "capacity x per-unit throughput, shared by its readers; settings/catalog/gpu_instances.yaml network_mbps",
         ),
         model_load_step(model, budget=budget),
     ]
@@ -242,9 +275,11 @@ def levers(settings: StageSettings, model: ModelSettings) -> list[Lever]:
             f"file system throughput ({settings.model_store.throughput_per_tib} MB/s per TiB now)",
             "weight read",
             settings.model_store.throughput_per_tib == fastest,
-            weight_read_seconds(settings, per_tib=fastest, model=model),
-            f"at {fastest} MB/s per TiB, the fastest PERSISTENT_2 tier (model_store.throughput_per_tib)",
+            max(replica_weight_read_seconds(settings, model, per_tib=fastest)),
+            f"at {fastest} MB/s per TiB, the fastest PERSISTENT_2 tier (model_store.throughput_per_tib), within the "
+            "node's baseline network",
         ),
+        network_lever(settings, model),
         Lever(
             f"shared compile cache (models[].compile_cache: {str(model.compile_cache).lower()})",
             "model load",
@@ -265,14 +300,60 @@ def levers(settings: StageSettings, model: ModelSettings) -> list[Lever]:
     ]
 
 
+def keeping_up(settings: StageSettings, model: ModelSettings) -> GpuInstance | None:
+    """The cheapest instance a replica may land on whose baseline network reads the weights no slower than the
+    fastest file system tier shares them out (None: none of them does)."""
+    share = weight_read_seconds(settings, per_tib=max(LUSTRE_THROUGHPUTS_PER_TIB), model=model)
+    return next((i for i in candidates(settings, model) if network_seconds(i, model.weights_gb) <= share), None)
+
+
+def network_lever(settings: StageSettings, model: ModelSettings) -> Lever:
+    """Nodes whose network keeps up with the file system: the weight read at the stage's tier on the cheapest
+    instance that keeps up with the fastest one, which gpu_node_pools[].min_network_mbps admits alone."""
+    slowest, fast_enough = slowest_network(settings, model), keeping_up(settings, model)
+    name = "node network (gpu_node_pools[].min_network_mbps)"
+    if fast_enough is None:
+        return Lever(name, "weight read", False, None, "no instance a replica may land on reads faster")
+    share = weight_read_seconds(settings, model=model)
+    _, prices = on_demand_prices(settings.region)
+    cost = (
+        f" at ${prices[fast_enough.type]:.3f}/h against a {slowest.type}'s ${prices[slowest.type]:.3f}/h"
+        if slowest and fast_enough.type in prices and slowest.type in prices and slowest != fast_enough
+        else ""
+    )
+    seconds = max(share, network_seconds(fast_enough, model.weights_gb))
+    if slowest is not None and slowest.network_mbps >= fast_enough.network_mbps:
+        return Lever(
+            name,
+            "weight read",
+            True,
+            seconds,
+            f"every instance a replica may land on keeps up with the fastest tier, the slowest a {slowest.type} of "
+            f"{slowest.network_mbps} Mbps (settings/catalog/gpu_instances.yaml network_mbps)",
+        )
+    return Lever(
+        name,
+        "weight read",
+        False,
+        seconds,
+        f"the cheapest instance that keeps up with the fastest tier: a {fast_enough.type}, "
+        f"{fast_enough.network_mbps} Mbps of baseline network{cost}; min_network_mbps: {fast_enough.network_mbps} "
+        "admits only such instances (settings/catalog/gpu_instances.yaml network_mbps)",
+    )
+
+
 def with_every_lever(settings: StageSettings, model: ModelSettings) -> tuple[float, float]:
-    """A new replica's start with every lever that has a figure: the fastest file system tier and a full compile
-    cache; on a new node whose image the stage's cache already holds, and on a warm spare's node."""
+    """A new replica's start with every lever that has a figure: the fastest file system tier on nodes whose network
+    keeps up with it, and a full compile cache; on a new node whose image the stage's cache already holds, and on a
+    warm spare's node."""
+    fastest_tier = weight_read_seconds(settings, per_tib=max(LUSTRE_THROUGHPUTS_PER_TIB), model=model)
+    network = network_seconds(keeping_up(settings, model) or slowest_network(settings, model), model.weights_gb)
     best = {
         lever.step: lever.seconds
         for lever in levers(settings, model)
-        if lever.seconds is not None and lever.step in ("weight read", "model load")
+        if lever.seconds is not None and lever.step == "model load"
     }
+    best["weight read"] = max(fastest_tier, network)
     seconds = {step.name: best.get(step.name, step.seconds) for step in cold_start_steps(settings, model)}
     new_node = sum(value for name, value in seconds.items() if name != "first pull through the cache")
     warm_node = sum(value for name, value in seconds.items() if name not in WARM_NODE_SKIPS)

@@ -647,6 +647,12 @@ class GpuNodePoolSettings(_Strict):
     ] = ()
     # Karpenter's `Gt`: 4 admits generation 5 and newer (G5, G6, G6e).
     instance_generation_greater_than: int | None = Field(default=4, ge=0)
+    # The least baseline network bandwidth an instance may have, in Mbps: the node reads the image and the weights
+    # through it (settings/cold_start.py). EKS Auto Mode's label eks.amazonaws.com/instance-network-bandwidth
+    # (EKS User Guide, "Create a Node Pool for EKS Auto Mode"). None: any.
+    min_network_mbps: int | None = Field(
+        default=None, ge=1, description="the least baseline network bandwidth of an instance, in Mbps"
+    )
     # reserved: the capacity reservations below (On-Demand Capacity Reservations or Capacity Blocks
     # for ML); Auto Mode labels nodes launched into a selected reservation karpenter.sh/capacity-type:
     # reserved (EKS User Guide, "Control deployment of workloads into Capacity Reservations with EKS

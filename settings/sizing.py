@@ -35,6 +35,8 @@ GIB = 2**30
 # The well-known label EKS Auto Mode puts on GPU nodes: memory per GPU, in MiB (EC2's
 # DescribeInstanceTypes GpuInfo.Gpus[].MemoryInfo.SizeInMiB; Karpenter, types.go).
 GPU_MEMORY_LABEL = "eks.amazonaws.com/instance-gpu-memory"
+# Its baseline network bandwidth, in Mbps (settings/catalog/gpu_instances.yaml network_mbps).
+NETWORK_BANDWIDTH_LABEL = "eks.amazonaws.com/instance-network-bandwidth"
 # What vLLM keeps on each GPU besides the weights and the KV cache, within --gpu-memory-utilization: the peak of
 # the activations in its profile run and the memory torch does not allocate (NCCL, the CUDA context); it gives
 # the KV cache what is left (vllm/v1/worker/gpu_worker.py at v0.11.2, determine_available_memory; vllm/utils/
@@ -243,6 +245,7 @@ class GpuInstance:
     gpu_memory_mib: int
     architecture: str
     local_nvme_gib: int
+    network_mbps: int  # the baseline network bandwidth: what reads from the file system and registry share
 
 
 @cache
@@ -354,6 +357,10 @@ def meets_pool(settings: StageSettings, instance: GpuInstance, pool: GpuNodePool
         )
     if instance.architecture not in pool.architectures:
         reasons.append(f"{instance.architecture} is not in {where}.architectures")
+    if pool.min_network_mbps is not None and instance.network_mbps < pool.min_network_mbps:
+        reasons.append(
+            f"its {instance.network_mbps} Mbps of network is below {where}.min_network_mbps ({pool.min_network_mbps})"
+        )
     return reasons
 
 

@@ -24,6 +24,7 @@ ENTRY_TYPES: dict[str, type] = {
     "gpu_memory_mib": int,
     "architecture": str,
     "local_nvme_gib": int,
+    "network_mbps": int,
 }
 GPU_COUNTS = (0, 1, 2, 4, 8)
 ARCHITECTURES = ("amd64", "arm64")
@@ -118,6 +119,30 @@ def test_resource_values_are_plausible(instances: list[dict[str, Any]]) -> None:
         assert entry["architecture"] in ARCHITECTURES, name
         assert entry["gpu_model"].strip() == entry["gpu_model"], name
         assert entry["gpu_model"], name
+
+
+def test_a_larger_size_of_a_family_never_has_less_network(instances: list[dict[str, Any]]) -> None:
+    # EC2 gives an instance more baseline bandwidth with more vCPUs ("Amazon EC2 instance network bandwidth"), among
+    # the sizes with as many GPUs (g5.12xlarge's four GPUs get more than g5.16xlarge's one); a figure out of that
+    # order is a misread row.
+    by_family: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for entry in instances:
+        assert entry["network_mbps"] >= 1000, entry["type"]
+        by_family.setdefault((entry["family"], entry["gpus"]), []).append((entry["vcpus"], entry["network_mbps"]))
+    for family, sizes in by_family.items():
+        networks = [network for _, network in sorted(sizes)]
+        assert networks == sorted(networks), family
+
+
+@pytest.mark.parametrize(
+    ("name", "network_mbps"),
+    # As Karpenter labels them (karpenter.k8s.aws/instance-network-bandwidth) on its reference page, the catalog's
+    # source: website/content/en/preview/reference/instance-types.md at the commit.
+    [("g6.xlarge", 2500), ("g6.4xlarge", 10000), ("g6e.xlarge", 2500), ("p5.48xlarge", 3200000)],
+)
+def test_network_bandwidth_is_karpenters_label(name: str, network_mbps: int, instances: list[dict[str, Any]]) -> None:
+    (entry,) = [entry for entry in instances if entry["type"] == name]
+    assert entry["network_mbps"] == network_mbps
 
 
 def test_only_fractional_gpu_types_report_zero_gpus(instances: list[dict[str, Any]]) -> None:

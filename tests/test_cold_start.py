@@ -9,6 +9,7 @@ import pytest
 
 from commands.cold_start_budget import main as cold_start_command
 from settings import load_stage_settings, parse_stage_settings
+from settings.autoscaling import scale_down_cooldown_seconds
 from settings.cold_start import (
     ASSUMED_LOAD_SECONDS,
     CAPACITY_OPTIONS_GIB,
@@ -16,6 +17,7 @@ from settings.cold_start import (
     MEASURED_LOAD_SOURCE,
     MEASURED_PULL_SECONDS,
     WARM_COMPILE_CACHE_SAVES_SECONDS,
+    cold_start_seconds,
     cold_start_steps,
     file_system_options,
     file_system_throughput_mb_s,
@@ -30,13 +32,20 @@ from settings.cold_start import (
     weights_read_at_once_gb,
     with_every_lever,
 )
-from tests.conftest import keyed_prod_data, stage_data
+from tests.conftest import ROOT, keyed_prod_data, stage_data
 from tests.test_settings import rejected
 
 
-def settings_with(disk_throughput_mib: int = 1000, image_source: str = "pull_through_cache", **model_store: object):
+def settings_with(
+    disk_throughput_mib: int = 1000,
+    image_source: str = "pull_through_cache",
+    min_network_mbps: int | None = None,
+    **model_store: object,
+):
     data = stage_data()
     data["model_store"] = model_store
+    if min_network_mbps is not None:
+        data["gpu_node_pools"][0]["min_network_mbps"] = min_network_mbps
     data["gpu_node_pools"][0]["disk"] = {
         "throughput_mib": disk_throughput_mib,
         "iops": max(3000, 4 * disk_throughput_mib),
@@ -78,8 +87,20 @@ def test_the_first_pull_through_the_cache_is_a_step_of_its_own() -> None:
 
 def test_a_faster_file_system_shortens_the_weight_read_and_the_startup_budget() -> None:
     slow, fast = settings_with(throughput_per_tib=125), settings_with(throughput_per_tib=1000)
-    assert seconds(fast, "weight read") == pytest.approx(seconds(slow, "weight read") / 8)
+    # 13.76 GB at 1200 GiB x 125 MB/s per TiB: 94 s; at 1000 MB/s per TiB the file system would take 12 s, but a
+    # g6.xlarge, where the replica may land, reads at its baseline network, 2.5 Gbps: 44 s.
+    assert seconds(slow, "weight read") == pytest.approx(13.761264768e3 / (1200 / 1024 * 125))
+    assert seconds(fast, "weight read") == pytest.approx(13.761264768 * 8 / 2.5)
     assert startup_probe_seconds(fast, fast.models[0]) < startup_probe_seconds(slow, slow.models[0])
+
+
+def test_a_pool_of_faster_networks_lets_the_fastest_tier_show() -> None:
+    fast = settings_with(throughput_per_tib=1000, min_network_mbps=10000)
+    # A g6.4xlarge and up: 10 Gbps reads 13.76 GB in 11 s, so the file system's 12 s is the read.
+    assert seconds(fast, "weight read") == pytest.approx(13.761264768e3 / (1200 / 1024 * 1000))
+    assert {lever.name: lever.on for lever in levers(fast, fast.models[0])}[
+        "node network (gpu_node_pools[].min_network_mbps)"
+    ]
 
 
 def test_budgets_are_twice_the_budgeted_time_in_whole_minutes() -> None:
@@ -183,8 +204,13 @@ def test_a_warm_spares_node_skips_the_launch_and_the_pull_and_the_levers_say_wha
     model = settings.models[0]
     steps = {step.name: step.seconds for step in cold_start_steps(settings, model)}
     assert warm_start_seconds(settings, model) == pytest.approx(steps["weight read"] + steps["model load"])
-    by_step = {lever.step: lever for lever in levers(settings, model)}
-    assert by_step["weight read"].seconds == pytest.approx(steps["weight read"] / 4)  # 1000 MB/s per TiB, not 250
+    by_step = {lever.step: lever for lever in levers(settings, model) if not lever.name.startswith("node network")}
+    # 1000 MB/s per TiB, not 250, would take 12 s; the g6.xlarge's baseline network makes it 44 s.
+    assert by_step["weight read"].seconds == pytest.approx(13.761264768 * 8 / 2.5)
+    network = next(lever for lever in levers(settings, model) if lever.name.startswith("node network"))
+    # On a g6.4xlarge, the cheapest that keeps up with the fastest tier, the stage's tier is the read.
+    assert (network.on, network.seconds) == (False, pytest.approx(steps["weight read"]))
+    assert "a g6.4xlarge, 10000 Mbps of baseline network at $1.323/h against a g6.xlarge's $0.805/h" in network.source
     assert by_step["image pull"].seconds is None  # SOCI: not offered by Auto Mode's NodeClass
     assert not by_step["node launch, first pull, image pull"].on  # dev keeps no warm spare
 
@@ -239,3 +265,24 @@ def test_with_every_lever_a_warm_node_starts_a_replica_in_under_a_minute_a_new_n
     # The image in the stage's cache already: the launch and the pull stay, 148 s of them.
     assert new_node == pytest.approx(steps["node launch"] + steps["image pull"] + read_fastest + load_cached)
     assert new_node > 150
+
+
+def test_the_docs_give_the_figures_the_settings_do() -> None:
+    # docs/models.md's cold start of dev, and docs/operations.md's scale-down cooldown of prod, as the code has them.
+    settings, prod = load_stage_settings("dev"), load_stage_settings("prod")
+    model = settings.models[0]
+    models_page = " ".join((ROOT / "docs" / "models.md").read_text().split())
+    for step in cold_start_steps(settings, model):
+        assert f"| {step.name} | {step.seconds:.0f} |" in models_page, step.name
+    assert f"| **total on a new node** | **{cold_start_seconds(settings, model):.0f}** |" in models_page
+    assert f"| **total on a warm spare's node** | **{warm_start_seconds(settings, model):.0f}** |" in models_page
+    new_node, warm_node = with_every_lever(settings, model)
+    assert f"a replica starts in {warm_node:.0f} s on a warm spare's node and in {new_node:.0f} s" in models_page
+    assert "startupProbe allows twice the steps after the container starts (weight read and model load), in " in (
+        models_page
+    )
+    assert f"whole minutes: {startup_probe_seconds(settings, model)} s;" in models_page
+    assert f"progress deadline is twice the total: {progress_deadline_seconds(settings, model)} s" in models_page
+    operations_page = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    cooldown = scale_down_cooldown_seconds(prod, prod.models[0])
+    assert f"plus a minute: {cooldown} s for `prod`'s gpt-oss-20b" in operations_page

@@ -264,3 +264,19 @@ def test_a_pool_with_reservations_selects_them_and_launches_reserved_capacity() 
     assert reserved["spec"]["template"]["spec"]["nodeClassRef"]["name"] == "reserved-g6e"
     assert (reserved["spec"]["weight"], fallback["spec"]["weight"]) == (100, 90)
     assert karpenter_problems([reserved, fallback]) == []
+
+
+def test_a_pool_of_faster_networks_requires_their_baseline_bandwidth() -> None:
+    data = stage_data()
+    data["gpu_node_pools"][0]["min_network_mbps"] = 10000
+    pool = find(rendered_pool_chart(data), "NodePool")
+    (requirement,) = [
+        r
+        for r in pool["spec"]["template"]["spec"]["requirements"]
+        if r["key"] == "eks.amazonaws.com/instance-network-bandwidth"
+    ]
+    # Karpenter's Gt is strict: 9999 admits 10,000 Mbps (a g6.4xlarge), not 5,000 (a g6.2xlarge).
+    assert requirement == {"key": "eks.amazonaws.com/instance-network-bandwidth", "operator": "Gt", "values": ["9999"]}
+    assert satisfies({"eks.amazonaws.com/instance-network-bandwidth": "10000"}, requirement)
+    assert not satisfies({"eks.amazonaws.com/instance-network-bandwidth": "5000"}, requirement)
+    assert karpenter_problems([pool]) == []

@@ -585,3 +585,11 @@ def test_a_family_the_region_does_not_offer_is_refused_and_others_are_not_candid
     del data["gpu_node_pools"][0]["instance_families"]
     settings = parse_stage_settings("dev", data)
     assert {i.family for i in candidates(settings, settings.models[0])} == {"g5"}
+
+
+def test_a_network_floor_no_instance_of_the_pool_meets_is_refused_naming_it() -> None:
+    data = stage_data()
+    data["gpu_node_pools"][0].update(instance_families=["g6"], min_network_mbps=200_000)
+    message = rejected(data)
+    assert "models[0] (gpt-oss-20b): no GPU instance can run one replica" in message
+    assert "g6.8xlarge: its 25000 Mbps of network is below gpu_node_pools[0].min_network_mbps (200000)" in message
