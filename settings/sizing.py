@@ -489,12 +489,25 @@ def fit(
     return reasons
 
 
+# candidates of the stages sized lately, by identity (settings never change once loaded): sizing, the pools' limits
+# and the cold start ask it again and again for the same model and pool.
+_CANDIDATES: dict[tuple[int, int, int], tuple[tuple[object, ...], list[GpuInstance]]] = {}
+
+
 def candidates(
     settings: StageSettings, model: ModelSettings, pool: GpuNodePoolSettings | None = None
 ) -> list[GpuInstance]:
     """The catalog's instances that can run one replica in a pool, or in any pool, cheapest first."""
+    key = (id(settings), id(model), id(pool))
+    found = _CANDIDATES.get(key)
+    if found is not None and all(a is b for a, b in zip(found[0], (settings, model, pool), strict=True)):
+        return list(found[1])
+    if len(_CANDIDATES) > 1024:
+        _CANDIDATES.clear()
     wanted = requests(settings, model)
-    return cheapest_first(settings, [i for i in with_gpu_count(model) if not fit(settings, model, i, wanted, pool)])
+    chosen = cheapest_first(settings, [i for i in with_gpu_count(model) if not fit(settings, model, i, wanted, pool)])
+    _CANDIDATES[key] = ((settings, model, pool), chosen)
+    return list(chosen)
 
 
 def pools_for(settings: StageSettings, model: ModelSettings) -> list[GpuNodePoolSettings]:
