@@ -121,7 +121,7 @@ def route_spec(model: ModelSettings) -> dict[str, object]:
 
 
 class GatewayModel(Construct):
-    """The model's route, pool, endpoint picker (account, role, configuration, Deployment, Service, budget) and the
+    """The model's route, pool, endpoint picker (account, role, configuration, Deployment, Service) and the
     NetworkPolicy that admits to the replicas only the gateway's proxies, the picker and the metrics scraper."""
 
     def __init__(
@@ -213,7 +213,7 @@ class GatewayModel(Construct):
         labels: dict[str, str],
         account: kplus.ServiceAccount,
     ) -> None:
-        """The picker's configuration, Deployment, Service and (with two) disruption budget."""
+        """The picker's configuration, Deployment (with two, one per node, with leader election) and Service."""
         config = kplus.ConfigMap(
             self,
             "PickerConfig",
@@ -238,6 +238,9 @@ class GatewayModel(Construct):
         )
         deployment.select(kplus.LabelSelector.of(labels=labels))
         ha = plan.picker_replicas > 1
+        if ha:
+            # One picker per node, as the proxies: a node's loss takes one of them, and the other leads.
+            deployment.scheduling.spread(topology=kplus.Topology.HOSTNAME)
         args = [
             "--pool-name", model.name,
             "--pool-namespace", model.name,

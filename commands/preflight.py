@@ -6,7 +6,7 @@ Run it with credentials for the stage's account; it only reads (Service Quotas a
 
 1. Service Quotas, in the stage's region: the on-demand and spot vCPU quotas of the G and VT and
    of the P instance families. Each model needs its replicas (autoscaling's maximum, if it scales)
-   plus one rollout surge, each on its own node, of the instance Karpenter would launch: the
+   plus one rollout surge and its warm spares, each on its own node, of the instance Karpenter would launch: the
    cheapest candidate (settings.sizing.candidates) offered in a zone GPU nodes may use. Their
    vCPUs add up per family, for on-demand if a GPU pool allows on-demand or reserved capacity
    (capacity reservations count against the on-demand quota) and for spot if one allows spot. With
@@ -111,7 +111,7 @@ def request_url(region: str, code: str) -> str:
 
 @dataclass(frozen=True)
 class Node:
-    """What one model takes from the quotas: `count` nodes (replicas plus one surge) of `instance`."""
+    """What one model takes from the quotas: `count` nodes (replicas, one surge, warm spares) of `instance`."""
 
     model: str
     instance: GpuInstance
@@ -227,7 +227,8 @@ class Report:
             )
         lines.append("")
         lines.append(
-            "Needed: each model's replicas (at most, if it scales) plus one rollout surge, on the instance "
+            "Needed: each model's replicas (at most, if it scales) plus one rollout surge and its warm spares, on the "
+            "instance "
             "Karpenter would launch: "
             + ", ".join(
                 f"{node.model} {node.count} x {node.instance.type} ({node.instance.vcpus} vCPUs, "
@@ -572,7 +573,8 @@ def check_offerings(
                 f"{model.name}: its cheapest candidate {options[model.name][0].type} is not offered where GPU "
                 f"nodes run; the quotas are counted on {pick.type}"
             )
-        nodes.append(Node(model.name, pick, model.peak_replicas + 1))
+        # A warm spare holds a GPU node around the clock (charts/warm_spares.py): it counts as a replica does.
+        nodes.append(Node(model.name, pick, model.peak_replicas + 1 + model.warm_spares))
     return offerings, nodes
 
 

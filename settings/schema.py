@@ -900,7 +900,7 @@ class GatewayEndpointSettings(ExposureSettings):
                 if data.get(given) and not data.get(missing):
                     raise ValueError(
                         f"{missing}: missing; the load balancer needs both a hostname and the ACM certificate "
-                        "that covers it, or neither (the gateway is then reached inside the VPC)"
+                        "that covers it, or neither (the gateway is then reached from inside the cluster)"
                     )
         return data
 
@@ -944,7 +944,7 @@ class GatewaySettings(_Strict):
     quotas: tuple[TokenQuota, ...] = ()
     # The client whose key the post-deploy smoke test asks every model with (workloads/smoke_test.py); one of clients.
     smoke_test_client: ClientId = "smoke-test"
-    # Unset: reached inside the VPC at the gateway's Service, or by `kubectl port-forward`.
+    # Unset: reached from pods in the cluster at the gateway's ClusterIP Service, or by `kubectl port-forward`.
     endpoint: GatewayEndpointSettings | None = None
 
     @field_validator("clients")

@@ -649,7 +649,10 @@ def sizing_problems(settings: StageSettings) -> list[str]:
 def _limit_problems(settings: StageSettings, pool: GpuNodePoolSettings) -> list[str]:
     needs, limits = pool_needs(settings, pool, "cheapest"), pool.limits
     where = f"{pool_path(settings, pool)}.limits"
-    surge = "every replica it can run plus one rollout surge per model, each on the cheapest instance that fits"
+    surge = (
+        "every replica it can run plus one rollout surge and the warm spares per model, each on the cheapest "
+        "instance that fits"
+    )
     problems = []
     if limits.cpu is not None and limits.cpu < needs.cpu:
         problems.append(f"{where}.cpu: {limits.cpu} is less than {surge}: at least {needs.cpu}")

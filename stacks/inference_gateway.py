@@ -116,7 +116,10 @@ def envoy_gateway_values(settings: StageSettings, account: str, store: str, repl
                 },
                 "extensionApis": {"enableEnvoyPatchPolicy": True, "enableBackend": True},
                 "extensionManager": EXTENSION_MANAGER,
-                "rateLimit": {"backend": {"type": "Redis", "redis": {"url": store}}},
+                # Without an answer from the rate limit service within its timeout (20 ms, the default), a request
+                # goes on uncounted: failClosed false, Envoy Gateway's default, said here because it is a choice of
+                # serving over enforcing quotas while the store is away (api/v1alpha1/envoygateway_types.go).
+                "rateLimit": {"backend": {"type": "Redis", "redis": {"url": store}}, "failClosed": False},
             }
         },
     }

@@ -156,6 +156,11 @@ def test_the_route_names_the_model_and_records_every_token_count_quotas_read(obj
     assert pool["spec"]["endpointPickerRef"]["failureMode"] == "FailClose"
     assert deployment["spec"]["replicas"] == 2
     assert "--ha-enable-leader-election" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    # One picker per node: a node's loss never takes both.
+    template = deployment["spec"]["template"]
+    (term,) = template["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
 
 
 @pytest.mark.parametrize("version", supported_versions())
@@ -327,6 +332,8 @@ def test_the_quota_store_is_private_to_the_cluster_and_what_the_rate_limit_servi
     assert '"url\\":\\"", {"Fn::GetAtt": ["' in values
     assert "Endpoint.Address" in values
     assert '{\\"name\\":\\"REDIS_TLS\\",\\"value\\":\\"true\\"}' in values
+    # While the store or the rate limit service does not answer, requests go on uncounted.
+    assert '\\"failClosed\\":false' in values
 
 
 def test_the_key_sync_reads_the_clients_secret_and_nothing_else(prod: Assembly) -> None:

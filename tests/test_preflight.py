@@ -144,8 +144,21 @@ def needed_vcpus(settings: StageSettings, category: str) -> int:
     for model in settings.models:
         cheapest = candidates(settings, model)[0]
         if cheapest.category == category:
-            total += (model.peak_replicas + 1) * cheapest.vcpus
+            total += (model.peak_replicas + 1 + model.warm_spares) * cheapest.vcpus
     return total
+
+
+def test_warm_spares_count_against_the_quota_as_replicas_do(stubs: Stubs) -> None:
+    data = stage_data()
+    data["models"][0]["warm_spares"] = 2
+    settings = parse_stage_settings("dev", data)
+    # dev's one replica, its surge and two spares: four nodes of the cheapest candidate, not two.
+    assert needed_vcpus(settings, "g") == 2 * needed_vcpus(stage("dev"), "g")
+    stubs.offerings(settings, offered_everywhere(settings))
+    stubs.quotas(ENOUGH)
+    out = preflight(settings, [], stubs.client).markdown()
+    cheapest = candidates(settings, settings.models[0])[0]
+    assert f"gpt-oss-20b 4 x {cheapest.type} ({cheapest.vcpus} vCPUs, G and VT) = {4 * cheapest.vcpus}" in out
 
 
 def offered_everywhere(settings: StageSettings) -> dict[str, list[str]]:

@@ -266,9 +266,25 @@ def test_gpu_limit_below_what_the_replicas_need_is_refused() -> None:
     data = stage_data("prod")
     data["gpu_node_pools"][0]["limits"] = {"gpu": 2}
     assert (
-        "gpu_node_pools[0].limits.gpu: 2 is less than every replica it can run plus one rollout surge per model, "
-        "each on the cheapest instance that fits: at least 5"  # autoscaling's 4 replicas and a surge
+        "gpu_node_pools[0].limits.gpu: 2 is less than every replica it can run plus one rollout surge and the warm "
+        "spares per model, each on the cheapest instance that fits: at least 5"  # autoscaling's 4 replicas and a surge
     ) in rejected(data, "prod")
+
+
+@pytest.mark.parametrize(("gpu_limit", "refused"), [(5, True), (6, False)])
+def test_a_gpu_limit_must_hold_the_warm_spares_too(gpu_limit: int, refused: bool) -> None:
+    # prod's 4 replicas at most, a surge and one warm spare: 6 GPU nodes of one GPU each.
+    data = stage_data("prod")
+    data["models"][0]["warm_spares"] = 1
+    data["gpu_node_pools"][0]["limits"] = {"gpu": gpu_limit}
+    problem = (
+        "gpu_node_pools[0].limits.gpu: 5 is less than every replica it can run plus one rollout surge and the warm"
+    )
+    if refused:
+        assert problem in rejected(data, "prod")
+        assert "spares per model, each on the cheapest instance that fits: at least 6" in rejected(data, "prod")
+    else:
+        parse_stage_settings("prod", data)
 
 
 def test_unknown_capacity_type_lists_the_allowed_ones() -> None:

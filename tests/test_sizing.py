@@ -250,8 +250,8 @@ def test_production_with_three_replicas_needs_limits_for_four_nodes() -> None:
     data["gpu_node_pools"][0]["limits"] = {"cpu": 8, "memory": "32Gi", "gpu": 3}
     message = rejected(data, "prod")
     assert (
-        "gpu_node_pools[0].limits.cpu: 8 is less than every replica it can run plus one rollout surge per model"
-        in message
+        "gpu_node_pools[0].limits.cpu: 8 is less than every replica it can run plus one rollout surge and the warm "
+        "spares per model" in message
     )
     assert "at least 16" in message  # four g6.xlarge
     assert "gpu_node_pools[0].limits.memory: 32Gi is less than" in message
