@@ -141,6 +141,8 @@ def adapter_import_command(
         # What vLLM loads of an adapter (vllm/lora/models.py: a safetensors file beside its config); a repository
         # without the safetensors file fails the import, rather than a replica later.
         *("--include", *ADAPTER_FILES, "--require", *ADAPTER_FILES),
+        # What vLLM checks of the adapter's config at every replica's start, checked once here.
+        f"--max-lora-rank={model.max_lora_rank}",
         *(["--token-secret", model.hf_token_secret] if model.hf_token_secret else []),
     ]
 

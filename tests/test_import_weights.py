@@ -33,7 +33,7 @@ from tests.conftest import HUB1, ROOT
 from tests.hub_stand_in import FakeHub, FakeRepo, HubHandler, Request, point_huggingface_hub_at
 from tests.hub_stand_in import hub_server as stand_in_hub
 from workloads import import_weights
-from workloads.import_weights import MARKER, main, matches, select_files
+from workloads.import_weights import ADAPTER_CONFIG, MARKER, main, matches, select_files
 
 SCRIPT = ROOT / "workloads" / "import_weights.py"
 REPO = "test-org/tiny-model"
@@ -706,3 +706,50 @@ def test_a_metadata_failure_is_as_permanent_as_its_cause() -> None:
     offline.__cause__ = import_weights.OfflineModeIsEnabled("offline")
     assert (import_weights.permanent(passing), import_weights.permanent(offline)) == (False, True)
     assert import_weights.permanent(import_weights.OfflineModeIsEnabled("offline"))
+
+
+def adapter_repo(config: dict[str, Any]) -> FakeRepo:
+    files = {ADAPTER_CONFIG: json.dumps(config).encode(), "adapter_model.safetensors": os.urandom(4_000)}
+    return FakeRepo(REPO, files, {"adapter_model.safetensors"})
+
+
+ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors")  # charts/model_loader.py, ADAPTER_FILES
+ADAPTER_ARGS = ("--include", *ADAPTER_FILES, "--require", *ADAPTER_FILES, "--max-lora-rank", "16")
+
+
+@pytest.mark.usefixtures("in_process")
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"r": 32, "bias": "none"}, "its rank is 32 (adapter_config.json r and rank_pattern), above the model's"),
+        ({"r": 8, "rank_pattern": {"q_proj": 64}}, "its rank is 64"),
+        ({"r": 16, "use_dora": True}, "it uses DoRA (use_dora), which vLLM does not load"),
+        ({"r": 16, "bias": "lora_only"}, "it trains a bias ('lora_only'), which vLLM does not load"),
+        ({"r": 16, "modules_to_save": ["lm_head"]}, "it saves modules whole (['lm_head'])"),
+    ],
+)
+def test_an_adapter_vllm_would_refuse_fails_its_import_without_a_marker(
+    hub: FakeHub,
+    s3: Any,
+    bucket: str,
+    args: Callable[..., list[str]],
+    capsys: pytest.CaptureFixture[str],
+    config: dict[str, Any],
+    problem: str,
+) -> None:
+    hub.add(adapter_repo(config))
+    assert main(args(*ADAPTER_ARGS), sleep=no_sleep) == 1
+    error = capsys.readouterr().err
+    assert f"import of {REPO}@main failed: {REPO}@" in error
+    assert "is an adapter vLLM would refuse" in error
+    assert problem in error
+    assert f"{PREFIX}/{MARKER}" not in keys(s3, bucket), "replicas never see a marker for an adapter they refuse"
+
+
+@pytest.mark.usefixtures("in_process")
+def test_an_adapter_within_the_models_rank_imports(
+    hub: FakeHub, s3: Any, bucket: str, args: Callable[..., list[str]]
+) -> None:
+    hub.add(adapter_repo({"r": 16, "bias": "none", "modules_to_save": None}))
+    assert main(args(*ADAPTER_ARGS), sleep=no_sleep) == 0
+    assert f"{PREFIX}/{MARKER}" in keys(s3, bucket)

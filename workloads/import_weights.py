@@ -98,6 +98,8 @@ TRANSFER_FAILED, HUB_UNREACHABLE, TRANSFER_BROKEN = transport_errors()
 
 # Written last, once every file is in S3 (and, with --mount, on the file system): its presence means "complete".
 MARKER = ".import-complete"
+# A LoRA adapter's configuration, which vLLM validates before it loads the adapter (vllm/lora/peft_helper.py).
+ADAPTER_CONFIG = "adapter_config.json"
 
 # Root weights, configs (config.json, generation_config.json, tokenizer_config.json, the safetensors index...),
 # tokenizer files (tokenizer.json, tokenizer.model, *.tiktoken, vocab/merges) and chat templates (.jinja or
@@ -209,6 +211,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="PATH",
         help="repo paths that must be among those imported (a LoRA adapter's config and weights)",
+    )
+    parser.add_argument(
+        "--max-lora-rank",
+        type=int,
+        help="an adapter's import: the model's --max-lora-rank, which its adapter_config.json must not exceed",
     )
     parser.add_argument("--token-secret", help="Secrets Manager secret (name or ARN) holding the Hugging Face token")
     parser.add_argument("--region", help="AWS region (default: the environment's)")
@@ -596,6 +603,39 @@ def marker_matches(marker: Mapping[str, Any] | None, repo: str, revision: str, c
     return marker.get("revision") == revision or (commit is not None and marker.get("commit") == commit)
 
 
+# A LoRA adapter's features vLLM refuses to load, whatever the rank (vllm/lora/peft_helper.py, validate_legal and
+# _validate_features, at v0.11.2 and v0.31.0): DoRA, a bias, modules saved whole other than a classifier's.
+CLASSIFIER_MODULES = ("classifier", "score")
+
+
+def adapter_problems(config: dict[str, Any], max_lora_rank: int) -> list[str]:
+    """What in an adapter's adapter_config.json vLLM would refuse at every replica's start, with a model whose
+    --max-lora-rank is `max_lora_rank`: its rank r above it (vLLM 0.34 compares rank_pattern's ranks too), DoRA, a
+    bias, or modules_to_save."""
+    problems = []
+    ranks = [int(config.get("r") or 0), *(int(rank) for rank in (config.get("rank_pattern") or {}).values())]
+    if max(ranks) > max_lora_rank:
+        problems.append(
+            f"its rank is {max(ranks)} (adapter_config.json r and rank_pattern), above the model's --max-lora-rank "
+            f'{max_lora_rank} ("LoRA rank ... is greater than max_lora_rank"): give models[].adapters[].rank as '
+            f"{max(ranks)}"
+        )
+    if config.get("use_dora"):
+        problems.append("it uses DoRA (use_dora), which vLLM does not load")
+    if (config.get("bias") or "none") != "none":
+        problems.append(f"it trains a bias ({config['bias']!r}), which vLLM does not load")
+    if [module for module in config.get("modules_to_save") or [] if module not in CLASSIFIER_MODULES]:
+        problems.append(f"it saves modules whole ({config['modules_to_save']}), which vLLM does not load")
+    return problems
+
+
+def check_adapter(s3: Any, args: argparse.Namespace, commit: str) -> None:
+    """Fail the import, naming the setting to change, on an adapter every replica would refuse at its start."""
+    body = s3.get_object(Bucket=args.bucket, Key=f"{args.prefix}/{ADAPTER_CONFIG}")["Body"].read()
+    if problems := adapter_problems(json.loads(body), args.max_lora_rank):
+        raise ImportWeightsError(f"{args.repo}@{commit} is an adapter vLLM would refuse: {'; '.join(problems)}")
+
+
 def import_revision(args: argparse.Namespace, sleep: SleepFn) -> None:
     s3 = boto3.client("s3", region_name=args.region)
     marker_key = f"{args.prefix}/{MARKER}"
@@ -623,6 +663,8 @@ def import_revision(args: argparse.Namespace, sleep: SleepFn) -> None:
     existing = list_objects(s3, args.bucket, f"{args.prefix}/")
     marker = read_marker(s3, args.bucket, marker_key) if marker_key in existing else None
     commit, stored, complete = settle_revision(s3, args, marker, existing, sleep)
+    if args.max_lora_rank is not None:
+        check_adapter(s3, args, commit)
 
     if args.mount:
         expected = {args.mount / args.prefix / f.path: f.size for f in stored}
