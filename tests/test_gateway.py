@@ -208,6 +208,19 @@ def test_the_chart_values_set_are_keys_of_the_vendored_charts() -> None:
         assert unknown == set(), folder
 
 
+def test_usage_is_labelled_with_the_client_the_key_names(prod: Assembly) -> None:
+    # The key authentication forwards the client's id in a header; Envoy AI Gateway's controller turns that header
+    # into the token metrics' attribute client.id (manifests/charts/ai-gateway-helm/values.yaml,
+    # controller.metricsRequestHeaderAttributes: "<header>:<attribute>"), which Prometheus reads as client_id.
+    settings = parse_stage_settings("prod", gateway_data("prod"))
+    values = ai_gateway_values(settings, "123456789012", 2)
+    header, attribute = values["controller"]["metricsRequestHeaderAttributes"].split(":")
+    assert header == CLIENT_HEADER
+    assert attribute.replace(".", "_") == "client_id"
+    # The recording rule the dashboard and the cost report read sums by that label.
+    assert "sum by (client_id, gen_ai_request_model, gen_ai_token_type)" in json.dumps(prod.template("Cluster"))
+
+
 def run_key_sync(tmp_path: Path, keys: dict[str, str], server: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "clients.json").write_text(json.dumps(keys))
     (tmp_path / "token").write_text("service-account-token")
