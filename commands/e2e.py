@@ -103,8 +103,8 @@ def estimate(settings: StageSettings) -> Estimate:
     gpu_seconds = importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS + DESTROY_SECONDS / 3
     total = DEPLOY_SECONDS + importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS
     total += DESTROY_SECONDS
-    # A GPU node per model (a run behind the gateway serves two), each for as long.
-    instances = [candidates(settings, each)[0].type for each in settings.models]
+    # A GPU node per replica (a run behind the gateway serves two of one model and one of another), each for as long.
+    instances = [candidates(settings, each)[0].type for each in settings.models for _ in range(each.replicas)]
     _, prices = on_demand_prices(settings.region)
     hours = gpu_seconds / 3600
     return Estimate(
@@ -134,9 +134,11 @@ LOAD_TEST_KEY_SECRET = "load-test-key"
 
 
 def with_gateway(data: dict[str, Any], name: str, adapter: str | None) -> dict[str, Any]:
-    """The throwaway stage behind the gateway: a second model, the adapter if given, three clients, one small quota."""
-    first = data["models"][0]
-    second = {**first, **SECOND_MODEL, "attention_backend": None}  # gpt-oss's choice, vLLM's own for Qwen
+    """The throwaway stage behind the gateway: a second replica of the first model (routing by prefix chooses among
+    replicas), a second model, the adapter if given, three clients, one small quota."""
+    original = data["models"][0]
+    first = {**original, "replicas": 2}
+    second = {**original, **SECOND_MODEL, "attention_backend": None}  # gpt-oss's choice, vLLM's own for Qwen
     data["models"] = [first, second]
     if adapter:
         if not (parsed := re.fullmatch(r"([\w.-]+/[\w.-]+)@([0-9a-f]{40}):([0-9]+)", adapter)):
@@ -366,18 +368,22 @@ def gateway_checks(settings: StageSettings, kubeconfig: str, keys: dict[str, str
     before = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = kubeconfig  # port_forward runs kubectl with the process's environment
     try:
-        with smoke_test_script.port_forward(GATEWAY_NAMESPACE, GATEWAY_NAME, timeout=60, port=GATEWAY_PORT) as url:
-            gateway_checks_module.every_name_answers(url, keys[E2E_CLIENT], served)
-            gateway_checks_module.send_shared_prefix(url, keys[E2E_CLIENT], first.model, SHARED_PREFIX_REQUESTS)
-            quota = gateway_checks_module.quota_is_enforced(url, keys[QUOTA_CLIENT], first.model)
         token = json.loads(
             run(["aws", "eks", "get-token", "--cluster-name", settings.cluster.name, "--region", settings.region],
                 capture_output=True, env=environment).stdout
         )["status"]["token"]  # fmt: skip
-        with smoke_test_script.port_forward(
-            first.name, names.picker_name(first.name), timeout=60, port=PICKER_METRICS_PORT
-        ) as url:
-            ratio = gateway_checks_module.prefix_hit_ratio(gateway_checks_module.picker_metrics(url, token))
+        with smoke_test_script.port_forward(GATEWAY_NAMESPACE, GATEWAY_NAME, timeout=60, port=GATEWAY_PORT) as url:
+            gateway_checks_module.every_name_answers(url, keys[E2E_CLIENT], served)
+            # The picker's ratio over the shared prefix's requests alone: read before and after them.
+            with smoke_test_script.port_forward(
+                first.name, names.picker_name(first.name), timeout=60, port=PICKER_METRICS_PORT
+            ) as picker:
+                before = gateway_checks_module.picker_metrics(picker, token)
+                gateway_checks_module.send_shared_prefix(url, keys[E2E_CLIENT], first.model, SHARED_PREFIX_REQUESTS)
+                after = gateway_checks_module.picker_metrics(picker, token)
+            ratio = gateway_checks_module.prefix_hit_ratio(after, before)
+            quota = gateway_checks_module.quota_is_enforced(url, keys[QUOTA_CLIENT], first.model)
+        gateway_checks_module.prefix_routing_holds(ratio)
     except (smoke_test_script.SmokeTestError, OSError) as error:  # OSError: urllib's URLError and HTTPError
         raise gateway_checks_module.GatewayCheckError(f"through the gateway: {error}") from error
     finally:

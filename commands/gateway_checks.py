@@ -89,16 +89,42 @@ def send_shared_prefix(base_url: str, key: str, model: str, count: int, *, timeo
             raise GatewayCheckError(f"a request sharing the prefix got HTTP {status}")
 
 
-def prefix_hit_ratio(metrics_text: str) -> float:
-    """The picker's mean prefix hit ratio since it started: the histogram's sum over its count."""
+def hit_ratio_totals(metrics_text: str) -> tuple[float, float] | None:
+    """The picker's prefix hit ratio histogram since it started, (sum, count); None while it has none: a histogram
+    vector is exported from its first observation on (pkg/epp/metrics/metrics.go at v1.0.2, NewHistogramVec)."""
     for family in text_string_to_metric_families(metrics_text):
         if family.name == PREFIX_HIT_RATIO:
             samples = {sample.name: sample.value for sample in family.samples if not sample.labels.get("le")}
-            count = samples.get(f"{PREFIX_HIT_RATIO}_count", 0.0)
-            if not count:
-                raise GatewayCheckError("the picker has looked up no prefix yet")
-            return samples[f"{PREFIX_HIT_RATIO}_sum"] / count
-    raise GatewayCheckError(f"the picker's metrics have no {PREFIX_HIT_RATIO}")
+            return samples.get(f"{PREFIX_HIT_RATIO}_sum", 0.0), samples.get(f"{PREFIX_HIT_RATIO}_count", 0.0)
+    return None
+
+
+def prefix_hit_ratio(after: str, before: str | None = None) -> float:
+    """The picker's mean prefix hit ratio over the requests between two readings of its metrics (without `before`,
+    since it started): the share of each prompt's prefix the chosen replica held (the prefix plugin's PreRequest,
+    pkg/epp/scheduling/framework/plugins/multi/prefix/plugin.go at v1.0.2, records it for the target pod)."""
+    now = hit_ratio_totals(after)
+    if now is None:
+        raise GatewayCheckError(f"the picker's metrics have no {PREFIX_HIT_RATIO}")
+    then = (hit_ratio_totals(before) if before is not None else None) or (0.0, 0.0)
+    if now[1] <= then[1]:
+        raise GatewayCheckError("the picker has looked up no prefix since the first reading")
+    return (now[0] - then[0]) / (now[1] - then[1])
+
+
+# With two replicas, prefix-aware routing sends a shared prefix's requests to the replica that holds it: all but the
+# first find nearly the whole prefix (20 requests: about 0.9). Routing that ignores the prefix sends about half to
+# the other replica, which holds none of it (about 0.45). Below the floor, the picker is not routing by prefix.
+PREFIX_ROUTING_FLOOR = 0.6
+
+
+def prefix_routing_holds(ratio: float) -> None:
+    """Fail unless the requests that shared a prefix found most of it on the replica chosen for them."""
+    if ratio < PREFIX_ROUTING_FLOOR:
+        raise GatewayCheckError(
+            f"requests sharing a prefix found {ratio:.2f} of it on the replica chosen for them, below "
+            f"{PREFIX_ROUTING_FLOOR}: the endpoint picker is not routing by prefix"
+        )
 
 
 def picker_metrics(base_url: str, token: str, *, timeout: float = 30) -> str:

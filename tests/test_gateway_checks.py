@@ -17,6 +17,7 @@ from commands.gateway_checks import (
     GatewayCheckError,
     every_name_answers,
     prefix_hit_ratio,
+    prefix_routing_holds,
     quota_is_enforced,
     send_shared_prefix,
 )
@@ -114,8 +115,28 @@ def test_the_prefix_hit_ratio_is_the_pickers_mean() -> None:
     assert prefix_hit_ratio(PICKER_METRICS) == pytest.approx(0.875)
     with pytest.raises(GatewayCheckError, match="no inference_extension_prefix_indexer_hit_ratio"):
         prefix_hit_ratio("# TYPE other gauge\nother 1\n")
-    with pytest.raises(GatewayCheckError, match="looked up no prefix yet"):
+    with pytest.raises(GatewayCheckError, match="looked up no prefix since the first reading"):
         prefix_hit_ratio(PICKER_METRICS.replace("_count 20", "_count 0"))
+
+
+def test_the_ratio_is_over_the_shared_prefixs_requests_alone() -> None:
+    # Before them, 4 lookups that found nothing (the names answering); then 20 that found 17.5 in all.
+    before = PICKER_METRICS.replace("_sum 17.5", "_sum 0").replace("_count 20", "_count 4")
+    after = PICKER_METRICS.replace("_count 20", "_count 24")
+    assert prefix_hit_ratio(after, before) == pytest.approx(17.5 / 20)
+    # A picker that has looked nothing up yet exports no histogram at all (a vector's first observation makes it).
+    assert prefix_hit_ratio(PICKER_METRICS, "# TYPE other gauge\nother 1\n") == pytest.approx(0.875)
+    with pytest.raises(GatewayCheckError, match="looked up no prefix since the first reading"):
+        prefix_hit_ratio(before, before)
+
+
+@pytest.mark.parametrize(("ratio", "holds"), [(0.9, True), (0.6, True), (0.45, False)])
+def test_prefix_routing_fails_below_what_two_replicas_without_it_would_give(ratio: float, holds: bool) -> None:
+    if holds:
+        prefix_routing_holds(ratio)
+    else:
+        with pytest.raises(GatewayCheckError, match="the endpoint picker is not routing by prefix"):
+            prefix_routing_holds(ratio)
 
 
 def test_the_throwaway_stage_behind_the_gateway_is_valid_and_has_two_models_an_adapter_and_a_quota() -> None:
@@ -127,6 +148,8 @@ def test_the_throwaway_stage_behind_the_gateway_is_valid_and_has_two_models_an_a
     )
     settings = parse_stage_settings("e2e-0a1b2c", data)
     assert [m.model for m in settings.models] == ["openai/gpt-oss-20b", "Qwen/Qwen3-8B"]
+    # Two replicas of the first model: routing by prefix has replicas to choose among.
+    assert [m.replicas for m in settings.models] == [2, 1]
     (adapter,) = settings.models[0].adapters
     assert (adapter.name, adapter.repository, adapter.revision, adapter.rank) == (
         "e2e-adapter",
