@@ -302,14 +302,23 @@ def smoke_test(settings: StageSettings, model: ModelSettings, kubeconfig: str) -
 
 
 def record(kubeconfig: str, model: ModelSettings, outdir: Path) -> dict[str, Any]:
-    """What the cluster says of the replica's start (events, pods, NodeClaims), kept in `outdir`."""
-    recorded = {
+    """What the cluster says of the replica's start (events, pods, NodeClaims) and the replica's vLLM log (its
+    weight load), kept in `outdir`."""
+    recorded: dict[str, Any] = {
         "events": kubectl_json(kubeconfig, "get", "events", "--namespace", model.name),
         "pods": kubectl_json(kubeconfig, "get", "pods", "--namespace", model.name),
         "nodeclaims": kubectl_json(kubeconfig, "get", "nodeclaims.karpenter.sh"),
     }
     for name, document in recorded.items():
         (outdir / f"{name}.json").write_text(json.dumps(document))
+    pod = e2e_report.select_pod(recorded["pods"]["items"], app=names.app_label(model.name))["metadata"]["name"]
+    server_log = run(
+        ["kubectl", "--kubeconfig", kubeconfig, "logs", "--namespace", model.name, pod,
+         "--container", e2e_report.SERVER_CONTAINER],
+        capture_output=True,
+    ).stdout  # fmt: skip
+    (outdir / "server.log").write_text(server_log)
+    recorded["server_log"] = server_log
     return recorded
 
 
@@ -444,7 +453,9 @@ def run_stage(settings: StageSettings, keys: dict[str, str] | None = None) -> No
     # Held against the figures the budgets take: until models[].load_seconds gives a start measured for the release
     # served, the model load is the walkthrough's, not the measurement of another release (settings/cold_start.py).
     modeled = {step.name: step.seconds for step in cold_start_steps(settings, model, budget=True)}
-    comparisons = e2e_report.compare(milestones, modeled)
+    comparisons = e2e_report.compare(
+        milestones, modeled, weight_load=e2e_report.weight_load_seconds(recorded["server_log"])
+    )
     written = e2e_report.write_report(
         outdir,
         stage=stage,

@@ -514,16 +514,37 @@ STRETCHES = (
 )
 
 
-def compare(milestones: list[Milestone], modeled: Mapping[str, float]) -> list[Comparison]:
+# vLLM's worker logs how long it took to load the weights (vllm/v1/worker/gpu_model_runner.py, load_model, from
+# 0.11.2 to 0.33.0; vllm/v1/worker/gpu/model_runner.py in 0.34.0): "Model loading took %s GiB memory and %.6f
+# seconds". With tensor parallelism each worker logs its own.
+WEIGHT_LOAD_LINE = re.compile(r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds")
+
+
+def weight_load_seconds(server_log: str) -> float | None:
+    """How long the replica's vLLM took to load its weights, by its own log (the slowest worker's); None without."""
+    found = [float(match.group(1)) for match in WEIGHT_LOAD_LINE.finditer(server_log)]
+    return max(found) if found else None
+
+
+def compare(
+    milestones: list[Milestone], modeled: Mapping[str, float], *, weight_load: float | None = None
+) -> list[Comparison]:
     """Each stretch the records show, against the modeled steps it covers (all of them for the whole). A first pull
     through the cache shows in the kubelet's pull only the first time an image version is pulled: the model's first
-    pull counts only when the measured pull is longer than the plain pull's model."""
+    pull counts only when the measured pull is longer than the plain pull's model. With `weight_load` (vLLM's log),
+    the stretch from the container's start to Ready splits into the weight read and the model load."""
     at = {m.key: m.at for m in milestones}
     found = []
     for stretch, start, end, steps in STRETCHES:
         if start not in at or end not in at:
             continue
         measured = (at[end] - at[start]).total_seconds()
+        if steps == ("weight read", "model load") and weight_load is not None:
+            found.append(Comparison("weight read", weight_load, modeled.get("weight read", 0), ("weight read",)))
+            found.append(
+                Comparison("model load", measured - weight_load, modeled.get("model load", 0), ("model load",))
+            )
+            continue
         covered = steps or tuple(modeled)
         expected = sum(modeled.get(step, 0) for step in covered)
         if "first pull through the cache" in covered and measured <= modeled.get("image pull", 0):

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from commands import e2e_report
-from commands.e2e_report import Milestone, compare, go_duration_seconds, load_test_summary, timeline, write_report
+from commands.e2e_report import (
+    Milestone,
+    compare,
+    go_duration_seconds,
+    load_test_summary,
+    timeline,
+    weight_load_seconds,
+    write_report,
+)
 from settings import load_stage_settings
 from settings.cold_start import cold_start_steps
 from settings.names import app_label
@@ -414,3 +422,29 @@ def test_each_measured_stretch_is_held_against_the_modeled_steps_it_covers(
     report = json.loads(written[0].read_text())
     assert [entry["stretch"] for entry in report["against_the_model"]][:2] == ["node launch", "image pull"]
     assert "| image pull | 88 | 88 | 1.00 | first pull through the cache, image pull |" in written[1].read_text()
+
+
+# vLLM's lines as its workers write them with two GPUs (the format of vllm/v1/worker/gpu_model_runner.py at v0.31.0).
+SERVER_LOG = """\
+(APIServer pid=1) INFO 12-05 11:10:51 [api_server.py:1] vLLM API server version 0.31.0
+(Worker_TP0 pid=210) INFO 12-05 11:11:05 [gpu_model_runner.py] Model loading took 6.86 GiB memory and 14.309837 seconds
+(Worker_TP1 pid=211) INFO 12-05 11:11:06 [gpu_model_runner.py] Model loading took 6.86 GiB memory and 15.250000 seconds
+(APIServer pid=1) INFO 12-05 11:12:11 [launcher.py:46] Route: /health, Methods: GET
+"""
+
+
+def test_vllms_log_splits_the_weight_read_from_the_model_load(recorded: dict[str, dict[str, Any]]) -> None:
+    assert weight_load_seconds(SERVER_LOG) == pytest.approx(15.25)  # the slower worker
+    assert weight_load_seconds("(APIServer pid=1) INFO no such line\n") is None
+    settings = load_stage_settings("dev")
+    modeled = {step.name: step.seconds for step in cold_start_steps(settings, settings.models[0], budget=True)}
+    milestones = timeline(recorded["events"], recorded["pods"], recorded["nodeclaims"])
+    joined = {c.stretch: c for c in compare(milestones, modeled)}
+    split = {c.stretch: c for c in compare(milestones, modeled, weight_load=15.25)}
+    assert "weights and model load" not in split
+    assert (split["weight read"].measured, split["weight read"].modeled) == (15.25, modeled["weight read"])
+    assert split["model load"].measured == pytest.approx(joined["weights and model load"].measured - 15.25)
+    assert split["model load"].modeled == modeled["model load"]
+    # A weight read over 1.5x its model fails the run on its own, whatever the load.
+    slow = {c.stretch for c in compare(milestones, modeled, weight_load=1.6 * modeled["weight read"]) if c.over}
+    assert slow == {"weight read"}
