@@ -159,8 +159,8 @@ destroy: setup-synth ## Delete one stage: load balancers, volumes and nodes firs
 preflight: setup-synth ## Before a deploy: can the stage get its GPUs? Quotas, offerings in its zones, reservations (read-only; AWS credentials)
 	python -m commands.preflight --stage $(STAGE)
 
-e2e: setup ## Deploy a throwaway stage, prove it serves, measure cold start and latency, remove it all (AWS credentials; never in CI; GATEWAY=1 [ADAPTER=REPO@COMMIT:RANK] through the gateway)
-	python -m commands.e2e $(if $(GATEWAY),--gateway) $(if $(ADAPTER),--adapter $(ADAPTER))
+e2e: setup ## Deploy a throwaway stage, prove it serves, measure cold start and latency, remove it all (AWS credentials; never in CI; GATEWAY=1 [ADAPTER=REPO@COMMIT:RANK] through the gateway; LEVERS=1 with every cold-start lever)
+	python -m commands.e2e $(if $(GATEWAY),--gateway) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(LEVERS),--levers)
 
 pipeline-synth: setup-synth ## Synthesize the pipeline stack with every stage it deploys (settings/pipeline.yaml)
 	$(CDK) synth --quiet -c pipeline=true

@@ -25,6 +25,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "workloads" / "compile_cache.p
 MOUNT = "/compile-cache"
 # The replicas' account when the model has no API keys (their account, vllm-server, has the grant then).
 SERVICE_ACCOUNT = "vllm-compile-cache"
+# The sidecar that uploads the cache once vLLM serves; its log says how many files (workloads/compile_cache.py).
+SAVE_CONTAINER = "save-compile-cache"
 SCRIPT_HASH_ANNOTATION = "compile-cache/script-sha256"
 
 
@@ -77,7 +79,7 @@ class SharedCompileCache(Construct):
         }
         for name, mode, restart in (
             ("restore-compile-cache", "restore", None),
-            ("save-compile-cache", "save", kplus.ContainerRestartPolicy.ALWAYS),
+            (SAVE_CONTAINER, "save", kplus.ContainerRestartPolicy.ALWAYS),
         ):
             container = deployment.add_init_container(
                 name=name,

@@ -30,6 +30,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,12 +49,20 @@ from charts.gateway_model import PICKER_METRICS_PORT
 from charts.model_loader import job_name_in
 from charts.model_volume import CLAIM_NAME
 from charts.pod_security import hardened, non_root_pod
+from charts.shared_compile_cache import SAVE_CONTAINER
 from charts.vllm_server import PORT, RUN_AS_USER, WEIGHTS_DIR
 from commands import e2e_report, leftovers, teardown
 from commands import gateway_checks as gateway_checks_module
 from settings import STAGES_DIR, load_stage_settings, names, parse_stage_settings
-from settings.cold_start import cold_start_seconds, cold_start_steps, import_steps
-from settings.schema import ModelSettings, StageSettings
+from settings.cold_start import (
+    WARM_COMPILE_CACHE_SAVES_SECONDS,
+    cold_start_seconds,
+    cold_start_steps,
+    import_steps,
+    keeping_up,
+    progress_deadline_seconds,
+)
+from settings.schema import LUSTRE_THROUGHPUTS_PER_TIB, ModelSettings, StageSettings
 from settings.sizing import candidates, on_demand_prices
 from settings.yaml_files import load_yaml
 from stacks.smoke_test_project import smoke_test_args
@@ -72,6 +81,9 @@ LOAD_TEST_PROMPTS, LOAD_TEST_CONCURRENCY = 64, 8
 DEPLOY_SECONDS = 30 * 60
 SMOKE_AND_LOAD_TEST_SECONDS = 10 * 60
 DESTROY_SECONDS = 30 * 60
+# The first replica's save of its compile cache, which the warm start waits for: its sidecar copies a few hundred MB
+# to S3 once vLLM serves (an assumption the run's log measures).
+COMPILE_CACHE_SAVE_SECONDS = 2 * 60
 # What an hour of the stage costs besides its GPU nodes, at us-east-1's list prices: the EKS control plane (Amazon
 # EKS pricing: $0.10 per cluster-hour, standard support) and its NAT gateway (Amazon VPC pricing: $0.045 an hour).
 # The file system, endpoints, logs and a general-purpose node for the import add a few dollars more.
@@ -100,11 +112,18 @@ def estimate(settings: StageSettings) -> Estimate:
     instance Karpenter would launch (spot, which dev allows, costs less)."""
     model = settings.models[0]
     importing = sum(step.seconds for step in import_steps(settings, model))
-    gpu_seconds = importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS + DESTROY_SECONDS / 3
-    total = DEPLOY_SECONDS + importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS
-    total += DESTROY_SECONDS
-    # A GPU node per replica (a run behind the gateway serves two of one model and one of another), each for as long.
-    instances = [candidates(settings, each)[0].type for each in settings.models for _ in range(each.replicas)]
+    # With the levers, a second replica's start on the warm spare's node once the first has saved its compile cache.
+    warm = sum(warm_modeled(settings, model).values()) + COMPILE_CACHE_SAVE_SECONDS if model.warm_spares else 0.0
+    running = importing + cold_start_seconds(settings, model) + SMOKE_AND_LOAD_TEST_SECONDS + warm
+    gpu_seconds = running + DESTROY_SECONDS / 3
+    total = DEPLOY_SECONDS + running + DESTROY_SECONDS
+    # A GPU node per replica and warm spare (a run behind the gateway serves two replicas of one model and one of
+    # another), each for as long; a run with the levers scales out onto its spare, and Karpenter launches another.
+    instances = [
+        candidates(settings, each)[0].type
+        for each in settings.models
+        for _ in range(each.replicas + each.warm_spares + (1 if each.warm_spares else 0))
+    ]
     _, prices = on_demand_prices(settings.region)
     hours = gpu_seconds / 3600
     return Estimate(
@@ -153,6 +172,19 @@ def with_gateway(data: dict[str, Any], name: str, adapter: str | None) -> dict[s
     return data
 
 
+def with_levers(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """The throwaway stage with every cold-start lever that has a figure: the fastest file system tier, nodes whose
+    network keeps up with it, a shared compile cache and a warm spare (settings/cold_start.py, levers)."""
+    data.setdefault("model_store", {})["throughput_per_tib"] = max(LUSTRE_THROUGHPUTS_PER_TIB)
+    data["models"][0].update(compile_cache=True, warm_spares=1)
+    settings = parse_stage_settings(name, data)
+    fast = keeping_up(settings, settings.models[0])
+    if fast is not None:
+        for pool in data["gpu_node_pools"]:
+            pool["min_network_mbps"] = fast.network_mbps
+    return data
+
+
 def role_of(caller_arn: str) -> str:
     """The IAM role behind an assumed-role session (what an EKS access entry names), or the caller itself."""
     if ":assumed-role/" not in caller_arn:
@@ -163,13 +195,22 @@ def role_of(caller_arn: str) -> str:
 
 @contextmanager
 def throwaway_stage(
-    admin_role_arn: str, stages_dir: Path = STAGES_DIR, *, gateway: bool = False, adapter: str | None = None
+    admin_role_arn: str,
+    stages_dir: Path = STAGES_DIR,
+    *,
+    gateway: bool = False,
+    adapter: str | None = None,
+    levers: bool = False,
 ) -> Iterator[StageSettings]:
     """A stage file for the run, checked like any other, and gone afterwards whatever happens."""
     name = f"e2e-{secrets.token_hex(3)}"
     path = stages_dir / f"{name}.yaml"
     data = throwaway_stage_data(name, admin_role_arn)
-    path.write_text(yaml.safe_dump(with_gateway(data, name, adapter) if gateway else data))
+    if gateway:
+        data = with_gateway(data, name, adapter)
+    if levers:
+        data = with_levers(data, name)
+    path.write_text(yaml.safe_dump(data))
     try:
         yield load_stage_settings(name, stages_dir)
     finally:
@@ -301,9 +342,10 @@ def smoke_test(settings: StageSettings, model: ModelSettings, kubeconfig: str) -
     )
 
 
-def record(kubeconfig: str, model: ModelSettings, outdir: Path) -> dict[str, Any]:
-    """What the cluster says of the replica's start (events, pods, NodeClaims) and the replica's vLLM log (its
-    weight load), kept in `outdir`."""
+def record(kubeconfig: str, model: ModelSettings, outdir: Path, *, newest: bool = False) -> dict[str, Any]:
+    """What the cluster says of a replica's start (events, pods, NodeClaims) and the replica's vLLM log (its weight
+    load), kept in `outdir`: the model's first replica, or with `newest` its latest (`recorded["pod"]`)."""
+    outdir.mkdir(parents=True, exist_ok=True)
     recorded: dict[str, Any] = {
         "events": kubectl_json(kubeconfig, "get", "events", "--namespace", model.name),
         "pods": kubectl_json(kubeconfig, "get", "pods", "--namespace", model.name),
@@ -311,7 +353,13 @@ def record(kubeconfig: str, model: ModelSettings, outdir: Path) -> dict[str, Any
     }
     for name, document in recorded.items():
         (outdir / f"{name}.json").write_text(json.dumps(document))
-    pod = e2e_report.select_pod(recorded["pods"]["items"], app=names.app_label(model.name))["metadata"]["name"]
+    replicas = [p for p in recorded["pods"]["items"] if p["metadata"].get("labels", {}).get("app") == app(model)]
+    pod = (
+        max(replicas, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))["metadata"]["name"]
+        if newest and replicas
+        else e2e_report.select_pod(recorded["pods"]["items"], app=app(model))["metadata"]["name"]
+    )
+    recorded["pod"] = pod
     server_log = run(
         ["kubectl", "--kubeconfig", kubeconfig, "logs", "--namespace", model.name, pod,
          "--container", e2e_report.SERVER_CONTAINER],
@@ -320,6 +368,85 @@ def record(kubeconfig: str, model: ModelSettings, outdir: Path) -> dict[str, Any
     (outdir / "server.log").write_text(server_log)
     recorded["server_log"] = server_log
     return recorded
+
+
+def app(model: ModelSettings) -> str:
+    return names.app_label(model.name)
+
+
+# The shared compile cache's save sidecar says what it uploaded once vLLM serves (workloads/compile_cache.py).
+CACHE_SAVED = re.compile(r"compile cache: (\d+) files to (\S+)")
+CACHE_NOT_COPIED = "compile cache: not copied"
+
+
+def saved_compile_cache(log: str) -> int | None:
+    """How many files the save sidecar uploaded, by its log; None before it has; an E2eError if it could not."""
+    for line in log.splitlines():
+        if CACHE_NOT_COPIED in line:
+            raise E2eError(f"the first replica's compile cache was not saved: {line.strip()}")
+        if match := CACHE_SAVED.search(line):
+            return int(match.group(1))
+    return None
+
+
+def wait_for_compile_cache(
+    kubeconfig: str,
+    model: ModelSettings,
+    pod: str,
+    *,
+    timeout: float = 900,
+    poll: float = 15,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Wait until the replica `pod` has saved its compile cache (the files it uploaded); an E2eError past `timeout`."""
+    waited = 0.0
+    while True:
+        log = run(
+            ["kubectl", "--kubeconfig", kubeconfig, "logs", "--namespace", model.name, pod,
+             "--container", SAVE_CONTAINER],
+            capture_output=True,
+        ).stdout  # fmt: skip
+        if (saved := saved_compile_cache(log)) is not None:
+            return saved
+        if waited >= timeout:
+            raise E2eError(f"{pod} saved no compile cache within {timeout:.0f} s")
+        sleep(poll)
+        waited += poll
+
+
+def warm_modeled(settings: StageSettings, model: ModelSettings) -> dict[str, float]:
+    """A replica on a warm spare's node with a full compile cache, as the budgets take it (the run's first replica is
+    held against the same): the weight read, and the model load less what a full cache saved where it was measured."""
+    budgeted = {step.name: step.seconds for step in cold_start_steps(settings, model, budget=True)}
+    return {
+        "weight read": budgeted["weight read"],
+        "model load": max(budgeted["model load"] - WARM_COMPILE_CACHE_SAVES_SECONDS, 0.0),
+    }
+
+
+def warm_start(settings: StageSettings, kubeconfig: str, first_pod: str, outdir: Path) -> list[e2e_report.Comparison]:
+    """With the levers on: once the first replica has saved its compile cache, one more replica, which takes the warm
+    spare's node (it preempts the placeholder: no node launch, no pull) and restores the cache; its start against
+    the warm model, reported in `outdir`."""
+    model = settings.models[0]
+    saved = wait_for_compile_cache(kubeconfig, model, first_pod)
+    print(f"{first_pod} saved {saved} compile cache files", flush=True)
+    kubectl = ["kubectl", "--kubeconfig", kubeconfig, "--namespace", model.name]
+    run([*kubectl, "scale", f"deployment/{model.name}", f"--replicas={model.replicas + 1}"])
+    deadline = progress_deadline_seconds(settings, model)
+    run([*kubectl, "rollout", "status", f"deployment/{model.name}", f"--timeout={deadline}s"])
+    recorded = record(kubeconfig, model, outdir, newest=True)
+    milestones = e2e_report.timeline(
+        recorded["events"], recorded["pods"], recorded["nodeclaims"], app=app(model), pod=recorded["pod"]
+    )
+    comparisons = e2e_report.compare(
+        milestones, warm_modeled(settings, model), weight_load=e2e_report.weight_load_seconds(recorded["server_log"])
+    )
+    written = e2e_report.write_report(
+        outdir, stage=settings.name, model=model.model, milestones=milestones, load_test=None, comparisons=comparisons
+    )
+    print("\n".join(str(path) for path in written))
+    return comparisons
 
 
 def load_test(
@@ -447,8 +574,9 @@ def run_stage(settings: StageSettings, keys: dict[str, str] | None = None) -> No
             print(json.dumps(gateway_checks(settings, kubeconfig, keys, outdir), indent=2), flush=True)
         recorded = record(kubeconfig, model, outdir)
         result = load_test(settings, model, kubeconfig, outdir, keys)
+        warm = warm_start(settings, kubeconfig, recorded["pod"], outdir / "warm") if model.warm_spares else []
     milestones = e2e_report.timeline(
-        recorded["events"], recorded["pods"], recorded["nodeclaims"], app=names.app_label(model.name)
+        recorded["events"], recorded["pods"], recorded["nodeclaims"], app=app(model), pod=recorded["pod"]
     )
     # Held against the figures the budgets take: until models[].load_seconds gives a start measured for the release
     # served, the model load is the walkthrough's, not the measurement of another release (settings/cold_start.py).
@@ -465,7 +593,8 @@ def run_stage(settings: StageSettings, keys: dict[str, str] | None = None) -> No
         comparisons=comparisons,
     )
     print("\n".join(str(path) for path in written))
-    if over := [c.stretch for c in comparisons if c.over]:
+    over = [c.stretch for c in comparisons if c.over] + [f"{c.stretch} (warm)" for c in warm if c.over]
+    if over:
         raise E2eError(f"measured over {e2e_report.TOLERANCE}x the cold-start model: {', '.join(over)} (report.md)")
 
 
@@ -477,16 +606,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gateway", action="store_true", help="with the inference gateway and a second model")
     parser.add_argument("--adapter", help="with --gateway: a LoRA adapter for gpt-oss-20b, as REPO@COMMIT:RANK")
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="with every cold-start lever on, and a second replica's start on the warm spare's node measured too",
+    )
     args = parser.parse_args(argv)
     if args.adapter and not args.gateway:
         parser.error("--adapter goes with --gateway")
-    run_estimate = estimate(
-        parse_stage_settings(
-            "e2e-estimate", with_gateway(load_yaml((STAGES_DIR / "dev.yaml").read_text()), "e2e", None)
-        )
-        if args.gateway
-        else load_stage_settings("dev")
-    )
+    planned = load_yaml((STAGES_DIR / "dev.yaml").read_text())
+    if args.gateway:
+        planned = with_gateway(planned, "e2e-estimate", None)
+    if args.levers:
+        planned = with_levers(planned, "e2e-estimate")
+    run_estimate = estimate(parse_stage_settings("e2e-estimate", planned))
     print(
         f"a run takes about {run_estimate.minutes} minutes; {run_estimate.gpu_hours} GPU node-hours "
         f"({run_estimate.gpu_instance}: ${run_estimate.gpu_dollars} on demand) and "
@@ -498,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
 
     caller = json.loads(run(["aws", "sts", "get-caller-identity", "--output", "json"], capture_output=True).stdout)
     failed = False
-    with throwaway_stage(role_of(caller["Arn"]), gateway=args.gateway, adapter=args.adapter) as settings:
+    with throwaway_stage(
+        role_of(caller["Arn"]), gateway=args.gateway, adapter=args.adapter, levers=args.levers
+    ) as settings:
         secrets_manager = leftovers.boto3_clients(settings.region)("secretsmanager") if args.gateway else None
         try:
             keys = create_clients_secret(settings, secrets_manager) if secrets_manager else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,84 @@ def test_the_deploy_guide_gives_a_runs_duration_and_cost_as_the_estimate_compute
     assert f"{run.gpu_hours} hours of the `{run.gpu_instance}`" in readme
     assert f"${run.gpu_dollars:.2f} at the catalog's us-west-2 price" in readme
     assert f"${run.other_dollars:.2f} of EKS control plane and NAT gateway" in readme
+
+
+def levers_stage() -> e2e.StageSettings:
+    data = e2e.with_levers(e2e.throwaway_stage_data("e2e-0a1b2c", ROLE), "e2e-0a1b2c")
+    return parse_stage_settings("e2e-0a1b2c", data)
+
+
+def test_a_run_with_the_levers_turns_each_on() -> None:
+    settings = levers_stage()
+    model = settings.models[0]
+    assert (settings.model_store.throughput_per_tib, model.compile_cache, model.warm_spares) == (1000, True, 1)
+    # Nodes whose network keeps up with the fastest tier: a g6.4xlarge's 10 Gbps and up.
+    assert {pool.min_network_mbps for pool in settings.gpu_node_pools} == {10000}
+    # The warm replica is held against the weight read at that tier (12 s) and the budgeted load less what a full
+    # compile cache saved (180 - 29.7 s).
+    warm = e2e.warm_modeled(settings, model)
+    assert warm["weight read"] == pytest.approx(13.761264768e3 / (1200 / 1024 * 1000))
+    assert warm["model load"] == pytest.approx(180 - 29.66, abs=0.01)
+
+
+def test_a_run_with_the_levers_pays_for_the_spare_and_the_scale_out() -> None:
+    run = e2e.estimate(levers_stage())
+    # The replica, its warm spare, and the spare Karpenter launches after the scale-out takes the first.
+    assert run.gpu_instance == "g6.4xlarge, g6.4xlarge, g6.4xlarge"
+
+
+@pytest.mark.parametrize(
+    ("logs", "outcome"),
+    [
+        (["", "", "compile cache: 214 files to s3://bucket/compile-cache/gpt-oss-20b/0.31.0/\n"], 214),
+        (["compile cache: not copied (save, s3://b/p): AccessDenied\n"], "was not saved: compile cache: not copied"),
+        (["", "", "", ""], "saved no compile cache within 30 s"),
+    ],
+)
+def test_the_warm_start_waits_for_the_first_replica_to_save_its_compile_cache(
+    monkeypatch: pytest.MonkeyPatch, logs: list[str], outcome: int | str
+) -> None:
+    asked: list[list[str]] = []
+
+    def kubectl(command: list[str], **_: object) -> e2e.subprocess.CompletedProcess[str]:
+        asked.append(command)
+        return e2e.subprocess.CompletedProcess(command, 0, logs[min(len(asked), len(logs)) - 1], "")
+
+    monkeypatch.setattr(e2e, "run", kubectl)
+    model = load_stage_settings("dev").models[0]
+
+    def wait() -> int:
+        return e2e.wait_for_compile_cache("kubeconfig", model, "gpt-oss-20b-abc", timeout=30, poll=15, sleep=print)
+
+    if isinstance(outcome, int):
+        assert wait() == outcome
+        assert asked[0][-2:] == ["--container", "save-compile-cache"]
+        assert len(asked) == 3
+    else:
+        with pytest.raises(e2e.E2eError, match=outcome):
+            wait()
+
+
+def test_the_record_keeps_the_chosen_replicas_vllm_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fixtures = ROOT / "tests" / "fixtures" / "e2e"
+    pods = json.loads((fixtures / "pods.json").read_text())
+    first = next(p for p in pods["items"] if p["metadata"].get("labels", {}).get("app") == "vllm-gpt-oss-20b")
+    later = json.loads(json.dumps(first))
+    later["metadata"].update(name="gpt-oss-20b-later", creationTimestamp="2099-01-01T00:00:00Z")
+    pods["items"].append(later)
+    documents = {"events": {"items": []}, "pods": pods, "nodeclaims.karpenter.sh": {"items": []}}
+    monkeypatch.setattr(e2e, "kubectl_json", lambda _, __, kind, *rest: documents[kind])
+    logs: list[list[str]] = []
+
+    def kubectl(command: list[str], **_: object) -> e2e.subprocess.CompletedProcess[str]:
+        logs.append(command)
+        return e2e.subprocess.CompletedProcess(command, 0, f"log of {command[command.index('logs') + 3]}\n", "")
+
+    monkeypatch.setattr(e2e, "run", kubectl)
+    model = load_stage_settings("dev").models[0]
+    earliest = e2e.e2e_report.select_pod(pods["items"], app="vllm-gpt-oss-20b")["metadata"]["name"]
+    assert e2e.record("kubeconfig", model, tmp_path / "first")["pod"] == earliest
+    newest = e2e.record("kubeconfig", model, tmp_path / "warm", newest=True)
+    assert newest["pod"] == "gpt-oss-20b-later"
+    assert (tmp_path / "warm" / "server.log").read_text() == "log of gpt-oss-20b-later\n"
+    assert logs[-1][-2:] == ["--container", "inference-server"]
