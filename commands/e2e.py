@@ -148,7 +148,8 @@ def throwaway_stage_data(name: str, admin_role_arn: str) -> dict[str, Any]:
 E2E_CLIENT, QUOTA_CLIENT = "e2e", "e2e-quota"
 QUOTA_TOKENS = 300
 SECOND_MODEL = {"name": "qwen3-8b", "model": "Qwen/Qwen3-8B", "service_name": "qwen-service", "max_model_len": 8192}
-SHARED_PREFIX_REQUESTS = 20
+# Distinct prompt prefixes, each sent twice in a row, to see the picker keep a prefix's requests together.
+PREFIX_PAIRS = 16
 LOAD_TEST_KEY_SECRET = "load-test-key"
 
 
@@ -496,42 +497,42 @@ def delete_clients_secret(settings: StageSettings, secrets_manager: Any) -> None
 
 
 def gateway_checks(settings: StageSettings, kubeconfig: str, keys: dict[str, str], outdir: Path) -> dict[str, Any]:
-    """Through the gateway (a port-forward to its Service): every model and adapter by name, the quota's 429, and
-    the first model's picker's prefix hit ratio after requests that share a prefix; kept in `outdir`."""
+    """Through the gateway (a port-forward to its Service): every model and adapter by name, the first model's picker's
+    prefix hit ratio over pairs of requests that share a prefix, and the quota's 429; kept in `outdir`."""
     environment = {**os.environ, "KUBECONFIG": kubeconfig}
     served = [name for model in settings.models for name in (model.model, *(a.name for a in model.adapters))]
     first = settings.models[0]
-    before = os.environ.get("KUBECONFIG")
+    outer_kubeconfig = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = kubeconfig  # port_forward runs kubectl with the process's environment
     try:
-        token = json.loads(
-            run(["aws", "eks", "get-token", "--cluster-name", settings.cluster.name, "--region", settings.region],
-                capture_output=True, env=environment).stdout
-        )["status"]["token"]  # fmt: skip
         with smoke_test_script.port_forward(GATEWAY_NAMESPACE, GATEWAY_NAME, timeout=60, port=GATEWAY_PORT) as url:
             gateway_checks_module.every_name_answers(url, keys[E2E_CLIENT], served)
-            # The picker's ratio over the shared prefix's requests alone: read before and after them.
+            token = json.loads(
+                run(["aws", "eks", "get-token", "--cluster-name", settings.cluster.name, "--region", settings.region],
+                    capture_output=True, env=environment).stdout
+            )["status"]["token"]  # fmt: skip
+            # The picker's ratio over the pairs alone: its metrics read before and after them.
             with smoke_test_script.port_forward(
                 first.name, names.picker_name(first.name), timeout=60, port=PICKER_METRICS_PORT
             ) as picker:
-                before = gateway_checks_module.picker_metrics(picker, token)
-                gateway_checks_module.send_shared_prefix(url, keys[E2E_CLIENT], first.model, SHARED_PREFIX_REQUESTS)
-                after = gateway_checks_module.picker_metrics(picker, token)
-            ratio = gateway_checks_module.prefix_hit_ratio(after, before)
+                metrics_before = gateway_checks_module.picker_metrics(picker, token)
+                gateway_checks_module.send_prefix_pairs(url, keys[E2E_CLIENT], first.model, PREFIX_PAIRS)
+                metrics_after = gateway_checks_module.picker_metrics(picker, token)
+            ratio = gateway_checks_module.prefix_hit_ratio(metrics_after, metrics_before)
             quota = gateway_checks_module.quota_is_enforced(url, keys[QUOTA_CLIENT], first.model)
         gateway_checks_module.prefix_routing_holds(ratio)
     except (smoke_test_script.SmokeTestError, OSError) as error:  # OSError: urllib's URLError and HTTPError
         raise gateway_checks_module.GatewayCheckError(f"through the gateway: {error}") from error
     finally:
-        if before is None:
+        if outer_kubeconfig is None:
             os.environ.pop("KUBECONFIG", None)
         else:
-            os.environ["KUBECONFIG"] = before
+            os.environ["KUBECONFIG"] = outer_kubeconfig
     result = {
         "served": served,
         "quota": {"tokens": QUOTA_TOKENS, "requests_before_429": quota.requests_before, "headers": quota.headers},
         "prefix_hit_ratio": ratio,
-        "shared_prefix_requests": SHARED_PREFIX_REQUESTS,
+        "prefix_pairs": PREFIX_PAIRS,
     }
     (outdir / "gateway.json").write_text(json.dumps(result, indent=2))
     return result

@@ -301,53 +301,72 @@ def levers(settings: StageSettings, model: ModelSettings) -> list[Lever]:
 
 
 def keeping_up(settings: StageSettings, model: ModelSettings) -> GpuInstance | None:
-    """The cheapest instance a replica may land on whose baseline network reads the weights no slower than the
-    fastest file system tier shares them out (None: none of them does)."""
+    """Of the instances a replica may land on that read the weights no slower than the fastest file system tier shares
+    them out, the one with the least baseline network (the cheapest of those), whose bandwidth is the floor to ask for;
+    None: none keeps up."""
     share = weight_read_seconds(settings, per_tib=max(LUSTRE_THROUGHPUTS_PER_TIB), model=model)
-    return next((i for i in candidates(settings, model) if network_seconds(i, model.weights_gb) <= share), None)
+    fast = [i for i in candidates(settings, model) if network_seconds(i, model.weights_gb) <= share]
+    return min(fast, key=lambda instance: instance.network_mbps, default=None)  # min keeps the cheapest of a tie
+
+
+def fastest_network(settings: StageSettings, model: ModelSettings) -> GpuInstance | None:
+    """Of the instances a replica may land on, the one with the most baseline network."""
+    return max(candidates(settings, model), key=lambda instance: instance.network_mbps, default=None)
 
 
 def network_lever(settings: StageSettings, model: ModelSettings) -> Lever:
-    """Nodes whose network keeps up with the file system: the weight read at the stage's tier on the cheapest
-    instance that keeps up with the fastest one, which gpu_node_pools[].min_network_mbps admits alone."""
-    slowest, fast_enough = slowest_network(settings, model), keeping_up(settings, model)
-    name = "node network (gpu_node_pools[].min_network_mbps)"
-    if fast_enough is None:
-        return Lever(name, "weight read", False, None, "no instance a replica may land on reads faster")
+    """Nodes whose network keeps up with the file system: the weight read at the stage's tier on nodes that keep up
+    with the fastest one, which gpu_node_pools[].min_network_mbps at the least such bandwidth admits alone."""
+    name, step = "node network (gpu_node_pools[].min_network_mbps)", "weight read"
+    slowest, floor = slowest_network(settings, model), keeping_up(settings, model)
     share = weight_read_seconds(settings, model=model)
-    _, prices = on_demand_prices(settings.region)
-    cost = (
-        f" at ${prices[fast_enough.type]:.3f}/h against a {slowest.type}'s ${prices[slowest.type]:.3f}/h"
-        if slowest and fast_enough.type in prices and slowest.type in prices and slowest != fast_enough
-        else ""
-    )
-    seconds = max(share, network_seconds(fast_enough, model.weights_gb))
-    if slowest is not None and slowest.network_mbps >= fast_enough.network_mbps:
+    catalog_note = "(settings/catalog/gpu_instances.yaml network_mbps)"
+    if slowest is None:
+        return Lever(name, step, False, None, "no instance can run a replica")
+    if floor is None:
+        best = fastest_network(settings, model) or slowest
         return Lever(
             name,
-            "weight read",
-            True,
-            seconds,
-            f"every instance a replica may land on keeps up with the fastest tier, the slowest a {slowest.type} of "
-            f"{slowest.network_mbps} Mbps (settings/catalog/gpu_instances.yaml network_mbps)",
+            step,
+            False,
+            max(share, network_seconds(best, model.weights_gb)),
+            f"no instance a replica may land on keeps up with the fastest tier; the most network, a {best.type}'s "
+            f"{best.network_mbps} Mbps {catalog_note}",
         )
+    if slowest.network_mbps >= floor.network_mbps:
+        return Lever(
+            name,
+            step,
+            True,
+            share,
+            f"every instance a replica may land on keeps up with the fastest tier, the slowest a {slowest.type} of "
+            f"{slowest.network_mbps} Mbps {catalog_note}",
+        )
+    cheapest = candidates(settings, model)[0]
+    admitted = next(i for i in candidates(settings, model) if i.network_mbps >= floor.network_mbps)
+    _, prices = on_demand_prices(settings.region)
+    cost = (
+        f"; the cheapest it admits, a {admitted.type}, at ${prices[admitted.type]:.3f}/h against a "
+        f"{cheapest.type}'s ${prices[cheapest.type]:.3f}/h"
+        if admitted.type in prices and cheapest.type in prices
+        else ""
+    )
     return Lever(
         name,
-        "weight read",
+        step,
         False,
-        seconds,
-        f"the cheapest instance that keeps up with the fastest tier: a {fast_enough.type}, "
-        f"{fast_enough.network_mbps} Mbps of baseline network{cost}; min_network_mbps: {fast_enough.network_mbps} "
-        "admits only such instances (settings/catalog/gpu_instances.yaml network_mbps)",
+        max(share, network_seconds(admitted, model.weights_gb)),
+        f"min_network_mbps: {floor.network_mbps}, the least baseline network that keeps up with the fastest tier"
+        f"{cost} {catalog_note}",
     )
 
 
 def with_every_lever(settings: StageSettings, model: ModelSettings) -> tuple[float, float]:
     """A new replica's start with every lever that has a figure: the fastest file system tier on nodes whose network
-    keeps up with it, and a full compile cache; on a new node whose image the stage's cache already holds, and on a
-    warm spare's node."""
+    keeps up with it (or, where none does, the most network there is), and a full compile cache; on a new node whose
+    image the stage's cache already holds, and on a warm spare's node."""
     fastest_tier = weight_read_seconds(settings, per_tib=max(LUSTRE_THROUGHPUTS_PER_TIB), model=model)
-    network = network_seconds(keeping_up(settings, model) or slowest_network(settings, model), model.weights_gb)
+    network = network_seconds(keeping_up(settings, model) or fastest_network(settings, model), model.weights_gb)
     best = {
         lever.step: lever.seconds
         for lever in levers(settings, model)

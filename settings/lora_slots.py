@@ -30,7 +30,8 @@ themselves (vllm/model_executor/models/llama.py at v0.11.2), and its MoE LoRA ke
 forward pass, the profiling run's included, sized by the tokens of the pass (vllm/lora/ops/triton_ops/
 fused_moe_lora_op.py at v0.11.2): counted too.
 
-Not counted: the kernels' index buffers (about 50 bytes per batched token), PyTorch's allocator rounding, and the
+Not counted: the kernels' index buffers (a few megabytes at most: tens of bytes per batched token, more with many
+slots of a mixture of experts), PyTorch's allocator rounding, and the
 CUDA graphs vLLM from 0.27 captures twice with LoRA on, with and without adapters (vllm/v1/cudagraph_dispatcher.py),
 whose memory it estimates at start and takes from the KV cache. Every layer of a mixture of experts is taken as an
 expert layer: a model with dense layers among them (Qwen3-MoE's mlp_only_layers) is over-counted, never under; so

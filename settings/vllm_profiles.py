@@ -108,7 +108,7 @@ class VllmProfile(Frozen):
     # line (charts/api_keys.py). Reviewed, with its source in the notes.
     redacts_api_keys: bool = False
     # How the version lays out the GPU buffers of its LoRA slots (settings/lora_slots.py), named by the first
-    # supported version read with that layout. Reviewed in the wheels: v0.11 keeps gpt-oss's expert gate and up
+    # supported version read with that layout. From each version's wheel: v0.11 keeps gpt-oss's expert gate and up
     # projections apart, wraps no router, and gives only Llama a vocabulary LoRA, with 256 extra tokens; v0.27 fuses
     # gpt-oss's (FusedMoE3DWithLoRA), wraps its router, and gives Llama, Qwen3 and Qwen3-MoE a vocabulary LoRA.
     lora_layout: Literal["v0.11", "v0.27"]

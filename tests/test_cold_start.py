@@ -210,7 +210,8 @@ def test_a_warm_spares_node_skips_the_launch_and_the_pull_and_the_levers_say_wha
     network = next(lever for lever in levers(settings, model) if lever.name.startswith("node network"))
     # On a g6.4xlarge, the cheapest that keeps up with the fastest tier, the stage's tier is the read.
     assert (network.on, network.seconds) == (False, pytest.approx(steps["weight read"]))
-    assert "a g6.4xlarge, 10000 Mbps of baseline network at $1.323/h against a g6.xlarge's $0.805/h" in network.source
+    assert network.source.startswith("min_network_mbps: 10000, the least baseline network that keeps up")
+    assert "the cheapest it admits, a g6.4xlarge, at $1.323/h against a g6.xlarge's $0.805/h" in network.source
     assert by_step["image pull"].seconds is None  # SOCI: not offered by Auto Mode's NodeClass
     assert not by_step["node launch, first pull, image pull"].on  # dev keeps no warm spare
 
@@ -286,3 +287,27 @@ def test_the_docs_give_the_figures_the_settings_do() -> None:
     operations_page = " ".join((ROOT / "docs" / "operations.md").read_text().split())
     cooldown = scale_down_cooldown_seconds(prod, prod.models[0])
     assert f"plus a minute: {cooldown} s for `prod`'s gpt-oss-20b" in operations_page
+
+
+def test_where_every_instance_keeps_up_the_network_lever_is_in_use() -> None:
+    # prod's four replicas share the fastest tier at 1171 MB/s: 47 s, slower than a g6.xlarge's 2.5 Gbps (44 s).
+    prod = load_stage_settings("prod")
+    network = next(lever for lever in levers(prod, prod.models[0]) if lever.name.startswith("node network"))
+    assert network.on
+    assert network.source.startswith("every instance a replica may land on keeps up with the fastest tier")
+
+
+def test_where_no_instance_keeps_up_the_lever_names_the_most_network_there_is() -> None:
+    # 48,000 GiB at 1000 MB/s per TiB would read 13.8 GB in 0.3 s: more than the network of any one-GPU G6 (25 Gbps at
+    # most, a g6.8xlarge's or a g6.16xlarge's; max keeps the cheaper).
+    data = stage_data()
+    data["model_store"] = {"storage_capacity_gib": 48000}
+    data["gpu_node_pools"][0].update(instance_categories=[], instance_families=["g6"])
+    settings = parse_stage_settings("dev", data)
+    network = next(lever for lever in levers(settings, settings.models[0]) if lever.name.startswith("node network"))
+    assert not network.on
+    assert network.source.startswith("no instance a replica may land on keeps up with the fastest tier; the most")
+    assert "a g6.8xlarge's 25000 Mbps" in network.source
+    # With every lever, the read is that network's: 13.8 GB at 25 Gbps.
+    _, warm = with_every_lever(settings, settings.models[0])
+    assert warm == pytest.approx(13.761264768 * 8 / 25 + 65.7 - WARM_COMPILE_CACHE_SAVES_SECONDS, abs=0.1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -215,3 +218,36 @@ def test_the_record_keeps_the_chosen_replicas_vllm_log(monkeypatch: pytest.Monke
     assert newest["pod"] == "gpt-oss-20b-later"
     assert (tmp_path / "warm" / "server.log").read_text() == "log of gpt-oss-20b-later\n"
     assert logs[-1][-2:] == ["--container", "inference-server"]
+
+
+def test_the_gateway_checks_leave_the_callers_kubeconfig_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = e2e.with_gateway(e2e.throwaway_stage_data("e2e-0a1b2c", ROLE), "e2e-0a1b2c", None)
+    settings = parse_stage_settings("e2e-0a1b2c", data)
+    metrics = iter(["# before\n", "# after\n"])
+    monkeypatch.setenv("KUBECONFIG", "/home/me/.kube/config")
+    seen: list[str | None] = []
+
+    @contextlib.contextmanager
+    def port_forward(namespace: str, service: str, **_: object) -> Iterator[str]:
+        seen.append(os.environ.get("KUBECONFIG"))
+        yield f"http://{service}.{namespace}"
+
+    checks = e2e.gateway_checks_module
+    monkeypatch.setattr(e2e.smoke_test_script, "port_forward", port_forward)
+    monkeypatch.setattr(
+        e2e, "run", lambda command, **_: e2e.subprocess.CompletedProcess(command, 0, '{"status": {"token": "t"}}', "")
+    )
+    monkeypatch.setattr(checks, "every_name_answers", lambda *_: None)
+    monkeypatch.setattr(checks, "send_prefix_pairs", lambda *_: None)
+    monkeypatch.setattr(checks, "picker_metrics", lambda *_: next(metrics))
+    monkeypatch.setattr(
+        checks, "prefix_hit_ratio", lambda after, before: 0.49 if (after, before) == ("# after\n", "# before\n") else 0
+    )
+    monkeypatch.setattr(checks, "quota_is_enforced", lambda *_: checks.QuotaAnswer(2, {}))
+    keys = {"e2e": "k1", "e2e-quota": "k2", "smoke-test": "k3"}
+    result = e2e.gateway_checks(settings, "/tmp/run/kubeconfig", keys, tmp_path)
+    assert seen == ["/tmp/run/kubeconfig", "/tmp/run/kubeconfig"]  # kubectl port-forward reads the run's
+    assert os.environ["KUBECONFIG"] == "/home/me/.kube/config"
+    assert (result["prefix_hit_ratio"], result["prefix_pairs"]) == (0.49, e2e.PREFIX_PAIRS)

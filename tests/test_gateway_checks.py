@@ -19,7 +19,7 @@ from commands.gateway_checks import (
     prefix_hit_ratio,
     prefix_routing_holds,
     quota_is_enforced,
-    send_shared_prefix,
+    send_prefix_pairs,
 )
 from settings import parse_stage_settings
 from tests.aws_stubs import StubbedClients
@@ -36,6 +36,7 @@ class StandInGateway(QuietHandler):
     quota = 3
     limit_headers: ClassVar[dict[str, str]] = {}
     asked: ClassVar[list[str]] = []
+    prompts: ClassVar[list[str]] = []
 
     def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
@@ -50,8 +51,9 @@ class StandInGateway(QuietHandler):
         self._send(200, {"object": "list", "data": [{"id": name, "object": "model"} for name in self.served]})
 
     def do_POST(self) -> None:
-        model = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["model"]
-        StandInGateway.asked.append(model)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        StandInGateway.asked.append(body["model"])
+        StandInGateway.prompts.append(body["messages"][-1]["content"])
         if len(StandInGateway.asked) > self.quota:
             self._send(429, {"error": "over quota"}, self.limit_headers)
         else:
@@ -60,7 +62,7 @@ class StandInGateway(QuietHandler):
 
 @contextmanager
 def gateway(**behaviour: Any) -> Iterator[str]:
-    StandInGateway.asked = []
+    StandInGateway.asked, StandInGateway.prompts = [], []
     with serving(ThreadingHTTPServer(("127.0.0.1", 0), type("Gateway", (StandInGateway,), behaviour))) as server:
         yield f"http://127.0.0.1:{server.server_port}"
 
@@ -95,10 +97,15 @@ def test_a_429_without_the_headers_or_no_429_at_all_fails() -> None:
         quota_is_enforced(url, KEY, "openai/gpt-oss-20b", most=5)
 
 
-def test_requests_sharing_a_prefix_share_its_text() -> None:
+def test_each_prefix_is_sent_twice_and_differs_from_the_others_from_its_first_block() -> None:
     with gateway(quota=100) as url:
-        send_shared_prefix(url, KEY, "openai/gpt-oss-20b", 3)
-    assert StandInGateway.asked == ["openai/gpt-oss-20b"] * 3
+        send_prefix_pairs(url, KEY, "openai/gpt-oss-20b", 3)
+    assert StandInGateway.asked == ["openai/gpt-oss-20b"] * 6
+    first, second, other = StandInGateway.prompts[0], StandInGateway.prompts[1], StandInGateway.prompts[2]
+    shared = first.split("\nQuestion")[0]
+    assert second.startswith(shared)
+    assert len(shared) > 2000  # many of the picker's 64-byte blocks
+    assert other[:64] != first[:64]  # the next conversation shares not even the first block
 
 
 PICKER_METRICS = f"""# HELP {PREFIX_HIT_RATIO} Ratio of prefix length matched to total prefix length.
@@ -119,7 +126,7 @@ def test_the_prefix_hit_ratio_is_the_pickers_mean() -> None:
         prefix_hit_ratio(PICKER_METRICS.replace("_count 20", "_count 0"))
 
 
-def test_the_ratio_is_over_the_shared_prefixs_requests_alone() -> None:
+def test_the_ratio_is_over_the_pairs_requests_alone() -> None:
     # Before them, 4 lookups that found nothing (the names answering); then 20 that found 17.5 in all.
     before = PICKER_METRICS.replace("_sum 17.5", "_sum 0").replace("_count 20", "_count 4")
     after = PICKER_METRICS.replace("_count 20", "_count 24")
@@ -130,7 +137,7 @@ def test_the_ratio_is_over_the_shared_prefixs_requests_alone() -> None:
         prefix_hit_ratio(before, before)
 
 
-@pytest.mark.parametrize(("ratio", "holds"), [(0.9, True), (0.6, True), (0.45, False)])
+@pytest.mark.parametrize(("ratio", "holds"), [(0.49, True), (0.4, True), (0.24, False), (0.0, False)])
 def test_prefix_routing_fails_below_what_two_replicas_without_it_would_give(ratio: float, holds: bool) -> None:
     if holds:
         prefix_routing_holds(ratio)

@@ -726,6 +726,8 @@ ADAPTER_ARGS = ("--include", *ADAPTER_FILES, "--require", *ADAPTER_FILES, "--max
         ({"r": 16, "use_dora": True}, "it uses DoRA (use_dora), which vLLM does not load"),
         ({"r": 16, "bias": "lora_only"}, "it trains a bias ('lora_only'), which vLLM does not load"),
         ({"r": 16, "modules_to_save": ["lm_head"]}, "it saves modules whole (['lm_head'])"),
+        ({"r": 16, "bias": None}, "it trains a bias (None), which vLLM does not load"),  # vLLM compares with "none"
+        ({"lora_alpha": 16}, "its rank r is None in adapter_config.json, not a positive number"),
     ],
 )
 def test_an_adapter_vllm_would_refuse_fails_its_import_without_a_marker(

@@ -603,18 +603,17 @@ def marker_matches(marker: Mapping[str, Any] | None, repo: str, revision: str, c
     return marker.get("revision") == revision or (commit is not None and marker.get("commit") == commit)
 
 
-# A LoRA adapter's features vLLM refuses to load, whatever the rank (vllm/lora/peft_helper.py, validate_legal and
-# _validate_features, at v0.11.2 and v0.31.0): DoRA, a bias, modules saved whole other than a classifier's.
-CLASSIFIER_MODULES = ("classifier", "score")
-
-
 def adapter_problems(config: dict[str, Any], max_lora_rank: int) -> list[str]:
     """What in an adapter's adapter_config.json vLLM would refuse at every replica's start, with a model whose
-    --max-lora-rank is `max_lora_rank`: its rank r above it (vLLM 0.34 compares rank_pattern's ranks too), DoRA, a
-    bias, or modules_to_save."""
+    --max-lora-rank is `max_lora_rank` (vllm/lora/peft_helper.py, validate_legal and _validate_features, at v0.11.2
+    and v0.31.0): a rank r above it (vLLM 0.34 compares rank_pattern's ranks too; a rank that is not positive vLLM
+    cannot use), DoRA, a bias other than "none", or modules saved whole (0.11.2 refuses any; 0.31.0 all but a
+    classifier's, which a generative model has none of)."""
     problems = []
     ranks = [int(config.get("r") or 0), *(int(rank) for rank in (config.get("rank_pattern") or {}).values())]
-    if max(ranks) > max_lora_rank:
+    if ranks[0] <= 0:
+        problems.append(f"its rank r is {config.get('r')!r} in adapter_config.json, not a positive number")
+    elif max(ranks) > max_lora_rank:
         problems.append(
             f"its rank is {max(ranks)} (adapter_config.json r and rank_pattern), above the model's --max-lora-rank "
             f'{max_lora_rank} ("LoRA rank ... is greater than max_lora_rank"): give models[].adapters[].rank as '
@@ -622,9 +621,9 @@ def adapter_problems(config: dict[str, Any], max_lora_rank: int) -> list[str]:
         )
     if config.get("use_dora"):
         problems.append("it uses DoRA (use_dora), which vLLM does not load")
-    if (config.get("bias") or "none") != "none":
+    if config.get("bias", "none") != "none":
         problems.append(f"it trains a bias ({config['bias']!r}), which vLLM does not load")
-    if [module for module in config.get("modules_to_save") or [] if module not in CLASSIFIER_MODULES]:
+    if config.get("modules_to_save"):
         problems.append(f"it saves modules whole ({config['modules_to_save']}), which vLLM does not load")
     return problems
 
