@@ -251,3 +251,16 @@ def test_the_gateway_checks_leave_the_callers_kubeconfig_as_it_was(
     assert seen == ["/tmp/run/kubeconfig", "/tmp/run/kubeconfig"]  # kubectl port-forward reads the run's
     assert os.environ["KUBECONFIG"] == "/home/me/.kube/config"
     assert (result["prefix_hit_ratio"], result["prefix_pairs"]) == (0.49, e2e.PREFIX_PAIRS)
+
+
+def test_a_record_without_the_vllm_log_goes_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pods = json.loads((ROOT / "tests" / "fixtures" / "e2e" / "pods.json").read_text())
+    documents = {"events": {"items": []}, "pods": pods, "nodeclaims.karpenter.sh": {"items": []}}
+    monkeypatch.setattr(e2e, "kubectl_json", lambda _, __, kind, *rest: documents[kind])
+
+    def kubectl(command: list[str], **_: object) -> e2e.subprocess.CompletedProcess[str]:
+        raise e2e.subprocess.CalledProcessError(1, command, "", "container not found")
+
+    monkeypatch.setattr(e2e, "run", kubectl)
+    recorded = e2e.record("kubeconfig", load_stage_settings("dev").models[0], tmp_path)
+    assert recorded["server_log"] == ""  # the run compares the weight read and the load as one stretch
