@@ -8,6 +8,7 @@ or fails a healthy rollout, one that is too long only reports a broken one later
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -317,31 +318,24 @@ def fastest_network(settings: StageSettings, model: ModelSettings) -> GpuInstanc
 def network_lever(settings: StageSettings, model: ModelSettings) -> Lever:
     """Nodes whose network keeps up with the file system: the weight read at the stage's tier on nodes that keep up
     with the fastest one, which gpu_node_pools[].min_network_mbps at the least such bandwidth admits alone."""
-    name, step = "node network (gpu_node_pools[].min_network_mbps)", "weight read"
+    lever = functools.partial(Lever, "node network (gpu_node_pools[].min_network_mbps)", "weight read")
     slowest, floor = slowest_network(settings, model), keeping_up(settings, model)
     share = weight_read_seconds(settings, model=model)
     catalog_note = "(settings/catalog/gpu_instances.yaml network_mbps)"
     if slowest is None:
-        return Lever(name, step, False, None, "no instance can run a replica")
+        return lever(False, None, "no instance can run a replica")
     if floor is None:
         best = fastest_network(settings, model) or slowest
-        return Lever(
-            name,
-            step,
+        seconds = max(share, network_seconds(best, model.weights_gb))
+        return lever(
             False,
-            max(share, network_seconds(best, model.weights_gb)),
+            seconds,
             f"no instance a replica may land on keeps up with the fastest tier; the most network, a {best.type}'s "
             f"{best.network_mbps} Mbps {catalog_note}",
         )
     if slowest.network_mbps >= floor.network_mbps:
-        return Lever(
-            name,
-            step,
-            True,
-            share,
-            f"every instance a replica may land on keeps up with the fastest tier, the slowest a {slowest.type} of "
-            f"{slowest.network_mbps} Mbps {catalog_note}",
-        )
+        every = f"every instance a replica may land on keeps up with the fastest tier, the slowest a {slowest.type}"
+        return lever(True, share, f"{every} of {slowest.network_mbps} Mbps {catalog_note}")
     cheapest = candidates(settings, model)[0]
     admitted = next(i for i in candidates(settings, model) if i.network_mbps >= floor.network_mbps)
     _, prices = on_demand_prices(settings.region)
@@ -351,14 +345,10 @@ def network_lever(settings: StageSettings, model: ModelSettings) -> Lever:
         if admitted.type in prices and cheapest.type in prices
         else ""
     )
-    return Lever(
-        name,
-        step,
-        False,
-        max(share, network_seconds(admitted, model.weights_gb)),
+    floor_note = (
         f"min_network_mbps: {floor.network_mbps}, the least baseline network that keeps up with the fastest tier"
-        f"{cost} {catalog_note}",
     )
+    return lever(False, max(share, network_seconds(admitted, model.weights_gb)), f"{floor_note}{cost} {catalog_note}")
 
 
 def with_every_lever(settings: StageSettings, model: ModelSettings) -> tuple[float, float]:
