@@ -27,6 +27,8 @@ MOUNT = "/compile-cache"
 SERVICE_ACCOUNT = "vllm-compile-cache"
 # The sidecar that uploads the cache once vLLM serves; its log says how many files (workloads/compile_cache.py).
 SAVE_CONTAINER = "save-compile-cache"
+# The init container that copies it in before vLLM starts; its log says how many files.
+RESTORE_CONTAINER = "restore-compile-cache"
 SCRIPT_HASH_ANNOTATION = "compile-cache/script-sha256"
 
 
@@ -78,7 +80,7 @@ class SharedCompileCache(Construct):
             "HOME": "/tmp",
         }
         for name, mode, restart in (
-            ("restore-compile-cache", "restore", None),
+            (RESTORE_CONTAINER, "restore", None),
             (SAVE_CONTAINER, "save", kplus.ContainerRestartPolicy.ALWAYS),
         ):
             container = deployment.add_init_container(

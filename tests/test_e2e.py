@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,3 +265,72 @@ def test_a_record_without_the_vllm_log_goes_on(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(e2e, "run", kubectl)
     recorded = e2e.record("kubeconfig", load_stage_settings("dev").models[0], tmp_path)
     assert recorded["server_log"] == ""  # the run compares the weight read and the load as one stretch
+
+
+def weight_log(seconds: float) -> str:
+    return f"(Worker pid=1) INFO [gpu_model_runner.py] Model loading took 12.8 GiB memory and {seconds} seconds\n"
+
+
+def replica_record(node: str, weight_seconds: float) -> dict[str, object]:
+    """The fixtures' replica start, on `node`, with a vLLM log that took `weight_seconds` to load the weights."""
+    fixtures = ROOT / "tests" / "fixtures" / "e2e"
+    recorded: dict[str, object] = {n: json.loads((fixtures / f"{n}.json").read_text()) for n in ("events", "pods")}
+    recorded["nodeclaims"] = json.loads((fixtures / "nodeclaims.json").read_text())
+    pods = recorded["pods"]
+    assert isinstance(pods, dict)
+    chosen = e2e.e2e_report.select_pod(pods["items"], app="vllm-gpt-oss-20b")
+    chosen["spec"]["nodeName"] = node
+    recorded.update(pod=chosen["metadata"]["name"], server_log=weight_log(weight_seconds))
+    return recorded
+
+
+@pytest.mark.parametrize(
+    ("node", "restored", "warm_weights", "problem"),
+    [
+        ("spare-node", 120, 30.0, None),
+        ("new-node", 120, 30.0, "not on a warm spare's node (spare-node): the placeholder was not preempted"),
+        ("spare-node", 0, 30.0, "restored no compile cache (its restore-compile-cache log)"),
+        ("spare-node", 120, 14.3, "no less than the first replica's"),
+    ],
+)
+def test_the_warm_replica_must_take_the_spares_node_restore_the_cache_and_load_faster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, node: str, restored: int, warm_weights: float, problem: str | None
+) -> None:
+    settings = levers_stage()
+    first = replica_record("first-node", 14.3)
+    monkeypatch.setattr(e2e, "wait_for_compile_cache", lambda *_: 214)
+    monkeypatch.setattr(e2e, "spare_nodes", lambda *_: {"spare-node"})
+    commands: list[list[str]] = []
+    monkeypatch.setattr(e2e, "run", lambda command, **_: commands.append(command))
+    monkeypatch.setattr(e2e, "record", lambda *_, **__: replica_record(node, warm_weights))
+    monkeypatch.setattr(
+        e2e, "container_log", lambda *_: f"compile cache: {restored} files from s3://b/compile-cache/gpt-oss-20b/\n"
+    )
+    if problem is None:
+        comparisons = e2e.warm_start(settings, "kubeconfig", first, tmp_path)
+        # Only what a warm node leaves: the weight read and the model load, each against the warm model.
+        assert [c.stretch for c in comparisons] == ["weight read", "model load"]
+        assert commands[0][-2:] == ["deployment/gpt-oss-20b", "--replicas=2"]
+        assert (tmp_path / "report.md").exists()
+    else:
+        with pytest.raises(e2e.E2eError, match=re.escape(problem)):
+            e2e.warm_start(settings, "kubeconfig", first, tmp_path)
+
+
+def test_the_spares_nodes_are_those_of_running_placeholders(monkeypatch: pytest.MonkeyPatch) -> None:
+    placeholders: dict[str, object] = {
+        "items": [
+            {"spec": {"nodeName": "a"}, "status": {"phase": "Running"}},
+            {"spec": {"nodeName": "b"}, "status": {"phase": "Pending"}},
+            {"spec": {}, "status": {"phase": "Pending"}},
+        ]
+    }
+    asked: list[tuple[str, ...]] = []
+
+    def kubectl_json(_: str, *args: str) -> dict[str, object]:
+        asked.append(args)
+        return placeholders
+
+    monkeypatch.setattr(e2e, "kubectl_json", kubectl_json)
+    assert e2e.spare_nodes("kubeconfig", load_stage_settings("dev").models[0]) == {"a"}
+    assert asked[0][-2:] == ("-l", "app=gpt-oss-20b-warm-spare")
