@@ -306,6 +306,7 @@ def test_the_warm_replica_must_take_the_spares_node_restore_the_cache_and_load_f
     monkeypatch.setattr(
         e2e, "container_log", lambda *_: f"compile cache: {restored} files from s3://b/compile-cache/gpt-oss-20b/\n"
     )
+    monkeypatch.setattr(e2e.e2e_report, "draw_timeline", lambda path, *_, **__: path.write_bytes(b""))
     if problem is None:
         comparisons = e2e.warm_start(settings, "kubeconfig", first, tmp_path)
         # Only what a warm node leaves: the weight read and the model load, each against the warm model.
