@@ -156,15 +156,6 @@ def network_seconds(instance: GpuInstance | None, gigabytes: float) -> float:
     return gigabytes * 1000 / (instance.network_mbps / 8) if instance else 0.0
 
 
-def replica_weight_read_seconds(
-    settings: StageSettings, model: ModelSettings, per_tib: int | None = None
-) -> tuple[float, float]:
-    """A replica's weight read: the file system's share when every replica of the model starts at once, bounded
-    below by the node's baseline network; both figures, (share, network)."""
-    share = weight_read_seconds(settings, per_tib=per_tib, model=model)
-    return share, network_seconds(slowest_network(settings, model), model.weights_gb)
-
-
 def cold_start_steps(settings: StageSettings, model: ModelSettings, *, budget: bool = False) -> list[Step]:
     """Each step of a new replica's start, as expected, or with `budget` as the budgets take the model load."""
     # Whichever pool launches the node: the slowest disk of those that can run the model.
@@ -175,7 +166,7 @@ def cold_start_steps(settings: StageSettings, model: ModelSettings, *, budget: b
     disk_write_seconds = IMAGE_UNPACKED_BYTES / (disk.throughput_mib * MIB)
     instance = slowest_network(settings, model)
     image_network_seconds = network_seconds(instance, IMAGE_COMPRESSED_BYTES / 1e9)
-    share, network = replica_weight_read_seconds(settings, model)
+    share, network = weight_read_seconds(settings, model=model), network_seconds(instance, model.weights_gb)
     bandwidth = f"{instance.network_mbps / 1000:g} Gbps on a {instance.type}" if instance else "no instance"
     steps = [
         Step(
@@ -276,7 +267,10 @@ def levers(settings: StageSettings, model: ModelSettings) -> list[Lever]:
             f"file system throughput ({settings.model_store.throughput_per_tib} MB/s per TiB now)",
             "weight read",
             settings.model_store.throughput_per_tib == fastest,
-            max(replica_weight_read_seconds(settings, model, per_tib=fastest)),
+            max(
+                weight_read_seconds(settings, per_tib=fastest, model=model),
+                network_seconds(slowest_network(settings, model), model.weights_gb),
+            ),
             f"at {fastest} MB/s per TiB, the fastest PERSISTENT_2 tier (model_store.throughput_per_tib), within the "
             "node's baseline network",
         ),

@@ -16,10 +16,11 @@ one rollout surge, and every pool must be able to run at least one model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict, TypeVar, cast
 
 from settings.lora_slots import EXTRA_VOCAB, LoraSlots, slot_bytes
 from settings.model_facts import sequence_kv_bytes
@@ -76,21 +77,30 @@ class GpuMemory:
         )
 
 
-# gpu_memory of the models sized lately, by identity (settings never change once loaded): sizing asks it for every
-# instance of the catalog in every pool.
-_SIZED: dict[int, tuple[ModelSettings, GpuMemory]] = {}
+T = TypeVar("T")
+# What sizing worked out lately for the same objects, by identity (settings never change once loaded): sizing, the
+# pools' limits and the cold start ask for a model's GPU memory and candidates again and again. Each entry keeps its
+# objects, so an id is never another object's while it stands.
+_REMEMBERED: dict[tuple[str, tuple[int, ...]], tuple[tuple[object, ...], Any]] = {}
+
+
+def remembered(kind: str, objects: tuple[object, ...], work: Callable[[], T]) -> T:
+    """`work()`, or what it gave for these very objects before."""
+    key = (kind, tuple(map(id, objects)))
+    found = _REMEMBERED.get(key)
+    if found is not None and all(a is b for a, b in zip(found[0], objects, strict=True)):
+        return cast(T, found[1])
+    if len(_REMEMBERED) > 1024:
+        _REMEMBERED.clear()
+    value = work()
+    _REMEMBERED[key] = (objects, value)
+    return value
 
 
 def gpu_memory(model: ModelSettings) -> GpuMemory:
     """Each of a model's GPUs: its shard of the weights, the KV cache of one full-length sequence (its shard of the
     KV heads), and vLLM's reserve, within --gpu-memory-utilization (vLLM docs, "Engine arguments")."""
-    sized = _SIZED.get(id(model))
-    if sized is not None and sized[0] is model:
-        return sized[1]
-    if len(_SIZED) > 256:
-        _SIZED.clear()
-    _SIZED[id(model)] = (model, _gpu_memory(model))
-    return _SIZED[id(model)][1]
+    return remembered("gpu_memory", (model,), lambda: _gpu_memory(model))
 
 
 def _gpu_memory(model: ModelSettings) -> GpuMemory:
@@ -489,25 +499,16 @@ def fit(
     return reasons
 
 
-# candidates of the stages sized lately, by identity (settings never change once loaded): sizing, the pools' limits
-# and the cold start ask it again and again for the same model and pool.
-_CANDIDATES: dict[tuple[int, int, int], tuple[tuple[object, ...], list[GpuInstance]]] = {}
-
-
 def candidates(
     settings: StageSettings, model: ModelSettings, pool: GpuNodePoolSettings | None = None
 ) -> list[GpuInstance]:
     """The catalog's instances that can run one replica in a pool, or in any pool, cheapest first."""
-    key = (id(settings), id(model), id(pool))
-    found = _CANDIDATES.get(key)
-    if found is not None and all(a is b for a, b in zip(found[0], (settings, model, pool), strict=True)):
-        return list(found[1])
-    if len(_CANDIDATES) > 1024:
-        _CANDIDATES.clear()
-    wanted = requests(settings, model)
-    chosen = cheapest_first(settings, [i for i in with_gpu_count(model) if not fit(settings, model, i, wanted, pool)])
-    _CANDIDATES[key] = ((settings, model, pool), chosen)
-    return list(chosen)
+
+    def work() -> list[GpuInstance]:
+        wanted = requests(settings, model)
+        return cheapest_first(settings, [i for i in with_gpu_count(model) if not fit(settings, model, i, wanted, pool)])
+
+    return list(remembered("candidates", (settings, model, pool), work))
 
 
 def pools_for(settings: StageSettings, model: ModelSettings) -> list[GpuNodePoolSettings]:
